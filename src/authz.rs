@@ -1,0 +1,239 @@
+//! Authorization of secret reads, in one place.
+//!
+//! A `get` is allowed only when, in this order:
+//! 1. the host JWT verifies (signature, `exp`, `nbf`). Hosts sign it with an account key they
+//!    create at start, so its issuer is not a trust anchor;
+//! 2. the entity JWT (component or provider claims) verifies the same way;
+//! 3. when trusted issuers are configured, the entity JWT's issuer is one of them;
+//! 4. the entity's subject is mapped to the secret name ([`crate::store::MappingTable`]).
+//!
+//! An unmapped entity is `Unauthorized` whether or not the secret exists: no existence oracle.
+
+use std::collections::HashSet;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wascap::jwt::{validate_token, CapabilityProvider, Claims, Component, Host, WascapEntity};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthzError {
+    #[error("invalid entity JWT: {0}")]
+    InvalidEntityJwt(String),
+    #[error("invalid host JWT: {0}")]
+    InvalidHostJwt(String),
+    #[error("entity JWT issuer {0} is not trusted")]
+    UntrustedIssuer(String),
+    #[error("entity is not mapped to this secret")]
+    NotMapped,
+    #[error("invalid policy: {0}")]
+    Policy(String),
+    #[error("invalid trusted issuer {0:?}: expected an account public key (A...)")]
+    BadTrustedIssuer(String),
+}
+
+/// The verified identity of a requesting component or provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entity {
+    /// The JWT subject: the key mappings are looked up by.
+    pub subject: String,
+    pub issuer: String,
+}
+
+/// Verifies JWTs and applies the trusted-issuer list.
+#[derive(Debug, Clone, Default)]
+pub struct Authorizer {
+    /// `None`: any issuer with a valid signature is accepted (logged once at start).
+    trusted_issuers: Option<HashSet<String>>,
+}
+
+impl Authorizer {
+    /// `trusted` is a list of account public keys; empty means "accept any issuer".
+    pub fn new(trusted: &[String]) -> Result<Self, AuthzError> {
+        let mut set = HashSet::new();
+        for key in trusted.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
+            let ok = nkeys::KeyPair::from_public_key(key)
+                .is_ok_and(|kp| kp.key_pair_type() == nkeys::KeyPairType::Account);
+            if !ok {
+                return Err(AuthzError::BadTrustedIssuer(key.to_string()));
+            }
+            set.insert(key.to_string());
+        }
+        Ok(Self {
+            trusted_issuers: (!set.is_empty()).then_some(set),
+        })
+    }
+
+    pub fn has_trusted_issuers(&self) -> bool {
+        self.trusted_issuers.is_some()
+    }
+
+    pub fn verify_host(&self, jwt: &str) -> Result<(), AuthzError> {
+        verify::<Host>(jwt)
+            .map(|_| ())
+            .map_err(AuthzError::InvalidHostJwt)
+    }
+
+    /// Verify a component or provider JWT and its issuer.
+    pub fn verify_entity(&self, jwt: &str) -> Result<Entity, AuthzError> {
+        let (subject, issuer) = match verify::<Component>(jwt) {
+            Ok(c) => (c.subject, c.issuer),
+            Err(component_err) => match verify::<CapabilityProvider>(jwt) {
+                Ok(p) => (p.subject, p.issuer),
+                Err(_) => return Err(AuthzError::InvalidEntityJwt(component_err)),
+            },
+        };
+        if let Some(trusted) = &self.trusted_issuers {
+            if !trusted.contains(&issuer) {
+                return Err(AuthzError::UntrustedIssuer(issuer));
+            }
+        }
+        Ok(Entity { subject, issuer })
+    }
+}
+
+fn verify<T>(jwt: &str) -> Result<Claims<T>, String>
+where
+    T: Serialize + DeserializeOwned + WascapEntity,
+{
+    let validation = validate_token::<T>(jwt).map_err(|e| e.to_string())?;
+    if !validation.signature_valid {
+        return Err("signature is not valid".into());
+    }
+    if validation.expired {
+        return Err(format!("token expired {}", validation.expires_human));
+    }
+    if validation.cannot_use_yet {
+        return Err(format!(
+            "token cannot be used before {}",
+            validation.not_before_human
+        ));
+    }
+    Claims::<T>::decode(jwt).map_err(|e| e.to_string())
+}
+
+/// The policy wadm passes in `context.application.policy`: a JSON string
+/// `{"type":"properties.secret.wasmcloud.dev/v1alpha1","properties":{...}}`.
+///
+/// Piggybank validates its shape (malformed JSON, a wrong `type` or non-object `properties`
+/// is a `PolicyError`) and honours no property yet: access is decided by mappings alone.
+pub fn check_policy(policy: &str) -> Result<(), AuthzError> {
+    if policy.trim().is_empty() {
+        return Ok(());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(policy).map_err(|e| AuthzError::Policy(e.to_string()))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| AuthzError::Policy("policy must be a JSON object".into()))?;
+    if let Some(ty) = obj.get("type") {
+        if ty.as_str() != Some(wasmcloud_secrets_types::SECRET_POLICY_PROPERTIES_TYPE) {
+            return Err(AuthzError::Policy(format!(
+                "unsupported policy type {ty}, expected \"{}\"",
+                wasmcloud_secrets_types::SECRET_POLICY_PROPERTIES_TYPE
+            )));
+        }
+    }
+    match obj.get("properties") {
+        None | Some(serde_json::Value::Object(_)) => Ok(()),
+        Some(_) => Err(AuthzError::Policy(
+            "properties must be a JSON object".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn component(account: &nkeys::KeyPair, exp: Option<u64>) -> (String, String) {
+        let module = nkeys::KeyPair::new_module();
+        let claims = Claims::<Component>::with_dates(
+            "c".into(),
+            account.public_key(),
+            module.public_key(),
+            None,
+            None,
+            exp,
+            false,
+            None,
+            None,
+            None,
+        );
+        (claims.encode(account).unwrap(), module.public_key())
+    }
+
+    #[test]
+    fn component_and_provider_jwts_verify_and_yield_their_subject() {
+        let account = nkeys::KeyPair::new_account();
+        let (jwt, subject) = component(&account, None);
+        let auth = Authorizer::new(&[]).unwrap();
+        assert_eq!(auth.verify_entity(&jwt).unwrap().subject, subject);
+
+        let service = nkeys::KeyPair::new_service();
+        let provider = Claims::<CapabilityProvider>::new(
+            "p".into(),
+            account.public_key(),
+            service.public_key(),
+            "vendor".into(),
+            None,
+            None,
+            HashMap::new(),
+        )
+        .encode(&account)
+        .unwrap();
+        assert_eq!(
+            auth.verify_entity(&provider).unwrap().subject,
+            service.public_key()
+        );
+    }
+
+    #[test]
+    fn expired_tampered_and_untrusted_jwts_are_refused() {
+        let account = nkeys::KeyPair::new_account();
+        let (expired, _) = component(&account, Some(1));
+        let auth = Authorizer::new(&[]).unwrap();
+        assert!(matches!(
+            auth.verify_entity(&expired),
+            Err(AuthzError::InvalidEntityJwt(_))
+        ));
+
+        let (jwt, _) = component(&account, None);
+        let mut parts: Vec<String> = jwt.split('.').map(String::from).collect();
+        parts[2] = parts[2].chars().rev().collect();
+        assert!(auth.verify_entity(&parts.join(".")).is_err());
+        assert!(auth.verify_entity("garbage").is_err());
+
+        let other = nkeys::KeyPair::new_account().public_key();
+        let strict = Authorizer::new(&[other]).unwrap();
+        assert_eq!(
+            strict.verify_entity(&jwt),
+            Err(AuthzError::UntrustedIssuer(account.public_key()))
+        );
+        let trusting = Authorizer::new(&[account.public_key()]).unwrap();
+        assert!(trusting.verify_entity(&jwt).is_ok());
+    }
+
+    #[test]
+    fn trusted_issuers_must_be_account_keys() {
+        let module = nkeys::KeyPair::new_module().public_key();
+        assert!(Authorizer::new(&[module]).is_err());
+        assert!(Authorizer::new(&["".into(), " ".into()])
+            .unwrap()
+            .trusted_issuers
+            .is_none());
+    }
+
+    #[test]
+    fn policy_shape_is_checked() {
+        assert!(check_policy("").is_ok());
+        assert!(check_policy(
+            r#"{"type":"properties.secret.wasmcloud.dev/v1alpha1","properties":{"a":1}}"#
+        )
+        .is_ok());
+        assert!(check_policy("{not json").is_err());
+        assert!(check_policy(r#"{"type":"other"}"#).is_err());
+        assert!(check_policy(r#"{"properties":[]}"#).is_err());
+        assert!(check_policy("[]").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The core: keys, stores and authorization behind every front door.
+//!
+//! `Backend` knows nothing about subjects, headers or WIT. Front doors decode a request,
+//! call one method here, and encode the result; errors are [`BackendError`], which each
+//! front door maps to its wire error in exactly one function.
+
+use std::collections::BTreeSet;
+
+use zeroize::Zeroizing;
+
+use crate::authz::{self, Authorizer, AuthzError};
+use crate::keys::{DataKey, TransitKey};
+use crate::store::envelope::{self, EnvelopeError, SecretValue};
+use crate::store::mappings::MappingChange;
+use crate::store::{validate_name, MappingTable, SecretMeta, SecretStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("invalid version {0:?}: a version is a revision number")]
+    InvalidVersion(String),
+    #[error("secret has no field {0:?}")]
+    MissingField(String),
+    #[error("field {0:?} was requested but the secret is not a JSON object")]
+    NotAnObject(String),
+}
+
+/// A read request, already decrypted and parsed by a front door.
+pub struct ReadRequest<'a> {
+    pub key: &'a str,
+    pub field: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub entity_jwt: &'a str,
+    pub host_jwt: &'a str,
+    pub policy: &'a str,
+}
+
+/// A secret as served: its version and its (decrypted) value.
+pub struct ServedSecret {
+    pub version: u64,
+    pub value: SecretValue,
+}
+
+pub struct Backend {
+    transit: TransitKey,
+    data_key: DataKey,
+    secrets: SecretStore,
+    mappings: MappingTable,
+    authorizer: Authorizer,
+}
+
+impl Backend {
+    pub fn new(
+        transit: TransitKey,
+        data_key: DataKey,
+        secrets: SecretStore,
+        mappings: MappingTable,
+        authorizer: Authorizer,
+    ) -> Self {
+        Self {
+            transit,
+            data_key,
+            secrets,
+            mappings,
+            authorizer,
+        }
+    }
+
+    pub fn transit(&self) -> &TransitKey {
+        &self.transit
+    }
+
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
+    pub fn mappings(&self) -> &MappingTable {
+        &self.mappings
+    }
+
+    /// Authorize and serve a read. No NATS I/O unless an older version is requested.
+    pub async fn read(&self, req: &ReadRequest<'_>) -> Result<ServedSecret, BackendError> {
+        validate_name(req.key)?;
+        authz::check_policy(req.policy)?;
+        self.authorizer.verify_host(req.host_jwt)?;
+        let entity = self.authorizer.verify_entity(req.entity_jwt)?;
+        if !self.mappings.allows(&entity.subject, req.key) {
+            return Err(AuthzError::NotMapped.into());
+        }
+        let not_found = || StoreError::NotFound(req.key.to_string());
+        let stored = match req.version.filter(|v| !v.is_empty()) {
+            None => self.secrets.latest(req.key),
+            Some(v) => {
+                let revision: u64 = v
+                    .parse()
+                    .map_err(|_| BackendError::InvalidVersion(v.to_string()))?;
+                self.secrets.version(req.key, revision).await?
+            }
+        }
+        .ok_or_else(not_found)?;
+        let value = envelope::open(&stored.sealed, &self.data_key)?;
+        let value = match req.field {
+            Some(field) if !field.is_empty() => select_field(&value, field)?,
+            _ => value,
+        };
+        Ok(ServedSecret {
+            version: stored.revision,
+            value,
+        })
+    }
+
+    /// Store a new version of `name`. `expected` is a compare-and-set on the current version
+    /// (`Some(0)`: must not exist yet). Returns the new version.
+    pub async fn put(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        expected: Option<u64>,
+    ) -> Result<u64, BackendError> {
+        validate_name(name)?;
+        let created = self
+            .secrets
+            .created_ms(name)
+            .unwrap_or_else(crate::store::secrets::now_ms);
+        let sealed = envelope::seal(value, &self.data_key, created).map_err(EnvelopeError::from)?;
+        Ok(self.secrets.put(name, sealed, expected).await?)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), BackendError> {
+        Ok(self.secrets.delete(name).await?)
+    }
+
+    pub fn list(&self, prefix: &str) -> Vec<SecretMeta> {
+        self.secrets.list(prefix)
+    }
+
+    pub async fn add_mapping(
+        &self,
+        entity: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .mappings
+            .update(entity, MappingChange::Add, names)
+            .await?)
+    }
+
+    pub async fn remove_mapping(
+        &self,
+        entity: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .mappings
+            .update(entity, MappingChange::Remove, names)
+            .await?)
+    }
+
+    pub fn mappings_of(&self, entity: &str) -> Result<Vec<String>, BackendError> {
+        crate::store::validate_entity(entity)?;
+        Ok(self.mappings.names(entity))
+    }
+}
+
+/// `field`: when the secret is a JSON object, serve one member. A string member is served as
+/// that string; any other JSON value as its JSON text.
+fn select_field(value: &SecretValue, field: &str) -> Result<SecretValue, BackendError> {
+    let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+        serde_json::from_slice(value.as_bytes());
+    let mut object = parsed.map_err(|_| BackendError::NotAnObject(field.to_string()))?;
+    let member = object
+        .remove(field)
+        .ok_or_else(|| BackendError::MissingField(field.to_string()))?;
+    let text = match member {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    // The parsed map's other members drop here; serde_json offers no zeroizing map.
+    Ok(SecretValue::String(Zeroizing::new(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> SecretValue {
+        SecretValue::String(Zeroizing::new(s.to_string()))
+    }
+
+    fn as_str(v: &SecretValue) -> &str {
+        std::str::from_utf8(v.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn field_selects_a_member_of_a_json_object() {
+        let v = text(r#"{"user":"admin","port":5432,"tls":{"on":true}}"#);
+        assert_eq!(as_str(&select_field(&v, "user").unwrap()), "admin");
+        assert_eq!(as_str(&select_field(&v, "port").unwrap()), "5432");
+        assert_eq!(as_str(&select_field(&v, "tls").unwrap()), r#"{"on":true}"#);
+        assert!(matches!(
+            select_field(&v, "nope"),
+            Err(BackendError::MissingField(_))
+        ));
+        assert!(matches!(
+            select_field(&text("[1]"), "a"),
+            Err(BackendError::NotAnObject(_))
+        ));
+        assert!(matches!(
+            select_field(&text("plain"), "a"),
+            Err(BackendError::NotAnObject(_))
+        ));
+    }
+}

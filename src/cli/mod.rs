@@ -1,0 +1,474 @@
+//! The `piggybank` command line: flags -> library calls. Commands and flags of the sample's
+//! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
+
+mod dev;
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nkeys::XKey;
+use zeroize::Zeroizing;
+
+use crate::client::{self, AdminClient};
+use crate::config::{self, env};
+use crate::keys::DataKey;
+use crate::server::{self, RunConfig};
+use crate::store::envelope::SecretValue;
+
+#[derive(Parser)]
+#[command(
+    name = "piggybank",
+    version,
+    about = "A secrets backend for wasmCloud on NATS JetStream KV"
+)]
+pub struct Cli {
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the secrets backend
+    Run(RunArgs),
+    /// Run a local NATS server and the backend, with generated keys kept in --dir
+    Dev(dev::DevArgs),
+    /// Put a secret (value from --string, --binary FILE, or stdin)
+    Put(PutArgs),
+    /// Get a secret, reading the bucket directly with the encryption key
+    Get(GetArgs),
+    /// Delete a secret and all its versions
+    Delete(NameArgs),
+    /// List secrets (metadata only, never values)
+    List(ListArgs),
+    /// Allow an entity (component or provider public key) to read secrets
+    AddMapping(MappingArgs),
+    /// Revoke an entity's access to secrets
+    RemoveMapping(MappingArgs),
+    /// Show the secrets an entity may read
+    Mappings(EntityArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The NATS address to connect to
+    #[arg(long, env = env::NATS_ADDRESS, default_value = config::DEFAULT_NATS_ADDRESS)]
+    pub nats_address: String,
+    /// NATS credentials file
+    #[arg(long, env = env::NATS_CREDSFILE)]
+    pub nats_creds_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The subject prefix of the secrets backend
+    #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
+    pub subject_base: String,
+    /// The name of the secrets backend
+    #[arg(short = 'n', long, default_value = config::DEFAULT_BACKEND_NAME)]
+    pub name: String,
+    /// The secrets API version
+    #[arg(long, default_value = config::DEFAULT_API_VERSION)]
+    pub secrets_api_version: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+impl Target {
+    async fn client(&self) -> anyhow::Result<AdminClient> {
+        let nats = server::connect(
+            &self.conn.nats_address,
+            self.conn.nats_creds_file.as_deref(),
+            "piggybank cli",
+        )
+        .await?;
+        Ok(AdminClient::new(
+            nats,
+            &self.subject_base,
+            &self.secrets_api_version,
+            &self.name,
+        ))
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The data key seed (SX...): values are sealed with it at rest
+    #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
+    pub encryption_xkey_seed: String,
+    /// The transit key seed (SX...): hosts seal requests to its public key
+    #[arg(short = 't', long, env = env::TRANSIT_XKEY_SEED, hide_env_values = true)]
+    pub transit_xkey_seed: String,
+    /// The subject prefix for all requests to the backend
+    #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
+    pub subject_base: String,
+    /// The name of the backend (a wadm policy's `backend`)
+    #[arg(short = 'n', long, default_value = config::DEFAULT_BACKEND_NAME)]
+    pub name: String,
+    /// The KV bucket secrets are stored in
+    #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
+    pub secrets_bucket: String,
+    /// Versions kept per secret (1-64)
+    #[arg(long, default_value_t = config::DEFAULT_MAX_SECRET_HISTORY)]
+    pub max_secret_history: u8,
+    /// Queue group prefix shared by instances of this backend
+    #[arg(long, default_value = config::DEFAULT_QUEUE_BASE)]
+    pub nats_queue_base: String,
+    /// The NATS address to connect to
+    #[arg(long, env = env::NATS_ADDRESS, default_value = config::DEFAULT_NATS_ADDRESS)]
+    pub nats_address: String,
+    /// The secrets API version
+    #[arg(long, default_value = config::DEFAULT_API_VERSION)]
+    pub secrets_api_version: String,
+    /// NATS credentials file
+    #[arg(long, env = env::NATS_CREDSFILE)]
+    pub nats_creds_file: Option<PathBuf>,
+    /// Replicas of the buckets piggybank creates (on a NATS cluster)
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Account public keys allowed to issue entity JWTs (comma-separated)
+    #[arg(long, env = env::TRUSTED_ISSUERS, value_delimiter = ',')]
+    pub trusted_issuers: Vec<String>,
+    /// Requests handled at once by this instance; more wait (backpressure)
+    #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> RunConfig {
+        let mut c = RunConfig::new(
+            Zeroizing::new(self.encryption_xkey_seed),
+            Zeroizing::new(self.transit_xkey_seed),
+        );
+        c.subject_base = self.subject_base;
+        c.name = self.name;
+        c.secrets_bucket = self.secrets_bucket;
+        c.max_secret_history = self.max_secret_history;
+        c.nats_queue_base = self.nats_queue_base;
+        c.nats_address = self.nats_address;
+        c.api_version = self.secrets_api_version;
+        c.nats_creds_file = self.nats_creds_file;
+        c.replicas = self.replicas;
+        c.trusted_issuers = self.trusted_issuers;
+        c.max_in_flight = self.max_in_flight;
+        c
+    }
+}
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// The name of the secret
+    pub name: String,
+    /// Expected current version (compare-and-set); 0 = only if the secret does not exist
+    #[arg(long = "secret-version")]
+    pub version: Option<u64>,
+    /// The string value (prefer stdin: argv and env can leak into history and /proc)
+    #[arg(long, env = env::SECRET_STRING_VALUE, hide_env_values = true, conflicts_with = "binary")]
+    pub string: Option<String>,
+    /// A file holding the binary value; `-` reads bytes from stdin
+    #[arg(long, env = env::SECRET_BINARY_FILE, conflicts_with = "string")]
+    pub binary: Option<PathBuf>,
+    /// The backend's transit key (seed or public key); fetched from the backend if absent
+    #[arg(short = 't', long, env = env::TRANSIT_XKEY_SEED, hide_env_values = true)]
+    pub transit_xkey_seed: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    String,
+    Binary,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// The name of the secret
+    pub name: String,
+    /// The data key seed the backend runs with
+    #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
+    pub encryption_xkey_seed: String,
+    /// The KV bucket secrets are stored in
+    #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
+    pub secrets_bucket: String,
+    /// The version (revision) to read; the latest if absent
+    #[arg(long = "secret-version")]
+    pub version: Option<u64>,
+    /// Fail unless the secret is of this kind
+    #[arg(long)]
+    pub kind: Option<Kind>,
+    /// Write the value to this file (mode 0600) instead of stdout
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Args)]
+pub struct NameArgs {
+    /// The name of the secret
+    pub name: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only names starting with this prefix
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct MappingArgs {
+    /// The public key of the component (M...) or provider (V...)
+    pub public_key: String,
+    /// A secret name; repeat for several
+    #[arg(long = "secret", required = true)]
+    pub secrets: Vec<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct EntityArgs {
+    /// The public key of the component (M...) or provider (V...)
+    pub public_key: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Run one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = args.into_config();
+            server::run(config, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Dev(args) => dev::run(args).await,
+        Command::Put(args) => put(args).await,
+        Command::Get(args) => get(args).await,
+        Command::Delete(args) => {
+            args.target
+                .client()
+                .await?
+                .delete_secret(&args.name)
+                .await?;
+            println!("Secret '{}' deleted", args.name);
+            Ok(())
+        }
+        Command::List(args) => list(args).await,
+        Command::AddMapping(args) => {
+            let names: BTreeSet<String> = args.secrets.iter().cloned().collect();
+            let client = args.target.client().await?;
+            client.add_mapping(&args.public_key, &names).await?;
+            println!(
+                "Public key '{}' can now access secrets: {:?}",
+                args.public_key, names
+            );
+            Ok(())
+        }
+        Command::RemoveMapping(args) => {
+            let names: BTreeSet<String> = args.secrets.iter().cloned().collect();
+            let client = args.target.client().await?;
+            client.remove_mapping(&args.public_key, &names).await?;
+            println!(
+                "Public key '{}' no longer has access to secrets: {:?}",
+                args.public_key, names
+            );
+            Ok(())
+        }
+        Command::Mappings(args) => {
+            let names = args
+                .target
+                .client()
+                .await?
+                .get_mappings(&args.public_key)
+                .await?;
+            for name in names {
+                println!("{name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn read_value(args: &mut PutArgs) -> anyhow::Result<SecretValue> {
+    if let Some(s) = args.string.take() {
+        return Ok(SecretValue::String(Zeroizing::new(s)));
+    }
+    if let Some(path) = &args.binary {
+        let bytes = if path.as_os_str() == "-" {
+            let mut buf = Zeroizing::new(Vec::new());
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("failed to read the binary secret from stdin")?;
+            buf
+        } else {
+            Zeroizing::new(std::fs::read(path).with_context(|| {
+                format!(
+                    "failed to read binary secret from file '{}'",
+                    path.display()
+                )
+            })?)
+        };
+        return Ok(SecretValue::Binary(bytes));
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("Reading the secret value from stdin; end it with Ctrl-D.");
+    }
+    let mut text = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("failed to read the secret from stdin (not UTF-8? use --binary -)")?;
+    // Drop one trailing newline, as `echo` and heredocs add it.
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        bail!("no secret value given: use --string, --binary FILE, or pipe it on stdin");
+    }
+    Ok(SecretValue::String(text))
+}
+
+async fn put(mut args: PutArgs) -> anyhow::Result<()> {
+    let value = read_value(&mut args)?;
+    let transit = match args.transit_xkey_seed.take().map(Zeroizing::new) {
+        None => None,
+        Some(k) if k.trim().starts_with("SX") => {
+            Some(crate::keys::xkey_from_seed(&k, "transit key")?)
+        }
+        Some(k) => Some(
+            XKey::from_public_key(k.trim()).context("--transit-xkey-seed is not a valid xkey")?,
+        ),
+    };
+    let client = args.target.client().await?;
+    let revision = client
+        .put_secret(&args.name, value, args.version, transit.as_ref())
+        .await?;
+    println!(
+        "Secret '{}' put successfully (version {revision})",
+        args.name
+    );
+    Ok(())
+}
+
+async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let data_key = DataKey::from_seed(&Zeroizing::new(args.encryption_xkey_seed))?;
+    let nats = server::connect(
+        &args.conn.nats_address,
+        args.conn.nats_creds_file.as_deref(),
+        "piggybank cli",
+    )
+    .await?;
+    let (_, value) = client::read_direct(
+        &nats,
+        &args.secrets_bucket,
+        &data_key,
+        &args.name,
+        args.version,
+    )
+    .await?;
+    match (args.kind, &value) {
+        (Some(Kind::String), SecretValue::Binary(_)) => {
+            bail!("secret is binary, but --kind string was requested")
+        }
+        (Some(Kind::Binary), SecretValue::String(_)) => {
+            bail!("secret is a string, but --kind binary was requested")
+        }
+        _ => {}
+    }
+    if let Some(path) = &args.output {
+        write_private(path, value.as_bytes())?;
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(value.as_bytes())?;
+    if matches!(value, SecretValue::String(_)) {
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Write a file readable only by its owner.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let secrets = args
+        .target
+        .client()
+        .await?
+        .list_secrets(&args.prefix)
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&secrets)?);
+        return Ok(());
+    }
+    println!("{:<40} {:>8} {:<7} UPDATED", "NAME", "VERSION", "KIND");
+    for s in secrets {
+        let kind = serde_json::to_value(s.kind)?;
+        println!(
+            "{:<40} {:>8} {:<7} {}",
+            s.name,
+            s.version,
+            kind.as_str().unwrap_or("?"),
+            s.updated_at
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Every name piggybank puts on the wire or reads from the environment, in one place.
+//!
+//! Operators script against these (flags, env vars, subjects, bucket names), so they are an
+//! interface: change one only with a changelog entry. Defaults match wasmCloud's sample
+//! backend `secrets-nats-kv` so that existing deployments switch by changing the binary name.
+
+/// Default subject prefix hosts are started with (`--secrets-topic`).
+pub const DEFAULT_SUBJECT_BASE: &str = "wasmcloud.secrets";
+/// Default backend name, as referenced by `backend: nats-kv` in a wadm secrets policy.
+pub const DEFAULT_BACKEND_NAME: &str = "nats-kv";
+/// Default secrets bucket.
+pub const DEFAULT_SECRETS_BUCKET: &str = "WASMCLOUD_SECRETS";
+/// Default number of revisions kept per secret (also the NATS KV maximum).
+pub const DEFAULT_MAX_SECRET_HISTORY: u8 = 64;
+/// Default queue group prefix; the group is `{queue_base}.{name}`.
+pub const DEFAULT_QUEUE_BASE: &str = "wasmcloud_secrets";
+/// Default NATS address.
+pub const DEFAULT_NATS_ADDRESS: &str = "127.0.0.1:4222";
+/// The only protocol version wasmCloud 1.x hosts speak.
+pub const DEFAULT_API_VERSION: &str = wasmcloud_secrets_types::SECRET_API_VERSION;
+/// Default cap on requests handled at once by one instance (backpressure beyond it).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
+/// Environment variables (sample-compatible ones first).
+pub mod env {
+    pub const ENCRYPTION_XKEY_SEED: &str = "ENCRYPTION_XKEY_SEED";
+    pub const TRANSIT_XKEY_SEED: &str = "TRANSIT_XKEY_SEED";
+    pub const NATS_CREDSFILE: &str = "NATS_CREDSFILE";
+    pub const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
+    pub const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
+    pub const TRUSTED_ISSUERS: &str = "TRUSTED_ISSUERS";
+    pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
+}
+
+/// Name of the mappings bucket for a backend: `SECRETS_{name}_state` (as the sample).
+pub fn mappings_bucket(backend_name: &str) -> String {
+    format!("SECRETS_{backend_name}_state")
+}
+
+/// Queue group shared by every instance of one backend.
+pub fn queue_group(queue_base: &str, backend_name: &str) -> String {
+    format!("{queue_base}.{backend_name}")
+}
+
+/// Subject prefix of one backend: `{base}.{api_version}.{name}`.
+pub fn subject_prefix(subject_base: &str, api_version: &str, backend_name: &str) -> String {
+    format!("{subject_base}.{api_version}.{backend_name}")
+}
+
+/// Operations on the protocol subject tree (`{prefix}.{operation}[.{entity}]`).
+pub mod ops {
+    pub const SERVER_XKEY: &str = "server_xkey";
+    pub const GET: &str = "get";
+    pub const PUT_SECRET: &str = "put_secret";
+    pub const DELETE_SECRET: &str = "delete_secret";
+    pub const LIST_SECRETS: &str = "list_secrets";
+    pub const ADD_MAPPING: &str = "add_mapping";
+    pub const REMOVE_MAPPING: &str = "remove_mapping";
+    pub const GET_MAPPINGS: &str = "get_mappings";
+}
+
+/// Headers.
+pub mod headers {
+    pub use wasmcloud_secrets_types::{RESPONSE_XKEY, WASMCLOUD_HOST_XKEY};
+    /// Set on every admin error reply (NATS micro-service convention): a human message.
+    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+    /// Set on every admin error reply: an HTTP-like status code.
+    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+}

@@ -1,0 +1,222 @@
+//! Key material: the transit key hosts seal requests to, and the data key values are sealed
+//! with at rest.
+//!
+//! Invariants:
+//! - Seeds are parsed from [`Zeroizing`] strings and never formatted: `Debug` prints only the
+//!   public key, and no error carries seed text.
+//! - Private key material is zeroized on drop (`crypto_box::SecretKey` and the precomputed
+//!   box both zeroize themselves; our own copies are `Zeroizing`).
+
+use crypto_box::aead::{Aead, AeadCore};
+use crypto_box::{Nonce, SalsaBox};
+use nkeys::XKey;
+use zeroize::Zeroizing;
+
+/// Prefix nkeys puts on every sealed box (format version 1).
+pub const XKV1: &[u8] = b"xkv1";
+const NONCE_LEN: usize = 24;
+
+/// Errors about key material. They never contain a seed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("{what} is not a valid xkey (curve) seed")]
+    InvalidSeed { what: &'static str },
+    #[error("not a valid xkey public key")]
+    InvalidPublicKey,
+    #[error("ciphertext could not be opened (wrong key or tampered data)")]
+    Open,
+    #[error("plaintext could not be sealed")]
+    Seal,
+}
+
+/// Parse an xkey seed (`SX...`). `what` names the key in the error ("transit key").
+pub fn xkey_from_seed(seed: &Zeroizing<String>, what: &'static str) -> Result<XKey, KeyError> {
+    XKey::from_seed(seed.trim()).map_err(|_| KeyError::InvalidSeed { what })
+}
+
+/// A freshly generated xkey seed, for `dev` and tests.
+pub fn generate_seed() -> Zeroizing<String> {
+    // `seed()` only fails on a public-only key; a new key always has its private half.
+    Zeroizing::new(XKey::new().seed().unwrap_or_default())
+}
+
+/// The server's transit key: hosts seal requests to its public key (`server_xkey`).
+///
+/// Hosts cache its public key for their whole lifetime, so it must stay the same across
+/// restarts of the backend.
+#[derive(Clone)]
+pub struct TransitKey {
+    key: XKey,
+    public: String,
+}
+
+impl std::fmt::Debug for TransitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TransitKey({})", self.public)
+    }
+}
+
+impl TransitKey {
+    pub fn from_seed(seed: &Zeroizing<String>) -> Result<Self, KeyError> {
+        Ok(Self::from_xkey(xkey_from_seed(seed, "transit key")?))
+    }
+
+    pub fn from_xkey(key: XKey) -> Self {
+        let public = key.public_key();
+        Self { key, public }
+    }
+
+    /// The public key hosts seal to, as returned by `server_xkey`.
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// Open a request sealed by `sender` (the requester's one-time public key) to this key.
+    pub fn open(&self, sealed: &[u8], sender: &XKey) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.key
+            .open(sealed, sender)
+            .map(Zeroizing::new)
+            .map_err(|_| KeyError::Open)
+    }
+}
+
+/// Seal `plaintext` to `recipient` from a fresh one-time key, as the protocol requires for
+/// replies. Returns the ciphertext and the one-time public key (header `Server-Response-Xkey`).
+pub fn seal_to(plaintext: &[u8], recipient: &XKey) -> Result<(Vec<u8>, String), KeyError> {
+    let one_time = XKey::new();
+    let sealed = one_time
+        .seal(plaintext, recipient)
+        .map_err(|_| KeyError::Seal)?;
+    Ok((sealed, one_time.public_key()))
+}
+
+/// A data key: seals values at rest, to itself, in the nkeys `xkv1` box format.
+///
+/// The x25519 agreement of the key with itself is computed once, at construction, so opening
+/// a stored value costs one symmetric decryption instead of a scalar multiplication. The bytes
+/// are identical to `XKey::seal(v, self)`, which is what the sample backend stored.
+pub struct DataKey {
+    id: String,
+    sealer: SalsaBox,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataKey({})", self.id)
+    }
+}
+
+impl DataKey {
+    pub fn from_seed(seed: &Zeroizing<String>) -> Result<Self, KeyError> {
+        Self::from_xkey(&xkey_from_seed(seed, "encryption key")?)
+    }
+
+    pub fn from_xkey(key: &XKey) -> Result<Self, KeyError> {
+        let raw = Zeroizing::new(key.private_key().map_err(|_| KeyError::InvalidSeed {
+            what: "encryption key",
+        })?);
+        // `private_key()` is the nkey-encoded private half; decode it back into raw bytes.
+        let bytes = nkeys_private_bytes(&raw).ok_or(KeyError::InvalidSeed {
+            what: "encryption key",
+        })?;
+        let secret = crypto_box::SecretKey::from(*bytes);
+        let public = secret.public_key();
+        Ok(Self {
+            id: key.public_key(),
+            sealer: SalsaBox::new(&public, &secret),
+        })
+    }
+
+    /// The key id recorded with every value it seals: its public key.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let nonce = SalsaBox::generate_nonce(&mut crypto_box::aead::OsRng);
+        let ciphertext = self
+            .sealer
+            .encrypt(&nonce, plaintext)
+            .map_err(|_| KeyError::Seal)?;
+        let mut out = Vec::with_capacity(XKV1.len() + NONCE_LEN + ciphertext.len());
+        out.extend_from_slice(XKV1);
+        out.extend_from_slice(nonce.as_slice());
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let body = sealed.strip_prefix(XKV1).ok_or(KeyError::Open)?;
+        if body.len() <= NONCE_LEN {
+            return Err(KeyError::Open);
+        }
+        let (nonce, ciphertext) = body.split_at(NONCE_LEN);
+        self.sealer
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|_| KeyError::Open)
+    }
+}
+
+/// Decode an nkey-encoded curve private key (`P...`) into its 32 raw bytes.
+fn nkeys_private_bytes(encoded: &str) -> Option<Zeroizing<[u8; 32]>> {
+    // Layout (base32, no padding): 1 prefix byte, 32 key bytes, 2 CRC bytes.
+    let decoded = Zeroizing::new(
+        data_encoding::BASE32_NOPAD
+            .decode(encoded.as_bytes())
+            .ok()?,
+    );
+    if decoded.len() != 35 {
+        return None;
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&decoded[1..33]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_key_is_byte_compatible_with_nkeys_self_seal() {
+        let xkey = XKey::new();
+        let data = DataKey::from_xkey(&xkey).unwrap();
+        let by_nkeys = xkey.seal(b"legacy value", &xkey).unwrap();
+        assert_eq!(&*data.open(&by_nkeys).unwrap(), b"legacy value");
+        let by_us = data.seal(b"new value").unwrap();
+        assert_eq!(xkey.open(&by_us, &xkey).unwrap(), b"new value");
+        assert_eq!(data.id(), xkey.public_key());
+    }
+
+    #[test]
+    fn data_key_refuses_other_keys_and_tampering() {
+        let a = DataKey::from_xkey(&XKey::new()).unwrap();
+        let b = DataKey::from_xkey(&XKey::new()).unwrap();
+        let mut sealed = a.seal(b"v").unwrap();
+        assert_eq!(b.open(&sealed).unwrap_err(), KeyError::Open);
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(a.open(&sealed).unwrap_err(), KeyError::Open);
+        assert_eq!(a.open(b"xkv1short").unwrap_err(), KeyError::Open);
+        assert_eq!(a.open(b"").unwrap_err(), KeyError::Open);
+    }
+
+    #[test]
+    fn bad_seed_errors_do_not_echo_the_seed() {
+        let seed = Zeroizing::new("SXNOTAREALSEEDATALL".to_string());
+        let err = TransitKey::from_seed(&seed).unwrap_err();
+        assert!(!err.to_string().contains("SXNOT"));
+        // A user (U) seed is a valid nkey seed but not a curve key.
+        let user = Zeroizing::new(nkeys::KeyPair::new_user().seed().unwrap());
+        assert!(DataKey::from_seed(&user).is_err());
+    }
+
+    #[test]
+    fn seal_to_round_trips_through_the_requester_key() {
+        let requester = XKey::new();
+        let (sealed, sender) = seal_to(b"reply", &requester).unwrap();
+        let sender = XKey::from_public_key(&sender).unwrap();
+        assert_eq!(requester.open(&sealed, &sender).unwrap(), b"reply");
+    }
+}

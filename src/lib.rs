@@ -1,0 +1,27 @@
+//! Piggybank: a secrets backend for wasmCloud 1.x on NATS JetStream KV.
+//!
+//! A drop-in replacement for wasmCloud's sample `secrets-nats-kv` (same subjects, flags and
+//! wire format) without its defects. One core, thin front doors.
+//!
+//! # Layout
+//! - [`config`]: every flag default, env var, subject operation, header and bucket name.
+//! - [`keys`]: the transit key (protocol) and the data key (at rest); zeroized on drop.
+//! - [`store`]: `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory by KV
+//!   watches; `envelope`, the at-rest format (and the sample's, read in place).
+//! - [`authz`]: JWT verification, trusted issuers, policy checks.
+//! - [`backend`]: the core every front door calls: read, put, delete, list, mappings.
+//! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
+//! - [`server`]: `run(config, shutdown)`: connect, open stores, serve.
+//! - [`client`]: admin client used by the CLI and tests.
+//! - [`cli`]: the `piggybank` command line (flags -> library calls).
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod authz;
+pub mod backend;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod keys;
+pub mod protocol;
+pub mod server;
+pub mod store;

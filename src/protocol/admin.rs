@@ -1,0 +1,156 @@
+//! Admin operations on the protocol subject tree: the sample's `put_secret`, `add_mapping`,
+//! `remove_mapping` (same bodies and replies), and piggybank's `delete_secret`,
+//! `list_secrets`, `get_mappings`.
+//!
+//! Mutations without a result answer `ok` (as the sample); queries answer JSON; every error
+//! answers [`Reply::admin_error`]. `put_secret` keeps the sample's `PutSecretResponse` shape.
+
+use std::collections::BTreeSet;
+
+use async_nats::HeaderMap;
+use zeroize::Zeroizing;
+
+use super::get::requester_key;
+use super::reply::Reply;
+use super::wire::{
+    admin_code, put_secret_error, DeleteSecretRequest, ListSecretsRequest, ListSecretsResponse,
+    MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
+};
+use crate::backend::{Backend, BackendError};
+use crate::store::envelope::SecretValue;
+
+fn put_error(e: PutSecretError) -> Reply {
+    Reply::json(&PutSecretResponse {
+        revision: 0,
+        error: Some(e),
+    })
+}
+
+fn backend_error(e: &BackendError) -> Reply {
+    Reply::admin_error(admin_code(e), e.to_string())
+}
+
+pub async fn put_secret(backend: &Backend, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
+    if payload.is_empty() {
+        return put_error(PutSecretError::InvalidPayload);
+    }
+    let requester = match requester_key(headers) {
+        Ok(k) => k,
+        Err(wasmcloud_secrets_types::GetSecretError::InvalidHeaders) => {
+            return put_error(PutSecretError::InvalidHeaders)
+        }
+        Err(_) => return put_error(PutSecretError::InvalidXKey),
+    };
+    let Ok(opened) = backend.transit().open(payload, &requester) else {
+        return put_error(PutSecretError::DecryptionError);
+    };
+    let Ok(mut request) = serde_json::from_slice::<PutSecretRequest>(&opened) else {
+        return put_error(PutSecretError::InvalidPayload);
+    };
+    let value = match (request.string_secret.take(), request.binary_secret.take()) {
+        (Some(_), Some(_)) => return put_error(PutSecretError::BothSecretsProvided),
+        (None, None) => return put_error(PutSecretError::NoSecretProvided),
+        (Some(s), None) => SecretValue::String(Zeroizing::new(s)),
+        (None, Some(b)) => SecretValue::Binary(Zeroizing::new(b)),
+    };
+    let expected = match request.version.trim() {
+        "" => None,
+        v => match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return put_error(PutSecretError::InvalidVersion(format!(
+                    "{v:?}: put's version is the expected current revision (0 = create only)"
+                )))
+            }
+        },
+    };
+    match backend.put(&request.key, &value, expected).await {
+        Ok(revision) => {
+            tracing::info!(key = %request.key, revision, kind = ?value.kind(), "secret stored");
+            Reply::json(&PutSecretResponse {
+                revision,
+                error: None,
+            })
+        }
+        Err(e) => put_error(put_secret_error(&e)),
+    }
+}
+
+pub async fn delete_secret(backend: &Backend, payload: &[u8]) -> Reply {
+    let request: DeleteSecretRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return Reply::admin_error(400, format!("expected {{\"key\": NAME}}: {e}")),
+    };
+    match backend.delete(&request.key).await {
+        Ok(()) => {
+            tracing::info!(key = %request.key, "secret deleted");
+            Reply::ok()
+        }
+        Err(e) => backend_error(&e),
+    }
+}
+
+pub fn list_secrets(backend: &Backend, payload: &[u8]) -> Reply {
+    let request = if payload.iter().all(u8::is_ascii_whitespace) {
+        ListSecretsRequest::default()
+    } else {
+        match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                return Reply::admin_error(400, format!("expected {{\"prefix\": TEXT}}: {e}"))
+            }
+        }
+    };
+    Reply::json(&ListSecretsResponse {
+        secrets: backend.list(&request.prefix),
+    })
+}
+
+/// Parse a mapping body: a JSON array of secret names (the sample sends a set).
+fn mapping_names(payload: &[u8]) -> Result<BTreeSet<String>, Reply> {
+    let names: Vec<String> = serde_json::from_slice(payload).map_err(|e| {
+        Reply::admin_error(400, format!("expected a JSON array of secret names: {e}"))
+    })?;
+    if names.is_empty() {
+        return Err(Reply::admin_error(400, "expected at least one secret name"));
+    }
+    Ok(names.into_iter().collect())
+}
+
+pub async fn add_mapping(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
+    let names = match mapping_names(payload) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
+    match backend.add_mapping(entity, &names).await {
+        Ok(_) => {
+            tracing::info!(entity, secrets = ?names, "mapping added");
+            Reply::ok()
+        }
+        Err(e) => backend_error(&e),
+    }
+}
+
+pub async fn remove_mapping(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
+    let names = match mapping_names(payload) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
+    match backend.remove_mapping(entity, &names).await {
+        Ok(_) => {
+            tracing::info!(entity, secrets = ?names, "mapping removed");
+            Reply::ok()
+        }
+        Err(e) => backend_error(&e),
+    }
+}
+
+pub fn get_mappings(backend: &Backend, entity: &str) -> Reply {
+    match backend.mappings_of(entity) {
+        Ok(secrets) => Reply::json(&MappingsResponse {
+            entity: entity.to_string(),
+            secrets,
+        }),
+        Err(e) => backend_error(&e),
+    }
+}

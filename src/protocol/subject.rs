@@ -1,0 +1,113 @@
+//! Parse a request subject into an [`Operation`]. Pure; no index arithmetic on split subjects.
+
+use crate::config::ops;
+
+/// One operation of the protocol subject tree `{base}.{version}.{name}.{op}[.{entity}]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    ServerXkey,
+    Get,
+    PutSecret,
+    DeleteSecret,
+    ListSecrets,
+    AddMapping(String),
+    RemoveMapping(String),
+    GetMappings(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject is outside this backend's prefix")]
+    OutsidePrefix,
+    #[error("unknown operation {0:?}")]
+    UnknownOperation(String),
+    #[error("operation {0:?} needs an entity public key as the last subject token")]
+    MissingEntity(&'static str),
+    #[error("operation {0:?} takes no further subject tokens")]
+    Trailing(String),
+}
+
+/// `prefix` is `{base}.{version}.{name}` (no trailing dot).
+pub fn parse(prefix: &str, subject: &str) -> Result<Operation, SubjectError> {
+    let rest = subject
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or(SubjectError::OutsidePrefix)?;
+    let (op, arg) = match rest.split_once('.') {
+        Some((op, arg)) => (op, Some(arg)),
+        None => (rest, None),
+    };
+    let with_entity = |name: &'static str, make: fn(String) -> Operation| match arg {
+        Some(entity) if !entity.is_empty() && !entity.contains('.') => Ok(make(entity.to_string())),
+        _ => Err(SubjectError::MissingEntity(name)),
+    };
+    let plain = |operation: Operation| match arg {
+        None => Ok(operation),
+        Some(_) => Err(SubjectError::Trailing(op.to_string())),
+    };
+    match op {
+        ops::SERVER_XKEY => plain(Operation::ServerXkey),
+        ops::GET => plain(Operation::Get),
+        ops::PUT_SECRET => plain(Operation::PutSecret),
+        ops::DELETE_SECRET => plain(Operation::DeleteSecret),
+        ops::LIST_SECRETS => plain(Operation::ListSecrets),
+        ops::ADD_MAPPING => with_entity(ops::ADD_MAPPING, Operation::AddMapping),
+        ops::REMOVE_MAPPING => with_entity(ops::REMOVE_MAPPING, Operation::RemoveMapping),
+        ops::GET_MAPPINGS => with_entity(ops::GET_MAPPINGS, Operation::GetMappings),
+        other => Err(SubjectError::UnknownOperation(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "wasmcloud.secrets.v1alpha1.nats-kv";
+
+    #[test]
+    fn parses_every_operation() {
+        let s = |op: &str| format!("{P}.{op}");
+        assert_eq!(parse(P, &s("server_xkey")), Ok(Operation::ServerXkey));
+        assert_eq!(parse(P, &s("get")), Ok(Operation::Get));
+        assert_eq!(parse(P, &s("put_secret")), Ok(Operation::PutSecret));
+        assert_eq!(parse(P, &s("delete_secret")), Ok(Operation::DeleteSecret));
+        assert_eq!(parse(P, &s("list_secrets")), Ok(Operation::ListSecrets));
+        assert_eq!(
+            parse(P, &s("add_mapping.MABC")),
+            Ok(Operation::AddMapping("MABC".into()))
+        );
+        assert_eq!(
+            parse(P, &s("remove_mapping.MABC")),
+            Ok(Operation::RemoveMapping("MABC".into()))
+        );
+        assert_eq!(
+            parse(P, &s("get_mappings.VXYZ")),
+            Ok(Operation::GetMappings("VXYZ".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_subjects() {
+        assert_eq!(
+            parse(P, &format!("{P}.nope")),
+            Err(SubjectError::UnknownOperation("nope".into()))
+        );
+        assert_eq!(
+            parse(P, &format!("{P}.add_mapping")),
+            Err(SubjectError::MissingEntity("add_mapping"))
+        );
+        assert_eq!(
+            parse(P, &format!("{P}.add_mapping.A.B")),
+            Err(SubjectError::MissingEntity("add_mapping"))
+        );
+        assert_eq!(
+            parse(P, &format!("{P}.get.extra")),
+            Err(SubjectError::Trailing("get".into()))
+        );
+        assert_eq!(
+            parse(P, "wasmcloud.secrets.v1alpha1.nats-kvx.get"),
+            Err(SubjectError::OutsidePrefix)
+        );
+        assert_eq!(parse(P, P), Err(SubjectError::OutsidePrefix));
+    }
+}

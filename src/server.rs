@@ -1,0 +1,201 @@
+//! `run`: connect, open the stores, build the core, serve the protocol until shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use crate::authz::{Authorizer, AuthzError};
+use crate::backend::Backend;
+use crate::config;
+use crate::keys::{DataKey, KeyError, TransitKey};
+use crate::protocol::{self, ServeConfig, ServeError};
+use crate::store::{BucketSpec, MappingTable, SecretStore, StoreError};
+
+/// Everything `piggybank run` is configured with. `Debug` never prints the seeds.
+#[derive(Clone)]
+pub struct RunConfig {
+    pub encryption_xkey_seed: Zeroizing<String>,
+    pub transit_xkey_seed: Zeroizing<String>,
+    pub subject_base: String,
+    pub name: String,
+    pub secrets_bucket: String,
+    pub max_secret_history: u8,
+    pub nats_queue_base: String,
+    pub nats_address: String,
+    pub api_version: String,
+    pub nats_creds_file: Option<PathBuf>,
+    pub replicas: usize,
+    pub trusted_issuers: Vec<String>,
+    pub max_in_flight: usize,
+}
+
+impl std::fmt::Debug for RunConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunConfig")
+            .field("encryption_xkey_seed", &"<redacted>")
+            .field("transit_xkey_seed", &"<redacted>")
+            .field("subject_base", &self.subject_base)
+            .field("name", &self.name)
+            .field("secrets_bucket", &self.secrets_bucket)
+            .field("nats_address", &self.nats_address)
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunConfig {
+    /// A config with the sample's defaults and the given seeds.
+    pub fn new(
+        encryption_xkey_seed: Zeroizing<String>,
+        transit_xkey_seed: Zeroizing<String>,
+    ) -> Self {
+        Self {
+            encryption_xkey_seed,
+            transit_xkey_seed,
+            subject_base: config::DEFAULT_SUBJECT_BASE.into(),
+            name: config::DEFAULT_BACKEND_NAME.into(),
+            secrets_bucket: config::DEFAULT_SECRETS_BUCKET.into(),
+            max_secret_history: config::DEFAULT_MAX_SECRET_HISTORY,
+            nats_queue_base: config::DEFAULT_QUEUE_BASE.into(),
+            nats_address: config::DEFAULT_NATS_ADDRESS.into(),
+            api_version: config::DEFAULT_API_VERSION.into(),
+            nats_creds_file: None,
+            replicas: 1,
+            trusted_issuers: Vec::new(),
+            max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+
+    pub fn subject_prefix(&self) -> String {
+        config::subject_prefix(&self.subject_base, &self.api_version, &self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("failed to open buckets: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to connect to NATS at {address}: {reason}")]
+pub struct ConnectError {
+    pub address: String,
+    pub reason: String,
+}
+
+/// Connect to NATS, with a credentials file if given. Fails fast (5 s) at start.
+pub async fn connect(
+    address: &str,
+    creds: Option<&std::path::Path>,
+    client_name: &str,
+) -> Result<async_nats::Client, ConnectError> {
+    let err = |reason: String| ConnectError {
+        address: address.to_string(),
+        reason,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(path) = creds {
+        options = options.credentials_file(path).await.map_err(|e| {
+            err(format!(
+                "cannot read credentials file {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    options
+        .connect(address)
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Build the core on an existing connection: parse keys, open (or create) both buckets and
+/// load them into memory.
+pub async fn open_backend(
+    client: &async_nats::Client,
+    config: &RunConfig,
+) -> Result<Backend, ServerError> {
+    if config.replicas == 0 {
+        return Err(ServerError::Config("--replicas must be at least 1".into()));
+    }
+    if !(1..=64).contains(&config.max_secret_history) {
+        return Err(ServerError::Config(
+            "--max-secret-history must be between 1 and 64".into(),
+        ));
+    }
+    let transit = TransitKey::from_seed(&config.transit_xkey_seed)?;
+    let data_key = DataKey::from_seed(&config.encryption_xkey_seed)?;
+    let authorizer = Authorizer::new(&config.trusted_issuers)?;
+    let secrets = SecretStore::open(
+        client,
+        &BucketSpec {
+            name: config.secrets_bucket.clone(),
+            description: "piggybank secrets (sealed values)",
+            history: i64::from(config.max_secret_history),
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let mappings = MappingTable::open(
+        client,
+        &BucketSpec {
+            name: config::mappings_bucket(&config.name),
+            description: "piggybank entity-to-secret mappings",
+            history: 1,
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    Ok(Backend::new(
+        transit, data_key, secrets, mappings, authorizer,
+    ))
+}
+
+/// Run the backend until `shutdown` completes; then drain and return.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let started = Instant::now();
+    if config.trusted_issuers.iter().all(|k| k.trim().is_empty()) {
+        tracing::warn!(
+            "no trusted issuers configured: any entity JWT with a valid signature is accepted; \
+             set --trusted-issuers (TRUSTED_ISSUERS) to the account keys that sign your components"
+        );
+    }
+    let client = connect(
+        &config.nats_address,
+        config.nats_creds_file.as_deref(),
+        &format!("piggybank {}", config.name),
+    )
+    .await?;
+    let backend = Arc::new(open_backend(&client, &config).await?);
+    tracing::info!(
+        backend = %config.name,
+        server_xkey = %backend.transit().public_key(),
+        secrets = backend.secrets().len(),
+        mapped_entities = backend.mappings().len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "piggybank ready"
+    );
+    let serve_config = ServeConfig {
+        prefix: config.subject_prefix(),
+        queue_group: config::queue_group(&config.nats_queue_base, &config.name),
+        max_in_flight: config.max_in_flight,
+    };
+    protocol::serve(client, backend, serve_config, shutdown).await?;
+    tracing::info!("piggybank stopped");
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Storage on NATS JetStream KV: secrets ([`SecretStore`]), the entity allow-list
+//! ([`MappingTable`]) and the at-rest format ([`envelope`]).
+//!
+//! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
+//! so the request hot path makes no NATS round trip. Every write is conditional where it
+//! must be (`create`/`update` on the revision) and is applied to the local mirror as soon as
+//! the server acknowledges it, so the instance that made a change honours it at once.
+
+pub mod envelope;
+pub mod mappings;
+pub mod mirror;
+pub mod secrets;
+
+pub use mappings::MappingTable;
+pub use secrets::{SecretMeta, SecretStore, StoredSecret};
+
+use async_nats::jetstream::{self, kv};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid secret name {name:?}: {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("invalid entity {0:?}: expected a public nkey (component M..., provider V...)")]
+    InvalidEntity(String),
+    #[error("secret {0:?} not found")]
+    NotFound(String),
+    #[error("version conflict on {name:?}: expected revision {expected}, current is {current}")]
+    VersionConflict {
+        name: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error("too many concurrent updates to {0:?}; try again")]
+    Contention(String),
+    #[error("stored data for {key:?} is corrupt: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("NATS JetStream: {0}")]
+    Upstream(String),
+}
+
+impl StoreError {
+    pub(crate) fn upstream(e: impl std::fmt::Display) -> Self {
+        StoreError::Upstream(e.to_string())
+    }
+}
+
+/// Longest secret name accepted (NATS KV keys are subjects; keep them well under limits).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Check that `name` is a usable NATS KV key: `[A-Za-z0-9-_/=.]`, no empty `.` token.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let bad = |why| {
+        Err(StoreError::InvalidName {
+            name: name.chars().take(MAX_NAME_LEN).collect(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("it is longer than 255 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'=' | b'.'))
+    {
+        return bad("only letters, digits and - _ / = . are allowed");
+    }
+    if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+        return bad("it may not start or end with '.', nor contain '..'");
+    }
+    Ok(())
+}
+
+/// Check that `entity` is a public nkey, as a JWT subject is.
+pub fn validate_entity(entity: &str) -> Result<(), StoreError> {
+    match nkeys::KeyPair::from_public_key(entity) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(StoreError::InvalidEntity(
+            entity.chars().take(MAX_NAME_LEN).collect(),
+        )),
+    }
+}
+
+/// How a bucket is created when it does not exist yet.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    pub name: String,
+    pub description: &'static str,
+    pub history: i64,
+    pub replicas: usize,
+}
+
+/// Open `spec.name`, creating it if it does not exist. An existing bucket is used as it is
+/// (a differing replica count is reported, not changed).
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+) -> Result<kv::Store, StoreError> {
+    match js.get_key_value(&spec.name).await {
+        Ok(store) => {
+            let replicas = store.stream.cached_info().config.num_replicas;
+            if replicas != spec.replicas {
+                tracing::warn!(
+                    bucket = %spec.name, existing = replicas, requested = spec.replicas,
+                    "bucket exists with a different replica count; leaving it as it is"
+                );
+            }
+            Ok(store)
+        }
+        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+            let created = js
+                .create_key_value(kv::Config {
+                    bucket: spec.name.clone(),
+                    description: spec.description.to_string(),
+                    history: spec.history,
+                    num_replicas: spec.replicas,
+                    compression: true,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(store) => Ok(store),
+                // Another instance created it first.
+                Err(_) => js
+                    .get_key_value(&spec.name)
+                    .await
+                    .map_err(StoreError::upstream),
+            }
+        }
+        Err(e) => Err(StoreError::upstream(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_nats_kv_key_rules() {
+        for ok in ["db", "app/db.password", "A-b_c=d", "x.y.z"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".x",
+            "x.",
+            "a..b",
+            "a b",
+            "a*b",
+            "a>b",
+            "ünï",
+            &"x".repeat(256),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entities_must_be_public_nkeys() {
+        let module = nkeys::KeyPair::new_module().public_key();
+        assert!(validate_entity(&module).is_ok());
+        assert!(validate_entity("not-a-key").is_err());
+        let seed = nkeys::KeyPair::new_module().seed().unwrap();
+        assert!(validate_entity(&seed).is_err());
+    }
+}
