@@ -62,13 +62,32 @@ pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
     }
 }
 
-/// Serve until `shutdown` completes, then drain in-flight requests and return.
+/// Serve the protocol for `backend` until `shutdown` completes, then drain and return.
 pub async fn serve(
     client: Client,
     backend: Arc<Backend>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let prefix: Arc<str> = config.prefix.clone().into();
+    let handler = move |msg: Message| {
+        let (backend, prefix) = (backend.clone(), prefix.clone());
+        async move { handle(&backend, &prefix, &msg).await }
+    };
+    serve_with(client, config, handler, shutdown).await
+}
+
+/// The serve loop, with the handler as a parameter: every front door on NATS shares it.
+pub async fn serve_with<H, F>(
+    client: Client,
+    config: ServeConfig,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    H: Fn(Message) -> F + Send + Sync + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
     let subject = format!("{}.>", config.prefix);
     let mut sub = client
         .queue_subscribe(subject.clone(), config.queue_group.clone())
@@ -80,7 +99,6 @@ pub async fn serve(
     tracing::info!(%subject, queue = %config.queue_group, "serving");
     let max = config.max_in_flight.clamp(1, u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
-    let prefix: Arc<str> = config.prefix.into();
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {
@@ -103,9 +121,10 @@ pub async fn serve(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (client, backend, prefix) = (client.clone(), backend.clone(), prefix.clone());
+        let client = client.clone();
+        let reply = handler(msg);
         tokio::spawn(async move {
-            let reply = handle(&backend, &prefix, &msg).await;
+            let reply = reply.await;
             let sent = match reply.headers {
                 Some(h) => {
                     client

@@ -115,6 +115,9 @@ impl SecretStore {
         name: &str,
         revision: u64,
     ) -> Result<Option<StoredSecret>, StoreError> {
+        if revision == 0 {
+            return Ok(None); // revisions start at 1
+        }
         match self.latest(name) {
             Some(latest) if latest.revision == revision => return Ok(Some(latest)),
             Some(latest) if latest.revision < revision => return Ok(None),

@@ -1,0 +1,340 @@
+//! Shared test fixtures: a real `nats-server -js` on a free loopback port with a temp dir
+//! (killed on drop), a piggybank backend running in-process, and wascap-minted JWTs.
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nkeys::{KeyPair, XKey};
+use piggybank::client::AdminClient;
+use piggybank::server::RunConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wascap::jwt::{CapabilityProvider, Claims, Component, Host};
+use wasmcloud_secrets_types::{Application, Context, SecretRequest};
+use zeroize::Zeroizing;
+
+/// A free loopback port, never the same one twice in this process (tests run in parallel).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A name no other server in this run has, to recognise our own server on its port.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), free_port())
+}
+
+/// A `nats-server -js` on 127.0.0.1, killed (and its data removed) on drop.
+pub struct NatsServer {
+    pub port: u16,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir)
+    }
+
+    /// Start on a given data dir (reused across restarts).
+    pub fn start_in(dir: tempfile::TempDir) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let name = unique_name("piggybank-test");
+            let mut child = Command::new("nats-server")
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-n",
+                    &name,
+                    "-sd",
+                ])
+                .arg(dir.path().join("js"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server must be installed (make test installs it)");
+            if wait_listening(&mut child, port, &name) {
+                return NatsServer { port, child, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nats-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats")
+    }
+
+    /// Stop the server and hand back its data dir, for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        dir
+    }
+}
+
+/// Wait until `child` (started with server name `name`) listens on `port`; false if it
+/// exits, takes over 10 s, or another server answers on that port.
+pub fn wait_listening(child: &mut Child, port: u16, name: &str) -> bool {
+    use std::io::BufRead;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut info = String::new();
+            let _ = std::io::BufReader::new(stream).read_line(&mut info);
+            return info.contains(&format!("\"server_name\":\"{name}\""));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Keys {
+    pub transit: Zeroizing<String>,
+    pub encryption: Zeroizing<String>,
+}
+
+impl Keys {
+    pub fn generate() -> Self {
+        Keys {
+            transit: piggybank::keys::generate_seed(),
+            encryption: piggybank::keys::generate_seed(),
+        }
+    }
+
+    pub fn transit_public(&self) -> String {
+        XKey::from_seed(&self.transit).unwrap().public_key()
+    }
+}
+
+pub fn config(nats: &NatsServer, keys: &Keys) -> RunConfig {
+    let mut c = RunConfig::new(keys.encryption.clone(), keys.transit.clone());
+    c.nats_address = nats.url();
+    c
+}
+
+/// A backend running in-process; stopped (drained) on `stop`, aborted on drop.
+pub struct Running {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), piggybank::server::ServerError>>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("backend task")
+                .expect("backend ran cleanly");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub async fn start_backend(nats: &NatsServer, config: RunConfig) -> Running {
+    let prefix = config.subject_prefix();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(piggybank::server::run(config, async {
+        let _ = rx.await;
+    }));
+    wait_for_backend(nats, &prefix).await;
+    Running {
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// Wait until something answers `{prefix}.server_xkey`.
+pub async fn wait_for_backend(nats: &NatsServer, prefix: &str) {
+    let client = nats.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let asked = client.request(format!("{prefix}.server_xkey"), "".into());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("backend did not come up on {prefix}");
+}
+
+pub fn admin(nats_client: async_nats::Client) -> AdminClient {
+    AdminClient::new(nats_client, "wasmcloud.secrets", "v1alpha1", "nats-kv")
+}
+
+pub fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// An account that signs entity JWTs.
+pub struct Issuer {
+    pub account: KeyPair,
+}
+
+impl Issuer {
+    pub fn new() -> Self {
+        Issuer {
+            account: KeyPair::new_account(),
+        }
+    }
+
+    pub fn public_key(&self) -> String {
+        self.account.public_key()
+    }
+
+    /// A component JWT: returns (jwt, subject).
+    pub fn component(&self) -> (String, String) {
+        self.component_with(None, None)
+    }
+
+    pub fn component_with(
+        &self,
+        not_before: Option<u64>,
+        expires: Option<u64>,
+    ) -> (String, String) {
+        let module = KeyPair::new_module();
+        let claims = Claims::<Component>::with_dates(
+            "test-component".into(),
+            self.account.public_key(),
+            module.public_key(),
+            None,
+            not_before,
+            expires,
+            false,
+            None,
+            None,
+            None,
+        );
+        (claims.encode(&self.account).unwrap(), module.public_key())
+    }
+
+    /// A provider JWT: returns (jwt, subject).
+    pub fn provider(&self) -> (String, String) {
+        let service = KeyPair::new_service();
+        let claims = Claims::<CapabilityProvider>::new(
+            "test-provider".into(),
+            self.account.public_key(),
+            service.public_key(),
+            "piggybank-tests".into(),
+            None,
+            None,
+            HashMap::new(),
+        );
+        (claims.encode(&self.account).unwrap(), service.public_key())
+    }
+}
+
+/// A host JWT, signed as a wasmCloud 1.x host does: by an account key it made at start.
+pub fn host_jwt() -> String {
+    let account = KeyPair::new_account();
+    let host = KeyPair::new_server();
+    let claims = Claims::<Host>::with_dates(
+        "test-host".into(),
+        account.public_key(),
+        host.public_key(),
+        None,
+        None,
+        None,
+    );
+    claims.encode(&account).unwrap()
+}
+
+pub fn request(key: &str, entity_jwt: &str) -> SecretRequest {
+    SecretRequest {
+        key: key.to_string(),
+        field: None,
+        version: None,
+        context: Context {
+            entity_jwt: entity_jwt.to_string(),
+            host_jwt: host_jwt(),
+            application: Application {
+                name: Some("app".into()),
+                policy: r#"{"type":"properties.secret.wasmcloud.dev/v1alpha1","properties":{}}"#
+                    .into(),
+            },
+        },
+    }
+}
+
+/// The real host-side client.
+pub async fn host_client(nats: &NatsServer) -> wasmcloud_secrets_client::Client {
+    wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", nats.client().await)
+        .await
+        .expect("secrets client")
+}
+
+/// Get through the real client; `Err` carries the client's error text.
+pub async fn host_get(
+    client: &wasmcloud_secrets_client::Client,
+    req: SecretRequest,
+) -> Result<wasmcloud_secrets_types::Secret, String> {
+    client
+        .get(req, XKey::new())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub fn piggybank_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_piggybank"))
+}
+
+pub fn assert_private_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} must be 0600", path.display());
+}
+
+/// Get through the real client, expecting a refusal; returns the client's error text.
+pub async fn host_refusal(client: &wasmcloud_secrets_client::Client, req: SecretRequest) -> String {
+    match host_get(client, req).await {
+        Ok(_) => panic!("expected the backend to refuse this get"),
+        Err(e) => e,
+    }
+}
