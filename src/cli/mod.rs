@@ -76,8 +76,8 @@ pub struct Target {
     #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
     pub subject_base: String,
     /// The name of the secrets backend
-    #[arg(short = 'n', long, default_value = config::DEFAULT_BACKEND_NAME)]
-    pub name: String,
+    #[arg(short = 'n', long = "name", id = "backend_name", default_value = config::DEFAULT_BACKEND_NAME)]
+    pub backend_name: String,
     /// The secrets API version
     #[arg(long, default_value = config::DEFAULT_API_VERSION)]
     pub secrets_api_version: String,
@@ -97,7 +97,7 @@ impl Target {
             nats,
             &self.subject_base,
             &self.secrets_api_version,
-            &self.name,
+            &self.backend_name,
         ))
     }
 }
@@ -471,4 +471,61 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_accepts_every_flag_of_the_sample() {
+        let cli = Cli::try_parse_from([
+            "piggybank",
+            "run",
+            "-e",
+            "SXE",
+            "-t",
+            "SXT",
+            "-s",
+            "base",
+            "-n",
+            "nm",
+            "-b",
+            "BKT",
+            "--max-secret-history",
+            "10",
+            "--nats-queue-base",
+            "qb",
+            "--nats-address",
+            "h:1",
+            "--secrets-api-version",
+            "v9",
+            "--nats-creds-file",
+            "/c",
+            "--replicas",
+            "3",
+            "--trusted-issuers",
+            "A1,A2",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let c = args.into_config();
+        assert_eq!(c.subject_prefix(), "base.v9.nm");
+        assert_eq!(
+            (c.secrets_bucket.as_str(), c.max_secret_history, c.replicas),
+            ("BKT", 10, 3)
+        );
+        assert_eq!(c.trusted_issuers, ["A1", "A2"]);
+        assert_eq!(c.nats_queue_base, "qb");
+    }
 }

@@ -95,8 +95,7 @@ impl NatsServer {
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 }
 
@@ -337,4 +336,84 @@ pub async fn host_refusal(client: &wasmcloud_secrets_client::Client, req: Secret
         Ok(_) => panic!("expected the backend to refuse this get"),
         Err(e) => e,
     }
+}
+
+/// A `piggybank` child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawn `piggybank run` against `nats` with `keys` (through the env, as operators do).
+pub fn spawn_run(nats: &NatsServer, keys: &Keys, extra: &[&str]) -> Proc {
+    let child = Command::new(piggybank_bin())
+        .arg("run")
+        .args(extra)
+        .env("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())
+        .env("TRANSIT_XKEY_SEED", keys.transit.as_str())
+        .env("NATS_ADDRESS", nats.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn piggybank run");
+    Proc { child }
+}
+
+/// Run a `piggybank` client command; returns (success, stdout bytes, stderr text).
+pub fn cli(
+    nats: &NatsServer,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> (bool, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(piggybank_bin())
+        .args(args)
+        .env("NATS_ADDRESS", nats.url())
+        .env_remove("ENCRYPTION_XKEY_SEED")
+        .env_remove("TRANSIT_XKEY_SEED")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn piggybank");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
