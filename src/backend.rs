@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::authz::{self, Authorizer, AuthzError};
 use crate::keys::{DataKey, TransitKey};
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
-use crate::store::mappings::MappingChange;
+pub use crate::store::mappings::MappingChange;
 use crate::store::{validate_name, MappingTable, SecretMeta, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,26 +139,14 @@ impl Backend {
         self.secrets.list(prefix)
     }
 
-    pub async fn add_mapping(
+    /// Add or remove `names` for `entity`; returns the entity's resulting names.
+    pub async fn update_mapping(
         &self,
         entity: &str,
+        change: MappingChange,
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, BackendError> {
-        Ok(self
-            .mappings
-            .update(entity, MappingChange::Add, names)
-            .await?)
-    }
-
-    pub async fn remove_mapping(
-        &self,
-        entity: &str,
-        names: &BTreeSet<String>,
-    ) -> Result<Vec<String>, BackendError> {
-        Ok(self
-            .mappings
-            .update(entity, MappingChange::Remove, names)
-            .await?)
+        Ok(self.mappings.update(entity, change, names).await?)
     }
 
     pub fn mappings_of(&self, entity: &str) -> Result<Vec<String>, BackendError> {

@@ -6,14 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use piggybank::store::envelope::SecretValue;
-use zeroize::Zeroizing;
 
 const PREFIX: &str = "wasmcloud.secrets.v1alpha1.nats-kv";
-
-fn text(s: &str) -> SecretValue {
-    SecretValue::String(Zeroizing::new(s.to_string()))
-}
 
 #[tokio::test]
 async fn secrets_and_mappings_survive_backend_and_nats_restarts() {

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use piggybank::protocol::reply::Reply;
 use piggybank::protocol::{serve_with, ServeConfig};
-use piggybank::store::envelope::SecretValue;
-use zeroize::Zeroizing;
-
-fn text(s: &str) -> SecretValue {
-    SecretValue::String(Zeroizing::new(s.to_string()))
-}
-
-fn bytes(b: &[u8]) -> SecretValue {
-    SecretValue::Binary(Zeroizing::new(b.to_vec()))
-}
 
 /// Defect 1: remove_mapping was a no-op, so access could never be revoked.
 #[tokio::test]

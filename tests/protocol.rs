@@ -5,16 +5,7 @@ mod common;
 
 use common::*;
 use piggybank::client::ClientError;
-use piggybank::store::envelope::{SecretKind, SecretValue};
-use zeroize::Zeroizing;
-
-fn text(s: &str) -> SecretValue {
-    SecretValue::String(Zeroizing::new(s.to_string()))
-}
-
-fn bytes(b: &[u8]) -> SecretValue {
-    SecretValue::Binary(Zeroizing::new(b.to_vec()))
-}
+use piggybank::store::envelope::SecretKind;
 
 #[tokio::test]
 async fn server_xkey_is_the_transit_public_key() {

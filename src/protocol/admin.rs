@@ -16,7 +16,7 @@ use super::wire::{
     admin_code, put_secret_error, DeleteSecretRequest, ListSecretsRequest, ListSecretsResponse,
     MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
 };
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, MappingChange};
 use crate::store::envelope::SecretValue;
 
 fn put_error(e: PutSecretError) -> Reply {
@@ -117,28 +117,20 @@ fn mapping_names(payload: &[u8]) -> Result<BTreeSet<String>, Reply> {
     Ok(names.into_iter().collect())
 }
 
-pub async fn add_mapping(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
+/// `add_mapping.{entity}` and `remove_mapping.{entity}`.
+pub async fn update_mapping(
+    backend: &Backend,
+    change: MappingChange,
+    entity: &str,
+    payload: &[u8],
+) -> Reply {
     let names = match mapping_names(payload) {
         Ok(n) => n,
         Err(reply) => return reply,
     };
-    match backend.add_mapping(entity, &names).await {
+    match backend.update_mapping(entity, change, &names).await {
         Ok(_) => {
-            tracing::info!(entity, secrets = ?names, "mapping added");
-            Reply::ok()
-        }
-        Err(e) => backend_error(&e),
-    }
-}
-
-pub async fn remove_mapping(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
-    let names = match mapping_names(payload) {
-        Ok(n) => n,
-        Err(reply) => return reply,
-    };
-    match backend.remove_mapping(entity, &names).await {
-        Ok(_) => {
-            tracing::info!(entity, secrets = ?names, "mapping removed");
+            tracing::info!(entity, ?change, secrets = ?names, "mapping updated");
             Reply::ok()
         }
         Err(e) => backend_error(&e),

@@ -20,7 +20,7 @@ use async_nats::{Client, Message};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, MappingChange};
 use reply::Reply;
 use subject::{Operation, SubjectError};
 
@@ -52,9 +52,11 @@ pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
         Ok(Operation::PutSecret) => admin::put_secret(backend, headers, payload).await,
         Ok(Operation::DeleteSecret) => admin::delete_secret(backend, payload).await,
         Ok(Operation::ListSecrets) => admin::list_secrets(backend, payload),
-        Ok(Operation::AddMapping(entity)) => admin::add_mapping(backend, &entity, payload).await,
+        Ok(Operation::AddMapping(entity)) => {
+            admin::update_mapping(backend, MappingChange::Add, &entity, payload).await
+        }
         Ok(Operation::RemoveMapping(entity)) => {
-            admin::remove_mapping(backend, &entity, payload).await
+            admin::update_mapping(backend, MappingChange::Remove, &entity, payload).await
         }
         Ok(Operation::GetMappings(entity)) => admin::get_mappings(backend, &entity),
         Err(e @ SubjectError::UnknownOperation(_)) => Reply::admin_error(404, e.to_string()),

@@ -19,12 +19,8 @@ use super::{validate_entity, validate_name, BucketSpec, StoreError};
 /// Attempts at a compare-and-set before giving up with `Contention`.
 const CAS_ATTEMPTS: usize = 32;
 
-struct Grant {
-    revision: u64,
-    names: Arc<HashSet<String>>,
-}
-
-type Cache = Arc<RwLock<HashMap<String, Grant>>>;
+/// Entity -> (revision, names it may read).
+type Cache = Arc<RwLock<HashMap<String, (u64, HashSet<String>)>>>;
 
 pub struct MappingTable {
     kv: kv::Store,
@@ -52,19 +48,7 @@ fn apply(cache: &Cache, change: Change) {
         },
     };
     let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
-    if map
-        .get(&change.key)
-        .is_some_and(|g| g.revision >= change.revision)
-    {
-        return;
-    }
-    map.insert(
-        change.key,
-        Grant {
-            revision: change.revision,
-            names: Arc::new(names),
-        },
-    );
+    mirror::insert_if_newer(&mut map, change.key, change.revision, names);
 }
 
 /// The kind of change an update makes to an entity's set of names.
@@ -91,7 +75,8 @@ impl MappingTable {
     /// Whether `entity` may read `name`. In memory; no I/O.
     pub fn allows(&self, entity: &str, name: &str) -> bool {
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        map.get(entity).is_some_and(|g| g.names.contains(name))
+        map.get(entity)
+            .is_some_and(|(_, names)| names.contains(name))
     }
 
     /// The names `entity` may read, sorted.
@@ -99,7 +84,7 @@ impl MappingTable {
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
         let mut names: Vec<String> = map
             .get(entity)
-            .map(|g| g.names.iter().cloned().collect())
+            .map(|(_, names)| names.iter().cloned().collect())
             .unwrap_or_default();
         names.sort();
         names
@@ -108,7 +93,7 @@ impl MappingTable {
     /// Number of entities with at least one mapping.
     pub fn len(&self) -> usize {
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|g| !g.names.is_empty()).count()
+        map.values().filter(|(_, names)| !names.is_empty()).count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -31,6 +31,20 @@ pub struct Change {
     pub value: Option<Bytes>,
 }
 
+/// Insert `value` for `key` unless the map already holds that key at `revision` or later:
+/// the one rule both caches follow, so replays and late deliveries never move a key back.
+pub fn insert_if_newer<V>(
+    map: &mut std::collections::HashMap<String, (u64, V)>,
+    key: String,
+    revision: u64,
+    value: V,
+) {
+    if map.get(&key).is_some_and(|(held, _)| *held >= revision) {
+        return;
+    }
+    map.insert(key, (revision, value));
+}
+
 /// Keeps the mirror task alive; dropping it stops the task.
 pub struct MirrorHandle {
     task: JoinHandle<()>,
@@ -126,4 +140,21 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_if_newer;
+    use std::collections::HashMap;
+
+    #[test]
+    fn older_or_equal_revisions_never_replace_newer_ones() {
+        let mut map = HashMap::new();
+        insert_if_newer(&mut map, "k".into(), 5, "five");
+        insert_if_newer(&mut map, "k".into(), 3, "three"); // late watch delivery
+        insert_if_newer(&mut map, "k".into(), 5, "replay");
+        assert_eq!(map["k"], (5, "five"));
+        insert_if_newer(&mut map, "k".into(), 6, "six");
+        assert_eq!(map["k"], (6, "six"));
+    }
 }

@@ -43,14 +43,14 @@ pub struct SecretMeta {
     pub key_id: Option<String>,
 }
 
+/// The latest version of one secret, keyed by its revision in the map.
 struct Cached {
-    revision: u64,
     updated: OffsetDateTime,
     /// `None` for a deleted secret (a tombstone).
     sealed: Option<Bytes>,
 }
 
-type Cache = Arc<RwLock<HashMap<String, Cached>>>;
+type Cache = Arc<RwLock<HashMap<String, (u64, Cached)>>>;
 
 pub struct SecretStore {
     kv: kv::Store,
@@ -61,20 +61,11 @@ pub struct SecretStore {
 
 fn apply(cache: &Cache, change: Change) {
     let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
-    if map
-        .get(&change.key)
-        .is_some_and(|c| c.revision >= change.revision)
-    {
-        return;
-    }
-    map.insert(
-        change.key,
-        Cached {
-            revision: change.revision,
-            updated: change.at,
-            sealed: change.value,
-        },
-    );
+    let cached = Cached {
+        updated: change.at,
+        sealed: change.value,
+    };
+    mirror::insert_if_newer(&mut map, change.key, change.revision, cached);
 }
 
 impl SecretStore {
@@ -93,16 +84,16 @@ impl SecretStore {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Cached>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, (u64, Cached)>> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The latest version of `name`, from memory.
     pub fn latest(&self, name: &str) -> Option<StoredSecret> {
         let map = self.read();
-        let cached = map.get(name)?;
+        let (revision, cached) = map.get(name)?;
         Some(StoredSecret {
-            revision: cached.revision,
+            revision: *revision,
             updated: cached.updated,
             sealed: cached.sealed.clone()?,
         })
@@ -257,12 +248,12 @@ impl SecretStore {
         let mut out: Vec<SecretMeta> = map
             .iter()
             .filter(|(name, _)| name.starts_with(prefix))
-            .filter_map(|(name, cached)| {
+            .filter_map(|(name, (revision, cached))| {
                 let sealed = cached.sealed.as_ref()?;
                 let header = envelope::parse(sealed).ok().map(|(h, _)| h);
                 Some(SecretMeta {
                     name: name.clone(),
-                    version: cached.revision,
+                    version: *revision,
                     kind: header.as_ref().map_or(SecretKind::Legacy, |h| h.kind),
                     created_at: header
                         .as_ref()
@@ -279,7 +270,10 @@ impl SecretStore {
 
     /// Number of live secrets.
     pub fn len(&self) -> usize {
-        self.read().values().filter(|c| c.sealed.is_some()).count()
+        self.read()
+            .values()
+            .filter(|(_, c)| c.sealed.is_some())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {

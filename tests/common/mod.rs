@@ -417,3 +417,11 @@ pub fn cli(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+pub fn text(s: &str) -> piggybank::store::envelope::SecretValue {
+    piggybank::store::envelope::SecretValue::String(Zeroizing::new(s.to_string()))
+}
+
+pub fn bytes(b: &[u8]) -> piggybank::store::envelope::SecretValue {
+    piggybank::store::envelope::SecretValue::Binary(Zeroizing::new(b.to_vec()))
+}
