@@ -1,13 +1,19 @@
 //! `piggybank`: parse flags, set up logging, call the library.
 
 use clap::Parser;
-use piggybank::cli::{self, Cli, LogFormat};
+use piggybank::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Servers log at info; client commands print their result and log only problems.
+    let default_level = match cli.command {
+        Command::Run(_) | Command::Dev(_) => "info",
+        _ => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
