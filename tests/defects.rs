@@ -13,10 +13,12 @@ use piggybank::protocol::{serve_with, ServeConfig};
 /// Defect 1: remove_mapping was a no-op, so access could never be revoked.
 #[tokio::test]
 async fn remove_mapping_revokes_access_at_once() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().component();
     admin.put_secret("s", text("v"), None, None).await.unwrap();
     admin.add_mapping(&subject, &names(&["s"])).await.unwrap();
@@ -35,10 +37,12 @@ async fn remove_mapping_revokes_access_at_once() {
 /// Defect 2: binary secrets were returned still encrypted.
 #[tokio::test]
 async fn binary_secrets_come_back_byte_exact() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().provider();
     let all_bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     admin
@@ -63,10 +67,12 @@ async fn binary_secrets_come_back_byte_exact() {
 /// Defect 3: the kind was not stored, so UTF-8 binary data came back as a string.
 #[tokio::test]
 async fn the_kind_is_recorded_never_guessed() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().component();
     admin
         .put_secret("utf8-bytes", bytes(b"looks like text"), None, None)
@@ -178,10 +184,12 @@ async fn one_slow_request_does_not_hold_up_others() {
 /// Defect 5, against the real backend: many gets in flight at once all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_are_all_served() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().component();
     admin.put_secret("s", text("v"), None, None).await.unwrap();
     admin.add_mapping(&subject, &names(&["s"])).await.unwrap();
@@ -204,10 +212,12 @@ async fn concurrent_gets_are_all_served() {
 /// Defect 8: a deleted secret gave a decryption error instead of "not found".
 #[tokio::test]
 async fn a_deleted_secret_is_not_found_in_every_version() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().component();
     let v1 = admin
         .put_secret("gone", text("v1"), None, None)
@@ -241,10 +251,12 @@ async fn a_deleted_secret_is_not_found_in_every_version() {
 /// Defect 9: `policy` was ignored; a malformed policy is now refused.
 #[tokio::test]
 async fn a_malformed_policy_is_a_policy_error() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().component();
     admin.put_secret("s", text("v"), None, None).await.unwrap();
     admin.add_mapping(&subject, &names(&["s"])).await.unwrap();

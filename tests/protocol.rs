@@ -9,19 +9,23 @@ use piggybank::store::envelope::SecretKind;
 
 #[tokio::test]
 async fn server_xkey_is_the_transit_public_key() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats: _nats,
+        keys,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     assert_eq!(admin.server_xkey().await.unwrap(), keys.transit_public());
 }
 
 #[tokio::test]
 async fn mapped_component_and_provider_get_their_secrets() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let issuer = Issuer::new();
     let (component_jwt, component) = issuer.component();
     let (provider_jwt, provider) = issuer.provider();
@@ -67,10 +71,12 @@ async fn mapped_component_and_provider_get_their_secrets() {
 
 #[tokio::test]
 async fn versions_select_kv_revisions() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let issuer = Issuer::new();
     let (jwt, subject) = issuer.component();
     let v1 = admin
@@ -115,10 +121,12 @@ async fn versions_select_kv_revisions() {
 
 #[tokio::test]
 async fn field_selects_a_member_of_a_json_secret() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, subject) = Issuer::new().component();
     admin
         .put_secret(
@@ -156,10 +164,12 @@ async fn field_selects_a_member_of_a_json_secret() {
 
 #[tokio::test]
 async fn admin_operations_list_delete_and_show_mappings() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats: _nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (_, subject) = Issuer::new().component();
 
     admin
@@ -226,10 +236,12 @@ async fn admin_operations_list_delete_and_show_mappings() {
 
 #[tokio::test]
 async fn put_version_is_a_compare_and_set() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats: _nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
 
     let v1 = admin
         .put_secret("cas", text("a"), Some(0), None)
@@ -285,10 +297,12 @@ async fn trusted_issuers_refuse_other_signers() {
 
 #[tokio::test]
 async fn unmapped_gets_unauthorized_whether_or_not_the_secret_exists() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let _b = start_backend(&nats, config(&nats, &keys)).await;
-    let admin = admin(nats.client().await);
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
     let (jwt, _) = Issuer::new().component();
     admin
         .put_secret("exists", text("v"), None, None)

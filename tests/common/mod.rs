@@ -425,3 +425,25 @@ pub fn text(s: &str) -> piggybank::store::envelope::SecretValue {
 pub fn bytes(b: &[u8]) -> piggybank::store::envelope::SecretValue {
     piggybank::store::envelope::SecretValue::Binary(Zeroizing::new(b.to_vec()))
 }
+
+/// A nats-server with a piggybank backend on it (default config) and an admin client:
+/// the start of most tests. Destructure it to keep the parts alive for the whole test.
+pub struct Deployed {
+    pub nats: NatsServer,
+    pub keys: Keys,
+    pub backend: Running,
+    pub admin: AdminClient,
+}
+
+pub async fn deployed() -> Deployed {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let backend = start_backend(&nats, config(&nats, &keys)).await;
+    let admin = admin(nats.client().await);
+    Deployed {
+        nats,
+        keys,
+        backend,
+        admin,
+    }
+}
