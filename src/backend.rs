@@ -149,6 +149,15 @@ impl Backend {
         Ok(self.mappings.update(entity, change, names).await?)
     }
 
+    /// Metadata of one secret.
+    pub fn info(&self, name: &str) -> Result<SecretMeta, BackendError> {
+        validate_name(name)?;
+        Ok(self
+            .secrets
+            .meta(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?)
+    }
+
     pub fn mappings_of(&self, entity: &str) -> Result<Vec<String>, BackendError> {
         crate::store::validate_entity(entity)?;
         Ok(self.mappings.names(entity))

@@ -67,3 +67,55 @@ pub mod headers {
     /// Set on every admin error reply: an HTTP-like status code.
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 }
+
+/// Keys of the capability provider's configuration (HostData `config` and `secrets`).
+/// Operators write these in wadm manifests.
+pub mod provider {
+    /// Friendly name the provider gives its NATS connections and logs.
+    pub const NAME: &str = "piggybank-provider";
+    /// NATS URL of the secrets connection (default: the lattice's).
+    pub const NATS_URL: &str = "nats_url";
+    /// Contents of a NATS `.creds` file for the secrets connection (a secret; config accepted).
+    pub const NATS_CREDS: &str = "nats_creds";
+    pub const BACKEND_NAME: &str = "backend_name";
+    pub const SUBJECT_BASE: &str = "subject_base";
+    pub const SECRETS_BUCKET: &str = "secrets_bucket";
+    pub const REPLICAS: &str = "replicas";
+    /// Comma-separated account public keys whose entities may read secrets.
+    pub const TRUSTED_ISSUERS: &str = "trusted_issuers";
+    /// `true` accepts the two seeds below as plain config (with a warning).
+    pub const INSECURE_CONFIG_KEYS: &str = "insecure_config_keys";
+    /// The transit xkey seed (a secret).
+    pub const TRANSIT_XKEY_SEED: &str = "transit_xkey_seed";
+    /// The data (encryption) xkey seed (a secret).
+    pub const ENCRYPTION_XKEY_SEED: &str = "encryption_xkey_seed";
+    /// Every key the provider reads from its config.
+    pub const CONFIG_KEYS: &[&str] = &[
+        NATS_URL,
+        NATS_CREDS,
+        BACKEND_NAME,
+        SUBJECT_BASE,
+        SECRETS_BUCKET,
+        REPLICAS,
+        TRUSTED_ISSUERS,
+        INSECURE_CONFIG_KEYS,
+        TRANSIT_XKEY_SEED,
+        ENCRYPTION_XKEY_SEED,
+    ];
+    /// NATS URL when neither `nats_url` nor the lattice's URL is set (the SDK's default).
+    pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+    /// Keys of a link's target config (component -> provider), which scopes the component.
+    pub mod link {
+        /// Names the component may write, map and see start with this (default: all names).
+        pub const PREFIX: &str = "prefix";
+        /// `true`: the component may only call functions that change nothing.
+        pub const READ_ONLY: &str = "read_only";
+        pub const KEYS: &[&str] = &[PREFIX, READ_ONLY];
+    }
+
+    /// WIT identity of the admin interface a link must name.
+    pub const WIT_NAMESPACE: &str = "piggybank";
+    pub const WIT_PACKAGE: &str = "secrets";
+    pub const WIT_INTERFACE: &str = "admin";
+}

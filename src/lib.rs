@@ -12,6 +12,8 @@
 //! - [`backend`]: the core every front door calls: read, put, delete, list, mappings.
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - [`server`]: `run(config, shutdown)`: connect, open stores, serve.
+//! - [`provider`]: the capability provider: HostData settings, link scopes, the WIT admin
+//!   interface over wRPC (front door), and the same protocol server.
 //! - [`client`]: admin client used by the CLI and tests.
 //! - [`cli`]: the `piggybank` command line (flags -> library calls).
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -23,5 +25,6 @@ pub mod client;
 pub mod config;
 pub mod keys;
 pub mod protocol;
+pub mod provider;
 pub mod server;
 pub mod store;

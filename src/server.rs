@@ -1,7 +1,7 @@
 //! `run`: connect, open the stores, build the core, serve the protocol until shutdown.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ pub struct RunConfig {
     pub nats_queue_base: String,
     pub nats_address: String,
     pub api_version: String,
-    pub nats_creds_file: Option<PathBuf>,
+    pub nats_credentials: Option<Credentials>,
     pub replicas: usize,
     pub trusted_issuers: Vec<String>,
     pub max_in_flight: usize,
@@ -62,7 +62,7 @@ impl RunConfig {
             nats_queue_base: config::DEFAULT_QUEUE_BASE.into(),
             nats_address: config::DEFAULT_NATS_ADDRESS.into(),
             api_version: config::DEFAULT_API_VERSION.into(),
-            nats_creds_file: None,
+            nats_credentials: None,
             replicas: 1,
             trusted_issuers: Vec::new(),
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
@@ -71,6 +71,30 @@ impl RunConfig {
 
     pub fn subject_prefix(&self) -> String {
         config::subject_prefix(&self.subject_base, &self.api_version, &self.name)
+    }
+}
+
+/// How to authenticate to NATS. `Debug` never prints a seed or a credentials file's contents.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A `.creds` file on disk (`--nats-creds-file`).
+    File(PathBuf),
+    /// The contents of a `.creds` file (the provider receives them as a secret).
+    Contents(Zeroizing<String>),
+    /// A user JWT and its nkey seed (the provider reuses the lattice's, from HostData).
+    UserJwt {
+        jwt: String,
+        seed: Zeroizing<String>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::File(path) => f.debug_tuple("File").field(path).finish(),
+            Credentials::Contents(_) => f.write_str("Contents(<redacted>)"),
+            Credentials::UserJwt { .. } => f.write_str("UserJwt(<redacted>)"),
+        }
     }
 }
 
@@ -97,31 +121,52 @@ pub struct ConnectError {
     pub reason: String,
 }
 
-/// Connect to NATS, with a credentials file if given. Fails fast (5 s) at start.
+/// Connect to NATS, with credentials if given. Fails fast (5 s) at start.
 pub async fn connect(
     address: &str,
-    creds: Option<&std::path::Path>,
+    credentials: Option<&Credentials>,
     client_name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
     let err = |reason: String| ConnectError {
         address: address.to_string(),
         reason,
     };
-    let mut options = async_nats::ConnectOptions::new()
-        .name(client_name)
-        .connection_timeout(Duration::from_secs(5));
-    if let Some(path) = creds {
-        options = options.credentials_file(path).await.map_err(|e| {
-            err(format!(
-                "cannot read credentials file {}: {e}",
-                path.display()
-            ))
-        })?;
+    let mut options = async_nats::ConnectOptions::new();
+    match credentials {
+        None => {}
+        Some(Credentials::File(path)) => {
+            options = options.credentials_file(path).await.map_err(|e| {
+                err(format!(
+                    "cannot read credentials file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        Some(Credentials::Contents(contents)) => {
+            options = async_nats::ConnectOptions::with_credentials(contents)
+                .map_err(|_| err("the credentials are not a valid NATS .creds file".into()))?;
+        }
+        Some(Credentials::UserJwt { jwt, seed }) => {
+            let key = nkeys::KeyPair::from_seed(seed)
+                .map_err(|_| err("the user nkey seed is not valid".into()))?;
+            let key = Arc::new(key);
+            options = async_nats::ConnectOptions::with_jwt(jwt.clone(), move |nonce| {
+                let key = Arc::clone(&key);
+                async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+            });
+        }
     }
     options
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5))
         .connect(address)
         .await
         .map_err(|e| err(e.to_string()))
+}
+
+/// A credentials file path, as the CLI takes it.
+pub fn credentials_file(path: Option<&Path>) -> Option<Credentials> {
+    path.map(|p| Credentials::File(p.to_path_buf()))
 }
 
 /// Build the core on an existing connection: parse keys, open (or create) both buckets and
@@ -166,8 +211,14 @@ pub async fn open_backend(
     ))
 }
 
-/// Run the backend until `shutdown` completes; then drain and return.
-pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+/// A backend ready to serve: its connection and its core, loaded into memory.
+pub struct Started {
+    pub client: async_nats::Client,
+    pub backend: Arc<Backend>,
+}
+
+/// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup time.
+pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     let started = Instant::now();
     if config.trusted_issuers.iter().all(|k| k.trim().is_empty()) {
         tracing::warn!(
@@ -177,11 +228,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     }
     let client = connect(
         &config.nats_address,
-        config.nats_creds_file.as_deref(),
+        config.nats_credentials.as_ref(),
         &format!("piggybank {}", config.name),
     )
     .await?;
-    let backend = Arc::new(open_backend(&client, &config).await?);
+    let backend = Arc::new(open_backend(&client, config).await?);
     tracing::info!(
         backend = %config.name,
         server_xkey = %backend.transit().public_key(),
@@ -190,12 +241,27 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         startup_ms = started.elapsed().as_millis() as u64,
         "piggybank ready"
     );
+    Ok(Started { client, backend })
+}
+
+/// Serve the wasmCloud secrets protocol for a started backend until `shutdown`; then drain.
+pub async fn serve(
+    started: Started,
+    config: &RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let serve_config = ServeConfig {
         prefix: config.subject_prefix(),
         queue_group: config::queue_group(&config.nats_queue_base, &config.name),
         max_in_flight: config.max_in_flight,
     };
-    protocol::serve(client, backend, serve_config, shutdown).await?;
+    protocol::serve(started.client, started.backend, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
     Ok(())
+}
+
+/// Run the backend until `shutdown` completes; then drain and return.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let started = start(&config).await?;
+    serve(started, &config, shutdown).await
 }

@@ -89,7 +89,7 @@ impl Target {
     async fn client(&self) -> anyhow::Result<AdminClient> {
         let nats = server::connect(
             &self.conn.nats_address,
-            self.conn.nats_creds_file.as_deref(),
+            server::credentials_file(self.conn.nats_creds_file.as_deref()).as_ref(),
             "piggybank cli",
         )
         .await?;
@@ -158,7 +158,7 @@ impl RunArgs {
         c.nats_queue_base = self.nats_queue_base;
         c.nats_address = self.nats_address;
         c.api_version = self.secrets_api_version;
-        c.nats_creds_file = self.nats_creds_file;
+        c.nats_credentials = server::credentials_file(self.nats_creds_file.as_deref());
         c.replicas = self.replicas;
         c.trusted_issuers = self.trusted_issuers;
         c.max_in_flight = self.max_in_flight;
@@ -401,7 +401,7 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
     let data_key = DataKey::from_seed(&Zeroizing::new(args.encryption_xkey_seed))?;
     let nats = server::connect(
         &args.conn.nats_address,
-        args.conn.nats_creds_file.as_deref(),
+        server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
         "piggybank cli",
     )
     .await?;

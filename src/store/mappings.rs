@@ -90,6 +90,15 @@ impl MappingTable {
         names
     }
 
+    /// One round trip to the bucket's stream: is JetStream answering for this bucket?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.kv
+            .status()
+            .await
+            .map(|_| ())
+            .map_err(StoreError::upstream)
+    }
+
     /// Number of entities with at least one mapping.
     pub fn len(&self) -> usize {
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());

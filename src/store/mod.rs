@@ -76,9 +76,12 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 
 /// Check that `entity` is a public nkey, as a JWT subject is.
 pub fn validate_entity(entity: &str) -> Result<(), StoreError> {
+    // Only components (module keys, `M...`) and providers (service keys, `V...`) read
+    // secrets; any other valid key (an account, a host) could never be served.
+    let readable = matches!(entity.as_bytes().first(), Some(b'M' | b'V'));
     match nkeys::KeyPair::from_public_key(entity) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(StoreError::InvalidEntity(
+        Ok(_) if readable => Ok(()),
+        _ => Err(StoreError::InvalidEntity(
             entity.chars().take(MAX_NAME_LEN).collect(),
         )),
     }
@@ -137,6 +140,22 @@ pub async fn open_bucket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_component_and_provider_keys_are_entities() {
+        use nkeys::KeyPair;
+        assert!(validate_entity(&KeyPair::new_module().public_key()).is_ok());
+        assert!(validate_entity(&KeyPair::new_service().public_key()).is_ok());
+        for other in [
+            KeyPair::new_account().public_key(),
+            KeyPair::new_server().public_key(),
+            KeyPair::new_user().public_key(),
+            "MNOTAKEY".to_string(),
+            String::new(),
+        ] {
+            assert!(validate_entity(&other).is_err(), "{other}");
+        }
+    }
 
     #[test]
     fn names_follow_nats_kv_key_rules() {

@@ -248,24 +248,26 @@ impl SecretStore {
         let mut out: Vec<SecretMeta> = map
             .iter()
             .filter(|(name, _)| name.starts_with(prefix))
-            .filter_map(|(name, (revision, cached))| {
-                let sealed = cached.sealed.as_ref()?;
-                let header = envelope::parse(sealed).ok().map(|(h, _)| h);
-                Some(SecretMeta {
-                    name: name.clone(),
-                    version: *revision,
-                    kind: header.as_ref().map_or(SecretKind::Legacy, |h| h.kind),
-                    created_at: header
-                        .as_ref()
-                        .and_then(|h| h.created_ms)
-                        .and_then(rfc3339_from_ms),
-                    updated_at: rfc3339(cached.updated),
-                    key_id: header.and_then(|h| h.key_id),
-                })
-            })
+            .filter_map(|(name, (revision, cached))| meta(name, *revision, cached))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Metadata of one live secret.
+    pub fn meta(&self, name: &str) -> Option<SecretMeta> {
+        let map = self.read();
+        let (revision, cached) = map.get(name)?;
+        meta(name, *revision, cached)
+    }
+
+    /// One round trip to the bucket's stream: is JetStream answering for this bucket?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.kv
+            .status()
+            .await
+            .map(|_| ())
+            .map_err(StoreError::upstream)
     }
 
     /// Number of live secrets.
@@ -279,6 +281,22 @@ impl SecretStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn meta(name: &str, revision: u64, cached: &Cached) -> Option<SecretMeta> {
+    let sealed = cached.sealed.as_ref()?;
+    let header = envelope::parse(sealed).ok().map(|(h, _)| h);
+    Some(SecretMeta {
+        name: name.to_string(),
+        version: revision,
+        kind: header.as_ref().map_or(SecretKind::Legacy, |h| h.kind),
+        created_at: header
+            .as_ref()
+            .and_then(|h| h.created_ms)
+            .and_then(rfc3339_from_ms),
+        updated_at: rfc3339(cached.updated),
+        key_id: header.and_then(|h| h.key_id),
+    })
 }
 
 pub(crate) fn now_ms() -> u64 {

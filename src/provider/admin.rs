@@ -1,0 +1,237 @@
+//! The `piggybank:secrets/admin` front door: WIT calls over wRPC -> the core.
+//!
+//! Each function authorizes the caller by its link ([`Links`]), checks names against the link's
+//! scope, calls [`Backend`], and maps errors to the WIT `error` variant in one function
+//! ([`wit_error`]). Handlers never return a transport error for a bad argument: every refusal
+//! is a typed `error` the component can match on. No function returns a secret value.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use wasmcloud_provider_sdk::Context;
+use zeroize::Zeroizing;
+
+use super::bindings::exports::piggybank::secrets::admin::{
+    Error, Handler, SecretInfo, SecretKind, SecretValue as WitValue, StoreStatus,
+};
+use super::links::{Access, LinkScope, Links, ScopeError};
+use crate::backend::{Backend, BackendError, MappingChange};
+use crate::server::RunConfig;
+use crate::store::envelope::{SecretKind as StoredKind, SecretValue};
+use crate::store::{SecretMeta, StoreError};
+
+/// What the exports need: the core, the links, and what `status` reports.
+#[derive(Clone)]
+pub struct AdminExports {
+    backend: Arc<Backend>,
+    links: Arc<Links>,
+    nats: async_nats::Client,
+    backend_name: String,
+    subject_prefix: String,
+}
+
+impl AdminExports {
+    pub fn new(
+        backend: Arc<Backend>,
+        links: Arc<Links>,
+        nats: async_nats::Client,
+        config: &RunConfig,
+    ) -> Self {
+        Self {
+            backend,
+            links,
+            nats,
+            backend_name: config.name.clone(),
+            subject_prefix: config.subject_prefix(),
+        }
+    }
+
+    fn authorize(&self, cx: &Option<Context>, access: Access) -> Result<LinkScope, Error> {
+        let component = cx.as_ref().and_then(|c| c.component.as_deref());
+        let link = cx.as_ref().map_or("default", Context::link_name);
+        let scope = self.links.authorize(component, link, access);
+        if let Err(err) = &scope {
+            tracing::info!(component, link, %err, "admin call refused");
+        }
+        scope.map_err(scope_error)
+    }
+
+    /// Authorize, then check every name against the scope.
+    fn authorize_names<'a>(
+        &self,
+        cx: &Option<Context>,
+        access: Access,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<LinkScope, Error> {
+        let scope = self.authorize(cx, access)?;
+        for name in names {
+            scope.allows_name(name).map_err(scope_error)?;
+        }
+        Ok(scope)
+    }
+
+    async fn mapping(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+        names: Vec<String>,
+        change: MappingChange,
+    ) -> Result<Vec<String>, Error> {
+        let scope = self.authorize_names(&cx, Access::Write, names.iter().map(String::as_str))?;
+        if names.is_empty() {
+            return Err(Error::InvalidArgument("names must not be empty".into()));
+        }
+        let names: BTreeSet<String> = names.into_iter().collect();
+        let all = self
+            .backend
+            .update_mapping(&entity, change, &names)
+            .await
+            .map_err(wit_error)?;
+        Ok(within(&scope, all))
+    }
+}
+
+impl Handler<Option<Context>> for AdminExports {
+    async fn put_secret(
+        &self,
+        cx: Option<Context>,
+        name: String,
+        value: WitValue,
+        expected_version: Option<u64>,
+    ) -> anyhow::Result<Result<u64, Error>> {
+        let put = async {
+            self.authorize_names(&cx, Access::Write, [name.as_str()])?;
+            let value = match value {
+                WitValue::Text(s) => SecretValue::String(Zeroizing::new(s)),
+                WitValue::Bytes(b) => SecretValue::Binary(Zeroizing::new(b.into())),
+            };
+            self.backend
+                .put(&name, &value, expected_version)
+                .await
+                .map_err(wit_error)
+        };
+        Ok(put.await)
+    }
+
+    async fn delete_secret(
+        &self,
+        cx: Option<Context>,
+        name: String,
+    ) -> anyhow::Result<Result<(), Error>> {
+        let delete = async {
+            self.authorize_names(&cx, Access::Write, [name.as_str()])?;
+            self.backend.delete(&name).await.map_err(wit_error)
+        };
+        Ok(delete.await)
+    }
+
+    async fn list_secrets(
+        &self,
+        cx: Option<Context>,
+        prefix: String,
+    ) -> anyhow::Result<Result<Vec<SecretInfo>, Error>> {
+        Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
+            let prefix = scope.narrow(&prefix).map_err(scope_error)?;
+            Ok(self.backend.list(&prefix).into_iter().map(info).collect())
+        }))
+    }
+
+    async fn describe_secret(
+        &self,
+        cx: Option<Context>,
+        name: String,
+    ) -> anyhow::Result<Result<SecretInfo, Error>> {
+        Ok(self
+            .authorize_names(&cx, Access::Read, [name.as_str()])
+            .and_then(|_| self.backend.info(&name).map(info).map_err(wit_error)))
+    }
+
+    async fn add_mapping(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+        names: Vec<String>,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        Ok(self.mapping(cx, entity, names, MappingChange::Add).await)
+    }
+
+    async fn remove_mapping(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+        names: Vec<String>,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        Ok(self.mapping(cx, entity, names, MappingChange::Remove).await)
+    }
+
+    async fn list_mappings(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
+            let names = self.backend.mappings_of(&entity).map_err(wit_error)?;
+            Ok(within(&scope, names))
+        }))
+    }
+
+    async fn status(&self, cx: Option<Context>) -> anyhow::Result<Result<StoreStatus, Error>> {
+        Ok(self.authorize(&cx, Access::Read).map(|scope| StoreStatus {
+            backend_name: self.backend_name.clone(),
+            subject_prefix: self.subject_prefix.clone(),
+            server_xkey: self.backend.transit().public_key().to_string(),
+            sealed: false,
+            nats_connected: self.nats.connection_state()
+                == async_nats::connection::State::Connected,
+            secrets: self.backend.secrets().len() as u64,
+            mapped_entities: self.backend.mappings().len() as u64,
+            scope_prefix: scope.prefix,
+            read_only: scope.read_only,
+        }))
+    }
+}
+
+/// Names the scope lets the caller see.
+fn within(scope: &LinkScope, names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| scope.allows_name(n).is_ok())
+        .collect()
+}
+
+fn info(meta: SecretMeta) -> SecretInfo {
+    SecretInfo {
+        name: meta.name,
+        version: meta.version,
+        kind: match meta.kind {
+            StoredKind::String => SecretKind::Text,
+            StoredKind::Binary => SecretKind::Bytes,
+            StoredKind::Legacy => SecretKind::Legacy,
+        },
+        created_at: meta.created_at,
+        updated_at: meta.updated_at,
+        key_id: meta.key_id,
+    }
+}
+
+fn scope_error(err: ScopeError) -> Error {
+    Error::Unauthorized(err.to_string())
+}
+
+/// The one mapping from core errors to the WIT error variant.
+fn wit_error(err: BackendError) -> Error {
+    let message = err.to_string();
+    match err {
+        BackendError::Store(StoreError::InvalidName { .. } | StoreError::InvalidEntity(_))
+        | BackendError::InvalidVersion(_) => Error::InvalidArgument(message),
+        BackendError::Store(StoreError::NotFound(_)) => Error::NotFound(message),
+        BackendError::Store(StoreError::VersionConflict { .. }) => Error::VersionConflict(message),
+        BackendError::Store(
+            StoreError::Contention(_) | StoreError::Upstream(_) | StoreError::Corrupt { .. },
+        )
+        | BackendError::Authz(_)
+        | BackendError::Envelope(_)
+        | BackendError::MissingField(_)
+        | BackendError::NotAnObject(_) => Error::Unavailable(message),
+    }
+}

@@ -1,0 +1,866 @@
+//! The capability provider without a host: the real `piggybank-provider` binary, HostData on
+//! its stdin, links put and deleted on the host's subjects, the WIT admin interface called
+//! over wRPC as a linked component's host would, and secrets read back with the real
+//! `wasmcloud-secrets-client`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use nkeys::XKey;
+use wasmcloud_provider_sdk::core::secrets::SecretValue;
+use wasmcloud_provider_sdk::{HealthCheckResponse, HostData, InterfaceLinkDefinition};
+
+mod bindings {
+    wit_bindgen_wrpc::generate!({ world: "admin-client", path: "wit" });
+}
+use bindings::piggybank::secrets::admin::{self, Error, SecretKind, SecretValue as WitValue};
+
+/// How the provider is started: its config and secrets, as a host would pass them.
+struct Setup {
+    config: HashMap<String, String>,
+    secrets: HashMap<String, SecretValue>,
+}
+
+impl Setup {
+    /// Keys as secrets, everything else default.
+    fn with_keys(keys: &Keys) -> Self {
+        let secrets = [
+            ("transit_xkey_seed", keys.transit.as_str()),
+            ("encryption_xkey_seed", keys.encryption.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), SecretValue::String(v.to_string())))
+        .collect();
+        Setup {
+            config: HashMap::new(),
+            secrets,
+        }
+    }
+
+    fn config(mut self, key: &str, value: &str) -> Self {
+        self.config.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A running `piggybank-provider`, with the ids a host would use to reach it.
+struct ProviderProc {
+    proc: Proc,
+    lattice: String,
+    provider_id: String,
+    host_id: String,
+    link_put_id: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn provider_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_piggybank-provider")
+}
+
+/// Spawn the provider with `stdin_line` (already encoded) on stdin, capturing stderr.
+fn spawn_with_stdin(stdin_line: &[u8]) -> (Proc, Arc<Mutex<String>>) {
+    let mut child = Command::new(provider_bin())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn piggybank-provider");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(stdin_line).unwrap();
+    drop(stdin);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&stderr);
+    let pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (Proc { child }, stderr)
+}
+
+fn encode(host_data: &HostData) -> Vec<u8> {
+    let json = serde_json::to_vec(host_data).unwrap();
+    let mut line = base64::engine::general_purpose::STANDARD
+        .encode(json)
+        .into_bytes();
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+fn host_data(lattice_url: &str, lattice: &str, setup: Setup) -> (HostData, String) {
+    let provider_xkey = XKey::new();
+    let host_xkey = XKey::new();
+    let host_data = HostData {
+        host_id: nkeys::KeyPair::new_server().public_key(),
+        lattice_rpc_prefix: lattice.to_string(),
+        lattice_rpc_url: lattice_url.to_string(),
+        provider_key: unique_name("piggybank"),
+        instance_id: "instance-1".into(),
+        config: setup.config,
+        secrets: setup.secrets,
+        host_xkey_public_key: host_xkey.public_key(),
+        provider_xkey_private_key: provider_xkey.seed().unwrap(),
+        ..Default::default()
+    };
+    (host_data, provider_xkey.public_key())
+}
+
+impl ProviderProc {
+    async fn start(nats: &NatsServer, setup: Setup) -> Self {
+        let lattice = unique_name("lattice");
+        let (host_data, link_put_id) = host_data(&nats.url(), &lattice, setup);
+        let (proc, stderr) = spawn_with_stdin(&encode(&host_data));
+        let provider = ProviderProc {
+            proc,
+            lattice,
+            provider_id: host_data.provider_key.clone(),
+            host_id: host_data.host_id.clone(),
+            link_put_id,
+            stderr,
+        };
+        let client = nats.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while provider.health(&client).await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "provider never answered health checks; stderr:\n{}",
+                provider.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        provider
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn subject(&self, tail: &str) -> String {
+        format!("wasmbus.rpc.{}.{}.{tail}", self.lattice, self.provider_id)
+    }
+
+    async fn health(&self, nats: &async_nats::Client) -> Option<HealthCheckResponse> {
+        let reply = tokio::time::timeout(
+            Duration::from_millis(500),
+            nats.request(self.subject("health"), "{}".into()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        serde_json::from_slice(&reply.payload).ok()
+    }
+
+    fn link(&self, component: &str, config: &[(&str, &str)]) -> InterfaceLinkDefinition {
+        InterfaceLinkDefinition {
+            source_id: component.into(),
+            target: self.provider_id.clone(),
+            name: "default".into(),
+            wit_namespace: "piggybank".into(),
+            wit_package: "secrets".into(),
+            interfaces: vec!["admin".into()],
+            source_config: HashMap::new(),
+            target_config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            source_secrets: None,
+            target_secrets: None,
+        }
+    }
+
+    /// Put a link the way a host does, and wait until the provider honours it.
+    async fn put_link(&self, nats: &async_nats::Client, link: &InterfaceLinkDefinition) {
+        self.publish_link(nats, link).await;
+        let wrpc = self.wrpc(nats).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while admin::status(&wrpc, caller(&link.source_id))
+            .await
+            .unwrap()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "link was never honoured");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn publish_link(&self, nats: &async_nats::Client, link: &InterfaceLinkDefinition) {
+        let subject = format!(
+            "wasmbus.rpc.{}.{}.linkdefs.put",
+            self.lattice, self.link_put_id
+        );
+        nats.publish(subject, serde_json::to_vec(link).unwrap().into())
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+    }
+
+    async fn delete_link(&self, nats: &async_nats::Client, link: &InterfaceLinkDefinition) {
+        nats.publish(
+            self.subject("linkdefs.del"),
+            serde_json::to_vec(link).unwrap().into(),
+        )
+        .await
+        .unwrap();
+        nats.flush().await.unwrap();
+    }
+
+    async fn wrpc(&self, nats: &async_nats::Client) -> wrpc_transport_nats::Client {
+        wrpc_transport_nats::Client::new(
+            nats.clone(),
+            format!("{}.{}", self.lattice, self.provider_id),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The host's shutdown request; returns the provider's reply.
+    async fn shutdown(&self, nats: &async_nats::Client) -> String {
+        let body = serde_json::json!({ "host_id": self.host_id }).to_string();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(20),
+            nats.request(self.subject("default.shutdown"), body.into()),
+        )
+        .await
+        .expect("shutdown reply in time")
+        .expect("shutdown reply");
+        String::from_utf8_lossy(&reply.payload).into_owned()
+    }
+}
+
+/// The wRPC context of a call from `component` over the default link, as a host sends it.
+fn caller(component: &str) -> Option<async_nats::HeaderMap> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("source-id", component);
+    headers.insert("link-name", "default");
+    Some(headers)
+}
+
+fn text_value(s: &str) -> WitValue {
+    WitValue::Text(s.into())
+}
+
+fn component_key() -> String {
+    nkeys::KeyPair::new_module().public_key()
+}
+
+#[tokio::test]
+async fn every_admin_function_works_for_a_linked_component() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    let ops = || caller("ops");
+
+    let v1 = admin::put_secret(&wrpc, ops(), "db/password", &text_value("hunter2"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = WitValue::Bytes(vec![0, 159, 146, 150].into());
+    admin::put_secret(&wrpc, ops(), "db/cert", &bytes, Some(0))
+        .await
+        .unwrap()
+        .unwrap();
+    // Compare-and-set: a stale version is refused, the current one is accepted.
+    let stale = admin::put_secret(
+        &wrpc,
+        ops(),
+        "db/password",
+        &text_value("x"),
+        Some(v1 + 100),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(stale, Err(Error::VersionConflict(_))), "{stale:?}");
+    let v2 = admin::put_secret(
+        &wrpc,
+        ops(),
+        "db/password",
+        &text_value("hunter3"),
+        Some(v1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(v2 > v1);
+
+    let info = admin::describe_secret(&wrpc, ops(), "db/password")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((info.version, info.kind), (v2, SecretKind::Text));
+    assert!(info.created_at.is_some());
+    let listed = admin::list_secrets(&wrpc, ops(), "db/")
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<_> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["db/cert", "db/password"]);
+    assert_eq!(listed[0].kind, SecretKind::Bytes);
+
+    let entity = component_key();
+    let mapped = admin::add_mapping(&wrpc, ops(), &entity, &["db/password", "db/cert"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mapped, ["db/cert", "db/password"]);
+    let left = admin::remove_mapping(&wrpc, ops(), &entity, &["db/cert"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left, ["db/password"]);
+    assert_eq!(
+        admin::list_mappings(&wrpc, ops(), &entity)
+            .await
+            .unwrap()
+            .unwrap(),
+        ["db/password"]
+    );
+
+    let status = admin::status(&wrpc, ops()).await.unwrap().unwrap();
+    assert_eq!(status.backend_name, "nats-kv");
+    assert_eq!(status.subject_prefix, "wasmcloud.secrets.v1alpha1.nats-kv");
+    assert_eq!(status.server_xkey, keys.transit_public());
+    assert!(status.nats_connected && !status.sealed && !status.read_only);
+    assert_eq!((status.secrets, status.mapped_entities), (2, 1));
+
+    admin::delete_secret(&wrpc, ops(), "db/cert")
+        .await
+        .unwrap()
+        .unwrap();
+    let gone = admin::describe_secret(&wrpc, ops(), "db/cert")
+        .await
+        .unwrap();
+    assert!(matches!(gone, Err(Error::NotFound(_))), "{gone:?}");
+    let again = admin::delete_secret(&wrpc, ops(), "db/cert").await.unwrap();
+    assert!(matches!(again, Err(Error::NotFound(_))), "{again:?}");
+
+    let logs = provider.stderr();
+    for secret in [
+        "hunter2",
+        "hunter3",
+        keys.transit.as_str(),
+        keys.encryption.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test]
+async fn a_secret_put_over_wrpc_is_served_to_hosts_over_the_protocol() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+
+    let issuer = Issuer::new();
+    let (jwt, entity) = issuer.component();
+    admin::put_secret(
+        &wrpc,
+        caller("ops"),
+        "api-token",
+        &text_value("t0k3n"),
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    admin::add_mapping(&wrpc, caller("ops"), &entity, &["api-token"])
+        .await
+        .unwrap()
+        .unwrap();
+
+    let host = host_client(&nats).await;
+    let secret = host_get(&host, request("api-token", &jwt)).await.unwrap();
+    assert_eq!(secret.string_secret.as_deref(), Some("t0k3n"));
+
+    admin::remove_mapping(&wrpc, caller("ops"), &entity, &["api-token"])
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = host_refusal(&host, request("api-token", &jwt)).await;
+    assert!(refused.contains("nauthorized"), "{refused}");
+}
+
+#[tokio::test]
+async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    let wrpc = provider.wrpc(&client).await;
+
+    let unlinked = admin::list_secrets(&wrpc, caller("stranger"), "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(unlinked, Err(Error::Unauthorized(_))),
+        "{unlinked:?}"
+    );
+    let anonymous = admin::status(&wrpc, None).await.unwrap();
+    assert!(
+        matches!(anonymous, Err(Error::Unauthorized(_))),
+        "{anonymous:?}"
+    );
+
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    provider
+        .put_link(&client, &provider.link("shop", &[("prefix", "shop/")]))
+        .await;
+    provider
+        .put_link(
+            &client,
+            &provider.link("auditor", &[("prefix", "shop/"), ("read_only", "true")]),
+        )
+        .await;
+    let mut versions = HashMap::new();
+    for name in ["shop/db", "bank/db"] {
+        let version = admin::put_secret(&wrpc, caller("ops"), name, &text_value("v"), None)
+            .await
+            .unwrap()
+            .unwrap();
+        versions.insert(name, version);
+    }
+    let entity = component_key();
+
+    // The shop link reaches shop/ names only, for every function that names a secret.
+    let shop = || caller("shop");
+    let outside = [
+        admin::put_secret(&wrpc, shop(), "bank/db", &text_value("x"), None)
+            .await
+            .unwrap()
+            .map(drop),
+        admin::delete_secret(&wrpc, shop(), "bank/db")
+            .await
+            .unwrap(),
+        admin::describe_secret(&wrpc, shop(), "bank/db")
+            .await
+            .unwrap()
+            .map(drop),
+        admin::list_secrets(&wrpc, shop(), "bank/")
+            .await
+            .unwrap()
+            .map(drop),
+        admin::add_mapping(&wrpc, shop(), &entity, &["bank/db"])
+            .await
+            .unwrap()
+            .map(drop),
+        admin::remove_mapping(&wrpc, shop(), &entity, &["bank/db"])
+            .await
+            .unwrap()
+            .map(drop),
+    ];
+    for result in outside {
+        assert!(matches!(result, Err(Error::Unauthorized(_))), "{result:?}");
+    }
+    let seen = admin::list_secrets(&wrpc, shop(), "")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["shop/db"]
+    );
+    admin::add_mapping(&wrpc, shop(), &entity, &["shop/db"])
+        .await
+        .unwrap()
+        .unwrap();
+    admin::add_mapping(&wrpc, caller("ops"), &entity, &["bank/db"])
+        .await
+        .unwrap()
+        .unwrap();
+    let visible = admin::list_mappings(&wrpc, shop(), &entity)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(visible, ["shop/db"], "a scope hides mappings outside it");
+
+    // The read-only link reads within its scope and writes nothing.
+    let auditor = || caller("auditor");
+    let status = admin::status(&wrpc, auditor()).await.unwrap().unwrap();
+    assert!(status.read_only);
+    assert_eq!(status.scope_prefix, "shop/");
+    assert!(admin::describe_secret(&wrpc, auditor(), "shop/db")
+        .await
+        .unwrap()
+        .is_ok());
+    let writes = [
+        admin::put_secret(&wrpc, auditor(), "shop/db", &text_value("x"), None)
+            .await
+            .unwrap()
+            .map(drop),
+        admin::delete_secret(&wrpc, auditor(), "shop/db")
+            .await
+            .unwrap(),
+        admin::add_mapping(&wrpc, auditor(), &entity, &["shop/db"])
+            .await
+            .unwrap()
+            .map(drop),
+    ];
+    for result in writes {
+        assert!(matches!(result, Err(Error::Unauthorized(_))), "{result:?}");
+    }
+    // Nothing the refused calls tried happened.
+    for name in ["shop/db", "bank/db"] {
+        let info = admin::describe_secret(&wrpc, caller("ops"), name)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.version, versions[name], "{name} was changed");
+    }
+    let mapped = admin::list_mappings(&wrpc, caller("ops"), &entity)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mapped, ["bank/db", "shop/db"]);
+}
+
+#[tokio::test]
+async fn deleting_the_link_revokes_access_at_once() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    let link = provider.link("ops", &[]);
+    provider.put_link(&client, &link).await;
+    let wrpc = provider.wrpc(&client).await;
+    assert!(admin::status(&wrpc, caller("ops")).await.unwrap().is_ok());
+
+    let started = Instant::now();
+    provider.delete_link(&client, &link).await;
+    loop {
+        let status = admin::status(&wrpc, caller("ops")).await.unwrap();
+        if matches!(status, Err(Error::Unauthorized(_))) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "link delete not honoured within 1 s"
+        );
+    }
+    eprintln!("link delete honoured after {:?}", started.elapsed());
+    let put = admin::put_secret(&wrpc, caller("ops"), "x", &text_value("v"), None)
+        .await
+        .unwrap();
+    assert!(matches!(put, Err(Error::Unauthorized(_))), "{put:?}");
+}
+
+#[tokio::test]
+async fn bad_link_config_is_refused_and_other_links_keep_working() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider
+        .put_link(&client, &provider.link("good", &[]))
+        .await;
+
+    let mut wrong_interface = provider.link("other-iface", &[]);
+    wrong_interface.wit_package = "keyvalue".into();
+    let bad = [
+        provider.link("typo", &[("read-only", "true")]),
+        provider.link("maybe", &[("read_only", "maybe")]),
+        provider.link("wild", &[("prefix", "shop.>")]),
+        wrong_interface,
+    ];
+    for link in &bad {
+        provider.publish_link(&client, link).await;
+    }
+    // Link puts are handled in order: once this one is honoured, the bad ones were seen.
+    provider
+        .put_link(&client, &provider.link("later", &[]))
+        .await;
+
+    let wrpc = provider.wrpc(&client).await;
+    for link in &bad {
+        let refused = admin::status(&wrpc, caller(&link.source_id)).await.unwrap();
+        assert!(
+            matches!(refused, Err(Error::Unauthorized(_))),
+            "{refused:?}"
+        );
+    }
+    for good in ["good", "later"] {
+        assert!(admin::status(&wrpc, caller(good)).await.unwrap().is_ok());
+    }
+    let logs = provider.stderr();
+    for why in ["read-only", "maybe", "shop.>", "keyvalue"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("link refused") && l.contains(why)),
+            "no clear refusal for {why} in:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_get_the_typed_error_and_the_provider_keeps_serving() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    let ops = || caller("ops");
+    let too_long = "n".repeat(300);
+
+    for name in ["", "a b", "a..b", ".hidden", "wild*", too_long.as_str()] {
+        let put = admin::put_secret(&wrpc, ops(), name, &text_value("v"), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(put, Err(Error::InvalidArgument(_))),
+            "{name:?}: {put:?}"
+        );
+        let info = admin::describe_secret(&wrpc, ops(), name).await.unwrap();
+        assert!(
+            matches!(info, Err(Error::InvalidArgument(_))),
+            "{name:?}: {info:?}"
+        );
+    }
+    for entity in ["", "not-a-key", &nkeys::KeyPair::new_account().public_key()] {
+        let add = admin::add_mapping(&wrpc, ops(), entity, &["a"])
+            .await
+            .unwrap();
+        assert!(
+            matches!(add, Err(Error::InvalidArgument(_))),
+            "{entity:?}: {add:?}"
+        );
+        let list = admin::list_mappings(&wrpc, ops(), entity).await.unwrap();
+        assert!(
+            matches!(list, Err(Error::InvalidArgument(_))),
+            "{entity:?}: {list:?}"
+        );
+    }
+    let empty = admin::add_mapping(&wrpc, ops(), &component_key(), &[])
+        .await
+        .unwrap();
+    assert!(matches!(empty, Err(Error::InvalidArgument(_))), "{empty:?}");
+    let bad_name = admin::add_mapping(&wrpc, ops(), &component_key(), &["a b"])
+        .await
+        .unwrap();
+    assert!(
+        matches!(bad_name, Err(Error::InvalidArgument(_))),
+        "{bad_name:?}"
+    );
+    let missing = admin::describe_secret(&wrpc, ops(), "nope").await.unwrap();
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+
+    // Garbage on the wire (not a wRPC encoding) does not stop the provider.
+    client
+        .publish(
+            format!(
+                "{}.{}.wrpc.0.0.1.piggybank:secrets/admin@0.1.0.status",
+                provider.lattice, provider.provider_id
+            ),
+            vec![0xff; 64].into(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        admin::put_secret(&wrpc, ops(), "ok", &text_value("v"), None)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(!provider.stderr().contains("panicked"));
+}
+
+#[tokio::test]
+async fn health_reports_the_secrets_connection_and_buckets() {
+    let lattice_nats = NatsServer::start();
+    let secrets_nats = NatsServer::start();
+    let keys = Keys::generate();
+    let setup = Setup::with_keys(&keys).config("nats_url", &secrets_nats.url());
+    let provider = ProviderProc::start(&lattice_nats, setup).await;
+    let client = lattice_nats.client().await;
+
+    let healthy = provider.health(&client).await.unwrap();
+    assert!(healthy.healthy, "{healthy:?}");
+    let message = healthy.message.unwrap_or_default();
+    assert!(
+        message.contains("unsealed") && message.contains("buckets reachable"),
+        "{message}"
+    );
+
+    // The protocol is served on the secrets connection, not the lattice's.
+    let host = host_client(&secrets_nats).await;
+    let (jwt, _) = Issuer::new().component();
+    let refused = host_refusal(&host, request("anything", &jwt)).await;
+    assert!(refused.contains("nauthorized"), "{refused}");
+
+    drop(secrets_nats);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = provider.health(&client).await.unwrap();
+        if !report.healthy {
+            eprintln!("unhealthy: {:?}", report.message);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy with its NATS gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn host_shutdown_drains_and_exits_cleanly() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let mut provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+
+    let reply = provider.shutdown(&client).await;
+    assert_eq!(reply, "shutting down");
+    let status = provider
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("provider exits after shutdown");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(provider.stderr().contains("piggybank provider stopped"));
+    // Nobody answers the protocol any more.
+    let gone = client
+        .request("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", "".into())
+        .await;
+    assert!(gone.is_err(), "a stopped provider still answered");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let mut provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    provider.proc.signal(libc::SIGTERM);
+    let status = provider
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("provider exits on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// Start the provider with `stdin`, expect it to stop: exit code 1, no panic, and a last line
+/// that says why.
+fn expect_startup_failure(stdin: &[u8], why: &str) {
+    let (mut proc, stderr) = spawn_with_stdin(stdin);
+    let status = proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("provider stops on bad startup input");
+    std::thread::sleep(Duration::from_millis(100));
+    let stderr = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("piggybank-provider: ") && last.contains(why),
+        "expected one clear line about {why:?}, got:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bad_startup_input_stops_with_one_clear_line() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let lattice = unique_name("lattice");
+
+    expect_startup_failure(b"", "stdin is empty");
+    expect_startup_failure(b"%%% not base64 %%%\n", "not base64");
+    let garbage = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{{\"secrets\": {{\"transit_xkey_seed\": \"{}\"",
+        keys.transit.as_str()
+    ));
+    expect_startup_failure(format!("{garbage}\n").as_bytes(), "not HostData JSON");
+
+    let (no_keys, _) = host_data(
+        &nats.url(),
+        &lattice,
+        Setup {
+            config: HashMap::new(),
+            secrets: HashMap::new(),
+        },
+    );
+    expect_startup_failure(&encode(&no_keys), "missing secret \"transit_xkey_seed\"");
+
+    let plain = Setup {
+        config: [
+            ("transit_xkey_seed", keys.transit.as_str()),
+            ("encryption_xkey_seed", keys.encryption.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        secrets: HashMap::new(),
+    };
+    let (plain_keys, _) = host_data(&nats.url(), &lattice, plain);
+    expect_startup_failure(&encode(&plain_keys), "insecure_config_keys");
+
+    let (bad_seed, _) = host_data(
+        &nats.url(),
+        &lattice,
+        Setup::with_keys(&Keys {
+            transit: "SXnotaseed".to_string().into(),
+            encryption: keys.encryption.clone(),
+        }),
+    );
+    expect_startup_failure(&encode(&bad_seed), "transit");
+
+    let bad_url = Setup::with_keys(&keys).config("nats_url", "nats://bad host:4222");
+    let (bad_url, _) = host_data(&nats.url(), &lattice, bad_url);
+    expect_startup_failure(
+        &encode(&bad_url),
+        "failed to connect to NATS at nats://bad host",
+    );
+
+    let closed = format!("nats://127.0.0.1:{}", free_port());
+    let unreachable = Setup::with_keys(&keys).config("nats_url", &closed);
+    let (unreachable, _) = host_data(&nats.url(), &lattice, unreachable);
+    expect_startup_failure(&encode(&unreachable), &closed);
+
+    let (lattice_down, _) = host_data(&closed, &lattice, Setup::with_keys(&keys));
+    expect_startup_failure(
+        &encode(&lattice_down),
+        &format!("lattice's NATS at {closed}"),
+    );
+}
+
+#[tokio::test]
+async fn insecure_config_keys_start_with_a_warning() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let setup = Setup {
+        config: [
+            ("transit_xkey_seed", keys.transit.as_str()),
+            ("encryption_xkey_seed", keys.encryption.as_str()),
+            ("insecure_config_keys", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        secrets: HashMap::new(),
+    };
+    let provider = ProviderProc::start(&nats, setup).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    let status = admin::status(&wrpc, caller("ops")).await.unwrap().unwrap();
+    assert_eq!(status.server_xkey, keys.transit_public());
+    let logs = provider.stderr();
+    assert!(logs.contains("insecure_config_keys = true"), "{logs}");
+    assert!(!logs.contains(keys.transit.as_str()) && !logs.contains(keys.encryption.as_str()));
+}
