@@ -4,21 +4,40 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: dev test check lint fmt build deps nats-server
+EXAMPLE := examples/admin-component
+WASM_TARGET := wasm32-wasip2
+
+.PHONY: dev test check lint fmt build deps nats-server example wasm-target par
 
 dev: deps
 	$(CARGO) run --release -- dev
 
-test: deps
+test: deps example
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
+
+# The example admin component (a wasm32-wasip2 component); tests/deploy.rs inspects it.
+example: wasm-target
+	$(CARGO) fmt --manifest-path $(EXAMPLE)/Cargo.toml -- --check
+	$(CARGO) clippy --manifest-path $(EXAMPLE)/Cargo.toml --target $(WASM_TARGET) --release -- -D warnings
+	$(CARGO) build --manifest-path $(EXAMPLE)/Cargo.toml --target $(WASM_TARGET) --release
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+# The provider archive, as `wash build` writes it, for machines without wash.
+# Signing keys are kept in .piggybank/par-keys (created on first use, mode 0600).
+par:
+	$(CARGO) build --release --bin piggybank-provider
+	$(CARGO) run --release --example par -- target/release/piggybank-provider build/piggybank.par.gz .piggybank/par-keys
 
 build:
 	$(CARGO) build --release
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path $(EXAMPLE)/Cargo.toml
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings

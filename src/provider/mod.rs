@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod links;
+pub mod par;
 pub mod settings;
 
 use std::io::BufRead;
@@ -25,7 +26,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use wasmcloud_provider_sdk::error::ProviderInitError;
 use wasmcloud_provider_sdk::{
     get_connection, run_provider, HealthCheckRequest, HealthCheckResponse, HostData, LinkConfig,
-    LinkDeleteInfo, Provider, ProviderInitConfig,
+    LinkDeleteInfo, Provider, ProviderConfigUpdate, ProviderInitConfig,
 };
 
 use crate::config::provider as keys;
@@ -279,6 +280,16 @@ impl Provider for PiggybankProvider {
                 .unwrap_or_else(|p| p.into_inner()) = Some(err);
             anyhow::anyhow!(message)
         })
+    }
+
+    async fn on_config_update(&self, update: impl ProviderConfigUpdate) -> anyhow::Result<()> {
+        let keys: Vec<&String> = update.get_values().keys().collect();
+        tracing::warn!(
+            ?keys,
+            "provider config changed; piggybank applies config at start only: restart the \
+             provider to use it"
+        );
+        Ok(())
     }
 
     async fn receive_link_config_as_target(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
