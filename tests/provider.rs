@@ -118,12 +118,15 @@ fn host_data(lattice_url: &str, lattice: &str, setup: Setup) -> (HostData, Strin
 
 impl ProviderProc {
     async fn start(nats: &NatsServer, setup: Setup) -> Self {
-        let lattice = unique_name("lattice");
-        let (host_data, link_put_id) = host_data(&nats.url(), &lattice, setup);
+        let (host_data, link_put_id) = host_data(&nats.url(), &unique_name("lattice"), setup);
+        Self::start_with(nats, host_data, link_put_id).await
+    }
+
+    async fn start_with(nats: &NatsServer, host_data: HostData, link_put_id: String) -> Self {
         let (proc, stderr) = spawn_with_stdin(&encode(&host_data));
         let provider = ProviderProc {
             proc,
-            lattice,
+            lattice: host_data.lattice_rpc_prefix.clone(),
             provider_id: host_data.provider_key.clone(),
             host_id: host_data.host_id.clone(),
             link_put_id,
@@ -162,21 +165,7 @@ impl ProviderProc {
     }
 
     fn link(&self, component: &str, config: &[(&str, &str)]) -> InterfaceLinkDefinition {
-        InterfaceLinkDefinition {
-            source_id: component.into(),
-            target: self.provider_id.clone(),
-            name: "default".into(),
-            wit_namespace: "piggybank".into(),
-            wit_package: "secrets".into(),
-            interfaces: vec!["admin".into()],
-            source_config: HashMap::new(),
-            target_config: config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            source_secrets: None,
-            target_secrets: None,
-        }
+        link_to(&self.provider_id, component, config)
     }
 
     /// Put a link the way a host does, and wait until the provider honours it.
@@ -236,6 +225,25 @@ impl ProviderProc {
         .expect("shutdown reply in time")
         .expect("shutdown reply");
         String::from_utf8_lossy(&reply.payload).into_owned()
+    }
+}
+
+/// A link from `component` to the provider on `piggybank:secrets/admin`, as wadm puts it.
+fn link_to(provider_id: &str, component: &str, config: &[(&str, &str)]) -> InterfaceLinkDefinition {
+    InterfaceLinkDefinition {
+        source_id: component.into(),
+        target: provider_id.into(),
+        name: "default".into(),
+        wit_namespace: "piggybank".into(),
+        wit_package: "secrets".into(),
+        interfaces: vec!["admin".into()],
+        source_config: HashMap::new(),
+        target_config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        source_secrets: None,
+        target_secrets: None,
     }
 }
 
@@ -528,6 +536,28 @@ async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
         .unwrap()
         .unwrap();
     assert_eq!(mapped, ["bank/db", "shop/db"]);
+}
+
+#[tokio::test]
+async fn links_in_host_data_are_honoured_from_the_start() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let (mut host_data, link_put_id) = host_data(
+        &nats.url(),
+        &unique_name("lattice"),
+        Setup::with_keys(&keys),
+    );
+    host_data.link_definitions = vec![
+        link_to(&host_data.provider_key, "ops", &[("prefix", "ops/")]),
+        link_to(&host_data.provider_key, "broken", &[("prefix", "a b")]),
+    ];
+    let provider = ProviderProc::start_with(&nats, host_data, link_put_id).await;
+    let client = nats.client().await;
+    let wrpc = provider.wrpc(&client).await;
+    let status = admin::status(&wrpc, caller("ops")).await.unwrap().unwrap();
+    assert_eq!(status.scope_prefix, "ops/");
+    let broken = admin::status(&wrpc, caller("broken")).await.unwrap();
+    assert!(matches!(broken, Err(Error::Unauthorized(_))), "{broken:?}");
 }
 
 #[tokio::test]

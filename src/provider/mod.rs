@@ -481,6 +481,40 @@ mod tests {
         }
     }
 
+    /// One invocation stream holding `count` invocations that each take `each` and then count
+    /// themselves done.
+    fn slow_invocations(
+        count: usize,
+        each: Duration,
+        done: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> wasmcloud_provider_sdk::provider::InvocationStreams {
+        let invocations = (0..count).map(move |_| {
+            let done = Arc::clone(&done);
+            let invocation: std::pin::Pin<
+                Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>,
+            > = Box::pin(async move {
+                tokio::time::sleep(each).await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            });
+            Ok(invocation)
+        });
+        // Accepted at once, then the stream stays open like a subscription.
+        let stream = futures::stream::iter(invocations).chain(futures::stream::pending());
+        vec![("piggybank:secrets/admin@0.1.0", "status", Box::pin(stream))]
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_in_flight_invocations() {
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let invocations = slow_invocations(5, Duration::from_millis(300), Arc::clone(&done));
+        let stopping = tokio::time::sleep(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        serve_invocations(invocations, stopping).await;
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
     #[test]
     fn valid_host_data_is_accepted() {
         let json = r#"{"lattice_rpc_prefix":"default","provider_key":"VP","link_definitions":[],"env_values":{}}"#;
