@@ -8,8 +8,14 @@
 //! 4. the entity's subject is mapped to the secret name ([`crate::store::MappingTable`]).
 //!
 //! An unmapped entity is `Unauthorized` whether or not the secret exists: no existence oracle.
+//!
+//! Hosts send the same two JWTs for every secret a component needs, so a verified token is
+//! remembered by its exact text until its `exp` (see [`VerifiedTokens`]): the ed25519 checks
+//! then leave the hot path. A token that fails is never remembered, and the trusted-issuer
+//! list is applied on every request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,6 +50,59 @@ pub struct Entity {
 pub struct Authorizer {
     /// `None`: any issuer with a valid signature is accepted (logged once at start).
     trusted_issuers: Option<HashSet<String>>,
+    hosts: Arc<VerifiedTokens>,
+    entities: Arc<VerifiedTokens>,
+}
+
+/// Most tokens remembered at once (per kind); beyond it expired entries are dropped first,
+/// then all of them. A host runs one JWT per host and one per component or provider.
+const VERIFIED_TOKENS: usize = 16_384;
+
+/// Tokens whose signature and dates verified, by their exact text, until they expire.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    map: RwLock<HashMap<String, Verified>>,
+}
+
+#[derive(Debug, Clone)]
+struct Verified {
+    entity: Entity,
+    /// `exp` (seconds since the epoch); `None`: the token never expires.
+    expires: Option<u64>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: u64) -> Option<Entity> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let hit = map.get(token)?;
+        let live = hit.expires.is_none_or(|exp| now < exp);
+        live.then(|| hit.entity.clone())
+    }
+
+    fn insert(&self, token: &str, entity: Entity, expires: Option<u64>, now: u64) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= VERIFIED_TOKENS {
+            map.retain(|_, v| v.expires.is_none_or(|exp| now < exp));
+            if map.len() >= VERIFIED_TOKENS {
+                map.clear();
+            }
+        }
+        map.insert(token.to_string(), Verified { entity, expires });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Authorizer {
@@ -60,6 +119,7 @@ impl Authorizer {
         }
         Ok(Self {
             trusted_issuers: (!set.is_empty()).then_some(set),
+            ..Self::default()
         })
     }
 
@@ -68,26 +128,48 @@ impl Authorizer {
     }
 
     pub fn verify_host(&self, jwt: &str) -> Result<(), AuthzError> {
-        verify::<Host>(jwt)
-            .map(|_| ())
-            .map_err(AuthzError::InvalidHostJwt)
+        let now = now_secs();
+        if self.hosts.get(jwt, now).is_some() {
+            return Ok(());
+        }
+        let claims = verify::<Host>(jwt).map_err(AuthzError::InvalidHostJwt)?;
+        let entity = Entity {
+            subject: claims.subject,
+            issuer: claims.issuer,
+        };
+        self.hosts.insert(jwt, entity, claims.expires, now);
+        Ok(())
     }
 
     /// Verify a component or provider JWT and its issuer.
     pub fn verify_entity(&self, jwt: &str) -> Result<Entity, AuthzError> {
-        let (subject, issuer) = match verify::<Component>(jwt) {
-            Ok(c) => (c.subject, c.issuer),
-            Err(component_err) => match verify::<CapabilityProvider>(jwt) {
-                Ok(p) => (p.subject, p.issuer),
-                Err(_) => return Err(AuthzError::InvalidEntityJwt(component_err)),
-            },
+        let now = now_secs();
+        let entity = match self.entities.get(jwt, now) {
+            Some(entity) => entity,
+            None => {
+                let (subject, issuer, expires) = match verify::<Component>(jwt) {
+                    Ok(c) => (c.subject, c.issuer, c.expires),
+                    Err(component_err) => match verify::<CapabilityProvider>(jwt) {
+                        Ok(p) => (p.subject, p.issuer, p.expires),
+                        Err(_) => return Err(AuthzError::InvalidEntityJwt(component_err)),
+                    },
+                };
+                let entity = Entity { subject, issuer };
+                self.entities.insert(jwt, entity.clone(), expires, now);
+                entity
+            }
         };
         if let Some(trusted) = &self.trusted_issuers {
-            if !trusted.contains(&issuer) {
-                return Err(AuthzError::UntrustedIssuer(issuer));
+            if !trusted.contains(&entity.issuer) {
+                return Err(AuthzError::UntrustedIssuer(entity.issuer));
             }
         }
-        Ok(Entity { subject, issuer })
+        Ok(entity)
+    }
+
+    /// Tokens remembered as verified: (hosts, entities).
+    pub fn verified_tokens(&self) -> (usize, usize) {
+        (self.hosts.len(), self.entities.len())
     }
 }
 
@@ -212,6 +294,64 @@ mod tests {
         );
         let trusting = Authorizer::new(&[account.public_key()]).unwrap();
         assert!(trusting.verify_entity(&jwt).is_ok());
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_only_until_it_expires() {
+        let account = nkeys::KeyPair::new_account();
+        let exp = now_secs() + 1;
+        let (jwt, subject) = component(&account, Some(exp));
+        let auth = Authorizer::new(&[]).unwrap();
+        assert_eq!(auth.verify_entity(&jwt).unwrap().subject, subject);
+        assert_eq!(auth.verified_tokens().1, 1);
+        // Served from memory while valid...
+        assert_eq!(auth.entities.get(&jwt, exp - 1).unwrap().subject, subject);
+        // ...never at or after `exp`; and then the real check refuses it.
+        assert!(auth.entities.get(&jwt, exp).is_none());
+        while now_secs() <= exp {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(matches!(
+            auth.verify_entity(&jwt),
+            Err(AuthzError::InvalidEntityJwt(_))
+        ));
+    }
+
+    #[test]
+    fn refused_tokens_are_not_remembered_and_issuers_are_checked_on_every_hit() {
+        let account = nkeys::KeyPair::new_account();
+        let (jwt, _) = component(&account, None);
+        let auth = Authorizer::new(&[]).unwrap();
+        assert!(auth.verify_entity("garbage").is_err());
+        assert!(auth.verify_host("garbage").is_err());
+        assert_eq!(auth.verified_tokens(), (0, 0));
+        // A strict authorizer sharing nothing refuses the issuer even once cached elsewhere;
+        // and its own cache never lets an untrusted issuer through on a hit.
+        let strict = Authorizer::new(&[nkeys::KeyPair::new_account().public_key()]).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                strict.verify_entity(&jwt),
+                Err(AuthzError::UntrustedIssuer(_))
+            ));
+        }
+        assert_eq!(
+            strict.verified_tokens().1,
+            1,
+            "the signature check is remembered"
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = VerifiedTokens::default();
+        let entity = Entity {
+            subject: "M".into(),
+            issuer: "A".into(),
+        };
+        for i in 0..VERIFIED_TOKENS + 10 {
+            cache.insert(&format!("t{i}"), entity.clone(), None, 0);
+        }
+        assert!(cache.len() <= VERIFIED_TOKENS);
     }
 
     #[test]

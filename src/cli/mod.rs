@@ -1,6 +1,7 @@
 //! The `piggybank` command line: flags -> library calls. Commands and flags of the sample's
 //! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
 
+pub mod bench;
 mod dev;
 
 use std::collections::BTreeSet;
@@ -58,6 +59,8 @@ pub enum Command {
     RemoveMapping(MappingArgs),
     /// Show the secrets an entity may read
     Mappings(EntityArgs),
+    /// Measure host-style gets against the protocol's limits (starts its own NATS and backend)
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -263,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Put(args) => put(args).await,
         Command::Get(args) => get(args).await,
         Command::Delete(args) => {

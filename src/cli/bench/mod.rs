@@ -1,0 +1,617 @@
+//! `piggybank bench`: host-style gets against the backend, measured against the protocol's
+//! limits in the same run (see [`limits`]), plus revocation latency across two instances and
+//! (with `--scale`) startup, memory and latency at several store sizes ([`scale`]).
+//!
+//! Every get goes through the real `wasmcloud-secrets-client` with a one-time xkey, as a
+//! host's does. By default the benchmark starts its own `nats-server` (free loopback port,
+//! temporary dir) and backend; with `--nats-address` it measures a running backend instead.
+
+mod limits;
+mod load;
+mod scale;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Args;
+use nkeys::{KeyPair, XKey};
+use tokio::sync::oneshot;
+use wascap::jwt::{Claims, Component, Host};
+use wasmcloud_secrets_types::{Application, Context, SecretRequest, SecretResponse};
+use zeroize::Zeroizing;
+
+use crate::backend::MappingChange;
+use crate::client::AdminClient;
+use crate::config;
+use crate::keys::{generate_seed, TransitKey};
+use crate::server::{self, RunConfig};
+use crate::store::envelope::SecretValue;
+use load::Stats;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Seconds measured per workload and concurrency
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds of unrecorded warm-up before each measurement
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Concurrency levels (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub concurrency: Vec<usize>,
+    /// Measure a running backend on this NATS server instead of starting one
+    #[arg(long)]
+    pub nats_address: Option<String>,
+    /// Name of the backend to measure (with --nats-address)
+    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    pub backend_name: String,
+    /// Subject base of the backend to measure
+    #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
+    pub subject_base: String,
+    /// Revocations to time across two instances (0 skips; needs the built-in server)
+    #[arg(long, default_value_t = 100)]
+    pub revocations: usize,
+    /// Store sizes for the scale table, e.g. 10,10000,100000 (empty skips)
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<usize>,
+    /// Skip the mixed good/bad traffic measurement
+    #[arg(long)]
+    pub no_bad_traffic: bool,
+    /// nats-server binary used when the benchmark starts its own server
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server_bin: PathBuf,
+}
+
+/// The secret every get asks for, and the value it holds (the size of a typical password).
+const SECRET: &str = "bench/secret";
+const VALUE: &str = "0123456789abcdef0123456789abcdef";
+/// Name the protocol floor answers under.
+const FLOOR: &str = "pgb-bench-floor";
+
+/// A caller with a component identity, as hosts present one.
+struct Caller {
+    entity_jwt: String,
+    entity: String,
+    host_jwt: String,
+}
+
+impl Caller {
+    fn new() -> anyhow::Result<Self> {
+        let account = KeyPair::new_account();
+        let module = KeyPair::new_module();
+        let claims = Claims::<Component>::with_dates(
+            "piggybank-bench".into(),
+            account.public_key(),
+            module.public_key(),
+            None,
+            None,
+            None,
+            false,
+            None,
+            None,
+            None,
+        );
+        let host_account = KeyPair::new_account();
+        let host = Claims::<Host>::with_dates(
+            "piggybank-bench-host".into(),
+            host_account.public_key(),
+            KeyPair::new_server().public_key(),
+            None,
+            None,
+            None,
+        );
+        Ok(Caller {
+            entity_jwt: claims.encode(&account)?,
+            entity: module.public_key(),
+            host_jwt: host.encode(&host_account)?,
+        })
+    }
+
+    fn request(&self, key: &str) -> SecretRequest {
+        SecretRequest {
+            key: key.into(),
+            field: None,
+            version: None,
+            context: Context {
+                entity_jwt: self.entity_jwt.clone(),
+                host_jwt: self.host_jwt.clone(),
+                application: Application {
+                    name: Some("bench".into()),
+                    policy: format!(
+                        r#"{{"type":"{}","properties":{{}}}}"#,
+                        wasmcloud_secrets_types::SECRET_POLICY_PROPERTIES_TYPE
+                    ),
+                },
+            },
+        }
+    }
+}
+
+/// A `nats-server -js` the benchmark started: free loopback port, temporary dir.
+struct LocalNats {
+    child: tokio::process::Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl LocalNats {
+    async fn start(bin: &std::path::Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("piggybank-bench-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&dir)?;
+        let child = tokio::process::Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let url = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&url).await.is_ok() {
+                return Ok(LocalNats { child, dir, url });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("nats-server did not listen on {url}")
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A backend the benchmark runs in-process.
+struct InProcess {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    async fn start(config: &RunConfig) -> anyhow::Result<Self> {
+        let started = server::start(config).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = config.clone();
+        let task = tokio::spawn(async move {
+            let _ = server::serve(started, &config, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Ok(InProcess {
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let caller = Arc::new(Caller::new()?);
+
+    // The system under test: our own NATS and backend, or a running one.
+    let mut local_nats = None;
+    let mut in_process = None;
+    let mut run_config = None;
+    let nats_url = match &args.nats_address {
+        Some(url) => url.clone(),
+        None => {
+            let nats = LocalNats::start(&args.nats_server_bin).await?;
+            let url = nats.url.clone();
+            local_nats = Some(nats);
+            let mut config = RunConfig::new(generate_seed(), generate_seed());
+            config.nats_address = url.clone();
+            config.name = args.backend_name.clone();
+            config.subject_base = args.subject_base.clone();
+            in_process = Some(InProcess::start(&config).await?);
+            run_config = Some(config);
+            url
+        }
+    };
+    let nats = async_nats::connect(&nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let admin = AdminClient::new(
+        nats.clone(),
+        &args.subject_base,
+        config::DEFAULT_API_VERSION,
+        &args.backend_name,
+    );
+    let value = SecretValue::String(Zeroizing::new(VALUE.to_string()));
+    admin
+        .put_secret(SECRET, value, None, None)
+        .await
+        .context("cannot put the benchmark's secret (is the backend running?)")?;
+    admin
+        .add_mapping(&caller.entity, &BTreeSet::from([SECRET.to_string()]))
+        .await?;
+
+    // The limits, served from this process.
+    let floor_response = serde_json::to_vec(&SecretResponse {
+        secret: Some(wasmcloud_secrets_types::Secret {
+            version: "1".into(),
+            string_secret: Some(VALUE.into()),
+            binary_secret: None,
+        }),
+        error: None,
+    })?;
+    let floor_transit = TransitKey::from_seed(&generate_seed())?;
+    let (request_size, reply_size) = payload_sizes(&caller, &floor_transit, &floor_response)?;
+    let floor = limits::spawn_floor(
+        &nats,
+        &args.subject_base,
+        FLOOR,
+        floor_transit,
+        Bytes::from(floor_response),
+    )
+    .await?;
+    let echo_subject = format!("pgb-bench.echo.{}", std::process::id());
+    let echo =
+        limits::spawn_echo(&nats, &echo_subject, Bytes::from(vec![b'r'; reply_size])).await?;
+
+    let backend_client = Arc::new(
+        wasmcloud_secrets_client::Client::new(&args.backend_name, &args.subject_base, nats.clone())
+            .await?,
+    );
+    let floor_client = Arc::new(
+        wasmcloud_secrets_client::Client::new(FLOOR, &args.subject_base, nats.clone()).await?,
+    );
+
+    println!(
+        "piggybank bench: NATS {nats_url}, {}; {:.1} s per point after {:.1} s warm-up; \
+         request {request_size} B, reply {reply_size} B",
+        if args.nats_address.is_some() {
+            format!("backend {:?} (external)", args.backend_name)
+        } else {
+            "backend in this process".to_string()
+        },
+        duration.as_secs_f64(),
+        warmup.as_secs_f64(),
+    );
+    println!(
+        "{:<8} {:>4} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "workload", "c", "gets/s", "p50 µs", "p99 µs", "n", "errors"
+    );
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        let backend = host_gets(&backend_client, &caller, c, warmup, duration).await;
+        let floor_stats = host_gets(&floor_client, &caller, c, warmup, duration).await;
+        let bare = echo_requests(&nats, &echo_subject, request_size, c, warmup, duration).await;
+        for (name, s) in [
+            ("backend", &backend),
+            ("floor", &floor_stats),
+            ("bare", &bare),
+        ] {
+            print_row(name, c, s);
+        }
+        rows.push((c, backend, floor_stats, bare));
+    }
+    print_ratios(&rows);
+
+    if !args.no_bad_traffic {
+        if let Some((_, clean, _, _)) = rows.iter().find(|(c, ..)| *c == 16).or(rows.last()) {
+            bad_traffic(
+                &backend_client,
+                &nats,
+                &args,
+                &caller,
+                clean,
+                warmup,
+                duration,
+            )
+            .await?;
+        }
+    }
+
+    floor.abort();
+    echo.abort();
+    if let (Some(config), true) = (&run_config, args.revocations > 0) {
+        revocation(config, &caller, args.revocations).await?;
+    }
+    if let Some(backend) = in_process {
+        backend.stop().await;
+    }
+    if !args.scale.is_empty() {
+        match &local_nats {
+            Some(local) => scale::run(&local.url, &args.scale, &args.subject_base).await?,
+            None => println!("scale: skipped (needs the benchmark's own NATS server)"),
+        }
+    }
+    drop(local_nats);
+    Ok(())
+}
+
+/// Sizes of a sealed request and a sealed reply, for the bare echo.
+fn payload_sizes(
+    caller: &Caller,
+    transit: &TransitKey,
+    response: &[u8],
+) -> anyhow::Result<(usize, usize)> {
+    let request = serde_json::to_vec(&caller.request(SECRET))?;
+    let server = XKey::from_public_key(transit.public_key())?;
+    let sealed_request = XKey::new().seal(&request, &server)?;
+    let (sealed_reply, _) = crate::keys::seal_to(response, &XKey::new())?;
+    Ok((sealed_request.len(), sealed_reply.len()))
+}
+
+async fn host_gets(
+    client: &Arc<wasmcloud_secrets_client::Client>,
+    caller: &Arc<Caller>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Stats {
+    let (client, caller) = (Arc::clone(client), Arc::clone(caller));
+    load::run(concurrency, warmup, duration, move |_| {
+        let (client, caller) = (Arc::clone(&client), Arc::clone(&caller));
+        async move {
+            let secret = client
+                .get(caller.request(SECRET), XKey::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            match secret.string_secret.as_deref() {
+                Some(VALUE) => Ok(()),
+                _ => Err("wrong value served".to_string()),
+            }
+        }
+    })
+    .await
+}
+
+async fn echo_requests(
+    nats: &async_nats::Client,
+    subject: &str,
+    size: usize,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Stats {
+    let (nats, subject) = (nats.clone(), subject.to_string());
+    let payload = Bytes::from(vec![b'q'; size]);
+    load::run(concurrency, warmup, duration, move |_| {
+        let (nats, subject, payload) = (nats.clone(), subject.clone(), payload.clone());
+        async move {
+            nats.request(subject, payload)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn print_row(name: &str, c: usize, s: &Stats) {
+    println!(
+        "{name:<8} {c:>4} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>7}",
+        s.per_second,
+        micros(s.p50),
+        micros(s.p99),
+        s.ok,
+        s.errors
+    );
+}
+
+fn print_ratios(rows: &[(usize, Stats, Stats, Stats)]) {
+    println!("ratios: backend/floor and backend/bare (throughput; p50; p99)");
+    for (c, backend, floor, bare) in rows {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        println!(
+            "  c={c:<3} floor: {:.2}x; {:.2}x; {:.2}x   bare: {:.2}x; {:.2}x; {:.2}x",
+            ratio(backend.per_second, floor.per_second),
+            ratio(micros(backend.p50), micros(floor.p50)),
+            ratio(micros(backend.p99), micros(floor.p99)),
+            ratio(backend.per_second, bare.per_second),
+            ratio(micros(backend.p50), micros(bare.p50)),
+            ratio(micros(backend.p99), micros(bare.p99)),
+        );
+    }
+    let at = |c: usize| rows.iter().find(|r| r.0 == c);
+    let mut targets = Vec::new();
+    if let Some((_, b, f, _)) = at(64) {
+        targets.push((
+            "throughput c=64 >= 0.9x floor",
+            b.per_second / f.per_second,
+            0.9,
+            true,
+        ));
+        targets.push((
+            "p99 c=64 <= 1.5x floor",
+            micros(b.p99) / micros(f.p99),
+            1.5,
+            false,
+        ));
+    }
+    if let Some((_, b, f, _)) = at(1) {
+        targets.push((
+            "p50 c=1 <= 1.2x floor",
+            micros(b.p50) / micros(f.p50),
+            1.2,
+            false,
+        ));
+    }
+    for (what, value, limit, at_least) in targets {
+        let met = if at_least {
+            value >= limit
+        } else {
+            value <= limit
+        };
+        println!(
+            "target {what}: {value:.2}x {}",
+            if met { "met" } else { "MISSED" }
+        );
+    }
+}
+
+/// Good gets at the clean run's concurrency with bad requests mixed in at 10% of all
+/// requests: garbage payloads, and well-sealed requests with a forged-issuer JWT.
+async fn bad_traffic(
+    client: &Arc<wasmcloud_secrets_client::Client>,
+    nats: &async_nats::Client,
+    args: &BenchArgs,
+    caller: &Arc<Caller>,
+    clean: &Stats,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let rate = (clean.per_second / 9.0).max(1.0);
+    let sent = Arc::new(AtomicU64::new(0));
+    let subject = format!(
+        "{}.{}",
+        config::subject_prefix(
+            &args.subject_base,
+            config::DEFAULT_API_VERSION,
+            &args.backend_name
+        ),
+        config::ops::GET
+    );
+    let server = XKey::from_public_key(
+        &crate::client::AdminClient::new(
+            nats.clone(),
+            &args.subject_base,
+            config::DEFAULT_API_VERSION,
+            &args.backend_name,
+        )
+        .server_xkey()
+        .await?,
+    )?;
+    let bad = {
+        let (nats, sent) = (nats.clone(), Arc::clone(&sent));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                let (nats, subject) = (nats.clone(), subject.clone());
+                let payload = if n % 2 == 0 {
+                    Bytes::from(vec![0xA5; 600])
+                } else {
+                    forged_request(&server).map(Bytes::from).unwrap_or_default()
+                };
+                let one_time = XKey::new();
+                tokio::spawn(async move {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        config::headers::WASMCLOUD_HOST_XKEY,
+                        one_time.public_key().as_str(),
+                    );
+                    let _ = nats.request_with_headers(subject, headers, payload).await;
+                });
+            }
+        })
+    };
+    let c = args
+        .concurrency
+        .iter()
+        .copied()
+        .find(|&c| c == 16)
+        .unwrap_or(16);
+    let mixed = host_gets(client, caller, c, warmup, duration).await;
+    bad.abort();
+    let slower = |a: f64, b: f64| (a / b - 1.0) * 100.0;
+    println!(
+        "bad traffic (10% of requests, ~{rate:.0}/s) at c={c}: good gets {:.0}/s ({:+.1}% vs clean), \
+         p50 {:.0} µs ({:+.1}%), p99 {:.0} µs ({:+.1}%), failed good gets: {}",
+        mixed.per_second,
+        slower(mixed.per_second, clean.per_second),
+        micros(mixed.p50),
+        slower(micros(mixed.p50), micros(clean.p50)),
+        micros(mixed.p99),
+        slower(micros(mixed.p99), micros(clean.p99)),
+        mixed.errors
+    );
+    Ok(())
+}
+
+/// A request sealed correctly, whose entity JWT is signed by an issuer nobody mapped.
+fn forged_request(server: &XKey) -> anyhow::Result<Vec<u8>> {
+    let stranger = Caller::new()?;
+    let request = serde_json::to_vec(&stranger.request(SECRET))?;
+    Ok(XKey::new().seal(&request, server)?)
+}
+
+/// Revocation across instances: a second instance on the same buckets; a mapping is removed
+/// (and a secret deleted) through the first; how long until the second refuses?
+async fn revocation(config: &RunConfig, caller: &Caller, trials: usize) -> anyhow::Result<()> {
+    let a = server::start(config).await?.backend;
+    let b = server::start(config).await?.backend;
+    let names = BTreeSet::from(["bench/revoked".to_string()]);
+    let value = SecretValue::String(Zeroizing::new(VALUE.to_string()));
+    let mut mapping = Vec::with_capacity(trials);
+    let mut deletion = Vec::with_capacity(trials);
+    let mut at_once = 0;
+    for _ in 0..trials {
+        a.put("bench/revoked", &value, None).await?;
+        a.update_mapping(&caller.entity, MappingChange::Add, &names)
+            .await?;
+        wait_until(|| {
+            b.mappings().allows(&caller.entity, "bench/revoked")
+                && b.secrets().latest("bench/revoked").is_some()
+        })
+        .await?;
+
+        a.update_mapping(&caller.entity, MappingChange::Remove, &names)
+            .await?;
+        let removed = Instant::now();
+        at_once += u32::from(!a.mappings().allows(&caller.entity, "bench/revoked"));
+        wait_until(|| !b.mappings().allows(&caller.entity, "bench/revoked")).await?;
+        mapping.push(removed.elapsed());
+
+        a.delete("bench/revoked").await?;
+        let deleted = Instant::now();
+        wait_until(|| b.secrets().latest("bench/revoked").is_none()).await?;
+        deletion.push(deleted.elapsed());
+    }
+    let summary = |mut v: Vec<Duration>| {
+        v.sort_unstable();
+        let q = |p: f64| micros(v[((v.len() - 1) as f64 * p).round() as usize]);
+        format!(
+            "p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        )
+    };
+    println!(
+        "revocation across 2 instances ({trials} trials): remove_mapping {}; delete {}; \
+         handling instance refused at once: {at_once}/{trials}",
+        summary(mapping),
+        summary(deletion)
+    );
+    Ok(())
+}
+
+async fn wait_until(done: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        if Instant::now() > deadline {
+            anyhow::bail!("the second instance did not catch up within 5 s");
+        }
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The scale table: for each store size, fill fresh buckets (N secrets, 10,000 mapped
+//! entities), start a `piggybank run` process on them, and measure its time to ready, its
+//! resident memory, and host-style get latency at concurrency 1.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use nkeys::XKey;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use zeroize::Zeroizing;
+
+use super::{load, micros, Caller, VALUE};
+use crate::backend::MappingChange;
+use crate::config::env;
+use crate::keys::generate_seed;
+use crate::server::{self, RunConfig};
+use crate::store::envelope::SecretValue;
+
+const ENTITIES: usize = 10_000;
+const WRITES_IN_FLIGHT: usize = 256;
+
+pub async fn run(nats_url: &str, sizes: &[usize], subject_base: &str) -> anyhow::Result<()> {
+    println!(
+        "scale: secrets | fill s | ready ms (process) | startup_ms (log) | RSS MiB | get p50 µs | get p99 µs"
+    );
+    let caller = Arc::new(Caller::new()?);
+    for &size in sizes {
+        let mut config = RunConfig::new(generate_seed(), generate_seed());
+        config.nats_address = nats_url.to_string();
+        config.subject_base = subject_base.to_string();
+        config.name = format!("scale{size}");
+        config.secrets_bucket = format!("SCALE_{size}");
+        let fill = Instant::now();
+        fill_store(&config, size, &caller.entity).await?;
+        let fill = fill.elapsed();
+        let row = measure(&config, &caller).await?;
+        println!(
+            "scale: {size:>7} | {:>6.1} | {:>8.0} | {:>8} | {:>7.1} | {:>10.0} | {:>10.0}",
+            fill.as_secs_f64(),
+            row.ready.as_secs_f64() * 1e3,
+            row.startup_ms,
+            row.rss_kib as f64 / 1024.0,
+            micros(row.gets.p50),
+            micros(row.gets.p99),
+        );
+    }
+    Ok(())
+}
+
+async fn fill_store(config: &RunConfig, size: usize, bench_entity: &str) -> anyhow::Result<()> {
+    let backend = server::start(config).await?.backend;
+    let value = SecretValue::String(Zeroizing::new(VALUE.to_string()));
+    let puts = futures::stream::iter(0..size)
+        .map(|i| {
+            let (backend, value) = (Arc::clone(&backend), &value);
+            async move { backend.put(&format!("scale/{i}"), value, None).await }
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT);
+    let failed = puts
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(failed == 0, "{failed} puts failed while filling the store");
+    let maps = futures::stream::iter(0..ENTITIES)
+        .map(|i| {
+            let backend = Arc::clone(&backend);
+            async move {
+                let entity = nkeys::KeyPair::new_module().public_key();
+                let names = BTreeSet::from([format!("scale/{}", i % size.max(1))]);
+                backend
+                    .update_mapping(&entity, MappingChange::Add, &names)
+                    .await
+            }
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT);
+    let failed = maps
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} mapping updates failed while filling the store"
+    );
+    backend
+        .update_mapping(
+            bench_entity,
+            MappingChange::Add,
+            &BTreeSet::from(["scale/0".to_string()]),
+        )
+        .await?;
+    Ok(())
+}
+
+struct Row {
+    ready: Duration,
+    startup_ms: u64,
+    rss_kib: u64,
+    gets: load::Stats,
+}
+
+/// Start `piggybank run` on the filled buckets and measure it.
+async fn measure(config: &RunConfig, caller: &Arc<Caller>) -> anyhow::Result<Row> {
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--log-format", "json", "run", "--name", &config.name])
+        .args(["--secrets-bucket", &config.secrets_bucket])
+        .args(["--subject-base", &config.subject_base])
+        .args(["--nats-address", &config.nats_address])
+        .env(
+            env::ENCRYPTION_XKEY_SEED,
+            config.encryption_xkey_seed.as_str(),
+        )
+        .env(env::TRANSIT_XKEY_SEED, config.transit_xkey_seed.as_str())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start piggybank run")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let startup_ms = loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .context("piggybank run did not get ready within 120 s")??
+            .context("piggybank run exited before it was ready")?;
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["fields"]["message"] == "piggybank ready" {
+            break event["fields"]["startup_ms"].as_u64().unwrap_or_default();
+        }
+    };
+    let ready = started.elapsed();
+    // Keep reading its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let rss_kib = child.id().map(rss_kib).unwrap_or_default();
+
+    let nats = async_nats::connect(&config.nats_address).await?;
+    let client = Arc::new(
+        wasmcloud_secrets_client::Client::new(&config.name, &config.subject_base, nats).await?,
+    );
+    let caller = Arc::clone(caller);
+    let gets = load::run(
+        1,
+        Duration::from_millis(500),
+        Duration::from_secs(2),
+        move |_| {
+            let (client, caller) = (Arc::clone(&client), Arc::clone(&caller));
+            async move {
+                client
+                    .get(caller.request("scale/0"), XKey::new())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    anyhow::ensure!(gets.errors == 0, "{} gets failed", gets.errors);
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    Ok(Row {
+        ready,
+        startup_ms,
+        rss_kib,
+        gets,
+    })
+}
+
+/// Resident memory of a process, from /proc (Linux); 0 where unknown.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
