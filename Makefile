@@ -7,7 +7,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 EXAMPLE := examples/admin-component
 WASM_TARGET := wasm32-wasip2
 
-.PHONY: dev test check lint fmt build deps nats-server example wasm-target par
+.PHONY: dev test check lint fmt build deps nats-server example wasm-target par bench
 
 dev: deps
 	$(CARGO) run --release -- dev
@@ -31,6 +31,11 @@ wasm-target:
 par:
 	$(CARGO) build --release --bin piggybank-provider
 	$(CARGO) run --release --example par -- target/release/piggybank-provider build/piggybank.par.gz .piggybank/par-keys
+
+# The benchmark (README, "Performance"): its own nats-server and backend, about 2 minutes.
+bench: deps
+	$(CARGO) build --release --bin piggybank
+	RUST_LOG=error target/release/piggybank bench --scale 10,10000,100000
 
 build:
 	$(CARGO) build --release

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Store sizes for the scale table, e.g. 10,10000,100000 (empty skips)
     #[arg(long, value_delimiter = ',')]
     pub scale: Vec<usize>,
+    /// Entities mapped in each store of the scale table
+    #[arg(long, default_value_t = 10_000)]
+    pub mapped_entities: usize,
     /// Skip the mixed good/bad traffic measurement
     #[arg(long)]
     pub no_bad_traffic: bool,
@@ -257,8 +260,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     })?;
     let floor_transit = TransitKey::from_seed(&generate_seed())?;
     let (request_size, reply_size) = payload_sizes(&caller, &floor_transit, &floor_response)?;
+    // Each responder has its own connection, as the backend does: a reply then crosses
+    // nats-server between two connections in every workload.
+    let floor_nats = async_nats::connect(&nats_url).await?;
+    let echo_nats = async_nats::connect(&nats_url).await?;
     let floor = limits::spawn_floor(
-        &nats,
+        &floor_nats,
         &args.subject_base,
         FLOOR,
         floor_transit,
@@ -266,8 +273,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let echo_subject = format!("pgb-bench.echo.{}", std::process::id());
-    let echo =
-        limits::spawn_echo(&nats, &echo_subject, Bytes::from(vec![b'r'; reply_size])).await?;
+    let echo = limits::spawn_echo(
+        &echo_nats,
+        &echo_subject,
+        Bytes::from(vec![b'r'; reply_size]),
+    )
+    .await?;
 
     let backend_client = Arc::new(
         wasmcloud_secrets_client::Client::new(&args.backend_name, &args.subject_base, nats.clone())
@@ -309,17 +320,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     print_ratios(&rows);
 
     if !args.no_bad_traffic {
-        if let Some((_, clean, _, _)) = rows.iter().find(|(c, ..)| *c == 16).or(rows.last()) {
-            bad_traffic(
-                &backend_client,
-                &nats,
-                &args,
-                &caller,
-                clean,
-                warmup,
-                duration,
-            )
-            .await?;
+        if let Some((c, clean, _, _)) = rows.iter().find(|(c, ..)| *c == 16).or(rows.last()) {
+            let run = (*c, clean, warmup, duration);
+            bad_traffic(&backend_client, &nats, &args, &caller, run).await?;
         }
     }
 
@@ -333,7 +336,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if !args.scale.is_empty() {
         match &local_nats {
-            Some(local) => scale::run(&local.url, &args.scale, &args.subject_base).await?,
+            Some(local) => {
+                scale::run(
+                    &local.url,
+                    &args.scale,
+                    args.mapped_entities,
+                    &args.subject_base,
+                )
+                .await?
+            }
             None => println!("scale: skipped (needs the benchmark's own NATS server)"),
         }
     }
@@ -473,9 +484,7 @@ async fn bad_traffic(
     nats: &async_nats::Client,
     args: &BenchArgs,
     caller: &Arc<Caller>,
-    clean: &Stats,
-    warmup: Duration,
-    duration: Duration,
+    (c, clean, warmup, duration): (usize, &Stats, Duration, Duration),
 ) -> anyhow::Result<()> {
     let rate = (clean.per_second / 9.0).max(1.0);
     let sent = Arc::new(AtomicU64::new(0));
@@ -524,12 +533,6 @@ async fn bad_traffic(
             }
         })
     };
-    let c = args
-        .concurrency
-        .iter()
-        .copied()
-        .find(|&c| c == 16)
-        .unwrap_or(16);
     let mixed = host_gets(client, caller, c, warmup, duration).await;
     bad.abort();
     let slower = |a: f64, b: f64| (a / b - 1.0) * 100.0;

@@ -1,5 +1,5 @@
-//! The scale table: for each store size, fill fresh buckets (N secrets, 10,000 mapped
-//! entities), start a `piggybank run` process on them, and measure its time to ready, its
+//! The scale table: for each store size, fill fresh buckets (N secrets, `--mapped-entities`
+//! mapped entities), start a `piggybank run` process on them, and measure its time to ready, its
 //! resident memory, and host-style get latency at concurrency 1.
 
 use std::collections::BTreeSet;
@@ -20,10 +20,15 @@ use crate::keys::generate_seed;
 use crate::server::{self, RunConfig};
 use crate::store::envelope::SecretValue;
 
-const ENTITIES: usize = 10_000;
 const WRITES_IN_FLIGHT: usize = 256;
 
-pub async fn run(nats_url: &str, sizes: &[usize], subject_base: &str) -> anyhow::Result<()> {
+pub async fn run(
+    nats_url: &str,
+    sizes: &[usize],
+    entities: usize,
+    subject_base: &str,
+) -> anyhow::Result<()> {
+    println!("scale: {entities} mapped entities in every store");
     println!(
         "scale: secrets | fill s | ready ms (process) | startup_ms (log) | RSS MiB | get p50 µs | get p99 µs"
     );
@@ -35,7 +40,7 @@ pub async fn run(nats_url: &str, sizes: &[usize], subject_base: &str) -> anyhow:
         config.name = format!("scale{size}");
         config.secrets_bucket = format!("SCALE_{size}");
         let fill = Instant::now();
-        fill_store(&config, size, &caller.entity).await?;
+        fill_store(&config, size, entities, &caller.entity).await?;
         let fill = fill.elapsed();
         let row = measure(&config, &caller).await?;
         println!(
@@ -51,7 +56,12 @@ pub async fn run(nats_url: &str, sizes: &[usize], subject_base: &str) -> anyhow:
     Ok(())
 }
 
-async fn fill_store(config: &RunConfig, size: usize, bench_entity: &str) -> anyhow::Result<()> {
+async fn fill_store(
+    config: &RunConfig,
+    size: usize,
+    entities: usize,
+    bench_entity: &str,
+) -> anyhow::Result<()> {
     let backend = server::start(config).await?.backend;
     let value = SecretValue::String(Zeroizing::new(VALUE.to_string()));
     let puts = futures::stream::iter(0..size)
@@ -65,7 +75,7 @@ async fn fill_store(config: &RunConfig, size: usize, bench_entity: &str) -> anyh
         .count()
         .await;
     anyhow::ensure!(failed == 0, "{failed} puts failed while filling the store");
-    let maps = futures::stream::iter(0..ENTITIES)
+    let maps = futures::stream::iter(0..entities)
         .map(|i| {
             let backend = Arc::clone(&backend);
             async move {
