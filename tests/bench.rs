@@ -58,6 +58,20 @@ fn bench_runs_every_measurement_without_a_failed_get() {
             assert_eq!(errors, 0, "{workload} c={c}:\n{out}");
         }
     }
+    let refused = out
+        .split("refused with an error reply: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|counts| counts.split_once('/'))
+        .unwrap_or_else(|| panic!("no bad-traffic counts in:\n{out}"));
+    assert_eq!(
+        refused.0, refused.1,
+        "every bad request gets an error reply"
+    );
+    assert!(
+        refused.1.parse::<u64>().unwrap() > 0,
+        "no bad traffic was sent"
+    );
     for expected in [
         "ratios: backend/floor",
         "target p50 c=1",

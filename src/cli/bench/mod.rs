@@ -507,38 +507,47 @@ async fn bad_traffic(
         .server_xkey()
         .await?,
     )?;
+    // Built before the run, so the generator costs the 2 cores nothing but publishing.
+    let requests = Arc::new(bad_requests(caller, &server, 256)?);
+    let refused = Arc::new(AtomicU64::new(0));
     let bad = {
-        let (nats, sent) = (nats.clone(), Arc::clone(&sent));
+        let (nats, sent, refused) = (nats.clone(), Arc::clone(&sent), Arc::clone(&refused));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let n = sent.fetch_add(1, Ordering::Relaxed);
-                let (nats, subject) = (nats.clone(), subject.clone());
-                let payload = if n % 2 == 0 {
-                    Bytes::from(vec![0xA5; 600])
-                } else {
-                    forged_request(&server).map(Bytes::from).unwrap_or_default()
-                };
-                let one_time = XKey::new();
+                let n = sent.fetch_add(1, Ordering::Relaxed) as usize;
+                let (payload, requester) = requests[n % requests.len()].clone();
+                let (nats, subject, refused) = (nats.clone(), subject.clone(), refused.clone());
                 tokio::spawn(async move {
                     let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(
-                        config::headers::WASMCLOUD_HOST_XKEY,
-                        one_time.public_key().as_str(),
-                    );
-                    let _ = nats.request_with_headers(subject, headers, payload).await;
+                    headers.insert(config::headers::WASMCLOUD_HOST_XKEY, requester.as_str());
+                    let reply = nats.request_with_headers(subject, headers, payload).await;
+                    let error = reply.ok().and_then(|r| {
+                        serde_json::from_slice::<SecretResponse>(&r.payload)
+                            .ok()?
+                            .error
+                    });
+                    if error.is_some() {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
                 });
             }
         })
     };
     let mixed = host_gets(client, caller, c, warmup, duration).await;
     bad.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await; // last replies
+    let (sent, refused) = (
+        sent.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
     let slower = |a: f64, b: f64| (a / b - 1.0) * 100.0;
     println!(
         "bad traffic (10% of requests, ~{rate:.0}/s) at c={c}: good gets {:.0}/s ({:+.1}% vs clean), \
-         p50 {:.0} µs ({:+.1}%), p99 {:.0} µs ({:+.1}%), failed good gets: {}",
+         p50 {:.0} µs ({:+.1}%), p99 {:.0} µs ({:+.1}%), failed good gets: {}; \
+         bad requests refused with an error reply: {refused}/{sent}",
         mixed.per_second,
         slower(mixed.per_second, clean.per_second),
         micros(mixed.p50),
@@ -550,11 +559,34 @@ async fn bad_traffic(
     Ok(())
 }
 
-/// A request sealed correctly, whose entity JWT is signed by an issuer nobody mapped.
-fn forged_request(server: &XKey) -> anyhow::Result<Vec<u8>> {
-    let stranger = Caller::new()?;
-    let request = serde_json::to_vec(&stranger.request(SECRET))?;
-    Ok(XKey::new().seal(&request, server)?)
+/// Bad requests, each with the requester key to send in its header: half garbage payloads,
+/// half well-sealed requests whose entity JWT has a broken signature (so every one of them
+/// costs the backend a transit open, a parse and a failed ed25519 check: nothing to cache).
+fn bad_requests(
+    caller: &Caller,
+    server: &XKey,
+    count: usize,
+) -> anyhow::Result<Vec<(Bytes, String)>> {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let requester = XKey::new();
+        let payload = if i % 2 == 0 {
+            vec![0xA5; 600]
+        } else {
+            let mut request = caller.request(SECRET);
+            let jwt = &mut request.context.entity_jwt;
+            let at = jwt.len().saturating_sub(10);
+            let flipped = if jwt.as_bytes().get(at) == Some(&b'A') {
+                "B"
+            } else {
+                "A"
+            };
+            jwt.replace_range(at..at + 1, flipped);
+            requester.seal(&serde_json::to_vec(&request)?, server)?
+        };
+        out.push((Bytes::from(payload), requester.public_key()));
+    }
+    Ok(out)
 }
 
 /// Revocation across instances: a second instance on the same buckets; a mapping is removed
