@@ -55,8 +55,12 @@ pub struct Authorizer {
 }
 
 /// Most tokens remembered at once (per kind); beyond it expired entries are dropped first,
-/// then all of them. A host runs one JWT per host and one per component or provider.
-const VERIFIED_TOKENS: usize = 16_384;
+/// then all of them. A lattice presents one JWT per host and one per component or provider.
+const VERIFIED_TOKENS: usize = 8_192;
+/// Longer tokens are verified every time, never remembered: with [`VERIFIED_TOKENS`] this
+/// bounds the memory anyone can make the cache hold to 32 MiB per kind (wascap JWTs are
+/// typically under 2 KiB).
+const MAX_REMEMBERED_TOKEN: usize = 4_096;
 
 /// Tokens whose signature and dates verified, by their exact text, until they expire.
 #[derive(Debug, Default)]
@@ -80,6 +84,9 @@ impl VerifiedTokens {
     }
 
     fn insert(&self, token: &str, entity: Entity, expires: Option<u64>, now: u64) {
+        if token.len() > MAX_REMEMBERED_TOKEN {
+            return;
+        }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= VERIFIED_TOKENS {
             map.retain(|_, v| v.expires.is_none_or(|exp| now < exp));
@@ -144,27 +151,31 @@ impl Authorizer {
     /// Verify a component or provider JWT and its issuer.
     pub fn verify_entity(&self, jwt: &str) -> Result<Entity, AuthzError> {
         let now = now_secs();
-        let entity = match self.entities.get(jwt, now) {
-            Some(entity) => entity,
-            None => {
-                let (subject, issuer, expires) = match verify::<Component>(jwt) {
-                    Ok(c) => (c.subject, c.issuer, c.expires),
-                    Err(component_err) => match verify::<CapabilityProvider>(jwt) {
-                        Ok(p) => (p.subject, p.issuer, p.expires),
-                        Err(_) => return Err(AuthzError::InvalidEntityJwt(component_err)),
-                    },
-                };
-                let entity = Entity { subject, issuer };
-                self.entities.insert(jwt, entity.clone(), expires, now);
-                entity
-            }
-        };
-        if let Some(trusted) = &self.trusted_issuers {
-            if !trusted.contains(&entity.issuer) {
-                return Err(AuthzError::UntrustedIssuer(entity.issuer));
-            }
+        if let Some(entity) = self.entities.get(jwt, now) {
+            self.check_issuer(&entity)?;
+            return Ok(entity);
         }
+        let (subject, issuer, expires) = match verify::<Component>(jwt) {
+            Ok(c) => (c.subject, c.issuer, c.expires),
+            Err(component_err) => match verify::<CapabilityProvider>(jwt) {
+                Ok(p) => (p.subject, p.issuer, p.expires),
+                Err(_) => return Err(AuthzError::InvalidEntityJwt(component_err)),
+            },
+        };
+        let entity = Entity { subject, issuer };
+        self.check_issuer(&entity)?;
+        // Only trusted entities are remembered: nobody else can fill the cache.
+        self.entities.insert(jwt, entity.clone(), expires, now);
         Ok(entity)
+    }
+
+    fn check_issuer(&self, entity: &Entity) -> Result<(), AuthzError> {
+        match &self.trusted_issuers {
+            Some(trusted) if !trusted.contains(&entity.issuer) => {
+                Err(AuthzError::UntrustedIssuer(entity.issuer.clone()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Tokens remembered as verified: (hosts, entities).
@@ -325,8 +336,7 @@ mod tests {
         assert!(auth.verify_entity("garbage").is_err());
         assert!(auth.verify_host("garbage").is_err());
         assert_eq!(auth.verified_tokens(), (0, 0));
-        // A strict authorizer sharing nothing refuses the issuer even once cached elsewhere;
-        // and its own cache never lets an untrusted issuer through on a hit.
+        // An untrusted issuer's valid token is refused every time and never remembered.
         let strict = Authorizer::new(&[nkeys::KeyPair::new_account().public_key()]).unwrap();
         for _ in 0..2 {
             assert!(matches!(
@@ -334,11 +344,31 @@ mod tests {
                 Err(AuthzError::UntrustedIssuer(_))
             ));
         }
-        assert_eq!(
-            strict.verified_tokens().1,
-            1,
-            "the signature check is remembered"
+        assert_eq!(strict.verified_tokens(), (0, 0));
+        // A trusted one is remembered, and the issuer is still checked on the hit.
+        let trusting = Authorizer::new(&[account.public_key()]).unwrap();
+        for _ in 0..2 {
+            assert!(trusting.verify_entity(&jwt).is_ok());
+        }
+        assert_eq!(trusting.verified_tokens(), (0, 1));
+    }
+
+    #[test]
+    fn oversized_tokens_are_verified_but_never_remembered() {
+        let cache = VerifiedTokens::default();
+        let entity = Entity {
+            subject: "M".into(),
+            issuer: "A".into(),
+        };
+        cache.insert(
+            &"x".repeat(MAX_REMEMBERED_TOKEN + 1),
+            entity.clone(),
+            None,
+            0,
         );
+        assert!(cache.is_empty());
+        cache.insert(&"x".repeat(MAX_REMEMBERED_TOKEN), entity, None, 0);
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
