@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use zeroize::Zeroizing;
 
 use crate::authz::{self, Authorizer, AuthzError};
-use crate::keys::{DataKey, TransitKey};
+use crate::keys::{Keyring, TransitKey};
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
 use crate::store::{validate_name, MappingTable, SecretMeta, SecretStore, StoreError};
@@ -48,7 +48,7 @@ pub struct ServedSecret {
 
 pub struct Backend {
     transit: TransitKey,
-    data_key: DataKey,
+    keys: Keyring,
     secrets: SecretStore,
     mappings: MappingTable,
     authorizer: Authorizer,
@@ -57,14 +57,14 @@ pub struct Backend {
 impl Backend {
     pub fn new(
         transit: TransitKey,
-        data_key: DataKey,
+        keys: Keyring,
         secrets: SecretStore,
         mappings: MappingTable,
         authorizer: Authorizer,
     ) -> Self {
         Self {
             transit,
-            data_key,
+            keys,
             secrets,
             mappings,
             authorizer,
@@ -73,6 +73,10 @@ impl Backend {
 
     pub fn transit(&self) -> &TransitKey {
         &self.transit
+    }
+
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
     }
 
     pub fn secrets(&self) -> &SecretStore {
@@ -103,7 +107,7 @@ impl Backend {
             }
         }
         .ok_or_else(not_found)?;
-        let value = envelope::open(&stored.sealed, &self.data_key)?;
+        let value = envelope::open(&stored.sealed, &self.keys)?;
         let value = match req.field {
             Some(field) if !field.is_empty() => select_field(&value, field)?,
             _ => value,
@@ -127,7 +131,8 @@ impl Backend {
             .secrets
             .created_ms(name)
             .unwrap_or_else(crate::store::secrets::now_ms);
-        let sealed = envelope::seal(value, &self.data_key, created).map_err(EnvelopeError::from)?;
+        let sealed =
+            envelope::seal(value, self.keys.current(), created).map_err(EnvelopeError::from)?;
         Ok(self.secrets.put(name, sealed, expected).await?)
     }
 

@@ -12,7 +12,7 @@ use nkeys::XKey;
 use zeroize::Zeroizing;
 
 use crate::config::{self, headers, ops};
-use crate::keys::DataKey;
+use crate::keys::Keyring;
 use crate::protocol::wire::{
     AdminError, DeleteSecretRequest, ListSecretsRequest, ListSecretsResponse, MappingsResponse,
     PutSecretError, PutSecretRequest, PutSecretResponse,
@@ -38,6 +38,7 @@ pub enum ClientError {
     Read(String),
 }
 
+#[derive(Clone)]
 pub struct AdminClient {
     nats: Client,
     prefix: String,
@@ -208,7 +209,7 @@ impl AdminClient {
 pub async fn read_direct(
     nats: &Client,
     bucket: &str,
-    data_key: &DataKey,
+    keys: &Keyring,
     name: &str,
     version: Option<u64>,
 ) -> Result<(u64, SecretValue), ClientError> {
@@ -222,6 +223,6 @@ pub async fn read_direct(
     .map_err(|e| read(&e))?
     .filter(|e| e.operation == jetstream::kv::Operation::Put)
     .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
-    let value = envelope::open(&entry.value, data_key).map_err(|e| read(&e))?;
+    let value = envelope::open(&entry.value, keys).map_err(|e| read(&e))?;
     Ok((entry.revision, value))
 }

@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Environment variables (sample-compatible ones first).
 pub mod env {
     pub const ENCRYPTION_XKEY_SEED: &str = "ENCRYPTION_XKEY_SEED";
+    /// Comma-separated seeds of earlier data keys, kept only to read what they sealed.
+    pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "PREVIOUS_ENCRYPTION_XKEY_SEEDS";
     pub const TRANSIT_XKEY_SEED: &str = "TRANSIT_XKEY_SEED";
     pub const NATS_CREDSFILE: &str = "NATS_CREDSFILE";
     pub const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
@@ -89,6 +91,8 @@ pub mod provider {
     pub const TRANSIT_XKEY_SEED: &str = "transit_xkey_seed";
     /// The data (encryption) xkey seed (a secret).
     pub const ENCRYPTION_XKEY_SEED: &str = "encryption_xkey_seed";
+    /// Comma-separated seeds of earlier data keys, during a key change (a secret).
+    pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "previous_encryption_xkey_seeds";
     /// Every key the provider reads from its config.
     pub const CONFIG_KEYS: &[&str] = &[
         NATS_URL,
@@ -101,6 +105,7 @@ pub mod provider {
         INSECURE_CONFIG_KEYS,
         TRANSIT_XKEY_SEED,
         ENCRYPTION_XKEY_SEED,
+        PREVIOUS_ENCRYPTION_XKEY_SEEDS,
     ];
     /// NATS URL when neither `nats_url` nor the lattice's URL is set (the SDK's default).
     pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";

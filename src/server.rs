@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::authz::{Authorizer, AuthzError};
 use crate::backend::Backend;
 use crate::config;
-use crate::keys::{DataKey, KeyError, TransitKey};
+use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::protocol::{self, ServeConfig, ServeError};
 use crate::store::{BucketSpec, MappingTable, SecretStore, StoreError};
 
@@ -18,6 +18,8 @@ use crate::store::{BucketSpec, MappingTable, SecretStore, StoreError};
 #[derive(Clone)]
 pub struct RunConfig {
     pub encryption_xkey_seed: Zeroizing<String>,
+    /// Earlier data keys, to read what they sealed until `piggybank rekey` re-seals it.
+    pub previous_encryption_xkey_seeds: Vec<Zeroizing<String>>,
     pub transit_xkey_seed: Zeroizing<String>,
     pub subject_base: String,
     pub name: String,
@@ -54,6 +56,7 @@ impl RunConfig {
     ) -> Self {
         Self {
             encryption_xkey_seed,
+            previous_encryption_xkey_seeds: Vec::new(),
             transit_xkey_seed,
             subject_base: config::DEFAULT_SUBJECT_BASE.into(),
             name: config::DEFAULT_BACKEND_NAME.into(),
@@ -169,6 +172,19 @@ pub fn credentials_file(path: Option<&Path>) -> Option<Credentials> {
     path.map(|p| Credentials::File(p.to_path_buf()))
 }
 
+/// The current data key and the previous ones, from their seeds.
+pub fn keyring(
+    current: &Zeroizing<String>,
+    previous: &[Zeroizing<String>],
+) -> Result<Keyring, KeyError> {
+    let previous = previous
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| DataKey::from_seed(&Zeroizing::new(s.trim().to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Keyring::new(DataKey::from_seed(current)?, previous))
+}
+
 /// Build the core on an existing connection: parse keys, open (or create) both buckets and
 /// load them into memory.
 pub async fn open_backend(
@@ -184,7 +200,10 @@ pub async fn open_backend(
         ));
     }
     let transit = TransitKey::from_seed(&config.transit_xkey_seed)?;
-    let data_key = DataKey::from_seed(&config.encryption_xkey_seed)?;
+    let keys = keyring(
+        &config.encryption_xkey_seed,
+        &config.previous_encryption_xkey_seeds,
+    )?;
     let authorizer = Authorizer::new(&config.trusted_issuers)?;
     let secrets = SecretStore::open(
         client,
@@ -206,9 +225,7 @@ pub async fn open_backend(
         },
     )
     .await?;
-    Ok(Backend::new(
-        transit, data_key, secrets, mappings, authorizer,
-    ))
+    Ok(Backend::new(transit, keys, secrets, mappings, authorizer))
 }
 
 /// A backend ready to serve: its connection and its core, loaded into memory.

@@ -15,7 +15,6 @@ use zeroize::Zeroizing;
 
 use crate::client::{self, AdminClient};
 use crate::config::{self, env};
-use crate::keys::DataKey;
 use crate::server::{self, RunConfig};
 use crate::store::envelope::SecretValue;
 
@@ -59,6 +58,8 @@ pub enum Command {
     RemoveMapping(MappingArgs),
     /// Show the secrets an entity may read
     Mappings(EntityArgs),
+    /// Re-seal every secret with the current data key (after a key change)
+    Rekey(RekeyArgs),
     /// Measure host-style gets against the protocol's limits (starts its own NATS and backend)
     Bench(bench::BenchArgs),
 }
@@ -110,6 +111,9 @@ pub struct RunArgs {
     /// The data key seed (SX...): values are sealed with it at rest
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
     pub encryption_xkey_seed: String,
+    /// Seeds of earlier data keys (comma-separated), to read what they sealed
+    #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
+    pub previous_encryption_xkey_seeds: Vec<String>,
     /// The transit key seed (SX...): hosts seal requests to its public key
     #[arg(short = 't', long, env = env::TRANSIT_XKEY_SEED, hide_env_values = true)]
     pub transit_xkey_seed: String,
@@ -154,6 +158,7 @@ impl RunArgs {
             Zeroizing::new(self.encryption_xkey_seed),
             Zeroizing::new(self.transit_xkey_seed),
         );
+        c.previous_encryption_xkey_seeds = zeroized(self.previous_encryption_xkey_seeds);
         c.subject_base = self.subject_base;
         c.name = self.name;
         c.secrets_bucket = self.secrets_bucket;
@@ -202,6 +207,9 @@ pub struct GetArgs {
     /// The data key seed the backend runs with
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
     pub encryption_xkey_seed: String,
+    /// Seeds of earlier data keys (comma-separated), to read what they sealed
+    #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
+    pub previous_encryption_xkey_seeds: Vec<String>,
     /// The KV bucket secrets are stored in
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
     pub secrets_bucket: String,
@@ -214,6 +222,21 @@ pub struct GetArgs {
     /// Write the value to this file (mode 0600) instead of stdout
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Args)]
+pub struct RekeyArgs {
+    /// The data key to re-seal with (the backend's new ENCRYPTION_XKEY_SEED)
+    #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
+    pub encryption_xkey_seed: String,
+    /// Seeds of earlier data keys (comma-separated), to read what they sealed
+    #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
+    pub previous_encryption_xkey_seeds: Vec<String>,
+    /// The KV bucket secrets are stored in
+    #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
+    pub secrets_bucket: String,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -267,6 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Rekey(args) => rekey(args).await,
         Command::Put(args) => put(args).await,
         Command::Get(args) => get(args).await,
         Command::Delete(args) => {
@@ -401,22 +425,76 @@ async fn put(mut args: PutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {
+    seeds.into_iter().map(Zeroizing::new).collect()
+}
+
+/// `rekey`: open the bucket directly (as `get` does) and re-seal every secret with the
+/// current key, online; running it again resumes.
+async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
+    let keys = server::keyring(
+        &Zeroizing::new(args.encryption_xkey_seed),
+        &zeroized(args.previous_encryption_xkey_seeds),
+    )?;
+    let nats = server::connect(
+        &args.conn.nats_address,
+        server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
+        "piggybank rekey",
+    )
+    .await?;
+    let store = crate::store::SecretStore::open(
+        &nats,
+        &crate::store::BucketSpec {
+            name: args.secrets_bucket.clone(),
+            description: "piggybank secrets (sealed values)",
+            history: i64::from(config::DEFAULT_MAX_SECRET_HISTORY),
+            replicas: 1,
+        },
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let report = crate::store::rekey::rekey(&store, &keys, |done, total| {
+        if done % 1000 == 0 || done == total {
+            eprintln!("rekey: {done}/{total}");
+        }
+    })
+    .await;
+    for (name, why) in &report.failed {
+        eprintln!("rekey: {name}: {why}");
+    }
+    println!(
+        "rekey: {} secrets in {:.1} s: {} re-sealed with data key {}, {} already under it, \
+         {} deleted meanwhile, {} failed",
+        report.total,
+        started.elapsed().as_secs_f64(),
+        report.resealed,
+        keys.current().id(),
+        report.already_current,
+        report.gone,
+        report.failed.len()
+    );
+    if !report.failed.is_empty() {
+        bail!(
+            "{} secrets were not re-sealed; fix the cause above and run rekey again",
+            report.failed.len()
+        );
+    }
+    Ok(())
+}
+
 async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let data_key = DataKey::from_seed(&Zeroizing::new(args.encryption_xkey_seed))?;
+    let keys = server::keyring(
+        &Zeroizing::new(args.encryption_xkey_seed),
+        &zeroized(args.previous_encryption_xkey_seeds),
+    )?;
     let nats = server::connect(
         &args.conn.nats_address,
         server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
         "piggybank cli",
     )
     .await?;
-    let (_, value) = client::read_direct(
-        &nats,
-        &args.secrets_bucket,
-        &data_key,
-        &args.name,
-        args.version,
-    )
-    .await?;
+    let (_, value) =
+        client::read_direct(&nats, &args.secrets_bucket, &keys, &args.name, args.version).await?;
     match (args.kind, &value) {
         (Some(Kind::String), SecretValue::Binary(_)) => {
             bail!("secret is binary, but --kind string was requested")

@@ -174,6 +174,52 @@ fn nkeys_private_bytes(encoded: &str) -> Option<Zeroizing<[u8; 32]>> {
     Some(out)
 }
 
+/// The data keys an instance holds: the current one seals every write; previous ones are
+/// kept only to open values sealed before a key change (`PREVIOUS_ENCRYPTION_XKEY_SEEDS`),
+/// until `piggybank rekey` has re-sealed everything with the current key.
+#[derive(Debug)]
+pub struct Keyring {
+    current: DataKey,
+    previous: Vec<DataKey>,
+}
+
+impl Keyring {
+    /// A keyring; a previous key equal to the current one (or repeated) is ignored.
+    pub fn new(current: DataKey, previous: Vec<DataKey>) -> Self {
+        let mut kept: Vec<DataKey> = Vec::with_capacity(previous.len());
+        for key in previous {
+            if key.id() != current.id() && kept.iter().all(|k| k.id() != key.id()) {
+                kept.push(key);
+            }
+        }
+        Self {
+            current,
+            previous: kept,
+        }
+    }
+
+    /// The key new values are sealed with.
+    pub fn current(&self) -> &DataKey {
+        &self.current
+    }
+
+    /// The key with this id, if this instance holds it.
+    pub fn get(&self, id: &str) -> Option<&DataKey> {
+        self.keys().find(|k| k.id() == id)
+    }
+
+    /// Every key, current first.
+    pub fn keys(&self) -> impl Iterator<Item = &DataKey> {
+        std::iter::once(&self.current).chain(self.previous.iter())
+    }
+}
+
+impl From<DataKey> for Keyring {
+    fn from(key: DataKey) -> Self {
+        Self::new(key, Vec::new())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,18 @@ impl Settings {
                 || !secrets.contains_key(keys::ENCRYPTION_XKEY_SEED));
 
         let mut run = RunConfig::new(encryption, transit);
+        // Optional, during a data key change; the same secrets-first rule as the keys.
+        let previous = match key(keys::PREVIOUS_ENCRYPTION_XKEY_SEEDS) {
+            Ok(seeds) => Some(seeds),
+            Err(SettingsError::MissingKey(_)) => None,
+            Err(e) => return Err(e),
+        };
+        run.previous_encryption_xkey_seeds = previous
+            .iter()
+            .flat_map(|seeds| seeds.split(','))
+            .map(|s| Zeroizing::new(s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .collect();
         let text = |name: &'static str| config.get(name).map(|v| v.trim().to_string());
         if let Some(v) = text(keys::BACKEND_NAME) {
             run.name = token(keys::BACKEND_NAME, v)?;
@@ -292,6 +304,35 @@ mod tests {
         let s = Settings::from_host(&insecure, &seeds(), &lattice()).unwrap();
         assert_eq!(s.run.transit_xkey_seed.as_str(), "SXTRANSIT");
         assert!(!s.insecure_keys);
+    }
+
+    #[test]
+    fn previous_keys_are_optional_secrets() {
+        assert!(Settings::from_host(&map(&[]), &seeds(), &lattice())
+            .unwrap()
+            .run
+            .previous_encryption_xkey_seeds
+            .is_empty());
+        let mut secrets = seeds();
+        secrets.insert(
+            keys::PREVIOUS_ENCRYPTION_XKEY_SEEDS.into(),
+            SecretValue::String("SXOLD1, SXOLD2,".into()),
+        );
+        let s = Settings::from_host(&map(&[]), &secrets, &lattice()).unwrap();
+        let previous: Vec<&str> = s
+            .run
+            .previous_encryption_xkey_seeds
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(previous, ["SXOLD1", "SXOLD2"]);
+        let in_config = map(&[(keys::PREVIOUS_ENCRYPTION_XKEY_SEEDS, "SXOLD")]);
+        assert_eq!(
+            Settings::from_host(&in_config, &seeds(), &lattice()).err(),
+            Some(SettingsError::KeyInConfig(
+                keys::PREVIOUS_ENCRYPTION_XKEY_SEEDS
+            ))
+        );
     }
 
     #[test]

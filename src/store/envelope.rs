@@ -13,7 +13,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::keys::{DataKey, KeyError, XKV1};
+use crate::keys::{DataKey, KeyError, Keyring, XKV1};
 
 const MAGIC: &[u8; 4] = b"pgb1";
 const HEADER_FIXED: usize = 4 + 1 + 8 + 1;
@@ -141,15 +141,20 @@ pub fn parse(stored: &[u8]) -> Result<(Header, &[u8]), EnvelopeError> {
     Ok((header, sealed))
 }
 
-/// Open a stored value with `key` (which must be the key named in its header, if any).
-pub fn open(stored: &[u8], key: &DataKey) -> Result<SecretValue, EnvelopeError> {
+/// Open a stored value with the key its header names. A legacy value names none: each key
+/// is tried, current first (the sample sealed with what is now a current or previous key).
+pub fn open(stored: &[u8], keys: &Keyring) -> Result<SecretValue, EnvelopeError> {
     let (header, sealed) = parse(stored)?;
-    if let Some(kid) = &header.key_id {
-        if kid != key.id() {
-            return Err(EnvelopeError::UnknownKey(kid.clone()));
-        }
-    }
-    let mut plain = key.open(sealed)?;
+    let mut plain = match &header.key_id {
+        Some(kid) => keys
+            .get(kid)
+            .ok_or_else(|| EnvelopeError::UnknownKey(kid.clone()))?
+            .open(sealed)?,
+        None => keys
+            .keys()
+            .find_map(|key| key.open(sealed).ok())
+            .ok_or(KeyError::Open)?,
+    };
     match header.kind {
         SecretKind::Legacy => Ok(legacy_value(plain)),
         kind => {
@@ -188,26 +193,31 @@ mod tests {
     use super::*;
     use nkeys::XKey;
 
-    fn key() -> (XKey, DataKey) {
+    fn key() -> (XKey, Keyring) {
         let x = XKey::new();
         let d = DataKey::from_xkey(&x).unwrap();
-        (x, d)
+        (x, Keyring::from(d))
     }
 
     #[test]
     fn string_and_binary_round_trip_with_their_kind() {
         let (_, k) = key();
-        let s = seal(&SecretValue::String(Zeroizing::new("hé".into())), &k, 7).unwrap();
+        let s = seal(
+            &SecretValue::String(Zeroizing::new("hé".into())),
+            k.current(),
+            7,
+        )
+        .unwrap();
         let (h, _) = parse(&s).unwrap();
         assert_eq!(h.kind, SecretKind::String);
         assert_eq!(h.created_ms, Some(7));
-        assert_eq!(h.key_id.as_deref(), Some(k.id()));
+        assert_eq!(h.key_id.as_deref(), Some(k.current().id()));
         assert!(matches!(open(&s, &k).unwrap(), SecretValue::String(v) if v.as_str() == "hé"));
 
         // Valid UTF-8 stored as binary stays binary (sample defect 3).
         let b = seal(
             &SecretValue::Binary(Zeroizing::new(b"utf8".to_vec())),
-            &k,
+            k.current(),
             0,
         )
         .unwrap();
@@ -226,10 +236,56 @@ mod tests {
     }
 
     #[test]
+    fn previous_keys_open_what_they_sealed_and_legacy_values_try_every_key() {
+        let (old_x, old) = key();
+        let value = SecretValue::String(Zeroizing::new("v".into()));
+        let by_old = seal(&value, old.current(), 0).unwrap();
+        let legacy = old_x.seal(b"legacy", &old_x).unwrap();
+        let new = || DataKey::from_xkey(&XKey::new()).unwrap();
+        let old_again = || DataKey::from_xkey(&old_x).unwrap();
+
+        let rotated = Keyring::new(new(), vec![old_again()]);
+        assert!(
+            matches!(open(&by_old, &rotated).unwrap(), SecretValue::String(v) if v.as_str() == "v")
+        );
+        assert!(
+            matches!(open(&legacy, &rotated).unwrap(), SecretValue::String(v) if v.as_str() == "legacy")
+        );
+
+        let dropped = Keyring::from(new());
+        assert!(matches!(
+            open(&by_old, &dropped),
+            Err(EnvelopeError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            open(&legacy, &dropped),
+            Err(EnvelopeError::Key(_))
+        ));
+    }
+
+    #[test]
+    fn keyring_ignores_a_previous_key_equal_to_the_current_one() {
+        let x = XKey::new();
+        let ring = Keyring::new(
+            DataKey::from_xkey(&x).unwrap(),
+            vec![
+                DataKey::from_xkey(&x).unwrap(),
+                DataKey::from_xkey(&XKey::new()).unwrap(),
+            ],
+        );
+        assert_eq!(ring.keys().count(), 2);
+    }
+
+    #[test]
     fn flipped_kind_or_foreign_key_is_refused() {
         let (_, k) = key();
         let (_, other) = key();
-        let mut s = seal(&SecretValue::Binary(Zeroizing::new(vec![1])), &k, 0).unwrap();
+        let mut s = seal(
+            &SecretValue::Binary(Zeroizing::new(vec![1])),
+            k.current(),
+            0,
+        )
+        .unwrap();
         assert!(matches!(
             open(&s, &other),
             Err(EnvelopeError::UnknownKey(_))

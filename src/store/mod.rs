@@ -9,6 +9,7 @@
 pub mod envelope;
 pub mod mappings;
 pub mod mirror;
+pub mod rekey;
 pub mod secrets;
 
 pub use mappings::MappingTable;
