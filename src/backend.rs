@@ -118,6 +118,17 @@ impl Backend {
         })
     }
 
+    /// The latest value of `name`, with no JWT checks: for a front door whose callers NATS
+    /// permissions have already authorized (the Piggy Bank API).
+    pub fn value(&self, name: &str) -> Result<SecretValue, BackendError> {
+        validate_name(name)?;
+        let stored = self
+            .secrets
+            .latest(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        Ok(envelope::open(&stored.sealed, &self.keys)?)
+    }
+
     /// Store a new version of `name`. `expected` is a compare-and-set on the current version
     /// (`Some(0)`: must not exist yet). Returns the new version.
     pub async fn put(

@@ -32,6 +32,9 @@ pub mod env {
     pub const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
     pub const TRUSTED_ISSUERS: &str = "TRUSTED_ISSUERS";
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
+    pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
+    pub const NATS_USER: &str = "NATS_USER";
+    pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
 }
 
 /// Name of the mappings bucket for a backend: `SECRETS_{name}_state` (as the sample).

@@ -11,6 +11,8 @@
 //! - [`authz`]: JWT verification, trusted issuers, policy checks.
 //! - [`backend`]: the core every front door calls: read, put, delete, list, mappings.
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
+//! - [`piggybank_api`]: the Piggy Bank front door for plain NATS services
+//!   (`piggybank.<application>.<name>`).
 //! - [`server`]: `run(config, shutdown)`: connect, open stores, serve.
 //! - [`provider`]: the capability provider: HostData settings, link scopes, the WIT admin
 //!   interface over wRPC (front door), and the same protocol server.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod keys;
+pub mod piggybank_api;
 pub mod protocol;
 pub mod provider;
 pub mod server;

@@ -32,6 +32,8 @@ pub struct RunConfig {
     pub replicas: usize,
     pub trusted_issuers: Vec<String>,
     pub max_in_flight: usize,
+    /// Serve the Piggy Bank API under this prefix (`piggybank`); `None`: not served.
+    pub piggybank_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -69,6 +71,7 @@ impl RunConfig {
             replicas: 1,
             trusted_issuers: Vec::new(),
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+            piggybank_prefix: None,
         }
     }
 
@@ -84,6 +87,11 @@ pub enum Credentials {
     File(PathBuf),
     /// The contents of a `.creds` file (the provider receives them as a secret).
     Contents(Zeroizing<String>),
+    /// A user name and password (servers configured with `authorization { users = [...] }`).
+    UserPassword {
+        user: String,
+        password: Zeroizing<String>,
+    },
     /// A user JWT and its nkey seed (the provider reuses the lattice's, from HostData).
     UserJwt {
         jwt: String,
@@ -96,6 +104,9 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::File(path) => f.debug_tuple("File").field(path).finish(),
             Credentials::Contents(_) => f.write_str("Contents(<redacted>)"),
+            Credentials::UserPassword { user, .. } => {
+                write!(f, "UserPassword({user}, <redacted>)")
+            }
             Credentials::UserJwt { .. } => f.write_str("UserJwt(<redacted>)"),
         }
     }
@@ -148,6 +159,12 @@ pub async fn connect(
         Some(Credentials::Contents(contents)) => {
             options = async_nats::ConnectOptions::with_credentials(contents)
                 .map_err(|_| err("the credentials are not a valid NATS .creds file".into()))?;
+        }
+        Some(Credentials::UserPassword { user, password }) => {
+            options = async_nats::ConnectOptions::with_user_and_password(
+                user.clone(),
+                password.to_string(),
+            );
         }
         Some(Credentials::UserJwt { jwt, seed }) => {
             let key = nkeys::KeyPair::from_seed(seed)
@@ -261,18 +278,53 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     Ok(Started { client, backend })
 }
 
-/// Serve the wasmCloud secrets protocol for a started backend until `shutdown`; then drain.
+/// Serve the wasmCloud secrets protocol (and the Piggy Bank API, when configured) for a
+/// started backend until `shutdown`; then drain both.
 pub async fn serve(
     started: Started,
     config: &RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    use futures::FutureExt as _;
+    let shutdown = shutdown.shared();
+    let queue_group = config::queue_group(&config.nats_queue_base, &config.name);
     let serve_config = ServeConfig {
         prefix: config.subject_prefix(),
-        queue_group: config::queue_group(&config.nats_queue_base, &config.name),
+        queue_group: queue_group.clone(),
         max_in_flight: config.max_in_flight,
     };
-    protocol::serve(started.client, started.backend, serve_config, shutdown).await?;
+    let secrets = protocol::serve(
+        started.client.clone(),
+        Arc::clone(&started.backend),
+        serve_config,
+        shutdown.clone(),
+    );
+    let api = async {
+        let Some(prefix) = &config.piggybank_prefix else {
+            return Ok(());
+        };
+        let api_config = ServeConfig {
+            prefix: prefix.clone(),
+            queue_group: format!("{queue_group}.piggybank"),
+            max_in_flight: config.max_in_flight,
+        };
+        let backend = Arc::clone(&started.backend);
+        let prefix: Arc<str> = prefix.as_str().into();
+        let handler = move |msg: async_nats::Message| {
+            let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
+            async move { crate::piggybank_api::handle(&backend, &prefix, &msg).await }
+        };
+        protocol::serve_with(
+            started.client.clone(),
+            api_config,
+            handler,
+            shutdown.clone(),
+        )
+        .await
+    };
+    let (secrets, api) = tokio::join!(secrets, api);
+    secrets?;
+    api?;
     tracing::info!("piggybank stopped");
     Ok(())
 }

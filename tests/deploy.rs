@@ -328,3 +328,20 @@ async fn provider_archive_loads_with_its_claims_and_binary() {
         "binary differs"
     );
 }
+
+#[test]
+fn readme_permission_example_is_the_tested_config() {
+    let conf: String = read("examples/piggybank-api/nats-server.conf")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let blocks = readme_blocks("conf");
+    assert!(!blocks.is_empty(), "the README shows no nats-server config");
+    for block in blocks {
+        let shown = block.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            conf.contains(&shown),
+            "the README's config is not in the tested file:\n{block}"
+        );
+    }
+}

@@ -120,6 +120,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let address = format!("127.0.0.1:{}", args.nats_port);
     let mut config = RunConfig::new(keys.encryption, keys.transit);
     config.nats_address = address.clone();
+    config.piggybank_prefix = Some(crate::piggybank_api::DEFAULT_PREFIX.to_string());
     // Dev trusts any issuer; the warning in the log says how to change that.
     println!(
         "piggybank dev: NATS on {address} (data in {dir}), keys in {keys}\n\n\

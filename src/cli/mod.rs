@@ -150,6 +150,15 @@ pub struct RunArgs {
     /// Requests handled at once by this instance; more wait (backpressure)
     #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// NATS user name (with --nats-password), for servers configured with users
+    #[arg(long, env = env::NATS_USER, requires = "nats_password", conflicts_with = "nats_creds_file")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the env var: argv is visible to other users)
+    #[arg(long, env = env::NATS_PASSWORD, hide_env_values = true, requires = "nats_user")]
+    pub nats_password: Option<String>,
+    /// Also serve the Piggy Bank API for plain NATS services under this prefix (`piggybank`)
+    #[arg(long, env = env::PIGGYBANK_PREFIX)]
+    pub piggybank_prefix: Option<String>,
 }
 
 impl RunArgs {
@@ -166,10 +175,17 @@ impl RunArgs {
         c.nats_queue_base = self.nats_queue_base;
         c.nats_address = self.nats_address;
         c.api_version = self.secrets_api_version;
-        c.nats_credentials = server::credentials_file(self.nats_creds_file.as_deref());
+        c.nats_credentials = match (self.nats_user, self.nats_password) {
+            (Some(user), Some(password)) => Some(server::Credentials::UserPassword {
+                user,
+                password: Zeroizing::new(password),
+            }),
+            _ => server::credentials_file(self.nats_creds_file.as_deref()),
+        };
         c.replicas = self.replicas;
         c.trusted_issuers = self.trusted_issuers;
         c.max_in_flight = self.max_in_flight;
+        c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
         c
     }
 }

@@ -53,10 +53,24 @@ impl NatsServer {
 
     /// Start on a given data dir (reused across restarts).
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::spawn(dir, None)
+    }
+
+    /// Start with a server config file (its users and permissions); port, address and data
+    /// dir still come from the command line, which overrides the file.
+    pub fn start_with_config(config: &Path) -> Self {
+        Self::spawn(tempfile::tempdir().expect("tempdir"), Some(config))
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: Option<&Path>) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let name = unique_name("piggybank-test");
-            let mut child = Command::new("nats-server")
+            let mut command = Command::new("nats-server");
+            if let Some(config) = config {
+                command.arg("-c").arg(config);
+            }
+            let mut child = command
                 .args([
                     "-js",
                     "-a",
@@ -178,12 +192,31 @@ impl Drop for Running {
 }
 
 pub async fn start_backend(nats: &NatsServer, config: RunConfig) -> Running {
+    let client = nats.client().await;
+    start_backend_with(&client, config).await
+}
+
+/// Start a backend on a server that requires a user and password.
+pub async fn start_backend_as(
+    nats: &NatsServer,
+    config: RunConfig,
+    user: &str,
+    password: &str,
+) -> Running {
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(nats.url())
+        .await
+        .expect("connect as the backend's user");
+    start_backend_with(&client, config).await
+}
+
+async fn start_backend_with(client: &async_nats::Client, config: RunConfig) -> Running {
     let prefix = config.subject_prefix();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(piggybank::server::run(config, async {
         let _ = rx.await;
     }));
-    wait_for_backend(nats, &prefix).await;
+    wait_answering(client, &prefix).await;
     Running {
         shutdown: Some(tx),
         task: Some(task),
@@ -192,7 +225,10 @@ pub async fn start_backend(nats: &NatsServer, config: RunConfig) -> Running {
 
 /// Wait until something answers `{prefix}.server_xkey`.
 pub async fn wait_for_backend(nats: &NatsServer, prefix: &str) {
-    let client = nats.client().await;
+    wait_answering(&nats.client().await, prefix).await;
+}
+
+async fn wait_answering(client: &async_nats::Client, prefix: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let asked = client.request(format!("{prefix}.server_xkey"), "".into());

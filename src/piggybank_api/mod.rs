@@ -1,0 +1,252 @@
+//! The Piggy Bank front door: secrets for plain NATS services on `{prefix}.<application>.<name>`.
+//!
+//! A request's `method` header says what to do: `get` returns the value, `post` stores the
+//! payload as a new version, `delete` removes every version. Every reply carries a `Status`
+//! header (200, 400, 403, 404, 500); errors have the JSON body `{"error": "..."}`.
+//!
+//! The secret lives in the same store the wasmCloud protocol serves, under the key
+//! `<application>/<name>`, so it can also be mapped to wasmCloud entities.
+//!
+//! Authorization is NATS's: an application may publish only on `{prefix}.<application>.>`
+//! and receive replies only on its own inbox prefix (README, "Piggy Bank API"). The backend
+//! trusts the subject, so these permissions are what keeps applications apart.
+
+use async_nats::{HeaderMap, Message};
+use zeroize::Zeroizing;
+
+use crate::backend::{Backend, BackendError};
+use crate::protocol::reply::Reply;
+use crate::store::envelope::SecretValue;
+use crate::store::StoreError;
+
+/// Default subject prefix of the API.
+pub const DEFAULT_PREFIX: &str = "piggybank";
+/// Applications that may not be named: `database` is where the store's own operations go.
+pub const RESERVED_APPLICATIONS: &[&str] = &["database"];
+
+/// Request and reply headers.
+pub mod headers {
+    /// `get`, `post` or `delete`.
+    pub const METHOD: &str = "method";
+    /// On `post`: `string` (the default; the payload must be UTF-8) or `binary`.
+    pub const KIND: &str = "kind";
+    /// On every reply: an HTTP-like status code.
+    pub const STATUS: &str = "Status";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+/// What a request asks for, once its subject and headers are understood.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    /// `<application>/<name>`: the key in the store.
+    pub key: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("application {0:?} is reserved")]
+    Reserved(String),
+    #[error("secret {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Reserved(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+/// The store key of a secret of the API: `<application>/<name>`.
+pub fn store_key(application: &str, name: &str) -> String {
+    format!("{application}/{name}")
+}
+
+/// Understand a request: `{prefix}.<application>.<name>` (the name may contain dots) and
+/// its `method` header. Pure, so every rule is unit-tested.
+pub fn parse(
+    prefix: &str,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+) -> Result<Request, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(why.to_string());
+    let rest = subject
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(|| bad("subject is not under the API's prefix"))?;
+    let (application, name) = rest
+        .split_once('.')
+        .ok_or_else(|| bad("expected <prefix>.<application>.<name>; the name is empty"))?;
+    let app_ok = !application.is_empty()
+        && application
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !app_ok {
+        return Err(bad("the application must be letters, digits, '-' or '_'"));
+    }
+    if RESERVED_APPLICATIONS.contains(&application) {
+        return Err(ApiError::Reserved(application.to_string()));
+    }
+    if name.is_empty() {
+        return Err(bad("the name is empty"));
+    }
+    let method = match headers
+        .and_then(|h| h.get(headers::METHOD))
+        .map(|v| v.as_str())
+    {
+        Some(m) if m.eq_ignore_ascii_case("get") => Method::Get,
+        Some(m) if m.eq_ignore_ascii_case("post") => Method::Post,
+        Some(m) if m.eq_ignore_ascii_case("delete") => Method::Delete,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown method {other:?}: use get, post or delete"
+            )))
+        }
+        None => return Err(bad("missing header `method`: get, post or delete")),
+    };
+    Ok(Request {
+        method,
+        key: store_key(application, name),
+    })
+}
+
+/// Answer one message. The caller publishes the reply.
+pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
+    match respond(backend, prefix, msg).await {
+        Ok((payload, status)) => reply(status, payload),
+        Err(e) => {
+            let body = serde_json::json!({ "error": e.to_string() }).to_string();
+            reply(e.status(), body.into_bytes())
+        }
+    }
+}
+
+async fn respond(
+    backend: &Backend,
+    prefix: &str,
+    msg: &Message,
+) -> Result<(Vec<u8>, u16), ApiError> {
+    let request = parse(prefix, msg.subject.as_str(), msg.headers.as_ref())?;
+    match request.method {
+        Method::Get => {
+            let value = backend.value(&request.key).map_err(api_error)?;
+            Ok((value.as_bytes().to_vec(), 200))
+        }
+        Method::Post => {
+            let kind = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::KIND))
+                .map(|v| v.as_str().to_ascii_lowercase());
+            let value = match kind.as_deref() {
+                None | Some("string") => {
+                    let text = std::str::from_utf8(&msg.payload).map_err(|_| {
+                        ApiError::BadRequest(
+                            "the payload is not UTF-8; send header `kind: binary`".into(),
+                        )
+                    })?;
+                    SecretValue::String(Zeroizing::new(text.to_string()))
+                }
+                Some("binary") => SecretValue::Binary(Zeroizing::new(msg.payload.to_vec())),
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown kind {other:?}: use string or binary"
+                    )))
+                }
+            };
+            let version = backend
+                .put(&request.key, &value, None)
+                .await
+                .map_err(api_error)?;
+            Ok((format!(r#"{{"version":{version}}}"#).into_bytes(), 200))
+        }
+        Method::Delete => {
+            backend.delete(&request.key).await.map_err(api_error)?;
+            Ok((Vec::new(), 200))
+        }
+    }
+}
+
+fn reply(status: u16, payload: Vec<u8>) -> Reply {
+    let mut h = HeaderMap::new();
+    h.insert(headers::STATUS, status.to_string().as_str());
+    Reply {
+        headers: Some(h),
+        payload: payload.into(),
+    }
+}
+
+/// The one mapping from core errors to API errors. Messages name keys, never values.
+fn api_error(e: BackendError) -> ApiError {
+    match e {
+        BackendError::Store(StoreError::NotFound(key)) => ApiError::NotFound(key),
+        BackendError::Store(StoreError::InvalidName { .. }) => ApiError::BadRequest(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_method(m: &str) -> Option<HeaderMap> {
+        let mut h = HeaderMap::new();
+        h.insert(headers::METHOD, m);
+        Some(h)
+    }
+
+    #[test]
+    fn subjects_map_to_application_scoped_keys() {
+        let r = parse(
+            "piggybank",
+            "piggybank.billing.db.password",
+            with_method("GET").as_ref(),
+        );
+        assert_eq!(
+            r.unwrap(),
+            Request {
+                method: Method::Get,
+                key: "billing/db.password".into()
+            }
+        );
+        let r = parse(
+            "acme.pb",
+            "acme.pb.shop.token",
+            with_method("post").as_ref(),
+        )
+        .unwrap();
+        assert_eq!((r.method, r.key.as_str()), (Method::Post, "shop/token"));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_their_status() {
+        let get = with_method("get");
+        for (subject, headers, status) in [
+            ("piggybank.billing", get.as_ref(), 400),
+            ("piggybank.billing.", get.as_ref(), 400),
+            ("piggybank.bil*ing.x", get.as_ref(), 400),
+            ("other.billing.x", get.as_ref(), 400),
+            ("piggybank.database.x", get.as_ref(), 403),
+            ("piggybank.billing.x", None, 400),
+            ("piggybank.billing.x", with_method("put").as_ref(), 400),
+        ] {
+            let err = parse("piggybank", subject, headers).expect_err(subject);
+            assert_eq!(err.status(), status, "{subject}: {err}");
+        }
+    }
+}
