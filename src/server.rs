@@ -142,7 +142,7 @@ pub async fn connect(
     client_name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
     let err = |reason: String| ConnectError {
-        address: address.to_string(),
+        address: without_userinfo(address),
         reason,
     };
     let mut options = async_nats::ConnectOptions::new();
@@ -182,6 +182,18 @@ pub async fn connect(
         .connect(address)
         .await
         .map_err(|e| err(e.to_string()))
+}
+
+/// `address` with any `user:password@` replaced, for messages: a URL may carry a password.
+fn without_userinfo(address: &str) -> String {
+    let (scheme, rest) = match address.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), address),
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}"),
+        None => address.to_string(),
+    }
 }
 
 /// A credentials file path, as the CLI takes it.
@@ -333,4 +345,37 @@ pub async fn serve(
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let started = start(&config).await?;
     serve(started, &config, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_never_show_a_password_from_the_url() {
+        assert_eq!(
+            without_userinfo("nats://u:secret@h:4222"),
+            "nats://***@h:4222"
+        );
+        assert_eq!(without_userinfo("u:secret@h:4222"), "***@h:4222");
+        assert_eq!(without_userinfo("nats://h:4222"), "nats://h:4222");
+        assert_eq!(without_userinfo("127.0.0.1:4222"), "127.0.0.1:4222");
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_names_the_server_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = connect(&format!("nats://u:hunter2@127.0.0.1:{port}"), None, "test")
+            .await
+            .expect_err("nothing listens there");
+        let text = err.to_string();
+        assert!(
+            !text.contains("hunter2") && text.contains(&port.to_string()),
+            "{text}"
+        );
+    }
 }

@@ -129,6 +129,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Why `init` failed: reported as is, rather than through the SDK's wrapping.
     init_error: Mutex<Option<ProviderError>>,
+    /// Held while draining; `true` once drained, so a second `stop` waits for the first.
+    drained: tokio::sync::Mutex<bool>,
 }
 
 impl Default for PiggybankProvider {
@@ -140,6 +142,7 @@ impl Default for PiggybankProvider {
                 stop: watch::channel(false).0,
                 tasks: Mutex::default(),
                 init_error: Mutex::default(),
+                drained: tokio::sync::Mutex::new(false),
             }),
         }
     }
@@ -164,8 +167,10 @@ impl PiggybankProvider {
 
     /// Stop accepting, then wait for in-flight protocol and admin requests.
     async fn stop(&self) {
-        if self.inner.stop.send_replace(true) {
-            return; // already stopping
+        self.inner.stop.send_replace(true);
+        let mut drained = self.inner.drained.lock().await;
+        if *drained {
+            return;
         }
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -180,6 +185,7 @@ impl PiggybankProvider {
         if let Some(running) = self.inner.running.get() {
             let _ = running.nats.flush().await;
         }
+        *drained = true;
         tracing::info!("piggybank provider stopped");
     }
 
