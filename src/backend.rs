@@ -5,6 +5,7 @@
 //! front door maps to its wire error in exactly one function.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
@@ -28,6 +29,16 @@ pub enum BackendError {
     MissingField(String),
     #[error("field {0:?} was requested but the secret is not a JSON object")]
     NotAnObject(String),
+    #[error("the store is sealed: unlock it first (piggybank unlock)")]
+    Sealed,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A read request, already decrypted and parsed by a front door.
@@ -46,15 +57,20 @@ pub struct ServedSecret {
     pub value: SecretValue,
 }
 
+/// The core. Its keys may be absent: a sealed store holds none until it is unlocked, and
+/// `lock` drops them again (dropping zeroizes them). Readers take an `Arc` of what is there.
 pub struct Backend {
-    transit: TransitKey,
-    keys: Keyring,
+    /// The transit public key, known even while sealed (hosts cache it for their lifetime).
+    transit_public: RwLock<Option<String>>,
+    transit: RwLock<Option<Arc<TransitKey>>>,
+    keys: RwLock<Option<Arc<Keyring>>>,
     secrets: SecretStore,
     mappings: MappingTable,
     authorizer: Authorizer,
 }
 
 impl Backend {
+    /// A backend holding its keys (run with `ENCRYPTION_XKEY_SEED`).
     pub fn new(
         transit: TransitKey,
         keys: Keyring,
@@ -62,21 +78,57 @@ impl Backend {
         mappings: MappingTable,
         authorizer: Authorizer,
     ) -> Self {
+        let backend = Self::sealed(secrets, mappings, authorizer);
+        backend.set_transit(Some(transit));
+        backend.set_keys(Some(keys));
+        backend
+    }
+
+    /// A backend with no keys yet (sealed mode).
+    pub fn sealed(secrets: SecretStore, mappings: MappingTable, authorizer: Authorizer) -> Self {
         Self {
-            transit,
-            keys,
+            transit_public: RwLock::default(),
+            transit: RwLock::default(),
+            keys: RwLock::default(),
             secrets,
             mappings,
             authorizer,
         }
     }
 
-    pub fn transit(&self) -> &TransitKey {
-        &self.transit
+    /// The transit key, if this instance holds it.
+    pub fn transit(&self) -> Result<Arc<TransitKey>, BackendError> {
+        read(&self.transit).clone().ok_or(BackendError::Sealed)
     }
 
-    pub fn keys(&self) -> &Keyring {
-        &self.keys
+    /// The transit public key (`server_xkey`), if known: it is, even while sealed, once the
+    /// store is initialized or a transit seed was configured.
+    pub fn transit_public(&self) -> Option<String> {
+        read(&self.transit_public).clone()
+    }
+
+    pub fn set_transit_public(&self, public: Option<String>) {
+        *write(&self.transit_public) = public;
+    }
+
+    pub fn set_transit(&self, transit: Option<TransitKey>) {
+        if let Some(t) = &transit {
+            self.set_transit_public(Some(t.public_key().to_string()));
+        }
+        *write(&self.transit) = transit.map(Arc::new);
+    }
+
+    /// The data keys, unless sealed.
+    pub fn keys(&self) -> Result<Arc<Keyring>, BackendError> {
+        read(&self.keys).clone().ok_or(BackendError::Sealed)
+    }
+
+    pub fn set_keys(&self, keys: Option<Keyring>) {
+        *write(&self.keys) = keys.map(Arc::new);
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        read(&self.keys).is_none()
     }
 
     pub fn secrets(&self) -> &SecretStore {
@@ -107,7 +159,7 @@ impl Backend {
             }
         }
         .ok_or_else(not_found)?;
-        let value = envelope::open(&stored.sealed, &self.keys)?;
+        let value = envelope::open(&stored.sealed, &*self.keys()?)?;
         let value = match req.field {
             Some(field) if !field.is_empty() => select_field(&value, field)?,
             _ => value,
@@ -126,7 +178,7 @@ impl Backend {
             .secrets
             .latest(name)
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        Ok(envelope::open(&stored.sealed, &self.keys)?)
+        Ok(envelope::open(&stored.sealed, &*self.keys()?)?)
     }
 
     /// Store a new version of `name`. `expected` is a compare-and-set on the current version
@@ -143,7 +195,7 @@ impl Backend {
             .created_ms(name)
             .unwrap_or_else(crate::store::secrets::now_ms);
         let sealed =
-            envelope::seal(value, self.keys.current(), created).map_err(EnvelopeError::from)?;
+            envelope::seal(value, self.keys()?.current(), created).map_err(EnvelopeError::from)?;
         Ok(self.secrets.put(name, sealed, expected).await?)
     }
 

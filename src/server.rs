@@ -281,7 +281,8 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     let backend = Arc::new(open_backend(&client, config).await?);
     tracing::info!(
         backend = %config.name,
-        server_xkey = %backend.transit().public_key(),
+        server_xkey = %backend.transit_public().unwrap_or_default(),
+        sealed = backend.is_sealed(),
         secrets = backend.secrets().len(),
         mapped_entities = backend.mappings().len(),
         startup_ms = started.elapsed().as_millis() as u64,

@@ -2,7 +2,7 @@
 //!
 //! A request's `method` header says what to do: `get` returns the value, `post` stores the
 //! payload as a new version, `delete` removes every version. Every reply carries a `Status`
-//! header (200, 400, 403, 404, 500); errors have the JSON body `{"error": "..."}`.
+//! header (200, 400, 403, 404, 423 while sealed, 500); errors have the JSON body `{"error": "..."}`.
 //!
 //! The secret lives in the same store the wasmCloud protocol serves, under the key
 //! `<application>/<name>`, so it can also be mapped to wasmCloud entities.
@@ -58,6 +58,8 @@ pub enum ApiError {
     #[error("secret {0:?} not found")]
     NotFound(String),
     #[error("{0}")]
+    Sealed(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -67,6 +69,7 @@ impl ApiError {
             ApiError::BadRequest(_) => 400,
             ApiError::Reserved(_) => 403,
             ApiError::NotFound(_) => 404,
+            ApiError::Sealed(_) => 423,
             ApiError::Internal(_) => 500,
         }
     }
@@ -196,6 +199,7 @@ fn api_error(e: BackendError) -> ApiError {
     match e {
         BackendError::Store(StoreError::NotFound(key)) => ApiError::NotFound(key),
         BackendError::Store(StoreError::InvalidName { .. }) => ApiError::BadRequest(e.to_string()),
+        BackendError::Sealed => ApiError::Sealed(e.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
 }

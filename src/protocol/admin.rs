@@ -41,7 +41,11 @@ pub async fn put_secret(backend: &Backend, headers: Option<&HeaderMap>, payload:
         }
         Err(_) => return put_error(PutSecretError::InvalidXKey),
     };
-    let Ok(opened) = backend.transit().open(payload, &requester) else {
+    let transit = match backend.transit() {
+        Ok(transit) => transit,
+        Err(e) => return put_error(put_secret_error(&e)),
+    };
+    let Ok(opened) = transit.open(payload, &requester) else {
         return put_error(PutSecretError::DecryptionError);
     };
     let Ok(mut request) = serde_json::from_slice::<PutSecretRequest>(&opened) else {

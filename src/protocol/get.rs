@@ -48,8 +48,8 @@ async fn respond(
         return Err(GetSecretError::InvalidPayload);
     }
     let requester = requester_key(headers)?;
-    let opened = backend
-        .transit()
+    let transit = backend.transit().map_err(|e| get_secret_error(&e))?;
+    let opened = transit
         .open(payload, &requester)
         .map_err(|_| GetSecretError::DecryptionError)?;
     let request: SecretRequest =

@@ -47,7 +47,13 @@ pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
     let headers = msg.headers.as_ref();
     let payload = &msg.payload;
     match subject::parse(prefix, msg.subject.as_str()) {
-        Ok(Operation::ServerXkey) => Reply::plain(backend.transit().public_key().to_string()),
+        Ok(Operation::ServerXkey) => match backend.transit_public() {
+            Some(public) => Reply::plain(public),
+            None => Reply::admin_error(
+                423,
+                "the store is not initialized: no transit key yet (piggybank init)",
+            ),
+        },
         Ok(Operation::Get) => get::handle(backend, headers, payload).await,
         Ok(Operation::PutSecret) => admin::put_secret(backend, headers, payload).await,
         Ok(Operation::DeleteSecret) => admin::delete_secret(backend, payload).await,

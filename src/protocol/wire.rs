@@ -49,6 +49,8 @@ pub enum PutSecretError {
     BothSecretsProvided,
     #[error("Invalid secret name: {0}")]
     InvalidName(String),
+    #[error("Sealed: {0}")]
+    Sealed(String),
     #[error("Invalid version: {0}")]
     InvalidVersion(String),
     #[error("Version conflict: {0}")]
@@ -110,7 +112,7 @@ pub fn get_secret_error(err: &BackendError) -> GetSecretError {
         BackendError::Envelope(EnvelopeError::Key(_)) => GetSecretError::DecryptionError,
         BackendError::Envelope(e) => GetSecretError::Other(e.to_string()),
         BackendError::InvalidVersion(_) => GetSecretError::InvalidRequest,
-        BackendError::MissingField(_) | BackendError::NotAnObject(_) => {
+        BackendError::MissingField(_) | BackendError::NotAnObject(_) | BackendError::Sealed => {
             GetSecretError::Other(err.to_string())
         }
     }
@@ -125,6 +127,7 @@ pub fn put_secret_error(err: &BackendError) -> PutSecretError {
         BackendError::Store(StoreError::VersionConflict { .. }) => {
             PutSecretError::VersionConflict(err.to_string())
         }
+        BackendError::Sealed => PutSecretError::Sealed(err.to_string()),
         _ => PutSecretError::Upstream(err.to_string()),
     }
 }
@@ -137,6 +140,7 @@ pub fn admin_code(err: &BackendError) -> u16 {
         BackendError::Store(StoreError::InvalidName { .. } | StoreError::InvalidEntity(_))
         | BackendError::InvalidVersion(_) => 400,
         BackendError::Authz(_) => 403,
+        BackendError::Sealed => 423,
         _ => 500,
     }
 }

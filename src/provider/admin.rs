@@ -179,8 +179,8 @@ impl Handler<Option<Context>> for AdminExports {
         Ok(self.authorize(&cx, Access::Read).map(|scope| StoreStatus {
             backend_name: self.backend_name.clone(),
             subject_prefix: self.subject_prefix.clone(),
-            server_xkey: self.backend.transit().public_key().to_string(),
-            sealed: false,
+            server_xkey: self.backend.transit_public().unwrap_or_default(),
+            sealed: self.backend.is_sealed(),
             nats_connected: self.nats.connection_state()
                 == async_nats::connection::State::Connected,
             secrets: self.backend.secrets().len() as u64,
@@ -226,6 +226,7 @@ fn wit_error(err: BackendError) -> Error {
         | BackendError::InvalidVersion(_) => Error::InvalidArgument(message),
         BackendError::Store(StoreError::NotFound(_)) => Error::NotFound(message),
         BackendError::Store(StoreError::VersionConflict { .. }) => Error::VersionConflict(message),
+        BackendError::Sealed => Error::Sealed(message),
         BackendError::Store(
             StoreError::Contention(_) | StoreError::Upstream(_) | StoreError::Corrupt { .. },
         )
