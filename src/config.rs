@@ -34,12 +34,20 @@ pub mod env {
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
     pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
     pub const NATS_USER: &str = "NATS_USER";
+    /// `piggybank unlock`: the database key (else a share, else stdin).
+    pub const PIGGYBANK_DATABASE_KEY: &str = "PIGGYBANK_DATABASE_KEY";
+    pub const PIGGYBANK_SHARE: &str = "PIGGYBANK_SHARE";
     pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
 }
 
 /// Name of the mappings bucket for a backend: `SECRETS_{name}_state` (as the sample).
 pub fn mappings_bucket(backend_name: &str) -> String {
     format!("SECRETS_{backend_name}_state")
+}
+
+/// Name of the sealed key record's bucket of a backend run in sealed mode.
+pub fn vault_bucket(backend_name: &str) -> String {
+    format!("SECRETS_{backend_name}_vault")
 }
 
 /// Queue group shared by every instance of one backend.

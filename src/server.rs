@@ -11,6 +11,7 @@ use crate::authz::{Authorizer, AuthzError};
 use crate::backend::Backend;
 use crate::config;
 use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
+use crate::piggybank_api::database::Database;
 use crate::protocol::{self, ServeConfig, ServeError};
 use crate::store::{BucketSpec, MappingTable, SecretStore, StoreError};
 
@@ -73,6 +74,18 @@ impl RunConfig {
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
             piggybank_prefix: None,
         }
+    }
+
+    /// Run without ENCRYPTION_XKEY_SEED: Piggy Bank's sealed mode.
+    pub fn is_sealed_mode(&self) -> bool {
+        self.encryption_xkey_seed.trim().is_empty()
+    }
+
+    /// Prefix of the Piggy Bank API and of the database operations.
+    pub fn database_prefix(&self) -> &str {
+        self.piggybank_prefix
+            .as_deref()
+            .unwrap_or(crate::piggybank_api::DEFAULT_PREFIX)
     }
 
     pub fn subject_prefix(&self) -> String {
@@ -228,11 +241,6 @@ pub async fn open_backend(
             "--max-secret-history must be between 1 and 64".into(),
         ));
     }
-    let transit = TransitKey::from_seed(&config.transit_xkey_seed)?;
-    let keys = keyring(
-        &config.encryption_xkey_seed,
-        &config.previous_encryption_xkey_seeds,
-    )?;
     let authorizer = Authorizer::new(&config.trusted_issuers)?;
     let secrets = SecretStore::open(
         client,
@@ -254,13 +262,62 @@ pub async fn open_backend(
         },
     )
     .await?;
+    if config.is_sealed_mode() {
+        let backend = Backend::sealed(secrets, mappings, authorizer);
+        if let Some(transit) = configured_transit(config)? {
+            backend.set_transit(Some(transit));
+        }
+        return Ok(backend);
+    }
+    let transit = TransitKey::from_seed(&config.transit_xkey_seed)?;
+    let keys = keyring(
+        &config.encryption_xkey_seed,
+        &config.previous_encryption_xkey_seeds,
+    )?;
     Ok(Backend::new(transit, keys, secrets, mappings, authorizer))
+}
+
+/// The transit key given by TRANSIT_XKEY_SEED, if any (optional in sealed mode).
+fn configured_transit(config: &RunConfig) -> Result<Option<TransitKey>, KeyError> {
+    if config.transit_xkey_seed.trim().is_empty() {
+        return Ok(None);
+    }
+    TransitKey::from_seed(&config.transit_xkey_seed).map(Some)
+}
+
+/// Sealed mode: the vault bucket and the database operations of this instance. Reads the
+/// record, so `server_xkey` answers while sealed once the store is initialized.
+async fn open_database(
+    client: &async_nats::Client,
+    config: &RunConfig,
+    backend: &Arc<Backend>,
+) -> Result<Database, ServerError> {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = crate::store::open_bucket(
+        &js,
+        &BucketSpec {
+            name: config::vault_bucket(&config.name),
+            description: "piggybank sealed key record (wrapped keys only)",
+            history: 1,
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let database = Database::new(Arc::clone(backend), kv, configured_transit(config)?);
+    if let Some(record) = database.record().await? {
+        if backend.transit_public().is_none() {
+            backend.set_transit_public(Some(record.transit_public));
+        }
+    }
+    Ok(database)
 }
 
 /// A backend ready to serve: its connection and its core, loaded into memory.
 pub struct Started {
     pub client: async_nats::Client,
     pub backend: Arc<Backend>,
+    /// Sealed mode only: initialize, unlock, lock, status.
+    pub database: Option<Arc<Database>>,
 }
 
 /// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup time.
@@ -279,6 +336,10 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     )
     .await?;
     let backend = Arc::new(open_backend(&client, config).await?);
+    let database = match config.is_sealed_mode() {
+        true => Some(Arc::new(open_database(&client, config, &backend).await?)),
+        false => None,
+    };
     tracing::info!(
         backend = %config.name,
         server_xkey = %backend.transit_public().unwrap_or_default(),
@@ -288,7 +349,11 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         startup_ms = started.elapsed().as_millis() as u64,
         "piggybank ready"
     );
-    Ok(Started { client, backend })
+    Ok(Started {
+        client,
+        backend,
+        database,
+    })
 }
 
 /// Serve the wasmCloud secrets protocol (and the Piggy Bank API, when configured) for a
@@ -335,9 +400,30 @@ pub async fn serve(
         )
         .await
     };
-    let (secrets, api) = tokio::join!(secrets, api);
+    let database = async {
+        match &started.database {
+            Some(database) => {
+                crate::piggybank_api::database::serve(
+                    started.client.clone(),
+                    Arc::clone(database),
+                    config.database_prefix(),
+                    &queue_group,
+                    shutdown.clone(),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let (secrets, api, database) = tokio::join!(secrets, api, database);
     secrets?;
     api?;
+    database.map_err(|source| {
+        ServerError::Serve(protocol::ServeError::Subscribe {
+            subject: format!("{}.database.>", config.database_prefix()),
+            source,
+        })
+    })?;
     tracing::info!("piggybank stopped");
     Ok(())
 }

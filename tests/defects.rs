@@ -138,7 +138,7 @@ async fn one_slow_request_does_not_hold_up_others() {
         if msg.subject.as_str().ends_with(".slow") {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        Reply::ok()
+        Some(Reply::ok())
     };
     let serving = tokio::spawn(serve_with(server, config, handler, async {
         let _ = rx.await;

@@ -58,6 +58,14 @@ pub enum Command {
     RemoveMapping(MappingArgs),
     /// Show the secrets an entity may read
     Mappings(EntityArgs),
+    /// Initialize a sealed store: prints its key (or shares) once
+    Init(InitArgs),
+    /// Unlock a sealed store with its key, or one share (read from stdin or the env)
+    Unlock(DatabaseArgs),
+    /// Lock the store: every instance forgets its keys
+    Lock(DatabaseArgs),
+    /// Show whether the store is initialized and sealed
+    Status(DatabaseArgs),
     /// Re-seal every secret with the current data key (after a key change)
     Rekey(RekeyArgs),
     /// Measure host-style gets against the protocol's limits (starts its own NATS and backend)
@@ -110,13 +118,13 @@ impl Target {
 pub struct RunArgs {
     /// The data key seed (SX...): values are sealed with it at rest
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
-    pub encryption_xkey_seed: String,
+    pub encryption_xkey_seed: Option<String>,
     /// Seeds of earlier data keys (comma-separated), to read what they sealed
     #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
     pub previous_encryption_xkey_seeds: Vec<String>,
     /// The transit key seed (SX...): hosts seal requests to its public key
     #[arg(short = 't', long, env = env::TRANSIT_XKEY_SEED, hide_env_values = true)]
-    pub transit_xkey_seed: String,
+    pub transit_xkey_seed: Option<String>,
     /// The subject prefix for all requests to the backend
     #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
     pub subject_base: String,
@@ -164,8 +172,8 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn into_config(self) -> RunConfig {
         let mut c = RunConfig::new(
-            Zeroizing::new(self.encryption_xkey_seed),
-            Zeroizing::new(self.transit_xkey_seed),
+            Zeroizing::new(self.encryption_xkey_seed.unwrap_or_default()),
+            Zeroizing::new(self.transit_xkey_seed.unwrap_or_default()),
         );
         c.previous_encryption_xkey_seeds = zeroized(self.previous_encryption_xkey_seeds);
         c.subject_base = self.subject_base;
@@ -243,6 +251,94 @@ pub struct GetArgs {
 }
 
 #[derive(Args)]
+pub struct DatabaseArgs {
+    /// Prefix of the database operations (the backend's --piggybank-prefix)
+    #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
+    pub piggybank_prefix: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Split the key into this many Shamir shares (with --threshold)
+    #[arg(long, requires = "threshold")]
+    pub shares: Option<u8>,
+    /// Shares needed to unlock
+    #[arg(long, requires = "shares")]
+    pub threshold: Option<u8>,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+/// The unlock request: the key from PIGGYBANK_DATABASE_KEY, a share from PIGGYBANK_SHARE,
+/// or else one line of stdin, which is taken as the key when it is 44 characters (a 32-byte
+/// key in base64) and as a share otherwise. Never from argv.
+fn unlock_body() -> anyhow::Result<Zeroizing<String>> {
+    let (field, value) = if let Ok(key) = std::env::var(env::PIGGYBANK_DATABASE_KEY) {
+        ("database_key", Zeroizing::new(key))
+    } else if let Ok(share) = std::env::var(env::PIGGYBANK_SHARE) {
+        ("share", Zeroizing::new(share))
+    } else {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            eprint!("database key or share: ");
+        }
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().read_line(&mut line)?;
+        let value = Zeroizing::new(line.trim().to_string());
+        let field = if value.len() == 44 {
+            "database_key"
+        } else {
+            "share"
+        };
+        (field, value)
+    };
+    if value.trim().is_empty() {
+        bail!(
+            "no key or share given (stdin, {} or {})",
+            env::PIGGYBANK_DATABASE_KEY,
+            env::PIGGYBANK_SHARE
+        );
+    }
+    Ok(Zeroizing::new(
+        serde_json::json!({ field: value.trim() }).to_string(),
+    ))
+}
+
+/// One database operation; the reply's JSON on 200, its error otherwise.
+async fn database_request(
+    args: &DatabaseArgs,
+    op: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let nats = server::connect(
+        &args.conn.nats_address,
+        server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
+        "piggybank cli",
+    )
+    .await?;
+    let subject = format!("{}.database.{op}", args.piggybank_prefix);
+    let reply = nats
+        .request(subject.clone(), body.into())
+        .await
+        .with_context(|| format!("no answer on {subject} (is a sealed-mode backend running?)"))?;
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::piggybank_api::headers::STATUS))
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    if status != "200" {
+        bail!(
+            "{op} refused ({status}): {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(value)
+}
+
+#[derive(Args)]
 pub struct RekeyArgs {
     /// The data key to re-seal with (the backend's new ENCRYPTION_XKEY_SEED)
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
@@ -307,6 +403,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Rekey(args) => rekey(args).await,
+        Command::Init(args) => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = args.shares {
+                body.insert("shares".into(), n.into());
+            }
+            if let Some(k) = args.threshold {
+                body.insert("threshold".into(), k.into());
+            }
+            let body = serde_json::Value::Object(body).to_string();
+            let reply = database_request(&args.db, "initialize", body.into_bytes()).await?;
+            println!("{reply:#}");
+            eprintln!(
+                "Keep the key (or the shares, apart) somewhere safe: it is shown only once, \
+                 and without it nothing in the store can be read. The store stays sealed \
+                 until `piggybank unlock`."
+            );
+            Ok(())
+        }
+        Command::Unlock(args) => {
+            let body = unlock_body()?;
+            let reply = database_request(&args, "unlock", body.as_bytes().to_vec()).await?;
+            println!("{reply}");
+            Ok(())
+        }
+        Command::Lock(args) => {
+            println!("{}", database_request(&args, "lock", Vec::new()).await?);
+            Ok(())
+        }
+        Command::Status(args) => {
+            println!("{:#}", database_request(&args, "status", Vec::new()).await?);
+            Ok(())
+        }
         Command::Put(args) => put(args).await,
         Command::Get(args) => get(args).await,
         Command::Delete(args) => {

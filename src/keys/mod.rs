@@ -7,6 +7,8 @@
 //! - Private key material is zeroized on drop (`crypto_box::SecretKey` and the precomputed
 //!   box both zeroize themselves; our own copies are `Zeroizing`).
 
+pub mod vault;
+
 use crypto_box::aead::{Aead, AeadCore};
 use crypto_box::{Nonce, SalsaBox};
 use nkeys::XKey;

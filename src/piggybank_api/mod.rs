@@ -11,6 +11,8 @@
 //! and receive replies only on its own inbox prefix (README, "Piggy Bank API"). The backend
 //! trusts the subject, so these permissions are what keeps applications apart.
 
+pub mod database;
+
 use async_nats::{HeaderMap, Message};
 use zeroize::Zeroizing;
 
@@ -128,15 +130,17 @@ pub fn parse(
     })
 }
 
-/// Answer one message. The caller publishes the reply.
-pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
-    match respond(backend, prefix, msg).await {
+/// Answer one message (the caller publishes the reply). `None` for the reserved
+/// applications: their subjects belong to the database operations, which answer them.
+pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Option<Reply> {
+    Some(match respond(backend, prefix, msg).await {
         Ok((payload, status)) => reply(status, payload),
+        Err(ApiError::Reserved(_)) => return None,
         Err(e) => {
             let body = serde_json::json!({ "error": e.to_string() }).to_string();
             reply(e.status(), body.into_bytes())
         }
-    }
+    })
 }
 
 async fn respond(
@@ -185,7 +189,7 @@ async fn respond(
     }
 }
 
-fn reply(status: u16, payload: Vec<u8>) -> Reply {
+pub(crate) fn reply(status: u16, payload: Vec<u8>) -> Reply {
     let mut h = HeaderMap::new();
     h.insert(headers::STATUS, status.to_string().as_str());
     Reply {

@@ -80,12 +80,13 @@ pub async fn serve(
     let prefix: Arc<str> = config.prefix.clone().into();
     let handler = move |msg: Message| {
         let (backend, prefix) = (backend.clone(), prefix.clone());
-        async move { handle(&backend, &prefix, &msg).await }
+        async move { Some(handle(&backend, &prefix, &msg).await) }
     };
     serve_with(client, config, handler, shutdown).await
 }
 
 /// The serve loop, with the handler as a parameter: every front door on NATS shares it.
+/// A handler answering `None` leaves the request to another subscriber.
 pub async fn serve_with<H, F>(
     client: Client,
     config: ServeConfig,
@@ -94,7 +95,7 @@ pub async fn serve_with<H, F>(
 ) -> Result<(), ServeError>
 where
     H: Fn(Message) -> F + Send + Sync + 'static,
-    F: Future<Output = Reply> + Send + 'static,
+    F: Future<Output = Option<Reply>> + Send + 'static,
 {
     let subject = format!("{}.>", config.prefix);
     let mut sub = client
@@ -132,7 +133,10 @@ where
         let client = client.clone();
         let reply = handler(msg);
         tokio::spawn(async move {
-            let reply = reply.await;
+            let Some(reply) = reply.await else {
+                drop(permit);
+                return;
+            };
             let sent = match reply.headers {
                 Some(h) => {
                     client

@@ -1,0 +1,350 @@
+//! Piggy Bank's seal: the record kept in the KV for a store run without
+//! `ENCRYPTION_XKEY_SEED`.
+//!
+//! The record holds every data key's seed (and the transit key's, unless one is configured),
+//! each wrapped (XSalsa20-Poly1305) by a 32-byte master key that is never stored. `initialize`
+//! makes the master key and shows it once, whole or split into Shamir shares (`sharks`: any
+//! `threshold` of `count` rebuild it). Unwrapping is the check: a wrong key or shares from
+//! another initialization cannot open the record. Pure functions; the NATS side is in
+//! `piggybank_api::database`.
+
+use base64::Engine as _;
+use crypto_secretbox::aead::{Aead, AeadCore, KeyInit, OsRng};
+use crypto_secretbox::{Key, Nonce, XSalsa20Poly1305};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{generate_seed, DataKey, Keyring, TransitKey};
+
+/// Length of the master key, in bytes.
+pub const MASTER_KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 24;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VaultError {
+    #[error("key is too short")]
+    KeyTooShort,
+    #[error("invalid key: it does not unlock this database")]
+    WrongKey,
+    #[error("invalid key: {0}")]
+    Malformed(String),
+    #[error("these shares do not unlock this database (are they from another initialization?)")]
+    WrongShares,
+    #[error("invalid share: {0}")]
+    BadShare(String),
+    #[error("invalid shares/threshold: {0}")]
+    BadSplit(String),
+    #[error("the stored key record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// How the master key was split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    pub shares: u8,
+    pub threshold: u8,
+}
+
+/// A data key's seed, wrapped by the master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WrappedKey {
+    /// The key's public key: the id recorded with every value it seals.
+    pub id: String,
+    pub wrapped: String,
+    pub created_ms: u64,
+}
+
+/// What the KV holds. Nothing in it opens without the master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaultRecord {
+    pub format: u8,
+    /// Readable while sealed, so `server_xkey` keeps answering.
+    pub transit_public: String,
+    /// The transit seed, wrapped; `None` when the transit key is configured (TRANSIT_XKEY_SEED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit: Option<String>,
+    /// Oldest first; the last one is current.
+    pub data_keys: Vec<WrappedKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<ShareSpec>,
+}
+
+impl VaultRecord {
+    pub fn current_key_id(&self) -> Option<&str> {
+        self.data_keys.last().map(|k| k.id.as_str())
+    }
+}
+
+/// The master key. Zeroized on drop.
+pub struct MasterKey(Zeroizing<[u8; MASTER_KEY_LEN]>);
+
+impl MasterKey {
+    fn generate() -> Self {
+        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        key.copy_from_slice(&XSalsa20Poly1305::generate_key(&mut OsRng));
+        Self(key)
+    }
+
+    /// From the base64 text `initialize` returned.
+    pub fn from_base64(text: &str) -> Result<Self, VaultError> {
+        let bytes = Zeroizing::new(
+            B64.decode(text.trim())
+                .map_err(|_| VaultError::Malformed("not base64".into()))?,
+        );
+        Self::from_bytes(&bytes)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, VaultError> {
+        if bytes.len() < MASTER_KEY_LEN {
+            return Err(VaultError::KeyTooShort);
+        }
+        if bytes.len() > MASTER_KEY_LEN {
+            return Err(VaultError::Malformed(format!(
+                "expected {MASTER_KEY_LEN} bytes"
+            )));
+        }
+        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        key.copy_from_slice(bytes);
+        Ok(Self(key))
+    }
+
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(B64.encode(*self.0))
+    }
+
+    fn cipher(&self) -> XSalsa20Poly1305 {
+        XSalsa20Poly1305::new(Key::from_slice(&*self.0))
+    }
+
+    fn wrap(&self, secret: &[u8]) -> Result<String, VaultError> {
+        let nonce = XSalsa20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self
+            .cipher()
+            .encrypt(&nonce, secret)
+            .map_err(|_| VaultError::Corrupt("cannot wrap a key".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(B64.encode(out))
+    }
+
+    /// `None` when this master key did not wrap it.
+    fn unwrap(&self, wrapped: &str) -> Result<Option<Zeroizing<String>>, VaultError> {
+        let bytes = B64
+            .decode(wrapped)
+            .map_err(|_| VaultError::Corrupt("wrapped key is not base64".into()))?;
+        if bytes.len() <= NONCE_LEN {
+            return Err(VaultError::Corrupt("wrapped key is too short".into()));
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let Ok(plain) = self.cipher().decrypt(Nonce::from_slice(nonce), sealed) else {
+            return Ok(None);
+        };
+        let plain = Zeroizing::new(plain);
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| VaultError::Corrupt("unwrapped key is not text".into()))?;
+        Ok(Some(Zeroizing::new(text.to_string())))
+    }
+
+    /// Split into `spec.shares` base64 shares, any `spec.threshold` of which rebuild it.
+    pub fn split(&self, spec: ShareSpec) -> Vec<Zeroizing<String>> {
+        sharks::Sharks(spec.threshold)
+            .dealer(&*self.0)
+            .take(usize::from(spec.shares))
+            .map(|share| {
+                let bytes = Zeroizing::new(Vec::from(&share));
+                Zeroizing::new(B64.encode(&*bytes))
+            })
+            .collect()
+    }
+
+    /// Rebuild from shares (each as `split` made it). Wrong shares give a wrong key, which
+    /// [`open`] then refuses.
+    pub fn combine(shares: &[Zeroizing<Vec<u8>>], threshold: u8) -> Result<Self, VaultError> {
+        let parsed: Vec<sharks::Share> = shares
+            .iter()
+            .map(|s| {
+                sharks::Share::try_from(s.as_slice())
+                    .map_err(|e| VaultError::BadShare(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let secret = Zeroizing::new(
+            sharks::Sharks(threshold)
+                .recover(parsed.iter())
+                .map_err(|e| VaultError::BadShare(e.to_string()))?,
+        );
+        Self::from_bytes(&secret).map_err(|_| VaultError::WrongShares)
+    }
+}
+
+/// Decode one share as the unlock request carries it.
+pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let bytes = Zeroizing::new(
+        B64.decode(text.trim())
+            .map_err(|_| VaultError::BadShare("not base64".into()))?,
+    );
+    // A share is its x coordinate (never 0) and one byte per byte of the master key.
+    if bytes.len() != MASTER_KEY_LEN + 1 || bytes[0] == 0 {
+        return Err(VaultError::BadShare(format!(
+            "expected {} bytes",
+            MASTER_KEY_LEN + 1
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A new record and its master key. `transit`: the configured transit key, if any (then the
+/// record keeps only its public key).
+pub fn initialize(
+    transit: Option<&TransitKey>,
+    split: Option<ShareSpec>,
+    now_ms: u64,
+) -> Result<(VaultRecord, MasterKey), VaultError> {
+    if let Some(spec) = split {
+        if spec.threshold == 0 || spec.threshold > spec.shares || spec.shares > 16 {
+            return Err(VaultError::BadSplit(
+                "need 1 <= threshold <= shares <= 16".into(),
+            ));
+        }
+    }
+    let master = MasterKey::generate();
+    let data_seed = generate_seed();
+    let data_key =
+        DataKey::from_seed(&data_seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let (transit_public, wrapped_transit) = match transit {
+        Some(t) => (t.public_key().to_string(), None),
+        None => {
+            let seed = generate_seed();
+            let t = TransitKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+            (
+                t.public_key().to_string(),
+                Some(master.wrap(seed.as_bytes())?),
+            )
+        }
+    };
+    let record = VaultRecord {
+        format: 1,
+        transit_public,
+        transit: wrapped_transit,
+        data_keys: vec![WrappedKey {
+            id: data_key.id().to_string(),
+            wrapped: master.wrap(data_seed.as_bytes())?,
+            created_ms: now_ms,
+        }],
+        split,
+    };
+    Ok((record, master))
+}
+
+/// Open the record: the keyring (current key last in the record) and the transit key, if
+/// the record holds it.
+pub fn open(
+    record: &VaultRecord,
+    master: &MasterKey,
+) -> Result<(Keyring, Option<TransitKey>), VaultError> {
+    let wrong = || {
+        if record.split.is_some() {
+            VaultError::WrongShares
+        } else {
+            VaultError::WrongKey
+        }
+    };
+    let mut keys = Vec::with_capacity(record.data_keys.len());
+    for wrapped in &record.data_keys {
+        let seed = master.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
+        let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+        if key.id() != wrapped.id {
+            return Err(VaultError::Corrupt(format!(
+                "key {} has another id",
+                wrapped.id
+            )));
+        }
+        keys.push(key);
+    }
+    let current = keys
+        .pop()
+        .ok_or_else(|| VaultError::Corrupt("no data key".into()))?;
+    keys.reverse();
+    let transit = match &record.transit {
+        None => None,
+        Some(wrapped) => {
+            let seed = master.unwrap(wrapped)?.ok_or_else(wrong)?;
+            Some(TransitKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?)
+        }
+    };
+    Ok((Keyring::new(current, keys), transit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_master_key_opens_what_initialize_made_and_nothing_else_does() {
+        let (record, master) = initialize(None, None, 1).unwrap();
+        let (keys, transit) = open(&record, &master).unwrap();
+        assert_eq!(Some(keys.current().id()), record.current_key_id());
+        assert_eq!(transit.unwrap().public_key(), record.transit_public);
+
+        let again = MasterKey::from_base64(&master.to_base64()).unwrap();
+        assert!(open(&record, &again).is_ok());
+        let (_, other) = initialize(None, None, 1).unwrap();
+        assert_eq!(open(&record, &other).err(), Some(VaultError::WrongKey));
+        assert_eq!(
+            MasterKey::from_base64(&B64.encode([1u8; 16])).err(),
+            Some(VaultError::KeyTooShort)
+        );
+        assert!(MasterKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn a_configured_transit_key_is_not_stored() {
+        let transit = TransitKey::from_seed(&generate_seed()).unwrap();
+        let (record, master) = initialize(Some(&transit), None, 1).unwrap();
+        assert!(record.transit.is_none());
+        assert_eq!(record.transit_public, transit.public_key());
+        assert!(open(&record, &master).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn any_threshold_shares_rebuild_the_key_and_fewer_or_foreign_ones_do_not() {
+        let spec = ShareSpec {
+            shares: 5,
+            threshold: 3,
+        };
+        let (record, master) = initialize(None, Some(spec), 1).unwrap();
+        let shares: Vec<_> = master
+            .split(spec)
+            .iter()
+            .map(|s| decode_share(s).unwrap())
+            .collect();
+        for pick in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
+            let chosen: Vec<_> = pick.iter().map(|&i| shares[i].clone()).collect();
+            let rebuilt = MasterKey::combine(&chosen, 3).unwrap();
+            assert!(open(&record, &rebuilt).is_ok());
+        }
+        // K-1 shares rebuild a different key.
+        let two = MasterKey::combine(&shares[..2], 2).unwrap();
+        assert_eq!(open(&record, &two).err(), Some(VaultError::WrongShares));
+        // Shares of another initialization.
+        let (_, other) = initialize(None, Some(spec), 1).unwrap();
+        let foreign: Vec<_> = other
+            .split(spec)
+            .iter()
+            .take(3)
+            .map(|s| decode_share(s).unwrap())
+            .collect();
+        let rebuilt = MasterKey::combine(&foreign, 3).unwrap();
+        assert_eq!(open(&record, &rebuilt).err(), Some(VaultError::WrongShares));
+    }
+
+    #[test]
+    fn bad_splits_and_shares_are_refused() {
+        for (shares, threshold) in [(3, 4), (3, 0), (17, 2)] {
+            let spec = ShareSpec { shares, threshold };
+            assert!(initialize(None, Some(spec), 1).is_err(), "{spec:?}");
+        }
+        assert!(decode_share("AAAA").is_err());
+        assert!(decode_share("!!").is_err());
+    }
+}

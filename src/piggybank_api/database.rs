@@ -1,0 +1,341 @@
+//! `{prefix}.database.<op>`: initialize, unlock, lock and status of a sealed store.
+//!
+//! Every instance of a backend subscribes to `unlock`, `lock` and `status` without a queue
+//! group, so an unlock share or a lock reaches all of them (each replies; a requester reads
+//! the first reply). `initialize` is answered by one instance (queue group); the record is
+//! created with KV `create`, so two initializations cannot both win.
+//!
+//! Replies carry `Status` and a JSON body; errors are `{"error": "..."}`. A failed request
+//! changes nothing, except that shares which do not unlock the store are all discarded.
+
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::backend::Backend;
+use crate::keys::vault::{self, MasterKey, ShareSpec, VaultError, VaultRecord};
+use crate::protocol::reply::Reply;
+use crate::store::StoreError;
+
+/// The key of the record in the vault bucket.
+pub const RECORD_KEY: &str = "keyring";
+/// Operations under `{prefix}.database`.
+pub const OPS: &[&str] = &["initialize", "unlock", "lock", "status"];
+
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error("database already initialized")]
+    AlreadyInitialized,
+    #[error("database not initialized")]
+    NotInitialized,
+    #[error("database already unlocked")]
+    AlreadyUnlocked,
+    #[error("share already given")]
+    RepeatedShare,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    Store(String),
+}
+
+impl OpError {
+    fn status(&self) -> u16 {
+        match self {
+            OpError::AlreadyInitialized | OpError::AlreadyUnlocked => 409,
+            OpError::NotInitialized => 423,
+            OpError::Vault(VaultError::WrongKey | VaultError::WrongShares) => 403,
+            OpError::Vault(VaultError::Corrupt(_)) | OpError::Store(_) => 500,
+            _ => 400,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InitializeRequest {
+    shares: Option<u8>,
+    threshold: Option<u8>,
+}
+
+/// Zeroized on drop: it holds the key or a share.
+#[derive(Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct UnlockRequest {
+    database_key: Option<String>,
+    share: Option<String>,
+}
+
+/// The seal of one instance: its backend, the record's bucket, and unlock progress.
+pub struct Database {
+    backend: Arc<Backend>,
+    kv: kv::Store,
+    /// The transit key was configured (TRANSIT_XKEY_SEED): `lock` keeps it.
+    configured_transit: Option<crate::keys::TransitKey>,
+    instance_id: String,
+    shares: Mutex<Vec<Zeroizing<Vec<u8>>>>,
+}
+
+impl Database {
+    pub fn new(
+        backend: Arc<Backend>,
+        kv: kv::Store,
+        configured_transit: Option<crate::keys::TransitKey>,
+    ) -> Self {
+        Self {
+            backend,
+            kv,
+            configured_transit,
+            instance_id: nkeys::KeyPair::new_server().public_key()[..12].to_string(),
+            shares: Mutex::default(),
+        }
+    }
+
+    /// Read the record, if the store is initialized.
+    pub async fn record(&self) -> Result<Option<VaultRecord>, StoreError> {
+        let Some(bytes) = self
+            .kv
+            .get(RECORD_KEY)
+            .await
+            .map_err(StoreError::upstream)?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: RECORD_KEY.into(),
+                why: e.to_string(),
+            })
+    }
+
+    /// Answer `op` (the last subject token).
+    pub async fn handle(&self, op: &str, payload: &[u8]) -> Reply {
+        let result = match op {
+            "initialize" => self.initialize(payload).await,
+            "unlock" => self.unlock(payload).await,
+            "lock" => Ok(self.lock()),
+            "status" => self.status().await,
+            other => Err(OpError::BadRequest(format!(
+                "unknown operation {other:?}: use initialize, unlock, lock or status"
+            ))),
+        };
+        match result {
+            Ok(body) => super::reply(200, body.to_string().into_bytes()),
+            Err(e) => super::reply(
+                e.status(),
+                serde_json::json!({ "error": e.to_string() })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        }
+    }
+
+    async fn existing(&self) -> Result<VaultRecord, OpError> {
+        self.record()
+            .await
+            .map_err(|e| OpError::Store(e.to_string()))?
+            .ok_or(OpError::NotInitialized)
+    }
+
+    async fn initialize(&self, payload: &[u8]) -> Result<serde_json::Value, OpError> {
+        let request: InitializeRequest = if payload.iter().all(u8::is_ascii_whitespace) {
+            InitializeRequest::default()
+        } else {
+            serde_json::from_slice(payload)
+                .map_err(|e| OpError::BadRequest(format!("invalid JSON: {e}")))?
+        };
+        let split = match (request.shares, request.threshold) {
+            (None, None) => None,
+            (Some(shares), Some(threshold)) => Some(ShareSpec { shares, threshold }),
+            _ => {
+                return Err(OpError::BadRequest(
+                    "give both shares and threshold, or neither".into(),
+                ))
+            }
+        };
+        if self
+            .record()
+            .await
+            .map_err(|e| OpError::Store(e.to_string()))?
+            .is_some()
+        {
+            return Err(OpError::AlreadyInitialized);
+        }
+        let (record, master) = vault::initialize(
+            self.configured_transit.as_ref(),
+            split,
+            crate::store::secrets::now_ms(),
+        )?;
+        let body = serde_json::to_vec(&record).map_err(|e| OpError::Store(e.to_string()))?;
+        self.kv
+            .create(RECORD_KEY, body.into())
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => OpError::AlreadyInitialized,
+                _ => OpError::Store(e.to_string()),
+            })?;
+        self.backend
+            .set_transit_public(Some(record.transit_public.clone()));
+        tracing::info!(split = ?split, "database initialized; it stays sealed until unlocked");
+        Ok(match split {
+            None => serde_json::json!({
+                "database_key": master.to_base64().as_str(),
+                "sealed": true,
+            }),
+            Some(spec) => serde_json::json!({
+                "shares": master.split(spec).iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "threshold": spec.threshold,
+                "sealed": true,
+            }),
+        })
+    }
+
+    async fn unlock(&self, payload: &[u8]) -> Result<serde_json::Value, OpError> {
+        let request: UnlockRequest = serde_json::from_slice(payload).map_err(|_| {
+            OpError::BadRequest(r#"expected {"database_key": "..."} or {"share": "..."}"#.into())
+        })?;
+        let record = self.existing().await?;
+        if !self.backend.is_sealed() {
+            return Err(OpError::AlreadyUnlocked);
+        }
+        let master = match (&request.database_key, &request.share, record.split) {
+            (Some(key), None, None) => MasterKey::from_base64(key)?,
+            (None, Some(share), Some(spec)) => {
+                let share = vault::decode_share(share)?;
+                let mut pending = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.iter().any(|s| s[0] == share[0]) {
+                    return Err(OpError::RepeatedShare);
+                }
+                pending.push(share);
+                if pending.len() < usize::from(spec.threshold) {
+                    return Ok(serde_json::json!({
+                        "sealed": true,
+                        "progress": pending.len(),
+                        "threshold": spec.threshold,
+                    }));
+                }
+                let combined = MasterKey::combine(&pending, spec.threshold);
+                pending.clear();
+                combined?
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(OpError::BadRequest(
+                    "this database was split into shares: unlock with {\"share\": \"...\"}".into(),
+                ))
+            }
+            (None, Some(_), None) => {
+                return Err(OpError::BadRequest(
+                    "this database has one key: unlock with {\"database_key\": \"...\"}".into(),
+                ))
+            }
+            _ => {
+                return Err(OpError::BadRequest(
+                    "give exactly one of database_key and share".into(),
+                ))
+            }
+        };
+        let (keys, transit) = vault::open(&record, &master)?;
+        if let Some(transit) = transit {
+            self.backend.set_transit(Some(transit));
+        }
+        self.backend.set_keys(Some(keys));
+        tracing::info!("database unlocked");
+        Ok(serde_json::json!({ "sealed": false }))
+    }
+
+    fn lock(&self) -> serde_json::Value {
+        self.backend.set_keys(None);
+        if self.configured_transit.is_none() {
+            self.backend.set_transit(None);
+        }
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        tracing::info!("database locked");
+        serde_json::json!({ "sealed": true })
+    }
+
+    async fn status(&self) -> Result<serde_json::Value, OpError> {
+        let record = self
+            .record()
+            .await
+            .map_err(|e| OpError::Store(e.to_string()))?;
+        let progress = self.shares.lock().unwrap_or_else(|p| p.into_inner()).len();
+        Ok(serde_json::json!({
+            "initialized": record.is_some(),
+            "sealed": self.backend.is_sealed(),
+            "progress": progress,
+            "threshold": record.as_ref().and_then(|r| r.split).map(|s| s.threshold),
+            "shares": record.as_ref().and_then(|r| r.split).map(|s| s.shares),
+            "key_version": record.as_ref().map_or(0, |r| r.data_keys.len()),
+            "key_id": record.as_ref().and_then(|r| r.current_key_id()),
+            "server_xkey": self.backend.transit_public(),
+            "instance_id": self.instance_id,
+        }))
+    }
+}
+
+/// Serve `{prefix}.database.<op>` until `shutdown`; then finish what is in flight.
+/// `initialize` on a queue group (one instance answers), the rest to every instance.
+pub async fn serve(
+    client: async_nats::Client,
+    database: Arc<Database>,
+    prefix: &str,
+    queue_group: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), async_nats::SubscribeError> {
+    use futures::StreamExt as _;
+    let initialize = format!("{prefix}.database.initialize");
+    let once = client
+        .queue_subscribe(initialize.clone(), format!("{queue_group}.database"))
+        .await?;
+    let every = client.subscribe(format!("{prefix}.database.*")).await?;
+    tracing::info!(subject = %format!("{prefix}.database.>"), "serving database operations");
+    // Tagged by subscription: the broadcast one also sees initialize, which only the queue
+    // one may answer.
+    let mut messages = futures::stream::select(once.map(|m| (true, m)), every.map(|m| (false, m)));
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            () = &mut shutdown => break,
+            msg = messages.next() => msg,
+        };
+        let Some((from_queue, msg)) = msg else { break };
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let op = msg
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if (op == "initialize") != from_queue {
+            continue;
+        }
+        let (client, database) = (client.clone(), Arc::clone(&database));
+        tasks.spawn(async move {
+            let reply = database.handle(&op, &msg.payload).await;
+            let sent = match reply.headers {
+                Some(h) => {
+                    client
+                        .publish_with_headers(reply_to, h, reply.payload)
+                        .await
+                }
+                None => client.publish(reply_to, reply.payload).await,
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "failed to send reply");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Piggy Bank's sealed mode: a store run without `ENCRYPTION_XKEY_SEED` starts sealed, is
+//! initialized (its key shown once, whole or as Shamir shares), unlocked and locked over
+//! NATS on `piggybank.database.*`, and serves nothing while sealed.
+
+mod common;
+
+use base64::Engine as _;
+use common::*;
+use piggybank::server::RunConfig;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+fn sealed_config(nats: &NatsServer, name: &str, prefix: &str) -> RunConfig {
+    let mut c = RunConfig::new(Zeroizing::default(), Zeroizing::default());
+    c.nats_address = nats.url();
+    c.name = name.into();
+    c.secrets_bucket = format!("{name}_SECRETS");
+    c.piggybank_prefix = Some(prefix.into());
+    c
+}
+
+/// (Status, JSON body) of a database operation.
+async fn db(client: &async_nats::Client, prefix: &str, op: &str, body: Value) -> (u16, Value) {
+    let payload = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let reply = client
+        .request(format!("{prefix}.database.{op}"), payload.into())
+        .await
+        .expect("a database reply");
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Status"))
+        .and_then(|s| s.as_str().parse().ok())
+        .expect("a Status header");
+    (
+        status,
+        serde_json::from_slice(&reply.payload).expect("a JSON body"),
+    )
+}
+
+fn error(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_default()
+}
+
+/// A store, initialized with one key; returns the key.
+async fn initialized(client: &async_nats::Client, prefix: &str) -> String {
+    let (status, body) = db(client, prefix, "initialize", Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sealed"], true);
+    body["database_key"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn lifecycle_initialize_unlock_use_lock_refused_unlock_use() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+
+    let (status, body) = db(&client, "piggybank", "status", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["initialized"].clone(), body["sealed"].clone()),
+        (json!(false), json!(true))
+    );
+    let (status, body) = db(&client, "piggybank", "unlock", json!({"database_key": "x"})).await;
+    assert_eq!((status, error(&body)), (423, "database not initialized"));
+
+    let key = initialized(&client, "piggybank").await;
+    let (status, body) = db(&client, "piggybank", "initialize", Value::Null).await;
+    assert_eq!(
+        (status, error(&body)),
+        (409, "database already initialized")
+    );
+
+    // Sealed: server_xkey answers (hosts cache it), but nothing is served or written.
+    let admin = piggybank::client::AdminClient::new(
+        client.clone(),
+        "wasmcloud.secrets",
+        "v1alpha1",
+        "vault",
+    );
+    let backend_host =
+        wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
+            .await
+            .unwrap();
+    let (jwt, entity) = Issuer::new().component();
+    let refused = host_refusal(&backend_host, request("db", &jwt)).await;
+    assert!(refused.contains("sealed"), "{refused}");
+    let put = admin.put_secret("db", text("v"), None, None).await;
+    assert!(format!("{:?}", put.unwrap_err()).contains("ealed"));
+
+    // Wrong and short keys are refused; the store stays sealed.
+    let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
+    let (status, body) = db(
+        &client,
+        "piggybank",
+        "unlock",
+        json!({"database_key": short}),
+    )
+    .await;
+    assert_eq!((status, error(&body)), (400, "key is too short"));
+    let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let (status, _) = db(
+        &client,
+        "piggybank",
+        "unlock",
+        json!({"database_key": wrong}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        db(&client, "piggybank", "status", Value::Null).await.1["sealed"],
+        true
+    );
+
+    let (status, body) = db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    assert_eq!((status, body["sealed"].clone()), (200, json!(false)));
+    let (status, body) = db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    assert_eq!((status, error(&body)), (409, "database already unlocked"));
+
+    admin
+        .put_secret("db", text("hunter2"), None, None)
+        .await
+        .unwrap();
+    admin.add_mapping(&entity, &names(&["db"])).await.unwrap();
+    let got = host_get(&backend_host, request("db", &jwt)).await.unwrap();
+    assert_eq!(got.string_secret.as_deref(), Some("hunter2"));
+
+    let (status, _) = db(&client, "piggybank", "lock", Value::Null).await;
+    assert_eq!(status, 200);
+    let refused = host_refusal(&backend_host, request("db", &jwt)).await;
+    assert!(refused.contains("sealed"), "{refused}");
+
+    db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    let got = host_get(&backend_host, request("db", &jwt)).await.unwrap();
+    assert_eq!(got.string_secret.as_deref(), Some("hunter2"));
+}
+
+#[tokio::test]
+async fn a_restart_comes_back_sealed_with_the_same_transit_key_and_unlock_restores_all() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let key = initialized(&client, "piggybank").await;
+    db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    let admin = piggybank::client::AdminClient::new(
+        client.clone(),
+        "wasmcloud.secrets",
+        "v1alpha1",
+        "vault",
+    );
+    let (jwt, entity) = Issuer::new().component();
+    for i in 0..5 {
+        admin
+            .put_secret(&format!("s{i}"), text(&format!("v{i}")), None, None)
+            .await
+            .unwrap();
+    }
+    let all: Vec<String> = (0..5).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    admin.add_mapping(&entity, &names(&refs)).await.unwrap();
+    let xkey = admin.server_xkey().await.unwrap();
+    backend.stop().await;
+
+    let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    assert_eq!(
+        admin.server_xkey().await.unwrap(),
+        xkey,
+        "hosts cache the transit key"
+    );
+    let (_, status) = db(&client, "piggybank", "status", Value::Null).await;
+    assert_eq!(
+        (status["initialized"].clone(), status["sealed"].clone()),
+        (json!(true), json!(true))
+    );
+    let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
+        .await
+        .unwrap();
+    assert!(host_refusal(&host, request("s0", &jwt))
+        .await
+        .contains("sealed"));
+
+    db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    for i in 0..5 {
+        let got = host_get(&host, request(&format!("s{i}"), &jwt))
+            .await
+            .unwrap();
+        assert_eq!(got.string_secret, Some(format!("v{i}")));
+    }
+}
+
+#[tokio::test]
+async fn threshold_shares_unlock_and_fewer_repeated_or_foreign_ones_do_not() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _a = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let _b = start_backend(&nats, sealed_config(&nats, "other", "pb2")).await;
+    let split = json!({"shares": 5, "threshold": 3});
+    let (status, body) = db(&client, "piggybank", "initialize", split.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let shares: Vec<String> = serde_json::from_value(body["shares"].clone()).unwrap();
+    assert_eq!(shares.len(), 5);
+    let (_, other) = db(&client, "pb2", "initialize", split).await;
+    let foreign: Vec<String> = serde_json::from_value(other["shares"].clone()).unwrap();
+
+    let unlock = |share: &str| json!({ "share": share });
+    let (status, body) = db(&client, "piggybank", "unlock", unlock(&shares[4])).await;
+    assert_eq!(
+        (status, body["progress"].clone(), body["sealed"].clone()),
+        (200, json!(1), json!(true))
+    );
+    let (status, body) = db(&client, "piggybank", "unlock", unlock(&shares[4])).await;
+    assert_eq!((status, error(&body)), (400, "share already given"));
+    let (_, body) = db(&client, "piggybank", "unlock", unlock(&shares[1])).await;
+    assert_eq!(
+        (body["progress"].clone(), body["sealed"].clone()),
+        (json!(2), json!(true))
+    );
+    let (_, status) = db(&client, "piggybank", "status", Value::Null).await;
+    assert_eq!(
+        (status["sealed"].clone(), status["progress"].clone()),
+        (json!(true), json!(2))
+    );
+    let (status, body) = db(&client, "piggybank", "unlock", unlock(&shares[2])).await;
+    assert_eq!(
+        (status, body["sealed"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
+
+    // Shares of another initialization reach the threshold and are refused, all of them.
+    db(&client, "piggybank", "lock", Value::Null).await;
+    for share in &foreign[..2] {
+        db(&client, "piggybank", "unlock", unlock(share)).await;
+    }
+    let (status, body) = db(&client, "piggybank", "unlock", unlock(&foreign[2])).await;
+    assert_eq!(status, 403, "{body}");
+    let (_, status) = db(&client, "piggybank", "status", Value::Null).await;
+    assert_eq!(
+        (status["sealed"].clone(), status["progress"].clone()),
+        (json!(true), json!(0))
+    );
+    // A key where shares are expected is refused too.
+    let (status, _) = db(
+        &client,
+        "piggybank",
+        "unlock",
+        json!({"database_key": shares[0]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn bad_database_requests_are_refused_and_change_nothing() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    for (op, body) in [
+        ("initialize", json!({"shares": 3})),
+        ("initialize", json!({"shares": 2, "threshold": 3})),
+        ("initialize", json!({"shares": 0, "threshold": 0})),
+        ("initialize", json!({"bogus": 1})),
+        ("frobnicate", Value::Null),
+    ] {
+        let (status, reply) = db(&client, "piggybank", op, body.clone()).await;
+        assert_eq!(status, 400, "{op} {body}: {reply}");
+        assert!(!error(&reply).is_empty());
+    }
+    // Garbage JSON bytes.
+    let reply = client
+        .request("piggybank.database.unlock", "{not json".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.headers.unwrap().get("Status").unwrap().as_str(),
+        "400"
+    );
+    let (_, status) = db(&client, "piggybank", "status", Value::Null).await;
+    assert_eq!(
+        status["initialized"], false,
+        "a refused initialize initialized"
+    );
+    let key = initialized(&client, "piggybank").await;
+    let (status, _) = db(
+        &client,
+        "piggybank",
+        "unlock",
+        json!({"database_key": key, "share": "x"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = db(
+        &client,
+        "piggybank",
+        "unlock",
+        json!({"database_key": "%%%"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        db(&client, "piggybank", "status", Value::Null).await.1["sealed"],
+        true
+    );
+}
