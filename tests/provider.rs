@@ -817,15 +817,10 @@ async fn bad_startup_input_stops_with_one_clear_line() {
     ));
     expect_startup_failure(format!("{garbage}\n").as_bytes(), "not HostData JSON");
 
-    let (no_keys, _) = host_data(
-        &nats.url(),
-        &lattice,
-        Setup {
-            config: HashMap::new(),
-            secrets: HashMap::new(),
-        },
-    );
-    expect_startup_failure(&encode(&no_keys), "missing secret \"transit_xkey_seed\"");
+    let mut data_key_only = Setup::with_keys(&keys);
+    data_key_only.secrets.remove("transit_xkey_seed");
+    let (no_transit, _) = host_data(&nats.url(), &lattice, data_key_only);
+    expect_startup_failure(&encode(&no_transit), "missing secret \"transit_xkey_seed\"");
 
     let plain = Setup {
         config: [
@@ -866,6 +861,51 @@ async fn bad_startup_input_stops_with_one_clear_line() {
     expect_startup_failure(
         &encode(&lattice_down),
         &format!("lattice's NATS at {closed}"),
+    );
+}
+
+#[tokio::test]
+async fn without_keys_the_provider_runs_sealed_and_unlocks_over_nats() {
+    let nats = NatsServer::start();
+    let setup = Setup {
+        config: HashMap::new(),
+        secrets: HashMap::new(),
+    };
+    let provider = ProviderProc::start(&nats, setup).await;
+    let client = nats.client().await;
+    let health = provider.health(&client).await.unwrap();
+    assert!(health.message.unwrap_or_default().starts_with("sealed"));
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    assert!(
+        admin::status(&wrpc, caller("ops"))
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed
+    );
+    let put = admin::put_secret(&wrpc, caller("ops"), "x", &text_value("v"), None)
+        .await
+        .unwrap();
+    assert!(matches!(put, Err(Error::Sealed(_))), "{put:?}");
+
+    let init = client
+        .request("piggybank.database.initialize", "".into())
+        .await
+        .unwrap();
+    let key: serde_json::Value = serde_json::from_slice(&init.payload).unwrap();
+    let unlock = serde_json::json!({ "database_key": key["database_key"] }).to_string();
+    client
+        .request("piggybank.database.unlock", unlock.into())
+        .await
+        .unwrap();
+    let status = admin::status(&wrpc, caller("ops")).await.unwrap().unwrap();
+    assert!(!status.sealed && !status.server_xkey.is_empty());
+    assert!(
+        admin::put_secret(&wrpc, caller("ops"), "x", &text_value("v"), None)
+            .await
+            .unwrap()
+            .is_ok()
     );
 }
 

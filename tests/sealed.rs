@@ -307,3 +307,107 @@ async fn bad_database_requests_are_refused_and_change_nothing() {
         true
     );
 }
+
+#[tokio::test]
+async fn unlock_and_lock_reach_every_instance() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _a = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let _b = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let key = initialized(&client, "piggybank").await;
+
+    /// Every instance's status (each answers the broadcast; collect for a moment).
+    async fn statuses(client: &async_nats::Client) -> Vec<Value> {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply("piggybank.database.status", inbox, "".into())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        {
+            out.push(serde_json::from_slice(&msg.payload).unwrap());
+        }
+        out
+    }
+
+    // The second instance answers once it has started (start_backend saw the first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let before = loop {
+        let all = statuses(&client).await;
+        if all.len() == 2 || std::time::Instant::now() > deadline {
+            break all;
+        }
+    };
+    assert_eq!(before.len(), 2, "two instances answer status");
+    assert_ne!(before[0]["instance_id"], before[1]["instance_id"]);
+    db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(statuses(&client).await.iter().all(|s| s["sealed"] == false));
+    db(&client, "piggybank", "lock", Value::Null).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(statuses(&client).await.iter().all(|s| s["sealed"] == true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_initializes_unlocks_locks_and_reports_status() {
+    let nats = NatsServer::start();
+    let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let run = |args: &'static [&'static str],
+               stdin: Option<Vec<u8>>,
+               env: Vec<(&'static str, String)>| {
+        let nats_url = nats.url();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let mut all = env.clone();
+                all.push(("NATS_ADDRESS", &nats_url));
+                let (ok, out, err) = cli_at(&all, args, stdin.as_deref());
+                (ok, String::from_utf8_lossy(&out).into_owned(), err)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (ok, out, err) = run(&["init"], None, vec![]).await;
+    assert!(ok, "{err}");
+    let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("shown only once"), "{err}");
+    let (ok, _, err) = run(&["init"], None, vec![]).await;
+    assert!(!ok && err.contains("database already initialized"), "{err}");
+
+    let (_, out, _) = run(&["status"], None, vec![]).await;
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["sealed"], true);
+    // The key from stdin (never argv).
+    let (ok, out, err) = run(&["unlock"], Some(format!("{key}\n").into_bytes()), vec![]).await;
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains(&key) && !err.contains(&key),
+        "the key was echoed"
+    );
+    let (_, out, _) = run(&["status"], None, vec![]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["sealed"],
+        false
+    );
+    let (ok, _, _) = run(&["lock"], None, vec![]).await;
+    assert!(ok);
+    // ... or from the env.
+    let (ok, _, err) = run(
+        &["unlock"],
+        None,
+        vec![("PIGGYBANK_DATABASE_KEY", key.clone())],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["unlock"], None, vec![("PIGGYBANK_DATABASE_KEY", key)]).await;
+    assert!(!ok && err.contains("database already unlocked"), "{err}");
+}

@@ -231,7 +231,12 @@ impl PiggybankProvider {
             Ok(Ok(())) => HealthCheckResponse {
                 healthy: true,
                 message: Some(format!(
-                    "unsealed; NATS connected; buckets reachable; {} secrets; {} links",
+                    "{}; NATS connected; buckets reachable; {} secrets; {} links",
+                    if running.backend.is_sealed() {
+                        "sealed"
+                    } else {
+                        "unsealed"
+                    },
                     running.backend.secrets().len(),
                     self.inner.links.len()
                 )),

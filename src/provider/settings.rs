@@ -71,8 +71,17 @@ impl Settings {
                 None => Err(SettingsError::MissingKey(name)),
             }
         };
-        let transit = key(keys::TRANSIT_XKEY_SEED)?;
-        let encryption = key(keys::ENCRYPTION_XKEY_SEED)?;
+        // No encryption key: Piggy Bank's sealed mode, where the transit key is optional too.
+        let optional = |name| match key(name) {
+            Err(SettingsError::MissingKey(_)) => Ok(Zeroizing::new(String::new())),
+            other => other,
+        };
+        let encryption = optional(keys::ENCRYPTION_XKEY_SEED)?;
+        let transit = if encryption.is_empty() {
+            optional(keys::TRANSIT_XKEY_SEED)?
+        } else {
+            key(keys::TRANSIT_XKEY_SEED)?
+        };
         let insecure_keys = insecure
             && (!secrets.contains_key(keys::TRANSIT_XKEY_SEED)
                 || !secrets.contains_key(keys::ENCRYPTION_XKEY_SEED));
@@ -293,7 +302,7 @@ mod tests {
         let refused = Settings::from_host(&config, &HashMap::new(), &lattice());
         assert_eq!(
             refused.err(),
-            Some(SettingsError::KeyInConfig(keys::TRANSIT_XKEY_SEED))
+            Some(SettingsError::KeyInConfig(keys::ENCRYPTION_XKEY_SEED))
         );
         let mut insecure = config.clone();
         insecure.insert(keys::INSECURE_CONFIG_KEYS.into(), "TRUE".into());
@@ -337,14 +346,23 @@ mod tests {
 
     #[test]
     fn missing_or_binary_keys_are_refused() {
-        let only_transit: HashMap<_, _> = seeds()
+        let only_encryption: HashMap<_, _> = seeds()
             .into_iter()
-            .filter(|(k, _)| k == keys::TRANSIT_XKEY_SEED)
+            .filter(|(k, _)| k == keys::ENCRYPTION_XKEY_SEED)
             .collect();
         assert_eq!(
-            Settings::from_host(&map(&[]), &only_transit, &lattice()).err(),
-            Some(SettingsError::MissingKey(keys::ENCRYPTION_XKEY_SEED))
+            Settings::from_host(&map(&[]), &only_encryption, &lattice()).err(),
+            Some(SettingsError::MissingKey(keys::TRANSIT_XKEY_SEED))
         );
+        // No encryption key at all is sealed mode, with or without a transit key.
+        for secrets in [HashMap::new(), {
+            let mut t = seeds();
+            t.remove(keys::ENCRYPTION_XKEY_SEED);
+            t
+        }] {
+            let s = Settings::from_host(&map(&[]), &secrets, &lattice()).unwrap();
+            assert!(s.run.is_sealed_mode());
+        }
         let mut binary = seeds();
         binary.insert(
             keys::TRANSIT_XKEY_SEED.into(),

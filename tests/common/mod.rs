@@ -429,10 +429,22 @@ pub fn cli(
     stdin: Option<&[u8]>,
     env: &[(&str, &str)],
 ) -> (bool, Vec<u8>, String) {
+    let url = nats.url();
+    let mut all = vec![("NATS_ADDRESS", url.as_str())];
+    all.extend_from_slice(env);
+    cli_at(&all, args, stdin)
+}
+
+/// Run the CLI with exactly these env additions (NATS_ADDRESS among them); no seeds are
+/// inherited from the test's environment.
+pub fn cli_at(
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (bool, Vec<u8>, String) {
     use std::io::Write;
     let mut child = Command::new(piggybank_bin())
         .args(args)
-        .env("NATS_ADDRESS", nats.url())
         .env_remove("ENCRYPTION_XKEY_SEED")
         .env_remove("TRANSIT_XKEY_SEED")
         .envs(env.iter().copied())
