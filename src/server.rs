@@ -337,7 +337,11 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     .await?;
     let backend = Arc::new(open_backend(&client, config).await?);
     let database = match config.is_sealed_mode() {
-        true => Some(Arc::new(open_database(&client, config, &backend).await?)),
+        true => {
+            let database = Arc::new(open_database(&client, config, &backend).await?);
+            database.watch().await?;
+            Some(database)
+        }
         false => None,
     };
     tracing::info!(

@@ -411,3 +411,234 @@ async fn cli_initializes_unlocks_locks_and_reports_status() {
     let (ok, _, err) = run(&["unlock"], None, vec![("PIGGYBANK_DATABASE_KEY", key)]).await;
     assert!(!ok && err.contains("database already unlocked"), "{err}");
 }
+
+/// Every secret's key id (metadata only; works while sealed).
+async fn key_ids(admin: &piggybank::client::AdminClient) -> Vec<Option<String>> {
+    admin
+        .list_secrets("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key_id)
+        .collect()
+}
+
+async fn wait_all_under(admin: &piggybank::client::AdminClient, key_id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ids = key_ids(admin).await;
+        if ids.iter().all(|k| k.as_deref() == Some(key_id)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "re-encryption did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_reads_and_writes_loses_nothing_and_reseals_everything() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let key = initialized(&client, "piggybank").await;
+    db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    let admin = piggybank::client::AdminClient::new(
+        client.clone(),
+        "wasmcloud.secrets",
+        "v1alpha1",
+        "vault",
+    );
+    let (jwt, entity) = Issuer::new().component();
+    let all: Vec<String> = (0..200).map(|i| format!("r/{i}")).collect();
+    for name in &all {
+        admin
+            .put_secret(name, text(&format!("v-{name}")), None, None)
+            .await
+            .unwrap();
+    }
+    let hot: Vec<String> = (0..4).map(|i| format!("hot/{i}")).collect();
+    for name in &hot {
+        admin
+            .put_secret(name, text("w0"), None, None)
+            .await
+            .unwrap();
+    }
+    let every: Vec<&str> = all.iter().chain(&hot).map(String::as_str).collect();
+    admin.add_mapping(&entity, &names(&every)).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
+        .await
+        .unwrap();
+    let reader = {
+        let (stop, reads, failed, all, jwt) = (
+            stop.clone(),
+            reads.clone(),
+            failed.clone(),
+            all.clone(),
+            jwt.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = &all[i % all.len()];
+                match host_get(&host, request(name, &jwt)).await {
+                    Ok(s) if s.string_secret == Some(format!("v-{name}")) => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+    let last: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+    let writer = {
+        let (stop, last, admin, hot) = (stop.clone(), last.clone(), admin.clone(), hot.clone());
+        tokio::spawn(async move {
+            let mut j = 1usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (name, value) = (&hot[j % hot.len()], format!("w{j}"));
+                admin
+                    .put_secret(name, text(&value), None, None)
+                    .await
+                    .unwrap();
+                last.lock().unwrap().insert(name.clone(), value);
+                j += 1;
+            }
+        })
+    };
+
+    let (status, rotated) = db(&client, "piggybank", "rotate", Value::Null).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["key_version"], 2);
+    let new_id = rotated["key_id"].as_str().unwrap().to_string();
+    wait_all_under(&admin, &new_id).await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    writer.await.unwrap();
+
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "reads failed during the rotation"
+    );
+    let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
+        .await
+        .unwrap();
+    let written = last.lock().unwrap().clone();
+    for (name, value) in written {
+        let got = host_get(&host, request(&name, &jwt)).await.unwrap();
+        assert_eq!(got.string_secret, Some(value), "{name}: a write was lost");
+    }
+    let (_, status) = db(&client, "piggybank", "status", Value::Null).await;
+    assert_eq!(status["key_id"], new_id.as_str());
+    assert_eq!(status["reencryption"]["failed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_reencryption_a_restart_completes_it() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let spawn = || {
+        let child = std::process::Command::new(piggybank_bin())
+            .args([
+                "run",
+                "--name",
+                "vault",
+                "--secrets-bucket",
+                "vault_SECRETS",
+            ])
+            .env("NATS_ADDRESS", nats.url())
+            .env_remove("ENCRYPTION_XKEY_SEED")
+            .env_remove("TRANSIT_XKEY_SEED")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc { child }
+    };
+    let mut first = spawn();
+    wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.vault").await;
+    let key = initialized(&client, "piggybank").await;
+    db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    let admin = piggybank::client::AdminClient::new(
+        client.clone(),
+        "wasmcloud.secrets",
+        "v1alpha1",
+        "vault",
+    );
+    let count = 3000;
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let puts = chunk.iter().map(|i| {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .put_secret(&format!("k/{i}"), text(&format!("v{i}")), None, None)
+                    .await
+            }
+        });
+        for put in futures::future::join_all(puts).await {
+            put.unwrap();
+        }
+    }
+
+    let (_, rotated) = db(&client, "piggybank", "rotate", Value::Null).await;
+    let new_id = rotated["key_id"].as_str().unwrap().to_string();
+    // Kill -9 once re-encryption is under way, not finished.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, status) = db(&client, "piggybank", "status", Value::Null).await;
+        let done = status["reencryption"]["done"].as_u64().unwrap_or(0);
+        if status["reencryption"]["running"] == true && done > 0 {
+            first.signal(libc::SIGKILL);
+            first.wait_exit(std::time::Duration::from_secs(5));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "re-encryption never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+
+    let _second = spawn();
+    wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.vault").await;
+    // Sealed again, and half-done: some values are still under the old key.
+    let ids = key_ids(&admin).await;
+    let old = ids
+        .iter()
+        .filter(|k| k.as_deref() != Some(new_id.as_str()))
+        .count();
+    eprintln!("after kill -9: {old} of {count} values not yet re-sealed");
+    assert!(
+        old > 0 && old < count,
+        "the kill did not land mid-way ({old} of {count} left)"
+    );
+
+    let (status, _) = db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+    assert_eq!(status, 200);
+    wait_all_under(&admin, &new_id).await;
+    let (jwt, entity) = Issuer::new().component();
+    let sample: Vec<String> = (0..count).step_by(97).map(|i| format!("k/{i}")).collect();
+    let refs: Vec<&str> = sample.iter().map(String::as_str).collect();
+    admin.add_mapping(&entity, &names(&refs)).await.unwrap();
+    let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
+        .await
+        .unwrap();
+    for name in &sample {
+        let got = host_get(&host, request(name, &jwt)).await.unwrap();
+        assert_eq!(
+            got.string_secret.as_deref(),
+            Some(&format!("v{}", &name[2..])[..])
+        );
+    }
+}

@@ -66,6 +66,8 @@ pub enum Command {
     Lock(DatabaseArgs),
     /// Show whether the store is initialized and sealed
     Status(DatabaseArgs),
+    /// Add a new data key to a sealed-mode store and re-seal every value with it, online
+    Rotate(DatabaseArgs),
     /// Re-seal every secret with the current data key (after a key change)
     Rekey(RekeyArgs),
     /// Measure host-style gets against the protocol's limits (starts its own NATS and backend)
@@ -429,6 +431,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lock(args) => {
             println!("{}", database_request(&args, "lock", Vec::new()).await?);
+            Ok(())
+        }
+        Command::Rotate(args) => {
+            println!("{:#}", database_request(&args, "rotate", Vec::new()).await?);
             Ok(())
         }
         Command::Status(args) => {

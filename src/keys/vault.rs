@@ -53,6 +53,10 @@ pub struct WrappedKey {
     pub id: String,
     pub wrapped: String,
     pub created_ms: u64,
+    /// Becomes the current key at this time (`rotate` gives every instance a moment to load
+    /// it as a readable key before any value is sealed with it). 0: at once.
+    #[serde(default)]
+    pub active_from_ms: u64,
 }
 
 /// What the KV holds. Nothing in it opens without the master key.
@@ -230,17 +234,46 @@ pub fn initialize(
             id: data_key.id().to_string(),
             wrapped: master.wrap(data_seed.as_bytes())?,
             created_ms: now_ms,
+            active_from_ms: 0,
         }],
         split,
     };
     Ok((record, master))
 }
 
-/// Open the record: the keyring (current key last in the record) and the transit key, if
-/// the record holds it.
+/// Add a new data key to `record`, active from `active_from_ms`. Returns its id.
+pub fn rotate(
+    record: &mut VaultRecord,
+    master: &MasterKey,
+    now_ms: u64,
+    active_from_ms: u64,
+) -> Result<String, VaultError> {
+    let seed = generate_seed();
+    let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    record.data_keys.push(WrappedKey {
+        id: key.id().to_string(),
+        wrapped: master.wrap(seed.as_bytes())?,
+        created_ms: now_ms,
+        active_from_ms,
+    });
+    Ok(key.id().to_string())
+}
+
+/// When the newest key becomes current, if it is not yet.
+pub fn pending_activation(record: &VaultRecord, now_ms: u64) -> Option<u64> {
+    record
+        .data_keys
+        .last()
+        .map(|k| k.active_from_ms)
+        .filter(|&at| at > now_ms)
+}
+
+/// Open the record at `now_ms`: the keyring (current: the newest active key; every other
+/// key opens only) and the transit key, if the record holds it.
 pub fn open(
     record: &VaultRecord,
     master: &MasterKey,
+    now_ms: u64,
 ) -> Result<(Keyring, Option<TransitKey>), VaultError> {
     let wrong = || {
         if record.split.is_some() {
@@ -261,9 +294,15 @@ pub fn open(
         }
         keys.push(key);
     }
-    let current = keys
-        .pop()
-        .ok_or_else(|| VaultError::Corrupt("no data key".into()))?;
+    let active = record
+        .data_keys
+        .iter()
+        .rposition(|k| k.active_from_ms <= now_ms)
+        .unwrap_or(0);
+    if keys.is_empty() {
+        return Err(VaultError::Corrupt("no data key".into()));
+    }
+    let current = keys.remove(active);
     keys.reverse();
     let transit = match &record.transit {
         None => None,
@@ -282,14 +321,14 @@ mod tests {
     #[test]
     fn the_master_key_opens_what_initialize_made_and_nothing_else_does() {
         let (record, master) = initialize(None, None, 1).unwrap();
-        let (keys, transit) = open(&record, &master).unwrap();
+        let (keys, transit) = open(&record, &master, 1).unwrap();
         assert_eq!(Some(keys.current().id()), record.current_key_id());
         assert_eq!(transit.unwrap().public_key(), record.transit_public);
 
         let again = MasterKey::from_base64(&master.to_base64()).unwrap();
-        assert!(open(&record, &again).is_ok());
+        assert!(open(&record, &again, 1).is_ok());
         let (_, other) = initialize(None, None, 1).unwrap();
-        assert_eq!(open(&record, &other).err(), Some(VaultError::WrongKey));
+        assert_eq!(open(&record, &other, 1).err(), Some(VaultError::WrongKey));
         assert_eq!(
             MasterKey::from_base64(&B64.encode([1u8; 16])).err(),
             Some(VaultError::KeyTooShort)
@@ -298,12 +337,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_key_becomes_current_at_its_activation_and_old_keys_still_open() {
+        let (mut record, master) = initialize(None, None, 1).unwrap();
+        let first = record.current_key_id().unwrap().to_string();
+        let second = rotate(&mut record, &master, 10, 20).unwrap();
+        assert_eq!(pending_activation(&record, 15), Some(20));
+        let (before, _) = open(&record, &master, 15).unwrap();
+        assert_eq!(before.current().id(), first);
+        assert!(
+            before.get(&second).is_some(),
+            "the new key is readable before it is current"
+        );
+        let (after, _) = open(&record, &master, 20).unwrap();
+        assert_eq!(after.current().id(), second);
+        assert!(after.get(&first).is_some());
+        assert_eq!(pending_activation(&record, 20), None);
+    }
+
+    #[test]
     fn a_configured_transit_key_is_not_stored() {
         let transit = TransitKey::from_seed(&generate_seed()).unwrap();
         let (record, master) = initialize(Some(&transit), None, 1).unwrap();
         assert!(record.transit.is_none());
         assert_eq!(record.transit_public, transit.public_key());
-        assert!(open(&record, &master).unwrap().1.is_none());
+        assert!(open(&record, &master, 1).unwrap().1.is_none());
     }
 
     #[test]
@@ -321,11 +378,11 @@ mod tests {
         for pick in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
             let chosen: Vec<_> = pick.iter().map(|&i| shares[i].clone()).collect();
             let rebuilt = MasterKey::combine(&chosen, 3).unwrap();
-            assert!(open(&record, &rebuilt).is_ok());
+            assert!(open(&record, &rebuilt, 1).is_ok());
         }
         // K-1 shares rebuild a different key.
         let two = MasterKey::combine(&shares[..2], 2).unwrap();
-        assert_eq!(open(&record, &two).err(), Some(VaultError::WrongShares));
+        assert_eq!(open(&record, &two, 1).err(), Some(VaultError::WrongShares));
         // Shares of another initialization.
         let (_, other) = initialize(None, Some(spec), 1).unwrap();
         let foreign: Vec<_> = other
@@ -335,7 +392,10 @@ mod tests {
             .map(|s| decode_share(s).unwrap())
             .collect();
         let rebuilt = MasterKey::combine(&foreign, 3).unwrap();
-        assert_eq!(open(&record, &rebuilt).err(), Some(VaultError::WrongShares));
+        assert_eq!(
+            open(&record, &rebuilt, 1).err(),
+            Some(VaultError::WrongShares)
+        );
     }
 
     #[test]

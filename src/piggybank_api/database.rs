@@ -8,6 +8,7 @@
 //! Replies carry `Status` and a JSON body; errors are `{"error": "..."}`. A failed request
 //! changes nothing, except that shares which do not unlock the store are all discarded.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
@@ -22,7 +23,12 @@ use crate::store::StoreError;
 /// The key of the record in the vault bucket.
 pub const RECORD_KEY: &str = "keyring";
 /// Operations under `{prefix}.database`.
-pub const OPS: &[&str] = &["initialize", "unlock", "lock", "status"];
+pub const OPS: &[&str] = &["initialize", "unlock", "lock", "status", "rotate"];
+/// Operations one instance answers (queue group); the others reach every instance.
+const ONCE: &[&str] = &["initialize", "rotate"];
+/// How long after `rotate` its key becomes current: every instance loads it as a readable
+/// key first (they watch the record), so no instance meets a value it cannot open.
+pub const ACTIVATION_DELAY_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 enum OpError {
@@ -34,6 +40,10 @@ enum OpError {
     AlreadyUnlocked,
     #[error("share already given")]
     RepeatedShare,
+    #[error("database is sealed: unlock it first")]
+    Sealed,
+    #[error("the key record changed meanwhile (another rotation?); try again")]
+    Conflict,
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -45,8 +55,8 @@ enum OpError {
 impl OpError {
     fn status(&self) -> u16 {
         match self {
-            OpError::AlreadyInitialized | OpError::AlreadyUnlocked => 409,
-            OpError::NotInitialized => 423,
+            OpError::AlreadyInitialized | OpError::AlreadyUnlocked | OpError::Conflict => 409,
+            OpError::NotInitialized | OpError::Sealed => 423,
             OpError::Vault(VaultError::WrongKey | VaultError::WrongShares) => 403,
             OpError::Vault(VaultError::Corrupt(_)) | OpError::Store(_) => 500,
             _ => 400,
@@ -77,6 +87,20 @@ pub struct Database {
     configured_transit: Option<crate::keys::TransitKey>,
     instance_id: String,
     shares: Mutex<Vec<Zeroizing<Vec<u8>>>>,
+    /// Held while unlocked, to load keys that `rotate` adds (on any instance). Zeroized on
+    /// drop, and dropped by `lock`.
+    master: Mutex<Option<MasterKey>>,
+    reencryption: Arc<Progress>,
+}
+
+/// Background re-encryption after a rotation, as `status` reports it.
+#[derive(Default)]
+struct Progress {
+    running: AtomicBool,
+    done: AtomicUsize,
+    total: AtomicUsize,
+    resealed: AtomicUsize,
+    failed: AtomicUsize,
 }
 
 impl Database {
@@ -91,7 +115,106 @@ impl Database {
             configured_transit,
             instance_id: nkeys::KeyPair::new_server().public_key()[..12].to_string(),
             shares: Mutex::default(),
+            master: Mutex::default(),
+            reencryption: Arc::default(),
         }
+    }
+
+    /// Follow the record: when another instance rotates, load the new key (if unlocked).
+    pub async fn watch(self: &Arc<Self>) -> Result<(), StoreError> {
+        use futures::StreamExt as _;
+        let mut updates = self
+            .kv
+            .watch(RECORD_KEY)
+            .await
+            .map_err(StoreError::upstream)?;
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(Ok(_)) = updates.next().await {
+                let Some(database) = this.upgrade() else {
+                    break;
+                };
+                if let Err(e) = database.reload().await {
+                    tracing::warn!(error = %e, "cannot load the changed key record");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Re-open the record with the master key held (no-op while sealed): load new keys,
+    /// schedule the next activation, and re-seal what the current key did not seal.
+    fn reload(self: &Arc<Self>) -> futures::future::BoxFuture<'static, Result<(), OpError>> {
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            let record = this.existing().await?;
+            let now = crate::store::secrets::now_ms();
+            {
+                let master = this.master.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(master) = master.as_ref() else {
+                    return Ok(());
+                };
+                let (keys, _) = vault::open(&record, master, now)?;
+                this.backend.set_keys(Some(keys));
+            }
+            if let Some(at) = vault::pending_activation(&record, now) {
+                let later = Arc::clone(&this);
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(at - now)).await;
+                    if let Err(e) = later.reload().await {
+                        tracing::warn!(error = %e, "cannot activate the rotated key");
+                    }
+                });
+            }
+            this.reencrypt_if_needed();
+            Ok(())
+        })
+    }
+
+    /// Start re-sealing, in the background, every value not under the current key (at most
+    /// one run at a time; each run is resumable, so a crash only costs a new run).
+    fn reencrypt_if_needed(self: &Arc<Self>) {
+        let Ok(keys) = self.backend.keys() else {
+            return;
+        };
+        let current = keys.current().id().to_string();
+        let stale = self
+            .backend
+            .secrets()
+            .list("")
+            .iter()
+            .any(|m| m.key_id.as_deref() != Some(current.as_str()));
+        if !stale || self.reencryption.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let progress = Arc::clone(&this.reencryption);
+            progress.done.store(0, Ordering::SeqCst);
+            let report =
+                crate::store::rekey::rekey(this.backend.secrets(), &keys, |done, total| {
+                    progress.done.store(done, Ordering::SeqCst);
+                    progress.total.store(total, Ordering::SeqCst);
+                })
+                .await;
+            progress.resealed.store(report.resealed, Ordering::SeqCst);
+            progress.failed.store(report.failed.len(), Ordering::SeqCst);
+            progress.running.store(false, Ordering::SeqCst);
+            tracing::info!(
+                total = report.total,
+                resealed = report.resealed,
+                failed = report.failed.len(),
+                "re-encryption finished"
+            );
+            // A rotation during the run: go again for the newer key.
+            let newer = this
+                .backend
+                .keys()
+                .is_ok_and(|k| k.current().id() != current);
+            if newer {
+                this.reencrypt_if_needed();
+            }
+        });
     }
 
     /// Read the record, if the store is initialized.
@@ -113,14 +236,15 @@ impl Database {
     }
 
     /// Answer `op` (the last subject token).
-    pub async fn handle(&self, op: &str, payload: &[u8]) -> Reply {
+    pub async fn handle(self: &Arc<Self>, op: &str, payload: &[u8]) -> Reply {
         let result = match op {
             "initialize" => self.initialize(payload).await,
             "unlock" => self.unlock(payload).await,
             "lock" => Ok(self.lock()),
             "status" => self.status().await,
+            "rotate" => self.rotate().await,
             other => Err(OpError::BadRequest(format!(
-                "unknown operation {other:?}: use initialize, unlock, lock or status"
+                "unknown operation {other:?}: use initialize, unlock, lock, status or rotate"
             ))),
         };
         match result {
@@ -194,7 +318,7 @@ impl Database {
         })
     }
 
-    async fn unlock(&self, payload: &[u8]) -> Result<serde_json::Value, OpError> {
+    async fn unlock(self: &Arc<Self>, payload: &[u8]) -> Result<serde_json::Value, OpError> {
         let request: UnlockRequest = serde_json::from_slice(payload).map_err(|_| {
             OpError::BadRequest(r#"expected {"database_key": "..."} or {"share": "..."}"#.into())
         })?;
@@ -238,16 +362,20 @@ impl Database {
                 ))
             }
         };
-        let (keys, transit) = vault::open(&record, &master)?;
+        let (keys, transit) = vault::open(&record, &master, crate::store::secrets::now_ms())?;
         if let Some(transit) = transit {
             self.backend.set_transit(Some(transit));
         }
         self.backend.set_keys(Some(keys));
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
         tracing::info!("database unlocked");
+        // Resume a rotation: a pending activation, or values not yet re-sealed.
+        self.reload().await?;
         Ok(serde_json::json!({ "sealed": false }))
     }
 
     fn lock(&self) -> serde_json::Value {
+        self.master.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.backend.set_keys(None);
         if self.configured_transit.is_none() {
             self.backend.set_transit(None);
@@ -276,6 +404,48 @@ impl Database {
             "key_id": record.as_ref().and_then(|r| r.current_key_id()),
             "server_xkey": self.backend.transit_public(),
             "instance_id": self.instance_id,
+            "reencryption": {
+                "running": self.reencryption.running.load(Ordering::SeqCst),
+                "done": self.reencryption.done.load(Ordering::SeqCst),
+                "total": self.reencryption.total.load(Ordering::SeqCst),
+                "resealed": self.reencryption.resealed.load(Ordering::SeqCst),
+                "failed": self.reencryption.failed.load(Ordering::SeqCst),
+            },
+        }))
+    }
+
+    /// Add a new data key, current after [`ACTIVATION_DELAY_MS`]; then every value is
+    /// re-sealed with it in the background.
+    async fn rotate(self: &Arc<Self>) -> Result<serde_json::Value, OpError> {
+        let entry = self
+            .kv
+            .entry(RECORD_KEY)
+            .await
+            .map_err(|e| OpError::Store(e.to_string()))?
+            .ok_or(OpError::NotInitialized)?;
+        let mut record: VaultRecord =
+            serde_json::from_slice(&entry.value).map_err(|e| OpError::Store(e.to_string()))?;
+        let now = crate::store::secrets::now_ms();
+        let active_from = now + ACTIVATION_DELAY_MS;
+        let id = {
+            let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+            let master = master.as_ref().ok_or(OpError::Sealed)?;
+            vault::rotate(&mut record, master, now, active_from)?
+        };
+        let body = serde_json::to_vec(&record).map_err(|e| OpError::Store(e.to_string()))?;
+        self.kv
+            .update(RECORD_KEY, body.into(), entry.revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => OpError::Conflict,
+                _ => OpError::Store(e.to_string()),
+            })?;
+        self.reload().await?;
+        tracing::info!(key_id = %id, "data key rotated");
+        Ok(serde_json::json!({
+            "key_id": id,
+            "key_version": record.data_keys.len(),
+            "active_from_ms": active_from,
         }))
     }
 }
@@ -290,9 +460,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), async_nats::SubscribeError> {
     use futures::StreamExt as _;
-    let initialize = format!("{prefix}.database.initialize");
     let once = client
-        .queue_subscribe(initialize.clone(), format!("{queue_group}.database"))
+        .queue_subscribe(
+            format!("{prefix}.database.*"),
+            format!("{queue_group}.database"),
+        )
         .await?;
     let every = client.subscribe(format!("{prefix}.database.*")).await?;
     tracing::info!(subject = %format!("{prefix}.database.>"), "serving database operations");
@@ -317,7 +489,7 @@ pub async fn serve(
             .next()
             .unwrap_or_default()
             .to_string();
-        if (op == "initialize") != from_queue {
+        if ONCE.contains(&op.as_str()) != from_queue {
             continue;
         }
         let (client, database) = (client.clone(), Arc::clone(&database));
