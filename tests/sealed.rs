@@ -642,3 +642,84 @@ async fn killed_during_reencryption_a_restart_completes_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_on_one_instance_reaches_the_others_with_no_failed_read() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _a = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let _b = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    let key = initialized(&client, "piggybank").await;
+    // Both instances must be up and unlocked: unlock until two report unsealed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        db(&client, "piggybank", "unlock", json!({"database_key": key})).await;
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply("piggybank.database.status", inbox, "".into())
+            .await
+            .unwrap();
+        let mut unsealed = 0;
+        while let Ok(Some(msg)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        {
+            let status: Value = serde_json::from_slice(&msg.payload).unwrap();
+            unsealed += usize::from(status["sealed"] == false);
+        }
+        if unsealed == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two instances never unlocked"
+        );
+    }
+    let admin = piggybank::client::AdminClient::new(
+        client.clone(),
+        "wasmcloud.secrets",
+        "v1alpha1",
+        "vault",
+    );
+    let (jwt, entity) = Issuer::new().component();
+    let all: Vec<String> = (0..100).map(|i| format!("m/{i}")).collect();
+    for name in &all {
+        admin
+            .put_secret(name, text(name), None, None)
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    admin.add_mapping(&entity, &names(&refs)).await.unwrap();
+    let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
+        .await
+        .unwrap();
+
+    let (_, rotated) = db(&client, "piggybank", "rotate", Value::Null).await;
+    let new_id = rotated["key_id"].as_str().unwrap().to_string();
+    // Reads spread over both instances (queue group) through activation and re-encryption.
+    let mut failed = Vec::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    let mut i = 0;
+    while std::time::Instant::now() < until {
+        let name = &all[i % all.len()];
+        if let Err(e) = host_get(&host, request(name, &jwt)).await {
+            failed.push(e);
+        }
+        i += 1;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {i} reads failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    wait_all_under(&admin, &new_id).await;
+    // Values re-sealed by one instance are read by both.
+    for name in &all {
+        host_get(&host, request(name, &jwt)).await.unwrap();
+    }
+}
