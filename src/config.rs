@@ -96,6 +96,9 @@ pub mod provider {
     pub const REPLICAS: &str = "replicas";
     /// Comma-separated account public keys whose entities may read secrets.
     pub const TRUSTED_ISSUERS: &str = "trusted_issuers";
+    /// Serve the Piggy Bank API under this prefix; also the prefix of the sealed-mode
+    /// database operations (default `piggybank`).
+    pub const PIGGYBANK_PREFIX: &str = "piggybank_prefix";
     /// `true` accepts the two seeds below as plain config (with a warning).
     pub const INSECURE_CONFIG_KEYS: &str = "insecure_config_keys";
     /// The transit xkey seed (a secret).
@@ -113,6 +116,7 @@ pub mod provider {
         SECRETS_BUCKET,
         REPLICAS,
         TRUSTED_ISSUERS,
+        PIGGYBANK_PREFIX,
         INSECURE_CONFIG_KEYS,
         TRANSIT_XKEY_SEED,
         ENCRYPTION_XKEY_SEED,

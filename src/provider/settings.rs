@@ -115,6 +115,9 @@ impl Settings {
                 _ => return Err(invalid(keys::REPLICAS, v, "expected 1 to 5")),
             };
         }
+        if let Some(v) = text(keys::PIGGYBANK_PREFIX).filter(|v| !v.is_empty()) {
+            run.piggybank_prefix = Some(subject(keys::PIGGYBANK_PREFIX, v)?);
+        }
         if let Some(v) = text(keys::TRUSTED_ISSUERS) {
             run.trusted_issuers = v
                 .split(',')
@@ -274,6 +277,7 @@ mod tests {
             (keys::SECRETS_BUCKET, "ACME_SECRETS"),
             (keys::REPLICAS, "3"),
             (keys::TRUSTED_ISSUERS, " AAA , BBB,"),
+            (keys::PIGGYBANK_PREFIX, "acme.pb"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
             ("trusted_issuer", "typo"),
         ]);
@@ -286,6 +290,7 @@ mod tests {
         assert_eq!(s.run.secrets_bucket, "ACME_SECRETS");
         assert_eq!(s.run.replicas, 3);
         assert_eq!(s.run.trusted_issuers, vec!["AAA", "BBB"]);
+        assert_eq!(s.run.piggybank_prefix.as_deref(), Some("acme.pb"));
         assert!(matches!(
             s.run.nats_credentials,
             Some(Credentials::Contents(_))
