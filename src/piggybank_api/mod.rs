@@ -2,7 +2,9 @@
 //!
 //! A request's `method` header says what to do: `get` returns the value, `post` stores the
 //! payload as a new version, `delete` removes every version. Every reply carries a `Status`
-//! header (200, 400, 403, 404, 423 while sealed, 500); errors have the JSON body `{"error": "..."}`.
+//! header (200, 400, 404, 423 while sealed, 500); errors have the JSON body `{"error": "..."}`.
+//! The reserved application `database` is never answered here: the sealed-mode operations own
+//! those subjects. Refusing another application is the NATS server's job (permissions).
 //!
 //! The secret lives in the same store the wasmCloud protocol serves, under the key
 //! `<application>/<name>`, so it can also be mapped to wasmCloud entities.
