@@ -5,19 +5,22 @@
 //!
 //! # Layout
 //! - [`config`]: every flag default, env var, subject operation, header and bucket name.
-//! - [`keys`]: the transit key (protocol) and the data key (at rest); zeroized on drop.
+//! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest), and
+//!   `vault`, sealed mode's key record (keys wrapped by a master key); zeroized on drop.
 //! - [`store`]: `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory by KV
-//!   watches; `envelope`, the at-rest format (and the sample's, read in place).
+//!   watches; `envelope`, the at-rest format (and the sample's, read in place); `rekey`,
+//!   online re-sealing with the current key.
 //! - [`authz`]: JWT verification, trusted issuers, policy checks.
 //! - [`backend`]: the core every front door calls: read, put, delete, list, mappings.
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - [`piggybank_api`]: the Piggy Bank front door for plain NATS services
-//!   (`piggybank.<application>.<name>`).
+//!   (`piggybank.<application>.<name>`), and `database`, sealed mode's operations
+//!   (initialize, unlock, lock, status, rotate).
 //! - [`server`]: `run(config, shutdown)`: connect, open stores, serve.
 //! - [`provider`]: the capability provider: HostData settings, link scopes, the WIT admin
 //!   interface over wRPC (front door), and the same protocol server.
 //! - [`client`]: admin client used by the CLI and tests.
-//! - [`cli`]: the `piggybank` command line (flags -> library calls).
+//! - [`cli`]: the `piggybank` command line (flags -> library calls), and `bench`.
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod authz;
