@@ -2,7 +2,7 @@
 //!
 //! Each function authorizes the caller by its link ([`Links`]), checks names against the link's
 //! scope, calls [`Backend`], and maps errors to the WIT `error` variant in one function
-//! ([`wit_error`]). Handlers never return a transport error for a bad argument: every refusal
+//! (`wit_error`). Handlers never return a transport error for a bad argument: every refusal
 //! is a typed `error` the component can match on. No function returns a secret value.
 
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! `piggybank bench`: host-style gets against the backend, measured against the protocol's
-//! limits in the same run (see [`limits`]), plus revocation latency across two instances and
-//! (with `--scale`) startup, memory and latency at several store sizes ([`scale`]).
+//! limits in the same run (see `limits`), plus revocation latency across two instances and
+//! (with `--scale`) startup, memory and latency at several store sizes (`scale`).
 //!
 //! Every get goes through the real `wasmcloud-secrets-client` with a one-time xkey, as a
 //! host's does. By default the benchmark starts its own `nats-server` (free loopback port,
