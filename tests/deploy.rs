@@ -348,8 +348,14 @@ fn readme_permission_example_is_the_tested_config() {
 
 #[test]
 fn trusted_issuers_in_the_manifests_are_real_account_keys() {
-    for (what, text) in [("wadm.yaml", read("wadm.yaml")), ("README.md", read("README.md"))] {
-        for line in text.lines().filter(|l| l.trim_start().starts_with("trusted_issuers:")) {
+    for (what, text) in [
+        ("wadm.yaml", read("wadm.yaml")),
+        ("README.md", read("README.md")),
+    ] {
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("trusted_issuers:"))
+        {
             let keys = line.split(':').nth(1).unwrap_or_default();
             for key in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
                 piggybank::authz::Authorizer::new(&[key.to_string()])
