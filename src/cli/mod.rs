@@ -84,6 +84,14 @@ pub struct Conn {
     pub nats_creds_file: Option<PathBuf>,
 }
 
+impl Conn {
+    /// Connect as a CLI command does: fail fast, with the credentials file if given.
+    async fn connect(&self, client_name: &str) -> anyhow::Result<async_nats::Client> {
+        let credentials = server::credentials_file(self.nats_creds_file.as_deref());
+        Ok(server::connect(&self.nats_address, credentials.as_ref(), client_name).await?)
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct Target {
     /// The subject prefix of the secrets backend
@@ -101,12 +109,7 @@ pub struct Target {
 
 impl Target {
     async fn client(&self) -> anyhow::Result<AdminClient> {
-        let nats = server::connect(
-            &self.conn.nats_address,
-            server::credentials_file(self.conn.nats_creds_file.as_deref()).as_ref(),
-            "piggybank cli",
-        )
-        .await?;
+        let nats = self.conn.connect("piggybank cli").await?;
         Ok(AdminClient::new(
             nats,
             &self.subject_base,
@@ -313,12 +316,7 @@ async fn database_request(
     op: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<serde_json::Value> {
-    let nats = server::connect(
-        &args.conn.nats_address,
-        server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
-        "piggybank cli",
-    )
-    .await?;
+    let nats = args.conn.connect("piggybank cli").await?;
     let subject = format!("{}.database.{op}", args.piggybank_prefix);
     let reply = nats
         .request(subject.clone(), body.into())
@@ -586,12 +584,7 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         &Zeroizing::new(args.encryption_xkey_seed),
         &zeroized(args.previous_encryption_xkey_seeds),
     )?;
-    let nats = server::connect(
-        &args.conn.nats_address,
-        server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
-        "piggybank rekey",
-    )
-    .await?;
+    let nats = args.conn.connect("piggybank rekey").await?;
     let store = crate::store::SecretStore::open(
         &nats,
         &crate::store::BucketSpec {
@@ -637,12 +630,7 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
         &Zeroizing::new(args.encryption_xkey_seed),
         &zeroized(args.previous_encryption_xkey_seeds),
     )?;
-    let nats = server::connect(
-        &args.conn.nats_address,
-        server::credentials_file(args.conn.nats_creds_file.as_deref()).as_ref(),
-        "piggybank cli",
-    )
-    .await?;
+    let nats = args.conn.connect("piggybank cli").await?;
     let (_, value) =
         client::read_direct(&nats, &args.secrets_bucket, &keys, &args.name, args.version).await?;
     match (args.kind, &value) {

@@ -495,17 +495,7 @@ pub async fn serve(
         let (client, database) = (client.clone(), Arc::clone(&database));
         tasks.spawn(async move {
             let reply = database.handle(&op, &msg.payload).await;
-            let sent = match reply.headers {
-                Some(h) => {
-                    client
-                        .publish_with_headers(reply_to, h, reply.payload)
-                        .await
-                }
-                None => client.publish(reply_to, reply.payload).await,
-            };
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "failed to send reply");
-            }
+            reply.send(&client, reply_to).await;
         });
     }
     while tasks.join_next().await.is_some() {}

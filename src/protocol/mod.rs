@@ -133,20 +133,8 @@ where
         let client = client.clone();
         let reply = handler(msg);
         tokio::spawn(async move {
-            let Some(reply) = reply.await else {
-                drop(permit);
-                return;
-            };
-            let sent = match reply.headers {
-                Some(h) => {
-                    client
-                        .publish_with_headers(reply_to, h, reply.payload)
-                        .await
-                }
-                None => client.publish(reply_to, reply.payload).await,
-            };
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "failed to send reply");
+            if let Some(reply) = reply.await {
+                reply.send(&client, reply_to).await;
             }
             drop(permit);
         });

@@ -21,6 +21,17 @@ impl Reply {
         }
     }
 
+    /// Publish this reply to `to`; a failure is logged (the requester times out).
+    pub async fn send(self, client: &async_nats::Client, to: async_nats::Subject) {
+        let sent = match self.headers {
+            Some(h) => client.publish_with_headers(to, h, self.payload).await,
+            None => client.publish(to, self.payload).await,
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "failed to send reply");
+        }
+    }
+
     pub fn ok() -> Self {
         Self::plain("ok")
     }
