@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use common::*;
@@ -100,63 +97,25 @@ async fn rekey_while_serving_reseals_everything_and_loses_nothing() {
         .await
         .unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (reads, failed_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let reader = {
-        let (stop, reads, failed) = (stop.clone(), reads.clone(), failed_reads.clone());
-        let names: Vec<String> = values.iter().map(|(n, _)| n.clone()).collect();
-        let host = host_client(&nats).await;
-        let jwt = jwt.clone();
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let name = &names[i % names.len()];
-                if host_get(&host, request(name, &jwt)).await.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                reads.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-        })
-    };
-    let last_written: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let writer = {
-        let (stop, last) = (stop.clone(), last_written.clone());
-        let (admin, hot) = (admin.clone(), hot.clone());
-        tokio::spawn(async move {
-            let mut j = 1u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (name, value) = (&hot[j as usize % hot.len()], format!("w{j}"));
-                admin
-                    .put_secret(name, text(&value), None, None)
-                    .await
-                    .unwrap();
-                last.lock().unwrap().insert(name.clone(), value);
-                j += 1;
-            }
-        })
-    };
-
+    let load = ReadWriteLoad::start(
+        host_client(&nats).await,
+        jwt.clone(),
+        values.clone(),
+        admin.clone(),
+        hot.clone(),
+    );
     // Start the rekey only once reads and writes are flowing.
-    while reads.load(Ordering::Relaxed) < 10 || last_written.lock().unwrap().len() < hot.len() {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let before = reads.load(Ordering::Relaxed);
+    load.flowing().await;
+    let before = load.reads();
     let (ok, out, err) = rekey(&nats, &new_seed, &old.encryption).await;
-    let during = reads.load(Ordering::Relaxed) - before;
+    let during = load.reads() - before;
     assert!(ok, "rekey failed: {out}\n{err}");
     assert!(during > 0, "no read overlapped the rekey");
     eprintln!("{out}reads during the rekey: {during}");
     assert!(out.contains(", 0 failed"), "{out}");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
-    writer.await.unwrap();
-    assert_eq!(
-        failed_reads.load(Ordering::Relaxed),
-        0,
-        "reads failed during rekey"
-    );
+    let (_, failed_reads, last_written) = load.stop().await;
+    assert_eq!(failed_reads, 0, "reads failed during rekey");
 
     // Every latest value is under the new key; nothing written meanwhile was lost.
     let new_id = XKey::from_seed(&new_seed).unwrap().public_key();
@@ -168,7 +127,7 @@ async fn rekey_while_serving_reseals_everything_and_loses_nothing() {
             meta.name
         );
     }
-    values.extend(last_written.lock().unwrap().clone());
+    values.extend(last_written);
     let (ok, again, _) = rekey(&nats, &new_seed, &old.encryption).await;
     assert!(
         ok && again.contains(" 0 re-sealed"),

@@ -440,8 +440,6 @@ async fn wait_all_under(admin: &piggybank::client::AdminClient, key_id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_reads_and_writes_loses_nothing_and_reseals_everything() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
     let nats = NatsServer::start();
     let client = nats.client().await;
     let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
@@ -471,70 +469,25 @@ async fn rotation_under_reads_and_writes_loses_nothing_and_reseals_everything() 
     let every: Vec<&str> = all.iter().chain(&hot).map(String::as_str).collect();
     admin.add_mapping(&entity, &names(&every)).await.unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (reads, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
         .await
         .unwrap();
-    let reader = {
-        let (stop, reads, failed, all, jwt) = (
-            stop.clone(),
-            reads.clone(),
-            failed.clone(),
-            all.clone(),
-            jwt.clone(),
-        );
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let name = &all[i % all.len()];
-                match host_get(&host, request(name, &jwt)).await {
-                    Ok(s) if s.string_secret == Some(format!("v-{name}")) => {}
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                reads.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-        })
-    };
-    let last: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
-    let writer = {
-        let (stop, last, admin, hot) = (stop.clone(), last.clone(), admin.clone(), hot.clone());
-        tokio::spawn(async move {
-            let mut j = 1usize;
-            while !stop.load(Ordering::Relaxed) {
-                let (name, value) = (&hot[j % hot.len()], format!("w{j}"));
-                admin
-                    .put_secret(name, text(&value), None, None)
-                    .await
-                    .unwrap();
-                last.lock().unwrap().insert(name.clone(), value);
-                j += 1;
-            }
-        })
-    };
+    let expected = all.iter().map(|n| (n.clone(), format!("v-{n}"))).collect();
+    let load = ReadWriteLoad::start(host, jwt.clone(), expected, admin.clone(), hot.clone());
+    load.flowing().await;
 
     let (status, rotated) = db(&client, "piggybank", "rotate", Value::Null).await;
     assert_eq!(status, 200, "{rotated}");
     assert_eq!(rotated["key_version"], 2);
     let new_id = rotated["key_id"].as_str().unwrap().to_string();
     wait_all_under(&admin, &new_id).await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
-    writer.await.unwrap();
+    let (reads, failed, written) = load.stop().await;
 
-    assert!(reads.load(Ordering::Relaxed) > 0);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "reads failed during the rotation"
-    );
+    assert!(reads > 0);
+    assert_eq!(failed, 0, "reads failed during the rotation");
     let host = wasmcloud_secrets_client::Client::new("vault", "wasmcloud.secrets", client.clone())
         .await
         .unwrap();
-    let written = last.lock().unwrap().clone();
     for (name, value) in written {
         let got = host_get(&host, request(&name, &jwt)).await.unwrap();
         assert_eq!(got.string_secret, Some(value), "{name}: a write was lost");

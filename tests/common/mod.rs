@@ -6,6 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nkeys::{KeyPair, XKey};
@@ -493,5 +495,95 @@ pub async fn deployed() -> Deployed {
         keys,
         backend,
         admin,
+    }
+}
+
+/// Reads and writes going on while something else happens (a rekey, a rotation): one task
+/// cycles host gets over `expected` and counts every get that fails or serves another
+/// value; another writes `w1`, `w2`, ... to the `hot` names and remembers the last value of
+/// each.
+pub struct ReadWriteLoad {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    last: Arc<Mutex<HashMap<String, String>>>,
+    hot: usize,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl ReadWriteLoad {
+    pub fn start(
+        host: wasmcloud_secrets_client::Client,
+        jwt: String,
+        expected: Vec<(String, String)>,
+        admin: AdminClient,
+        hot: Vec<String>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reads, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let last: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let reader = {
+            let (stop, reads, failed) = (stop.clone(), reads.clone(), failed.clone());
+            tokio::spawn(async move {
+                for (name, value) in expected.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let got = host_get(&host, request(name, &jwt)).await;
+                    if got.map(|s| s.string_secret).ok() != Some(Some(value.clone())) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let hot_count = hot.len();
+        let writer = {
+            let (stop, last) = (stop.clone(), last.clone());
+            tokio::spawn(async move {
+                for (j, name) in (1..).zip(hot.iter().cycle()) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let value = format!("w{j}");
+                    admin
+                        .put_secret(name, text(&value), None, None)
+                        .await
+                        .unwrap();
+                    last.lock().unwrap().insert(name.clone(), value);
+                }
+            })
+        };
+        Self {
+            stop,
+            reads,
+            failed,
+            last,
+            hot: hot_count,
+            reader,
+            writer,
+        }
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Wait until reads are flowing and every hot name has been written once.
+    pub async fn flowing(&self) {
+        while self.reads() < 10 || self.last.lock().unwrap().len() < self.hot {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop both tasks; returns (reads, failed reads, the last value written to each name).
+    pub async fn stop(self) -> (u64, u64, HashMap<String, String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.reader.await.unwrap();
+        self.writer.await.unwrap();
+        let last = self.last.lock().unwrap().clone();
+        let reads = self.reads.load(Ordering::Relaxed);
+        (reads, self.failed.load(Ordering::Relaxed), last)
     }
 }
