@@ -9,8 +9,12 @@ WASM_TARGET := wasm32-wasip2
 
 .PHONY: dev test check lint fmt build deps nats-server example wasm-target par bench
 
+# `make dev DEV_ARGS="--nats-port 4333 --dir /tmp/pb"` passes flags to `piggybank dev`.
+# A debug build: the crypto crates are optimized even there (Cargo.toml), and `make test`
+# shares it.
+DEV_ARGS ?=
 dev: deps
-	$(CARGO) run --release -- dev
+	$(CARGO) run --bin piggybank -- dev $(DEV_ARGS)
 
 test: deps example
 	$(CARGO) fmt --all -- --check

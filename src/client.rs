@@ -14,16 +14,22 @@ use zeroize::Zeroizing;
 use crate::config::{self, headers, ops};
 use crate::keys::Keyring;
 use crate::protocol::wire::{
-    AdminError, DeleteSecretRequest, ListSecretsRequest, ListSecretsResponse, MappingsResponse,
-    PutSecretError, PutSecretRequest, PutSecretResponse,
+    AdminError, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest, ListSecretsResponse,
+    MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse, REPLY_TOO_LARGE,
 };
 use crate::store::envelope::{self, SecretValue};
+use crate::store::secrets::PAGE_DEFAULT;
 use crate::store::SecretMeta;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("request to {subject} failed: {reason}")]
     Request { subject: String, reason: String },
+    #[error(
+        "no piggybank backend answers on {0}: is it running, and are -n/--name, \
+         -s/--subject-base and --secrets-api-version the ones it was started with?"
+    )]
+    NoBackend(String),
     #[error("backend refused ({code}): {message}")]
     Admin { code: u16, message: String },
     #[error("put_secret refused: {0}")]
@@ -36,6 +42,8 @@ pub enum ClientError {
     NotFound(String),
     #[error("cannot read secret: {0}")]
     Read(String),
+    #[error("the backend's pages do not add up: {0}")]
+    Paging(String),
 }
 
 #[derive(Clone)]
@@ -71,9 +79,12 @@ impl AdminClient {
             }
             None => self.nats.request(subject.clone(), body.into()).await,
         };
-        let msg = sent.map_err(|e| ClientError::Request {
-            subject,
-            reason: e.to_string(),
+        let msg = sent.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => ClientError::NoBackend(subject.clone()),
+            _ => ClientError::Request {
+                subject,
+                reason: e.to_string(),
+            },
         })?;
         if let Some(code) = msg
             .headers
@@ -162,17 +173,35 @@ impl AdminClient {
         self.expect_ok(self.subject(ops::DELETE_SECRET), body).await
     }
 
-    pub async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, ClientError> {
+    /// One page of `list_secrets` (see [`ListSecretsRequest`]): names starting with `prefix`,
+    /// strictly after `after`, at most `limit` (the backend's default when `None`).
+    pub async fn list_secrets_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<ListSecretsResponse, ClientError> {
         let body = serde_json::to_vec(&ListSecretsRequest {
             prefix: prefix.into(),
+            limit,
+            after: after.map(str::to_string),
         })
         .map_err(|e| ClientError::Decode(e.to_string()))?;
         let msg = self
             .request(self.subject(ops::LIST_SECRETS), None, body)
             .await?;
-        let list: ListSecretsResponse =
-            serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(list.secrets)
+        serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Metadata of every secret whose name starts with `prefix`, in name order: every page.
+    pub async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, ClientError> {
+        all_pages(|after, limit| async move {
+            let page = self
+                .list_secrets_page(prefix, after.as_deref(), limit)
+                .await?;
+            Ok((page.secrets, page.next, |m: &SecretMeta| m.name.clone()))
+        })
+        .await
     }
 
     pub async fn add_mapping(
@@ -195,12 +224,87 @@ impl AdminClient {
         self.expect_ok(subject, body).await
     }
 
-    pub async fn get_mappings(&self, entity: &str) -> Result<Vec<String>, ClientError> {
+    /// One page of the names `entity` may read, strictly after `after`, at most `limit`.
+    pub async fn get_mappings_page(
+        &self,
+        entity: &str,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<MappingsResponse, ClientError> {
         let subject = format!("{}.{entity}", self.subject(ops::GET_MAPPINGS));
-        let msg = self.request(subject, None, Vec::new()).await?;
-        let response: MappingsResponse =
-            serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(response.secrets)
+        // The first page with the default limit is asked with an empty body, as the sample-era
+        // client did, so this works against backends that take no body.
+        let body = if after.is_none() && limit.is_none() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&GetMappingsRequest {
+                prefix: String::new(),
+                limit,
+                after: after.map(str::to_string),
+            })
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+        };
+        let msg = self.request(subject, None, body).await?;
+        serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Every name `entity` may read, in name order: every page.
+    pub async fn get_mappings(&self, entity: &str) -> Result<Vec<String>, ClientError> {
+        all_pages(|after, limit| async move {
+            let page = self
+                .get_mappings_page(entity, after.as_deref(), limit)
+                .await?;
+            Ok((page.secrets, page.next, String::clone))
+        })
+        .await
+    }
+}
+
+/// Fetch every page of a listing. `fetch(after, limit)` returns one page, its `next` cursor
+/// and how to read an entry's name. A reply too large for the connection (413, a server with
+/// a small max payload) is asked again with half the limit; a cursor that does not move
+/// forward is an error rather than a loop.
+async fn all_pages<T, N, F, Fut>(fetch: F) -> Result<Vec<T>, ClientError>
+where
+    N: Fn(&T) -> String,
+    F: Fn(Option<String>, Option<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>, N), ClientError>>,
+{
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    let mut limit: Option<u64> = None;
+    loop {
+        let (items, next, name) = match fetch(after.clone(), limit).await {
+            Ok(page) => page,
+            Err(ClientError::Admin {
+                code: REPLY_TOO_LARGE,
+                message,
+            }) => {
+                let current = limit.unwrap_or(PAGE_DEFAULT as u64);
+                if current <= 1 {
+                    return Err(ClientError::Admin {
+                        code: REPLY_TOO_LARGE,
+                        message,
+                    });
+                }
+                limit = Some(current / 2);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(next) = next else {
+            all.extend(items);
+            return Ok(all);
+        };
+        // The cursor must move forward and be the page's last name, or paging would loop.
+        let last = items.last().map(&name);
+        if last.as_deref() != Some(next.as_str()) || after.as_ref().is_some_and(|a| next <= *a) {
+            return Err(ClientError::Paging(format!(
+                "cursor {next:?} after {after:?} does not follow the page it ends"
+            )));
+        }
+        all.extend(items);
+        after = Some(next);
     }
 }
 
@@ -215,7 +319,9 @@ pub async fn read_direct(
 ) -> Result<(u64, SecretValue), ClientError> {
     let read = |e: &dyn std::fmt::Display| ClientError::Read(e.to_string());
     let js = jetstream::new(nats.clone());
-    let kv = js.get_key_value(bucket).await.map_err(|e| read(&e))?;
+    let kv = crate::store::existing_bucket(&js, bucket)
+        .await
+        .map_err(|e| read(&e))?;
     let entry = match version {
         Some(v) => kv.entry_for_revision(name, v).await,
         None => kv.entry(name).await,

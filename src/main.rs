@@ -22,7 +22,7 @@ async fn main() -> std::process::ExitCode {
         LogFormat::Text => builder.init(),
     }
     match cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -13,7 +13,7 @@ use crate::config;
 use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::piggybank_api::database::Database;
 use crate::protocol::{self, ServeConfig, ServeError};
-use crate::store::{BucketSpec, MappingTable, SecretStore, StoreError};
+use crate::store::{Bucket, BucketSpec, MappingTable, SecretStore, StoreError};
 
 /// Everything `piggybank run` is configured with. `Debug` never prints the seeds.
 #[derive(Clone)]
@@ -244,22 +244,22 @@ pub async fn open_backend(
     let authorizer = Authorizer::new(&config.trusted_issuers)?;
     let secrets = SecretStore::open(
         client,
-        &BucketSpec {
+        Bucket::CreateIfMissing(&BucketSpec {
             name: config.secrets_bucket.clone(),
             description: "piggybank secrets (sealed values)",
             history: i64::from(config.max_secret_history),
             replicas: config.replicas,
-        },
+        }),
     )
     .await?;
     let mappings = MappingTable::open(
         client,
-        &BucketSpec {
+        Bucket::CreateIfMissing(&BucketSpec {
             name: config::mappings_bucket(&config.name),
             description: "piggybank entity-to-secret mappings",
             history: 1,
             replicas: config.replicas,
-        },
+        }),
     )
     .await?;
     if config.is_sealed_mode() {
@@ -293,15 +293,13 @@ async fn open_database(
     backend: &Arc<Backend>,
 ) -> Result<Database, ServerError> {
     let js = async_nats::jetstream::new(client.clone());
-    let kv = crate::store::open_bucket(
-        &js,
-        &BucketSpec {
-            name: config::vault_bucket(&config.name),
-            description: "piggybank sealed key record (wrapped keys only)",
-            history: 1,
-            replicas: config.replicas,
-        },
-    )
+    let kv = Bucket::CreateIfMissing(&BucketSpec {
+        name: config::vault_bucket(&config.name),
+        description: "piggybank sealed key record (wrapped keys only)",
+        history: 1,
+        replicas: config.replicas,
+    })
+    .open(&js)
     .await?;
     let database = Database::new(Arc::clone(backend), kv, configured_transit(config)?);
     if let Some(record) = database.record().await? {
@@ -316,8 +314,8 @@ async fn open_database(
 pub struct Started {
     pub client: async_nats::Client,
     pub backend: Arc<Backend>,
-    /// Sealed mode only: initialize, unlock, lock, status.
-    pub database: Option<Arc<Database>>,
+    /// `{prefix}.database.*`: the seal (sealed mode), and `status` in either mode.
+    pub database: Arc<Database>,
 }
 
 /// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup time.
@@ -340,12 +338,14 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         true => {
             let database = Arc::new(open_database(&client, config, &backend).await?);
             database.watch().await?;
-            Some(database)
+            database
         }
-        false => None,
+        false => Arc::new(Database::keyed(Arc::clone(&backend))),
     };
     tracing::info!(
         backend = %config.name,
+        mode = %database.mode(),
+        instance_id = %database.instance_id(),
         server_xkey = %backend.transit_public().unwrap_or_default(),
         sealed = backend.is_sealed(),
         secrets = backend.secrets().len(),
@@ -404,21 +404,13 @@ pub async fn serve(
         )
         .await
     };
-    let database = async {
-        match &started.database {
-            Some(database) => {
-                crate::piggybank_api::database::serve(
-                    started.client.clone(),
-                    Arc::clone(database),
-                    config.database_prefix(),
-                    &queue_group,
-                    shutdown.clone(),
-                )
-                .await
-            }
-            None => Ok(()),
-        }
-    };
+    let database = crate::piggybank_api::database::serve(
+        started.client.clone(),
+        Arc::clone(&started.database),
+        config.database_prefix(),
+        &queue_group,
+        shutdown.clone(),
+    );
     let (secrets, api, database) = tokio::join!(secrets, api, database);
     secrets?;
     api?;

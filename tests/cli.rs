@@ -273,3 +273,95 @@ impl NatsServerAddr {
         )
     }
 }
+
+/// The streams of the test server, by name.
+async fn stream_names(nats: &NatsServer) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn client_commands_never_create_infrastructure_and_name_what_is_missing() {
+    let (nats, keys, _backend) = setup();
+    ready(&nats).await;
+    let enc = [("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())];
+    let (ok, _, err) = cli(&nats, &["put", "x", "--string", "1"], None, &[]);
+    assert!(ok, "{err}");
+    let before = stream_names(&nats).await;
+
+    // Commands that open a bucket themselves.
+    for args in [
+        &["rekey", "-b", "TYPO"][..],
+        &["get", "x", "-b", "TYPO"][..],
+    ] {
+        let (ok, _, err) = cli(&nats, args, None, &enc);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.contains("\"TYPO\"") && err.contains("does not exist"),
+            "{args:?}: {err}"
+        );
+    }
+    // Commands that ask a backend: a name nobody serves fails at once and names the subject.
+    for args in [
+        &["put", "x", "-n", "typo", "--string", "1"][..],
+        &["list", "-n", "typo"][..],
+        &["delete", "x", "-n", "typo"][..],
+        &["mappings", "MAAAA", "-n", "typo"][..],
+    ] {
+        let started = std::time::Instant::now();
+        let (ok, _, err) = cli(&nats, args, None, &[]);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.contains("no piggybank backend answers on wasmcloud.secrets.v1alpha1.typo."),
+            "{args:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{args:?} waited for a timeout"
+        );
+    }
+    assert_eq!(stream_names(&nats).await, before, "no bucket was created");
+}
+
+#[tokio::test]
+async fn get_to_a_file_leaves_it_mode_0600_whatever_was_there() {
+    use std::os::unix::fs::PermissionsExt;
+    let (nats, keys, _backend) = setup();
+    ready(&nats).await;
+    let enc = [("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())];
+    let (ok, _, err) = cli(&nats, &["put", "f", "--string", SECRET], None, &[]);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::write(&out, b"an older, longer, world-readable file").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = cli(
+        &nats,
+        &["get", "f", "-o", out.to_str().unwrap()],
+        None,
+        &enc,
+    );
+    assert!(ok, "{err}");
+    assert_private_file(&out);
+    assert_eq!(std::fs::read(&out).unwrap(), SECRET.as_bytes());
+    // A new file too; and a directory is refused.
+    let fresh = dir.path().join("fresh");
+    let (ok, _, err) = cli(
+        &nats,
+        &["get", "f", "-o", fresh.to_str().unwrap()],
+        None,
+        &enc,
+    );
+    assert!(ok, "{err}");
+    assert_private_file(&fresh);
+    let (ok, _, err) = cli(
+        &nats,
+        &["get", "f", "-o", dir.path().to_str().unwrap()],
+        None,
+        &enc,
+    );
+    assert!(!ok && err.contains("directory"), "{err}");
+}

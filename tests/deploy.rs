@@ -287,7 +287,7 @@ fn admin_component_is_a_component_importing_the_admin_interface() {
         }
     }
     assert!(
-        imports.iter().any(|i| i == "piggybank:secrets/admin@0.1.0"),
+        imports.iter().any(|i| i == "piggybank:secrets/admin@0.2.0"),
         "imports: {imports:?}"
     );
     assert!(

@@ -141,7 +141,7 @@ async fn bad_requests_get_a_status_and_a_json_error() {
     for (method, extra, body, status) in [
         ("put", vec![], b"x".to_vec(), 400),
         ("post", vec![("kind", "weird")], b"x".to_vec(), 400),
-        ("post", vec![], vec![0xff, 0xfe], 400),
+        ("post", vec![("kind", "string")], vec![0xff, 0xfe], 400),
         ("get", vec![], vec![], 404),
     ] {
         let (got, body) = call(&billing, "piggybank.billing.x", method, &extra, &body)
@@ -151,8 +151,8 @@ async fn bad_requests_get_a_status_and_a_json_error() {
         let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(error["error"].is_string(), "{error}");
     }
-    // Binary values need the header, and come back byte for byte.
-    let bytes = [0u8, 0xff, 0x10];
+    // `kind: binary` stores even UTF-8 payloads as bytes, and they come back byte for byte.
+    let bytes = *b"plain text stored as bytes";
     let (status, _) = call(
         &billing,
         "piggybank.billing.blob",
@@ -249,4 +249,74 @@ async fn piggybank_run_serves_the_api_with_a_user_and_password() {
         .await
         .unwrap();
     assert_eq!((status, value.as_slice()), (200, b"v".as_slice()));
+}
+
+/// Random bytes (xorshift seeded from the clock), with one byte that is never UTF-8.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut out: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    out[len / 2] = 0xff;
+    out
+}
+
+#[tokio::test]
+async fn a_post_of_raw_bytes_with_only_a_method_is_stored_byte_exact_and_served_as_binary() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let _backend = backend_on(&nats, &keys).await;
+    let billing = app(&nats, "billing").await;
+    let value = random_bytes(4096);
+    assert!(std::str::from_utf8(&value).is_err());
+
+    // What Piggy Bank's own clients send: the value, and the method header, nothing else.
+    let (status, body) = call(&billing, "piggybank.billing.cert", "post", &[], &value)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, got) = call(&billing, "piggybank.billing.cert", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(got == value, "the bytes came back changed");
+
+    // The same secret, to a mapped component, through the wasmCloud protocol.
+    let backend_user = async_nats::ConnectOptions::with_user_and_password(
+        "piggybank".into(),
+        "piggybank-test".into(),
+    )
+    .connect(nats.url())
+    .await
+    .unwrap();
+    let admin = piggybank::client::AdminClient::new(
+        backend_user.clone(),
+        "wasmcloud.secrets",
+        "v1alpha1",
+        "nats-kv",
+    );
+    let (jwt, entity) = Issuer::new().component();
+    admin
+        .add_mapping(&entity, &names(&["billing/cert"]))
+        .await
+        .unwrap();
+    let listed = admin.list_secrets("billing/cert").await.unwrap();
+    assert_eq!(serde_json::to_value(listed[0].kind).unwrap(), "binary");
+    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", backend_user)
+        .await
+        .unwrap();
+    let secret = host_get(&host, request("billing/cert", &jwt))
+        .await
+        .unwrap();
+    assert_eq!(secret.string_secret, None);
+    assert!(secret.binary_secret.as_deref() == Some(value.as_slice()));
 }

@@ -311,13 +311,14 @@ async fn every_admin_function_works_for_a_linked_component() {
         .unwrap();
     assert_eq!((info.version, info.kind), (v2, SecretKind::Text));
     assert!(info.created_at.is_some());
-    let listed = admin::list_secrets(&wrpc, ops(), "db/")
+    let listed = admin::list_secrets(&wrpc, ops(), "db/", None, None)
         .await
         .unwrap()
         .unwrap();
-    let names: Vec<_> = listed.iter().map(|i| i.name.as_str()).collect();
+    let names: Vec<_> = listed.secrets.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["db/cert", "db/password"]);
-    assert_eq!(listed[0].kind, SecretKind::Bytes);
+    assert_eq!(listed.secrets[0].kind, SecretKind::Bytes);
+    assert_eq!(listed.next, None);
 
     let entity = component_key();
     let mapped = admin::add_mapping(&wrpc, ops(), &entity, &["db/password", "db/cert"])
@@ -331,10 +332,11 @@ async fn every_admin_function_works_for_a_linked_component() {
         .unwrap();
     assert_eq!(left, ["db/password"]);
     assert_eq!(
-        admin::list_mappings(&wrpc, ops(), &entity)
+        admin::list_mappings(&wrpc, ops(), &entity, None, None)
             .await
             .unwrap()
-            .unwrap(),
+            .unwrap()
+            .names,
         ["db/password"]
     );
 
@@ -413,7 +415,7 @@ async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
     let client = nats.client().await;
     let wrpc = provider.wrpc(&client).await;
 
-    let unlinked = admin::list_secrets(&wrpc, caller("stranger"), "")
+    let unlinked = admin::list_secrets(&wrpc, caller("stranger"), "", None, None)
         .await
         .unwrap();
     assert!(
@@ -460,7 +462,7 @@ async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
             .await
             .unwrap()
             .map(drop),
-        admin::list_secrets(&wrpc, shop(), "bank/")
+        admin::list_secrets(&wrpc, shop(), "bank/", None, None)
             .await
             .unwrap()
             .map(drop),
@@ -476,12 +478,15 @@ async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
     for result in outside {
         assert!(matches!(result, Err(Error::Unauthorized(_))), "{result:?}");
     }
-    let seen = admin::list_secrets(&wrpc, shop(), "")
+    let seen = admin::list_secrets(&wrpc, shop(), "", None, None)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        seen.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        seen.secrets
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>(),
         ["shop/db"]
     );
     admin::add_mapping(&wrpc, shop(), &entity, &["shop/db"])
@@ -492,10 +497,11 @@ async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
         .await
         .unwrap()
         .unwrap();
-    let visible = admin::list_mappings(&wrpc, shop(), &entity)
+    let visible = admin::list_mappings(&wrpc, shop(), &entity, None, None)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .names;
     assert_eq!(visible, ["shop/db"], "a scope hides mappings outside it");
 
     // The read-only link reads within its scope and writes nothing.
@@ -531,10 +537,11 @@ async fn unlinked_anonymous_and_out_of_scope_calls_are_refused() {
             .unwrap();
         assert_eq!(info.version, versions[name], "{name} was changed");
     }
-    let mapped = admin::list_mappings(&wrpc, caller("ops"), &entity)
+    let mapped = admin::list_mappings(&wrpc, caller("ops"), &entity, None, None)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .names;
     assert_eq!(mapped, ["bank/db", "shop/db"]);
 }
 
@@ -670,7 +677,9 @@ async fn bad_arguments_get_the_typed_error_and_the_provider_keeps_serving() {
             matches!(add, Err(Error::InvalidArgument(_))),
             "{entity:?}: {add:?}"
         );
-        let list = admin::list_mappings(&wrpc, ops(), entity).await.unwrap();
+        let list = admin::list_mappings(&wrpc, ops(), entity, None, None)
+            .await
+            .unwrap();
         assert!(
             matches!(list, Err(Error::InvalidArgument(_))),
             "{entity:?}: {list:?}"
@@ -694,7 +703,7 @@ async fn bad_arguments_get_the_typed_error_and_the_provider_keeps_serving() {
     client
         .publish(
             format!(
-                "{}.{}.wrpc.0.0.1.piggybank:secrets/admin@0.1.0.status",
+                "{}.{}.wrpc.0.0.1.piggybank:secrets/admin@0.2.0.status",
                 provider.lattice, provider.provider_id
             ),
             vec![0xff; 64].into(),
@@ -933,4 +942,134 @@ async fn insecure_config_keys_start_with_a_warning() {
     let logs = provider.stderr();
     assert!(logs.contains("insecure_config_keys = true"), "{logs}");
     assert!(!logs.contains(keys.transit.as_str()) && !logs.contains(keys.encryption.as_str()));
+}
+
+#[tokio::test]
+async fn list_secrets_and_list_mappings_page_with_a_cursor_within_the_scope() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    provider
+        .put_link(&client, &provider.link("shop", &[("prefix", "shop/")]))
+        .await;
+    let wrpc = provider.wrpc(&client).await;
+    let shop_names: Vec<String> = (0..7).map(|i| format!("shop/s{i}")).collect();
+    let mut all = shop_names.clone();
+    all.extend(["bank/a".to_string(), "shop0".to_string(), "zz".to_string()]);
+    for name in &all {
+        admin::put_secret(&wrpc, caller("ops"), name, &text_value("v"), None)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    // Pages of 3 through the shop link's scope: shop/ names only, each page resuming
+    // strictly after the previous page's `next`.
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = admin::list_secrets(&wrpc, caller("shop"), "", after.as_deref(), Some(3))
+            .await
+            .unwrap()
+            .unwrap();
+        let names: Vec<String> = page.secrets.into_iter().map(|i| i.name).collect();
+        if let Some(next) = &page.next {
+            assert_eq!(
+                Some(next),
+                names.last(),
+                "the cursor is the page's last name"
+            );
+        }
+        pages.push(names);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        [&shop_names[0..3], &shop_names[3..6], &shop_names[6..]],
+        "three pages, in name order"
+    );
+    // The unscoped link sees everything; the default limit holds all ten.
+    let everything = admin::list_secrets(&wrpc, caller("ops"), "", None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(everything.secrets.len(), all.len());
+    assert_eq!(everything.next, None);
+    let zero = admin::list_secrets(&wrpc, caller("ops"), "", None, Some(0))
+        .await
+        .unwrap();
+    assert!(matches!(zero, Err(Error::InvalidArgument(_))), "{zero:?}");
+
+    let entity = component_key();
+    let mapped: Vec<&str> = all.iter().map(String::as_str).collect();
+    admin::add_mapping(&wrpc, caller("ops"), &entity, &mapped)
+        .await
+        .unwrap()
+        .unwrap();
+    let first = admin::list_mappings(&wrpc, caller("shop"), &entity, None, Some(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.names, shop_names[..4]);
+    assert_eq!(first.next.as_deref(), Some(shop_names[3].as_str()));
+    let rest = admin::list_mappings(
+        &wrpc,
+        caller("shop"),
+        &entity,
+        first.next.as_deref(),
+        Some(4),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((rest.names, rest.next), (shop_names[4..].to_vec(), None));
+    let zero = admin::list_mappings(&wrpc, caller("ops"), &entity, None, Some(0))
+        .await
+        .unwrap();
+    assert!(matches!(zero, Err(Error::InvalidArgument(_))), "{zero:?}");
+}
+
+/// wrpc-transport-nats writes a result as a stream of messages of at most the max payload
+/// each, so a WIT result larger than one NATS message is not lost (unlike a plain reply).
+#[tokio::test]
+async fn wrpc_results_larger_than_the_max_payload_arrive_whole() {
+    let nats = nats_with_max_payload(16 * 1024);
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("apps/team-{:02}/service-{i:05}/db-password", i % 50))
+        .collect();
+    let secrets = names.iter().map(|n| (n.clone(), text("v"))).collect();
+    seed_secrets(&nats, &keys, secrets, 64).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let page = admin::list_secrets(&wrpc, caller("ops"), "", None, Some(2000))
+            .await
+            .unwrap()
+            .unwrap();
+        if page.secrets.len() == names.len() {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the provider never listed them all"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Each entry is well over 54 bytes (a 40-byte name, two times, a key id): the result
+    // is several times the 16 KiB max payload.
+    let mut sorted = names.clone();
+    sorted.sort();
+    let listed: Vec<String> = page.secrets.into_iter().map(|i| i.name).collect();
+    assert_eq!(listed, sorted);
+    assert_eq!(page.next, None);
 }

@@ -374,7 +374,7 @@ async fn cli_initializes_unlocks_locks_and_reports_status() {
             .unwrap()
         }
     };
-    let (ok, out, err) = run(&["init"], None, vec![]).await;
+    let (ok, out, err) = run(&["init", "--json"], None, vec![]).await;
     assert!(ok, "{err}");
     let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
         .as_str()
@@ -384,7 +384,9 @@ async fn cli_initializes_unlocks_locks_and_reports_status() {
     let (ok, _, err) = run(&["init"], None, vec![]).await;
     assert!(!ok && err.contains("database already initialized"), "{err}");
 
-    let (_, out, _) = run(&["status"], None, vec![]).await;
+    // `status` exits 2 while sealed, 0 once unlocked (as `vault status`).
+    let (ok, out, _) = run(&["status", "--json"], None, vec![]).await;
+    assert!(!ok);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["sealed"], true);
     // The key from stdin (never argv).
     let (ok, out, err) = run(&["unlock"], Some(format!("{key}\n").into_bytes()), vec![]).await;
@@ -393,7 +395,8 @@ async fn cli_initializes_unlocks_locks_and_reports_status() {
         !out.contains(&key) && !err.contains(&key),
         "the key was echoed"
     );
-    let (_, out, _) = run(&["status"], None, vec![]).await;
+    let (ok, out, _) = run(&["status", "--json"], None, vec![]).await;
+    assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["sealed"],
         false

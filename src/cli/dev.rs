@@ -1,7 +1,8 @@
 //! `piggybank dev`: a local NATS server and the backend, in one command.
 //!
-//! Keys are generated on first run and kept in `{dir}/keys.env` (mode 0600), so a second run
-//! reuses the data and the keys; they are never printed. `nats-server` runs in its own
+//! Keys are generated on first run and kept in `{dir}/keys.env` (mode 0600) beside the NATS
+//! address of the run, so a shell that sources it is ready; a second run reuses the data and
+//! the keys. Seeds are never printed. `nats-server` runs in its own
 //! process group with its data under `{dir}/jetstream`, and is stopped after the backend has
 //! drained, on Ctrl-C or SIGTERM.
 
@@ -34,9 +35,10 @@ struct Keys {
     encryption: Zeroizing<String>,
 }
 
-/// Load `keys.env`, or create it with fresh keys.
-fn load_or_create_keys(path: &Path) -> anyhow::Result<Keys> {
-    if path.exists() {
+/// Load the keys from `keys.env`, or make fresh ones; then (re)write the file with them and
+/// the NATS address of this run, so that sourcing it is all a shell needs.
+fn load_or_create_keys(path: &Path, nats_address: &str) -> anyhow::Result<Keys> {
+    let keys = if path.exists() {
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?,
@@ -47,22 +49,26 @@ fn load_or_create_keys(path: &Path) -> anyhow::Result<Keys> {
                 .map(|v| Zeroizing::new(v.trim().to_string()))
                 .with_context(|| format!("{} has no {name}", path.display()))
         };
-        return Ok(Keys {
+        Keys {
             transit: find(env::TRANSIT_XKEY_SEED)?,
             encryption: find(env::ENCRYPTION_XKEY_SEED)?,
-        });
-    }
-    let keys = Keys {
-        transit: generate_seed(),
-        encryption: generate_seed(),
+        }
+    } else {
+        Keys {
+            transit: generate_seed(),
+            encryption: generate_seed(),
+        }
     };
     let body = Zeroizing::new(format!(
-        "# piggybank dev keys: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.\n\
-         {}={}\n{}={}\n",
+        "# piggybank dev: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.\n\
+         # Load it with: set -a; . {path}; set +a\n\
+         {}={}\n{}={}\n{}={nats_address}\n",
         env::TRANSIT_XKEY_SEED,
         keys.transit.as_str(),
         env::ENCRYPTION_XKEY_SEED,
-        keys.encryption.as_str()
+        keys.encryption.as_str(),
+        env::NATS_ADDRESS,
+        path = path.display(),
     ));
     super::write_private(path, body.as_bytes())?;
     Ok(keys)
@@ -97,7 +103,8 @@ async fn wait_for_port(port: u16, child: &mut tokio::process::Child) -> anyhow::
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     create_private_dir(&args.dir)?;
     let keys_path = args.dir.join("keys.env");
-    let keys = load_or_create_keys(&keys_path)?;
+    let address = format!("127.0.0.1:{}", args.nats_port);
+    let keys = load_or_create_keys(&keys_path, &address)?;
     let log_path = args.dir.join("nats-server.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -117,18 +124,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })?;
     wait_for_port(args.nats_port, &mut nats).await?;
 
-    let address = format!("127.0.0.1:{}", args.nats_port);
     let mut config = RunConfig::new(keys.encryption, keys.transit);
     config.nats_address = address.clone();
     config.piggybank_prefix = Some(crate::piggybank_api::DEFAULT_PREFIX.to_string());
     // Dev trusts any issuer; the warning in the log says how to change that.
+    // The directory of this very binary, so the hint works however it was built.
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .map_or_else(|| "target/debug".to_string(), |d| d.display().to_string());
     println!(
         "piggybank dev: NATS on {address} (data in {dir}), keys in {keys}\n\n\
          Try it, in another shell:\n  \
-           set -a; . {keys}; set +a; export NATS_ADDRESS={address}\n  \
+           export PATH=\"{bin_dir}:$PATH\"\n  \
+           set -a; . {keys}; set +a\n  \
            echo -n 's3cr3t' | piggybank put db_password\n  \
-           piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n  \
-           piggybank list\n\n\
+           piggybank list\n  \
+           piggybank get db_password\n  \
+           piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n\n\
          Hosts: wasmcloud --secrets-topic wasmcloud.secrets (backend name: nats-kv). Ctrl-C stops both.\n",
         dir = args.dir.display(),
         keys = keys_path.display(),

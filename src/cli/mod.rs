@@ -2,7 +2,11 @@
 //! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
 
 pub mod bench;
+mod database;
 mod dev;
+mod files;
+
+pub(crate) use files::write_private;
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Read, Write};
@@ -59,15 +63,15 @@ pub enum Command {
     /// Show the secrets an entity may read
     Mappings(EntityArgs),
     /// Initialize a sealed store: prints its key (or shares) once
-    Init(InitArgs),
+    Init(database::InitArgs),
     /// Unlock a sealed store with its key, or one share (read from stdin or the env)
-    Unlock(DatabaseArgs),
+    Unlock(database::DatabaseArgs),
     /// Lock the store: every instance forgets its keys
-    Lock(DatabaseArgs),
-    /// Show whether the store is initialized and sealed
-    Status(DatabaseArgs),
+    Lock(database::DatabaseArgs),
+    /// Every instance's mode, seal, counts and version; exit 0 unsealed, 2 sealed, 1 error
+    Status(database::DatabaseArgs),
     /// Add a new data key to a sealed-mode store and re-seal every value with it, online
-    Rotate(DatabaseArgs),
+    Rotate(database::DatabaseArgs),
     /// Re-seal every secret with the current data key (after a key change)
     Rekey(RekeyArgs),
     /// Measure host-style gets against the protocol's limits (starts its own NATS and backend)
@@ -256,89 +260,6 @@ pub struct GetArgs {
 }
 
 #[derive(Args)]
-pub struct DatabaseArgs {
-    /// Prefix of the database operations (the backend's --piggybank-prefix)
-    #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
-    pub piggybank_prefix: String,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
-#[derive(Args)]
-pub struct InitArgs {
-    /// Split the key into this many Shamir shares (with --threshold)
-    #[arg(long, requires = "threshold")]
-    pub shares: Option<u8>,
-    /// Shares needed to unlock
-    #[arg(long, requires = "shares")]
-    pub threshold: Option<u8>,
-    #[command(flatten)]
-    pub db: DatabaseArgs,
-}
-
-/// The unlock request: the key from PIGGYBANK_DATABASE_KEY, a share from PIGGYBANK_SHARE,
-/// or else one line of stdin, which is taken as the key when it is 44 characters (a 32-byte
-/// key in base64) and as a share otherwise. Never from argv.
-fn unlock_body() -> anyhow::Result<Zeroizing<String>> {
-    let (field, value) = if let Ok(key) = std::env::var(env::PIGGYBANK_DATABASE_KEY) {
-        ("database_key", Zeroizing::new(key))
-    } else if let Ok(share) = std::env::var(env::PIGGYBANK_SHARE) {
-        ("share", Zeroizing::new(share))
-    } else {
-        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            eprint!("database key or share: ");
-        }
-        let mut line = Zeroizing::new(String::new());
-        std::io::stdin().read_line(&mut line)?;
-        let value = Zeroizing::new(line.trim().to_string());
-        let field = if value.len() == 44 {
-            "database_key"
-        } else {
-            "share"
-        };
-        (field, value)
-    };
-    if value.trim().is_empty() {
-        bail!(
-            "no key or share given (stdin, {} or {})",
-            env::PIGGYBANK_DATABASE_KEY,
-            env::PIGGYBANK_SHARE
-        );
-    }
-    Ok(Zeroizing::new(
-        serde_json::json!({ field: value.trim() }).to_string(),
-    ))
-}
-
-/// One database operation; the reply's JSON on 200, its error otherwise.
-async fn database_request(
-    args: &DatabaseArgs,
-    op: &str,
-    body: Vec<u8>,
-) -> anyhow::Result<serde_json::Value> {
-    let nats = args.conn.connect("piggybank cli").await?;
-    let subject = format!("{}.database.{op}", args.piggybank_prefix);
-    let reply = nats
-        .request(subject.clone(), body.into())
-        .await
-        .with_context(|| format!("no answer on {subject} (is a sealed-mode backend running?)"))?;
-    let status = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(crate::piggybank_api::headers::STATUS))
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
-    if status != "200" {
-        bail!(
-            "{op} refused ({status}): {}",
-            value["error"].as_str().unwrap_or("no reason given")
-        );
-    }
-    Ok(value)
-}
-
-#[derive(Args)]
 pub struct RekeyArgs {
     /// The data key to re-seal with (the backend's new ENCRYPTION_XKEY_SEED)
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
@@ -388,13 +309,16 @@ pub struct MappingArgs {
 pub struct EntityArgs {
     /// The public key of the component (M...) or provider (V...)
     pub public_key: String,
+    /// Print one JSON array of names instead of one name per line
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub target: Target,
 }
 
-/// Run one command.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Run one command; returns its exit code (`status` has codes besides 0, as `vault status`).
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let done: anyhow::Result<()> = match cli.command {
         Command::Run(args) => {
             let config = args.into_config();
             server::run(config, shutdown_signal()).await?;
@@ -403,42 +327,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Rekey(args) => rekey(args).await,
-        Command::Init(args) => {
-            let mut body = serde_json::Map::new();
-            if let Some(n) = args.shares {
-                body.insert("shares".into(), n.into());
-            }
-            if let Some(k) = args.threshold {
-                body.insert("threshold".into(), k.into());
-            }
-            let body = serde_json::Value::Object(body).to_string();
-            let reply = database_request(&args.db, "initialize", body.into_bytes()).await?;
-            println!("{reply:#}");
-            eprintln!(
-                "Keep the key (or the shares, apart) somewhere safe: it is shown only once, \
-                 and without it nothing in the store can be read. The store stays sealed \
-                 until `piggybank unlock`."
-            );
-            Ok(())
-        }
-        Command::Unlock(args) => {
-            let body = unlock_body()?;
-            let reply = database_request(&args, "unlock", body.as_bytes().to_vec()).await?;
-            println!("{reply}");
-            Ok(())
-        }
-        Command::Lock(args) => {
-            println!("{}", database_request(&args, "lock", Vec::new()).await?);
-            Ok(())
-        }
-        Command::Rotate(args) => {
-            println!("{:#}", database_request(&args, "rotate", Vec::new()).await?);
-            Ok(())
-        }
-        Command::Status(args) => {
-            println!("{:#}", database_request(&args, "status", Vec::new()).await?);
-            Ok(())
-        }
+        Command::Init(args) => database::init(args).await,
+        Command::Unlock(args) => database::unlock(args).await,
+        Command::Lock(args) => database::lock(args).await,
+        Command::Rotate(args) => database::rotate(args).await,
+        Command::Status(args) => return database::status(args).await,
         Command::Put(args) => put(args).await,
         Command::Get(args) => get(args).await,
         Command::Delete(args) => {
@@ -478,12 +371,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .get_mappings(&args.public_key)
                 .await?;
-            for name in names {
-                println!("{name}");
+            if args.json {
+                println!("{}", serde_json::to_string(&names)?);
+            } else {
+                for name in names {
+                    println!("{name}");
+                }
             }
             Ok(())
         }
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -587,12 +485,7 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     let nats = args.conn.connect("piggybank rekey").await?;
     let store = crate::store::SecretStore::open(
         &nats,
-        &crate::store::BucketSpec {
-            name: args.secrets_bucket.clone(),
-            description: "piggybank secrets (sealed values)",
-            history: i64::from(config::DEFAULT_MAX_SECRET_HISTORY),
-            replicas: 1,
-        },
+        crate::store::Bucket::Existing(&args.secrets_bucket),
     )
     .await?;
     let started = std::time::Instant::now();
@@ -652,19 +545,6 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()?;
-    Ok(())
-}
-
-/// Write a file readable only by its owner.
-pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(bytes)?;
     Ok(())
 }
 

@@ -1,9 +1,15 @@
-//! `{prefix}.database.<op>`: initialize, unlock, lock and status of a sealed store.
+//! `{prefix}.database.<op>`: initialize, unlock, lock, status and rotate of a sealed store,
+//! and `status` of every store.
 //!
 //! Every instance of a backend subscribes to `unlock`, `lock` and `status` without a queue
 //! group, so an unlock share or a lock reaches all of them (each replies; a requester reads
-//! the first reply). `initialize` is answered by one instance (queue group); the record is
-//! created with KV `create`, so two initializations cannot both win.
+//! the first reply, or gathers them all for `status`). `initialize` and `rotate` are answered
+//! by one instance (queue group); the record is created with KV `create`, so two
+//! initializations cannot both win.
+//!
+//! A backend run with `ENCRYPTION_XKEY_SEED` ("keyed" mode) has no seal: it answers `status`
+//! like a sealed-mode one (so one command reports on any backend) and refuses the other
+//! operations with 409, rather than leaving the requester to time out.
 //!
 //! Replies carry `Status` and a JSON body; errors are `{"error": "..."}`. A failed request
 //! changes nothing, except that shares which do not unlock the store are all discarded.
@@ -12,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::backend::Backend;
@@ -46,6 +52,8 @@ enum OpError {
     Conflict,
     #[error("{0}")]
     BadRequest(String),
+    #[error("this backend runs with ENCRYPTION_XKEY_SEED: it has no seal (to change its data key, see `piggybank rekey`)")]
+    NoSeal,
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error("{0}")]
@@ -55,7 +63,10 @@ enum OpError {
 impl OpError {
     fn status(&self) -> u16 {
         match self {
-            OpError::AlreadyInitialized | OpError::AlreadyUnlocked | OpError::Conflict => 409,
+            OpError::AlreadyInitialized
+            | OpError::AlreadyUnlocked
+            | OpError::Conflict
+            | OpError::NoSeal => 409,
             OpError::NotInitialized | OpError::Sealed => 423,
             OpError::Vault(VaultError::WrongKey | VaultError::WrongShares) => 403,
             OpError::Vault(VaultError::Corrupt(_)) | OpError::Store(_) => 500,
@@ -79,10 +90,73 @@ struct UnlockRequest {
     share: Option<String>,
 }
 
+/// How a backend holds its data key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Run with `ENCRYPTION_XKEY_SEED`: the key is configured; there is no seal.
+    Keyed,
+    /// Run without it: the keys are in the record, wrapped by a master key that `unlock`
+    /// gives. The default when reading a `status` reply of a backend from before `mode`
+    /// was reported: those answered `status` in sealed mode only.
+    #[default]
+    Sealed,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Keyed => "keyed",
+            Mode::Sealed => "sealed",
+        })
+    }
+}
+
+/// One instance's `status` reply. The CLI reads it too: fields that older backends did not
+/// send are `Option`s, absent when missing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    #[serde(default)]
+    pub mode: Mode,
+    /// The backend's crate version.
+    pub version: Option<String>,
+    /// Random, per process: tells the instances that answered apart.
+    pub instance_id: String,
+    /// Keyed mode: always (its key is configured).
+    pub initialized: bool,
+    pub sealed: bool,
+    /// Shares given so far towards `threshold` (sealed mode, split store).
+    pub progress: usize,
+    pub threshold: Option<u8>,
+    pub shares: Option<u8>,
+    /// How many data keys the record holds (sealed mode; rotations + 1). `None` in keyed mode.
+    pub key_version: Option<usize>,
+    /// The current data key's id.
+    pub key_id: Option<String>,
+    pub server_xkey: Option<String>,
+    /// Secrets in the store (this instance's mirror).
+    pub secrets: Option<usize>,
+    /// Entities with a mapping.
+    pub mapped_entities: Option<usize>,
+    /// Sealed mode: the background re-encryption after a rotation.
+    pub reencryption: Option<Reencryption>,
+}
+
+/// Progress of the re-encryption after a rotation.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reencryption {
+    pub running: bool,
+    pub done: usize,
+    pub total: usize,
+    pub resealed: usize,
+    pub failed: usize,
+}
+
 /// The seal of one instance: its backend, the record's bucket, and unlock progress.
 pub struct Database {
     backend: Arc<Backend>,
-    kv: kv::Store,
+    /// The record's bucket; `None` in keyed mode, which has no seal.
+    kv: Option<kv::Store>,
     /// The transit key was configured (TRANSIT_XKEY_SEED): `lock` keeps it.
     configured_transit: Option<crate::keys::TransitKey>,
     instance_id: String,
@@ -104,6 +178,7 @@ struct Progress {
 }
 
 impl Database {
+    /// Sealed mode: the seal kept in `kv`.
     pub fn new(
         backend: Arc<Backend>,
         kv: kv::Store,
@@ -111,23 +186,52 @@ impl Database {
     ) -> Self {
         Self {
             backend,
-            kv,
+            kv: Some(kv),
             configured_transit,
-            instance_id: nkeys::KeyPair::new_server().public_key()[..12].to_string(),
+            instance_id: new_instance_id(),
             shares: Mutex::default(),
             master: Mutex::default(),
             reencryption: Arc::default(),
         }
     }
 
+    /// Keyed mode: no seal; only `status` is served.
+    pub fn keyed(backend: Arc<Backend>) -> Self {
+        Self {
+            backend,
+            kv: None,
+            configured_transit: None,
+            instance_id: new_instance_id(),
+            shares: Mutex::default(),
+            master: Mutex::default(),
+            reencryption: Arc::default(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.kv {
+            Some(_) => Mode::Sealed,
+            None => Mode::Keyed,
+        }
+    }
+
+    /// The id `status` reports for this instance.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn kv(&self) -> Result<&kv::Store, OpError> {
+        self.kv.as_ref().ok_or(OpError::NoSeal)
+    }
+
     /// Follow the record: when another instance rotates, load the new key (if unlocked).
+    /// Keyed mode has no record: nothing to follow.
     pub async fn watch(self: &Arc<Self>) -> Result<(), StoreError> {
         use futures::StreamExt as _;
-        let mut updates = self
-            .kv
-            .watch(RECORD_KEY)
-            .await
-            .map_err(StoreError::upstream)?;
+        let Some(kv) = &self.kv else {
+            return Ok(());
+        };
+        let mut updates = kv.watch(RECORD_KEY).await.map_err(StoreError::upstream)?;
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(Ok(_)) = updates.next().await {
@@ -217,14 +321,12 @@ impl Database {
         });
     }
 
-    /// Read the record, if the store is initialized.
+    /// Read the record, if the store is initialized (never, in keyed mode).
     pub async fn record(&self) -> Result<Option<VaultRecord>, StoreError> {
-        let Some(bytes) = self
-            .kv
-            .get(RECORD_KEY)
-            .await
-            .map_err(StoreError::upstream)?
-        else {
+        let Some(kv) = &self.kv else {
+            return Ok(None);
+        };
+        let Some(bytes) = kv.get(RECORD_KEY).await.map_err(StoreError::upstream)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -235,13 +337,14 @@ impl Database {
             })
     }
 
-    /// Answer `op` (the last subject token).
+    /// Answer `op` (the last subject token). Keyed mode answers `status` only.
     pub async fn handle(self: &Arc<Self>, op: &str, payload: &[u8]) -> Reply {
         let result = match op {
+            "status" => self.status().await,
+            _ if self.mode() == Mode::Keyed && OPS.contains(&op) => Err(OpError::NoSeal),
             "initialize" => self.initialize(payload).await,
             "unlock" => self.unlock(payload).await,
             "lock" => Ok(self.lock()),
-            "status" => self.status().await,
             "rotate" => self.rotate().await,
             other => Err(OpError::BadRequest(format!(
                 "unknown operation {other:?}: use initialize, unlock, lock, status or rotate"
@@ -295,7 +398,7 @@ impl Database {
             crate::store::secrets::now_ms(),
         )?;
         let body = serde_json::to_vec(&record).map_err(|e| OpError::Store(e.to_string()))?;
-        self.kv
+        self.kv()?
             .create(RECORD_KEY, body.into())
             .await
             .map_err(|e| match e.kind() {
@@ -389,36 +492,64 @@ impl Database {
     }
 
     async fn status(&self) -> Result<serde_json::Value, OpError> {
+        let report = self.report().await?;
+        serde_json::to_value(report).map_err(|e| OpError::Store(e.to_string()))
+    }
+
+    /// This instance's status: the fields both modes share, then the seal's.
+    async fn report(&self) -> Result<StatusReport, OpError> {
+        let mut report = StatusReport {
+            mode: self.mode(),
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            instance_id: self.instance_id.clone(),
+            initialized: true,
+            sealed: self.backend.is_sealed(),
+            progress: 0,
+            threshold: None,
+            shares: None,
+            key_version: None,
+            key_id: self
+                .backend
+                .keys()
+                .ok()
+                .map(|k| k.current().id().to_string()),
+            server_xkey: self.backend.transit_public(),
+            secrets: Some(self.backend.secrets().len()),
+            mapped_entities: Some(self.backend.mappings().len()),
+            reencryption: None,
+        };
+        if self.mode() == Mode::Keyed {
+            return Ok(report);
+        }
         let record = self
             .record()
             .await
             .map_err(|e| OpError::Store(e.to_string()))?;
-        let progress = self.shares.lock().unwrap_or_else(|p| p.into_inner()).len();
-        Ok(serde_json::json!({
-            "initialized": record.is_some(),
-            "sealed": self.backend.is_sealed(),
-            "progress": progress,
-            "threshold": record.as_ref().and_then(|r| r.split).map(|s| s.threshold),
-            "shares": record.as_ref().and_then(|r| r.split).map(|s| s.shares),
-            "key_version": record.as_ref().map_or(0, |r| r.data_keys.len()),
-            "key_id": record.as_ref().and_then(|r| r.current_key_id()),
-            "server_xkey": self.backend.transit_public(),
-            "instance_id": self.instance_id,
-            "reencryption": {
-                "running": self.reencryption.running.load(Ordering::SeqCst),
-                "done": self.reencryption.done.load(Ordering::SeqCst),
-                "total": self.reencryption.total.load(Ordering::SeqCst),
-                "resealed": self.reencryption.resealed.load(Ordering::SeqCst),
-                "failed": self.reencryption.failed.load(Ordering::SeqCst),
-            },
-        }))
+        let split = record.as_ref().and_then(|r| r.split);
+        report.initialized = record.is_some();
+        report.progress = self.shares.lock().unwrap_or_else(|p| p.into_inner()).len();
+        report.threshold = split.map(|s| s.threshold);
+        report.shares = split.map(|s| s.shares);
+        report.key_version = Some(record.as_ref().map_or(0, |r| r.data_keys.len()));
+        report.key_id = record
+            .as_ref()
+            .and_then(|r| r.current_key_id())
+            .map(str::to_string);
+        report.reencryption = Some(Reencryption {
+            running: self.reencryption.running.load(Ordering::SeqCst),
+            done: self.reencryption.done.load(Ordering::SeqCst),
+            total: self.reencryption.total.load(Ordering::SeqCst),
+            resealed: self.reencryption.resealed.load(Ordering::SeqCst),
+            failed: self.reencryption.failed.load(Ordering::SeqCst),
+        });
+        Ok(report)
     }
 
     /// Add a new data key, current after [`ACTIVATION_DELAY_MS`]; then every value is
     /// re-sealed with it in the background.
     async fn rotate(self: &Arc<Self>) -> Result<serde_json::Value, OpError> {
         let entry = self
-            .kv
+            .kv()?
             .entry(RECORD_KEY)
             .await
             .map_err(|e| OpError::Store(e.to_string()))?
@@ -433,7 +564,7 @@ impl Database {
             vault::rotate(&mut record, master, now, active_from)?
         };
         let body = serde_json::to_vec(&record).map_err(|e| OpError::Store(e.to_string()))?;
-        self.kv
+        self.kv()?
             .update(RECORD_KEY, body.into(), entry.revision)
             .await
             .map_err(|e| match e.kind() {
@@ -450,8 +581,15 @@ impl Database {
     }
 }
 
+/// A random id for this process's instance, as `status` reports it.
+fn new_instance_id() -> String {
+    let key = nkeys::KeyPair::new_server().public_key();
+    key.get(..12).unwrap_or(&key).to_string()
+}
+
 /// Serve `{prefix}.database.<op>` until `shutdown`; then finish what is in flight.
-/// `initialize` on a queue group (one instance answers), the rest to every instance.
+/// `initialize` and `rotate` on a queue group (one instance answers), the rest to every
+/// instance.
 pub async fn serve(
     client: async_nats::Client,
     database: Arc<Database>,

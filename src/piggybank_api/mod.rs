@@ -32,7 +32,8 @@ pub const RESERVED_APPLICATIONS: &[&str] = &["database"];
 pub mod headers {
     /// `get`, `post` or `delete`.
     pub const METHOD: &str = "method";
-    /// On `post`: `string` (the default; the payload must be UTF-8) or `binary`.
+    /// On `post`, optional: `string` (the payload must be UTF-8) or `binary`. Without it, a
+    /// UTF-8 payload is stored as a string and any other payload as binary.
     pub const KIND: &str = "kind";
     /// On every reply: an HTTP-like status code.
     pub const STATUS: &str = "Status";
@@ -162,22 +163,7 @@ async fn respond(
                 .as_ref()
                 .and_then(|h| h.get(headers::KIND))
                 .map(|v| v.as_str().to_ascii_lowercase());
-            let value = match kind.as_deref() {
-                None | Some("string") => {
-                    let text = std::str::from_utf8(&msg.payload).map_err(|_| {
-                        ApiError::BadRequest(
-                            "the payload is not UTF-8; send header `kind: binary`".into(),
-                        )
-                    })?;
-                    SecretValue::String(Zeroizing::new(text.to_string()))
-                }
-                Some("binary") => SecretValue::Binary(Zeroizing::new(msg.payload.to_vec())),
-                Some(other) => {
-                    return Err(ApiError::BadRequest(format!(
-                        "unknown kind {other:?}: use string or binary"
-                    )))
-                }
-            };
+            let value = posted_value(kind.as_deref(), &msg.payload)?;
             let version = backend
                 .put(&request.key, &value, None)
                 .await
@@ -188,6 +174,26 @@ async fn respond(
             backend.delete(&request.key).await.map_err(api_error)?;
             Ok((Vec::new(), 200))
         }
+    }
+}
+
+/// The value a `post` stores: the payload, byte-exact. Without a `kind` header, a UTF-8
+/// payload is a string and any other payload is binary (Piggy Bank's clients send the value
+/// and nothing else); `kind` overrides that, and `kind: string` requires UTF-8.
+fn posted_value(kind: Option<&str>, payload: &[u8]) -> Result<SecretValue, ApiError> {
+    let text = |payload: &[u8]| {
+        std::str::from_utf8(payload).map(|t| SecretValue::String(Zeroizing::new(t.to_string())))
+    };
+    let binary = |payload: &[u8]| SecretValue::Binary(Zeroizing::new(payload.to_vec()));
+    match kind {
+        None => Ok(text(payload).unwrap_or_else(|_| binary(payload))),
+        Some("string") => text(payload).map_err(|_| {
+            ApiError::BadRequest("kind is string but the payload is not UTF-8".into())
+        }),
+        Some("binary") => Ok(binary(payload)),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unknown kind {other:?}: use string or binary"
+        ))),
     }
 }
 
@@ -241,6 +247,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.method, r.key.as_str()), (Method::Post, "shop/token"));
+    }
+
+    #[test]
+    fn a_post_stores_any_payload_and_infers_its_kind_unless_told() {
+        let kind = |v: &SecretValue| matches!(v, SecretValue::Binary(_));
+        let not_utf8 = [0xff, 0x00, 0xfe, b'a'];
+        let v = posted_value(None, &not_utf8).unwrap();
+        assert!(kind(&v) && v.as_bytes() == not_utf8);
+        let v = posted_value(None, "sé".as_bytes()).unwrap();
+        assert!(!kind(&v) && v.as_bytes() == "sé".as_bytes());
+        assert!(kind(&posted_value(Some("binary"), b"text").unwrap()));
+        assert!(!kind(&posted_value(Some("string"), b"text").unwrap()));
+        let err = posted_value(Some("string"), &not_utf8)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert_eq!(
+            posted_value(Some("json"), b"{}")
+                .map(|_| ())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert!(
+            posted_value(None, b"").is_ok(),
+            "an empty value is a valid string"
+        );
     }
 
     #[test]

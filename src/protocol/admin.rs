@@ -4,20 +4,26 @@
 //!
 //! Mutations without a result answer `ok` (as the sample); queries answer JSON; every error
 //! answers [`Reply::admin_error`]. `put_secret` keeps the sample's `PutSecretResponse` shape.
+//! The two listings answer one page at a time, in name order, with a `next` cursor
+//! (`crate::store::secrets::page_names` is the rule), so a page fits in a default-sized NATS
+//! message (the bound is on `crate::store::secrets::PAGE_MAX`).
 
 use std::collections::BTreeSet;
 
 use async_nats::HeaderMap;
+use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use super::get::requester_key;
 use super::reply::Reply;
 use super::wire::{
-    admin_code, put_secret_error, DeleteSecretRequest, ListSecretsRequest, ListSecretsResponse,
-    MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
+    admin_code, put_secret_error, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest,
+    ListSecretsResponse, MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
 };
 use crate::backend::{Backend, BackendError, MappingChange};
 use crate::store::envelope::SecretValue;
+use crate::store::secrets::{page_limit, PageRequest};
+use crate::store::validate_entity;
 
 fn put_error(e: PutSecretError) -> Reply {
     Reply::json(&PutSecretResponse {
@@ -94,20 +100,43 @@ pub async fn delete_secret(backend: &Backend, payload: &[u8]) -> Reply {
     }
 }
 
+/// Parse an optional JSON body: empty (or only whitespace) is the default request.
+fn optional_body<T: DeserializeOwned + Default>(
+    payload: &[u8],
+    expected: &str,
+) -> Result<T, Reply> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(payload)
+        .map_err(|e| Reply::admin_error(400, format!("expected {expected}: {e}")))
+}
+
+fn limit(requested: Option<u64>) -> Result<usize, Reply> {
+    page_limit(requested).map_err(|e| Reply::admin_error(400, e.to_string()))
+}
+
+/// `list_secrets`: one page of metadata, in name order (see [`ListSecretsRequest`]).
 pub fn list_secrets(backend: &Backend, payload: &[u8]) -> Reply {
-    let request = if payload.iter().all(u8::is_ascii_whitespace) {
-        ListSecretsRequest::default()
-    } else {
-        match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                return Reply::admin_error(400, format!("expected {{\"prefix\": TEXT}}: {e}"))
-            }
-        }
-    };
-    Reply::json(&ListSecretsResponse {
-        secrets: backend.list(&request.prefix),
-    })
+    let page = optional_body::<ListSecretsRequest>(
+        payload,
+        r#"{"prefix": TEXT, "limit": N, "after": NAME}, every field optional"#,
+    )
+    .and_then(|request| {
+        let limit = limit(request.limit)?;
+        Ok(backend.secrets().list_page(&PageRequest {
+            prefix: &request.prefix,
+            after: request.after.as_deref(),
+            limit,
+        }))
+    });
+    match page {
+        Ok(page) => Reply::json(&ListSecretsResponse {
+            secrets: page.items,
+            next: page.next,
+        }),
+        Err(reply) => reply,
+    }
 }
 
 /// Parse a mapping body: a JSON array of secret names (the sample sends a set).
@@ -141,12 +170,31 @@ pub async fn update_mapping(
     }
 }
 
-pub fn get_mappings(backend: &Backend, entity: &str) -> Reply {
-    match backend.mappings_of(entity) {
-        Ok(secrets) => Reply::json(&MappingsResponse {
+/// `get_mappings.{entity}`: one page of the names the entity may read (see
+/// [`GetMappingsRequest`]).
+pub fn get_mappings(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
+    let page = optional_body::<GetMappingsRequest>(
+        payload,
+        r#"an empty body or {"prefix": TEXT, "limit": N, "after": NAME}"#,
+    )
+    .and_then(|request| {
+        validate_entity(entity).map_err(|e| backend_error(&e.into()))?;
+        let limit = limit(request.limit)?;
+        Ok(backend.mappings().names_page(
+            entity,
+            &PageRequest {
+                prefix: &request.prefix,
+                after: request.after.as_deref(),
+                limit,
+            },
+        ))
+    });
+    match page {
+        Ok(page) => Reply::json(&MappingsResponse {
             entity: entity.to_string(),
-            secrets,
+            secrets: page.items,
+            next: page.next,
         }),
-        Err(e) => backend_error(&e),
+        Err(reply) => reply,
     }
 }

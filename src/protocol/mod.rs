@@ -64,7 +64,7 @@ pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
         Ok(Operation::RemoveMapping(entity)) => {
             admin::update_mapping(backend, MappingChange::Remove, &entity, payload).await
         }
-        Ok(Operation::GetMappings(entity)) => admin::get_mappings(backend, &entity),
+        Ok(Operation::GetMappings(entity)) => admin::get_mappings(backend, &entity, payload),
         Err(e @ SubjectError::UnknownOperation(_)) => Reply::admin_error(404, e.to_string()),
         Err(e) => Reply::admin_error(400, e.to_string()),
     }

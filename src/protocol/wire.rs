@@ -65,24 +65,63 @@ pub struct DeleteSecretRequest {
     pub key: String,
 }
 
-/// Body of `list_secrets` (optional: an empty body lists everything).
-#[derive(Serialize, Deserialize, Debug, Default)]
+/// Body of `list_secrets`. Every field is optional, and so is the body: an empty body, or the
+/// older `{"prefix": "..."}`, asks for the first page.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
 pub struct ListSecretsRequest {
     #[serde(default)]
     pub prefix: String,
+    /// Most entries in the reply: default [`PAGE_DEFAULT`](crate::store::secrets::PAGE_DEFAULT)
+    /// (1000), at most [`PAGE_MAX`](crate::store::secrets::PAGE_MAX) (2000; a larger limit is
+    /// lowered); 0 is refused (400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// The cursor: the previous page's `next`. The page starts strictly after this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+/// Reply of `list_secrets`: one page, in name order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ListSecretsResponse {
     pub secrets: Vec<SecretMeta>,
+    /// `null` on the last page; otherwise the last name of this page, to send as `after`.
+    /// Always written, so a caller can tell a last page from a backend that does not page
+    /// (a reply without it is complete).
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
-/// Reply of `get_mappings.{entity}`, `add_mapping` and `remove_mapping` are `ok` (sample).
+/// Body of `get_mappings.{entity}`: optional, as for `list_secrets` (the sample-era client
+/// sends an empty body and gets the first page).
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct GetMappingsRequest {
+    /// Only names that start with this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// As [`ListSecretsRequest::limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// As [`ListSecretsRequest::after`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// Reply of `get_mappings.{entity}`, one page of it (`add_mapping` and `remove_mapping`
+/// answer `ok`, as the sample's).
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct MappingsResponse {
     pub entity: String,
     pub secrets: Vec<String>,
+    /// As [`ListSecretsResponse::next`].
+    #[serde(default)]
+    pub next: Option<String>,
 }
+
+/// Admin error code of a reply that would not fit in one NATS message (the connection's max
+/// payload): HTTP's "content too large". The request was valid; ask for less (a smaller
+/// `limit`). Also the Piggy Bank API's `Status` in that case.
+pub const REPLY_TOO_LARGE: u16 = 413;
 
 /// JSON body of every admin error reply (also in headers `Nats-Service-Error[-Code]`).
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]

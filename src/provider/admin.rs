@@ -4,6 +4,12 @@
 //! scope, calls [`Backend`], and maps errors to the WIT `error` variant in one function
 //! (`wit_error`). Handlers never return a transport error for a bad argument: every refusal
 //! is a typed `error` the component can match on. No function returns a secret value.
+//!
+//! Results of any size reach the caller: wrpc-transport-nats writes a result as a stream of
+//! messages of at most the connection's max payload each (`SubjectWriter::poll_write` splits
+//! larger writes), so nothing is lost to NATS's message size, unlike a plain NATS reply.
+//! The listings are paged anyway (at most 2000 entries, under 1 MiB), so a caller holds
+//! a bounded page in memory.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,13 +18,15 @@ use wasmcloud_provider_sdk::Context;
 use zeroize::Zeroizing;
 
 use super::bindings::exports::piggybank::secrets::admin::{
-    Error, Handler, SecretInfo, SecretKind, SecretValue as WitValue, StoreStatus,
+    Error, Handler, NamePage, SecretInfo, SecretKind, SecretPage, SecretValue as WitValue,
+    StoreStatus,
 };
 use super::links::{Access, LinkScope, Links, ScopeError};
 use crate::backend::{Backend, BackendError, MappingChange};
 use crate::server::RunConfig;
 use crate::store::envelope::{SecretKind as StoredKind, SecretValue};
-use crate::store::{SecretMeta, StoreError};
+use crate::store::secrets::{page_limit, PageRequest};
+use crate::store::{validate_entity, SecretMeta, StoreError};
 
 /// What the exports need: the core, the links, and what `status` reports.
 #[derive(Clone)]
@@ -129,10 +137,20 @@ impl Handler<Option<Context>> for AdminExports {
         &self,
         cx: Option<Context>,
         prefix: String,
-    ) -> anyhow::Result<Result<Vec<SecretInfo>, Error>> {
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Result<SecretPage, Error>> {
         Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
             let prefix = scope.narrow(&prefix).map_err(scope_error)?;
-            Ok(self.backend.list(&prefix).into_iter().map(info).collect())
+            let page = self.backend.secrets().list_page(&PageRequest {
+                prefix: &prefix,
+                after: after.as_deref(),
+                limit: wit_limit(limit)?,
+            });
+            Ok(SecretPage {
+                secrets: page.items.into_iter().map(info).collect(),
+                next: page.next,
+            })
         }))
     }
 
@@ -168,10 +186,24 @@ impl Handler<Option<Context>> for AdminExports {
         &self,
         cx: Option<Context>,
         entity: String,
-    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Result<NamePage, Error>> {
         Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
-            let names = self.backend.mappings_of(&entity).map_err(wit_error)?;
-            Ok(within(&scope, names))
+            validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
+            // The scope is a name prefix, so paging within it is paging with that prefix.
+            let page = self.backend.mappings().names_page(
+                &entity,
+                &PageRequest {
+                    prefix: &scope.prefix,
+                    after: after.as_deref(),
+                    limit: wit_limit(limit)?,
+                },
+            );
+            Ok(NamePage {
+                names: page.items,
+                next: page.next,
+            })
         }))
     }
 
@@ -197,6 +229,11 @@ fn within(scope: &LinkScope, names: Vec<String>) -> Vec<String> {
         .into_iter()
         .filter(|n| scope.allows_name(n).is_ok())
         .collect()
+}
+
+/// A page's size from the WIT `limit` (see [`page_limit`]).
+fn wit_limit(limit: Option<u32>) -> Result<usize, Error> {
+    page_limit(limit.map(u64::from)).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 fn info(meta: SecretMeta) -> SecretInfo {
@@ -228,7 +265,10 @@ fn wit_error(err: BackendError) -> Error {
         BackendError::Store(StoreError::VersionConflict { .. }) => Error::VersionConflict(message),
         BackendError::Sealed => Error::Sealed(message),
         BackendError::Store(
-            StoreError::Contention(_) | StoreError::Upstream(_) | StoreError::Corrupt { .. },
+            StoreError::Contention(_)
+            | StoreError::Upstream(_)
+            | StoreError::NoBucket(_)
+            | StoreError::Corrupt { .. },
         )
         | BackendError::Authz(_)
         | BackendError::Envelope(_)

@@ -14,7 +14,8 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use super::mirror::{self, Change, MirrorHandle};
-use super::{validate_entity, validate_name, BucketSpec, StoreError};
+use super::secrets::{page_names, Page, PageRequest};
+use super::{validate_entity, validate_name, Bucket, StoreError};
 
 /// Attempts at a compare-and-set before giving up with `Contention`.
 const CAS_ATTEMPTS: usize = 32;
@@ -59,9 +60,9 @@ pub enum MappingChange {
 }
 
 impl MappingTable {
-    pub async fn open(client: &async_nats::Client, spec: &BucketSpec) -> Result<Self, StoreError> {
+    pub async fn open(client: &async_nats::Client, bucket: Bucket<'_>) -> Result<Self, StoreError> {
         let js = jetstream::new(client.clone());
-        let kv = super::open_bucket(&js, spec).await?;
+        let kv = bucket.open(&js).await?;
         let cache: Cache = Arc::default();
         let sink = cache.clone();
         let mirror = mirror::spawn(client, &kv, move |change| apply(&sink, change)).await?;
@@ -88,6 +89,20 @@ impl MappingTable {
             .unwrap_or_default();
         names.sort();
         names
+    }
+
+    /// One page of the names `entity` may read (see [`page_names`]): only the page is copied,
+    /// however many names the entity has.
+    pub fn names_page(&self, entity: &str, request: &PageRequest<'_>) -> Page<String> {
+        let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let Some((_, names)) = map.get(entity) else {
+            return Page::default();
+        };
+        let page = page_names(names.iter().map(String::as_str), request);
+        Page {
+            items: page.items.into_iter().map(str::to_owned).collect(),
+            next: page.next,
+        }
     }
 
     /// One round trip to the bucket's stream: is JetStream answering for this bucket?

@@ -36,6 +36,11 @@ pub enum StoreError {
     Contention(String),
     #[error("stored data for {key:?} is corrupt: {why}")]
     Corrupt { key: String, why: String },
+    #[error(
+        "KV bucket {0:?} does not exist: check the bucket and backend names (only `run`, \
+         `dev` and the provider create buckets)"
+    )]
+    NoBucket(String),
     #[error("NATS JetStream: {0}")]
     Upstream(String),
 }
@@ -97,13 +102,53 @@ pub struct BucketSpec {
     pub replicas: usize,
 }
 
-/// Open `spec.name`, creating it if it does not exist. An existing bucket is used as it is
-/// (a differing replica count is reported, not changed).
-pub async fn open_bucket(
+/// Which bucket to open, and whether opening may create it.
+#[derive(Debug, Clone, Copy)]
+pub enum Bucket<'a> {
+    /// The servers' way (`run`, `dev`, the provider): create the bucket if it is missing.
+    CreateIfMissing(&'a BucketSpec),
+    /// Client commands' way: the bucket must exist.
+    Existing(&'a str),
+}
+
+impl Bucket<'_> {
+    pub async fn open(self, js: &jetstream::Context) -> Result<kv::Store, StoreError> {
+        match self {
+            Bucket::CreateIfMissing(spec) => open_or_create_bucket(js, spec).await,
+            Bucket::Existing(name) => existing_bucket(js, name).await,
+        }
+    }
+}
+
+/// Whether getting a bucket failed because it does not exist (and not, say, a timeout).
+fn is_missing(e: &jetstream::context::KeyValueError) -> bool {
+    use jetstream::context::{GetStreamError, GetStreamErrorKind};
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<GetStreamError>())
+        .is_some_and(|g| {
+            matches!(g.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+        })
+}
+
+/// Open the existing bucket `name`; never create it. Client commands open buckets this way,
+/// so a typo in a bucket name is an error that names it, not a new empty bucket.
+pub async fn existing_bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, StoreError> {
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(e) if is_missing(&e) => Err(StoreError::NoBucket(name.to_string())),
+        Err(e) => Err(StoreError::Upstream(format!("bucket {name:?}: {e}"))),
+    }
+}
+
+/// Open `spec.name`, creating it if it does not exist: for the servers (`run`, `dev`, the
+/// provider) only. An existing bucket is used as it is (a differing replica count is
+/// reported, not changed).
+pub async fn open_or_create_bucket(
     js: &jetstream::Context,
     spec: &BucketSpec,
 ) -> Result<kv::Store, StoreError> {
-    match js.get_key_value(&spec.name).await {
+    match existing_bucket(js, &spec.name).await {
         Ok(store) => {
             let replicas = store.stream.cached_info().config.num_replicas;
             if replicas != spec.replicas {
@@ -114,7 +159,7 @@ pub async fn open_bucket(
             }
             Ok(store)
         }
-        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+        Err(StoreError::NoBucket(_)) => {
             let created = js
                 .create_key_value(kv::Config {
                     bucket: spec.name.clone(),
@@ -128,13 +173,10 @@ pub async fn open_bucket(
             match created {
                 Ok(store) => Ok(store),
                 // Another instance created it first.
-                Err(_) => js
-                    .get_key_value(&spec.name)
-                    .await
-                    .map_err(StoreError::upstream),
+                Err(_) => existing_bucket(js, &spec.name).await,
             }
         }
-        Err(e) => Err(StoreError::upstream(e)),
+        Err(e) => Err(e),
     }
 }
 

@@ -587,3 +587,154 @@ impl ReadWriteLoad {
         (reads, self.failed.load(Ordering::Relaxed), last)
     }
 }
+
+/// Run a `piggybank` client command against `nats`; returns (exit code, stdout, stderr).
+pub fn cli_code(
+    nats: &NatsServer,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(piggybank_bin())
+        .args(args)
+        .env_remove("ENCRYPTION_XKEY_SEED")
+        .env_remove("TRANSIT_XKEY_SEED")
+        .env_remove("PIGGYBANK_DATABASE_KEY")
+        .env_remove("PIGGYBANK_SHARE")
+        .env_remove("PIGGYBANK_PREFIX")
+        .env("NATS_ADDRESS", nats.url())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn piggybank");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Spawn `piggybank run` in sealed mode (no seeds at all) against `nats`.
+pub fn spawn_sealed_run(nats: &NatsServer, extra: &[&str]) -> Proc {
+    let child = Command::new(piggybank_bin())
+        .arg("run")
+        .args(extra)
+        .env_remove("ENCRYPTION_XKEY_SEED")
+        .env_remove("TRANSIT_XKEY_SEED")
+        .env_remove("PIGGYBANK_PREFIX")
+        .env("NATS_ADDRESS", nats.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn piggybank run");
+    Proc { child }
+}
+
+/// The replies to one `{prefix}.database.status` sent now, gathered for 300 ms after the last.
+pub async fn database_statuses(
+    client: &async_nats::Client,
+    prefix: &str,
+) -> Vec<serde_json::Value> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(format!("{prefix}.database.status"), inbox, "".into())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), replies.next()).await
+    {
+        if let Ok(value) = serde_json::from_slice(&msg.payload) {
+            out.push(value);
+        }
+    }
+    out
+}
+
+/// Wait until `count` instances answer `{prefix}.database.status` (they subscribe it a
+/// moment after `server_xkey`).
+pub async fn wait_database_instances(
+    client: &async_nats::Client,
+    prefix: &str,
+    count: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = database_statuses(client, prefix).await;
+        if all.len() >= count {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} instances never answered {prefix}.database.status (got {})",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Write secrets straight into the backend's bucket in the envelope format piggybank
+/// writes (sealed with `keys`' data key), `concurrency` puts at a time: the fastest way to
+/// seed thousands of real secrets. The backends' mirrors pick them up from the KV watch.
+pub async fn seed_secrets(
+    nats: &NatsServer,
+    keys: &Keys,
+    secrets: Vec<(String, piggybank::store::envelope::SecretValue)>,
+    concurrency: usize,
+) {
+    use futures::StreamExt as _;
+    let data_key = piggybank::keys::DataKey::from_seed(&keys.encryption).unwrap();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let kv = js
+        .get_key_value(piggybank::config::DEFAULT_SECRETS_BUCKET)
+        .await
+        .expect("the backend created its secrets bucket");
+    let created = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp() * 1000).unwrap();
+    futures::stream::iter(secrets)
+        .map(|(name, value)| {
+            let sealed = piggybank::store::envelope::seal(&value, &data_key, created).unwrap();
+            let kv = kv.clone();
+            async move {
+                kv.put(name.as_str(), sealed.into())
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {name}: {e}"))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// Wait until the backend lists `count` secrets under `prefix` (its mirror has caught up).
+pub async fn wait_listed(admin: &AdminClient, prefix: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = admin.list_secrets(prefix).await.unwrap().len();
+        if listed == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend lists {listed} secrets under {prefix:?}, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `nats-server -js` whose max payload is `bytes` (the default is 1 MiB).
+pub fn nats_with_max_payload(bytes: usize) -> NatsServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("nats.conf");
+    std::fs::write(&config, format!("max_payload: {bytes}\n")).expect("write nats.conf");
+    NatsServer::start_with_config(&config)
+}

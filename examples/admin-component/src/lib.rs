@@ -4,7 +4,9 @@
 //! limits it to one prefix) and exports `wasi:http/incoming-handler`:
 //!
 //! - `GET  /status`                              the store's status and this link's scope
-//! - `GET  /secrets?prefix=shop/`                metadata of the secrets under a prefix
+//! - `GET  /secrets?prefix=shop/`                metadata of the secrets under a prefix, one
+//!   page at a time: `&limit=N` (default 1000, at most 2000) and `&after=<next>` for the page
+//!   after the one whose `next` that was
 //! - `POST /provision?entity=M...&names=a,b`     create each missing secret with a random
 //!   value (32 bytes, hex) and map them all to the entity; existing values are kept
 //! - `POST /revoke?entity=M...&names=a,b`        remove those mappings
@@ -40,7 +42,13 @@ fn route(request: &IncomingRequest) -> (u16, Value) {
     };
     let result = match (request.method(), path) {
         (Method::Get, "/status") => status(),
-        (Method::Get, "/secrets") => list(params.get("prefix").unwrap_or_default()),
+        (Method::Get, "/secrets") => params.limit().and_then(|limit| {
+            list(
+                params.get("prefix").unwrap_or_default(),
+                params.get("after"),
+                limit,
+            )
+        }),
         (Method::Post, "/provision") => params
             .entity_and_names()
             .and_then(|(e, n)| provision(e, &n)),
@@ -70,9 +78,10 @@ fn status() -> Outcome {
     }))
 }
 
-fn list(prefix: &str) -> Outcome {
-    let secrets = admin::list_secrets(prefix).map_err(failure)?;
-    let secrets: Vec<Value> = secrets
+fn list(prefix: &str, after: Option<&str>, limit: Option<u32>) -> Outcome {
+    let page = admin::list_secrets(prefix, after, limit).map_err(failure)?;
+    let secrets: Vec<Value> = page
+        .secrets
         .into_iter()
         .map(|s| {
             json!({
@@ -88,7 +97,7 @@ fn list(prefix: &str) -> Outcome {
             })
         })
         .collect();
-    Ok(json!({ "secrets": secrets }))
+    Ok(json!({ "secrets": secrets, "next": page.next }))
 }
 
 /// Create what is missing (compare-and-set on "does not exist"), then map everything.
@@ -155,6 +164,16 @@ impl Params {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// `limit=N`, when given: a page size.
+    fn limit(&self) -> Result<Option<u32>, (u16, String)> {
+        self.get("limit")
+            .map(|l| {
+                l.parse()
+                    .map_err(|_| (400, format!("limit must be a number, not {l:?}")))
+            })
+            .transpose()
     }
 
     fn entity_and_names(&self) -> Result<(&str, Vec<String>), (u16, String)> {

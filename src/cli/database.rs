@@ -1,0 +1,568 @@
+//! The database commands, `init`, `unlock`, `lock`, `status` and `rotate`: requests on
+//! `{prefix}.database.<op>` (served by `piggybank_api::database`), printed as text or, with
+//! `--json`, as JSON.
+//!
+//! `status` reaches every instance (no queue group), so it gathers every reply that arrives
+//! until none has come for `QUIET`, and exits as `vault status` does: 0 unsealed, 2 if any
+//! instance is sealed, 1 on error. The other operations read the first reply.
+//!
+//! A key or share is read from the env or stdin, never from argv, and printed only by
+//! `init`, once. On stdin, a key and a share are told apart by decoding them (32 bytes or
+//! 33), not by their length as text: both are 44 base64 characters.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use futures::StreamExt as _;
+use zeroize::Zeroizing;
+
+use super::Conn;
+use crate::config::env;
+use crate::keys::vault::{self, MasterKey};
+use crate::piggybank_api::database::StatusReport;
+
+/// How long `status` waits for the first reply.
+const FIRST_REPLY: Duration = Duration::from_secs(5);
+/// `status` stops gathering once no reply has come for this long.
+const QUIET: Duration = Duration::from_millis(300);
+/// ... or once this many instances have answered.
+const MAX_REPLIES: usize = 1024;
+
+#[derive(Args)]
+pub struct DatabaseArgs {
+    /// Prefix of the database operations (the backend's --piggybank-prefix)
+    #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
+    pub piggybank_prefix: String,
+    /// Print the reply as JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+impl DatabaseArgs {
+    fn subject(&self, op: &str) -> String {
+        format!("{}.database.{op}", self.piggybank_prefix)
+    }
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Split the key into this many Shamir shares (with --threshold)
+    #[arg(long, requires = "threshold")]
+    pub shares: Option<u8>,
+    /// Shares needed to unlock
+    #[arg(long, requires = "shares")]
+    pub threshold: Option<u8>,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+/// `init`: the key, or the shares, printed once; the warning goes to stderr.
+pub async fn init(args: InitArgs) -> anyhow::Result<()> {
+    let mut body = serde_json::Map::new();
+    if let Some(n) = args.shares {
+        body.insert("shares".into(), n.into());
+    }
+    if let Some(k) = args.threshold {
+        body.insert("threshold".into(), k.into());
+    }
+    let body = serde_json::Value::Object(body).to_string();
+    let reply = request(&args.db, "initialize", body.into_bytes()).await?;
+    if args.db.json {
+        println!("{reply:#}");
+    } else {
+        print!("{}", *init_text(&reply));
+    }
+    eprintln!(
+        "Keep the key (or the shares, apart) somewhere safe: it is shown only once, and \
+         without it nothing in the store can be read. The store stays sealed until \
+         `piggybank unlock`."
+    );
+    Ok(())
+}
+
+/// `init`'s reply as text: `Database key: ...`, or one `Share N: ...` line per share.
+fn init_text(reply: &serde_json::Value) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::new());
+    if let Some(key) = reply["database_key"].as_str() {
+        out.push_str(&format!("Database key: {key}\n"));
+    }
+    if let Some(shares) = reply["shares"].as_array() {
+        for (i, share) in shares.iter().enumerate() {
+            out.push_str(&format!(
+                "Share {}: {}\n",
+                i + 1,
+                share.as_str().unwrap_or("?")
+            ));
+        }
+        out.push_str(&format!(
+            "Threshold: {} (any {} of these {} shares unlock the store)\n",
+            reply["threshold"],
+            reply["threshold"],
+            shares.len()
+        ));
+    }
+    out
+}
+
+/// `unlock`: one key or one share per call.
+pub async fn unlock(args: DatabaseArgs) -> anyhow::Result<()> {
+    let body = unlock_body()?;
+    let reply = request(&args, "unlock", body.as_bytes().to_vec()).await?;
+    if args.json {
+        println!("{reply}");
+    } else if reply["sealed"] == false {
+        println!("Unsealed: the store is unlocked.");
+    } else {
+        println!(
+            "Share accepted: {} of {} given; the store is still sealed.",
+            reply["progress"], reply["threshold"]
+        );
+    }
+    Ok(())
+}
+
+/// `lock`: every instance forgets its keys.
+pub async fn lock(args: DatabaseArgs) -> anyhow::Result<()> {
+    let reply = request(&args, "lock", Vec::new()).await?;
+    if args.json {
+        println!("{reply}");
+    } else {
+        println!("Sealed: every instance that received the lock dropped its keys.");
+    }
+    Ok(())
+}
+
+/// `rotate`: a new data key, current a moment later; values are re-sealed in the background.
+pub async fn rotate(args: DatabaseArgs) -> anyhow::Result<()> {
+    let reply = request(&args, "rotate", Vec::new()).await?;
+    if args.json {
+        println!("{reply:#}");
+    } else {
+        println!(
+            "{}",
+            aligned(&[
+                ("New data key", text(&reply["key_id"])),
+                ("Key version", text(&reply["key_version"])),
+                (
+                    "Current from",
+                    format!("{} (unix ms)", reply["active_from_ms"])
+                ),
+            ])
+        );
+        println!("Every value is re-sealed with it in the background: see `piggybank status`.");
+    }
+    Ok(())
+}
+
+/// The unlock request: the key from PIGGYBANK_DATABASE_KEY, a share from PIGGYBANK_SHARE,
+/// or else one line of stdin, which is a key or a share as it decodes. Never from argv.
+fn unlock_body() -> anyhow::Result<Zeroizing<String>> {
+    let nothing = || {
+        anyhow!(
+            "no key or share given (stdin, {} or {})",
+            env::PIGGYBANK_DATABASE_KEY,
+            env::PIGGYBANK_SHARE
+        )
+    };
+    let (field, value) = if let Ok(key) = std::env::var(env::PIGGYBANK_DATABASE_KEY) {
+        (UnlockField::DatabaseKey, Zeroizing::new(key))
+    } else if let Ok(share) = std::env::var(env::PIGGYBANK_SHARE) {
+        (UnlockField::Share, Zeroizing::new(share))
+    } else {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            eprint!("database key or share: ");
+        }
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().read_line(&mut line)?;
+        let value = Zeroizing::new(line.trim().to_string());
+        if value.is_empty() {
+            return Err(nothing());
+        }
+        (UnlockField::of(&value)?, value)
+    };
+    if value.trim().is_empty() {
+        return Err(nothing());
+    }
+    Ok(Zeroizing::new(
+        serde_json::json!({ field.name(): value.trim() }).to_string(),
+    ))
+}
+
+/// Which field of the unlock request a text goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnlockField {
+    DatabaseKey,
+    Share,
+}
+
+impl UnlockField {
+    /// Decode `text` as the backend will: a key is 32 bytes; a share is 33 (its x coordinate,
+    /// never 0, then one byte per key byte). The two never overlap, so the answer is exact for
+    /// anything `init` printed, whatever backend version printed it. The error never
+    /// repeats the text.
+    fn of(text: &str) -> anyhow::Result<Self> {
+        if MasterKey::from_base64(text).is_ok() {
+            return Ok(UnlockField::DatabaseKey);
+        }
+        if vault::decode_share(text).is_ok() {
+            return Ok(UnlockField::Share);
+        }
+        bail!(
+            "what was given on stdin is neither a database key nor a share: give one of the \
+             base64 lines `piggybank init` printed"
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            UnlockField::DatabaseKey => "database_key",
+            UnlockField::Share => "share",
+        }
+    }
+}
+
+/// The text of `no responders`: nothing subscribes the subject.
+fn nobody_answers(subject: &str) -> String {
+    format!(
+        "no piggybank backend answers on {subject} (is one running on this NATS server? if it \
+         runs with --piggybank-prefix, pass the same prefix here)"
+    )
+}
+
+/// One database operation, answered by one instance: its reply's JSON on 200, its error
+/// otherwise.
+async fn request(
+    args: &DatabaseArgs,
+    op: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let nats = args.conn.connect("piggybank cli").await?;
+    let subject = args.subject(op);
+    let reply = nats
+        .request(subject.clone(), body.into())
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => anyhow!(nobody_answers(&subject)),
+            async_nats::RequestErrorKind::TimedOut => {
+                anyhow!("no answer on {subject} within 10 s (the request timeout)")
+            }
+            _ => anyhow!(e).context(format!("request on {subject} failed")),
+        })?;
+    let (status, value) = decode(&reply);
+    if status != "200" {
+        bail!(
+            "{op} refused ({status}): {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(value)
+}
+
+/// A reply's `Status` header and JSON body (`null` if the body is not JSON).
+fn decode(reply: &async_nats::Message) -> (String, serde_json::Value) {
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::piggybank_api::headers::STATUS))
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    let value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    (status, value)
+}
+
+/// `status`: every instance's report; the exit code says whether any is sealed.
+pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let nats = args.conn.connect("piggybank cli").await?;
+    let subject = args.subject("status");
+    let replies = gather(&nats, &subject).await?;
+    let mut answers = Answers::default();
+    for reply in &replies {
+        let (status, value) = decode(reply);
+        if status != "200" {
+            answers.errors.push(format!(
+                "an instance refused status ({status}): {}",
+                value["error"].as_str().unwrap_or("no reason given")
+            ));
+            continue;
+        }
+        match serde_json::from_value::<StatusReport>(value.clone()) {
+            Ok(report) => answers.reports.push((report, value)),
+            Err(e) => answers.errors.push(format!(
+                "an instance sent a status this CLI cannot read: {e}"
+            )),
+        }
+    }
+    answers
+        .reports
+        .sort_by(|a, b| a.0.instance_id.cmp(&b.0.instance_id));
+    let code = answers.exit_code();
+    if args.json {
+        println!("{:#}", answers.to_json(&subject));
+    } else {
+        print!("{}", answers.to_text(&subject));
+    }
+    for error in &answers.errors {
+        eprintln!("error: {error}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Publish one request with a fresh inbox as its reply subject and gather every reply until
+/// none has come for `QUIET` (or `MAX_REPLIES` came). Fails when nothing answers:
+/// at once on NATS's `no responders`, after `FIRST_REPLY` otherwise.
+async fn gather(
+    nats: &async_nats::Client,
+    subject: &str,
+) -> anyhow::Result<Vec<async_nats::Message>> {
+    let inbox = nats.new_inbox();
+    let mut replies = nats
+        .subscribe(inbox.clone())
+        .await
+        .context("cannot subscribe to a reply inbox")?;
+    nats.publish_with_reply(subject.to_string(), inbox, Default::default())
+        .await
+        .with_context(|| format!("cannot publish on {subject}"))?;
+    nats.flush()
+        .await
+        .with_context(|| format!("cannot publish on {subject}"))?;
+    let mut gathered = Vec::new();
+    let mut wait = FIRST_REPLY;
+    while gathered.len() < MAX_REPLIES {
+        let Ok(Some(reply)) = tokio::time::timeout(wait, replies.next()).await else {
+            break;
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            if gathered.is_empty() {
+                bail!(nobody_answers(subject));
+            }
+            continue;
+        }
+        gathered.push(reply);
+        wait = QUIET;
+    }
+    if gathered.is_empty() {
+        bail!(
+            "no answer on {subject} within {} s: is a piggybank backend running? (something \
+             subscribes the subject, but it did not reply)",
+            FIRST_REPLY.as_secs()
+        );
+    }
+    Ok(gathered)
+}
+
+/// What the instances answered to `status`.
+#[derive(Default)]
+struct Answers {
+    /// Each report, and the JSON it came as (printed as is by `--json`).
+    reports: Vec<(StatusReport, serde_json::Value)>,
+    errors: Vec<String>,
+}
+
+impl Answers {
+    fn sealed(&self) -> usize {
+        self.reports.iter().filter(|(r, _)| r.sealed).count()
+    }
+
+    /// As `vault status`: 2 if any instance is sealed, else 1 if any failed to report,
+    /// else 0.
+    fn exit_code(&self) -> u8 {
+        if self.sealed() > 0 {
+            2
+        } else if !self.errors.is_empty() || self.reports.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+
+    fn to_json(&self, subject: &str) -> serde_json::Value {
+        serde_json::json!({
+            "subject": subject,
+            "sealed": self.sealed() > 0,
+            "instances": self.reports.iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "errors": self.errors,
+        })
+    }
+
+    /// One block of aligned `key: value` lines per instance, then a summary line.
+    fn to_text(&self, subject: &str) -> String {
+        let mut out = String::new();
+        for (r, _) in &self.reports {
+            let mut lines = vec![
+                ("Mode", r.mode.to_string()),
+                ("Initialized", r.initialized.to_string()),
+                ("Sealed", r.sealed.to_string()),
+            ];
+            if let (Some(threshold), Some(shares)) = (r.threshold, r.shares) {
+                lines.push(("Threshold", format!("{threshold} of {shares} shares")));
+                if r.sealed && r.initialized {
+                    lines.push(("Unseal progress", format!("{}/{threshold}", r.progress)));
+                }
+            }
+            lines.push(("Secrets", count(r.secrets)));
+            lines.push(("Mapped entities", count(r.mapped_entities)));
+            if let Some(version) = r.key_version.filter(|_| r.initialized) {
+                lines.push(("Key version", version.to_string()));
+            }
+            lines.push(("Data key", r.key_id.clone().unwrap_or_else(|| "-".into())));
+            lines.push((
+                "Server xkey",
+                r.server_xkey.clone().unwrap_or_else(|| "-".into()),
+            ));
+            if let Some(re) = r.reencryption.filter(|re| re.running || re.total > 0) {
+                lines.push((
+                    "Re-encryption",
+                    format!(
+                        "{}, {}/{} done ({} re-sealed, {} failed)",
+                        if re.running { "running" } else { "finished" },
+                        re.done,
+                        re.total,
+                        re.resealed,
+                        re.failed
+                    ),
+                ));
+            }
+            lines.push((
+                "Version",
+                r.version.clone().unwrap_or_else(|| "unknown".into()),
+            ));
+            out.push_str(&format!(
+                "Instance {}\n{}\n\n",
+                r.instance_id,
+                aligned(&lines)
+            ));
+        }
+        let n = self.reports.len();
+        let instances = if n == 1 { "instance" } else { "instances" };
+        let next = if self.reports.iter().any(|(r, _)| !r.initialized) {
+            "initialize it with `piggybank init`, then unlock it with `piggybank unlock`"
+        } else {
+            "unlock it with `piggybank unlock`"
+        };
+        let state = match self.sealed() {
+            0 if self.errors.is_empty() => "unsealed".to_string(),
+            0 => format!("{} failed to report", self.errors.len()),
+            s if s == n => format!("sealed: {next}"),
+            s => format!("{s} of them sealed, so the store counts as sealed (exit code 2): {next}"),
+        };
+        out.push_str(&format!("{n} {instances} answered on {subject}: {state}\n"));
+        out
+    }
+}
+
+fn count(n: Option<usize>) -> String {
+    n.map_or_else(|| "unknown".into(), |n| n.to_string())
+}
+
+/// A JSON value as plain text: strings without their quotes.
+fn text(value: &serde_json::Value) -> String {
+    match value.as_str() {
+        Some(s) => s.to_string(),
+        None => value.to_string(),
+    }
+}
+
+/// `key: value` lines, values aligned, indented by two spaces.
+fn aligned(lines: &[(&str, String)]) -> String {
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    lines
+        .iter()
+        .map(|(k, v)| format!("  {:<width$} {v}", format!("{k}:")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::vault::ShareSpec;
+    use crate::piggybank_api::database::Mode;
+
+    #[test]
+    fn a_key_and_a_share_are_told_apart_by_decoding_though_both_are_44_characters() {
+        let spec = ShareSpec {
+            shares: 3,
+            threshold: 2,
+        };
+        for _ in 0..20 {
+            let (_, master) = vault::initialize(None, Some(spec), 1).expect("initialize");
+            let key = master.to_base64();
+            assert_eq!(key.len(), 44);
+            assert_eq!(UnlockField::of(&key).unwrap(), UnlockField::DatabaseKey);
+            for share in master.split(spec) {
+                assert_eq!(share.len(), 44);
+                assert_eq!(UnlockField::of(&share).unwrap(), UnlockField::Share);
+            }
+        }
+        for bad in ["", "AAAA", "not base64!", &"A".repeat(60)] {
+            let err = UnlockField::of(bad).unwrap_err().to_string();
+            assert!(err.contains("neither"), "{err}");
+            assert!(
+                bad.len() < 5 || !err.contains(bad),
+                "the error repeats the input"
+            );
+        }
+    }
+
+    fn report(id: &str, mode: Mode, sealed: bool) -> (StatusReport, serde_json::Value) {
+        let r = StatusReport {
+            mode,
+            version: Some("0.1.0".into()),
+            instance_id: id.into(),
+            initialized: true,
+            sealed,
+            progress: 0,
+            threshold: None,
+            shares: None,
+            key_version: None,
+            key_id: None,
+            server_xkey: None,
+            secrets: Some(12),
+            mapped_entities: Some(3),
+            reencryption: None,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        (r, v)
+    }
+
+    #[test]
+    fn status_exits_as_vault_does_and_says_why() {
+        let subject = "piggybank.database.status";
+        let mut answers = Answers::default();
+        answers.reports.push(report("AAA", Mode::Keyed, false));
+        assert_eq!(answers.exit_code(), 0);
+        let text = answers.to_text(subject);
+        assert!(text.contains("Instance AAA\n"), "{text}");
+        assert!(text.contains("  Mode:            keyed\n"), "{text}");
+        assert!(text.contains("  Mapped entities: 3\n"), "{text}");
+        assert!(text.ends_with("1 instance answered on piggybank.database.status: unsealed\n"));
+
+        answers.reports.push(report("BBB", Mode::Sealed, true));
+        assert_eq!(answers.exit_code(), 2);
+        let text = answers.to_text(subject);
+        assert!(text.contains("2 instances answered") && text.contains("1 of them sealed"));
+        assert_eq!(answers.to_json(subject)["sealed"], true);
+
+        answers.reports.remove(1);
+        answers
+            .errors
+            .push("an instance refused status (500): x".into());
+        assert_eq!(answers.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_status_reply_of_an_older_backend_still_reads() {
+        let old = serde_json::json!({
+            "initialized": true, "sealed": true, "progress": 0, "threshold": null,
+            "shares": null, "key_version": 1, "key_id": "XK", "server_xkey": "XS",
+            "instance_id": "NABC", "reencryption": {"running": false, "done": 0, "total": 0,
+            "resealed": 0, "failed": 0},
+        });
+        let r: StatusReport = serde_json::from_value(old).unwrap();
+        assert_eq!((r.mode, r.secrets, r.version), (Mode::Sealed, None, None));
+    }
+}

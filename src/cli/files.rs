@@ -1,0 +1,126 @@
+//! Files that hold secrets or keys: written so that only their owner can read them.
+//!
+//! Opening an existing file with `mode(0o600)` keeps that file's mode (the mode applies only
+//! when the file is created), so a secret written over a world-readable file would stay
+//! world-readable. Instead the bytes go to a new file in the same directory, created
+//! exclusively with mode 0600 and checked, which then replaces the target by `rename`: the
+//! target ends up 0600 whatever was there, or nothing is written at all.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+/// The mode of every file piggybank writes a secret or a key to.
+pub const PRIVATE_MODE: u32 = 0o600;
+
+/// Write `bytes` to `path`, readable and writable only by its owner, replacing what was there.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!("cannot write {}: it is a directory", path.display());
+    }
+    let temp = temp_path(path)?;
+    let written = write_new_private(&temp, bytes).and_then(|()| {
+        std::fs::rename(&temp, path).with_context(|| format!("cannot replace {}", path.display()))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// `.<name>.<pid>.<random>.tmp` beside `path`, so the rename stays on one file system.
+fn temp_path(path: &Path) -> anyhow::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("cannot write {}: not a file name", path.display()))?;
+    let tag: u64 = rand_tag();
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{}.{tag:016x}.tmp", std::process::id()));
+    Ok(path.with_file_name(temp))
+}
+
+fn rand_tag() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; uniqueness is all that is needed here (the file is
+    // created exclusively, so a collision fails rather than overwrites).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_MODE);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The umask may have taken bits away; set exactly 0600, then check it holds.
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))?;
+        let mode = file.metadata()?.permissions().mode() & 0o777;
+        if mode != PRIVATE_MODE {
+            bail!(
+                "refusing to write {}: its mode would be {mode:o}, not 600",
+                path.display()
+            );
+        }
+    }
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        write_private(&path, b"v").unwrap();
+        assert_eq!(
+            (mode(&path), std::fs::read(&path).unwrap()),
+            (0o600, b"v".to_vec())
+        );
+    }
+
+    #[test]
+    fn an_existing_world_readable_file_ends_up_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, b"old contents that are longer").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"new").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_directory_is_refused_and_nothing_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write_private(dir.path(), b"v").is_err());
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(write_private(&sub, b"v").is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
