@@ -31,6 +31,8 @@ pub mod env {
     pub const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
     pub const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
     pub const TRUSTED_ISSUERS: &str = "TRUSTED_ISSUERS";
+    /// Comma-separated subject prefixes replies may go to (default `_INBOX.`).
+    pub const REPLY_PREFIXES: &str = "REPLY_PREFIXES";
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
     pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
     pub const NATS_USER: &str = "NATS_USER";

@@ -32,5 +32,7 @@ pub mod keys;
 pub mod piggybank_api;
 pub mod protocol;
 pub mod provider;
+mod reply_policy;
+pub mod serve;
 pub mod server;
 pub mod store;

@@ -12,7 +12,9 @@ use crate::backend::Backend;
 use crate::config;
 use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::piggybank_api::database::Database;
-use crate::protocol::{self, ServeConfig, ServeError};
+use crate::piggybank_api::{self, database};
+use crate::protocol;
+use crate::serve::{Endpoint, ServeConfig, ServeError};
 use crate::store::{Bucket, BucketSpec, MappingTable, SecretStore, StoreError};
 
 /// Everything `piggybank run` is configured with. `Debug` never prints the seeds.
@@ -33,6 +35,9 @@ pub struct RunConfig {
     pub replicas: usize,
     pub trusted_issuers: Vec<String>,
     pub max_in_flight: usize,
+    /// Trusted reply prefixes besides `_INBOX.`: replies go only to subjects under them
+    /// (see `crate::reply_policy`).
+    pub reply_prefixes: Vec<String>,
     /// Serve the Piggy Bank API under this prefix (`piggybank`); `None`: not served.
     pub piggybank_prefix: Option<String>,
 }
@@ -72,6 +77,7 @@ impl RunConfig {
             replicas: 1,
             trusted_issuers: Vec::new(),
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+            reply_prefixes: Vec::new(),
             piggybank_prefix: None,
         }
     }
@@ -360,66 +366,78 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     })
 }
 
-/// Serve the wasmCloud secrets protocol (and the Piggy Bank API, when configured) for a
-/// started backend until `shutdown`; then drain both.
+/// The NATS front doors of a started backend, as endpoints of the one serve loop: the
+/// wasmCloud protocol (one instance of the queue group answers), the database operations
+/// (`initialize` and `rotate` by one instance, the others by every instance), and the Piggy
+/// Bank API when configured.
+pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
+    let queue_group = config::queue_group(&config.nats_queue_base, &config.name);
+    let mut endpoints = Vec::new();
+
+    let backend = Arc::clone(&started.backend);
+    let prefix: Arc<str> = config.subject_prefix().into();
+    endpoints.push(Endpoint {
+        name: "protocol",
+        subject: format!("{prefix}.>"),
+        queue_group: Some(queue_group.clone()),
+        handler: Arc::new(move |msg| {
+            let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
+            Box::pin(async move { Some(protocol::handle(&backend, &prefix, &msg).await) })
+        }),
+        too_large: protocol::reply::too_large,
+    });
+
+    let database_subject = format!("{}.database.*", config.database_prefix());
+    for once in [true, false] {
+        let database = Arc::clone(&started.database);
+        endpoints.push(Endpoint {
+            name: "database",
+            subject: database_subject.clone(),
+            queue_group: once.then(|| format!("{queue_group}.database")),
+            handler: Arc::new(move |msg| {
+                let database = Arc::clone(&database);
+                Box::pin(async move {
+                    // Both subscriptions see every operation; each answers its own.
+                    let op = database::operation(msg.subject.as_str());
+                    if database::answered_once(op) != once {
+                        return None;
+                    }
+                    Some(database.handle(op, &msg.payload).await)
+                })
+            }),
+            too_large: piggybank_api::too_large,
+        });
+    }
+
+    if let Some(api_prefix) = &config.piggybank_prefix {
+        let backend = Arc::clone(&started.backend);
+        let prefix: Arc<str> = api_prefix.as_str().into();
+        endpoints.push(Endpoint {
+            name: "api",
+            subject: format!("{prefix}.>"),
+            queue_group: Some(format!("{queue_group}.piggybank")),
+            handler: Arc::new(move |msg| {
+                let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
+                Box::pin(async move { piggybank_api::handle(&backend, &prefix, &msg).await })
+            }),
+            too_large: piggybank_api::too_large,
+        });
+    }
+    endpoints
+}
+
+/// Serve every NATS front door of a started backend until `shutdown`; then drain.
 pub async fn serve(
     started: Started,
     config: &RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    use futures::FutureExt as _;
-    let shutdown = shutdown.shared();
-    let queue_group = config::queue_group(&config.nats_queue_base, &config.name);
+    let endpoints = endpoints(&started, config);
     let serve_config = ServeConfig {
-        prefix: config.subject_prefix(),
-        queue_group: queue_group.clone(),
         max_in_flight: config.max_in_flight,
+        reply_prefixes: config.reply_prefixes.clone(),
     };
-    let secrets = protocol::serve(
-        started.client.clone(),
-        Arc::clone(&started.backend),
-        serve_config,
-        shutdown.clone(),
-    );
-    let api = async {
-        let Some(prefix) = &config.piggybank_prefix else {
-            return Ok(());
-        };
-        let api_config = ServeConfig {
-            prefix: prefix.clone(),
-            queue_group: format!("{queue_group}.piggybank"),
-            max_in_flight: config.max_in_flight,
-        };
-        let backend = Arc::clone(&started.backend);
-        let prefix: Arc<str> = prefix.as_str().into();
-        let handler = move |msg: async_nats::Message| {
-            let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
-            async move { crate::piggybank_api::handle(&backend, &prefix, &msg).await }
-        };
-        protocol::serve_with(
-            started.client.clone(),
-            api_config,
-            handler,
-            shutdown.clone(),
-        )
-        .await
-    };
-    let database = crate::piggybank_api::database::serve(
-        started.client.clone(),
-        Arc::clone(&started.database),
-        config.database_prefix(),
-        &queue_group,
-        shutdown.clone(),
-    );
-    let (secrets, api, database) = tokio::join!(secrets, api, database);
-    secrets?;
-    api?;
-    database.map_err(|source| {
-        ServerError::Serve(protocol::ServeError::Subscribe {
-            subject: format!("{}.database.>", config.database_prefix()),
-            source,
-        })
-    })?;
+    crate::serve::serve(started.client.clone(), endpoints, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
     Ok(())
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use piggybank::protocol::reply::Reply;
-use piggybank::protocol::{serve_with, ServeConfig};
+use piggybank::serve::{serve, Endpoint, Reply, ServeConfig};
 
 /// Defect 1: remove_mapping was a no-op, so access could never be revoked.
 #[tokio::test]
@@ -130,17 +129,24 @@ async fn one_slow_request_does_not_hold_up_others() {
     let server = nats.client().await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let config = ServeConfig {
-        prefix: "concurrency.test".into(),
-        queue_group: "q".into(),
         max_in_flight: 64,
+        reply_prefixes: Vec::new(),
     };
-    let handler = |msg: async_nats::Message| async move {
-        if msg.subject.as_str().ends_with(".slow") {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        Some(Reply::ok())
+    let endpoint = Endpoint {
+        name: "test",
+        subject: "concurrency.test.>".into(),
+        queue_group: Some("q".into()),
+        handler: Arc::new(|msg: async_nats::Message| {
+            Box::pin(async move {
+                if msg.subject.as_str().ends_with(".slow") {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Some(Reply::plain("ok"))
+            })
+        }),
+        too_large: |_, why| Reply::plain(why),
     };
-    let serving = tokio::spawn(serve_with(server, config, handler, async {
+    let serving = tokio::spawn(serve(server, vec![endpoint], config, async {
         let _ = rx.await;
     }));
     let client = nats.client().await;

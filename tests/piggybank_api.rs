@@ -59,6 +59,8 @@ async fn backend_on(nats: &NatsServer, keys: &Keys) -> Running {
         password: "piggybank-test".to_string().into(),
     });
     config.piggybank_prefix = Some("piggybank".into());
+    // The applications' own inbox prefixes: replies go nowhere else.
+    config.reply_prefixes = vec!["_INBOX_billing".into(), "_INBOX_shipping".into()];
     start_backend_as(nats, config, "piggybank", "piggybank-test").await
 }
 
@@ -223,6 +225,8 @@ async fn piggybank_run_serves_the_api_with_a_user_and_password() {
             "piggybank",
             "--nats-user",
             "piggybank",
+            "--reply-prefixes",
+            "_INBOX_billing,_INBOX_shipping",
         ])
         .env("NATS_PASSWORD", "piggybank-test")
         .env("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())

@@ -136,7 +136,11 @@ fn the_readme_quickstart_runs_as_written_and_ctrl_c_stops_everything() {
     // The newcomer's checkout, as the second terminal sees it: `.piggybank/` from make dev,
     // and `target/` (a link to this build's, which `make dev` builds into too).
     let work = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(repo().join("target"), work.path().join("target")).unwrap();
+    let target = Path::new(env!("CARGO_BIN_EXE_piggybank"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>/piggybank");
+    std::os::unix::fs::symlink(target, work.path().join("target")).unwrap();
     let dev_dir = work.path().join(".piggybank");
     let port = free_port();
     let log_path = work.path().join("make-dev.log");

@@ -167,6 +167,10 @@ pub struct RunArgs {
     /// Requests handled at once by this instance; more wait (backpressure)
     #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// More subject prefixes replies may go to, besides `_INBOX.` (comma-separated): for
+    /// clients with a custom inbox prefix. Nothing is answered on any other reply subject.
+    #[arg(long, env = env::REPLY_PREFIXES, value_delimiter = ',')]
+    pub reply_prefixes: Vec<String>,
     /// NATS user name (with --nats-password), for servers configured with users
     #[arg(long, env = env::NATS_USER, requires = "nats_password", conflicts_with = "nats_creds_file")]
     pub nats_user: Option<String>,
@@ -202,6 +206,7 @@ impl RunArgs {
         c.replicas = self.replicas;
         c.trusted_issuers = self.trusted_issuers;
         c.max_in_flight = self.max_in_flight;
+        c.reply_prefixes = self.reply_prefixes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
         c
     }

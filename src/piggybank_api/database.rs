@@ -23,15 +23,26 @@ use zeroize::Zeroizing;
 
 use crate::backend::Backend;
 use crate::keys::vault::{self, MasterKey, ShareSpec, VaultError, VaultRecord};
-use crate::protocol::reply::Reply;
+use crate::serve::Reply;
 use crate::store::StoreError;
 
 /// The key of the record in the vault bucket.
 pub const RECORD_KEY: &str = "keyring";
 /// Operations under `{prefix}.database`.
-pub const OPS: &[&str] = &["initialize", "unlock", "lock", "status", "rotate"];
+const OPS: &[&str] = &["initialize", "unlock", "lock", "status", "rotate"];
 /// Operations one instance answers (queue group); the others reach every instance.
 const ONCE: &[&str] = &["initialize", "rotate"];
+
+/// The operation of a database subject: its last token.
+pub fn operation(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or_default()
+}
+
+/// Whether `op` is answered by one instance (`initialize`, `rotate`: the queue-group
+/// subscription) rather than by every instance (the broadcast one).
+pub fn answered_once(op: &str) -> bool {
+    ONCE.contains(&op)
+}
 /// How long after `rotate` its key becomes current: every instance loads it as a readable
 /// key first (they watch the record), so no instance meets a value it cannot open.
 pub const ACTIVATION_DELAY_MS: u64 = 1_000;
@@ -585,57 +596,4 @@ impl Database {
 fn new_instance_id() -> String {
     let key = nkeys::KeyPair::new_server().public_key();
     key.get(..12).unwrap_or(&key).to_string()
-}
-
-/// Serve `{prefix}.database.<op>` until `shutdown`; then finish what is in flight.
-/// `initialize` and `rotate` on a queue group (one instance answers), the rest to every
-/// instance.
-pub async fn serve(
-    client: async_nats::Client,
-    database: Arc<Database>,
-    prefix: &str,
-    queue_group: &str,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), async_nats::SubscribeError> {
-    use futures::StreamExt as _;
-    let once = client
-        .queue_subscribe(
-            format!("{prefix}.database.*"),
-            format!("{queue_group}.database"),
-        )
-        .await?;
-    let every = client.subscribe(format!("{prefix}.database.*")).await?;
-    tracing::info!(subject = %format!("{prefix}.database.>"), "serving database operations");
-    // Tagged by subscription: the broadcast one also sees initialize, which only the queue
-    // one may answer.
-    let mut messages = futures::stream::select(once.map(|m| (true, m)), every.map(|m| (false, m)));
-    let mut tasks = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let msg = tokio::select! {
-            () = &mut shutdown => break,
-            msg = messages.next() => msg,
-        };
-        let Some((from_queue, msg)) = msg else { break };
-        let Some(reply_to) = msg.reply.clone() else {
-            continue;
-        };
-        let op = msg
-            .subject
-            .as_str()
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        if ONCE.contains(&op.as_str()) != from_queue {
-            continue;
-        }
-        let (client, database) = (client.clone(), Arc::clone(&database));
-        tasks.spawn(async move {
-            let reply = database.handle(&op, &msg.payload).await;
-            reply.send(&client, reply_to).await;
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
 }

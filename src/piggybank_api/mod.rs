@@ -19,7 +19,7 @@ use async_nats::{HeaderMap, Message};
 use zeroize::Zeroizing;
 
 use crate::backend::{Backend, BackendError};
-use crate::protocol::reply::Reply;
+use crate::serve::Reply;
 use crate::store::envelope::SecretValue;
 use crate::store::StoreError;
 
@@ -200,10 +200,13 @@ fn posted_value(kind: Option<&str>, payload: &[u8]) -> Result<SecretValue, ApiEr
 pub(crate) fn reply(status: u16, payload: Vec<u8>) -> Reply {
     let mut h = HeaderMap::new();
     h.insert(headers::STATUS, status.to_string().as_str());
-    Reply {
-        headers: Some(h),
-        payload: payload.into(),
-    }
+    Reply::with_headers(h, payload)
+}
+
+/// The API's error for a reply too large to send (database operations included): `413`.
+pub fn too_large(_: &Reply, message: String) -> Reply {
+    let body = serde_json::json!({ "error": message }).to_string();
+    reply(413, body.into_bytes())
 }
 
 /// The one mapping from core errors to API errors. Messages name keys, never values.

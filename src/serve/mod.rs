@@ -1,0 +1,172 @@
+//! The one serve loop of every NATS front door: the wasmCloud protocol (with its admin
+//! operations), the database operations and the Piggy Bank API.
+//!
+//! What holds for every request holds here, once:
+//! - **Reply subjects.** A request is handled only if its reply subject is admitted by the
+//!   [`ReplyPolicy`] (trusted reply prefixes; never `$...`, never inside a served tree, which
+//!   the loop derives from its own endpoints). Any other request gets no reply and is not
+//!   handled, so it changes nothing. A request with no reply subject is not handled either.
+//! - **Backpressure.** At most `max_in_flight` requests are handled at once, across every
+//!   endpoint; beyond that the receive loop waits and messages queue in the subscriptions.
+//! - **Replies that fit.** [`Reply::send`] replaces a reply that would exceed the max payload
+//!   with the endpoint's own "too large" error.
+//! - **Draining.** On shutdown every subscription is drained, buffered messages are
+//!   answered, and `serve` returns when every in-flight request has replied.
+//!
+//! Handlers are plain async functions of the message that return a [`Reply`] (or `None` to
+//! leave the message to another endpoint); they never publish.
+
+mod reply;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_nats::{Client, Message};
+use futures::future::BoxFuture;
+use futures::stream::{SelectAll, Stream, StreamExt};
+use tokio::sync::Semaphore;
+
+pub use crate::reply_policy::{ReplyPolicy, ReplyTo};
+pub use reply::{Reply, TooLarge};
+
+/// Answers one message; `None`: not this endpoint's to answer (no reply is sent).
+pub type Handler = Arc<dyn Fn(Message) -> BoxFuture<'static, Option<Reply>> + Send + Sync>;
+
+/// One subscription of the loop and what answers it.
+pub struct Endpoint {
+    /// A short name for logs (`protocol`, `database`, `api`): never taken from the request.
+    pub name: &'static str,
+    /// The subject subscribed to, e.g. `wasmcloud.secrets.v1alpha1.nats-kv.>`.
+    pub subject: String,
+    /// `Some`: one instance of the group receives each message; `None`: every instance.
+    pub queue_group: Option<String>,
+    pub handler: Handler,
+    /// The endpoint's error for a reply that would not fit in a NATS message.
+    pub too_large: TooLarge,
+}
+
+impl Endpoint {
+    /// The subject tree this endpoint serves (its subject without a trailing wildcard).
+    fn tree(&self) -> String {
+        self.subject
+            .trim_end_matches(['>', '*'])
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("failed to subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+    #[error("invalid --reply-prefixes: {0}")]
+    ReplyPrefixes(String),
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub max_in_flight: usize,
+    /// Trusted reply prefixes besides `_INBOX.`.
+    pub reply_prefixes: Vec<String>,
+}
+
+/// A subscription tagged with the index of its endpoint.
+struct Tagged {
+    endpoint: usize,
+    subscription: async_nats::Subscriber,
+}
+
+impl Stream for Tagged {
+    type Item = (usize, Message);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let endpoint = this.endpoint;
+        this.subscription
+            .poll_next_unpin(cx)
+            .map(|m| m.map(|m| (endpoint, m)))
+    }
+}
+
+/// The reply policy for these endpoints: `prefixes`, and every tree they serve.
+pub fn policy_for(endpoints: &[Endpoint], prefixes: &[String]) -> Result<ReplyPolicy, ServeError> {
+    let served: Vec<String> = endpoints.iter().map(Endpoint::tree).collect();
+    ReplyPolicy::new(prefixes, &served).map_err(ServeError::ReplyPrefixes)
+}
+
+/// Serve `endpoints` on `client` until `shutdown` completes; then drain and return.
+pub async fn serve(
+    client: Client,
+    endpoints: Vec<Endpoint>,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let policy = Arc::new(policy_for(&endpoints, &config.reply_prefixes)?);
+    let mut messages = SelectAll::new();
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let subject = endpoint.subject.clone();
+        let subscribed = match &endpoint.queue_group {
+            Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
+            None => client.subscribe(subject.clone()).await,
+        };
+        let subscription =
+            subscribed.map_err(|source| ServeError::Subscribe { subject, source })?;
+        tracing::info!(
+            endpoint = endpoint.name,
+            subject = %endpoint.subject,
+            queue = endpoint.queue_group.as_deref().unwrap_or("(every instance)"),
+            "serving"
+        );
+        messages.push(Tagged {
+            endpoint: index,
+            subscription,
+        });
+    }
+    let max = config
+        .max_in_flight
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            _ = &mut shutdown, if !draining => {
+                draining = true;
+                tracing::info!("shutting down: draining in-flight requests");
+                for tagged in messages.iter_mut() {
+                    if let Err(e) = tagged.subscription.drain().await {
+                        tracing::warn!(error = %e, "drain failed");
+                    }
+                }
+                continue;
+            }
+            next = messages.next() => next,
+        };
+        let Some((index, msg)) = next else { break };
+        let endpoint = &endpoints[index];
+        let Some(reply_to) = policy.admit(endpoint.name, msg.reply.as_ref()) else {
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let (client, too_large) = (client.clone(), endpoint.too_large);
+        let reply = (endpoint.handler)(msg);
+        tokio::spawn(async move {
+            if let Some(reply) = reply.await {
+                reply.send(&client, reply_to, too_large).await;
+            }
+            drop(permit);
+        });
+    }
+    // Wait for every in-flight request to reply.
+    let _ = permits.acquire_many(max as u32).await;
+    let _ = client.flush().await;
+    Ok(())
+}
