@@ -57,17 +57,46 @@ pub struct ServedSecret {
     pub value: SecretValue,
 }
 
+/// What an instance holds while unsealed, and the work that uses it.
+#[derive(Default)]
+struct Seal {
+    /// The data keys and the transit key; `None` while sealed.
+    keys: Option<(Arc<Keyring>, Arc<TransitKey>)>,
+    /// Bumped by every `lock`: keys prepared before a lock are never installed after it.
+    epoch: u64,
+    /// Work that uses the keys (re-encryption, a pending key activation); `lock` stops it.
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
 /// The core. Its keys may be absent: a sealed store holds none until it is unlocked, and
-/// `lock` drops them again (dropping zeroizes them). Readers take an `Arc` of what is there.
+/// `lock` drops them again (dropping zeroizes them).
+///
+/// **The seal holds by construction.** Every operation that reads or changes the store is a
+/// method of [`Unsealed`], which only [`Backend::unsealed`] makes, and only while the keys
+/// are there. What may be done while sealed is exactly the methods of `Backend` itself:
+/// `server_xkey` ([`Backend::transit_public`]), `status` ([`Backend::is_sealed`],
+/// [`Backend::counts`], [`Backend::ping`]), and `unlock`/`lock` (the seal's own methods).
 pub struct Backend {
     /// The transit public key, known even while sealed (hosts cache it for their lifetime).
     transit_public: RwLock<Option<String>>,
-    transit: RwLock<Option<Arc<TransitKey>>>,
-    keys: RwLock<Option<Arc<Keyring>>>,
+    seal: RwLock<Seal>,
     secrets: SecretStore,
     mappings: MappingTable,
     authorizer: Authorizer,
 }
+
+/// Proof that the store was unsealed when it was made, with the keys it had then. Every
+/// store operation is a method of this type, so none can run without the check.
+pub struct Unsealed<'a> {
+    backend: &'a Backend,
+    keys: Arc<Keyring>,
+    transit: Arc<TransitKey>,
+}
+
+/// The store was locked after the keys were prepared: they were not installed.
+#[derive(Debug, thiserror::Error)]
+#[error("the store was locked meanwhile; unlock again")]
+pub struct LockedMeanwhile;
 
 impl Backend {
     /// A backend holding its keys (run with `ENCRYPTION_XKEY_SEED`).
@@ -79,8 +108,7 @@ impl Backend {
         authorizer: Authorizer,
     ) -> Self {
         let backend = Self::sealed(secrets, mappings, authorizer);
-        backend.set_transit(Some(transit));
-        backend.set_keys(Some(keys));
+        let _ = backend.install(0, keys, transit);
         backend
     }
 
@@ -88,18 +116,25 @@ impl Backend {
     pub fn sealed(secrets: SecretStore, mappings: MappingTable, authorizer: Authorizer) -> Self {
         Self {
             transit_public: RwLock::default(),
-            transit: RwLock::default(),
-            keys: RwLock::default(),
+            seal: RwLock::default(),
             secrets,
             mappings,
             authorizer,
         }
     }
 
-    /// The transit key, if this instance holds it.
-    pub fn transit(&self) -> Result<Arc<TransitKey>, BackendError> {
-        read(&self.transit).clone().ok_or(BackendError::Sealed)
+    /// The store's keys and operations, unless it is sealed.
+    pub fn unsealed(&self) -> Result<Unsealed<'_>, BackendError> {
+        let seal = read(&self.seal);
+        let (keys, transit) = seal.keys.clone().ok_or(BackendError::Sealed)?;
+        Ok(Unsealed {
+            backend: self,
+            keys,
+            transit,
+        })
     }
+
+    // What may be done while sealed.
 
     /// The transit public key (`server_xkey`), if known: it is, even while sealed, once the
     /// store is initialized or a transit seed was configured.
@@ -111,55 +146,147 @@ impl Backend {
         *write(&self.transit_public) = public;
     }
 
-    pub fn set_transit(&self, transit: Option<TransitKey>) {
-        if let Some(t) = &transit {
-            self.set_transit_public(Some(t.public_key().to_string()));
-        }
-        *write(&self.transit) = transit.map(Arc::new);
-    }
-
-    /// The data keys, unless sealed.
-    pub fn keys(&self) -> Result<Arc<Keyring>, BackendError> {
-        read(&self.keys).clone().ok_or(BackendError::Sealed)
-    }
-
-    pub fn set_keys(&self, keys: Option<Keyring>) {
-        *write(&self.keys) = keys.map(Arc::new);
-    }
-
     pub fn is_sealed(&self) -> bool {
-        read(&self.keys).is_none()
+        read(&self.seal).keys.is_none()
+    }
+
+    /// (secrets, entities with a mapping), from memory: for `status`.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.secrets.len(), self.mappings.len())
+    }
+
+    /// One round trip to each bucket (health checks).
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        self.secrets.ping().await?;
+        Ok(self.mappings.ping().await?)
+    }
+
+    // The seal itself: unlock installs keys, lock drops them.
+
+    /// The current lock epoch: read it before preparing keys, and give it to
+    /// [`Backend::install`] or [`Backend::replace_keys`].
+    pub fn seal_epoch(&self) -> u64 {
+        read(&self.seal).epoch
+    }
+
+    /// Unseal with `keys`, unless the store was locked since `epoch` was read.
+    pub fn install(
+        &self,
+        epoch: u64,
+        keys: Keyring,
+        transit: TransitKey,
+    ) -> Result<(), LockedMeanwhile> {
+        let mut seal = write(&self.seal);
+        if seal.epoch != epoch {
+            return Err(LockedMeanwhile);
+        }
+        self.set_transit_public(Some(transit.public_key().to_string()));
+        seal.keys = Some((Arc::new(keys), Arc::new(transit)));
+        Ok(())
+    }
+
+    /// Replace the data keys (a rotation), only if the store is still unsealed in `epoch`:
+    /// a reload racing a lock never unseals the store again. Returns whether it did.
+    pub fn replace_keys(&self, epoch: u64, keys: Keyring) -> bool {
+        let mut seal = write(&self.seal);
+        if seal.epoch != epoch {
+            return false;
+        }
+        match &mut seal.keys {
+            Some((current, _)) => {
+                *current = Arc::new(keys);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Run `work` in the background while the store stays unsealed in `epoch`; `lock` stops
+    /// it. Returns false (and runs nothing) if the store was locked since.
+    pub fn spawn_while_unsealed(
+        &self,
+        epoch: u64,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> bool {
+        let mut seal = write(&self.seal);
+        if seal.epoch != epoch || seal.keys.is_none() {
+            return false;
+        }
+        seal.background.retain(|task| !task.is_finished());
+        seal.background.push(tokio::spawn(work));
+        true
+    }
+
+    /// Seal now: bump the epoch and drop the keys. The returned [`Stopping`] stops the
+    /// background work that used them; wait for it before saying the store is locked.
+    pub fn seal_now(&self) -> Stopping {
+        let mut seal = write(&self.seal);
+        seal.epoch += 1;
+        seal.keys = None;
+        Stopping(std::mem::take(&mut seal.background))
+    }
+
+    /// Seal, and wait until the background work that used the keys has stopped. A request
+    /// already past [`Backend::unsealed`] may still finish with the keys it took.
+    pub async fn lock(&self) {
+        self.seal_now().wait().await;
+    }
+}
+
+/// Background work being stopped by a lock.
+#[must_use = "wait for the background work to stop"]
+pub struct Stopping(Vec<tokio::task::JoinHandle<()>>);
+
+impl Stopping {
+    pub async fn wait(self) {
+        for task in self.0 {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Unsealed<'_> {
+    /// The transit key (opening requests, sealing replies).
+    pub fn transit(&self) -> &TransitKey {
+        &self.transit
+    }
+
+    /// The data keys (re-encryption).
+    pub fn keys(&self) -> &Arc<Keyring> {
+        &self.keys
     }
 
     pub fn secrets(&self) -> &SecretStore {
-        &self.secrets
+        &self.backend.secrets
     }
 
     pub fn mappings(&self) -> &MappingTable {
-        &self.mappings
+        &self.backend.mappings
     }
 
     /// Authorize and serve a read. No NATS I/O unless an older version is requested.
     pub async fn read(&self, req: &ReadRequest<'_>) -> Result<ServedSecret, BackendError> {
+        let backend = self.backend;
         validate_name(req.key)?;
         authz::check_policy(req.policy)?;
-        self.authorizer.verify_host(req.host_jwt)?;
-        let entity = self.authorizer.verify_entity(req.entity_jwt)?;
-        if !self.mappings.allows(&entity.subject, req.key) {
+        backend.authorizer.verify_host(req.host_jwt)?;
+        let entity = backend.authorizer.verify_entity(req.entity_jwt)?;
+        if !backend.mappings.allows(&entity.subject, req.key) {
             return Err(AuthzError::NotMapped.into());
         }
         let not_found = || StoreError::NotFound(req.key.to_string());
         let stored = match req.version.filter(|v| !v.is_empty()) {
-            None => self.secrets.latest(req.key),
+            None => backend.secrets.latest(req.key),
             Some(v) => {
                 let revision: u64 = v
                     .parse()
                     .map_err(|_| BackendError::InvalidVersion(v.to_string()))?;
-                self.secrets.version(req.key, revision).await?
+                backend.secrets.version(req.key, revision).await?
             }
         }
         .ok_or_else(not_found)?;
-        let value = envelope::open(&stored.sealed, &*self.keys()?)?;
+        let value = envelope::open(&stored.sealed, &self.keys)?;
         let value = match req.field {
             Some(field) if !field.is_empty() => select_field(&value, field)?,
             _ => value,
@@ -175,10 +302,10 @@ impl Backend {
     pub fn value(&self, name: &str) -> Result<SecretValue, BackendError> {
         validate_name(name)?;
         let stored = self
-            .secrets
+            .secrets()
             .latest(name)
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        Ok(envelope::open(&stored.sealed, &*self.keys()?)?)
+        Ok(envelope::open(&stored.sealed, &self.keys)?)
     }
 
     /// Store a new version of `name`. `expected` is a compare-and-set on the current version
@@ -191,20 +318,16 @@ impl Backend {
     ) -> Result<u64, BackendError> {
         validate_name(name)?;
         let created = self
-            .secrets
+            .secrets()
             .created_ms(name)
             .unwrap_or_else(crate::store::secrets::now_ms);
         let sealed =
-            envelope::seal(value, self.keys()?.current(), created).map_err(EnvelopeError::from)?;
-        Ok(self.secrets.put(name, sealed, expected).await?)
+            envelope::seal(value, self.keys.current(), created).map_err(EnvelopeError::from)?;
+        Ok(self.secrets().put(name, sealed, expected).await?)
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), BackendError> {
-        Ok(self.secrets.delete(name).await?)
-    }
-
-    pub fn list(&self, prefix: &str) -> Vec<SecretMeta> {
-        self.secrets.list(prefix)
+        Ok(self.secrets().delete(name).await?)
     }
 
     /// Add or remove `names` for `entity`; returns the entity's resulting names.
@@ -214,21 +337,16 @@ impl Backend {
         change: MappingChange,
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, BackendError> {
-        Ok(self.mappings.update(entity, change, names).await?)
+        Ok(self.mappings().update(entity, change, names).await?)
     }
 
     /// Metadata of one secret.
     pub fn info(&self, name: &str) -> Result<SecretMeta, BackendError> {
         validate_name(name)?;
         Ok(self
-            .secrets
+            .secrets()
             .meta(name)
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?)
-    }
-
-    pub fn mappings_of(&self, entity: &str) -> Result<Vec<String>, BackendError> {
-        crate::store::validate_entity(entity)?;
-        Ok(self.mappings.names(entity))
     }
 }
 

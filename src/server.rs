@@ -271,7 +271,7 @@ pub async fn open_backend(
     if config.is_sealed_mode() {
         let backend = Backend::sealed(secrets, mappings, authorizer);
         if let Some(transit) = configured_transit(config)? {
-            backend.set_transit(Some(transit));
+            backend.set_transit_public(Some(transit.public_key().to_string()));
         }
         return Ok(backend);
     }
@@ -354,8 +354,8 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         instance_id = %database.instance_id(),
         server_xkey = %backend.transit_public().unwrap_or_default(),
         sealed = backend.is_sealed(),
-        secrets = backend.secrets().len(),
-        mapped_entities = backend.mappings().len(),
+        secrets = backend.counts().0,
+        mapped_entities = backend.counts().1,
         startup_ms = started.elapsed().as_millis() as u64,
         "piggybank ready"
     );

@@ -59,6 +59,8 @@ enum OpError {
     RepeatedShare,
     #[error("database is sealed: unlock it first")]
     Sealed,
+    #[error("the database was locked while this unlock ran; unlock again")]
+    LockedMeanwhile,
     #[error("the key record changed meanwhile (another rotation?); try again")]
     Conflict,
     #[error("{0}")]
@@ -78,7 +80,7 @@ impl OpError {
             | OpError::AlreadyUnlocked
             | OpError::Conflict
             | OpError::NoSeal => 409,
-            OpError::NotInitialized | OpError::Sealed => 423,
+            OpError::NotInitialized | OpError::Sealed | OpError::LockedMeanwhile => 423,
             OpError::Vault(VaultError::WrongKey | VaultError::WrongShares) => 403,
             OpError::Vault(VaultError::Corrupt(_)) | OpError::Store(_) => 500,
             _ => 400,
@@ -178,6 +180,15 @@ pub struct Database {
     reencryption: Arc<Progress>,
 }
 
+/// Clears `running` when dropped: a re-encryption stopped by `lock` can run again later.
+struct RunningFlag(Arc<Progress>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Background re-encryption after a rotation, as `status` reports it.
 #[derive(Default)]
 struct Progress {
@@ -242,15 +253,40 @@ impl Database {
         let Some(kv) = &self.kv else {
             return Ok(());
         };
-        let mut updates = kv.watch(RECORD_KEY).await.map_err(StoreError::upstream)?;
-        let this = Arc::downgrade(self);
+        // The first subscription fails the start; later ones are retried for ever.
+        let first = kv
+            .watch_with_history(RECORD_KEY)
+            .await
+            .map_err(StoreError::upstream)?;
+        let (kv, this) = (kv.clone(), Arc::downgrade(self));
         tokio::spawn(async move {
-            while let Some(Ok(_)) = updates.next().await {
-                let Some(database) = this.upgrade() else {
-                    break;
-                };
-                if let Err(e) = database.reload().await {
-                    tracing::warn!(error = %e, "cannot load the changed key record");
+            let mut updates = Some(first);
+            loop {
+                if let Some(mut stream) = updates.take() {
+                    // Each subscription starts with the current record: a change missed
+                    // while resubscribing is loaded then.
+                    while let Some(update) = stream.next().await {
+                        if let Err(e) = update {
+                            // The watch's consumer recovers by itself; keep following it.
+                            tracing::warn!(error = %e, "key record watch error");
+                            continue;
+                        }
+                        let Some(database) = this.upgrade() else {
+                            return;
+                        };
+                        if let Err(e) = database.reload().await {
+                            tracing::warn!(error = %e, "cannot load the changed key record");
+                        }
+                    }
+                }
+                if this.strong_count() == 0 {
+                    return;
+                }
+                tracing::warn!("the key record watch ended; resubscribing");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                match kv.watch_with_history(RECORD_KEY).await {
+                    Ok(stream) => updates = Some(stream),
+                    Err(e) => tracing::warn!(error = %e, "cannot watch the key record yet"),
                 }
             }
         });
@@ -264,37 +300,41 @@ impl Database {
         Box::pin(async move {
             let record = this.existing().await?;
             let now = crate::store::secrets::now_ms();
-            {
+            let epoch = {
                 let master = this.master.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(master) = master.as_ref() else {
                     return Ok(());
                 };
+                // Read under the master's lock, which `lock` holds while it bumps the epoch.
+                let epoch = this.backend.seal_epoch();
                 let (keys, _) = vault::open(&record, master, now)?;
-                this.backend.set_keys(Some(keys));
-            }
+                if !this.backend.replace_keys(epoch, keys) {
+                    return Ok(());
+                }
+                epoch
+            };
             if let Some(at) = vault::pending_activation(&record, now) {
                 let later = Arc::clone(&this);
-                tokio::spawn(async move {
+                this.backend.spawn_while_unsealed(epoch, async move {
                     tokio::time::sleep(std::time::Duration::from_millis(at - now)).await;
                     if let Err(e) = later.reload().await {
                         tracing::warn!(error = %e, "cannot activate the rotated key");
                     }
                 });
             }
-            this.reencrypt_if_needed();
+            this.reencrypt_if_needed(epoch);
             Ok(())
         })
     }
 
     /// Start re-sealing, in the background, every value not under the current key (at most
     /// one run at a time; each run is resumable, so a crash only costs a new run).
-    fn reencrypt_if_needed(self: &Arc<Self>) {
-        let Ok(keys) = self.backend.keys() else {
+    fn reencrypt_if_needed(self: &Arc<Self>, epoch: u64) {
+        let Ok(store) = self.backend.unsealed() else {
             return;
         };
-        let current = keys.current().id().to_string();
-        let stale = self
-            .backend
+        let current = store.keys().current().id().to_string();
+        let stale = store
             .secrets()
             .list("")
             .iter()
@@ -303,33 +343,41 @@ impl Database {
             return;
         }
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        let work = async move {
+            // Cleared however the run ends: finished, or stopped by `lock`.
+            let _running = RunningFlag(Arc::clone(&this.reencryption));
+            let Ok(store) = this.backend.unsealed() else {
+                return;
+            };
             let progress = Arc::clone(&this.reencryption);
             progress.done.store(0, Ordering::SeqCst);
             let report =
-                crate::store::rekey::rekey(this.backend.secrets(), &keys, |done, total| {
+                crate::store::rekey::rekey(store.secrets(), store.keys(), |done, total| {
                     progress.done.store(done, Ordering::SeqCst);
                     progress.total.store(total, Ordering::SeqCst);
                 })
                 .await;
             progress.resealed.store(report.resealed, Ordering::SeqCst);
             progress.failed.store(report.failed.len(), Ordering::SeqCst);
-            progress.running.store(false, Ordering::SeqCst);
             tracing::info!(
                 total = report.total,
                 resealed = report.resealed,
                 failed = report.failed.len(),
                 "re-encryption finished"
             );
+            drop(_running);
             // A rotation during the run: go again for the newer key.
             let newer = this
                 .backend
-                .keys()
-                .is_ok_and(|k| k.current().id() != current);
+                .unsealed()
+                .is_ok_and(|s| s.keys().current().id() != current);
             if newer {
-                this.reencrypt_if_needed();
+                this.reencrypt_if_needed(epoch);
             }
-        });
+        };
+        if !self.backend.spawn_while_unsealed(epoch, work) {
+            self.reencryption.running.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Read the record, if the store is initialized (never, in keyed mode).
@@ -355,7 +403,7 @@ impl Database {
             _ if self.mode() == Mode::Keyed && OPS.contains(&op) => Err(OpError::NoSeal),
             "initialize" => self.initialize(payload).await,
             "unlock" => self.unlock(payload).await,
-            "lock" => Ok(self.lock()),
+            "lock" => Ok(self.lock().await),
             "rotate" => self.rotate().await,
             other => Err(OpError::BadRequest(format!(
                 "unknown operation {other:?}: use initialize, unlock, lock, status or rotate"
@@ -436,6 +484,8 @@ impl Database {
         let request: UnlockRequest = serde_json::from_slice(payload).map_err(|_| {
             OpError::BadRequest(r#"expected {"database_key": "..."} or {"share": "..."}"#.into())
         })?;
+        // Read before anything else: a lock from now on makes this unlock install nothing.
+        let epoch = self.backend.seal_epoch();
         let record = self.existing().await?;
         if !self.backend.is_sealed() {
             return Err(OpError::AlreadyUnlocked);
@@ -477,27 +527,42 @@ impl Database {
             }
         };
         let (keys, transit) = vault::open(&record, &master, crate::store::secrets::now_ms())?;
-        if let Some(transit) = transit {
-            self.backend.set_transit(Some(transit));
+        let transit = transit
+            .or_else(|| self.configured_transit.clone())
+            .ok_or_else(|| {
+                OpError::Store("the record holds no transit key, and none is configured".into())
+            })?;
+        // A lock since `epoch` was read wins: nothing is installed or kept after it.
+        self.backend
+            .install(epoch, keys, transit)
+            .map_err(|_| OpError::LockedMeanwhile)?;
+        {
+            let mut held = self.master.lock().unwrap_or_else(|p| p.into_inner());
+            if self.backend.seal_epoch() != epoch {
+                return Err(OpError::LockedMeanwhile);
+            }
+            *held = Some(master);
         }
-        self.backend.set_keys(Some(keys));
-        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
         tracing::info!("database unlocked");
         // Resume a rotation: a pending activation, or values not yet re-sealed.
         self.reload().await?;
         Ok(serde_json::json!({ "sealed": false }))
     }
 
-    fn lock(&self) -> serde_json::Value {
-        self.master.lock().unwrap_or_else(|p| p.into_inner()).take();
-        self.backend.set_keys(None);
-        if self.configured_transit.is_none() {
-            self.backend.set_transit(None);
-        }
+    /// Seal this instance: drop the master key and the data keys, forget the shares given
+    /// so far, and stop (and wait for) the background work that used the keys.
+    async fn lock(&self) -> serde_json::Value {
+        let stopping = {
+            let mut held = self.master.lock().unwrap_or_else(|p| p.into_inner());
+            let stopping = self.backend.seal_now();
+            held.take();
+            stopping
+        };
         self.shares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        stopping.wait().await;
         tracing::info!("database locked");
         serde_json::json!({ "sealed": true })
     }
@@ -521,12 +586,12 @@ impl Database {
             key_version: None,
             key_id: self
                 .backend
-                .keys()
+                .unsealed()
                 .ok()
-                .map(|k| k.current().id().to_string()),
+                .map(|store| store.keys().current().id().to_string()),
             server_xkey: self.backend.transit_public(),
-            secrets: Some(self.backend.secrets().len()),
-            mapped_entities: Some(self.backend.mappings().len()),
+            secrets: Some(self.backend.counts().0),
+            mapped_entities: Some(self.backend.counts().1),
             reencryption: None,
         };
         if self.mode() == Mode::Keyed {

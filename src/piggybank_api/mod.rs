@@ -152,9 +152,11 @@ async fn respond(
     msg: &Message,
 ) -> Result<(Vec<u8>, u16), ApiError> {
     let request = parse(prefix, msg.subject.as_str(), msg.headers.as_ref())?;
+    // Every method reads or changes the store: none is answered while sealed.
+    let store = backend.unsealed().map_err(api_error)?;
     match request.method {
         Method::Get => {
-            let value = backend.value(&request.key).map_err(api_error)?;
+            let value = store.value(&request.key).map_err(api_error)?;
             Ok((value.as_bytes().to_vec(), 200))
         }
         Method::Post => {
@@ -164,14 +166,14 @@ async fn respond(
                 .and_then(|h| h.get(headers::KIND))
                 .map(|v| v.as_str().to_ascii_lowercase());
             let value = posted_value(kind.as_deref(), &msg.payload)?;
-            let version = backend
+            let version = store
                 .put(&request.key, &value, None)
                 .await
                 .map_err(api_error)?;
             Ok((format!(r#"{{"version":{version}}}"#).into_bytes(), 200))
         }
         Method::Delete => {
-            backend.delete(&request.key).await.map_err(api_error)?;
+            store.delete(&request.key).await.map_err(api_error)?;
             Ok((Vec::new(), 200))
         }
     }

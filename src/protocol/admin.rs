@@ -20,23 +20,27 @@ use super::wire::{
     admin_code, put_secret_error, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest,
     ListSecretsResponse, MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
 };
-use crate::backend::{Backend, BackendError, MappingChange};
+use crate::backend::{BackendError, MappingChange, Unsealed};
 use crate::store::envelope::SecretValue;
 use crate::store::secrets::{page_limit, PageRequest};
 use crate::store::validate_entity;
 
-fn put_error(e: PutSecretError) -> Reply {
+pub(crate) fn put_error(e: PutSecretError) -> Reply {
     Reply::json(&PutSecretResponse {
         revision: 0,
         error: Some(e),
     })
 }
 
-fn backend_error(e: &BackendError) -> Reply {
+pub(crate) fn backend_error(e: &BackendError) -> Reply {
     Reply::admin_error(admin_code(e), e.to_string())
 }
 
-pub async fn put_secret(backend: &Backend, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
+pub async fn put_secret(
+    store: &Unsealed<'_>,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Reply {
     if payload.is_empty() {
         return put_error(PutSecretError::InvalidPayload);
     }
@@ -47,11 +51,7 @@ pub async fn put_secret(backend: &Backend, headers: Option<&HeaderMap>, payload:
         }
         Err(_) => return put_error(PutSecretError::InvalidXKey),
     };
-    let transit = match backend.transit() {
-        Ok(transit) => transit,
-        Err(e) => return put_error(put_secret_error(&e)),
-    };
-    let Ok(opened) = transit.open(payload, &requester) else {
+    let Ok(opened) = store.transit().open(payload, &requester) else {
         return put_error(PutSecretError::DecryptionError);
     };
     let Ok(mut request) = serde_json::from_slice::<PutSecretRequest>(&opened) else {
@@ -74,7 +74,7 @@ pub async fn put_secret(backend: &Backend, headers: Option<&HeaderMap>, payload:
             }
         },
     };
-    match backend.put(&request.key, &value, expected).await {
+    match store.put(&request.key, &value, expected).await {
         Ok(revision) => {
             tracing::info!(key = %request.key, revision, kind = ?value.kind(), "secret stored");
             Reply::json(&PutSecretResponse {
@@ -86,12 +86,12 @@ pub async fn put_secret(backend: &Backend, headers: Option<&HeaderMap>, payload:
     }
 }
 
-pub async fn delete_secret(backend: &Backend, payload: &[u8]) -> Reply {
+pub async fn delete_secret(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
     let request: DeleteSecretRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return Reply::admin_error(400, format!("expected {{\"key\": NAME}}: {e}")),
     };
-    match backend.delete(&request.key).await {
+    match store.delete(&request.key).await {
         Ok(()) => {
             tracing::info!(key = %request.key, "secret deleted");
             Reply::ok()
@@ -117,14 +117,14 @@ fn limit(requested: Option<u64>) -> Result<usize, Reply> {
 }
 
 /// `list_secrets`: one page of metadata, in name order (see [`ListSecretsRequest`]).
-pub fn list_secrets(backend: &Backend, payload: &[u8]) -> Reply {
+pub fn list_secrets(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
     let page = optional_body::<ListSecretsRequest>(
         payload,
         r#"{"prefix": TEXT, "limit": N, "after": NAME}, every field optional"#,
     )
     .and_then(|request| {
         let limit = limit(request.limit)?;
-        Ok(backend.secrets().list_page(&PageRequest {
+        Ok(store.secrets().list_page(&PageRequest {
             prefix: &request.prefix,
             after: request.after.as_deref(),
             limit,
@@ -152,7 +152,7 @@ fn mapping_names(payload: &[u8]) -> Result<BTreeSet<String>, Reply> {
 
 /// `add_mapping.{entity}` and `remove_mapping.{entity}`.
 pub async fn update_mapping(
-    backend: &Backend,
+    store: &Unsealed<'_>,
     change: MappingChange,
     entity: &str,
     payload: &[u8],
@@ -161,7 +161,7 @@ pub async fn update_mapping(
         Ok(n) => n,
         Err(reply) => return reply,
     };
-    match backend.update_mapping(entity, change, &names).await {
+    match store.update_mapping(entity, change, &names).await {
         Ok(_) => {
             tracing::info!(entity, ?change, secrets = ?names, "mapping updated");
             Reply::ok()
@@ -172,7 +172,7 @@ pub async fn update_mapping(
 
 /// `get_mappings.{entity}`: one page of the names the entity may read (see
 /// [`GetMappingsRequest`]).
-pub fn get_mappings(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
+pub fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) -> Reply {
     let page = optional_body::<GetMappingsRequest>(
         payload,
         r#"an empty body or {"prefix": TEXT, "limit": N, "after": NAME}"#,
@@ -180,7 +180,7 @@ pub fn get_mappings(backend: &Backend, entity: &str, payload: &[u8]) -> Reply {
     .and_then(|request| {
         validate_entity(entity).map_err(|e| backend_error(&e.into()))?;
         let limit = limit(request.limit)?;
-        Ok(backend.mappings().names_page(
+        Ok(store.mappings().names_page(
             entity,
             &PageRequest {
                 prefix: &request.prefix,

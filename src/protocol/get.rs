@@ -11,12 +11,12 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::reply::Reply;
 use super::wire::get_secret_error;
-use crate::backend::{Backend, ReadRequest};
+use crate::backend::{ReadRequest, Unsealed};
 use crate::config::headers::{RESPONSE_XKEY, WASMCLOUD_HOST_XKEY};
 use crate::keys;
 use crate::store::envelope::SecretValue;
 
-fn error(e: GetSecretError) -> Reply {
+pub(crate) fn error(e: GetSecretError) -> Reply {
     Reply::json(&SecretResponse {
         secret: None,
         error: Some(e),
@@ -32,15 +32,15 @@ pub(crate) fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, GetSecr
     XKey::from_public_key(value.as_str()).map_err(|_| GetSecretError::InvalidXKey)
 }
 
-pub async fn handle(backend: &Backend, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
-    match respond(backend, headers, payload).await {
+pub async fn handle(store: &Unsealed<'_>, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
+    match respond(store, headers, payload).await {
         Ok(reply) => reply,
         Err(e) => error(e),
     }
 }
 
 async fn respond(
-    backend: &Backend,
+    store: &Unsealed<'_>,
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> Result<Reply, GetSecretError> {
@@ -48,8 +48,8 @@ async fn respond(
         return Err(GetSecretError::InvalidPayload);
     }
     let requester = requester_key(headers)?;
-    let transit = backend.transit().map_err(|e| get_secret_error(&e))?;
-    let opened = transit
+    let opened = store
+        .transit()
         .open(payload, &requester)
         .map_err(|_| GetSecretError::DecryptionError)?;
     let request: SecretRequest =
@@ -62,7 +62,7 @@ async fn respond(
         host_jwt: &request.context.host_jwt,
         policy: &request.context.application.policy,
     };
-    let served = backend.read(&read).await.map_err(|e| {
+    let served = store.read(&read).await.map_err(|e| {
         tracing::debug!(key = %request.key, error = %e, "get refused");
         get_secret_error(&e)
     })?;

@@ -15,30 +15,54 @@ use crate::backend::{Backend, MappingChange};
 use reply::Reply;
 use subject::{Operation, SubjectError};
 
+/// The transit public key: answered while sealed too, once known (hosts cache it).
+fn server_xkey(backend: &Backend) -> Reply {
+    match backend.transit_public() {
+        Some(public) => Reply::plain(public),
+        None => Reply::admin_error(
+            423,
+            "the store is not initialized: no transit key yet (piggybank init)",
+        ),
+    }
+}
+
 /// Answer one message. Pure with respect to NATS: the caller publishes the reply.
+///
+/// `server_xkey` is the only operation answered while sealed; every other one runs on the
+/// [`crate::backend::Unsealed`] store, or answers its own "sealed" error.
 pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
     let headers = msg.headers.as_ref();
     let payload = &msg.payload;
-    match subject::parse(prefix, msg.subject.as_str()) {
-        Ok(Operation::ServerXkey) => match backend.transit_public() {
-            Some(public) => Reply::plain(public),
-            None => Reply::admin_error(
-                423,
-                "the store is not initialized: no transit key yet (piggybank init)",
-            ),
-        },
-        Ok(Operation::Get) => get::handle(backend, headers, payload).await,
-        Ok(Operation::PutSecret) => admin::put_secret(backend, headers, payload).await,
-        Ok(Operation::DeleteSecret) => admin::delete_secret(backend, payload).await,
-        Ok(Operation::ListSecrets) => admin::list_secrets(backend, payload),
-        Ok(Operation::AddMapping(entity)) => {
-            admin::update_mapping(backend, MappingChange::Add, &entity, payload).await
+    let operation = match subject::parse(prefix, msg.subject.as_str()) {
+        Ok(Operation::ServerXkey) => return server_xkey(backend),
+        Ok(operation) => operation,
+        Err(e @ SubjectError::UnknownOperation(_)) => {
+            return Reply::admin_error(404, e.to_string())
         }
-        Ok(Operation::RemoveMapping(entity)) => {
-            admin::update_mapping(backend, MappingChange::Remove, &entity, payload).await
+        Err(e) => return Reply::admin_error(400, e.to_string()),
+    };
+    let store = match backend.unsealed() {
+        Ok(store) => store,
+        Err(e) => {
+            return match operation {
+                Operation::Get => get::error(wire::get_secret_error(&e)),
+                Operation::PutSecret => admin::put_error(wire::put_secret_error(&e)),
+                _ => admin::backend_error(&e),
+            }
         }
-        Ok(Operation::GetMappings(entity)) => admin::get_mappings(backend, &entity, payload),
-        Err(e @ SubjectError::UnknownOperation(_)) => Reply::admin_error(404, e.to_string()),
-        Err(e) => Reply::admin_error(400, e.to_string()),
+    };
+    match operation {
+        Operation::ServerXkey => server_xkey(backend),
+        Operation::Get => get::handle(&store, headers, payload).await,
+        Operation::PutSecret => admin::put_secret(&store, headers, payload).await,
+        Operation::DeleteSecret => admin::delete_secret(&store, payload).await,
+        Operation::ListSecrets => admin::list_secrets(&store, payload),
+        Operation::AddMapping(entity) => {
+            admin::update_mapping(&store, MappingChange::Add, &entity, payload).await
+        }
+        Operation::RemoveMapping(entity) => {
+            admin::update_mapping(&store, MappingChange::Remove, &entity, payload).await
+        }
+        Operation::GetMappings(entity) => admin::get_mappings(&store, &entity, payload),
     }
 }

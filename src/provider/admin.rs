@@ -39,6 +39,11 @@ pub struct AdminExports {
 }
 
 impl AdminExports {
+    /// The store, unless it is sealed: every call but `status` goes through here.
+    fn store(&self) -> Result<crate::backend::Unsealed<'_>, Error> {
+        self.backend.unsealed().map_err(wit_error)
+    }
+
     pub fn new(
         backend: Arc<Backend>,
         links: Arc<Links>,
@@ -91,7 +96,7 @@ impl AdminExports {
         }
         let names: BTreeSet<String> = names.into_iter().collect();
         let all = self
-            .backend
+            .store()?
             .update_mapping(&entity, change, &names)
             .await
             .map_err(wit_error)?;
@@ -113,7 +118,7 @@ impl Handler<Option<Context>> for AdminExports {
                 WitValue::Text(s) => SecretValue::String(Zeroizing::new(s)),
                 WitValue::Bytes(b) => SecretValue::Binary(Zeroizing::new(b.into())),
             };
-            self.backend
+            self.store()?
                 .put(&name, &value, expected_version)
                 .await
                 .map_err(wit_error)
@@ -128,7 +133,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<(), Error>> {
         let delete = async {
             self.authorize_names(&cx, Access::Write, [name.as_str()])?;
-            self.backend.delete(&name).await.map_err(wit_error)
+            self.store()?.delete(&name).await.map_err(wit_error)
         };
         Ok(delete.await)
     }
@@ -142,7 +147,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<SecretPage, Error>> {
         Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
             let prefix = scope.narrow(&prefix).map_err(scope_error)?;
-            let page = self.backend.secrets().list_page(&PageRequest {
+            let page = self.store()?.secrets().list_page(&PageRequest {
                 prefix: &prefix,
                 after: after.as_deref(),
                 limit: wit_limit(limit)?,
@@ -161,7 +166,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<SecretInfo, Error>> {
         Ok(self
             .authorize_names(&cx, Access::Read, [name.as_str()])
-            .and_then(|_| self.backend.info(&name).map(info).map_err(wit_error)))
+            .and_then(|_| self.store()?.info(&name).map(info).map_err(wit_error)))
     }
 
     async fn add_mapping(
@@ -192,7 +197,7 @@ impl Handler<Option<Context>> for AdminExports {
         Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
             validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
             // The scope is a name prefix, so paging within it is paging with that prefix.
-            let page = self.backend.mappings().names_page(
+            let page = self.store()?.mappings().names_page(
                 &entity,
                 &PageRequest {
                     prefix: &scope.prefix,
@@ -215,8 +220,8 @@ impl Handler<Option<Context>> for AdminExports {
             sealed: self.backend.is_sealed(),
             nats_connected: self.nats.connection_state()
                 == async_nats::connection::State::Connected,
-            secrets: self.backend.secrets().len() as u64,
-            mapped_entities: self.backend.mappings().len() as u64,
+            secrets: self.backend.counts().0 as u64,
+            mapped_entities: self.backend.counts().1 as u64,
             scope_prefix: scope.prefix,
             read_only: scope.read_only,
         }))

@@ -738,3 +738,59 @@ pub fn nats_with_max_payload(bytes: usize) -> NatsServer {
     std::fs::write(&config, format!("max_payload: {bytes}\n")).expect("write nats.conf");
     NatsServer::start_with_config(&config)
 }
+
+/// Every entry of every KV bucket on the server: (bucket, key) -> (revision, value).
+pub async fn kv_state(
+    client: &async_nats::Client,
+) -> std::collections::BTreeMap<(String, String), (u64, Vec<u8>)> {
+    use futures::StreamExt as _;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut names: Vec<String> = js.stream_names().map(|n| n.unwrap()).collect().await;
+    names.retain(|n| n.starts_with("KV_"));
+    let mut state = std::collections::BTreeMap::new();
+    for stream in names {
+        let bucket = stream.trim_start_matches("KV_").to_string();
+        let kv = js.get_key_value(&bucket).await.unwrap();
+        let keys: Vec<String> = match kv.keys().await {
+            Ok(keys) => keys.map(|k| k.unwrap()).collect().await,
+            Err(_) => Vec::new(),
+        };
+        for key in keys {
+            if let Some(entry) = kv.entry(&key).await.unwrap() {
+                state.insert(
+                    (bucket.clone(), key),
+                    (entry.revision, entry.value.to_vec()),
+                );
+            }
+        }
+    }
+    state
+}
+
+impl NatsServer {
+    /// Start again on `port` with the data dir of a stopped server (clients reconnect).
+    pub fn restart_on(port: u16, dir: tempfile::TempDir) -> Self {
+        let name = unique_name("piggybank-test");
+        let mut child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                &name,
+                "-sd",
+            ])
+            .arg(dir.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server");
+        assert!(
+            wait_listening(&mut child, port, &name),
+            "nats-server did not restart on {port}"
+        );
+        NatsServer { port, child, dir }
+    }
+}

@@ -67,7 +67,10 @@ async fn fill_store(
     let puts = futures::stream::iter(0..size)
         .map(|i| {
             let (backend, value) = (Arc::clone(&backend), &value);
-            async move { backend.put(&format!("scale/{i}"), value, None).await }
+            async move {
+                let store = backend.unsealed()?;
+                store.put(&format!("scale/{i}"), value, None).await
+            }
         })
         .buffer_unordered(WRITES_IN_FLIGHT);
     let failed = puts
@@ -81,7 +84,8 @@ async fn fill_store(
             async move {
                 let entity = nkeys::KeyPair::new_module().public_key();
                 let names = BTreeSet::from([format!("scale/{}", i % size.max(1))]);
-                backend
+                let store = backend.unsealed()?;
+                store
                     .update_mapping(&entity, MappingChange::Add, &names)
                     .await
             }
@@ -96,6 +100,7 @@ async fn fill_store(
         "{failed} mapping updates failed while filling the store"
     );
     backend
+        .unsealed()?
         .update_mapping(
             bench_entity,
             MappingChange::Add,
