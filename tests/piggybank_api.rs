@@ -64,6 +64,28 @@ async fn backend_on(nats: &NatsServer, keys: &Keys) -> Running {
     start_backend_as(nats, config, "piggybank", "piggybank-test").await
 }
 
+/// An admin client and a host-side secrets client, connected as the backend's own user
+/// (the applications' users may not reach the protocol subjects).
+async fn as_the_backend_user(
+    nats: &NatsServer,
+) -> (
+    piggybank::client::AdminClient,
+    wasmcloud_secrets_client::Client,
+) {
+    let backend_user = async_nats::ConnectOptions::with_user_and_password(
+        "piggybank".into(),
+        "piggybank-test".into(),
+    )
+    .connect(nats.url())
+    .await
+    .unwrap();
+    let admin = admin(backend_user.clone());
+    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", backend_user)
+        .await
+        .unwrap();
+    (admin, host)
+}
+
 #[tokio::test]
 async fn each_application_reads_its_own_secrets_and_is_refused_anothers() {
     let nats = nats_with_permissions();
@@ -187,25 +209,10 @@ async fn a_secret_posted_by_a_service_is_served_to_a_mapped_component() {
     .await
     .unwrap();
 
-    let backend_user = async_nats::ConnectOptions::with_user_and_password(
-        "piggybank".into(),
-        "piggybank-test".into(),
-    )
-    .connect(nats.url())
-    .await
-    .unwrap();
-    let admin = piggybank::client::AdminClient::new(
-        backend_user.clone(),
-        "wasmcloud.secrets",
-        "v1alpha1",
-        "nats-kv",
-    );
+    let (admin, host) = as_the_backend_user(&nats).await;
     let (jwt, entity) = Issuer::new().component();
     admin
         .add_mapping(&entity, &names(&["billing/db-password"]))
-        .await
-        .unwrap();
-    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", backend_user)
         .await
         .unwrap();
     let secret = host_get(&host, request("billing/db-password", &jwt))
@@ -295,19 +302,7 @@ async fn a_post_of_raw_bytes_with_only_a_method_is_stored_byte_exact_and_served_
     assert!(got == value, "the bytes came back changed");
 
     // The same secret, to a mapped component, through the wasmCloud protocol.
-    let backend_user = async_nats::ConnectOptions::with_user_and_password(
-        "piggybank".into(),
-        "piggybank-test".into(),
-    )
-    .connect(nats.url())
-    .await
-    .unwrap();
-    let admin = piggybank::client::AdminClient::new(
-        backend_user.clone(),
-        "wasmcloud.secrets",
-        "v1alpha1",
-        "nats-kv",
-    );
+    let (admin, host) = as_the_backend_user(&nats).await;
     let (jwt, entity) = Issuer::new().component();
     admin
         .add_mapping(&entity, &names(&["billing/cert"]))
@@ -315,9 +310,6 @@ async fn a_post_of_raw_bytes_with_only_a_method_is_stored_byte_exact_and_served_
         .unwrap();
     let listed = admin.list_secrets("billing/cert").await.unwrap();
     assert_eq!(serde_json::to_value(listed[0].kind).unwrap(), "binary");
-    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", backend_user)
-        .await
-        .unwrap();
     let secret = host_get(&host, request("billing/cert", &jwt))
         .await
         .unwrap();

@@ -68,26 +68,7 @@ impl NatsServer {
         for _ in 0..5 {
             let port = free_port();
             let name = unique_name("piggybank-test");
-            let mut command = Command::new("nats-server");
-            if let Some(config) = config {
-                command.arg("-c").arg(config);
-            }
-            let mut child = command
-                .args([
-                    "-js",
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-n",
-                    &name,
-                    "-sd",
-                ])
-                .arg(dir.path().join("js"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server must be installed (make test installs it)");
+            let mut child = Self::command(port, &name, &dir, config);
             if wait_listening(&mut child, port, &name) {
                 return NatsServer { port, child, dir };
             }
@@ -95,6 +76,30 @@ impl NatsServer {
             let _ = child.wait();
         }
         panic!("nats-server did not start");
+    }
+
+    /// `nats-server -js` on `127.0.0.1:port` named `name`, its data under `dir`.
+    fn command(port: u16, name: &str, dir: &tempfile::TempDir, config: Option<&Path>) -> Child {
+        let mut command = Command::new("nats-server");
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        command
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                name,
+                "-sd",
+            ])
+            .arg(dir.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (make test installs it)")
     }
 
     pub fn url(&self) -> String {
@@ -771,22 +776,7 @@ impl NatsServer {
     /// Start again on `port` with the data dir of a stopped server (clients reconnect).
     pub fn restart_on(port: u16, dir: tempfile::TempDir) -> Self {
         let name = unique_name("piggybank-test");
-        let mut child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-n",
-                &name,
-                "-sd",
-            ])
-            .arg(dir.path().join("js"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server");
+        let mut child = Self::command(port, &name, &dir, None);
         assert!(
             wait_listening(&mut child, port, &name),
             "nats-server did not restart on {port}"
