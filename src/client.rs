@@ -3,6 +3,10 @@
 //! Values are sealed to the backend's transit key from a one-time key, exactly as the
 //! sample's client does, so it also works against the sample backend for the operations the
 //! sample has.
+//!
+//! With an [`AdminSigner`] ([`AdminClient::with_signer`]), every request it sends carries
+//! the admin signature headers (`crate::admin_auth`), added in one place
+//! (`AdminClient::request`), so no operation can be sent unsigned by mistake.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +15,7 @@ use async_nats::{Client, HeaderMap};
 use nkeys::XKey;
 use zeroize::Zeroizing;
 
+use crate::admin_auth::AdminSigner;
 use crate::config::{self, headers, ops};
 use crate::keys::Keyring;
 use crate::protocol::wire::{
@@ -46,10 +51,22 @@ pub enum ClientError {
     Paging(String),
 }
 
+impl ClientError {
+    /// Whether the backend refused for want of a valid admin signature: 403 on the admin
+    /// operations; `put_secret` answers the sample's `InvalidHeaders`, which a request
+    /// this client built can only get for its signature headers.
+    pub fn is_admin_refusal(&self) -> bool {
+        matches!(self, ClientError::Admin { code: 403, .. })
+            || matches!(self, ClientError::Put(PutSecretError::InvalidHeaders))
+    }
+}
+
 #[derive(Clone)]
 pub struct AdminClient {
     nats: Client,
     prefix: String,
+    /// Signs every request when set (backends run with `--admin-keys` require it).
+    signer: Option<AdminSigner>,
 }
 
 impl AdminClient {
@@ -58,7 +75,14 @@ impl AdminClient {
         Self {
             nats,
             prefix: config::subject_prefix(subject_base, api_version, name),
+            signer: None,
         }
+    }
+
+    /// Sign every request with `signer` (`None`: send them unsigned).
+    pub fn with_signer(mut self, signer: Option<AdminSigner>) -> Self {
+        self.signer = signer;
+        self
     }
 
     fn subject(&self, op: &str) -> String {
@@ -71,6 +95,14 @@ impl AdminClient {
         headers: Option<HeaderMap>,
         body: Vec<u8>,
     ) -> Result<async_nats::Message, ClientError> {
+        let headers = match &self.signer {
+            Some(signer) => {
+                let mut h = headers.unwrap_or_default();
+                signer.sign_into(&subject, &body, &mut h);
+                Some(h)
+            }
+            None => headers,
+        };
         let sent = match headers {
             Some(h) => {
                 self.nats

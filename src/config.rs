@@ -40,6 +40,15 @@ pub mod env {
     pub const PIGGYBANK_DATABASE_KEY: &str = "PIGGYBANK_DATABASE_KEY";
     pub const PIGGYBANK_SHARE: &str = "PIGGYBANK_SHARE";
     pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
+    /// `run`: comma-separated nkey user public keys (`U...`) whose signatures admin
+    /// operations must carry (see `admin_auth`).
+    pub const ADMIN_KEYS: &str = "ADMIN_KEYS";
+    /// Client commands: the admin nkey seed (`SU...`) they sign with.
+    pub const PIGGYBANK_ADMIN_SEED: &str = "PIGGYBANK_ADMIN_SEED";
+    /// Client commands: a file (mode 0600) holding the admin seed (`--admin-seed-file`).
+    pub const PIGGYBANK_ADMIN_SEED_FILE: &str = "PIGGYBANK_ADMIN_SEED_FILE";
+    /// `run`: refuse a database key or share sent in clear (`true`/`false`).
+    pub const PIGGYBANK_SEALED_KEYS_ONLY: &str = "PIGGYBANK_SEALED_KEYS_ONLY";
 }
 
 /// Name of the mappings bucket for a backend: `SECRETS_{name}_state` (as the sample).
@@ -50,6 +59,11 @@ pub fn mappings_bucket(backend_name: &str) -> String {
 /// Name of the sealed key record's bucket of a backend run in sealed mode.
 pub fn vault_bucket(backend_name: &str) -> String {
     format!("SECRETS_{backend_name}_vault")
+}
+
+/// Bucket of accepted admin request nonces, shared by every instance (replay protection).
+pub fn nonces_bucket(backend_name: &str) -> String {
+    format!("SECRETS_{backend_name}_nonces")
 }
 
 /// Queue group shared by every instance of one backend.
@@ -81,6 +95,17 @@ pub mod headers {
     pub const SERVICE_ERROR: &str = "Nats-Service-Error";
     /// Set on every admin error reply: an HTTP-like status code.
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+    /// Signed administration (`admin_auth`): the signer's public nkey (`U...`).
+    pub const ADMIN_KEY: &str = "Piggybank-Admin-Key";
+    /// Signed administration: unix milliseconds when the request was signed.
+    pub const ADMIN_TIME: &str = "Piggybank-Admin-Time";
+    /// Signed administration: 16 random bytes, lowercase hex; accepted once.
+    pub const ADMIN_NONCE: &str = "Piggybank-Admin-Nonce";
+    /// Signed administration: the ed25519 signature, base64url without padding.
+    pub const ADMIN_SIGNATURE: &str = "Piggybank-Admin-Signature";
+    /// On `initialize`: the requester's one-time public xkey, which the key (or the shares)
+    /// in the reply is sealed to.
+    pub const REQUESTER_XKEY: &str = "Piggybank-Requester-Xkey";
 }
 
 /// Keys of the capability provider's configuration (HostData `config` and `secrets`).
@@ -98,6 +123,11 @@ pub mod provider {
     pub const REPLICAS: &str = "replicas";
     /// Comma-separated account public keys whose entities may read secrets.
     pub const TRUSTED_ISSUERS: &str = "trusted_issuers";
+    /// Comma-separated nkey user public keys (`U...`) whose signatures admin operations
+    /// must carry (as `run --admin-keys`).
+    pub const ADMIN_KEYS: &str = "admin_keys";
+    /// `true`: refuse a database key or share sent in clear (as `run --sealed-keys-only`).
+    pub const SEALED_KEYS_ONLY: &str = "sealed_keys_only";
     /// Serve the Piggy Bank API under this prefix; also the prefix of the sealed-mode
     /// database operations (default `piggybank`).
     pub const PIGGYBANK_PREFIX: &str = "piggybank_prefix";
@@ -118,6 +148,8 @@ pub mod provider {
         SECRETS_BUCKET,
         REPLICAS,
         TRUSTED_ISSUERS,
+        ADMIN_KEYS,
+        SEALED_KEYS_ONLY,
         PIGGYBANK_PREFIX,
         INSECURE_CONFIG_KEYS,
         TRANSIT_XKEY_SEED,

@@ -11,6 +11,10 @@
 //!   watches; `envelope`, the at-rest format (and the sample's, read in place); `rekey`,
 //!   online re-sealing with the current key.
 //! - [`authz`]: JWT verification, trusted issuers, policy checks.
+//! - [`admin_auth`]: signed administration: the signed bytes, `AdminSigner` (clients) and
+//!   `AdminVerifier` (servers; replay refused across instances by a shared nonce bucket).
+//! - [`key_transfer`]: key material in transit: a database key or share sealed to an xkey,
+//!   never in clear on the bus.
 //! - [`backend`]: the core every front door calls: read, put, delete, list, mappings.
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - [`piggybank_api`]: the Piggy Bank front door for plain NATS services
@@ -23,11 +27,13 @@
 //! - [`cli`]: the `piggybank` command line (flags -> library calls), and `bench`.
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod admin_auth;
 pub mod authz;
 pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod key_transfer;
 pub mod keys;
 pub mod piggybank_api;
 pub mod protocol;

@@ -21,6 +21,13 @@ use async_nats::Subject;
 /// The default inbox prefix of NATS clients.
 pub const DEFAULT_REPLY_PREFIX: &str = "_INBOX.";
 
+/// The inbox prefix of piggybank's own server connections. Its subscriptions (KV mirror
+/// deliveries, the key record watch, JetStream replies) live under it, so it is one of the
+/// trees piggybank serves: no reply is ever published under it, and a configured reply
+/// prefix may not overlap it. Under the shared `_INBOX.`, an attacker who saw a mirror's
+/// heartbeat could have piggybank reply into its own consumer.
+pub const SERVER_INBOX_PREFIX: &str = "_PIGGYBANK_INBOX";
+
 /// Refused reply subjects are logged at most this often (with the count since the last log).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -88,6 +95,7 @@ impl ReplyPolicy {
             .iter()
             .map(|s| s.trim_end_matches(['.', '>', '*']).to_string())
             .filter(|s| !s.is_empty())
+            .chain([SERVER_INBOX_PREFIX.to_string()])
             .collect();
         for p in &trusted {
             let tree = &p[..p.len() - 1];
@@ -217,6 +225,7 @@ mod tests {
             ),
             ("piggybank.database.lock", Refused::Served),
             ("piggybank", Refused::Served),
+            ("_PIGGYBANK_INBOX.mirror.1", Refused::Served),
             ("orders.created", Refused::Untrusted),
             ("_INBOX", Refused::Untrusted),
             ("_INBOX.", Refused::Malformed),
@@ -252,6 +261,7 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(ReplyPolicy::new(&["_PIGGYBANK_INBOX".into()], &served).is_err());
         // A reply prefix that would contain a served tree is refused too.
         assert!(ReplyPolicy::new(&["pb".into()], &["pb.x".into()]).is_err());
     }

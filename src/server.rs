@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use crate::admin_auth::{self, AdminRefusal, AdminVerifier, Signed};
 use crate::authz::{Authorizer, AuthzError};
 use crate::backend::Backend;
 use crate::config;
@@ -34,6 +35,12 @@ pub struct RunConfig {
     pub nats_credentials: Option<Credentials>,
     pub replicas: usize,
     pub trusted_issuers: Vec<String>,
+    /// nkey user public keys (`U...`) whose signature admin operations must carry
+    /// (`crate::admin_auth`); empty: admin operations are unauthenticated, as in the sample.
+    pub admin_keys: Vec<String>,
+    /// Refuse a database key or share sent in clear (only the sealed forms of
+    /// `crate::key_transfer`).
+    pub sealed_keys_only: bool,
     pub max_in_flight: usize,
     /// Trusted reply prefixes besides `_INBOX.`: replies go only to subjects under them
     /// (see `crate::reply_policy`).
@@ -76,6 +83,8 @@ impl RunConfig {
             nats_credentials: None,
             replicas: 1,
             trusted_issuers: Vec::new(),
+            admin_keys: Vec::new(),
+            sealed_keys_only: false,
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
             reply_prefixes: Vec::new(),
             piggybank_prefix: None,
@@ -145,6 +154,8 @@ pub enum ServerError {
     Serve(#[from] ServeError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    AdminKeys(#[from] crate::admin_auth::AdminKeyError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +170,27 @@ pub async fn connect(
     address: &str,
     credentials: Option<&Credentials>,
     client_name: &str,
+) -> Result<async_nats::Client, ConnectError> {
+    connect_with(address, credentials, client_name, None).await
+}
+
+/// The connection a backend serves on: its inboxes under
+/// [`SERVER_INBOX_PREFIX`](crate::reply_policy::SERVER_INBOX_PREFIX), which the reply policy
+/// never answers into, rather than the shared `_INBOX.`.
+pub async fn connect_server(
+    address: &str,
+    credentials: Option<&Credentials>,
+    client_name: &str,
+) -> Result<async_nats::Client, ConnectError> {
+    let prefix = crate::reply_policy::SERVER_INBOX_PREFIX;
+    connect_with(address, credentials, client_name, Some(prefix)).await
+}
+
+async fn connect_with(
+    address: &str,
+    credentials: Option<&Credentials>,
+    client_name: &str,
+    inbox_prefix: Option<&str>,
 ) -> Result<async_nats::Client, ConnectError> {
     let err = |reason: String| ConnectError {
         address: without_userinfo(address),
@@ -194,6 +226,9 @@ pub async fn connect(
                 async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
             });
         }
+    }
+    if let Some(prefix) = inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
     options
         .name(client_name)
@@ -322,6 +357,8 @@ pub struct Started {
     pub backend: Arc<Backend>,
     /// `{prefix}.database.*`: the seal (sealed mode), and `status` in either mode.
     pub database: Arc<Database>,
+    /// Checks admin signatures when run with `--admin-keys`; `None`: unauthenticated.
+    pub admin: Option<Arc<AdminVerifier>>,
 }
 
 /// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup time.
@@ -333,20 +370,44 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
              set --trusted-issuers (TRUSTED_ISSUERS) to the account keys that sign your components"
         );
     }
-    let client = connect(
+    let admin_keys = admin_auth::parse_admin_keys(&config.admin_keys)?;
+    if admin_keys.is_empty() {
+        tracing::warn!(
+            "no admin keys configured: anyone who can publish on this backend's subjects can \
+             write secrets, grant access and lock the store; set --admin-keys (ADMIN_KEYS) \
+             to the nkey user keys that sign admin requests"
+        );
+    }
+    let client = connect_server(
         &config.nats_address,
         config.nats_credentials.as_ref(),
         &format!("piggybank {}", config.name),
     )
     .await?;
     let backend = Arc::new(open_backend(&client, config).await?);
+    let admin = match admin_keys.is_empty() {
+        true => None,
+        false => {
+            let js = async_nats::jetstream::new(client.clone());
+            let nonces = admin_auth::open_nonce_bucket(&js, &config.name, config.replicas).await?;
+            Some(Arc::new(AdminVerifier::new(&admin_keys, nonces)?))
+        }
+    };
+    let admin_mode = match admin {
+        Some(_) => admin_auth::AdminMode::Signed,
+        None => admin_auth::AdminMode::Unauthenticated,
+    };
     let database = match config.is_sealed_mode() {
         true => {
-            let database = Arc::new(open_database(&client, config, &backend).await?);
+            let database = open_database(&client, config, &backend).await?;
+            let database = database
+                .with_admin_mode(admin_mode)
+                .with_sealed_keys_only(config.sealed_keys_only);
+            let database = Arc::new(database);
             database.watch().await?;
             database
         }
-        false => Arc::new(Database::keyed(Arc::clone(&backend))),
+        false => Arc::new(Database::keyed(Arc::clone(&backend)).with_admin_mode(admin_mode)),
     };
     tracing::info!(
         backend = %config.name,
@@ -363,6 +424,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         client,
         backend,
         database,
+        admin,
     })
 }
 
@@ -376,33 +438,84 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
 
     let backend = Arc::clone(&started.backend);
     let prefix: Arc<str> = config.subject_prefix().into();
+    let instance: Arc<str> = started.database.instance_id().into();
+    let admin = started.admin.clone();
     endpoints.push(Endpoint {
         name: "protocol",
         subject: format!("{prefix}.>"),
         queue_group: Some(queue_group.clone()),
         handler: Arc::new(move |msg| {
             let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
-            Box::pin(async move { Some(protocol::handle(&backend, &prefix, &msg).await) })
+            let (admin, instance) = (admin.clone(), Arc::clone(&instance));
+            Box::pin(async move {
+                // Every operation but server_xkey and get changes or reveals state.
+                let op = protocol::subject::parse(&prefix, msg.subject.as_str());
+                let signed = op
+                    .as_ref()
+                    .is_ok_and(is_admin_operation)
+                    .then_some(Signed::Once);
+                if let Err(refusal) = admin_check(admin.as_deref(), &msg, signed, &instance).await {
+                    return Some(protocol_refusal(op.ok(), &refusal));
+                }
+                Some(protocol::handle(&backend, &prefix, &msg).await)
+            })
         }),
         too_large: protocol::reply::too_large,
     });
 
-    let database_subject = format!("{}.database.*", config.database_prefix());
-    for once in [true, false] {
+    // `{prefix}.database.{name}.{op}`, and the deprecated `{prefix}.database.{op}`: only
+    // these two, so a request for a name nobody serves gets NATS's "no responders" at once.
+    let database_prefix: Arc<str> = config.database_prefix().into();
+    let name: Arc<str> = config.name.as_str().into();
+    let database_subjects = [
+        database::subject(&database_prefix, &name, "*"),
+        format!("{database_prefix}.database.*"),
+    ];
+    for (database_subject, once) in database_subjects
+        .iter()
+        .flat_map(|s| [(s.clone(), true), (s.clone(), false)])
+    {
         let database = Arc::clone(&started.database);
+        let admin = started.admin.clone();
+        let (database_prefix, name) = (Arc::clone(&database_prefix), Arc::clone(&name));
         endpoints.push(Endpoint {
             name: "database",
             subject: database_subject.clone(),
             queue_group: once.then(|| format!("{queue_group}.database")),
             handler: Arc::new(move |msg| {
-                let database = Arc::clone(&database);
+                let (database, admin) = (Arc::clone(&database), admin.clone());
+                let (database_prefix, name) = (Arc::clone(&database_prefix), Arc::clone(&name));
                 Box::pin(async move {
+                    let subject = msg.subject.as_str();
+                    // Another backend's subject is not answered.
+                    let (op, alias) = database::parse_subject(&database_prefix, &name, subject)?;
                     // Both subscriptions see every operation; each answers its own.
-                    let op = database::operation(msg.subject.as_str());
                     if database::answered_once(op) != once {
                         return None;
                     }
-                    Some(database.handle(op, &msg.payload).await)
+                    if alias {
+                        database.note_deprecated_subject(op);
+                    }
+                    // initialize and rotate (one instance) and lock (every instance) change
+                    // the seal; status and unlock need no signature.
+                    let signed = match op {
+                        "initialize" | "rotate" => Some(Signed::Once),
+                        "lock" => Some(Signed::OnEveryInstance),
+                        _ => None,
+                    };
+                    let instance = database.instance_id();
+                    if let Err(refusal) =
+                        admin_check(admin.as_deref(), &msg, signed, instance).await
+                    {
+                        let body = serde_json::json!({ "error": refusal.to_string() });
+                        return Some(piggybank_api::reply(
+                            refusal.code(),
+                            body.to_string().into_bytes(),
+                        ));
+                    }
+                    database
+                        .handle(op, msg.headers.as_ref(), &msg.payload)
+                        .await
                 })
             }),
             too_large: piggybank_api::too_large,
@@ -424,6 +537,56 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
         });
     }
     endpoints
+}
+
+/// Whether a protocol operation changes or reveals store state, and so must be signed when
+/// the backend runs with `--admin-keys`: all but `server_xkey` and `get`, which hosts use.
+fn is_admin_operation(op: &protocol::subject::Operation) -> bool {
+    use protocol::subject::Operation;
+    match op {
+        Operation::ServerXkey | Operation::Get => false,
+        Operation::PutSecret
+        | Operation::DeleteSecret
+        | Operation::ListSecrets
+        | Operation::AddMapping(_)
+        | Operation::RemoveMapping(_)
+        | Operation::GetMappings(_) => true,
+    }
+}
+
+/// Check the admin signature of `msg` when `signed` says its operation needs one and the
+/// backend runs with `--admin-keys`; `Ok` otherwise.
+async fn admin_check(
+    admin: Option<&AdminVerifier>,
+    msg: &async_nats::Message,
+    signed: Option<Signed>,
+    instance: &str,
+) -> Result<(), AdminRefusal> {
+    match (admin, signed) {
+        (Some(admin), Some(signed)) => admin.check(msg, signed, instance).await.map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// A protocol refusal in the operation's own format: `put_secret` answers the sample's
+/// `PutSecretResponse` (`InvalidHeaders`: the signature headers are missing or invalid), the
+/// others an admin error (403, or 503 when the nonce store did not answer).
+fn protocol_refusal(
+    op: Option<protocol::subject::Operation>,
+    refusal: &AdminRefusal,
+) -> crate::serve::Reply {
+    use protocol::wire::{PutSecretError, PutSecretResponse};
+    if op == Some(protocol::subject::Operation::PutSecret) {
+        let error = match refusal {
+            AdminRefusal::Refused(_) => PutSecretError::InvalidHeaders,
+            AdminRefusal::Unavailable(_) => PutSecretError::Upstream(refusal.to_string()),
+        };
+        return crate::serve::Reply::json(&PutSecretResponse {
+            revision: 0,
+            error: Some(error),
+        });
+    }
+    crate::serve::Reply::admin_error(refusal.code(), refusal.to_string())
 }
 
 /// Serve every NATS front door of a started backend until `shutdown`; then drain.

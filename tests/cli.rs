@@ -200,7 +200,12 @@ async fn dev_runs_nats_and_the_backend_and_reuses_keys_and_data() {
     let keys_file = data.join("keys.env");
     assert_private_file(&keys_file);
     let keys_text = std::fs::read_to_string(&keys_file).unwrap();
-    let (ok, _, err) = fake_nats.cli(&["put", "kept", "--string", SECRET]);
+    // dev signs admin requests with the key it made; keys.env names its file.
+    let admin_seed = data.join("admin.seed");
+    let (ok, _, err) = fake_nats.cli_env(
+        &["put", "kept", "--string", SECRET],
+        &[("PIGGYBANK_ADMIN_SEED_FILE", admin_seed.to_str().unwrap())],
+    );
     assert!(ok, "{err}");
 
     dev.signal(libc::SIGINT);
@@ -253,10 +258,6 @@ impl NatsServerAddr {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("dev backend did not come up");
-    }
-
-    fn cli(&self, args: &[&str]) -> (bool, Vec<u8>, String) {
-        self.cli_env(args, &[])
     }
 
     fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, Vec<u8>, String) {

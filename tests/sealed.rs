@@ -357,7 +357,8 @@ async fn unlock_and_lock_reach_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_initializes_unlocks_locks_and_reports_status() {
     let nats = NatsServer::start();
-    let _backend = start_backend(&nats, sealed_config(&nats, "vault", "piggybank")).await;
+    // Named as the CLI names a backend by default (-n/--name nats-kv).
+    let _backend = start_backend(&nats, sealed_config(&nats, "nats-kv", "piggybank")).await;
     let run = |args: &'static [&'static str],
                stdin: Option<Vec<u8>>,
                env: Vec<(&'static str, String)>| {

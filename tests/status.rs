@@ -54,7 +54,7 @@ async fn status_of_a_keyed_backend_shows_mode_counts_and_version_and_exits_0() {
         "  Secrets:         2\n",
         "  Mapped entities: 1\n",
         &format!("  Version:         {VERSION}\n"),
-        "1 instance answered on piggybank.database.status: unsealed\n",
+        "1 instance answered on piggybank.database.nats-kv.status: unsealed\n",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
@@ -278,7 +278,7 @@ async fn without_a_backend_status_and_unlock_fail_at_once_with_a_clear_message()
     // The prefix given is the one named.
     let (code, _, err) = cli_code(&nats, &["status", "--piggybank-prefix", "vault"], None, &[]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("on vault.database.status"), "{err}");
+    assert!(err.contains("on vault.database.nats-kv.status"), "{err}");
 }
 
 #[tokio::test]
@@ -316,19 +316,19 @@ async fn mappings_init_and_rotate_print_json_with_json() {
     );
     wait_database_instances(&nats.client().await, "pb", 1).await;
     let env = [("PIGGYBANK_PREFIX", "pb")];
-    let (code, out, err) = cli_code(&nats, &["init", "--json"], None, &env);
+    let (code, out, err) = cli_code(&nats, &["init", "-n", "vault", "--json"], None, &env);
     assert_eq!(code, Some(0), "{err}");
     let init = json(&out);
     let key = init["database_key"].as_str().unwrap().to_string();
     assert_eq!(init["sealed"], true);
     let (code, _, err) = cli_code(
         &nats,
-        &["unlock"],
+        &["unlock", "-n", "vault"],
         None,
         &[env[0], ("PIGGYBANK_DATABASE_KEY", &key)],
     );
     assert_eq!(code, Some(0), "{err}");
-    let (code, out, err) = cli_code(&nats, &["rotate", "--json"], None, &env);
+    let (code, out, err) = cli_code(&nats, &["rotate", "-n", "vault", "--json"], None, &env);
     assert_eq!(code, Some(0), "{err}");
     let rotated = json(&out);
     assert_eq!(rotated["key_version"], 2);
@@ -339,10 +339,10 @@ async fn mappings_init_and_rotate_print_json_with_json() {
         "{rotated}"
     );
     assert!(rotated["active_from_ms"].as_u64().is_some());
-    let (code, out, _) = cli_code(&nats, &["rotate"], None, &env);
+    let (code, out, _) = cli_code(&nats, &["rotate", "-n", "vault"], None, &env);
     assert_eq!(code, Some(0));
     assert!(out.contains("  Key version:  3\n"), "{out}");
-    let (code, out, _) = cli_code(&nats, &["lock", "--json"], None, &env);
+    let (code, out, _) = cli_code(&nats, &["lock", "-n", "vault", "--json"], None, &env);
     assert_eq!(code, Some(0));
     assert_eq!(json(&out)["sealed"], true);
 }

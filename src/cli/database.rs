@@ -1,10 +1,19 @@
 //! The database commands, `init`, `unlock`, `lock`, `status` and `rotate`: requests on
-//! `{prefix}.database.<op>` (served by `piggybank_api::database`), printed as text or, with
-//! `--json`, as JSON.
+//! `{prefix}.database.{name}.<op>` (served by `piggybank_api::database`), printed as text
+//! or, with `--json`, as JSON.
 //!
 //! `status` reaches every instance (no queue group), so it gathers every reply that arrives
 //! until none has come for `QUIET`, and exits as `vault status` does: 0 unsealed, 2 if any
 //! instance is sealed, 1 on error. The other operations read the first reply.
+//!
+//! Key material never crosses the bus in clear (`crate::key_transfer`): `init` sends a
+//! one-time xkey and opens the key (or shares) sealed to it; `unlock` asks `status` which
+//! instances there are, and sends each one the key or share sealed to the unseal xkey it
+//! announced, so every instance that answers `status` is unlocked.
+//!
+//! `init`, `unlock`, `lock` and `rotate` are signed with the admin seed when one is given
+//! (`PIGGYBANK_ADMIN_SEED` or `--admin-seed-file`): a backend run with `--admin-keys`
+//! refuses `init`, `lock` and `rotate` without it.
 //!
 //! A key or share is read from the env or stdin, never from argv, and printed only by
 //! `init`, once. On stdin, a key and a share are told apart by decoding them (32 bytes or
@@ -18,8 +27,12 @@ use clap::Args;
 use futures::StreamExt as _;
 use zeroize::Zeroizing;
 
+use async_nats::HeaderMap;
+use nkeys::XKey;
+
 use super::Conn;
-use crate::config::env;
+use crate::config::{self, env};
+use crate::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
 use crate::keys::vault::{self, MasterKey};
 use crate::piggybank_api::database::StatusReport;
 
@@ -35,16 +48,21 @@ pub struct DatabaseArgs {
     /// Prefix of the database operations (the backend's --piggybank-prefix)
     #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
     pub piggybank_prefix: String,
+    /// The name of the backend (its -n/--name)
+    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    pub backend_name: String,
     /// Print the reply as JSON instead of text
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub conn: Conn,
+    #[command(flatten)]
+    pub admin: super::admin_seed::AdminSeed,
 }
 
 impl DatabaseArgs {
     fn subject(&self, op: &str) -> String {
-        format!("{}.database.{op}", self.piggybank_prefix)
+        crate::piggybank_api::database::subject(&self.piggybank_prefix, &self.backend_name, op)
     }
 }
 
@@ -70,7 +88,24 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         body.insert("threshold".into(), k.into());
     }
     let body = serde_json::Value::Object(body).to_string();
-    let reply = request(&args.db, "initialize", body.into_bytes()).await?;
+    // The key comes back sealed to this one-time key, which never leaves this process.
+    let one_time = XKey::new();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        config::headers::REQUESTER_XKEY,
+        one_time.public_key().as_str(),
+    );
+    let nats = args.db.conn.connect("piggybank cli").await?;
+    let signer = args.db.admin.signer()?;
+    let subject = args.db.subject("initialize");
+    let sent = send(
+        &nats,
+        signer.as_ref(),
+        &subject,
+        Some(headers),
+        body.into_bytes(),
+    );
+    let reply = opened(sent.await?, &one_time)?;
     if args.db.json {
         println!("{reply:#}");
     } else {
@@ -82,6 +117,31 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
          `piggybank unlock`."
     );
     Ok(())
+}
+
+/// `init`'s reply with its key material opened: `{"database_key", "sealed"}` or
+/// `{"shares", "threshold", "sealed"}`, as the clear form was. A backend that answered in
+/// clear (older than sealed key transfer) is shown too, with a warning: the key is
+/// already out, and it is shown only once.
+fn opened(reply: serde_json::Value, one_time: &XKey) -> anyhow::Result<serde_json::Value> {
+    let Ok(sealed) = serde_json::from_value::<SealedInitialize>(reply.clone()) else {
+        if reply.get("database_key").is_some() || reply.get("shares").is_some() {
+            eprintln!(
+                "warning: the backend sent the key in clear (it is older than sealed key \
+                 transfer): anyone subscribed to its reply subject could read it"
+            );
+            return Ok(reply);
+        }
+        bail!("initialize answered neither a sealed nor a clear key: {reply}");
+    };
+    let plaintext = sealed
+        .key_material
+        .open(one_time)
+        .context("cannot open the key the backend sealed to this command")?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&plaintext).context("the sealed key material is not JSON")?;
+    value["sealed"] = serde_json::Value::Bool(sealed.sealed);
+    Ok(value)
 }
 
 /// `init`'s reply as text: `Database key: ...`, or one `Share N: ...` line per share.
@@ -108,19 +168,76 @@ fn init_text(reply: &serde_json::Value) -> Zeroizing<String> {
     out
 }
 
-/// `unlock`: one key or one share per call.
+/// `unlock`: one key or one share per call, to every instance that answers `status`, each
+/// sealed to that instance's unseal xkey.
 pub async fn unlock(args: DatabaseArgs) -> anyhow::Result<()> {
-    let body = unlock_body()?;
-    let reply = request(&args, "unlock", body.as_bytes().to_vec()).await?;
-    if args.json {
-        println!("{reply}");
-    } else if reply["sealed"] == false {
-        println!("Unsealed: the store is unlocked.");
-    } else {
-        println!(
-            "Share accepted: {} of {} given; the store is still sealed.",
-            reply["progress"], reply["threshold"]
-        );
+    let plaintext = unlock_body()?;
+    let signer = args.admin.signer()?;
+    let nats = args.conn.connect("piggybank cli").await?;
+    let status_subject = args.subject("status");
+    let instances: Vec<StatusReport> = gather(&nats, &status_subject)
+        .await?
+        .iter()
+        .filter_map(|reply| serde_json::from_value(decode(reply).1).ok())
+        .collect();
+    if instances.is_empty() {
+        bail!("no instance on {status_subject} sent a status this CLI can read");
+    }
+    let subject = args.subject("unlock");
+    let sends = instances.iter().map(|instance| {
+        let (nats, signer, subject, plaintext) = (&nats, signer.as_ref(), &subject, &plaintext);
+        async move {
+            let Some(xkey) = instance.unseal_xkey.as_deref() else {
+                bail!(
+                    "it announces no unseal xkey (a piggybank older than sealed key \
+                     transfer): the key is not sent to it in clear"
+                );
+            };
+            let body = SealedUnlock::new(
+                &instance.instance_id,
+                Sealed::seal(plaintext.as_bytes(), xkey)?,
+            );
+            let body = serde_json::to_vec(&body)?;
+            send(nats, signer, subject, None, body).await
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    let one = instances.len() == 1;
+    let mut failed = Vec::new();
+    let mut accepted = 0;
+    for (instance, result) in instances.iter().zip(results) {
+        let prefix = match one {
+            true => String::new(),
+            false => format!("Instance {}: ", instance.instance_id),
+        };
+        match result {
+            Ok(mut reply) => {
+                accepted += 1;
+                if args.json {
+                    reply["instance_id"] = instance.instance_id.clone().into();
+                    println!("{reply}");
+                } else if reply["sealed"] == false {
+                    println!("{prefix}Unsealed: the store is unlocked.");
+                } else {
+                    println!(
+                        "{prefix}Share accepted: {} of {} given; the store is still sealed.",
+                        reply["progress"], reply["threshold"]
+                    );
+                }
+            }
+            Err(e) => failed.push((prefix, e)),
+        }
+    }
+    // Instances already unlocked are not a failure when the others took the key.
+    let (notes, errors): (Vec<_>, Vec<_>) = failed
+        .into_iter()
+        .partition(|(_, e)| accepted > 0 && e.to_string().contains("database already unlocked"));
+    for (prefix, _) in notes {
+        println!("{prefix}already unlocked.");
+    }
+    if !errors.is_empty() {
+        let all: Vec<String> = errors.iter().map(|(p, e)| format!("{p}{e:#}")).collect();
+        bail!("{}", all.join("; "));
     }
     Ok(())
 }
@@ -229,7 +346,7 @@ impl UnlockField {
 fn nobody_answers(subject: &str) -> String {
     format!(
         "no piggybank backend answers on {subject} (is one running on this NATS server? if it \
-         runs with --piggybank-prefix, pass the same prefix here)"
+         runs with --piggybank-prefix or -n/--name, pass the same prefix and name here)"
     )
 }
 
@@ -240,22 +357,58 @@ async fn request(
     op: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<serde_json::Value> {
+    let signer = args.admin.signer()?;
     let nats = args.conn.connect("piggybank cli").await?;
-    let subject = args.subject(op);
-    let reply = nats
-        .request(subject.clone(), body.into())
-        .await
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => anyhow!(nobody_answers(&subject)),
-            async_nats::RequestErrorKind::TimedOut => {
-                anyhow!("no answer on {subject} within 10 s (the request timeout)")
-            }
-            _ => anyhow!(e).context(format!("request on {subject} failed")),
-        })?;
+    send(&nats, signer.as_ref(), &args.subject(op), None, body).await
+}
+
+/// Send one request on `subject` (signed when `signer` is given) and read the first reply:
+/// its JSON on 200, its error otherwise.
+async fn send(
+    nats: &async_nats::Client,
+    signer: Option<&crate::admin_auth::AdminSigner>,
+    subject: &str,
+    headers: Option<HeaderMap>,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let op = subject.rsplit('.').next().unwrap_or_default();
+    let subject = subject.to_string();
+    let headers = match signer {
+        Some(signer) => {
+            let mut h = headers.unwrap_or_default();
+            signer.sign_into(&subject, &body, &mut h);
+            Some(h)
+        }
+        None => headers,
+    };
+    let sent = match headers {
+        Some(headers) => {
+            nats.request_with_headers(subject.clone(), headers, body.into())
+                .await
+        }
+        None => nats.request(subject.clone(), body.into()).await,
+    };
+    let reply = sent.map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::NoResponders => anyhow!(nobody_answers(&subject)),
+        async_nats::RequestErrorKind::TimedOut => anyhow!(
+            "no answer on {subject} within 10 s (the request timeout): is a backend of this \
+             name (-n/--name) running with this prefix?"
+        ),
+        _ => anyhow!(e).context(format!("request on {subject} failed")),
+    })?;
     let (status, value) = decode(&reply);
     if status != "200" {
+        let hint = if status == "403" && value["error"] == crate::admin_auth::REFUSED {
+            format!(
+                " (the backend requires a signature by one of its --admin-keys: set {} or \
+                 --admin-seed-file to that key's seed)",
+                env::PIGGYBANK_ADMIN_SEED
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "{op} refused ({status}): {}",
+            "{op} refused ({status}): {}{hint}",
             value["error"].as_str().unwrap_or("no reason given")
         );
     }
@@ -413,6 +566,10 @@ impl Answers {
                 "Server xkey",
                 r.server_xkey.clone().unwrap_or_else(|| "-".into()),
             ));
+            lines.push((
+                "Unseal xkey",
+                r.unseal_xkey.clone().unwrap_or_else(|| "-".into()),
+            ));
             if let Some(re) = r.reencryption.filter(|re| re.running || re.total > 0) {
                 lines.push((
                     "Re-encryption",
@@ -426,6 +583,11 @@ impl Answers {
                     ),
                 ));
             }
+            lines.push((
+                "Admin",
+                r.admin
+                    .map_or_else(|| "unauthenticated".into(), |a| a.to_string()),
+            ));
             lines.push((
                 "Version",
                 r.version.clone().unwrap_or_else(|| "unknown".into()),
@@ -524,6 +686,8 @@ mod tests {
             secrets: Some(12),
             mapped_entities: Some(3),
             reencryption: None,
+            admin: Some(crate::admin_auth::AdminMode::Signed),
+            unseal_xkey: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         (r, v)
@@ -539,6 +703,7 @@ mod tests {
         assert!(text.contains("Instance AAA\n"), "{text}");
         assert!(text.contains("  Mode:            keyed\n"), "{text}");
         assert!(text.contains("  Mapped entities: 3\n"), "{text}");
+        assert!(text.contains("  Admin:           signed\n"), "{text}");
         assert!(text.ends_with("1 instance answered on piggybank.database.status: unsealed\n"));
 
         answers.reports.push(report("BBB", Mode::Sealed, true));
@@ -564,5 +729,9 @@ mod tests {
         });
         let r: StatusReport = serde_json::from_value(old).unwrap();
         assert_eq!((r.mode, r.secrets, r.version), (Mode::Sealed, None, None));
+        assert_eq!(
+            r.admin, None,
+            "shown as unauthenticated: older backends were"
+        );
     }
 }

@@ -2,7 +2,13 @@
 //!
 //! Keys are generated on first run and kept in `{dir}/keys.env` (mode 0600) beside the NATS
 //! address of the run, so a shell that sources it is ready; a second run reuses the data and
-//! the keys. Seeds are never printed. `nats-server` runs in its own
+//! the keys. Seeds are never printed.
+//!
+//! Dev turns signed administration on: an admin key (an nkey user key) is generated into
+//! `{dir}/admin.seed` (mode 0600), the backend accepts only its signature on admin
+//! operations, and `keys.env` sets `PIGGYBANK_ADMIN_SEED_FILE` to that file, so client
+//! commands run from a shell that sourced it sign their requests. (The seed has a file of
+//! its own, which `--admin-seed-file` reads, rather than a line in `keys.env`.) `nats-server` runs in its own
 //! process group with its data under `{dir}/jetstream`, and is stopped after the backend has
 //! drained, on Ctrl-C or SIGTERM.
 
@@ -13,6 +19,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use zeroize::Zeroizing;
 
+use crate::admin_auth::AdminSigner;
 use crate::config::env;
 use crate::keys::generate_seed;
 use crate::server::{self, RunConfig};
@@ -35,9 +42,43 @@ struct Keys {
     encryption: Zeroizing<String>,
 }
 
-/// Load the keys from `keys.env`, or make fresh ones; then (re)write the file with them and
-/// the NATS address of this run, so that sourcing it is all a shell needs.
-fn load_or_create_keys(path: &Path, nats_address: &str) -> anyhow::Result<Keys> {
+/// The admin key of `{dir}/admin.seed`, made (mode 0600) if the file does not exist.
+fn load_or_create_admin_key(path: &Path) -> anyhow::Result<AdminSigner> {
+    let seed = if path.exists() {
+        super::admin_seed::read_seed_file(path)?
+    } else {
+        let seed = AdminSigner::generate_seed();
+        let body = Zeroizing::new(format!(
+            "# piggybank dev: the admin key (nkey user seed) client commands sign with.\n{}\n",
+            seed.as_str()
+        ));
+        super::write_private(path, body.as_bytes())?;
+        seed
+    };
+    AdminSigner::from_seed(&seed).with_context(|| format!("in {}", path.display()))
+}
+
+/// `value` as one word for a shell that sources an env file: as it is when it is plain,
+/// else single-quoted.
+fn shell_word(value: &str) -> String {
+    let plain = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '+'));
+    if plain && !value.is_empty() {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// Load the keys from `keys.env`, or make fresh ones; then (re)write the file with them,
+/// the admin seed file's path and the NATS address of this run, so that sourcing it is all
+/// a shell needs.
+fn load_or_create_keys(
+    path: &Path,
+    admin_seed_file: &Path,
+    nats_address: &str,
+) -> anyhow::Result<Keys> {
     let keys = if path.exists() {
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
@@ -62,11 +103,13 @@ fn load_or_create_keys(path: &Path, nats_address: &str) -> anyhow::Result<Keys> 
     let body = Zeroizing::new(format!(
         "# piggybank dev: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.\n\
          # Load it with: set -a; . {path}; set +a\n\
-         {}={}\n{}={}\n{}={nats_address}\n",
+         {}={}\n{}={}\n{}={}\n{}={nats_address}\n",
         env::TRANSIT_XKEY_SEED,
         keys.transit.as_str(),
         env::ENCRYPTION_XKEY_SEED,
         keys.encryption.as_str(),
+        env::PIGGYBANK_ADMIN_SEED_FILE,
+        shell_word(&admin_seed_file.display().to_string()),
         env::NATS_ADDRESS,
         path = path.display(),
     ));
@@ -104,7 +147,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     create_private_dir(&args.dir)?;
     let keys_path = args.dir.join("keys.env");
     let address = format!("127.0.0.1:{}", args.nats_port);
-    let keys = load_or_create_keys(&keys_path, &address)?;
+    // Absolute, so the env file works from any directory.
+    let admin_seed_path = std::path::absolute(args.dir.join("admin.seed"))
+        .context("cannot resolve the admin seed file's path")?;
+    let admin = load_or_create_admin_key(&admin_seed_path)?;
+    let keys = load_or_create_keys(&keys_path, &admin_seed_path, &address)?;
     let log_path = args.dir.join("nats-server.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -127,6 +174,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut config = RunConfig::new(keys.encryption, keys.transit);
     config.nats_address = address.clone();
     config.piggybank_prefix = Some(crate::piggybank_api::DEFAULT_PREFIX.to_string());
+    config.admin_keys = vec![admin.public_key().to_string()];
     // Dev trusts any issuer; the warning in the log says how to change that.
     // The directory of this very binary, so the hint works however it was built.
     let bin_dir = std::env::current_exe()
@@ -134,7 +182,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .map_or_else(|| "target/debug".to_string(), |d| d.display().to_string());
     println!(
-        "piggybank dev: NATS on {address} (data in {dir}), keys in {keys}\n\n\
+        "piggybank dev: NATS on {address} (data in {dir}), keys in {keys}; admin requests \
+         must be signed by {admin_key} (seed file {admin_seed})\n\n\
          Try it, in another shell:\n  \
            export PATH=\"{bin_dir}:$PATH\"\n  \
            set -a; . {keys}; set +a\n  \
@@ -145,6 +194,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          Hosts: wasmcloud --secrets-topic wasmcloud.secrets (backend name: nats-kv). Ctrl-C stops both.\n",
         dir = args.dir.display(),
         keys = keys_path.display(),
+        admin_key = admin.public_key(),
+        admin_seed = admin_seed_path.display(),
     );
 
     let result = tokio::select! {

@@ -1,6 +1,7 @@
 //! The `piggybank` command line: flags -> library calls. Commands and flags of the sample's
 //! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
 
+mod admin_seed;
 pub mod bench;
 mod database;
 mod dev;
@@ -109,17 +110,22 @@ pub struct Target {
     pub secrets_api_version: String,
     #[command(flatten)]
     pub conn: Conn,
+    #[command(flatten)]
+    pub admin: admin_seed::AdminSeed,
 }
 
 impl Target {
+    /// An admin client for the backend, signing with the admin seed when one is given.
     async fn client(&self) -> anyhow::Result<AdminClient> {
+        let signer = self.admin.signer()?;
         let nats = self.conn.connect("piggybank cli").await?;
         Ok(AdminClient::new(
             nats,
             &self.subject_base,
             &self.secrets_api_version,
             &self.backend_name,
-        ))
+        )
+        .with_signer(signer))
     }
 }
 
@@ -164,6 +170,14 @@ pub struct RunArgs {
     /// Account public keys allowed to issue entity JWTs (comma-separated)
     #[arg(long, env = env::TRUSTED_ISSUERS, value_delimiter = ',')]
     pub trusted_issuers: Vec<String>,
+    /// nkey user public keys (U..., comma-separated) whose signature every admin request
+    /// must carry; without it admin operations are unauthenticated (as in the sample)
+    #[arg(long, env = env::ADMIN_KEYS, value_delimiter = ',')]
+    pub admin_keys: Vec<String>,
+    /// Refuse a database key or share sent in clear: accept only the sealed forms (which
+    /// `piggybank init` and `unlock` use)
+    #[arg(long, env = env::PIGGYBANK_SEALED_KEYS_ONLY)]
+    pub sealed_keys_only: bool,
     /// Requests handled at once by this instance; more wait (backpressure)
     #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
@@ -205,6 +219,8 @@ impl RunArgs {
         };
         c.replicas = self.replicas;
         c.trusted_issuers = self.trusted_issuers;
+        c.admin_keys = self.admin_keys;
+        c.sealed_keys_only = self.sealed_keys_only;
         c.max_in_flight = self.max_in_flight;
         c.reply_prefixes = self.reply_prefixes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
@@ -387,6 +403,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
+        .map_err(admin_hint)
+}
+
+/// A refusal for want of an admin signature, with what to do about it.
+fn admin_hint(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast_ref::<client::ClientError>() {
+        Some(e) if e.is_admin_refusal() => err.context(format!(
+            "the backend requires a signature by one of its --admin-keys: set {} (or \
+             --admin-seed-file) to that key's seed",
+            env::PIGGYBANK_ADMIN_SEED
+        )),
+        _ => err,
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -632,5 +661,30 @@ mod tests {
         );
         assert_eq!(c.trusted_issuers, ["A1", "A2"]);
         assert_eq!(c.nats_queue_base, "qb");
+        assert!(c.admin_keys.is_empty(), "unauthenticated unless asked");
+    }
+
+    #[test]
+    fn run_takes_admin_keys_and_clients_a_seed_file() {
+        let cli = Cli::try_parse_from(["piggybank", "run", "--admin-keys", "UA,UB"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.into_config().admin_keys, ["UA", "UB"]);
+        let cli = Cli::try_parse_from(["piggybank", "list", "--admin-seed-file", "/k/admin.seed"])
+            .unwrap();
+        let Command::List(args) = cli.command else {
+            panic!("not list")
+        };
+        assert_eq!(
+            args.target.admin.admin_seed_file.as_deref(),
+            Some(std::path::Path::new("/k/admin.seed"))
+        );
+        for db in ["init", "lock", "rotate"] {
+            assert!(
+                Cli::try_parse_from(["piggybank", db, "--admin-seed-file", "/f"]).is_ok(),
+                "{db}"
+            );
+        }
     }
 }

@@ -72,6 +72,46 @@ pub struct VaultRecord {
     pub data_keys: Vec<WrappedKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<ShareSpec>,
+    /// For each share, by its x coordinate: the hex SHA-256 of its bytes. `unlock` refuses a
+    /// share that does not match before it takes a slot, so a forged share cannot spoil the
+    /// operators' unlock. (A share is 33 random-looking bytes: its hash reveals nothing.)
+    /// Absent in records written before this existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub share_checks: std::collections::BTreeMap<u8, String>,
+}
+
+/// The check value of a share, as [`VaultRecord::share_checks`] holds it.
+pub fn share_check(share: &[u8]) -> String {
+    use sha2::Digest as _;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(share))
+}
+
+/// Whether `share` (decoded) is one of the shares this record was split into. Records
+/// without checks accept any well-formed share (the combination is still verified).
+pub fn share_is_known(record: &VaultRecord, share: &[u8]) -> bool {
+    if record.share_checks.is_empty() {
+        return true;
+    }
+    let Some(x) = share.first() else {
+        return false;
+    };
+    record
+        .share_checks
+        .get(x)
+        .is_some_and(|check| *check == share_check(share))
+}
+
+/// The check values of `shares` (as `MasterKey::split` made them), by x coordinate.
+pub fn share_checks(
+    shares: &[Zeroizing<String>],
+) -> Result<std::collections::BTreeMap<u8, String>, VaultError> {
+    shares
+        .iter()
+        .map(|text| {
+            let bytes = decode_share(text)?;
+            Ok((bytes[0], share_check(&bytes)))
+        })
+        .collect()
 }
 
 impl VaultRecord {
@@ -237,6 +277,7 @@ pub fn initialize(
             active_from_ms: 0,
         }],
         split,
+        share_checks: Default::default(),
     };
     Ok((record, master))
 }
@@ -317,6 +358,39 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_shares_of_this_split_pass_the_check() {
+        let (mut record, master) = initialize(
+            None,
+            Some(ShareSpec {
+                shares: 3,
+                threshold: 2,
+            }),
+            0,
+        )
+        .unwrap();
+        let shares = master.split(record.split.unwrap());
+        assert!(
+            share_is_known(&record, &decode_share(&shares[0]).unwrap()),
+            "no checks yet"
+        );
+        record.share_checks = share_checks(&shares).unwrap();
+        for share in &shares {
+            assert!(share_is_known(&record, &decode_share(share).unwrap()));
+        }
+        // Same x, other bytes: a forged share for slot 1.
+        let mut forged = decode_share(&shares[0]).unwrap();
+        forged[5] ^= 1;
+        assert!(!share_is_known(&record, &forged));
+        // Another split's share with a valid x.
+        let (_, other) = initialize(None, record.split, 0).unwrap();
+        let foreign = other.split(record.split.unwrap());
+        assert!(!share_is_known(
+            &record,
+            &decode_share(&foreign[1]).unwrap()
+        ));
+    }
 
     #[test]
     fn the_master_key_opens_what_initialize_made_and_nothing_else_does() {

@@ -13,6 +13,19 @@
 //!
 //! Replies carry `Status` and a JSON body; errors are `{"error": "..."}`. A failed request
 //! changes nothing, except that shares which do not unlock the store are all discarded.
+//!
+//! Subjects carry the backend's name, `{prefix}.database.{name}.{op}` ([`subject`]), so two
+//! sealed backends on one account never answer each other. The older `{prefix}.database.{op}`
+//! is still served, as a deprecated alias (logged at warn, at most once a minute).
+//!
+//! Key material never has to cross the bus in clear (`crate::key_transfer`): `initialize`
+//! seals the key or shares to the requester's one-time xkey (header
+//! `Piggybank-Requester-Xkey`); each instance makes an ephemeral unseal xkey at start, held
+//! only in memory and announced by `status` (`unseal_xkey`), and answers an `unlock` sealed
+//! to it and naming it (an `unlock` naming another instance gets no answer from this one).
+//! The clear forms (no header on `initialize`, `{"database_key": ...}` on `unlock`), which
+//! Piggy Bank's own clients use, are still accepted with a warning each time, and refused
+//! with `--sealed-keys-only`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +34,9 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::admin_auth::AdminMode;
 use crate::backend::Backend;
+use crate::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
 use crate::keys::vault::{self, MasterKey, ShareSpec, VaultError, VaultRecord};
 use crate::serve::Reply;
 use crate::store::StoreError;
@@ -36,6 +51,23 @@ const ONCE: &[&str] = &["initialize", "rotate"];
 /// The operation of a database subject: its last token.
 pub fn operation(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or_default()
+}
+
+/// The subject of operation `op` of backend `name`: `{prefix}.database.{name}.{op}`.
+pub fn subject(prefix: &str, name: &str, op: &str) -> String {
+    format!("{prefix}.database.{name}.{op}")
+}
+
+/// A database subject of backend `name` under `prefix`: its operation, and whether it came
+/// on the deprecated alias `{prefix}.database.{op}`. `None`: another backend's, or not a
+/// database subject at all.
+pub fn parse_subject<'a>(prefix: &str, name: &str, subject: &'a str) -> Option<(&'a str, bool)> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix(".database.")?;
+    match rest.split_once('.') {
+        None => Some((rest, true)),
+        Some((backend, op)) if backend == name && !op.contains('.') => Some((op, false)),
+        Some(_) => None,
+    }
 }
 
 /// Whether `op` is answered by one instance (`initialize`, `rotate`: the queue-group
@@ -57,6 +89,8 @@ enum OpError {
     AlreadyUnlocked,
     #[error("share already given")]
     RepeatedShare,
+    #[error("this is not one of the shares this database was split into")]
+    UnknownShare,
     #[error("database is sealed: unlock it first")]
     Sealed,
     #[error("the database was locked while this unlock ran; unlock again")]
@@ -65,6 +99,15 @@ enum OpError {
     Conflict,
     #[error("{0}")]
     BadRequest(String),
+    /// An unlock sealed for another instance: not answered here.
+    #[error("meant for another instance")]
+    OtherInstance,
+    #[error(
+        "this backend accepts the database key only sealed (--sealed-keys-only): seal it to \
+         the instance's unseal_xkey (piggybank unlock does), and send a one-time xkey in \
+         Piggybank-Requester-Xkey to initialize"
+    )]
+    ClearKeyRefused,
     #[error("this backend runs with ENCRYPTION_XKEY_SEED: it has no seal (to change its data key, see `piggybank rekey`)")]
     NoSeal,
     #[error(transparent)]
@@ -81,7 +124,8 @@ impl OpError {
             | OpError::Conflict
             | OpError::NoSeal => 409,
             OpError::NotInitialized | OpError::Sealed | OpError::LockedMeanwhile => 423,
-            OpError::Vault(VaultError::WrongKey | VaultError::WrongShares) => 403,
+            OpError::Vault(VaultError::WrongKey | VaultError::WrongShares)
+            | OpError::UnknownShare => 403,
             OpError::Vault(VaultError::Corrupt(_)) | OpError::Store(_) => 500,
             _ => 400,
         }
@@ -92,6 +136,18 @@ impl OpError {
 #[serde(deny_unknown_fields)]
 struct InitializeRequest {
     shares: Option<u8>,
+    threshold: Option<u8>,
+}
+
+/// `initialize`'s key material: the key, or the shares and their threshold. Borrows the
+/// zeroized key and shares; serialized into a zeroized buffer (or the clear reply).
+#[derive(Serialize)]
+struct KeyMaterial<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shares: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     threshold: Option<u8>,
 }
 
@@ -153,6 +209,14 @@ pub struct StatusReport {
     pub mapped_entities: Option<usize>,
     /// Sealed mode: the background re-encryption after a rotation.
     pub reencryption: Option<Reencryption>,
+    /// `signed` when run with `--admin-keys`, else `unauthenticated`; absent from older
+    /// backends (which were unauthenticated).
+    #[serde(default)]
+    pub admin: Option<AdminMode>,
+    /// This instance's ephemeral unseal xkey: `unlock` seals the key or share to it.
+    /// Absent from older backends, which take keys only in clear.
+    #[serde(default)]
+    pub unseal_xkey: Option<String>,
 }
 
 /// Progress of the re-encryption after a rotation.
@@ -178,6 +242,15 @@ pub struct Database {
     /// drop, and dropped by `lock`.
     master: Mutex<Option<MasterKey>>,
     reencryption: Arc<Progress>,
+    /// Whether admin operations must be signed (reported by `status`).
+    admin: AdminMode,
+    /// This process's unseal xkey, made at start and held only in memory: `unlock` key
+    /// material is sealed to its public half, which `status` announces.
+    unseal: nkeys::XKey,
+    /// Refuse key material sent in clear (`--sealed-keys-only`).
+    sealed_keys_only: bool,
+    /// When the deprecated subjects were last warned about (at most once a minute).
+    alias_warned: Mutex<Option<std::time::Instant>>,
 }
 
 /// Clears `running` when dropped: a re-encryption stopped by `lock` can run again later.
@@ -214,7 +287,39 @@ impl Database {
             shares: Mutex::default(),
             master: Mutex::default(),
             reencryption: Arc::default(),
+            admin: AdminMode::default(),
+            unseal: nkeys::XKey::new(),
+            sealed_keys_only: false,
+            alias_warned: Mutex::default(),
         }
+    }
+
+    /// Report `admin` as `mode` in `status` (the server sets it from `--admin-keys`).
+    pub fn with_admin_mode(mut self, mode: AdminMode) -> Self {
+        self.admin = mode;
+        self
+    }
+
+    /// Refuse a key or share sent in clear (`--sealed-keys-only`).
+    pub fn with_sealed_keys_only(mut self, sealed_keys_only: bool) -> Self {
+        self.sealed_keys_only = sealed_keys_only;
+        self
+    }
+
+    /// Log that a deprecated subject (`{prefix}.database.{op}`, without the backend name)
+    /// was used: at warn, at most once a minute.
+    pub fn note_deprecated_subject(&self, op: &str) {
+        let mut warned = self.alias_warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if warned.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(60)) {
+            return;
+        }
+        *warned = Some(now);
+        tracing::warn!(
+            op,
+            "a database operation came on the deprecated subject without the backend name; \
+             use <prefix>.database.<name>.<op>"
+        );
     }
 
     /// Keyed mode: no seal; only `status` is served.
@@ -227,6 +332,10 @@ impl Database {
             shares: Mutex::default(),
             master: Mutex::default(),
             reencryption: Arc::default(),
+            admin: AdminMode::default(),
+            unseal: nkeys::XKey::new(),
+            sealed_keys_only: false,
+            alias_warned: Mutex::default(),
         }
     }
 
@@ -397,11 +506,20 @@ impl Database {
     }
 
     /// Answer `op` (the last subject token). Keyed mode answers `status` only.
-    pub async fn handle(self: &Arc<Self>, op: &str, payload: &[u8]) -> Reply {
+    /// `None`: not this instance's to answer (an `unlock` sealed for another instance).
+    pub async fn handle(
+        self: &Arc<Self>,
+        op: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Option<Reply> {
+        let requester = headers
+            .and_then(|h| h.get(crate::config::headers::REQUESTER_XKEY))
+            .map(|v| v.as_str());
         let result = match op {
             "status" => self.status().await,
             _ if self.mode() == Mode::Keyed && OPS.contains(&op) => Err(OpError::NoSeal),
-            "initialize" => self.initialize(payload).await,
+            "initialize" => self.initialize(payload, requester).await,
             "unlock" => self.unlock(payload).await,
             "lock" => Ok(self.lock().await),
             "rotate" => self.rotate().await,
@@ -409,15 +527,16 @@ impl Database {
                 "unknown operation {other:?}: use initialize, unlock, lock, status or rotate"
             ))),
         };
-        match result {
+        Some(match result {
             Ok(body) => super::reply(200, body.to_string().into_bytes()),
+            Err(OpError::OtherInstance) => return None,
             Err(e) => super::reply(
                 e.status(),
                 serde_json::json!({ "error": e.to_string() })
                     .to_string()
                     .into_bytes(),
             ),
-        }
+        })
     }
 
     async fn existing(&self) -> Result<VaultRecord, OpError> {
@@ -427,7 +546,23 @@ impl Database {
             .ok_or(OpError::NotInitialized)
     }
 
-    async fn initialize(&self, payload: &[u8]) -> Result<serde_json::Value, OpError> {
+    async fn initialize(
+        &self,
+        payload: &[u8],
+        requester: Option<&str>,
+    ) -> Result<serde_json::Value, OpError> {
+        // Where the key goes is settled before anything is created.
+        match requester {
+            Some(xkey) if nkeys::XKey::from_public_key(xkey.trim()).is_err() => {
+                return Err(OpError::BadRequest(format!(
+                    "{} is not a public xkey (X...)",
+                    crate::config::headers::REQUESTER_XKEY
+                )))
+            }
+            Some(_) => {}
+            None if self.sealed_keys_only => return Err(OpError::ClearKeyRefused),
+            None => {}
+        }
         let request: InitializeRequest = if payload.iter().all(u8::is_ascii_whitespace) {
             InitializeRequest::default()
         } else {
@@ -451,11 +586,16 @@ impl Database {
         {
             return Err(OpError::AlreadyInitialized);
         }
-        let (record, master) = vault::initialize(
+        let (mut record, master) = vault::initialize(
             self.configured_transit.as_ref(),
             split,
             crate::store::secrets::now_ms(),
         )?;
+        // Made before the record is stored, which keeps a check value of each share.
+        let shares = split.map(|spec| master.split(spec));
+        if let Some(all) = &shares {
+            record.share_checks = vault::share_checks(all)?;
+        }
         let body = serde_json::to_vec(&record).map_err(|e| OpError::Store(e.to_string()))?;
         self.kv()?
             .create(RECORD_KEY, body.into())
@@ -467,23 +607,78 @@ impl Database {
         self.backend
             .set_transit_public(Some(record.transit_public.clone()));
         tracing::info!(split = ?split, "database initialized; it stays sealed until unlocked");
-        Ok(match split {
-            None => serde_json::json!({
-                "database_key": master.to_base64().as_str(),
-                "sealed": true,
-            }),
-            Some(spec) => serde_json::json!({
-                "shares": master.split(spec).iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                "threshold": spec.threshold,
-                "sealed": true,
-            }),
+        let key = master.to_base64();
+        let material = KeyMaterial {
+            database_key: shares.is_none().then_some(key.as_str()),
+            shares: shares
+                .as_ref()
+                .map(|all| all.iter().map(|s| s.as_str()).collect()),
+            threshold: split.map(|spec| spec.threshold),
+        };
+        let Some(requester) = requester else {
+            tracing::warn!(
+                "initialize answered the database key in clear (no {} header): anyone who can \
+                 read the reply subject has it; piggybank init seals it, and \
+                 --sealed-keys-only refuses this",
+                crate::config::headers::REQUESTER_XKEY
+            );
+            let mut clear =
+                serde_json::to_value(&material).map_err(|e| OpError::Store(e.to_string()))?;
+            clear["sealed"] = true.into();
+            return Ok(clear);
+        };
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(&material).map_err(|e| OpError::Store(e.to_string()))?,
+        );
+        // The requester's key was checked above; the record exists now, so a failure here
+        // is reported rather than the key shown in clear.
+        let sealed = Sealed::seal(&plaintext, requester)
+            .map_err(|e| OpError::Store(format!("cannot seal the key to the requester: {e}")))?;
+        serde_json::to_value(SealedInitialize {
+            sealed: true,
+            threshold: split.map(|spec| spec.threshold),
+            sealed_to: requester.trim().to_string(),
+            key_material: sealed,
         })
+        .map_err(|e| OpError::Store(e.to_string()))
+    }
+
+    /// The unlock request in `payload`: the sealed form, opened with this instance's unseal
+    /// key (`OtherInstance` when it names another instance), or the clear form, with a
+    /// warning (refused with `--sealed-keys-only`).
+    fn unlock_request(&self, payload: &[u8]) -> Result<UnlockRequest, OpError> {
+        let expected = || {
+            OpError::BadRequest(
+                r#"expected {"instance_id", "sender_xkey", "secret"} (sealed to this instance's unseal_xkey), or {"database_key": "..."} or {"share": "..."}"#
+                    .into(),
+            )
+        };
+        if let Ok(sealed) = serde_json::from_slice::<SealedUnlock>(payload) {
+            if sealed.instance_id != self.instance_id {
+                return Err(OpError::OtherInstance);
+            }
+            let plaintext = sealed.key_material().open(&self.unseal).map_err(|_| {
+                OpError::BadRequest(
+                    "cannot open the key material: it is not sealed to this instance's \
+                     unseal_xkey (from a status of an earlier run?)"
+                        .into(),
+                )
+            })?;
+            return serde_json::from_slice(&plaintext).map_err(|_| expected());
+        }
+        if self.sealed_keys_only {
+            return Err(OpError::ClearKeyRefused);
+        }
+        let request: UnlockRequest = serde_json::from_slice(payload).map_err(|_| expected())?;
+        tracing::warn!(
+            "unlock received a key or share in clear: it crossed the bus readable by any \
+             subscriber; piggybank unlock seals it, and --sealed-keys-only refuses this"
+        );
+        Ok(request)
     }
 
     async fn unlock(self: &Arc<Self>, payload: &[u8]) -> Result<serde_json::Value, OpError> {
-        let request: UnlockRequest = serde_json::from_slice(payload).map_err(|_| {
-            OpError::BadRequest(r#"expected {"database_key": "..."} or {"share": "..."}"#.into())
-        })?;
+        let request = self.unlock_request(payload)?;
         // Read before anything else: a lock from now on makes this unlock install nothing.
         let epoch = self.backend.seal_epoch();
         let record = self.existing().await?;
@@ -494,6 +689,11 @@ impl Database {
             (Some(key), None, None) => MasterKey::from_base64(key)?,
             (None, Some(share), Some(spec)) => {
                 let share = vault::decode_share(share)?;
+                // A share this store was not split into never takes a slot: a forged one
+                // cannot spoil the operators' unlock.
+                if !vault::share_is_known(&record, &share) {
+                    return Err(OpError::UnknownShare);
+                }
                 let mut pending = self.shares.lock().unwrap_or_else(|p| p.into_inner());
                 if pending.iter().any(|s| s[0] == share[0]) {
                     return Err(OpError::RepeatedShare);
@@ -593,6 +793,8 @@ impl Database {
             secrets: Some(self.backend.counts().0),
             mapped_entities: Some(self.backend.counts().1),
             reencryption: None,
+            admin: Some(self.admin),
+            unseal_xkey: Some(self.unseal.public_key()),
         };
         if self.mode() == Mode::Keyed {
             return Ok(report);

@@ -1,0 +1,161 @@
+//! Key material in transit: a sealed store's database key, or its shares, never cross NATS in
+//! clear.
+//!
+//! Anyone allowed to subscribe to `piggybank.database.>` or to the shared `_INBOX.>` would
+//! read a key sent as plain JSON. So the key (or a share) is always sealed to one xkey, in
+//! the nkeys `xkv1` box format (x25519 + XSalsa20-Poly1305, authenticated), from a one-time
+//! key whose public half travels beside it:
+//!
+//! - `initialize`: the requester sends a one-time public xkey in the header
+//!   `Piggybank-Requester-Xkey`; the reply's key material is sealed to it
+//!   ([`SealedInitialize`]). Only that requester can open it.
+//! - `unlock`: each instance makes an ephemeral *unseal* xkey at start, held only in memory,
+//!   and announces its public half in `status` (`unseal_xkey`). The requester seals the key
+//!   or share to the unseal xkey of the instance it is meant for ([`SealedUnlock`], naming
+//!   that instance); only that instance answers it.
+//!
+//! The sealed plaintext is the JSON the clear form carried: `{"database_key": "..."}` or
+//! `{"share": "..."}` for `unlock`; `{"database_key": "..."}` or `{"shares": [...],
+//! "threshold": K}` for `initialize`. Every plaintext is zeroized after use.
+
+use base64::Engine as _;
+use nkeys::XKey;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("{0} is not a public xkey (X...)")]
+    BadXkey(&'static str),
+    #[error("the key material is not base64")]
+    BadEncoding,
+    #[error("cannot seal the key material")]
+    Seal,
+    #[error("cannot open the key material: it was not sealed to this key, or it was altered")]
+    Open,
+}
+
+/// Key material sealed to one xkey: `secret` is the base64 (standard, padded) of an `xkv1`
+/// box from `sender_xkey`, a one-time key made for this message alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sealed {
+    pub sender_xkey: String,
+    pub secret: String,
+}
+
+impl Sealed {
+    /// Seal `plaintext` to `recipient` (a public xkey) from a fresh one-time key.
+    pub fn seal(plaintext: &[u8], recipient: &str) -> Result<Self, TransferError> {
+        let recipient = XKey::from_public_key(recipient.trim())
+            .map_err(|_| TransferError::BadXkey("the recipient"))?;
+        let one_time = XKey::new();
+        let sealed = one_time
+            .seal(plaintext, &recipient)
+            .map_err(|_| TransferError::Seal)?;
+        Ok(Self {
+            sender_xkey: one_time.public_key(),
+            secret: base64::engine::general_purpose::STANDARD.encode(sealed),
+        })
+    }
+
+    /// Open with `recipient`, the xkey (with its seed) this was sealed to.
+    pub fn open(&self, recipient: &XKey) -> Result<Zeroizing<Vec<u8>>, TransferError> {
+        let sender = XKey::from_public_key(self.sender_xkey.trim())
+            .map_err(|_| TransferError::BadXkey("sender_xkey"))?;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(self.secret.trim())
+            .map_err(|_| TransferError::BadEncoding)?;
+        recipient
+            .open(&sealed, &sender)
+            .map(Zeroizing::new)
+            .map_err(|_| TransferError::Open)
+    }
+}
+
+/// `initialize`'s reply when the request named a requester xkey: the key, or the shares,
+/// sealed to it. The store stays sealed (`sealed: true`) until unlocked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SealedInitialize {
+    pub sealed: bool,
+    /// Shares needed to unlock, when the key was split (not secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u8>,
+    /// The requester's xkey the key material is sealed to (so a requester can tell).
+    pub sealed_to: String,
+    #[serde(flatten)]
+    pub key_material: Sealed,
+}
+
+/// `unlock`'s body in the sealed form: a key or share for one instance, sealed to the
+/// `unseal_xkey` that instance announced in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SealedUnlock {
+    /// The instance this is for (its `status` `instance_id`); the others do not answer.
+    pub instance_id: String,
+    pub sender_xkey: String,
+    pub secret: String,
+}
+
+impl SealedUnlock {
+    pub fn new(instance_id: &str, key_material: Sealed) -> Self {
+        Self {
+            instance_id: instance_id.to_string(),
+            sender_xkey: key_material.sender_xkey,
+            secret: key_material.secret,
+        }
+    }
+
+    pub fn key_material(&self) -> Sealed {
+        Sealed {
+            sender_xkey: self.sender_xkey.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_recipient_opens_and_the_bytes_never_show() {
+        let recipient = XKey::new();
+        let plaintext = br#"{"database_key":"c2VjcmV0IGtleSBieXRlcyBjMmxsY25WcFpHVnVkQT09"}"#;
+        let sealed = Sealed::seal(plaintext, &recipient.public_key()).unwrap();
+        assert!(!sealed.secret.contains("c2VjcmV0"));
+        assert_eq!(sealed.open(&recipient).unwrap().as_slice(), plaintext);
+        assert_eq!(sealed.open(&XKey::new()), Err(TransferError::Open));
+        let mut altered = sealed.clone();
+        altered.sender_xkey = XKey::new().public_key();
+        assert_eq!(altered.open(&recipient), Err(TransferError::Open));
+        let mut garbled = sealed.clone();
+        garbled.secret = "not base64!".into();
+        assert_eq!(garbled.open(&recipient), Err(TransferError::BadEncoding));
+        // Two seals of one plaintext differ (a fresh one-time key and nonce each time).
+        let again = Sealed::seal(plaintext, &recipient.public_key()).unwrap();
+        assert_ne!(again.secret, sealed.secret);
+        assert!(Sealed::seal(plaintext, "XNOTAKEY").is_err());
+    }
+
+    #[test]
+    fn the_wire_shapes_are_flat_json() {
+        let sealed = Sealed::seal(b"{}", &XKey::new().public_key()).unwrap();
+        let reply = SealedInitialize {
+            sealed: true,
+            threshold: None,
+            sealed_to: "XREQ".into(),
+            key_material: sealed.clone(),
+        };
+        let value = serde_json::to_value(&reply).unwrap();
+        assert_eq!(value["sender_xkey"], sealed.sender_xkey.as_str());
+        assert_eq!(value["secret"], sealed.secret.as_str());
+        assert!(value.get("threshold").is_none());
+        let unlock = SealedUnlock::new("NABC", sealed.clone());
+        let text = serde_json::to_string(&unlock).unwrap();
+        let back: SealedUnlock = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.key_material(), sealed);
+        // A clear body is not a sealed one.
+        assert!(serde_json::from_str::<SealedUnlock>(r#"{"database_key":"k"}"#).is_err());
+    }
+}

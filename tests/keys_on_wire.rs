@@ -1,0 +1,402 @@
+//! No key material in clear on the wire: a subscriber on `>` records every message while the
+//! CLI initializes a store and unlocks it by key, and initializes another and unlocks it by
+//! shares, each with two instances; no byte string of the key or of any share appears in
+//! any message (subject, headers or payload), raw, base64 (standard or URL-safe, with or
+//! without padding) or hex (either case). A control message carrying a key in clear proves
+//! the search finds one.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use base64::Engine as _;
+use common::*;
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+
+/// Every message seen on `>`: (subject, headers as text, payload).
+type Log = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+async fn spy(nats: &NatsServer) -> (Log, async_nats::Client) {
+    let client = nats.client().await;
+    let mut all = client.subscribe(">").await.unwrap();
+    client.flush().await.unwrap();
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Some(msg) = all.next().await {
+            let headers = msg
+                .headers
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .flat_map(|(name, values)| {
+                            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+                            values
+                                .iter()
+                                .map(move |v| format!("{name}: {}\n", v.as_str()))
+                        })
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            sink.lock()
+                .unwrap()
+                .push((msg.subject.to_string(), headers, msg.payload.to_vec()));
+        }
+    });
+    (log, client)
+}
+
+/// Every way a key's bytes could be written: raw, base64 (standard and URL-safe, padded or
+/// not) and hex (lower and upper case).
+fn encodings(secret_base64: &str) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let raw = STANDARD
+        .decode(secret_base64)
+        .expect("the CLI prints base64");
+    assert!(raw.len() >= 32, "a key is 32 bytes, a share 33");
+    vec![
+        raw.clone(),
+        STANDARD.encode(&raw).into_bytes(),
+        STANDARD_NO_PAD.encode(&raw).into_bytes(),
+        URL_SAFE.encode(&raw).into_bytes(),
+        URL_SAFE_NO_PAD.encode(&raw).into_bytes(),
+        data_encoding::HEXLOWER.encode(&raw).into_bytes(),
+        data_encoding::HEXUPPER.encode(&raw).into_bytes(),
+    ]
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Subjects of the messages in which any encoding of any of `secrets` appears.
+fn leaks(log: &Log, secrets: &[String]) -> Vec<String> {
+    let needles: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encodings(s)).collect();
+    let log = log.lock().unwrap();
+    log.iter()
+        .filter(|(subject, headers, payload)| {
+            needles.iter().any(|n| {
+                contains(subject.as_bytes(), n)
+                    || contains(headers.as_bytes(), n)
+                    || contains(payload, n)
+            })
+        })
+        .map(|(subject, _, _)| subject.clone())
+        .collect()
+}
+
+/// Run the CLI off the runtime's threads (the spy keeps recording meanwhile).
+async fn cli_async(
+    nats: &NatsServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let url = nats.url();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut all: Vec<(&str, &str)> = vec![("NATS_ADDRESS", url.as_str())];
+        all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (ok, out, err) = cli_at(&all, &args, None);
+        (
+            Some(if ok { 0 } else { 1 }),
+            String::from_utf8_lossy(&out).into_owned(),
+            err,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The status of every instance of backend `name` (named subject).
+async fn statuses(client: &async_nats::Client, name: &str) -> Vec<Value> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(
+            format!("piggybank.database.{name}.status"),
+            inbox,
+            "".into(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), replies.next()).await
+    {
+        // NATS's "no responders" (before the backends subscribe) has no JSON body.
+        if let Ok(status) = serde_json::from_slice(&msg.payload) {
+            out.push(status);
+        }
+    }
+    out
+}
+
+async fn wait_instances(client: &async_nats::Client, name: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while statuses(client, name).await.len() < n {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} instances of {name} never answered"
+        );
+    }
+}
+
+fn sealed_run(nats: &NatsServer, name: &str, extra: &[&str]) -> Proc {
+    let bucket = format!("{name}_SECRETS");
+    let mut args = vec!["--name", name, "-b", &bucket];
+    args.extend_from_slice(extra);
+    spawn_sealed_run(nats, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_or_share_crosses_the_bus_in_any_encoding() {
+    let nats = NatsServer::start();
+    let (log, client) = spy(&nats).await;
+    let _whole = [
+        sealed_run(&nats, "whole", &[]),
+        sealed_run(&nats, "whole", &[]),
+    ];
+    let _split = [
+        sealed_run(&nats, "split", &[]),
+        sealed_run(&nats, "split", &[]),
+    ];
+    wait_instances(&client, "whole", 2).await;
+    wait_instances(&client, "split", 2).await;
+
+    // One key: init, unlock (both instances), lock, unlock from stdin-less env again.
+    let (code, out, err) = cli_async(&nats, &["init", "-n", "whole", "--json"], &[]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_key = [("PIGGYBANK_DATABASE_KEY", key.as_str())];
+    let (code, out, err) = cli_async(&nats, &["unlock", "-n", "whole"], &with_key).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.matches("Unsealed").count(), 2, "both instances: {out}");
+    for s in statuses(&client, "whole").await {
+        assert_eq!(s["sealed"], false, "{s}");
+    }
+
+    // Shares: init, then two shares, each to both instances.
+    let (code, out, err) = cli_async(
+        &nats,
+        &["init", "-n", "split", "--shares", "3", "--threshold", "2"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let shares: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Share "))
+        .map(|l| l.split_once(": ").unwrap().1.to_string())
+        .collect();
+    assert_eq!(shares.len(), 3, "{out}");
+    for share in &shares[..2] {
+        let (code, _, err) = cli_async(
+            &nats,
+            &["unlock", "-n", "split"],
+            &[("PIGGYBANK_SHARE", share)],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+    }
+    for s in statuses(&client, "split").await {
+        assert_eq!(s["sealed"], false, "{s}");
+    }
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut secrets = shares.clone();
+    secrets.push(key.clone());
+    let seen: Vec<String> = log.lock().unwrap().iter().map(|m| m.0.clone()).collect();
+    for op in [
+        "whole.initialize",
+        "whole.unlock",
+        "split.initialize",
+        "split.unlock",
+    ] {
+        assert!(
+            seen.iter()
+                .any(|s| s == &format!("piggybank.database.{op}")),
+            "the spy saw no {op}"
+        );
+    }
+    let leaked = leaks(&log, &secrets);
+    assert!(leaked.is_empty(), "key material in clear on: {leaked:?}");
+
+    // Control: the same search finds a key sent in clear.
+    client
+        .publish(
+            "control.clear",
+            json!({"database_key": key}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let mut share_hex = HeaderMap::new();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&shares[2])
+        .unwrap();
+    share_hex.insert("X-Share", data_encoding::HEXUPPER.encode(&raw).as_str());
+    client
+        .publish_with_headers("control.header", share_hex, "".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(leaks(&log, &secrets), ["control.clear", "control.header"]);
+}
+
+/// A raw request on the named database subject; (Status, JSON body).
+async fn db(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: Option<HeaderMap>,
+    body: Value,
+) -> (u16, Value) {
+    let payload = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let reply = match headers {
+        Some(h) => client
+            .request_with_headers(subject.to_string(), h, payload.into())
+            .await
+            .unwrap(),
+        None => client
+            .request(subject.to_string(), payload.into())
+            .await
+            .unwrap(),
+    };
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Status"))
+        .and_then(|s| s.as_str().parse().ok())
+        .unwrap_or_default();
+    (status, serde_json::from_slice(&reply.payload).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_keys_only_refuses_clear_keys_and_names_keep_backends_apart() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _strict = sealed_run(&nats, "strict", &["--sealed-keys-only"]);
+    let _other = sealed_run(&nats, "other", &[]);
+    wait_instances(&client, "strict", 1).await;
+    wait_instances(&client, "other", 1).await;
+
+    // A clear initialize is refused before anything is created.
+    let (status, body) = db(
+        &client,
+        "piggybank.database.strict.initialize",
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("--sealed-keys-only"));
+    assert_eq!(statuses(&client, "strict").await[0]["initialized"], false);
+
+    // The CLI's sealed form works, and reaches only the backend it names.
+    let (code, out, err) = cli_async(&nats, &["init", "-n", "strict", "--json"], &[]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(statuses(&client, "other").await[0]["initialized"], false);
+
+    // A clear unlock is refused, and the store stays sealed.
+    let (status, body) = db(
+        &client,
+        "piggybank.database.strict.unlock",
+        None,
+        json!({ "database_key": key }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(statuses(&client, "strict").await[0]["sealed"], true);
+    // An unlock sealed to another instance's xkey gets no answer from this one.
+    let foreign = piggybank::key_transfer::SealedUnlock::new(
+        "NSOMEONEELSE",
+        piggybank::key_transfer::Sealed::seal(
+            json!({ "database_key": key }).to_string().as_bytes(),
+            &nkeys::XKey::new().public_key(),
+        )
+        .unwrap(),
+    );
+    let asked = client.request(
+        "piggybank.database.strict.unlock",
+        serde_json::to_vec(&foreign).unwrap().into(),
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), asked)
+            .await
+            .map_or(true, |r| r.is_err()),
+        "an unlock for another instance was answered"
+    );
+    let (code, _, err) = cli_async(
+        &nats,
+        &["unlock", "-n", "strict"],
+        &[("PIGGYBANK_DATABASE_KEY", key.as_str())],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(statuses(&client, "strict").await[0]["sealed"], false);
+
+    // The old subject without the name still answers (deprecated): here both backends do.
+    let all = database_statuses(&client, "piggybank").await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    // Each instance announces its own unseal xkey.
+    let strict = &statuses(&client, "strict").await[0];
+    let other = &statuses(&client, "other").await[0];
+    assert!(strict["unseal_xkey"].as_str().unwrap().starts_with('X'));
+    assert_ne!(strict["unseal_xkey"], other["unseal_xkey"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_keys_still_work_for_piggy_bank_clients_without_the_flag() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let _run = sealed_run(&nats, "legacy", &[]);
+    wait_instances(&client, "legacy", 1).await;
+    // Piggy Bank's own clients: no requester xkey, key in clear, on the old subject too.
+    let (status, body) = db(&client, "piggybank.database.initialize", None, Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    let key = body["database_key"].as_str().unwrap().to_string();
+    let (status, body) = db(
+        &client,
+        "piggybank.database.legacy.unlock",
+        None,
+        json!({ "database_key": key }),
+    )
+    .await;
+    assert_eq!((status, body["sealed"].clone()), (200, json!(false)));
+    // A bad requester xkey is refused before anything is created.
+    let _fresh = sealed_run(&nats, "fresh", &[]);
+    wait_instances(&client, "fresh", 1).await;
+    let mut bad = HeaderMap::new();
+    bad.insert("Piggybank-Requester-Xkey", "XNOTAKEY");
+    let (status, _) = db(
+        &client,
+        "piggybank.database.fresh.initialize",
+        Some(bad),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(statuses(&client, "fresh").await[0]["initialized"], false);
+}
