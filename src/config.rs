@@ -139,6 +139,13 @@ pub mod provider {
     pub const ENCRYPTION_XKEY_SEED: &str = "encryption_xkey_seed";
     /// Comma-separated seeds of earlier data keys, during a key change (a secret).
     pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "previous_encryption_xkey_seeds";
+    /// Longest a wRPC invocation may take, in milliseconds: its parameters must all arrive
+    /// within it, and the call must then complete within it.
+    pub const WRPC_CALL_TIMEOUT_MS: &str = "wrpc_call_timeout_ms";
+    /// Most requests handled at once, on each front door (protocol, wRPC).
+    pub const MAX_IN_FLIGHT: &str = "max_in_flight";
+    /// Comma-separated subject prefixes replies may go to, besides `_INBOX.`.
+    pub const REPLY_PREFIXES: &str = "reply_prefixes";
     /// Every key the provider reads from its config.
     pub const CONFIG_KEYS: &[&str] = &[
         NATS_URL,
@@ -155,6 +162,9 @@ pub mod provider {
         TRANSIT_XKEY_SEED,
         ENCRYPTION_XKEY_SEED,
         PREVIOUS_ENCRYPTION_XKEY_SEEDS,
+        WRPC_CALL_TIMEOUT_MS,
+        MAX_IN_FLIGHT,
+        REPLY_PREFIXES,
     ];
     /// NATS URL when neither `nats_url` nor the lattice's URL is set (the SDK's default).
     pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";

@@ -5,9 +5,10 @@
 //! (`wit_error`). Handlers never return a transport error for a bad argument: every refusal
 //! is a typed `error` the component can match on. No function returns a secret value.
 //!
-//! Results of any size reach the caller: wrpc-transport-nats writes a result as a stream of
-//! messages of at most the connection's max payload each (`SubjectWriter::poll_write` splits
-//! larger writes), so nothing is lost to NATS's message size, unlike a plain NATS reply.
+//! Results of any size reach the caller: the provider's wRPC server writes a result as a
+//! stream of messages of at most the connection's max payload each
+//! ([`ResultWriter`](super::wrpc::ResultWriter)), so nothing is lost to NATS's message size,
+//! unlike a plain NATS reply.
 //! The listings are paged anyway (at most 2000 entries, under 1 MiB), so a caller holds
 //! a bounded page in memory.
 

@@ -5,10 +5,27 @@
 //! header, with the link name. The host asserts it; nothing signs it. So this check is as
 //! strong as the lattice's NATS permissions (only hosts may publish on `{lattice}.{provider}.>`).
 //!
-//! Invariants: a link is in the table only if its config parsed; deleting a link removes it
-//! before the delete is acknowledged, so the next call is refused.
+//! A scope's `prefix` names a folder: `shop` and `shop/` both mean the names under `shop/`
+//! (`shop/db`, `shop/a/b`), never `shop2/x`, and never the name `shop` itself (a name is in
+//! a folder or it is not; fail closed). The empty prefix means every name.
+//!
+//! Links reach the table two ways, and the table keeps the newest ([`Links`]):
+//! - the SDK's callback, for a link it does not have yet (at start from HostData, then on
+//!   each new link put);
+//! - the provider's own follower of the host's link-put subject ([`Links::put_followed`]),
+//!   which sees every put, including the in-place config changes the SDK 0.17.1 drops as
+//!   duplicates (`Ignoring duplicate link put`).
+//!
+//! Invariants, all failing closed:
+//! - a link is usable only if its latest config parsed; a refused update leaves the link in
+//!   the table as refused (no access) until a valid update arrives;
+//! - deleting a link removes it before the delete is acknowledged, so the next call is
+//!   refused; a put the follower sees late, after the delete, cannot bring it back (the link
+//!   is marked deleted until the SDK delivers a new put for it);
+//! - once the follower has applied a put for a link, the SDK's (older or equal) delivery of
+//!   the same link cannot overwrite it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use crate::config::provider::link;
@@ -17,7 +34,8 @@ use crate::provider::settings::{parse_bool, SettingsError};
 /// What a link allows its source component to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkScope {
-    /// Names the component may write, map and see start with this ("": every name).
+    /// The folder the component may write, map and see: empty (every name) or ending with
+    /// `/` (the names under it).
     pub prefix: String,
     /// The component may only call functions that change nothing.
     pub read_only: bool,
@@ -31,7 +49,7 @@ pub enum LinkConfigError {
     Invalid(#[from] SettingsError),
     #[error(
         "link config prefix {0:?} is invalid: use the characters of secret names \
-         (letters, digits, '-', '_', '/', '=', '.') and no leading '.' or '..'"
+         (letters, digits, '-', '_', '/', '=', '.'), no leading '.' or '/', and no '..'"
     )]
     BadPrefix(String),
     #[error("the link is for {0}, but this provider exports piggybank:secrets/admin")]
@@ -45,6 +63,11 @@ pub enum ScopeError {
     Anonymous,
     #[error("component {component:?} has no link {link:?} to this provider")]
     NotLinked { component: String, link: String },
+    #[error(
+        "the latest config of link {link:?} of component {component:?} was refused; \
+         the link has no access until a valid config is put"
+    )]
+    Refused { component: String, link: String },
     #[error("the link of component {0:?} is read-only")]
     ReadOnly(String),
     #[error("{name:?} is outside the link's scope (prefix {prefix:?})")]
@@ -64,22 +87,32 @@ impl LinkScope {
         if let Some(key) = config.keys().find(|k| !link::KEYS.contains(&k.as_str())) {
             return Err(LinkConfigError::UnknownKey(key.clone()));
         }
-        let prefix = config
+        let given = config
             .get(link::PREFIX)
             .map(|p| p.trim().to_string())
             .unwrap_or_default();
-        let prefix_ok = prefix
+        let prefix_ok = given
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '=' | '.'))
-            && !prefix.starts_with('.')
-            && !prefix.contains("..");
+            && !given.starts_with('.')
+            && !given.starts_with('/')
+            && !given.contains("..");
         if !prefix_ok {
-            return Err(LinkConfigError::BadPrefix(prefix));
+            return Err(LinkConfigError::BadPrefix(given));
         }
+        // `shop`, `shop/` and `shop//` all name the folder `shop/`. Not empty after the trim:
+        // a non-empty prefix does not start with '/'.
+        let folder = given.trim_end_matches('/');
+        let prefix = if folder.is_empty() {
+            String::new()
+        } else {
+            format!("{folder}/")
+        };
         let read_only = parse_bool(config, link::READ_ONLY)?.unwrap_or(false);
         Ok(LinkScope { prefix, read_only })
     }
 
+    /// `name` is inside the scope's folder (every name, for the empty prefix).
     pub fn allows_name(&self, name: &str) -> Result<(), ScopeError> {
         if name.starts_with(&self.prefix) {
             Ok(())
@@ -89,7 +122,8 @@ impl LinkScope {
     }
 
     /// The prefix to list with: the narrower of the caller's and the scope's, when one
-    /// contains the other.
+    /// contains the other. (The scope's prefix ends with `/`, so `shop` narrows to `shop/`
+    /// and `shop2` is out of scope.)
     pub fn narrow(&self, requested: &str) -> Result<String, ScopeError> {
         if requested.starts_with(&self.prefix) {
             Ok(requested.to_string())
@@ -108,30 +142,109 @@ impl LinkScope {
     }
 }
 
+/// What a link put did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The link's scope (or its refusal) is now what the put said, and it was not before.
+    Changed,
+    /// The table already said the same (or something newer, from the follower).
+    Unchanged,
+    /// The link was deleted and this put may be older than the delete: ignored. The SDK
+    /// delivers any later put of the link, which re-creates it.
+    Deleted,
+}
+
+/// One link in the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    /// `None`: the latest config was refused, and the link has no access.
+    scope: Option<LinkScope>,
+    /// Set by the follower, which sees every put: the SDK's delivery is never newer.
+    followed: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    links: HashMap<(String, String), Entry>,
+    /// Links deleted since the SDK last delivered a put for them.
+    deleted: HashSet<(String, String)>,
+}
+
 /// Links whose target is this provider, by (source component id, link name).
 #[derive(Default)]
 pub struct Links {
-    table: RwLock<HashMap<(String, String), LinkScope>>,
+    table: RwLock<Table>,
 }
 
 impl Links {
-    pub fn put(&self, component: &str, link_name: &str, scope: LinkScope) {
-        self.write()
-            .insert((component.to_string(), link_name.to_string()), scope);
+    /// A put the SDK delivered: a link it did not have (a new link, or one refused or
+    /// deleted before). `scope` is the parsed config, or why it was refused.
+    pub fn put_new(
+        &self,
+        component: &str,
+        link_name: &str,
+        scope: Result<LinkScope, LinkConfigError>,
+    ) -> Applied {
+        let key = (component.to_string(), link_name.to_string());
+        let mut table = self.write();
+        table.deleted.remove(&key);
+        if table.links.get(&key).is_some_and(|e| e.followed) {
+            return Applied::Unchanged;
+        }
+        let entry = Entry {
+            scope: scope.ok(),
+            followed: false,
+        };
+        match table.links.insert(key, entry.clone()) {
+            Some(old) if old.scope == entry.scope => Applied::Unchanged,
+            _ => Applied::Changed,
+        }
     }
 
+    /// A put seen on the host's link-put subject: every put, in the host's order.
+    pub fn put_followed(
+        &self,
+        component: &str,
+        link_name: &str,
+        scope: Result<LinkScope, LinkConfigError>,
+    ) -> Applied {
+        let key = (component.to_string(), link_name.to_string());
+        let mut table = self.write();
+        if table.deleted.contains(&key) {
+            return Applied::Deleted;
+        }
+        let entry = Entry {
+            scope: scope.ok(),
+            followed: true,
+        };
+        match table.links.insert(key, entry.clone()) {
+            Some(old) if old.scope == entry.scope => Applied::Unchanged,
+            _ => Applied::Changed,
+        }
+    }
+
+    /// Remove a link; `true` if it had access.
     pub fn delete(&self, component: &str, link_name: &str) -> bool {
-        self.write()
-            .remove(&(component.to_string(), link_name.to_string()))
-            .is_some()
+        let key = (component.to_string(), link_name.to_string());
+        let mut table = self.write();
+        let removed = table.links.remove(&key);
+        table.deleted.insert(key);
+        removed.is_some_and(|e| e.scope.is_some())
     }
 
     pub fn clear(&self) {
-        self.write().clear();
+        let mut table = self.write();
+        table.links.clear();
+        table.deleted.clear();
     }
 
+    /// Links with access (refused ones are not counted).
     pub fn len(&self) -> usize {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.read()
+            .links
+            .values()
+            .filter(|e| e.scope.is_some())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,20 +261,29 @@ impl Links {
         let component = component
             .filter(|c| !c.is_empty() && *c != "<unknown>")
             .ok_or(ScopeError::Anonymous)?;
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        let scope = table
+        let table = self.read();
+        let entry = table
+            .links
             .get(&(component.to_string(), link_name.to_string()))
             .ok_or_else(|| ScopeError::NotLinked {
                 component: component.to_string(),
                 link: link_name.to_string(),
             })?;
+        let scope = entry.scope.as_ref().ok_or_else(|| ScopeError::Refused {
+            component: component.to_string(),
+            link: link_name.to_string(),
+        })?;
         if access == Access::Write && scope.read_only {
             return Err(ScopeError::ReadOnly(component.to_string()));
         }
         Ok(scope.clone())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), LinkScope>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
         self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -203,6 +325,48 @@ mod tests {
         }
     }
 
+    fn scope(prefix: &str) -> LinkScope {
+        LinkScope::from_config(&config(&[("prefix", prefix)])).unwrap()
+    }
+
+    #[test]
+    fn a_prefix_is_a_folder_matched_at_a_slash() {
+        for given in ["shop", "shop/", "shop//", " shop "] {
+            let s = scope(given);
+            assert_eq!(s.prefix, "shop/", "{given:?}");
+            assert!(s.allows_name("shop/db").is_ok());
+            assert!(s.allows_name("shop/a/b").is_ok());
+            for outside in ["shop2/db", "shopping", "shop", "sho", "bank/db", ""] {
+                assert!(
+                    s.allows_name(outside).is_err(),
+                    "{given:?} allowed {outside:?}"
+                );
+            }
+            assert_eq!(s.narrow("").unwrap(), "shop/");
+            assert_eq!(s.narrow("shop").unwrap(), "shop/");
+            assert_eq!(s.narrow("shop/d").unwrap(), "shop/d");
+            assert!(s.narrow("shop2").is_err());
+            assert!(s.narrow("shop2/").is_err());
+        }
+        let nested = scope("shop/eu");
+        assert_eq!(nested.prefix, "shop/eu/");
+        assert!(nested.allows_name("shop/eu/db").is_ok());
+        assert!(nested.allows_name("shop/eu2/db").is_err());
+        let all = scope("");
+        assert_eq!(all.prefix, "");
+        assert!(all.allows_name("anything/at/all").is_ok());
+        // "/" would otherwise trim to the empty prefix: every name.
+        for bad in ["/", "//", "/shop"] {
+            assert!(
+                matches!(
+                    LinkScope::from_config(&config(&[("prefix", bad)])),
+                    Err(LinkConfigError::BadPrefix(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn scope_checks_names_and_narrows_list_prefixes() {
         let scope = LinkScope {
@@ -228,13 +392,13 @@ mod tests {
             links.authorize(Some("app"), "default", Access::Read),
             Err(ScopeError::NotLinked { .. })
         ));
-        links.put(
+        links.put_new(
             "app",
             "default",
-            LinkScope {
+            Ok(LinkScope {
                 prefix: String::new(),
                 read_only: true,
-            },
+            }),
         );
         assert!(links
             .authorize(Some("app"), "default", Access::Read)
@@ -245,6 +409,108 @@ mod tests {
         );
         assert!(links.authorize(Some("app"), "other", Access::Read).is_err());
         assert!(links.delete("app", "default"));
+        assert!(links
+            .authorize(Some("app"), "default", Access::Read)
+            .is_err());
+    }
+
+    fn wide() -> LinkScope {
+        LinkScope::default()
+    }
+
+    fn narrow() -> LinkScope {
+        LinkScope {
+            prefix: "shop/".into(),
+            read_only: true,
+        }
+    }
+
+    fn bad() -> Result<LinkScope, LinkConfigError> {
+        Err(LinkConfigError::BadPrefix("a b".into()))
+    }
+
+    #[test]
+    fn a_refused_update_revokes_access_until_a_valid_one() {
+        for follow in [true, false] {
+            let links = Links::default();
+            let put = |scope| {
+                if follow {
+                    links.put_followed("app", "default", scope)
+                } else {
+                    links.put_new("app", "default", scope)
+                }
+            };
+            assert_eq!(put(Ok(wide())), Applied::Changed);
+            assert_eq!(put(bad()), Applied::Changed);
+            assert_eq!(
+                links.authorize(Some("app"), "default", Access::Read),
+                Err(ScopeError::Refused {
+                    component: "app".into(),
+                    link: "default".into()
+                })
+            );
+            assert!(links.is_empty());
+            assert_eq!(put(Ok(narrow())), Applied::Changed);
+            assert_eq!(
+                links.authorize(Some("app"), "default", Access::Read),
+                Ok(narrow())
+            );
+        }
+    }
+
+    #[test]
+    fn the_followers_put_is_newer_than_the_sdks() {
+        let links = Links::default();
+        // The follower saw the link and then its narrowing before the SDK delivered the
+        // (older) original put.
+        links.put_followed("app", "default", Ok(wide()));
+        assert_eq!(
+            links.put_followed("app", "default", Ok(narrow())),
+            Applied::Changed
+        );
+        assert_eq!(
+            links.put_new("app", "default", Ok(wide())),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            links.authorize(Some("app"), "default", Access::Read),
+            Ok(narrow())
+        );
+        // An in-place update the SDK drops reaches the table through the follower.
+        links.put_followed("app", "default", Ok(wide()));
+        assert_eq!(
+            links.authorize(Some("app"), "default", Access::Write),
+            Ok(wide())
+        );
+    }
+
+    #[test]
+    fn a_put_seen_after_the_delete_does_not_restore_the_link() {
+        let links = Links::default();
+        links.put_new("app", "default", Ok(wide()));
+        assert!(links.delete("app", "default"));
+        // The follower lags: the put it sees now is older than the delete.
+        assert_eq!(
+            links.put_followed("app", "default", Ok(wide())),
+            Applied::Deleted
+        );
+        assert!(links
+            .authorize(Some("app"), "default", Access::Read)
+            .is_err());
+        // A new put after the delete comes from the SDK (the link is new to it again), and
+        // from then on the follower applies updates.
+        assert_eq!(
+            links.put_new("app", "default", Ok(narrow())),
+            Applied::Changed
+        );
+        assert_eq!(
+            links.put_followed("app", "default", Ok(narrow())),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            links.put_followed("app", "default", bad()),
+            Applied::Changed
+        );
         assert!(links
             .authorize(Some("app"), "default", Access::Read)
             .is_err());

@@ -3,17 +3,22 @@
 //! The host writes HostData (base64 JSON) on stdin. From it the provider reads its settings
 //! ([`settings`]) and keys (HostData *secrets*), opens its own NATS connection and serves the
 //! secrets protocol exactly as `piggybank run` does ([`crate::server`]). It also exports
-//! `piggybank:secrets/admin` over wRPC on the lattice connection ([`admin`]), to linked
-//! components only ([`links`]).
+//! `piggybank:secrets/admin` over wRPC on the lattice connection ([`admin`]), served by its
+//! own wRPC server ([`wrpc`]: reply subjects checked, no lost messages, time-limited), to
+//! linked components only ([`links`]). Besides the SDK, it follows the host's link puts
+//! itself, because the SDK drops a put that changes an existing link's config.
 //!
 //! Concurrency: protocol requests and wRPC invocations each run on their own task, bounded by
-//! a semaphore. Shutdown (the host's shutdown request, or SIGINT/SIGTERM) stops accepting,
-//! waits for in-flight work (at most [`DRAIN_TIMEOUT`]) and only then acknowledges.
+//! `max_in_flight` permits each; every wRPC invocation is dropped when it exceeds its time
+//! limit. Shutdown (the host's shutdown request, or SIGINT/SIGTERM) stops accepting, waits for
+//! in-flight work (at most [`DRAIN_TIMEOUT`]; a wRPC call never longer than its limit) and
+//! only then acknowledges.
 
 pub mod admin;
 pub mod links;
 pub mod par;
 pub mod settings;
+pub mod wrpc;
 
 use std::io::BufRead;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::StreamExt as _;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use wasmcloud_provider_sdk::error::ProviderInitError;
 use wasmcloud_provider_sdk::{
@@ -30,10 +35,12 @@ use wasmcloud_provider_sdk::{
 };
 
 use crate::config::provider as keys;
+use crate::reply_policy::ReplyPolicy;
 use crate::server::{self, RunConfig, ServerError};
 use admin::AdminExports;
-use links::{LinkConfigError, LinkScope, Links};
+use links::{Applied, LinkConfigError, LinkScope, Links};
 use settings::{Lattice, Settings, SettingsError};
+use wrpc::WrpcServer;
 
 /// Generated from `wit/world.wit` (world `provider`).
 pub mod bindings {
@@ -42,8 +49,8 @@ pub mod bindings {
 
 /// Longest the provider waits for in-flight requests at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Cap on admin invocations handled at once.
-const MAX_ADMIN_IN_FLIGHT: usize = 64;
+/// Longest the provider waits at shutdown for NATS to take what it has published.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -114,6 +121,10 @@ struct Running {
     exports: AdminExports,
     backend: Arc<crate::backend::Backend>,
     nats: async_nats::Client,
+    /// Taken by `run` to serve the exports.
+    wrpc_reply_policy: Mutex<Option<ReplyPolicy>>,
+    wrpc_call_timeout: Duration,
+    max_in_flight: usize,
 }
 
 /// The provider. Cheap to clone: the SDK and the wRPC server each hold one.
@@ -183,7 +194,8 @@ impl PiggybankProvider {
         }
         self.inner.links.clear();
         if let Some(running) = self.inner.running.get() {
-            let _ = running.nats.flush().await;
+            // A flush waits for the server: never longer than this when it is gone.
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, running.nats.flush()).await;
         }
         *drained = true;
         tracing::info!("piggybank provider stopped");
@@ -202,6 +214,9 @@ impl PiggybankProvider {
             exports,
             backend: Arc::clone(&started.backend),
             nats: started.client.clone(),
+            wrpc_reply_policy: Mutex::new(Some(settings.wrpc_reply_policy)),
+            wrpc_call_timeout: settings.wrpc_call_timeout,
+            max_in_flight: settings.run.max_in_flight,
         };
         let stopping = self.stopping();
         let run_config: RunConfig = settings.run;
@@ -244,6 +259,94 @@ impl PiggybankProvider {
     }
 }
 
+/// The scope a link's target config gives, if the link is for the admin interface.
+fn link_scope(
+    namespace: &str,
+    package: &str,
+    interfaces: &[String],
+    config: &std::collections::HashMap<String, String>,
+) -> Result<LinkScope, LinkConfigError> {
+    if namespace != keys::WIT_NAMESPACE
+        || package != keys::WIT_PACKAGE
+        || interfaces.iter().any(|i| i != keys::WIT_INTERFACE)
+    {
+        return Err(LinkConfigError::WrongInterface(format!(
+            "{namespace}:{package}/{}",
+            interfaces.join(",")
+        )));
+    }
+    LinkScope::from_config(config)
+}
+
+/// Log what a link put did, once: only the put that changed the table logs.
+fn log_link(
+    component: &str,
+    link: &str,
+    outcome: &Result<LinkScope, String>,
+    applied: Applied,
+    accepted: &'static str,
+) {
+    match (applied, outcome) {
+        (Applied::Changed, Ok(scope)) => tracing::info!(
+            component, link, prefix = %scope.prefix, read_only = scope.read_only, "{accepted}"
+        ),
+        (Applied::Changed, Err(err)) => tracing::error!(
+            component, link, %err,
+            "link refused; the link has no access until a valid config is put"
+        ),
+        (Applied::Unchanged | Applied::Deleted, _) => {}
+    }
+}
+
+/// Follow the host's link puts for this provider (the subject the SDK subscribes to), and
+/// apply each admin link's config: the SDK 0.17.1 drops a put for a link it already has, even
+/// when the config changed. Ends at shutdown.
+async fn follow_link_puts(
+    links: Arc<Links>,
+    provider_id: String,
+    mut puts: async_nats::Subscriber,
+    stopping: impl std::future::Future<Output = ()>,
+) {
+    let mut stopping = std::pin::pin!(stopping);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = &mut stopping => break,
+            msg = puts.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        // The SDK reports a put it cannot parse; it is no link of ours either way.
+        let Ok(put) =
+            serde_json::from_slice::<wasmcloud_provider_sdk::InterfaceLinkDefinition>(&msg.payload)
+        else {
+            continue;
+        };
+        if put.target != provider_id || put.source_id == provider_id {
+            continue;
+        }
+        let scope = link_scope(
+            &put.wit_namespace,
+            &put.wit_package,
+            &put.interfaces,
+            &put.target_config,
+        );
+        if matches!(scope, Err(LinkConfigError::WrongInterface(_))) {
+            continue;
+        }
+        let outcome = scope.as_ref().cloned().map_err(ToString::to_string);
+        let applied = links.put_followed(&put.source_id, &put.name, scope);
+        log_link(
+            &put.source_id,
+            &put.name,
+            &outcome,
+            applied,
+            "link config applied",
+        );
+    }
+}
+
 fn unhealthy(message: String) -> HealthCheckResponse {
     HealthCheckResponse {
         healthy: false,
@@ -271,6 +374,7 @@ impl Provider for PiggybankProvider {
         let host = wasmcloud_provider_sdk::provider::load_host_data()
             .map_err(|e| ProviderError::HostData(e.to_string()))?;
         let lattice = Lattice {
+            name: &host.lattice_rpc_prefix,
             url: &host.lattice_rpc_url,
             user_jwt: &host.lattice_rpc_user_jwt,
             user_seed: &host.lattice_rpc_user_seed,
@@ -302,33 +406,25 @@ impl Provider for PiggybankProvider {
 
     async fn receive_link_config_as_target(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let (namespace, package, interfaces) = link.wit_metadata;
-        let scope = if namespace != keys::WIT_NAMESPACE
-            || package != keys::WIT_PACKAGE
-            || interfaces.iter().any(|i| i != keys::WIT_INTERFACE)
-        {
-            Err(LinkConfigError::WrongInterface(format!(
-                "{namespace}:{package}/{}",
-                interfaces.join(",")
-            )))
-        } else {
-            LinkScope::from_config(link.config)
-        };
-        match scope {
-            Ok(scope) => {
-                tracing::info!(
-                    component = link.source_id, link = link.link_name,
-                    prefix = %scope.prefix, read_only = scope.read_only, "link accepted"
-                );
-                self.inner.links.put(link.source_id, link.link_name, scope);
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(
-                    component = link.source_id, link = link.link_name, %err, "link refused"
-                );
-                Err(err.into())
-            }
+        let scope = link_scope(namespace, package, interfaces, link.config);
+        if let Err(err @ LinkConfigError::WrongInterface(_)) = &scope {
+            // Not an admin link: nothing to record, and no admin link is touched.
+            tracing::error!(component = link.source_id, link = link.link_name, %err, "link refused");
+            return Err(anyhow::anyhow!(err.to_string()));
         }
+        let outcome = scope.as_ref().cloned().map_err(ToString::to_string);
+        let applied = self
+            .inner
+            .links
+            .put_new(link.source_id, link.link_name, scope);
+        log_link(
+            link.source_id,
+            link.link_name,
+            &outcome,
+            applied,
+            "link accepted",
+        );
+        outcome.map(|_| ()).map_err(anyhow::Error::msg)
     }
 
     async fn delete_link_as_target(&self, link: impl LinkDeleteInfo) -> anyhow::Result<()> {
@@ -357,9 +453,12 @@ impl Provider for PiggybankProvider {
     }
 }
 
-/// Serve wRPC invocations until `stopping`; then wait for those in flight.
+/// Serve wRPC invocations until `stopping`; then wait for those in flight. Each invocation
+/// is dropped (and logged) when it runs longer than `limit`; its permit, held by its result
+/// writer ([`wrpc`]), is freed with it.
 async fn serve_invocations(
     invocations: wasmcloud_provider_sdk::provider::InvocationStreams,
+    limit: Duration,
     stopping: impl std::future::Future<Output = ()>,
 ) {
     let mut invocations = futures::stream::select_all(
@@ -367,7 +466,6 @@ async fn serve_invocations(
             .into_iter()
             .map(|(instance, name, s)| s.map(move |res| (instance, name, res))),
     );
-    let limit = Arc::new(Semaphore::new(MAX_ADMIN_IN_FLIGHT));
     let mut tasks = JoinSet::new();
     let mut stopping = std::pin::pin!(stopping);
     loop {
@@ -378,12 +476,19 @@ async fn serve_invocations(
             next = invocations.next() => match next {
                 None => break,
                 Some((instance, name, Ok(invocation))) => {
-                    let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
                     tasks.spawn(async move {
-                        if let Err(err) = invocation.await {
-                            tracing::warn!(instance, name, err = %format!("{err:#}"), "admin invocation failed");
+                        match tokio::time::timeout(limit, invocation).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(err)) => {
+                                tracing::warn!(instance, name, err = %format!("{err:#}"), "admin invocation failed");
+                            }
+                            Err(_) => tracing::warn!(
+                                instance,
+                                name,
+                                limit_ms = limit.as_millis() as u64,
+                                "wRPC invocation dropped: it did not complete within the time limit"
+                            ),
                         }
-                        drop(permit);
                     });
                 }
                 Some((instance, name, Err(err))) => {
@@ -424,15 +529,40 @@ pub async fn run(
         return Err(ProviderError::Sdk("init did not complete".into()));
     };
     let connection = get_connection();
-    let wrpc = connection
-        .get_wrpc_client(connection.provider_key())
+    let lattice_nats: async_nats::Client = (*connection.nats).clone();
+    // Beside the SDK's own subscription to the same subject (see `follow_link_puts`).
+    let link_puts = lattice_nats
+        .subscribe(wasmcloud_provider_sdk::core::rpc::link_put_subject(
+            &connection.lattice,
+            &connection.provider_xkey.public_key(),
+        ))
         .await
-        .map_err(|e| ProviderError::Exports(format!("{e:#}")))?;
-    let invocations = bindings::serve(&wrpc, running.exports.clone())
+        .map_err(|e| ProviderError::Exports(format!("cannot follow link puts: {e}")))?;
+    provider.track(tokio::spawn(follow_link_puts(
+        Arc::clone(&provider.inner.links),
+        connection.provider_key().to_string(),
+        link_puts,
+        provider.stopping(),
+    )));
+    let policy = running
+        .wrpc_reply_policy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| ProviderError::Sdk("served twice".into()))?;
+    let server = WrpcServer::new(
+        lattice_nats,
+        format!("{}.{}", connection.lattice, connection.provider_key()),
+        policy,
+        running.max_in_flight,
+        running.wrpc_call_timeout,
+    );
+    let invocations = bindings::serve(&server, running.exports.clone())
         .await
         .map_err(|e| ProviderError::Exports(format!("{e:#}")))?;
     provider.track(tokio::spawn(serve_invocations(
         invocations,
+        running.wrpc_call_timeout,
         provider.stopping(),
     )));
     tracing::info!(
@@ -518,9 +648,44 @@ mod tests {
         let invocations = slow_invocations(5, Duration::from_millis(300), Arc::clone(&done));
         let stopping = tokio::time::sleep(Duration::from_millis(50));
         let started = std::time::Instant::now();
-        serve_invocations(invocations, stopping).await;
+        serve_invocations(invocations, Duration::from_secs(5), stopping).await;
         assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 5);
         assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    /// Counts itself dropped.
+    struct DropGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for DropGuard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invocation_over_the_time_limit_is_dropped_and_shutdown_does_not_wait() {
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let guard = DropGuard(Arc::clone(&dropped));
+        let never: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> =
+            Box::pin(async move {
+                let _held = guard;
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+        let stream = futures::stream::iter([Ok(never)]).chain(futures::stream::pending());
+        let invocations: wasmcloud_provider_sdk::provider::InvocationStreams =
+            vec![("piggybank:secrets/admin@0.2.0", "status", Box::pin(stream))];
+        let started = std::time::Instant::now();
+        let served = serve_invocations(
+            invocations,
+            Duration::from_millis(100),
+            tokio::time::sleep(Duration::from_millis(20)),
+        );
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("shutdown waited on a call that never completes");
+        assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
     #[test]

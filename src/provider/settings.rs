@@ -5,12 +5,22 @@
 //! credentials, and every value is checked before anything connects.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use zeroize::Zeroizing;
 
 use crate::config::provider as keys;
+use crate::reply_policy::ReplyPolicy;
 use crate::server::{Credentials, RunConfig};
+
+pub const DEFAULT_WRPC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of `wrpc_call_timeout_ms`: a host's own default `max_execution_time` is 10 min.
+const WRPC_CALL_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+const MAX_IN_FLIGHT_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+/// Subject trees of the lattice the provider never replies into, whatever the reply
+/// prefixes: the hosts' control and RPC subjects.
+const LATTICE_CONTROL_TREE: &str = "wasmbus";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -32,12 +42,16 @@ pub enum SettingsError {
         value: String,
         why: &'static str,
     },
+    #[error("config \"reply_prefixes\" is invalid: {0}")]
+    ReplyPrefixes(String),
 }
 
 /// The lattice connection the host gave the provider (HostData), used as the default for
 /// the secrets connection.
 #[derive(Default)]
 pub struct Lattice<'a> {
+    /// The lattice's name (HostData `lattice_rpc_prefix`): wRPC subjects start with it.
+    pub name: &'a str,
     pub url: &'a str,
     pub user_jwt: &'a str,
     pub user_seed: &'a str,
@@ -52,6 +66,11 @@ pub struct Settings {
     pub insecure_keys: bool,
     /// `nats_creds` was taken from plain config.
     pub creds_in_config: bool,
+    /// The time limit of one wRPC invocation.
+    pub wrpc_call_timeout: Duration,
+    /// Where wRPC results may go: `run.reply_prefixes`, and never into a tree the provider
+    /// serves or the lattice's control and RPC subjects.
+    pub wrpc_reply_policy: ReplyPolicy,
 }
 
 impl Settings {
@@ -119,13 +138,66 @@ impl Settings {
             run.piggybank_prefix = Some(subject(keys::PIGGYBANK_PREFIX, v)?);
         }
         if let Some(v) = text(keys::TRUSTED_ISSUERS) {
-            run.trusted_issuers = v
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_string)
-                .collect();
+            run.trusted_issuers = list(&v);
+            // A key that is not an account key must not silently turn the check off.
+            if let Some(bad) = run.trusted_issuers.iter().find(|k| !is_account_key(k)) {
+                return Err(invalid(
+                    keys::TRUSTED_ISSUERS,
+                    bad.clone(),
+                    "expected comma-separated account public keys (A...)",
+                ));
+            }
         }
+        run.sealed_keys_only = parse_bool(config, keys::SEALED_KEYS_ONLY)?.unwrap_or(false);
+        if let Some(v) = text(keys::ADMIN_KEYS) {
+            // A malformed key is an error, never a silently unauthenticated admin API.
+            use crate::admin_auth::{parse_admin_keys, AdminKeyError};
+            run.admin_keys = parse_admin_keys(&list(&v)).map_err(|e| {
+                let shown = match e {
+                    AdminKeyError::Invalid { key, .. } => key,
+                    // Never echo a seed.
+                    AdminKeyError::SeedGiven | AdminKeyError::BadSeed => "<a seed>".into(),
+                };
+                invalid(
+                    keys::ADMIN_KEYS,
+                    shown,
+                    "expected comma-separated nkey user public keys (U...), never a seed",
+                )
+            })?;
+        }
+        if let Some(v) = text(keys::MAX_IN_FLIGHT) {
+            run.max_in_flight = match v.parse::<usize>() {
+                Ok(n) if MAX_IN_FLIGHT_RANGE.contains(&n) => n,
+                _ => return Err(invalid(keys::MAX_IN_FLIGHT, v, "expected 1 to 65536")),
+            };
+        }
+        let wrpc_call_timeout = match text(keys::WRPC_CALL_TIMEOUT_MS) {
+            None => DEFAULT_WRPC_CALL_TIMEOUT,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if WRPC_CALL_TIMEOUT_RANGE_MS.contains(&ms) => Duration::from_millis(ms),
+                _ => {
+                    return Err(invalid(
+                        keys::WRPC_CALL_TIMEOUT_MS,
+                        v,
+                        "expected milliseconds, 1 to 600000",
+                    ))
+                }
+            },
+        };
+        if let Some(v) = text(keys::REPLY_PREFIXES) {
+            run.reply_prefixes = list(&v);
+        }
+        let mut served = vec![run.subject_prefix(), run.database_prefix().to_string()];
+        served.extend(run.piggybank_prefix.clone());
+        served.push(LATTICE_CONTROL_TREE.to_string());
+        // `{lattice}.{target}.wrpc...`: every component's and provider's wRPC subjects.
+        served.extend(
+            Some(lattice.name.trim())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        );
+        let wrpc_reply_policy =
+            ReplyPolicy::new(&run.reply_prefixes, &served).map_err(SettingsError::ReplyPrefixes)?;
 
         let explicit_url = text(keys::NATS_URL).filter(|u| !u.is_empty());
         let creds_secret = secret_text(secrets, keys::NATS_CREDS)?;
@@ -162,8 +234,25 @@ impl Settings {
             unknown_keys,
             insecure_keys,
             creds_in_config,
+            wrpc_call_timeout,
+            wrpc_reply_policy,
         })
     }
+}
+
+/// Comma-separated values, trimmed, empty ones dropped.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_account_key(key: &str) -> bool {
+    nkeys::KeyPair::from_public_key(key)
+        .is_ok_and(|kp| kp.key_pair_type() == nkeys::KeyPairType::Account)
 }
 
 fn secret_text(
@@ -250,9 +339,14 @@ mod tests {
 
     fn lattice() -> Lattice<'static> {
         Lattice {
+            name: "default",
             url: "nats://127.0.0.1:4222",
             ..Default::default()
         }
+    }
+
+    fn account_key() -> String {
+        nkeys::KeyPair::new_account().public_key()
     }
 
     #[test]
@@ -266,17 +360,69 @@ mod tests {
         assert_eq!(s.run.encryption_xkey_seed.as_str(), "SXDATA");
         assert!(s.run.nats_credentials.is_none());
         assert!(!s.insecure_keys && s.unknown_keys.is_empty());
+        assert_eq!(s.wrpc_call_timeout, DEFAULT_WRPC_CALL_TIMEOUT);
+        assert_eq!(s.run.max_in_flight, crate::config::DEFAULT_MAX_IN_FLIGHT);
+        assert!(s.run.reply_prefixes.is_empty());
+    }
+
+    #[test]
+    fn wrpc_replies_go_only_to_trusted_prefixes_outside_served_trees() {
+        let s = Settings::from_host(&map(&[]), &seeds(), &lattice()).unwrap();
+        let admitted = |reply: &str| {
+            s.wrpc_reply_policy
+                .check(Some(&async_nats::Subject::from(reply)))
+                .is_ok()
+        };
+        assert!(admitted("_INBOX.abc.def"));
+        for refused in [
+            "$KV.WASMCLOUD_SECRETS.x",
+            "$KV.SECRETS_nats-kv_state.MABC",
+            "$JS.API.STREAM.PURGE.KV_WASMCLOUD_SECRETS",
+            "wasmbus.rpc.default.VPROVIDER.linkdefs.put",
+            "default.VPROVIDER.wrpc.0.0.1.piggybank:secrets/admin@0.2.0.status",
+            "wasmcloud.secrets.v1alpha1.nats-kv.add_mapping.MABC",
+            "piggybank.database.lock",
+            "orders.created",
+        ] {
+            assert!(!admitted(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_bad_trusted_issuer_is_a_startup_error_not_a_warning() {
+        let good = account_key();
+        for bad in [
+            "not-a-key".to_string(),
+            format!("{good},AAUUZ7T7WI4Y2WXCIP3OG4SOEOVFZB7RRI72Z2LTBVD7UDJYD5MCALDQ"),
+            // A valid key of the wrong kind (an operator's, a component's).
+            nkeys::KeyPair::new_operator().public_key(),
+            nkeys::KeyPair::new_module().public_key(),
+        ] {
+            let err = Settings::from_host(
+                &map(&[(keys::TRUSTED_ISSUERS, bad.as_str())]),
+                &seeds(),
+                &lattice(),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(err.to_string().contains("trusted_issuers"), "{err}");
+        }
     }
 
     #[test]
     fn every_documented_key_is_read() {
+        let (a, b) = (account_key(), account_key());
+        let issuers = format!(" {a} , {b},");
         let config = map(&[
+            (keys::WRPC_CALL_TIMEOUT_MS, "750"),
+            (keys::MAX_IN_FLIGHT, "8"),
+            (keys::REPLY_PREFIXES, "_INBOX_ops, _R_."),
             (keys::NATS_URL, "nats://10.0.0.1:4222"),
             (keys::BACKEND_NAME, "vault-1"),
             (keys::SUBJECT_BASE, "acme.secrets"),
             (keys::SECRETS_BUCKET, "ACME_SECRETS"),
             (keys::REPLICAS, "3"),
-            (keys::TRUSTED_ISSUERS, " AAA , BBB,"),
+            (keys::TRUSTED_ISSUERS, issuers.as_str()),
             (keys::PIGGYBANK_PREFIX, "acme.pb"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
             ("trusted_issuer", "typo"),
@@ -289,7 +435,18 @@ mod tests {
         assert_eq!(s.run.subject_prefix(), "acme.secrets.v1alpha1.vault-1");
         assert_eq!(s.run.secrets_bucket, "ACME_SECRETS");
         assert_eq!(s.run.replicas, 3);
-        assert_eq!(s.run.trusted_issuers, vec!["AAA", "BBB"]);
+        assert_eq!(s.run.trusted_issuers, vec![a, b]);
+        assert_eq!(s.wrpc_call_timeout, Duration::from_millis(750));
+        assert_eq!(s.run.max_in_flight, 8);
+        assert_eq!(s.run.reply_prefixes, ["_INBOX_ops", "_R_."]);
+        let admitted = |reply: &str| {
+            s.wrpc_reply_policy
+                .check(Some(&async_nats::Subject::from(reply)))
+                .is_ok()
+        };
+        // Besides the default `_INBOX.`, which stays trusted.
+        assert!(admitted("_INBOX_ops.1") && admitted("_R_.2") && admitted("_INBOX.3"));
+        assert!(!admitted("_INBOX_other.4"));
         assert_eq!(s.run.piggybank_prefix.as_deref(), Some("acme.pb"));
         assert!(matches!(
             s.run.nats_credentials,
@@ -390,6 +547,16 @@ mod tests {
             (keys::SUBJECT_BASE, "a.>"),
             (keys::SECRETS_BUCKET, ""),
             (keys::INSECURE_CONFIG_KEYS, "yes"),
+            (keys::MAX_IN_FLIGHT, "0"),
+            (keys::MAX_IN_FLIGHT, "lots"),
+            (keys::WRPC_CALL_TIMEOUT_MS, "0"),
+            (keys::WRPC_CALL_TIMEOUT_MS, "5s"),
+            (keys::WRPC_CALL_TIMEOUT_MS, "600001"),
+            (keys::REPLY_PREFIXES, "$KV"),
+            (keys::REPLY_PREFIXES, "_INBOX,wasmbus"),
+            (keys::REPLY_PREFIXES, "default"),
+            (keys::REPLY_PREFIXES, "piggybank"),
+            (keys::REPLY_PREFIXES, "a.>"),
         ] {
             let err = Settings::from_host(&map(&[(key, value)]), &seeds(), &lattice())
                 .err()
@@ -401,6 +568,7 @@ mod tests {
     #[test]
     fn secrets_connection_reuses_lattice_credentials_only_on_the_lattice_server() {
         let lattice = Lattice {
+            name: "default",
             url: "nats://lattice:4222",
             user_jwt: "eyJ.jwt",
             user_seed: "SUSEED",
