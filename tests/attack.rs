@@ -15,9 +15,7 @@ use base64::Engine as _;
 use common::*;
 use futures::StreamExt as _;
 use piggybank::serve::ReplyPolicy;
-use piggybank::server::RunConfig;
 use serde_json::Value;
-use zeroize::Zeroizing;
 
 const PROTOCOL: &str = "wasmcloud.secrets.v1alpha1.nats-kv";
 
@@ -25,31 +23,6 @@ fn method(m: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("method", m);
     h
-}
-
-fn sealed_config(nats: &NatsServer) -> RunConfig {
-    let mut c = RunConfig::new(Zeroizing::default(), Zeroizing::default());
-    c.nats_address = nats.url();
-    c.piggybank_prefix = Some("piggybank".into());
-    c
-}
-
-/// A sealed-mode backend in this process; stopped when the sender drops.
-async fn sealed_backend(nats: &NatsServer) -> tokio::sync::oneshot::Sender<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(piggybank::server::run(sealed_config(nats), async {
-        let _ = rx.await;
-    }));
-    let client = nats.client().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let asked = client.request("piggybank.database.status", "".into());
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
-            return tx;
-        }
-        assert!(Instant::now() < deadline, "backend did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// (Status, JSON) of a database operation, on the subject every version serves.
@@ -302,7 +275,7 @@ async fn an_application_cannot_aim_its_replies_at_another_applications_inbox() {
 async fn a_bogus_share_cannot_block_the_operators_unlock() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let (status, body) = db(&client, "initialize", r#"{"shares":3,"threshold":2}"#).await;
     assert_eq!(status, 200, "{body}");
     let shares: Vec<String> = body["shares"]
@@ -341,7 +314,7 @@ async fn a_bogus_share_cannot_block_the_operators_unlock() {
 async fn status_and_unlock_replies_carry_no_key_material() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let (status, body) = db(&client, "initialize", "").await;
     assert_eq!(status, 200, "{body}");
     let key = body["database_key"].as_str().unwrap().to_string();
@@ -389,7 +362,7 @@ async fn status_and_unlock_replies_carry_no_key_material() {
 async fn a_lock_answered_after_every_unlock_leaves_the_store_sealed() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let (_, body) = db(&client, "initialize", "").await;
     let key = body["database_key"].as_str().unwrap().to_string();
     let unlock = format!(r#"{{"database_key":"{key}"}}"#);
@@ -556,7 +529,7 @@ async fn malformed_requests_all_get_an_answer() {
     // ...and the database operations on a sealed one, split into shares.
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let (_, body) = db(&client, "initialize", r#"{"shares":2,"threshold":2}"#).await;
     assert!(body["shares"].is_array(), "{body}");
 

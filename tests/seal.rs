@@ -9,34 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use common::*;
 use futures::StreamExt as _;
-use piggybank::server::RunConfig;
 use serde_json::Value;
-use zeroize::Zeroizing;
-
-fn sealed_config(nats: &NatsServer) -> RunConfig {
-    let mut c = RunConfig::new(Zeroizing::default(), Zeroizing::default());
-    c.nats_address = nats.url();
-    c.piggybank_prefix = Some("piggybank".into());
-    c
-}
-
-/// A sealed-mode backend in this process; stopped when the sender drops.
-async fn sealed_backend(nats: &NatsServer) -> tokio::sync::oneshot::Sender<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(piggybank::server::run(sealed_config(nats), async {
-        let _ = rx.await;
-    }));
-    let client = nats.client().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let asked = client.request("piggybank.database.status", "".into());
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
-            return tx;
-        }
-        assert!(Instant::now() < deadline, "backend did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// (Status, JSON) of a database operation.
 async fn db(client: &async_nats::Client, op: &str, body: &str) -> (u16, Value) {
@@ -93,7 +66,7 @@ fn code<T>(result: Result<T, piggybank::client::ClientError>) -> String {
 async fn every_operation_of_every_front_door_is_refused_while_sealed_and_changes_nothing() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let key = unlocked(&client).await;
     let admin = admin(client.clone());
     admin
@@ -177,7 +150,7 @@ async fn secret_revisions(client: &async_nats::Client) -> Vec<(String, u64)> {
 async fn lock_stops_the_reencryption_and_nothing_is_written_once_it_answers() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let key = unlocked(&client).await;
     let admin = admin(client.clone());
     futures::stream::iter(0..3000)
@@ -245,7 +218,7 @@ async fn lock_stops_the_reencryption_and_nothing_is_written_once_it_answers() {
 async fn a_lock_racing_an_unlock_wins_and_stops_background_work() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let config = sealed_config(&nats);
+    let config = sealed_api_config(&nats);
     let backend = piggybank::server::open_backend(&client, &config)
         .await
         .unwrap();
@@ -286,7 +259,7 @@ async fn a_lock_racing_an_unlock_wins_and_stops_background_work() {
 async fn concurrent_unlocks_and_locks_never_leave_keys_after_the_last_lock() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let _backend = sealed_backend(&nats).await;
+    let _backend = start_sealed_backend(&nats).await;
     let key = unlocked(&client).await;
     let body = format!(r#"{{"database_key":"{key}"}}"#);
     for _ in 0..30 {
@@ -304,8 +277,8 @@ async fn the_key_record_watch_outlives_a_nats_outage_of_more_than_10_s() {
     let nats = NatsServer::start();
     let port = nats.port;
     let client = nats.client().await;
-    let _a = sealed_backend(&nats).await;
-    let _b = sealed_backend(&nats).await;
+    let _a = start_sealed_backend(&nats).await;
+    let _b = start_sealed_backend(&nats).await;
     wait_database_instances(&client, "piggybank", 2).await;
     let key = unlocked(&client).await;
     // Both instances unlocked (unlock reaches every instance; each answers on its own time).

@@ -279,19 +279,7 @@ impl Database {
         kv: kv::Store,
         configured_transit: Option<crate::keys::TransitKey>,
     ) -> Self {
-        Self {
-            backend,
-            kv: Some(kv),
-            configured_transit,
-            instance_id: new_instance_id(),
-            shares: Mutex::default(),
-            master: Mutex::default(),
-            reencryption: Arc::default(),
-            admin: AdminMode::default(),
-            unseal: nkeys::XKey::new(),
-            sealed_keys_only: false,
-            alias_warned: Mutex::default(),
-        }
+        Self::with(backend, Some(kv), configured_transit)
     }
 
     /// Report `admin` as `mode` in `status` (the server sets it from `--admin-keys`).
@@ -324,10 +312,18 @@ impl Database {
 
     /// Keyed mode: no seal; only `status` is served.
     pub fn keyed(backend: Arc<Backend>) -> Self {
+        Self::with(backend, None, None)
+    }
+
+    fn with(
+        backend: Arc<Backend>,
+        kv: Option<kv::Store>,
+        configured_transit: Option<crate::keys::TransitKey>,
+    ) -> Self {
         Self {
             backend,
-            kv: None,
-            configured_transit: None,
+            kv,
+            configured_transit,
             instance_id: new_instance_id(),
             shares: Mutex::default(),
             master: Mutex::default(),

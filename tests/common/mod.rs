@@ -784,3 +784,31 @@ impl NatsServer {
         NatsServer { port, child, dir }
     }
 }
+
+/// A sealed-mode config (no keys) with the Piggy Bank API and database operations on
+/// `piggybank`.
+pub fn sealed_api_config(nats: &NatsServer) -> RunConfig {
+    let mut c = RunConfig::new(Zeroizing::default(), Zeroizing::default());
+    c.nats_address = nats.url();
+    c.piggybank_prefix = Some("piggybank".into());
+    c
+}
+
+/// A sealed-mode backend in this process, answering `piggybank.database.status`; stopped
+/// when the returned sender drops.
+pub async fn start_sealed_backend(nats: &NatsServer) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(piggybank::server::run(sealed_api_config(nats), async {
+        let _ = rx.await;
+    }));
+    let client = nats.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let asked = client.request("piggybank.database.status", "".into());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
+            return tx;
+        }
+        assert!(Instant::now() < deadline, "backend did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
