@@ -95,22 +95,7 @@ impl AdminClient {
         headers: Option<HeaderMap>,
         body: Vec<u8>,
     ) -> Result<async_nats::Message, ClientError> {
-        let headers = match &self.signer {
-            Some(signer) => {
-                let mut h = headers.unwrap_or_default();
-                signer.sign_into(&subject, &body, &mut h);
-                Some(h)
-            }
-            None => headers,
-        };
-        let sent = match headers {
-            Some(h) => {
-                self.nats
-                    .request_with_headers(subject.clone(), h, body.into())
-                    .await
-            }
-            None => self.nats.request(subject.clone(), body.into()).await,
-        };
+        let sent = signed_request(&self.nats, self.signer.as_ref(), &subject, headers, body).await;
         let msg = sent.map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ClientError::NoBackend(subject.clone()),
             _ => ClientError::Request {
@@ -337,6 +322,30 @@ where
         }
         all.extend(items);
         after = Some(next);
+    }
+}
+
+/// One request on `subject`, signed by `signer` when given (the admin signature headers are
+/// added to `headers`): the one way admin requests leave a client.
+pub(crate) async fn signed_request(
+    nats: &Client,
+    signer: Option<&AdminSigner>,
+    subject: &str,
+    headers: Option<HeaderMap>,
+    body: Vec<u8>,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let headers = match signer {
+        Some(signer) => {
+            let mut h = headers.unwrap_or_default();
+            signer.sign_into(subject, &body, &mut h);
+            Some(h)
+        }
+        None => headers,
+    };
+    let subject = subject.to_string();
+    match headers {
+        Some(h) => nats.request_with_headers(subject, h, body.into()).await,
+        None => nats.request(subject, body.into()).await,
     }
 }
 

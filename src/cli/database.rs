@@ -373,21 +373,7 @@ async fn send(
 ) -> anyhow::Result<serde_json::Value> {
     let op = subject.rsplit('.').next().unwrap_or_default();
     let subject = subject.to_string();
-    let headers = match signer {
-        Some(signer) => {
-            let mut h = headers.unwrap_or_default();
-            signer.sign_into(&subject, &body, &mut h);
-            Some(h)
-        }
-        None => headers,
-    };
-    let sent = match headers {
-        Some(headers) => {
-            nats.request_with_headers(subject.clone(), headers, body.into())
-                .await
-        }
-        None => nats.request(subject.clone(), body.into()).await,
-    };
+    let sent = crate::client::signed_request(nats, signer, &subject, headers, body).await;
     let reply = sent.map_err(|e| match e.kind() {
         async_nats::RequestErrorKind::NoResponders => anyhow!(nobody_answers(&subject)),
         async_nats::RequestErrorKind::TimedOut => anyhow!(

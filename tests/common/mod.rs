@@ -449,11 +449,29 @@ pub fn cli_at(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> (bool, Vec<u8>, String) {
+    let out = run_piggybank(env, args, stdin);
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `piggybank` with `env` added, stdin from `stdin`; no seed, key, share or prefix is
+/// inherited from the test's environment.
+fn run_piggybank(
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(piggybank_bin())
         .args(args)
         .env_remove("ENCRYPTION_XKEY_SEED")
         .env_remove("TRANSIT_XKEY_SEED")
+        .env_remove("PIGGYBANK_DATABASE_KEY")
+        .env_remove("PIGGYBANK_SHARE")
+        .env_remove("PIGGYBANK_PREFIX")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -465,12 +483,7 @@ pub fn cli_at(
         input.write_all(bytes).unwrap();
     }
     drop(input);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    child.wait_with_output().unwrap()
 }
 
 pub fn text(s: &str) -> piggybank::store::envelope::SecretValue {
@@ -600,27 +613,10 @@ pub fn cli_code(
     stdin: Option<&[u8]>,
     env: &[(&str, &str)],
 ) -> (Option<i32>, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(piggybank_bin())
-        .args(args)
-        .env_remove("ENCRYPTION_XKEY_SEED")
-        .env_remove("TRANSIT_XKEY_SEED")
-        .env_remove("PIGGYBANK_DATABASE_KEY")
-        .env_remove("PIGGYBANK_SHARE")
-        .env_remove("PIGGYBANK_PREFIX")
-        .env("NATS_ADDRESS", nats.url())
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn piggybank");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
+    let url = nats.url();
+    let mut all = vec![("NATS_ADDRESS", url.as_str())];
+    all.extend_from_slice(env);
+    let out = run_piggybank(&all, args, stdin);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
