@@ -16,10 +16,13 @@ DEV_ARGS ?=
 dev: deps
 	$(CARGO) run --bin piggybank -- dev $(DEV_ARGS)
 
+# The whole workspace: the library, the test kit and the benchmark. The bench's smoke test
+# runs the `piggybank` binary beside its own, so that binary is built first.
 test: deps example
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --bin piggybank
+	$(CARGO) test --workspace --all-targets
 
 # The example admin component (a wasm32-wasip2 component); tests/deploy.rs inspects it.
 example: wasm-target
@@ -37,9 +40,13 @@ par:
 	$(CARGO) run --release --example par -- target/release/piggybank-provider build/piggybank.par.gz .piggybank/par-keys
 
 # The benchmark (README, "Performance"): its own nats-server and backend, about 2 minutes.
+# Its scale table runs the `piggybank` binary beside it. `make bench BENCH_ARGS=--admin-keys`
+# passes flags to `piggybank-bench`.
+BENCH_ARGS ?=
 bench: deps
+	$(CARGO) build --release -p piggybank-bench --bin piggybank-bench
 	$(CARGO) build --release --bin piggybank
-	RUST_LOG=error target/release/piggybank bench --scale 10,10000,100000
+	RUST_LOG=error target/release/piggybank-bench --scale 10,10000,100000 $(BENCH_ARGS)
 
 build:
 	$(CARGO) build --release
@@ -49,7 +56,7 @@ fmt:
 	$(CARGO) fmt --manifest-path $(EXAMPLE)/Cargo.toml
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 deps: nats-server
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup.rs)"; exit 1; }

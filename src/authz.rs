@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use crate::error::ErrorKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wascap::jwt::{validate_token, CapabilityProvider, Claims, Component, Host, WascapEntity};
@@ -35,6 +36,16 @@ pub enum AuthzError {
     Policy(String),
     #[error("invalid trusted issuer {0:?}: expected an account public key (A...)")]
     BadTrustedIssuer(String),
+}
+
+impl AuthzError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AuthzError::Policy(_) => ErrorKind::Invalid,
+            AuthzError::BadTrustedIssuer(_) => ErrorKind::Internal,
+            _ => ErrorKind::Denied,
+        }
+    }
 }
 
 /// The verified identity of a requesting component or provider.
@@ -100,10 +111,6 @@ impl VerifiedTokens {
     pub fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn now_secs() -> u64 {
@@ -128,10 +135,6 @@ impl Authorizer {
             trusted_issuers: (!set.is_empty()).then_some(set),
             ..Self::default()
         })
-    }
-
-    pub fn has_trusted_issuers(&self) -> bool {
-        self.trusted_issuers.is_some()
     }
 
     pub fn verify_host(&self, jwt: &str) -> Result<(), AuthzError> {
@@ -366,7 +369,7 @@ mod tests {
             None,
             0,
         );
-        assert!(cache.is_empty());
+        assert_eq!(cache.len(), 0);
         cache.insert(&"x".repeat(MAX_REMEMBERED_TOKEN), entity, None, 0);
         assert_eq!(cache.len(), 1);
     }

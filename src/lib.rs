@@ -9,36 +9,52 @@
 //!   `vault`, sealed mode's key record (keys wrapped by a master key); zeroized on drop.
 //! - [`store`]: `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory by KV
 //!   watches; `envelope`, the at-rest format (and the sample's, read in place); `rekey`,
-//!   online re-sealing with the current key.
-//! - [`authz`]: JWT verification, trusted issuers, policy checks.
+//!   online re-sealing with the current key; `record`, sealed mode's key record.
+//! - `authz`: JWT verification, trusted issuers, policy checks.
 //! - [`admin_auth`]: signed administration: the signed bytes, `AdminSigner` (clients) and
 //!   `AdminVerifier` (servers; replay refused across instances by a shared nonce bucket).
 //! - [`key_transfer`]: key material in transit: a database key or share sealed to an xkey,
 //!   never in clear on the bus.
-//! - [`backend`]: the core every front door calls: read, put, delete, list, mappings.
+//! - `backend`: the core every front door calls: read, put, delete, list, mappings, behind
+//!   a guard that exists only while unsealed; `backend::seal`, sealed mode's seal
+//!   (initialize, unlock, lock, rotate and the re-encryption that follows).
+//! - `error`: the one error model: every core error has an [`ErrorKind`], which each front
+//!   door maps to its wire error once.
+//! - [`serve`]: the one serve loop of every NATS front door (reply-subject rule,
+//!   backpressure, replies that fit, draining).
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
-//! - [`piggybank_api`]: the Piggy Bank front door for plain NATS services
-//!   (`piggybank.<application>.<name>`), and `database`, sealed mode's operations
-//!   (initialize, unlock, lock, status, rotate).
+//! - `piggybank_api`: the Piggy Bank front door for plain NATS services
+//!   (`piggybank.<application>.<name>`), and `database`, the seal's front door
+//!   (`piggybank.database.<name>.<op>`).
 //! - [`server`]: `run(config, shutdown)`: connect, open stores, serve.
 //! - [`provider`]: the capability provider: HostData settings, link scopes, the WIT admin
 //!   interface over wRPC (front door), and the same protocol server.
 //! - [`client`]: admin client used by the CLI and tests.
-//! - [`cli`]: the `piggybank` command line (flags -> library calls), and `bench`.
+//! - [`cli`]: the `piggybank` command line (flags -> library calls).
+//!
+//! The benchmark (`bench/`) and the test kit (`testkit/`: one nats-server fixture, one JWT
+//! maker) are crates of their own in the workspace, outside the library.
 #![deny(rustdoc::broken_intra_doc_links)]
 
+// The public API: what the binaries, the benchmark and the tests use. Everything else is
+// private, so that code nothing uses is reported as dead.
 pub mod admin_auth;
-pub mod authz;
-pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod key_transfer;
 pub mod keys;
-pub mod piggybank_api;
 pub mod protocol;
 pub mod provider;
-mod reply_policy;
 pub mod serve;
 pub mod server;
 pub mod store;
+
+mod authz;
+mod backend;
+mod error;
+mod piggybank_api;
+mod reply_policy;
+
+pub use backend::MappingChange;
+pub use error::ErrorKind;

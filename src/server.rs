@@ -9,13 +9,15 @@ use zeroize::Zeroizing;
 
 use crate::admin_auth::{self, AdminRefusal, AdminVerifier, Signed};
 use crate::authz::{Authorizer, AuthzError};
+use crate::backend::seal::Seal;
 use crate::backend::Backend;
 use crate::config;
 use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
-use crate::piggybank_api::database::Database;
-use crate::piggybank_api::{self, database};
+use crate::piggybank_api;
+use crate::piggybank_api::database::{self, DatabaseApi};
 use crate::protocol;
-use crate::serve::{Endpoint, ServeConfig, ServeError};
+use crate::serve::{Access, Endpoint, ServeConfig, ServeError};
+use crate::store::record::RecordStore;
 use crate::store::{Bucket, BucketSpec, MappingTable, SecretStore, StoreError};
 
 /// Everything `piggybank run` is configured with. `Debug` never prints the seeds.
@@ -326,13 +328,13 @@ fn configured_transit(config: &RunConfig) -> Result<Option<TransitKey>, KeyError
     TransitKey::from_seed(&config.transit_xkey_seed).map(Some)
 }
 
-/// Sealed mode: the vault bucket and the database operations of this instance. Reads the
-/// record, so `server_xkey` answers while sealed once the store is initialized.
-async fn open_database(
+/// Sealed mode: the vault bucket and the seal of this instance. Reads the record, so
+/// `server_xkey` answers while sealed once the store is initialized.
+async fn open_seal(
     client: &async_nats::Client,
     config: &RunConfig,
     backend: &Arc<Backend>,
-) -> Result<Database, ServerError> {
+) -> Result<Seal, ServerError> {
     let js = async_nats::jetstream::new(client.clone());
     let kv = Bucket::CreateIfMissing(&BucketSpec {
         name: config::vault_bucket(&config.name),
@@ -342,21 +344,27 @@ async fn open_database(
     })
     .open(&js)
     .await?;
-    let database = Database::new(Arc::clone(backend), kv, configured_transit(config)?);
-    if let Some(record) = database.record().await? {
+    let seal = Seal::new(
+        Arc::clone(backend),
+        RecordStore::new(kv),
+        configured_transit(config)?,
+        config.sealed_keys_only,
+    );
+    if let Some(record) = seal.record().await? {
         if backend.transit_public().is_none() {
             backend.set_transit_public(Some(record.transit_public));
         }
     }
-    Ok(database)
+    Ok(seal)
 }
 
 /// A backend ready to serve: its connection and its core, loaded into memory.
 pub struct Started {
     pub client: async_nats::Client,
     pub backend: Arc<Backend>,
-    /// `{prefix}.database.*`: the seal (sealed mode), and `status` in either mode.
-    pub database: Arc<Database>,
+    /// `{prefix}.database.*`: the seal's front door (sealed mode), and `status` in either
+    /// mode.
+    pub database: Arc<DatabaseApi>,
     /// Checks admin signatures when run with `--admin-keys`; `None`: unauthenticated.
     pub admin: Option<Arc<AdminVerifier>>,
 }
@@ -397,22 +405,19 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         Some(_) => admin_auth::AdminMode::Signed,
         None => admin_auth::AdminMode::Unauthenticated,
     };
-    let database = match config.is_sealed_mode() {
+    let seal = match config.is_sealed_mode() {
         true => {
-            let database = open_database(&client, config, &backend).await?;
-            let database = database
-                .with_admin_mode(admin_mode)
-                .with_sealed_keys_only(config.sealed_keys_only);
-            let database = Arc::new(database);
-            database.watch().await?;
-            database
+            let seal = Arc::new(open_seal(&client, config, &backend).await?);
+            seal.watch().await?;
+            seal
         }
-        false => Arc::new(Database::keyed(Arc::clone(&backend)).with_admin_mode(admin_mode)),
+        false => Arc::new(Seal::keyed(Arc::clone(&backend))),
     };
+    let database = Arc::new(DatabaseApi::new(seal, admin_mode));
     tracing::info!(
         backend = %config.name,
-        mode = %database.mode(),
-        instance_id = %database.instance_id(),
+        mode = %database.seal().mode(),
+        instance_id = %database.seal().instance_id(),
         server_xkey = %backend.transit_public().unwrap_or_default(),
         sealed = backend.is_sealed(),
         secrets = backend.counts().0,
@@ -438,27 +443,27 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
 
     let backend = Arc::clone(&started.backend);
     let prefix: Arc<str> = config.subject_prefix().into();
-    let instance: Arc<str> = started.database.instance_id().into();
-    let admin = started.admin.clone();
+    let (classify_prefix, refusal_prefix) = (Arc::clone(&prefix), Arc::clone(&prefix));
     endpoints.push(Endpoint {
         name: "protocol",
         subject: format!("{prefix}.>"),
         queue_group: Some(queue_group.clone()),
+        // Every operation but server_xkey and get changes or reveals state. A subject that
+        // does not parse is answered (with its error) by the handler.
+        access: Arc::new(move |msg| {
+            let op = protocol::subject::parse(&classify_prefix, msg.subject.as_str());
+            Some(match op {
+                Ok(op) if is_admin_operation(&op) => Access::Admin(Signed::Once),
+                _ => Access::Open,
+            })
+        }),
         handler: Arc::new(move |msg| {
             let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
-            let (admin, instance) = (admin.clone(), Arc::clone(&instance));
-            Box::pin(async move {
-                // Every operation but server_xkey and get changes or reveals state.
-                let op = protocol::subject::parse(&prefix, msg.subject.as_str());
-                let signed = op
-                    .as_ref()
-                    .is_ok_and(is_admin_operation)
-                    .then_some(Signed::Once);
-                if let Err(refusal) = admin_check(admin.as_deref(), &msg, signed, &instance).await {
-                    return Some(protocol_refusal(op.ok(), &refusal));
-                }
-                Some(protocol::handle(&backend, &prefix, &msg).await)
-            })
+            Box::pin(async move { Some(protocol::handle(&backend, &prefix, &msg).await) })
+        }),
+        refusal: Arc::new(move |msg, refused| {
+            let op = protocol::subject::parse(&refusal_prefix, msg.subject.as_str());
+            protocol_refusal(op.ok(), refused)
         }),
         too_large: protocol::reply::too_large,
     });
@@ -476,52 +481,51 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
         .flat_map(|s| [(s.clone(), true), (s.clone(), false)])
     {
         let database = Arc::clone(&started.database);
-        let admin = started.admin.clone();
+        let (classify_prefix, classify_name) = (Arc::clone(&database_prefix), Arc::clone(&name));
         let (database_prefix, name) = (Arc::clone(&database_prefix), Arc::clone(&name));
         endpoints.push(Endpoint {
             name: "database",
             subject: database_subject.clone(),
             queue_group: once.then(|| format!("{queue_group}.database")),
+            access: Arc::new(move |msg| {
+                let subject = msg.subject.as_str();
+                // Another backend's subject is not answered.
+                let (op, _) = database::parse_subject(&classify_prefix, &classify_name, subject)?;
+                // Both subscriptions see every operation; each answers its own.
+                if database::answered_once(op) != once {
+                    return None;
+                }
+                // initialize and rotate (one instance) and lock (every instance) change the
+                // seal; status and unlock need no signature.
+                Some(match op {
+                    "initialize" | "rotate" => Access::Admin(Signed::Once),
+                    "lock" => Access::Admin(Signed::OnEveryInstance),
+                    _ => Access::Open,
+                })
+            }),
             handler: Arc::new(move |msg| {
-                let (database, admin) = (Arc::clone(&database), admin.clone());
+                let database = Arc::clone(&database);
                 let (database_prefix, name) = (Arc::clone(&database_prefix), Arc::clone(&name));
                 Box::pin(async move {
                     let subject = msg.subject.as_str();
-                    // Another backend's subject is not answered.
                     let (op, alias) = database::parse_subject(&database_prefix, &name, subject)?;
-                    // Both subscriptions see every operation; each answers its own.
-                    if database::answered_once(op) != once {
-                        return None;
-                    }
                     if alias {
                         database.note_deprecated_subject(op);
-                    }
-                    // initialize and rotate (one instance) and lock (every instance) change
-                    // the seal; status and unlock need no signature.
-                    let signed = match op {
-                        "initialize" | "rotate" => Some(Signed::Once),
-                        "lock" => Some(Signed::OnEveryInstance),
-                        _ => None,
-                    };
-                    let instance = database.instance_id();
-                    if let Err(refusal) =
-                        admin_check(admin.as_deref(), &msg, signed, instance).await
-                    {
-                        let body = serde_json::json!({ "error": refusal.to_string() });
-                        return Some(piggybank_api::reply(
-                            refusal.code(),
-                            body.to_string().into_bytes(),
-                        ));
                     }
                     database
                         .handle(op, msg.headers.as_ref(), &msg.payload)
                         .await
                 })
             }),
+            refusal: Arc::new(|_, refused| {
+                let body = serde_json::json!({ "error": refused.to_string() });
+                piggybank_api::reply(refused.code(), body.to_string().into_bytes())
+            }),
             too_large: piggybank_api::too_large,
         });
     }
 
+    // The Piggy Bank API: NATS permissions on its subjects are its authorization.
     if let Some(api_prefix) = &config.piggybank_prefix {
         let backend = Arc::clone(&started.backend);
         let prefix: Arc<str> = api_prefix.as_str().into();
@@ -529,9 +533,14 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
             name: "api",
             subject: format!("{prefix}.>"),
             queue_group: Some(format!("{queue_group}.piggybank")),
+            access: Arc::new(|_| Some(Access::Open)),
             handler: Arc::new(move |msg| {
                 let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
                 Box::pin(async move { piggybank_api::handle(&backend, &prefix, &msg).await })
+            }),
+            refusal: Arc::new(|_, refused| {
+                let body = serde_json::json!({ "error": refused.to_string() });
+                piggybank_api::reply(refused.code(), body.to_string().into_bytes())
             }),
             too_large: piggybank_api::too_large,
         });
@@ -551,20 +560,6 @@ fn is_admin_operation(op: &protocol::subject::Operation) -> bool {
         | Operation::AddMapping(_)
         | Operation::RemoveMapping(_)
         | Operation::GetMappings(_) => true,
-    }
-}
-
-/// Check the admin signature of `msg` when `signed` says its operation needs one and the
-/// backend runs with `--admin-keys`; `Ok` otherwise.
-async fn admin_check(
-    admin: Option<&AdminVerifier>,
-    msg: &async_nats::Message,
-    signed: Option<Signed>,
-    instance: &str,
-) -> Result<(), AdminRefusal> {
-    match (admin, signed) {
-        (Some(admin), Some(signed)) => admin.check(msg, signed, instance).await.map(|_| ()),
-        _ => Ok(()),
     }
 }
 
@@ -599,6 +594,8 @@ pub async fn serve(
     let serve_config = ServeConfig {
         max_in_flight: config.max_in_flight,
         reply_prefixes: config.reply_prefixes.clone(),
+        admin: started.admin.clone(),
+        instance_id: started.database.seal().instance_id().to_string(),
     };
     crate::serve::serve(started.client.clone(), endpoints, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
@@ -609,6 +606,30 @@ pub async fn serve(
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let started = start(&config).await?;
     serve(started, &config, shutdown).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use piggybank::serve::{serve, Endpoint, Reply, ServeConfig};
+use piggybank::serve::{serve, Access, Endpoint, Reply, ServeConfig};
 
 /// Defect 1: remove_mapping was a no-op, so access could never be revoked.
 #[tokio::test]
@@ -131,11 +131,14 @@ async fn one_slow_request_does_not_hold_up_others() {
     let config = ServeConfig {
         max_in_flight: 64,
         reply_prefixes: Vec::new(),
+        admin: None,
+        instance_id: "test".into(),
     };
     let endpoint = Endpoint {
         name: "test",
         subject: "concurrency.test.>".into(),
         queue_group: Some("q".into()),
+        access: Arc::new(|_| Some(Access::Open)),
         handler: Arc::new(|msg: async_nats::Message| {
             Box::pin(async move {
                 if msg.subject.as_str().ends_with(".slow") {
@@ -144,6 +147,7 @@ async fn one_slow_request_does_not_hold_up_others() {
                 Some(Reply::plain("ok"))
             })
         }),
+        refusal: Arc::new(|_, refused| Reply::plain(refused.to_string())),
         too_large: |_, why| Reply::plain(why),
     };
     let serving = tokio::spawn(serve(server, vec![endpoint], config, async {
@@ -271,4 +275,80 @@ async fn a_malformed_policy_is_a_policy_error() {
     req.context.application.policy = "{broken".into();
     let err = host_refusal(&host, req).await;
     assert!(err.contains("Error processing policies"), "{err}");
+}
+
+/// Signed administration lives in the serve loop: an endpoint that classifies an operation
+/// as admin never has its handler called for an unsigned request (the endpoint's refusal is
+/// answered instead), whatever the handler itself checks; a signed one reaches it.
+#[tokio::test]
+async fn the_serve_loop_checks_admin_signatures_before_any_handler() {
+    use piggybank::admin_auth::{AdminSigner, AdminVerifier, MemoryNonces, Signed};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let nats = NatsServer::start();
+    let seed = AdminSigner::generate_seed();
+    let signer = AdminSigner::from_seed(&seed).unwrap();
+    let verifier =
+        AdminVerifier::with_nonce_store(&[signer.public_key()], Arc::new(MemoryNonces::default()))
+            .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handled);
+    let endpoint = Endpoint {
+        name: "test",
+        subject: "gate.test.>".into(),
+        queue_group: None,
+        access: Arc::new(|msg| {
+            Some(match msg.subject.as_str() {
+                "gate.test.admin" => Access::Admin(Signed::Once),
+                _ => Access::Open,
+            })
+        }),
+        handler: Arc::new(move |_| {
+            let counter = Arc::clone(&counter);
+            Box::pin(async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Some(Reply::plain("handled"))
+            })
+        }),
+        refusal: Arc::new(|_, refused| Reply::plain(format!("refused {}", refused.code()))),
+        too_large: |_, why| Reply::plain(why),
+    };
+    let config = ServeConfig {
+        max_in_flight: 8,
+        reply_prefixes: Vec::new(),
+        admin: Some(Arc::new(verifier)),
+        instance_id: "test".into(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(serve(nats.client().await, vec![endpoint], config, async {
+        let _ = rx.await;
+    }));
+    let client = nats.client().await;
+    while client.request("gate.test.open", "".into()).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened = handled.load(Ordering::SeqCst);
+    let unsigned = client.request("gate.test.admin", "x".into()).await.unwrap();
+    assert_eq!(unsigned.payload.as_ref(), b"refused 403");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        opened,
+        "an unsigned admin request was handled"
+    );
+
+    let headers = signer.sign("gate.test.admin", b"x");
+    let signed = client
+        .request_with_headers("gate.test.admin", headers.clone(), "x".into())
+        .await
+        .unwrap();
+    assert_eq!(signed.payload.as_ref(), b"handled");
+    // The same signed request again is a replay.
+    let replay = client
+        .request_with_headers("gate.test.admin", headers, "x".into())
+        .await
+        .unwrap();
+    assert_eq!(replay.payload.as_ref(), b"refused 403");
+    assert_eq!(handled.load(Ordering::SeqCst), opened + 1);
+    tx.send(()).unwrap();
+    serving.await.unwrap().unwrap();
 }

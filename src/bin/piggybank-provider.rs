@@ -26,6 +26,6 @@ async fn start() -> anyhow::Result<()> {
     piggybank::provider::load_host_data(std::io::stdin().lock())?;
     // Logging as the host asks (structured or not, level), plus OpenTelemetry if configured.
     wasmcloud_provider_sdk::initialize_observability!(NAME, None::<std::path::PathBuf>);
-    piggybank::provider::run(piggybank::cli::shutdown_signal()).await?;
+    piggybank::provider::run(piggybank::server::shutdown_signal()).await?;
     Ok(())
 }

@@ -31,10 +31,10 @@ use async_nats::HeaderMap;
 use nkeys::XKey;
 
 use super::Conn;
+use crate::backend::seal::StatusReport;
 use crate::config::{self, env};
 use crate::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
 use crate::keys::vault::{self, MasterKey};
-use crate::piggybank_api::database::StatusReport;
 
 /// How long `status` waits for the first reply.
 const FIRST_REPLY: Duration = Duration::from_secs(5);
@@ -627,8 +627,8 @@ fn aligned(lines: &[(&str, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::seal::Mode;
     use crate::keys::vault::ShareSpec;
-    use crate::piggybank_api::database::Mode;
 
     #[test]
     fn a_key_and_a_share_are_told_apart_by_decoding_though_both_are_44_characters() {

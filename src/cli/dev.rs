@@ -199,7 +199,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let result = tokio::select! {
-        r = server::run(config, super::shutdown_signal()) => r.map_err(anyhow::Error::from),
+        r = server::run(config, server::shutdown_signal()) => r.map_err(anyhow::Error::from),
         status = nats.wait() => Err(anyhow::anyhow!("nats-server exited unexpectedly ({:?}); see {}", status.ok(), log_path.display())),
     };
     stop(&mut nats).await;

@@ -2,7 +2,6 @@
 //! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
 
 mod admin_seed;
-pub mod bench;
 mod database;
 mod dev;
 mod files;
@@ -75,8 +74,6 @@ pub enum Command {
     Rotate(database::DatabaseArgs),
     /// Re-seal every secret with the current data key (after a key change)
     Rekey(RekeyArgs),
-    /// Measure host-style gets against the protocol's limits (starts its own NATS and backend)
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -342,11 +339,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let done: anyhow::Result<()> = match cli.command {
         Command::Run(args) => {
             let config = args.into_config();
-            server::run(config, shutdown_signal()).await?;
+            server::run(config, server::shutdown_signal()).await?;
             Ok(())
         }
         Command::Dev(args) => dev::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Rekey(args) => rekey(args).await,
         Command::Init(args) => database::init(args).await,
         Command::Unlock(args) => database::unlock(args).await,
@@ -415,30 +411,6 @@ fn admin_hint(err: anyhow::Error) -> anyhow::Error {
             env::PIGGYBANK_ADMIN_SEED
         )),
         _ => err,
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }
 

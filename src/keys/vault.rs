@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{generate_seed, DataKey, Keyring, TransitKey};
+use crate::error::ErrorKind;
 
 /// Length of the master key, in bytes.
 pub const MASTER_KEY_LEN: usize = 32;
@@ -37,6 +38,16 @@ pub enum VaultError {
     BadSplit(String),
     #[error("the stored key record is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl VaultError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VaultError::WrongKey | VaultError::WrongShares => ErrorKind::Denied,
+            VaultError::Corrupt(_) => ErrorKind::Internal,
+            _ => ErrorKind::Invalid,
+        }
+    }
 }
 
 /// How the master key was split.

@@ -2,7 +2,8 @@
 //!
 //! A request's `method` header says what to do: `get` returns the value, `post` stores the
 //! payload as a new version, `delete` removes every version. Every reply carries a `Status`
-//! header (200, 400, 404, 423 while sealed, 500); errors have the JSON body `{"error": "..."}`.
+//! header (200; or an error's: 400, 403, 404, 409, 423 while sealed, 500, 503, see
+//! [`ErrorKind::status`]); errors have the JSON body `{"error": "..."}`.
 //! The reserved application `database` is never answered here: the sealed-mode operations own
 //! those subjects. Refusing another application is the NATS server's job (permissions).
 //!
@@ -19,9 +20,9 @@ use async_nats::{HeaderMap, Message};
 use zeroize::Zeroizing;
 
 use crate::backend::{Backend, BackendError};
+use crate::error::ErrorKind;
 use crate::serve::Reply;
 use crate::store::envelope::SecretValue;
-use crate::store::StoreError;
 
 /// Default subject prefix of the API.
 pub const DEFAULT_PREFIX: &str = "piggybank";
@@ -60,22 +61,17 @@ pub enum ApiError {
     BadRequest(String),
     #[error("application {0:?} is reserved")]
     Reserved(String),
-    #[error("secret {0:?} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Sealed(String),
-    #[error("{0}")]
-    Internal(String),
+    /// The core's error: its kind gives the status.
+    #[error("{message}")]
+    Core { kind: ErrorKind, message: String },
 }
 
 impl ApiError {
-    fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Reserved(_) => 403,
-            ApiError::NotFound(_) => 404,
-            ApiError::Sealed(_) => 423,
-            ApiError::Internal(_) => 500,
+            ApiError::Core { kind, .. } => kind.status(),
         }
     }
 }
@@ -211,13 +207,12 @@ pub fn too_large(_: &Reply, message: String) -> Reply {
     reply(413, body.into_bytes())
 }
 
-/// The one mapping from core errors to API errors. Messages name keys, never values.
-fn api_error(e: BackendError) -> ApiError {
-    match e {
-        BackendError::Store(StoreError::NotFound(key)) => ApiError::NotFound(key),
-        BackendError::Store(StoreError::InvalidName { .. }) => ApiError::BadRequest(e.to_string()),
-        BackendError::Sealed => ApiError::Sealed(e.to_string()),
-        other => ApiError::Internal(other.to_string()),
+/// The one mapping from core errors to API errors: by kind. Messages name keys, never
+/// values.
+pub(crate) fn api_error(e: BackendError) -> ApiError {
+    ApiError::Core {
+        kind: e.kind(),
+        message: e.to_string(),
     }
 }
 

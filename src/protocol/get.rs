@@ -24,7 +24,7 @@ pub(crate) fn error(e: GetSecretError) -> Reply {
 }
 
 /// Read and check the requester's one-time public xkey from the request headers.
-pub(crate) fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, GetSecretError> {
+pub fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, GetSecretError> {
     let headers = headers.ok_or(GetSecretError::InvalidHeaders)?;
     let value = headers
         .get(WASMCLOUD_HOST_XKEY)

@@ -3,10 +3,10 @@
 //! Served by the one serve loop ([`crate::serve`]) in queue group `{queue_base}.{name}`, so
 //! instances share the load; [`handle`] answers one message and never publishes.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod get;
-pub mod reply;
-pub mod subject;
+pub(crate) mod reply;
+pub(crate) mod subject;
 pub mod wire;
 
 use async_nats::Message;

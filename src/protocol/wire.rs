@@ -10,6 +10,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::authz::AuthzError;
 use crate::backend::BackendError;
+use crate::error::ErrorKind;
 use crate::store::envelope::EnvelopeError;
 use crate::store::{SecretMeta, StoreError};
 
@@ -130,56 +131,51 @@ pub struct AdminError {
     pub code: u16,
 }
 
-/// The one mapping from core errors to the protocol's `GetSecretError`.
+/// The one mapping from core errors to the protocol's `GetSecretError`: by kind, except
+/// where the sample's wire format names a finer cause (which JWT is invalid, an upstream
+/// error, a decryption error) that hosts report as it is.
 pub fn get_secret_error(err: &BackendError) -> GetSecretError {
     match err {
-        BackendError::Authz(a) => match a {
-            AuthzError::InvalidEntityJwt(m) => GetSecretError::InvalidEntityJWT(m.clone()),
-            AuthzError::InvalidHostJwt(m) => GetSecretError::InvalidHostJWT(m.clone()),
-            AuthzError::UntrustedIssuer(_) | AuthzError::NotMapped => GetSecretError::Unauthorized,
-            AuthzError::Policy(m) => GetSecretError::PolicyError(m.clone()),
-            AuthzError::BadTrustedIssuer(_) => GetSecretError::Other(a.to_string()),
-        },
-        BackendError::Store(s) => match s {
-            StoreError::NotFound(_) => GetSecretError::SecretNotFound,
-            StoreError::InvalidName { .. } | StoreError::InvalidEntity(_) => {
-                GetSecretError::InvalidRequest
-            }
-            StoreError::Upstream(m) => GetSecretError::UpstreamError(m.clone()),
-            other => GetSecretError::Other(other.to_string()),
-        },
+        BackendError::Authz(AuthzError::InvalidEntityJwt(m)) => {
+            GetSecretError::InvalidEntityJWT(m.clone())
+        }
+        BackendError::Authz(AuthzError::InvalidHostJwt(m)) => {
+            GetSecretError::InvalidHostJWT(m.clone())
+        }
+        BackendError::Authz(AuthzError::Policy(m)) => GetSecretError::PolicyError(m.clone()),
+        BackendError::Store(StoreError::Upstream(m)) => GetSecretError::UpstreamError(m.clone()),
         BackendError::Envelope(EnvelopeError::Key(_)) => GetSecretError::DecryptionError,
-        BackendError::Envelope(e) => GetSecretError::Other(e.to_string()),
-        BackendError::InvalidVersion(_) => GetSecretError::InvalidRequest,
-        BackendError::MissingField(_) | BackendError::NotAnObject(_) | BackendError::Sealed => {
+        // A field that is missing or not selectable: the request is valid, the secret is
+        // not what it expects; the message says which.
+        BackendError::MissingField(_) | BackendError::NotAnObject(_) => {
             GetSecretError::Other(err.to_string())
         }
+        _ => match err.kind() {
+            ErrorKind::Denied => GetSecretError::Unauthorized,
+            ErrorKind::NotFound => GetSecretError::SecretNotFound,
+            ErrorKind::Invalid => GetSecretError::InvalidRequest,
+            ErrorKind::Unavailable => GetSecretError::UpstreamError(err.to_string()),
+            ErrorKind::Conflict | ErrorKind::Sealed | ErrorKind::Internal => {
+                GetSecretError::Other(err.to_string())
+            }
+        },
     }
 }
 
-/// The one mapping from core errors to `put_secret` errors.
+/// The one mapping from core errors to `put_secret` errors: by kind.
 pub fn put_secret_error(err: &BackendError) -> PutSecretError {
-    match err {
-        BackendError::Store(StoreError::InvalidName { .. }) => {
-            PutSecretError::InvalidName(err.to_string())
+    let message = err.to_string();
+    match err.kind() {
+        ErrorKind::Invalid => PutSecretError::InvalidName(message),
+        ErrorKind::Conflict => PutSecretError::VersionConflict(message),
+        ErrorKind::Sealed => PutSecretError::Sealed(message),
+        ErrorKind::Denied | ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Internal => {
+            PutSecretError::Upstream(message)
         }
-        BackendError::Store(StoreError::VersionConflict { .. }) => {
-            PutSecretError::VersionConflict(err.to_string())
-        }
-        BackendError::Sealed => PutSecretError::Sealed(err.to_string()),
-        _ => PutSecretError::Upstream(err.to_string()),
     }
 }
 
-/// The one mapping from core errors to admin status codes.
+/// The one mapping from core errors to admin status codes: the kind's.
 pub fn admin_code(err: &BackendError) -> u16 {
-    match err {
-        BackendError::Store(StoreError::NotFound(_)) => 404,
-        BackendError::Store(StoreError::VersionConflict { .. } | StoreError::Contention(_)) => 409,
-        BackendError::Store(StoreError::InvalidName { .. } | StoreError::InvalidEntity(_))
-        | BackendError::InvalidVersion(_) => 400,
-        BackendError::Authz(_) => 403,
-        BackendError::Sealed => 423,
-        _ => 500,
-    }
+    err.kind().status()
 }

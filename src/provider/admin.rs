@@ -24,10 +24,11 @@ use super::bindings::exports::piggybank::secrets::admin::{
 };
 use super::links::{Access, LinkScope, Links, ScopeError};
 use crate::backend::{Backend, BackendError, MappingChange};
+use crate::error::ErrorKind;
 use crate::server::RunConfig;
 use crate::store::envelope::{SecretKind as StoredKind, SecretValue};
 use crate::store::secrets::{page_limit, PageRequest};
-use crate::store::{validate_entity, SecretMeta, StoreError};
+use crate::store::{validate_entity, SecretMeta};
 
 /// What the exports need: the core, the links, and what `status` reports.
 #[derive(Clone)]
@@ -261,24 +262,15 @@ fn scope_error(err: ScopeError) -> Error {
     Error::Unauthorized(err.to_string())
 }
 
-/// The one mapping from core errors to the WIT error variant.
-fn wit_error(err: BackendError) -> Error {
+/// The one mapping from core errors to the WIT error variant: by kind.
+pub(crate) fn wit_error(err: BackendError) -> Error {
     let message = err.to_string();
-    match err {
-        BackendError::Store(StoreError::InvalidName { .. } | StoreError::InvalidEntity(_))
-        | BackendError::InvalidVersion(_) => Error::InvalidArgument(message),
-        BackendError::Store(StoreError::NotFound(_)) => Error::NotFound(message),
-        BackendError::Store(StoreError::VersionConflict { .. }) => Error::VersionConflict(message),
-        BackendError::Sealed => Error::Sealed(message),
-        BackendError::Store(
-            StoreError::Contention(_)
-            | StoreError::Upstream(_)
-            | StoreError::NoBucket(_)
-            | StoreError::Corrupt { .. },
-        )
-        | BackendError::Authz(_)
-        | BackendError::Envelope(_)
-        | BackendError::MissingField(_)
-        | BackendError::NotAnObject(_) => Error::Unavailable(message),
+    match err.kind() {
+        ErrorKind::Invalid => Error::InvalidArgument(message),
+        ErrorKind::Denied => Error::Unauthorized(message),
+        ErrorKind::NotFound => Error::NotFound(message),
+        ErrorKind::Conflict => Error::VersionConflict(message),
+        ErrorKind::Sealed => Error::Sealed(message),
+        ErrorKind::Unavailable | ErrorKind::Internal => Error::Unavailable(message),
     }
 }

@@ -14,11 +14,11 @@
 //! in-flight work (at most [`DRAIN_TIMEOUT`]; a wRPC call never longer than its limit) and
 //! only then acknowledges.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod links;
 pub mod par;
-pub mod settings;
-pub mod wrpc;
+pub(crate) mod settings;
+pub(crate) mod wrpc;
 
 use std::io::BufRead;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -2,6 +2,12 @@
 //! operations), the database operations and the Piggy Bank API.
 //!
 //! What holds for every request holds here, once:
+//! - **Signed administration.** Every endpoint classifies each message by its subject alone
+//!   ([`Access`]): not this endpoint's (no reply), open, or an admin operation. When the
+//!   backend runs with `--admin-keys`, the loop checks an admin operation's signature before
+//!   its handler runs, and answers a refusal in the endpoint's format; a handler never sees
+//!   an unsigned admin request, and an endpoint cannot be built without saying which of its
+//!   operations are admin ones.
 //! - **Reply subjects.** A request is handled only if its reply subject is admitted by the
 //!   [`ReplyPolicy`] (trusted reply prefixes; never `$...`, never inside a served tree, which
 //!   the loop derives from its own endpoints). Any other request gets no reply and is not
@@ -28,11 +34,29 @@ use futures::future::BoxFuture;
 use futures::stream::{SelectAll, Stream, StreamExt};
 use tokio::sync::Semaphore;
 
+pub use crate::admin_auth::Signed;
+use crate::admin_auth::{AdminRefusal, AdminVerifier};
 pub use crate::reply_policy::{ReplyPolicy, ReplyTo};
 pub use reply::{Reply, TooLarge};
 
 /// Answers one message; `None`: not this endpoint's to answer (no reply is sent).
 pub type Handler = Arc<dyn Fn(Message) -> BoxFuture<'static, Option<Reply>> + Send + Sync>;
+
+/// Who may call a message's operation, decided from its subject before any handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who may publish on the subject (a host's `get`, `server_xkey`, `status`).
+    Open,
+    /// An operation that changes or reveals store state: with `--admin-keys`, only a request
+    /// signed by one of them reaches the handler.
+    Admin(Signed),
+}
+
+/// Classifies a message: `None` when it is not this endpoint's to answer (no reply).
+pub type Classify = Arc<dyn Fn(&Message) -> Option<Access> + Send + Sync>;
+
+/// An endpoint's answer to a refused admin request, in its own wire format.
+pub type Refusal = Arc<dyn Fn(&Message, &AdminRefusal) -> Reply + Send + Sync>;
 
 /// One subscription of the loop and what answers it.
 pub struct Endpoint {
@@ -42,7 +66,11 @@ pub struct Endpoint {
     pub subject: String,
     /// `Some`: one instance of the group receives each message; `None`: every instance.
     pub queue_group: Option<String>,
+    /// Which messages are this endpoint's, and which of them are admin operations.
+    pub access: Classify,
     pub handler: Handler,
+    /// The endpoint's answer to a refused admin request.
+    pub refusal: Refusal,
     /// The endpoint's error for a reply that would not fit in a NATS message.
     pub too_large: TooLarge,
 }
@@ -69,11 +97,15 @@ pub enum ServeError {
 }
 
 /// How the loop runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     pub max_in_flight: usize,
     /// Trusted reply prefixes besides `_INBOX.`.
     pub reply_prefixes: Vec<String>,
+    /// Checks admin signatures (`--admin-keys`); `None`: admin operations are unauthenticated.
+    pub admin: Option<Arc<AdminVerifier>>,
+    /// This instance's id: the nonce scope of operations every instance answers.
+    pub instance_id: String,
 }
 
 /// A subscription tagged with the index of its endpoint.
@@ -132,6 +164,7 @@ pub async fn serve(
         .max_in_flight
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let permits = Arc::new(Semaphore::new(max));
+    let instance: Arc<str> = config.instance_id.as_str().into();
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {
@@ -153,13 +186,28 @@ pub async fn serve(
         let Some(reply_to) = policy.admit(endpoint.name, msg.reply.as_ref()) else {
             continue;
         };
+        let Some(access) = (endpoint.access)(&msg) else {
+            continue;
+        };
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
         let (client, too_large) = (client.clone(), endpoint.too_large);
-        let reply = (endpoint.handler)(msg);
+        let (handler, refusal) = (Arc::clone(&endpoint.handler), Arc::clone(&endpoint.refusal));
+        let admin = match access {
+            Access::Admin(signed) => config.admin.clone().map(|verifier| (verifier, signed)),
+            Access::Open => None,
+        };
+        let instance = Arc::clone(&instance);
         tokio::spawn(async move {
-            if let Some(reply) = reply.await {
+            let reply = match admin {
+                Some((verifier, signed)) => match verifier.check(&msg, signed, &instance).await {
+                    Ok(_) => handler(msg).await,
+                    Err(refused) => Some(refusal(&msg, &refused)),
+                },
+                None => handler(msg).await,
+            };
+            if let Some(reply) = reply {
                 reply.send(&client, reply_to, too_large).await;
             }
             drop(permit);

@@ -1,5 +1,6 @@
 //! Storage on NATS JetStream KV: secrets ([`SecretStore`]), the entity allow-list
-//! ([`MappingTable`]) and the at-rest format ([`envelope`]).
+//! ([`MappingTable`]), the at-rest format ([`envelope`]) and sealed mode's key record
+//! ([`record`]).
 //!
 //! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
 //! so the request hot path makes no NATS round trip. Every write is conditional where it
@@ -7,14 +8,16 @@
 //! the server acknowledges it, so the instance that made a change honours it at once.
 
 pub mod envelope;
-pub mod mappings;
-pub mod mirror;
-pub mod rekey;
+pub(crate) mod mappings;
+pub(crate) mod mirror;
+pub(crate) mod record;
+pub(crate) mod rekey;
 pub mod secrets;
 
 pub use mappings::MappingTable;
 pub use secrets::{SecretMeta, SecretStore, StoredSecret};
 
+use crate::error::ErrorKind;
 use async_nats::jetstream::{self, kv};
 
 /// Errors of the storage layer.
@@ -34,6 +37,8 @@ pub enum StoreError {
     },
     #[error("too many concurrent updates to {0:?}; try again")]
     Contention(String),
+    #[error("{0:?} already exists")]
+    AlreadyExists(String),
     #[error("stored data for {key:?} is corrupt: {why}")]
     Corrupt { key: String, why: String },
     #[error(
@@ -46,6 +51,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::InvalidName { .. } | StoreError::InvalidEntity(_) => ErrorKind::Invalid,
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::VersionConflict { .. }
+            | StoreError::Contention(_)
+            | StoreError::AlreadyExists(_) => ErrorKind::Conflict,
+            StoreError::Corrupt { .. } => ErrorKind::Internal,
+            StoreError::NoBucket(_) | StoreError::Upstream(_) => ErrorKind::Unavailable,
+        }
+    }
+
     pub(crate) fn upstream(e: impl std::fmt::Display) -> Self {
         StoreError::Upstream(e.to_string())
     }

@@ -1,151 +1,29 @@
-//! Shared test fixtures: a real `nats-server -js` on a free loopback port with a temp dir
-//! (killed on drop), a piggybank backend running in-process, and wascap-minted JWTs.
+//! Shared test fixtures: a piggybank backend running in-process, host-side clients, the
+//! CLI as a child process, and load. The real `nats-server -js` (free loopback port, temp
+//! dir, killed on drop) and the wascap-minted JWTs come from `piggybank-testkit`, which the
+//! benchmark shares.
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nkeys::{KeyPair, XKey};
+use nkeys::XKey;
 use piggybank::client::AdminClient;
 use piggybank::server::RunConfig;
+// The nats-server fixture and the JWT maker, shared with the benchmark; not every test file
+// uses each of them.
+#[allow(unused_imports)]
+pub use piggybank_testkit::{
+    free_port, host_jwt, nats_with_max_payload, unique_name, wait_listening, Issuer, NatsServer,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wascap::jwt::{CapabilityProvider, Claims, Component, Host};
 use wasmcloud_secrets_types::{Application, Context, SecretRequest};
 use zeroize::Zeroizing;
-
-/// A free loopback port, never the same one twice in this process (tests run in parallel).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free loopback port");
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// A name no other server in this run has, to recognise our own server on its port.
-pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), free_port())
-}
-
-/// A `nats-server -js` on 127.0.0.1, killed (and its data removed) on drop.
-pub struct NatsServer {
-    pub port: u16,
-    child: Child,
-    pub dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir)
-    }
-
-    /// Start on a given data dir (reused across restarts).
-    pub fn start_in(dir: tempfile::TempDir) -> Self {
-        Self::spawn(dir, None)
-    }
-
-    /// Start with a server config file (its users and permissions); port, address and data
-    /// dir still come from the command line, which overrides the file.
-    pub fn start_with_config(config: &Path) -> Self {
-        Self::spawn(tempfile::tempdir().expect("tempdir"), Some(config))
-    }
-
-    fn spawn(dir: tempfile::TempDir, config: Option<&Path>) -> Self {
-        for _ in 0..5 {
-            let port = free_port();
-            let name = unique_name("piggybank-test");
-            let mut child = Self::command(port, &name, &dir, config);
-            if wait_listening(&mut child, port, &name) {
-                return NatsServer { port, child, dir };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nats-server did not start");
-    }
-
-    /// `nats-server -js` on `127.0.0.1:port` named `name`, its data under `dir`.
-    fn command(port: u16, name: &str, dir: &tempfile::TempDir, config: Option<&Path>) -> Child {
-        let mut command = Command::new("nats-server");
-        if let Some(config) = config {
-            command.arg("-c").arg(config);
-        }
-        command
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-n",
-                name,
-                "-sd",
-            ])
-            .arg(dir.path().join("js"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (make test installs it)")
-    }
-
-    pub fn url(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("connect to test nats")
-    }
-
-    /// Stop the server and hand back its data dir, for a restart.
-    pub fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
-    }
-}
-
-/// Wait until `child` (started with server name `name`) listens on `port`; false if it
-/// exits, takes over 10 s, or another server answers on that port.
-pub fn wait_listening(child: &mut Child, port: u16, name: &str) -> bool {
-    use std::io::BufRead;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut info = String::new();
-            let _ = std::io::BufReader::new(stream).read_line(&mut info);
-            return info.contains(&format!("\"server_name\":\"{name}\""));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 pub struct Keys {
     pub transit: Zeroizing<String>,
@@ -253,79 +131,6 @@ pub fn admin(nats_client: async_nats::Client) -> AdminClient {
 
 pub fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
-}
-
-/// An account that signs entity JWTs.
-pub struct Issuer {
-    pub account: KeyPair,
-}
-
-impl Issuer {
-    pub fn new() -> Self {
-        Issuer {
-            account: KeyPair::new_account(),
-        }
-    }
-
-    pub fn public_key(&self) -> String {
-        self.account.public_key()
-    }
-
-    /// A component JWT: returns (jwt, subject).
-    pub fn component(&self) -> (String, String) {
-        self.component_with(None, None)
-    }
-
-    pub fn component_with(
-        &self,
-        not_before: Option<u64>,
-        expires: Option<u64>,
-    ) -> (String, String) {
-        let module = KeyPair::new_module();
-        let claims = Claims::<Component>::with_dates(
-            "test-component".into(),
-            self.account.public_key(),
-            module.public_key(),
-            None,
-            not_before,
-            expires,
-            false,
-            None,
-            None,
-            None,
-        );
-        (claims.encode(&self.account).unwrap(), module.public_key())
-    }
-
-    /// A provider JWT: returns (jwt, subject).
-    pub fn provider(&self) -> (String, String) {
-        let service = KeyPair::new_service();
-        let claims = Claims::<CapabilityProvider>::new(
-            "test-provider".into(),
-            self.account.public_key(),
-            service.public_key(),
-            "piggybank-tests".into(),
-            None,
-            None,
-            HashMap::new(),
-        );
-        (claims.encode(&self.account).unwrap(), service.public_key())
-    }
-}
-
-/// A host JWT, signed as a wasmCloud 1.x host does: by an account key it made at start.
-pub fn host_jwt() -> String {
-    let account = KeyPair::new_account();
-    let host = KeyPair::new_server();
-    let claims = Claims::<Host>::with_dates(
-        "test-host".into(),
-        account.public_key(),
-        host.public_key(),
-        None,
-        None,
-        None,
-    );
-    claims.encode(&account).unwrap()
 }
 
 pub fn request(key: &str, entity_jwt: &str) -> SecretRequest {
@@ -732,14 +537,6 @@ pub async fn wait_listed(admin: &AdminClient, prefix: &str, count: usize) {
     }
 }
 
-/// A `nats-server -js` whose max payload is `bytes` (the default is 1 MiB).
-pub fn nats_with_max_payload(bytes: usize) -> NatsServer {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("nats.conf");
-    std::fs::write(&config, format!("max_payload: {bytes}\n")).expect("write nats.conf");
-    NatsServer::start_with_config(&config)
-}
-
 /// Every entry of every KV bucket on the server: (bucket, key) -> (revision, value).
 pub async fn kv_state(
     client: &async_nats::Client,
@@ -766,19 +563,6 @@ pub async fn kv_state(
         }
     }
     state
-}
-
-impl NatsServer {
-    /// Start again on `port` with the data dir of a stopped server (clients reconnect).
-    pub fn restart_on(port: u16, dir: tempfile::TempDir) -> Self {
-        let name = unique_name("piggybank-test");
-        let mut child = Self::command(port, &name, &dir, None);
-        assert!(
-            wait_listening(&mut child, port, &name),
-            "nats-server did not restart on {port}"
-        );
-        NatsServer { port, child, dir }
-    }
 }
 
 /// A sealed-mode config (no keys) with the Piggy Bank API and database operations on

@@ -1,8 +1,11 @@
 //! The core: keys, stores and authorization behind every front door.
 //!
 //! `Backend` knows nothing about subjects, headers or WIT. Front doors decode a request,
-//! call one method here, and encode the result; errors are [`BackendError`], which each
-//! front door maps to its wire error in exactly one function.
+//! call one method here, and encode the result; errors are [`BackendError`], whose
+//! [`ErrorKind`] each front door maps to its wire error in exactly one function.
+//! [`seal`] adds sealed mode's seal (initialize, unlock, lock, rotate) on top.
+
+pub mod seal;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -10,6 +13,8 @@ use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
 
 use crate::authz::{self, Authorizer, AuthzError};
+use crate::error::ErrorKind;
+use crate::keys::vault::VaultError;
 use crate::keys::{Keyring, TransitKey};
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
@@ -31,6 +36,27 @@ pub enum BackendError {
     NotAnObject(String),
     #[error("the store is sealed: unlock it first (piggybank unlock)")]
     Sealed,
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl BackendError {
+    /// What kind of failure this is: the one thing front doors map.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BackendError::Authz(e) => e.kind(),
+            BackendError::Store(e) => e.kind(),
+            BackendError::Envelope(_) => ErrorKind::Internal,
+            BackendError::InvalidVersion(_)
+            | BackendError::MissingField(_)
+            | BackendError::NotAnObject(_) => ErrorKind::Invalid,
+            BackendError::Sealed => ErrorKind::Sealed,
+            BackendError::Seal(e) => e.kind(),
+            BackendError::Vault(e) => e.kind(),
+        }
+    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

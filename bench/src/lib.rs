@@ -1,10 +1,19 @@
-//! `piggybank bench`: host-style gets against the backend, measured against the protocol's
-//! limits in the same run (see `limits`), plus revocation latency across two instances and
-//! (with `--scale`) startup, memory and latency at several store sizes (`scale`).
+//! `piggybank-bench`: host-style gets against the backend, measured against the protocol's
+//! limits in the same run, plus revocation latency across two instances and (with `--scale`)
+//! startup, memory and latency at several store sizes.
 //!
 //! Every get goes through the real `wasmcloud-secrets-client` with a one-time xkey, as a
-//! host's does. By default the benchmark starts its own `nats-server` (free loopback port,
-//! temporary dir) and backend; with `--nats-address` it measures a running backend instead.
+//! host's does. By default the benchmark starts its own `nats-server` (the test kit's
+//! fixture: free loopback port, temporary dir) and backend; with `--nats-address` it measures
+//! a running backend instead. It uses only the `piggybank` library's public API, and the
+//! test kit's JWT maker for its caller's identity.
+//!
+//! # Layout
+//! - this file: the flags, the run, the tables, bad traffic and revocation.
+//! - `limits`: the protocol floor and the bare echo, served from this process.
+//! - `load`: closed-loop load and its statistics.
+//! - `scale`: the scale table, against `piggybank run` processes (the `piggybank` binary
+//!   beside this one).
 
 mod limits;
 mod load;
@@ -18,22 +27,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::Args;
-use nkeys::{KeyPair, XKey};
+use clap::Parser;
+use nkeys::XKey;
+use piggybank::admin_auth::AdminSigner;
+use piggybank::client::AdminClient;
+use piggybank::config;
+use piggybank::keys::{generate_seed, TransitKey};
+use piggybank::server::{self, RunConfig};
+use piggybank::store::envelope::SecretValue;
+use piggybank::MappingChange;
+use piggybank_testkit::{host_jwt, Issuer, NatsServer};
 use tokio::sync::oneshot;
-use wascap::jwt::{Claims, Component, Host};
 use wasmcloud_secrets_types::{Application, Context, SecretRequest, SecretResponse};
 use zeroize::Zeroizing;
 
-use crate::backend::MappingChange;
-use crate::client::AdminClient;
-use crate::config;
-use crate::keys::{generate_seed, TransitKey};
-use crate::server::{self, RunConfig};
-use crate::store::envelope::SecretValue;
 use load::Stats;
 
-#[derive(Args, Clone, Debug)]
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "piggybank-bench",
+    version,
+    about = "Measure host-style gets against the protocol's limits (starts its own NATS and backend)"
+)]
 pub struct BenchArgs {
     /// Seconds measured per workload and concurrency
     #[arg(long, default_value_t = 5.0)]
@@ -68,6 +83,10 @@ pub struct BenchArgs {
     /// nats-server binary used when the benchmark starts its own server
     #[arg(long, default_value = "nats-server")]
     pub nats_server_bin: PathBuf,
+    /// Run the built-in backend with a generated admin key and sign every admin request
+    /// (shows that signed administration leaves the get path alone)
+    #[arg(long, conflicts_with = "nats_address")]
+    pub admin_keys: bool,
 }
 
 /// The secret every get asks for, and the value it holds (the size of a typical password).
@@ -84,35 +103,15 @@ struct Caller {
 }
 
 impl Caller {
-    fn new() -> anyhow::Result<Self> {
-        let account = KeyPair::new_account();
-        let module = KeyPair::new_module();
-        let claims = Claims::<Component>::with_dates(
-            "piggybank-bench".into(),
-            account.public_key(),
-            module.public_key(),
-            None,
-            None,
-            None,
-            false,
-            None,
-            None,
-            None,
-        );
-        let host_account = KeyPair::new_account();
-        let host = Claims::<Host>::with_dates(
-            "piggybank-bench-host".into(),
-            host_account.public_key(),
-            KeyPair::new_server().public_key(),
-            None,
-            None,
-            None,
-        );
-        Ok(Caller {
-            entity_jwt: claims.encode(&account)?,
-            entity: module.public_key(),
-            host_jwt: host.encode(&host_account)?,
-        })
+    /// A component JWT from a fresh issuer (so a backend measured must trust any issuer),
+    /// and a host JWT.
+    fn new() -> Self {
+        let (entity_jwt, entity) = Issuer::new().component();
+        Caller {
+            entity_jwt,
+            entity,
+            host_jwt: host_jwt(),
+        }
     }
 
     fn request(&self, key: &str) -> SecretRequest {
@@ -132,47 +131,6 @@ impl Caller {
                 },
             },
         }
-    }
-}
-
-/// A `nats-server -js` the benchmark started: free loopback port, temporary dir.
-struct LocalNats {
-    child: tokio::process::Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl LocalNats {
-    async fn start(bin: &std::path::Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("piggybank-bench-{}-{}", std::process::id(), port));
-        std::fs::create_dir_all(&dir)?;
-        let child = tokio::process::Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let url = format!("127.0.0.1:{port}");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(&url).await.is_ok() {
-                return Ok(LocalNats { child, dir, url });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("nats-server did not listen on {url}")
-    }
-}
-
-impl Drop for LocalNats {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -210,7 +168,19 @@ impl InProcess {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.duration);
     let warmup = Duration::from_secs_f64(args.warmup);
-    let caller = Arc::new(Caller::new()?);
+    let caller = Arc::new(Caller::new());
+    // The scale table needs the `piggybank` binary: find it before the first measurement.
+    let piggybank = match (args.scale.is_empty(), &args.nats_address) {
+        (false, None) => Some(scale::piggybank_bin()?),
+        _ => None,
+    };
+    // With --admin-keys, the built-in backend requires signed administration, and gets this
+    // key's public half; the admin client signs with it.
+    let signer = if args.admin_keys {
+        Some(AdminSigner::from_seed(&AdminSigner::generate_seed())?)
+    } else {
+        None
+    };
 
     // The system under test: our own NATS and backend, or a running one.
     let mut local_nats = None;
@@ -219,13 +189,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let nats_url = match &args.nats_address {
         Some(url) => url.clone(),
         None => {
-            let nats = LocalNats::start(&args.nats_server_bin).await?;
-            let url = nats.url.clone();
+            let nats = NatsServer::try_start(&args.nats_server_bin)?;
+            let url = nats.url();
             local_nats = Some(nats);
             let mut config = RunConfig::new(generate_seed(), generate_seed());
             config.nats_address = url.clone();
             config.name = args.backend_name.clone();
             config.subject_base = args.subject_base.clone();
+            config.admin_keys = signer.iter().map(|s| s.public_key().to_string()).collect();
             in_process = Some(InProcess::start(&config).await?);
             run_config = Some(config);
             url
@@ -239,7 +210,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &args.subject_base,
         config::DEFAULT_API_VERSION,
         &args.backend_name,
-    );
+    )
+    .with_signer(signer);
     let value = SecretValue::String(Zeroizing::new(VALUE.to_string()));
     admin
         .put_secret(SECRET, value, None, None)
@@ -289,10 +261,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "piggybank bench: NATS {nats_url}, {}; {:.1} s per point after {:.1} s warm-up; \
+        "piggybank-bench: NATS {nats_url}, {}; {:.1} s per point after {:.1} s warm-up; \
          request {request_size} B, reply {reply_size} B",
         if args.nats_address.is_some() {
             format!("backend {:?} (external)", args.backend_name)
+        } else if args.admin_keys {
+            "backend in this process, admin signed (--admin-keys)".to_string()
         } else {
             "backend in this process".to_string()
         },
@@ -335,17 +309,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         backend.stop().await;
     }
     if !args.scale.is_empty() {
-        match &local_nats {
-            Some(local) => {
+        match (&local_nats, &piggybank) {
+            (Some(local), Some(piggybank)) => {
                 scale::run(
-                    &local.url,
+                    piggybank,
+                    &local.url(),
                     &args.scale,
                     args.mapped_entities,
                     &args.subject_base,
                 )
                 .await?
             }
-            None => println!("scale: skipped (needs the benchmark's own NATS server)"),
+            _ => println!("scale: skipped (needs the benchmark's own NATS server)"),
         }
     }
     drop(local_nats);
@@ -361,7 +336,7 @@ fn payload_sizes(
     let request = serde_json::to_vec(&caller.request(SECRET))?;
     let server = XKey::from_public_key(transit.public_key())?;
     let sealed_request = XKey::new().seal(&request, &server)?;
-    let (sealed_reply, _) = crate::keys::seal_to(response, &XKey::new())?;
+    let (sealed_reply, _) = piggybank::keys::seal_to(response, &XKey::new())?;
     Ok((sealed_request.len(), sealed_reply.len()))
 }
 
@@ -498,7 +473,7 @@ async fn bad_traffic(
         config::ops::GET
     );
     let server = XKey::from_public_key(
-        &crate::client::AdminClient::new(
+        &AdminClient::new(
             nats.clone(),
             &args.subject_base,
             config::DEFAULT_API_VERSION,

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, headers::RESPONSE_XKEY};
-use crate::keys::{self, TransitKey};
-use crate::protocol::get::requester_key;
+use piggybank::config::{self, headers::RESPONSE_XKEY};
+use piggybank::keys::{self, TransitKey};
+use piggybank::protocol::get::requester_key;
 
 /// Serve the protocol floor under `{base}.{api}.{name}.>` until the task is aborted.
 pub async fn spawn_floor(

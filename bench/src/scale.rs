@@ -1,8 +1,10 @@
 //! The scale table: for each store size, fill fresh buckets (N secrets, `--mapped-entities`
-//! mapped entities), start a `piggybank run` process on them, and measure its time to ready, its
+//! mapped entities), start a `piggybank run` process on them (the `piggybank` binary beside
+//! this one, as cargo builds both into one target dir), and measure its time to ready, its
 //! resident memory, and host-style get latency at concurrency 1.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,19 +12,20 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use nkeys::XKey;
+use piggybank::config::env;
+use piggybank::keys::generate_seed;
+use piggybank::server::{self, RunConfig};
+use piggybank::store::envelope::SecretValue;
+use piggybank::MappingChange;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use zeroize::Zeroizing;
 
 use super::{load, micros, Caller, VALUE};
-use crate::backend::MappingChange;
-use crate::config::env;
-use crate::keys::generate_seed;
-use crate::server::{self, RunConfig};
-use crate::store::envelope::SecretValue;
 
 const WRITES_IN_FLIGHT: usize = 256;
 
 pub async fn run(
+    piggybank: &Path,
     nats_url: &str,
     sizes: &[usize],
     entities: usize,
@@ -32,7 +35,7 @@ pub async fn run(
     println!(
         "scale: secrets | fill s | ready ms (process) | startup_ms (log) | RSS MiB | get p50 µs | get p99 µs"
     );
-    let caller = Arc::new(Caller::new()?);
+    let caller = Arc::new(Caller::new());
     for &size in sizes {
         let mut config = RunConfig::new(generate_seed(), generate_seed());
         config.nats_address = nats_url.to_string();
@@ -42,7 +45,7 @@ pub async fn run(
         let fill = Instant::now();
         fill_store(&config, size, entities, &caller.entity).await?;
         let fill = fill.elapsed();
-        let row = measure(&config, &caller).await?;
+        let row = measure(piggybank, &config, &caller).await?;
         println!(
             "scale: {size:>7} | {:>6.1} | {:>8.0} | {:>8} | {:>7.1} | {:>10.0} | {:>10.0}",
             fill.as_secs_f64(),
@@ -117,11 +120,27 @@ struct Row {
     gets: load::Stats,
 }
 
-/// Start `piggybank run` on the filled buckets and measure it.
-async fn measure(config: &RunConfig, caller: &Arc<Caller>) -> anyhow::Result<Row> {
+/// The `piggybank` binary beside this one (`make bench` builds both).
+pub fn piggybank_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("piggybank");
+    anyhow::ensure!(
+        bin.is_file(),
+        "the scale table runs `piggybank run`, and there is no {} (build it: \
+         cargo build --release --bin piggybank, as make bench does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Start `piggybank run` on the filled buckets and measure it.
+async fn measure(
+    piggybank: &Path,
+    config: &RunConfig,
+    caller: &Arc<Caller>,
+) -> anyhow::Result<Row> {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(piggybank)
         .args(["--log-format", "json", "run", "--name", &config.name])
         .args(["--secrets-bucket", &config.secrets_bucket])
         .args(["--subject-base", &config.subject_base])

@@ -1,0 +1,100 @@
+//! Sealed mode's key record: one entry, `keyring`, in the vault bucket (history 1). It holds
+//! the data keys and the transit key wrapped by the master key, never a key in clear
+//! ([`VaultRecord`]). Created once (KV `create`, so two initializations cannot both win)
+//! and changed only by compare-and-set (`rotate`).
+
+use async_nats::jetstream::kv;
+
+use super::StoreError;
+use crate::keys::vault::VaultRecord;
+
+/// The key of the record in the vault bucket.
+pub const RECORD_KEY: &str = "keyring";
+
+/// The record's bucket.
+#[derive(Clone)]
+pub struct RecordStore {
+    kv: kv::Store,
+}
+
+/// A record as read, with the revision a compare-and-set needs.
+pub struct RecordEntry {
+    pub record: VaultRecord,
+    pub revision: u64,
+}
+
+impl RecordStore {
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    /// The record, if the store is initialized.
+    pub async fn get(&self) -> Result<Option<VaultRecord>, StoreError> {
+        Ok(self.entry().await?.map(|entry| entry.record))
+    }
+
+    /// The record and its revision, if the store is initialized.
+    pub async fn entry(&self) -> Result<Option<RecordEntry>, StoreError> {
+        let Some(entry) = self
+            .kv
+            .entry(RECORD_KEY)
+            .await
+            .map_err(StoreError::upstream)?
+        else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        Ok(Some(RecordEntry {
+            record: decode(&entry.value)?,
+            revision: entry.revision,
+        }))
+    }
+
+    /// Store the first record; [`StoreError::AlreadyExists`] if there is one.
+    pub async fn create(&self, record: &VaultRecord) -> Result<(), StoreError> {
+        self.kv
+            .create(RECORD_KEY, encode(record)?.into())
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => StoreError::AlreadyExists(RECORD_KEY.into()),
+                _ => StoreError::upstream(e),
+            })?;
+        Ok(())
+    }
+
+    /// Replace the record read at `revision`; [`StoreError::Contention`] if it changed since.
+    pub async fn update(&self, record: &VaultRecord, revision: u64) -> Result<(), StoreError> {
+        self.kv
+            .update(RECORD_KEY, encode(record)?.into(), revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => StoreError::Contention(RECORD_KEY.into()),
+                _ => StoreError::upstream(e),
+            })?;
+        Ok(())
+    }
+
+    /// Follow the record: the current entry first, then every change.
+    pub async fn watch(&self) -> Result<kv::Watch, StoreError> {
+        self.kv
+            .watch_with_history(RECORD_KEY)
+            .await
+            .map_err(StoreError::upstream)
+    }
+}
+
+fn encode(record: &VaultRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+        key: RECORD_KEY.into(),
+        why: e.to_string(),
+    })
+}
+
+fn decode(bytes: &[u8]) -> Result<VaultRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: RECORD_KEY.into(),
+        why: e.to_string(),
+    })
+}
