@@ -20,6 +20,9 @@ pub const DEFAULT_NATS_ADDRESS: &str = "127.0.0.1:4222";
 pub const DEFAULT_API_VERSION: &str = wasmcloud_secrets_types::SECRET_API_VERSION;
 /// Default cap on requests handled at once by one instance (backpressure beyond it).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default bound on the drain at shutdown, in milliseconds: in-flight requests not answered
+/// by then are abandoned, and the process exits whether or not NATS is still there.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
 
 /// Environment variables (sample-compatible ones first).
 pub mod env {
@@ -28,6 +31,8 @@ pub mod env {
     pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "PREVIOUS_ENCRYPTION_XKEY_SEEDS";
     pub const TRANSIT_XKEY_SEED: &str = "TRANSIT_XKEY_SEED";
     pub const NATS_CREDSFILE: &str = "NATS_CREDSFILE";
+    /// Bound on the drain at shutdown, in milliseconds.
+    pub const DRAIN_TIMEOUT_MS: &str = "DRAIN_TIMEOUT_MS";
     pub const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
     pub const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
     pub const TRUSTED_ISSUERS: &str = "TRUSTED_ISSUERS";
@@ -36,7 +41,8 @@ pub mod env {
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
     pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
     pub const NATS_USER: &str = "NATS_USER";
-    /// `piggybank unlock`: the database key (else a share, else stdin).
+    /// The database key: `piggybank unlock` sends it (else a share, else stdin), and
+    /// `piggybank run` in sealed mode unlocks itself with it at start (auto-unlock).
     pub const PIGGYBANK_DATABASE_KEY: &str = "PIGGYBANK_DATABASE_KEY";
     pub const PIGGYBANK_SHARE: &str = "PIGGYBANK_SHARE";
     pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
@@ -49,6 +55,8 @@ pub mod env {
     pub const PIGGYBANK_ADMIN_SEED_FILE: &str = "PIGGYBANK_ADMIN_SEED_FILE";
     /// `run`: refuse a database key or share sent in clear (`true`/`false`).
     pub const PIGGYBANK_SEALED_KEYS_ONLY: &str = "PIGGYBANK_SEALED_KEYS_ONLY";
+    /// Sealed mode: a file (mode 0600) holding the database key, to unlock at start.
+    pub const PIGGYBANK_UNLOCK_KEY_FILE: &str = "PIGGYBANK_UNLOCK_KEY_FILE";
 }
 
 /// Name of the mappings bucket for a backend: `SECRETS_{name}_state` (as the sample).
@@ -137,6 +145,8 @@ pub mod provider {
     pub const TRANSIT_XKEY_SEED: &str = "transit_xkey_seed";
     /// The data (encryption) xkey seed (a secret).
     pub const ENCRYPTION_XKEY_SEED: &str = "encryption_xkey_seed";
+    /// Sealed mode: the database key, to unlock at start (a secret; never config).
+    pub const DATABASE_KEY: &str = "database_key";
     /// Comma-separated seeds of earlier data keys, during a key change (a secret).
     pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "previous_encryption_xkey_seeds";
     /// Longest a wRPC invocation may take, in milliseconds: its parameters must all arrive
@@ -144,6 +154,8 @@ pub mod provider {
     pub const WRPC_CALL_TIMEOUT_MS: &str = "wrpc_call_timeout_ms";
     /// Most requests handled at once, on each front door (protocol, wRPC).
     pub const MAX_IN_FLIGHT: &str = "max_in_flight";
+    /// Bound on the drain at shutdown, in milliseconds.
+    pub const DRAIN_TIMEOUT_MS: &str = "drain_timeout_ms";
     /// Comma-separated subject prefixes replies may go to, besides `_INBOX.`.
     pub const REPLY_PREFIXES: &str = "reply_prefixes";
     /// Every key the provider reads from its config.
@@ -165,6 +177,8 @@ pub mod provider {
         WRPC_CALL_TIMEOUT_MS,
         MAX_IN_FLIGHT,
         REPLY_PREFIXES,
+        DRAIN_TIMEOUT_MS,
+        DATABASE_KEY,
     ];
     /// NATS URL when neither `nats_url` nor the lattice's URL is set (the SDK's default).
     pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";

@@ -4,8 +4,22 @@ use clap::Parser;
 use piggybank::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(start());
+    // Work still running when a command is done (a client reconnecting to a NATS server
+    // that is gone, a blocking lookup) is not waited for: stopping stays bounded.
+    runtime.shutdown_timeout(piggybank::server::RUNTIME_SHUTDOWN);
+    code
+}
+
+async fn start() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log at info; client commands print their result and log only problems.
     let default_level = match cli.command {

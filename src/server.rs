@@ -43,7 +43,12 @@ pub struct RunConfig {
     /// Refuse a database key or share sent in clear (only the sealed forms of
     /// `crate::key_transfer`).
     pub sealed_keys_only: bool,
+    /// Sealed mode: the database key, to unlock at start (`--unlock-key-file`,
+    /// `PIGGYBANK_DATABASE_KEY`, or the provider's `database_key` secret).
+    pub database_key: Option<Zeroizing<String>>,
     pub max_in_flight: usize,
+    /// Bound on the drain at shutdown.
+    pub drain_timeout: Duration,
     /// Trusted reply prefixes besides `_INBOX.`: replies go only to subjects under them
     /// (see `crate::reply_policy`).
     pub reply_prefixes: Vec<String>,
@@ -87,7 +92,9 @@ impl RunConfig {
             trusted_issuers: Vec::new(),
             admin_keys: Vec::new(),
             sealed_keys_only: false,
+            database_key: None,
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+            drain_timeout: Duration::from_millis(config::DEFAULT_DRAIN_TIMEOUT_MS),
             reply_prefixes: Vec::new(),
             piggybank_prefix: None,
         }
@@ -358,6 +365,31 @@ async fn open_seal(
     Ok(seal)
 }
 
+/// Unlock at start with the configured database key. A store not initialized yet stays
+/// sealed (with a warning); a key that does not unlock it stops the start.
+async fn auto_unlock(seal: &Arc<Seal>, key: &Zeroizing<String>) -> Result<(), ServerError> {
+    let started = Instant::now();
+    match seal.unlock_at_start(key).await {
+        Ok(true) => {
+            tracing::info!(
+                unlock_ms = started.elapsed().as_millis() as u64,
+                "unlocked at start with the configured database key"
+            );
+            Ok(())
+        }
+        Ok(false) => {
+            tracing::warn!(
+                "a database key was given, but the database is not initialized yet: it \
+                 stays sealed (initialize it, then restart or `piggybank unlock`)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(ServerError::Config(format!(
+            "cannot unlock with the configured database key: {e}"
+        ))),
+    }
+}
+
 /// A backend ready to serve: its connection and its core, loaded into memory.
 pub struct Started {
     pub client: async_nats::Client,
@@ -409,9 +441,20 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         true => {
             let seal = Arc::new(open_seal(&client, config, &backend).await?);
             seal.watch().await?;
+            if let Some(key) = &config.database_key {
+                auto_unlock(&seal, key).await?;
+            }
             seal
         }
-        false => Arc::new(Seal::keyed(Arc::clone(&backend))),
+        false => {
+            if config.database_key.is_some() {
+                tracing::warn!(
+                    "a database key was given, but this backend runs with \
+                     ENCRYPTION_XKEY_SEED and has no seal: ignoring it"
+                );
+            }
+            Arc::new(Seal::keyed(Arc::clone(&backend)))
+        }
     };
     let database = Arc::new(DatabaseApi::new(seal, admin_mode));
     tracing::info!(
@@ -596,6 +639,7 @@ pub async fn serve(
         reply_prefixes: config.reply_prefixes.clone(),
         admin: started.admin.clone(),
         instance_id: started.database.seal().instance_id().to_string(),
+        drain_timeout: config.drain_timeout,
     };
     crate::serve::serve(started.client.clone(), endpoints, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
@@ -607,6 +651,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     let started = start(&config).await?;
     serve(started, &config, shutdown).await
 }
+
+/// How long the binaries wait, once their work is done, for what still runs on the async
+/// runtime (a client reconnecting to a NATS server that is gone, a blocking lookup) before
+/// they exit anyway.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(250);
 
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

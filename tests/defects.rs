@@ -133,6 +133,7 @@ async fn one_slow_request_does_not_hold_up_others() {
         reply_prefixes: Vec::new(),
         admin: None,
         instance_id: "test".into(),
+        drain_timeout: Duration::from_secs(5),
     };
     let endpoint = Endpoint {
         name: "test",
@@ -318,6 +319,7 @@ async fn the_serve_loop_checks_admin_signatures_before_any_handler() {
         reply_prefixes: Vec::new(),
         admin: Some(Arc::new(verifier)),
         instance_id: "test".into(),
+        drain_timeout: Duration::from_secs(5),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(serve(nats.client().await, vec![endpoint], config, async {

@@ -189,11 +189,15 @@ pub struct ClearUnlock {
     pub share: Option<String>,
 }
 
-/// An unlock request, as a front door parsed it.
+/// An unlock request: as a front door parsed it, or given to this process at start.
 pub enum UnlockInput {
     /// Sealed to an instance's unseal xkey, naming that instance.
     Sealed(SealedUnlock),
+    /// In clear, over the bus (warned each time; refused with `sealed_keys_only`).
     Clear(ClearUnlock),
+    /// Given to this process itself (auto-unlock: a key file or the environment); it never
+    /// crossed the bus. Front doors never make one.
+    Local(ClearUnlock),
 }
 
 /// What an accepted unlock did.
@@ -464,6 +468,7 @@ impl Seal {
                     )
                 })
             }
+            UnlockInput::Local(local) => Ok(local),
             UnlockInput::Clear(_) if self.sealed_keys_only => Err(SealError::ClearKeyRefused),
             UnlockInput::Clear(clear) => {
                 tracing::warn!(
@@ -547,6 +552,34 @@ impl Seal {
         // Resume a rotation: a pending activation, or values not yet re-sealed.
         self.reload().await?;
         Ok(Unlocked::Unsealed)
+    }
+
+    /// Auto-unlock at start with the database key this process was given: unseals, or says
+    /// why not. A store that is not initialized yet stays sealed (`Ok(false)`); a key that
+    /// does not open the record is an error.
+    pub async fn unlock_at_start(
+        self: &Arc<Self>,
+        database_key: &Zeroizing<String>,
+    ) -> Result<bool, BackendError> {
+        let record = match self.record().await? {
+            Some(record) => record,
+            None => return Ok(false),
+        };
+        if record.split.is_some() {
+            return Err(SealError::Invalid(
+                "auto-unlock needs the database key, and this database was split into                  shares: unlock it with `piggybank unlock`"
+                    .into(),
+            )
+            .into());
+        }
+        let input = UnlockInput::Local(ClearUnlock {
+            database_key: Some(database_key.to_string()),
+            share: None,
+        });
+        match self.unlock(input).await {
+            Ok(_) | Err(BackendError::Seal(SealError::AlreadyUnlocked)) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Seal this instance: drop the master key and the data keys, forget the shares given

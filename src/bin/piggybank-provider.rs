@@ -13,7 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(start()) {
+    let result = runtime.block_on(start());
+    // Whatever still runs once the provider has drained is not waited for.
+    runtime.shutdown_timeout(piggybank::server::RUNTIME_SHUTDOWN);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{NAME}: {}", format!("{err:#}").replace('\n', " "));

@@ -7,10 +7,9 @@
 //! the file checked is the file read. Giving both sources is an error rather than a silent
 //! choice. With neither, requests go unsigned (a backend without `--admin-keys` takes them).
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use zeroize::Zeroizing;
 
@@ -62,35 +61,7 @@ impl AdminSeed {
 /// The seed in `path`: its first line that is neither empty nor a `#` comment. Refused
 /// unless only the owner may read and write the file.
 pub fn read_seed_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the admin seed file {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read the admin seed file {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("the admin seed file {} is not a file", path.display());
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "the admin seed file {path} has mode {mode:04o}: others may read it; it must be \
-                 readable by its owner only (chmod 600 {path})",
-                path = path.display()
-            );
-        }
-    }
-    let mut text = Zeroizing::new(String::new());
-    file.read_to_string(&mut text)
-        .with_context(|| format!("cannot read the admin seed file {}", path.display()))?;
-    let seed = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| Zeroizing::new(l.to_string()));
-    seed.with_context(|| format!("the admin seed file {} holds no seed", path.display()))
+    super::files::read_private_line(path, "admin seed file")
 }
 
 #[cfg(test)]
@@ -126,6 +97,6 @@ mod tests {
         assert!(read_seed_file(&empty)
             .unwrap_err()
             .to_string()
-            .contains("holds no seed"));
+            .contains("holds no key"));
     }
 }

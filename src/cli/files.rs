@@ -9,6 +9,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroizing;
+
 use anyhow::{bail, Context};
 
 /// The mode of every file piggybank writes a secret or a key to.
@@ -79,6 +81,42 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
+}
+
+/// The first line of `path` that is neither empty nor a `#` comment (a seed, a key).
+/// Refused unless only the owner may read and write the file; `what` names it in errors,
+/// which never show its contents.
+pub fn read_private_line(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the {what} {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("the {what} {} is not a file", path.display());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "the {what} {path} has mode {mode:04o}: others may read it; it must be \
+                 readable by its owner only (chmod 600 {path})",
+                path = path.display()
+            );
+        }
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Zeroizing::new(l.to_string()));
+    line.with_context(|| format!("the {what} {} holds no key", path.display()))
 }
 
 #[cfg(all(test, unix))]

@@ -45,7 +45,7 @@ pub enum LogFormat {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the secrets backend
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a local NATS server and the backend, with generated keys kept in --dir
     Dev(dev::DevArgs),
     /// Put a secret (value from --string, --binary FILE, or stdin)
@@ -175,9 +175,21 @@ pub struct RunArgs {
     /// `piggybank init` and `unlock` use)
     #[arg(long, env = env::PIGGYBANK_SEALED_KEYS_ONLY)]
     pub sealed_keys_only: bool,
+    /// Sealed mode: unlock at start with the database key in this file, which only its owner
+    /// may read (mode 0600): restarts then need no operator; `lock` still locks
+    #[arg(long, env = env::PIGGYBANK_UNLOCK_KEY_FILE, conflicts_with = "database_key")]
+    pub unlock_key_file: Option<PathBuf>,
+    /// Sealed mode: unlock at start with this database key (prefer the env var or
+    /// --unlock-key-file: argv is visible to other users)
+    #[arg(long, env = env::PIGGYBANK_DATABASE_KEY, hide_env_values = true)]
+    pub database_key: Option<String>,
     /// Requests handled at once by this instance; more wait (backpressure)
     #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Longest the drain at shutdown may take (ms); requests not answered by then are
+    /// abandoned, and the process exits whether or not NATS is still there
+    #[arg(long, env = env::DRAIN_TIMEOUT_MS, default_value_t = config::DEFAULT_DRAIN_TIMEOUT_MS)]
+    pub drain_timeout_ms: u64,
     /// More subject prefixes replies may go to, besides `_INBOX.` (comma-separated): for
     /// clients with a custom inbox prefix. Nothing is answered on any other reply subject.
     #[arg(long, env = env::REPLY_PREFIXES, value_delimiter = ',')]
@@ -194,7 +206,12 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn into_config(self) -> RunConfig {
+    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        let database_key = match (&self.unlock_key_file, &self.database_key) {
+            (Some(path), _) => Some(files::read_private_line(path, "unlock key file")?),
+            (None, Some(key)) => Some(Zeroizing::new(key.clone())),
+            (None, None) => None,
+        };
         let mut c = RunConfig::new(
             Zeroizing::new(self.encryption_xkey_seed.unwrap_or_default()),
             Zeroizing::new(self.transit_xkey_seed.unwrap_or_default()),
@@ -219,9 +236,11 @@ impl RunArgs {
         c.admin_keys = self.admin_keys;
         c.sealed_keys_only = self.sealed_keys_only;
         c.max_in_flight = self.max_in_flight;
+        c.drain_timeout = std::time::Duration::from_millis(self.drain_timeout_ms);
         c.reply_prefixes = self.reply_prefixes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
-        c
+        c.database_key = database_key;
+        Ok(c)
     }
 }
 
@@ -338,7 +357,7 @@ pub struct EntityArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let done: anyhow::Result<()> = match cli.command {
         Command::Run(args) => {
-            let config = args.into_config();
+            let config = args.into_config()?;
             server::run(config, server::shutdown_signal()).await?;
             Ok(())
         }
@@ -625,7 +644,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        let c = args.into_config();
+        let c = args.into_config().unwrap();
         assert_eq!(c.subject_prefix(), "base.v9.nm");
         assert_eq!(
             (c.secrets_bucket.as_str(), c.max_secret_history, c.replicas),
@@ -642,7 +661,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(args.into_config().admin_keys, ["UA", "UB"]);
+        assert_eq!(args.into_config().unwrap().admin_keys, ["UA", "UB"]);
         let cli = Cli::try_parse_from(["piggybank", "list", "--admin-seed-file", "/k/admin.seed"])
             .unwrap();
         let Command::List(args) = cli.command else {

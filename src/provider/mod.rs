@@ -11,8 +11,8 @@
 //! Concurrency: protocol requests and wRPC invocations each run on their own task, bounded by
 //! `max_in_flight` permits each; every wRPC invocation is dropped when it exceeds its time
 //! limit. Shutdown (the host's shutdown request, or SIGINT/SIGTERM) stops accepting, waits for
-//! in-flight work (at most [`DRAIN_TIMEOUT`]; a wRPC call never longer than its limit) and
-//! only then acknowledges.
+//! in-flight work (at most `drain_timeout_ms`, then it is abandoned; a wRPC call never longer
+//! than its limit) and only then acknowledges, whether or not NATS is still there.
 
 pub(crate) mod admin;
 pub mod links;
@@ -47,10 +47,11 @@ pub mod bindings {
     wit_bindgen_wrpc::generate!({ world: "provider", path: "wit" });
 }
 
-/// Longest the provider waits for in-flight requests at shutdown.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the provider waits at shutdown for NATS to take what it has published.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// What the shutdown deadline allows beyond the drain timeout: the serve loop's last flush
+/// and a wRPC call's own time limit end within it.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -125,6 +126,8 @@ struct Running {
     wrpc_reply_policy: Mutex<Option<ReplyPolicy>>,
     wrpc_call_timeout: Duration,
     max_in_flight: usize,
+    /// Bound on the drain at shutdown (`drain_timeout_ms`).
+    drain_timeout: Duration,
 }
 
 /// The provider. Cheap to clone: the SDK and the wRPC server each hold one.
@@ -185,12 +188,25 @@ impl PiggybankProvider {
         }
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        // One deadline for everything: the drain, then whatever is still running.
+        let drain_timeout = self.inner.running.get().map_or(
+            Duration::from_millis(crate::config::DEFAULT_DRAIN_TIMEOUT_MS),
+            |running| running.drain_timeout,
+        );
+        let deadline = tokio::time::Instant::now() + drain_timeout + STOP_GRACE;
+        let mut abandoned = 0;
         for task in tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
-                tracing::warn!("in-flight requests did not finish in time; abandoning them");
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                abandoned += 1;
                 abort.abort();
             }
+        }
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned_tasks = abandoned,
+                "in-flight work did not finish by the drain timeout; abandoned"
+            );
         }
         self.inner.links.clear();
         if let Some(running) = self.inner.running.get() {
@@ -217,6 +233,7 @@ impl PiggybankProvider {
             wrpc_reply_policy: Mutex::new(Some(settings.wrpc_reply_policy)),
             wrpc_call_timeout: settings.wrpc_call_timeout,
             max_in_flight: settings.run.max_in_flight,
+            drain_timeout: settings.run.drain_timeout,
         };
         let stopping = self.stopping();
         let run_config: RunConfig = settings.run;

@@ -17,6 +17,8 @@ use crate::server::{Credentials, RunConfig};
 pub const DEFAULT_WRPC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of `wrpc_call_timeout_ms`: a host's own default `max_execution_time` is 10 min.
 const WRPC_CALL_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+/// Most `drain_timeout_ms` may be.
+const DRAIN_TIMEOUT_MAX_MS: u64 = 600_000;
 const MAX_IN_FLIGHT_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 /// Subject trees of the lattice the provider never replies into, whatever the reply
 /// prefixes: the hosts' control and RPC subjects.
@@ -118,6 +120,14 @@ impl Settings {
             .map(|s| Zeroizing::new(s.trim().to_string()))
             .filter(|s| !s.is_empty())
             .collect();
+        // Sealed mode's auto-unlock: the database key, from a secret only (never config).
+        run.database_key = match secret_text(secrets, keys::DATABASE_KEY)? {
+            Some(key) if !key.is_empty() => Some(key),
+            _ if config.contains_key(keys::DATABASE_KEY) => {
+                return Err(SettingsError::KeyInConfig(keys::DATABASE_KEY))
+            }
+            _ => None,
+        };
         let text = |name: &'static str| config.get(name).map(|v| v.trim().to_string());
         if let Some(v) = text(keys::BACKEND_NAME) {
             run.name = token(keys::BACKEND_NAME, v)?;
@@ -186,6 +196,18 @@ impl Settings {
         };
         if let Some(v) = text(keys::REPLY_PREFIXES) {
             run.reply_prefixes = list(&v);
+        }
+        if let Some(v) = text(keys::DRAIN_TIMEOUT_MS) {
+            run.drain_timeout = match v.parse::<u64>() {
+                Ok(ms) if ms <= DRAIN_TIMEOUT_MAX_MS => Duration::from_millis(ms),
+                _ => {
+                    return Err(invalid(
+                        keys::DRAIN_TIMEOUT_MS,
+                        v,
+                        "expected milliseconds, 0 to 600000",
+                    ))
+                }
+            };
         }
         let mut served = vec![run.subject_prefix(), run.database_prefix().to_string()];
         served.extend(run.piggybank_prefix.clone());
@@ -453,6 +475,50 @@ mod tests {
             Some(Credentials::Contents(_))
         ));
         assert_eq!(s.unknown_keys, vec!["trusted_issuer".to_string()]);
+    }
+
+    #[test]
+    fn the_database_key_for_auto_unlock_comes_from_a_secret_only() {
+        let secret: HashMap<String, SecretValue> = [(
+            keys::DATABASE_KEY.to_string(),
+            SecretValue::String("KEY".into()),
+        )]
+        .into();
+        let s = Settings::from_host(&HashMap::new(), &secret, &lattice()).unwrap();
+        assert_eq!(
+            s.run.database_key.as_deref().map(|k| k.as_str()),
+            Some("KEY")
+        );
+        let s = Settings::from_host(&HashMap::new(), &HashMap::new(), &lattice()).unwrap();
+        assert!(s.run.database_key.is_none());
+        // Never from plain config, even with insecure_config_keys.
+        let config = map(&[
+            (keys::DATABASE_KEY, "KEY"),
+            (keys::INSECURE_CONFIG_KEYS, "true"),
+        ]);
+        assert_eq!(
+            Settings::from_host(&config, &HashMap::new(), &lattice()).err(),
+            Some(SettingsError::KeyInConfig(keys::DATABASE_KEY))
+        );
+    }
+
+    #[test]
+    fn drain_timeout_is_bounded() {
+        let s = Settings::from_host(
+            &map(&[(keys::DRAIN_TIMEOUT_MS, "1500")]),
+            &HashMap::new(),
+            &lattice(),
+        )
+        .unwrap();
+        assert_eq!(s.run.drain_timeout, Duration::from_millis(1500));
+        for bad in ["-1", "lots", "600001"] {
+            let refused = Settings::from_host(
+                &map(&[(keys::DRAIN_TIMEOUT_MS, bad)]),
+                &HashMap::new(),
+                &lattice(),
+            );
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //!   endpoint; beyond that the receive loop waits and messages queue in the subscriptions.
 //! - **Replies that fit.** [`Reply::send`] replaces a reply that would exceed the max payload
 //!   with the endpoint's own "too large" error.
-//! - **Draining.** On shutdown every subscription is drained, buffered messages are
-//!   answered, and `serve` returns when every in-flight request has replied.
+//! - **Draining, bounded.** On shutdown every subscription is drained, buffered messages are
+//!   answered, and `serve` returns when every in-flight request has replied, or at
+//!   [`ServeConfig::drain_timeout`], whichever comes first: whether NATS is still there or
+//!   not, stopping never takes longer. What was abandoned is logged.
 //!
 //! Handlers are plain async functions of the message that return a [`Reply`] (or `None` to
 //! leave the message to another endpoint); they never publish.
@@ -106,7 +108,12 @@ pub struct ServeConfig {
     pub admin: Option<Arc<AdminVerifier>>,
     /// This instance's id: the nonce scope of operations every instance answers.
     pub instance_id: String,
+    /// Longest the drain at shutdown may take; then in-flight requests are abandoned.
+    pub drain_timeout: std::time::Duration,
 }
+
+/// Time given to the last flush when the drain deadline has already passed.
+const FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A subscription tagged with the index of its endpoint.
 struct Tagged {
@@ -166,18 +173,40 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     let instance: Arc<str> = config.instance_id.as_str().into();
     tokio::pin!(shutdown);
+    // Set at shutdown: the drain ends there, finished or not.
+    let deadline = tokio::time::sleep(std::time::Duration::from_secs(365 * 86_400));
+    tokio::pin!(deadline);
     let mut draining = false;
+    let mut drained = true;
     loop {
         let next = tokio::select! {
+            biased;
             _ = &mut shutdown, if !draining => {
                 draining = true;
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + config.drain_timeout);
                 tracing::info!("shutting down: draining in-flight requests");
+                // A drain is a command to the connection, answered at once even with NATS
+                // gone; the subscriptions then end once the server has confirmed it.
                 for tagged in messages.iter_mut() {
                     if let Err(e) = tagged.subscription.drain().await {
                         tracing::warn!(error = %e, "drain failed");
                     }
                 }
+                // The connection completes a drain when it next hears from the server: when
+                // idle, at its next ping, a minute away. A request nobody answers (the server
+                // replies "no responders" at once) makes it hear now.
+                let (client, timeout) = (client.clone(), config.drain_timeout);
+                tokio::spawn(async move {
+                    let nudge = client.request(client.new_inbox(), bytes::Bytes::new());
+                    let _ = tokio::time::timeout(timeout, nudge).await;
+                });
                 continue;
+            }
+            () = &mut deadline, if draining => {
+                drained = false;
+                break;
             }
             next = messages.next() => next,
         };
@@ -213,8 +242,27 @@ pub async fn serve(
             drop(permit);
         });
     }
-    // Wait for every in-flight request to reply.
-    let _ = permits.acquire_many(max as u32).await;
-    let _ = client.flush().await;
+    // Wait for every in-flight request to reply, until the deadline.
+    let deadline = deadline.deadline();
+    let finished = tokio::time::timeout_at(deadline, permits.acquire_many(max as u32))
+        .await
+        .is_ok();
+    let abandoned = max - permits.available_permits();
+    let flushed = tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + FLUSH_GRACE),
+        client.flush(),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if drained && finished && flushed {
+        tracing::info!("drained: every request received was answered");
+    } else {
+        tracing::warn!(
+            abandoned_in_flight = if finished { 0 } else { abandoned },
+            subscriptions_drained = drained,
+            replies_flushed = flushed,
+            "stopped at the drain timeout: requests not yet answered were abandoned"
+        );
+    }
     Ok(())
 }
