@@ -7,7 +7,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 EXAMPLE := examples/admin-component
 WASM_TARGET := wasm32-wasip2
 
-.PHONY: dev test check lint fmt build deps nats-server example wasm-target par bench
+.PHONY: dev test check lint fmt build deps nats-server example wasm-target par bench sample-migration backup-bench
 
 # `make dev DEV_ARGS="--nats-port 4333 --dir /tmp/pb"` passes flags to `piggybank dev`.
 # A debug build: the crypto crates are optimized even there (Cargo.toml), and `make test`
@@ -47,6 +47,20 @@ bench: deps
 	$(CARGO) build --release -p piggybank-bench --bin piggybank-bench
 	$(CARGO) build --release --bin piggybank
 	RUST_LOG=error target/release/piggybank-bench --scale 10,10000,100000 $(BENCH_ARGS)
+
+# Backup and restore of 100,000 secrets, timed (README, "Backup and restore"): the ignored
+# test in tests/backup.rs, release build (the first run builds the test tree in release, some
+# minutes; then about 15 s).
+backup-bench: deps
+	$(CARGO) test --release --test backup -- --ignored --nocapture
+
+# A rolling migration from the real sample (README, "Rolling migration from the sample"):
+# installs secrets-nats-kv 0.2.0 from crates.io into target/sample (minutes, once), then runs
+# the tests that need it, which `make test` skips.
+sample-migration: deps
+	@test -x target/sample/bin/secrets-nats-kv || $(CARGO) install secrets-nats-kv --version 0.2.0 --locked --root target/sample
+	$(CARGO) build --bin piggybank
+	$(CARGO) test --test sample_migration -- --ignored
 
 build:
 	$(CARGO) build --release

@@ -108,7 +108,8 @@ pub enum RefusalReason {
     UnknownKey,
     /// The signature does not verify for these bytes and this key.
     BadSignature,
-    /// Signed more than [`MAX_SKEW`] ago.
+    /// Signed more than [`MAX_SKEW`] ago, or (for an operation every instance answers)
+    /// before this instance started.
     Expired,
     /// Signed more than [`MAX_SKEW`] ahead of this instance's clock.
     FromTheFuture,
@@ -420,6 +421,10 @@ pub struct AdminVerifier {
     nonces: Arc<dyn NonceStore>,
     /// Refusals since the last warning, and when that was (a flood must not flood the log).
     refused: Mutex<(u64, Option<std::time::Instant>)>,
+    /// When this verifier (this instance) started, in Unix ms: a request every instance
+    /// answers must be signed after it, or one recorded earlier could be replayed to an
+    /// instance started since (its nonce scope is new).
+    started_ms: u64,
 }
 
 impl std::fmt::Debug for AdminVerifier {
@@ -450,6 +455,7 @@ impl AdminVerifier {
             keys,
             nonces,
             refused: Mutex::default(),
+            started_ms: crate::store::secrets::now_ms(),
         })
     }
 
@@ -593,6 +599,9 @@ impl AdminVerifier {
         }
         let record_key = match scope {
             NonceScope::Shared => nonce.to_string(),
+            NonceScope::Instance(_) if time_ms < self.started_ms => {
+                return refuse(RefusalReason::Expired)
+            }
             NonceScope::Instance(instance) => format!("{nonce}.{}", kv_token(instance)),
         };
         match self.nonces.record(&record_key).await {
@@ -637,8 +646,12 @@ mod tests {
         (AdminSigner::from_seed(&seed).unwrap(), seed)
     }
 
+    /// A verifier started long before `NOW` (the tests' fixed clock).
     fn verifier(keys: &[&str]) -> AdminVerifier {
-        AdminVerifier::with_nonce_store(keys, Arc::new(MemoryNonces::default())).unwrap()
+        let mut v =
+            AdminVerifier::with_nonce_store(keys, Arc::new(MemoryNonces::default())).unwrap();
+        v.started_ms = 0;
+        v
     }
 
     fn signed(signer: &AdminSigner, subject: &str, body: &[u8], time: u64) -> HeaderMap {
@@ -714,6 +727,20 @@ mod tests {
         assert!(on("NAAA").await.is_ok());
         assert!(on("NBBB").await.is_ok(), "another instance's copy");
         assert_eq!(reason(on("NAAA").await), RefusalReason::Replayed);
+        // An instance started after the request was signed refuses it: a recorded request
+        // cannot be replayed to it.
+        let mut late = verifier(&[s.public_key()]);
+        late.started_ms = NOW + 1;
+        let replayed = late
+            .verify_at(
+                "piggybank.database.lock",
+                Some(&h),
+                b"",
+                NonceScope::Instance("NCCC"),
+                NOW + 2,
+            )
+            .await;
+        assert_eq!(reason(replayed), RefusalReason::Expired);
         assert_eq!(reason(on("NBBB").await), RefusalReason::Replayed);
     }
 

@@ -15,6 +15,7 @@
 //! list is applied on every request.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::error::ErrorKind;
@@ -77,6 +78,9 @@ const MAX_REMEMBERED_TOKEN: usize = 4_096;
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
     map: RwLock<HashMap<String, Verified>>,
+    /// Lookups answered from the map, and lookups that were not (metrics).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -89,9 +93,17 @@ struct Verified {
 impl VerifiedTokens {
     fn get(&self, token: &str, now: u64) -> Option<Entity> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let hit = map.get(token)?;
-        let live = hit.expires.is_none_or(|exp| now < exp);
-        live.then(|| hit.entity.clone())
+        let found = map
+            .get(token)
+            .filter(|hit| hit.expires.is_none_or(|exp| now < exp))
+            .map(|hit| hit.entity.clone());
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     fn insert(&self, token: &str, entity: Entity, expires: Option<u64>, now: u64) {
@@ -137,18 +149,19 @@ impl Authorizer {
         })
     }
 
-    pub fn verify_host(&self, jwt: &str) -> Result<(), AuthzError> {
+    /// Verify a host JWT; returns the host (its subject is the host's key).
+    pub fn verify_host(&self, jwt: &str) -> Result<Entity, AuthzError> {
         let now = now_secs();
-        if self.hosts.get(jwt, now).is_some() {
-            return Ok(());
+        if let Some(host) = self.hosts.get(jwt, now) {
+            return Ok(host);
         }
         let claims = verify::<Host>(jwt).map_err(AuthzError::InvalidHostJwt)?;
         let entity = Entity {
             subject: claims.subject,
             issuer: claims.issuer,
         };
-        self.hosts.insert(jwt, entity, claims.expires, now);
-        Ok(())
+        self.hosts.insert(jwt, entity.clone(), claims.expires, now);
+        Ok(entity)
     }
 
     /// Verify a component or provider JWT and its issuer.
@@ -179,6 +192,18 @@ impl Authorizer {
             }
             _ => Ok(()),
         }
+    }
+
+    /// JWT checks answered from the caches, and checks that were not: (hits, misses).
+    pub fn cache_counts(&self) -> (u64, u64) {
+        let count = |t: &VerifiedTokens| {
+            (
+                t.hits.load(Ordering::Relaxed),
+                t.misses.load(Ordering::Relaxed),
+            )
+        };
+        let (hosts, entities) = (count(&self.hosts), count(&self.entities));
+        (hosts.0 + entities.0, hosts.1 + entities.1)
     }
 
     /// Tokens remembered as verified: (hosts, entities).

@@ -349,17 +349,19 @@ pub(crate) async fn signed_request(
     }
 }
 
-/// Read a secret straight from the bucket with the data key, bypassing mappings (owning the
-/// encryption key means full trust). This is what the sample's `get` command does.
+/// Read a secret straight from the bucket (in JetStream domain `js_domain`; none: the
+/// account's own) with the data key, bypassing mappings (owning the encryption key means full
+/// trust). This is what the sample's `get` command does.
 pub async fn read_direct(
     nats: &Client,
+    js_domain: Option<&str>,
     bucket: &str,
     keys: &Keyring,
     name: &str,
     version: Option<u64>,
 ) -> Result<(u64, SecretValue), ClientError> {
     let read = |e: &dyn std::fmt::Display| ClientError::Read(e.to_string());
-    let js = jetstream::new(nats.clone());
+    let js = crate::store::jetstream(nats, js_domain);
     let kv = crate::store::existing_bucket(&js, bucket)
         .await
         .map_err(|e| read(&e))?;

@@ -23,6 +23,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Default bound on the drain at shutdown, in milliseconds: in-flight requests not answered
 /// by then are abandoned, and the process exits whether or not NATS is still there.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+/// Default retention of the audit trail: 7 days ...
+pub const DEFAULT_AUDIT_MAX_AGE_SECS: u64 = 7 * 86_400;
+/// ... or 256 MiB, whichever comes first (oldest records go first): safe for a laptop.
+pub const DEFAULT_AUDIT_MAX_BYTES: i64 = 256 * 1024 * 1024;
+/// Audit records buffered before they are dropped (or, with `--audit-required`, refused).
+pub const DEFAULT_AUDIT_BUFFER: usize = 8_192;
 
 /// Environment variables (sample-compatible ones first).
 pub mod env {
@@ -31,8 +37,24 @@ pub mod env {
     pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "PREVIOUS_ENCRYPTION_XKEY_SEEDS";
     pub const TRANSIT_XKEY_SEED: &str = "TRANSIT_XKEY_SEED";
     pub const NATS_CREDSFILE: &str = "NATS_CREDSFILE";
+    /// TLS on the NATS connection, by the names the nats CLI reads: the CA file, the client
+    /// certificate and its key (files, PEM), and TLS before the server's greeting.
+    pub const NATS_CA: &str = "NATS_CA";
+    pub const NATS_CERT: &str = "NATS_CERT";
+    pub const NATS_KEY: &str = "NATS_KEY";
+    pub const NATS_TLS_FIRST: &str = "NATS_TLS_FIRST";
+    /// The JetStream domain of every bucket (leaf nodes reaching a hub's JetStream).
+    pub const NATS_JS_DOMAIN: &str = "NATS_JS_DOMAIN";
+    /// A nats CLI context by name (`~/.config/nats/context/NAME.json`).
+    pub const NATS_CONTEXT: &str = "NATS_CONTEXT";
     /// Bound on the drain at shutdown, in milliseconds.
     pub const DRAIN_TIMEOUT_MS: &str = "DRAIN_TIMEOUT_MS";
+    /// Write values in the sample's format (rolling migration).
+    pub const PIGGYBANK_WRITE_LEGACY_FORMAT: &str = "PIGGYBANK_WRITE_LEGACY_FORMAT";
+    /// Keep no audit trail.
+    pub const PIGGYBANK_NO_AUDIT: &str = "PIGGYBANK_NO_AUDIT";
+    /// Refuse requests whose audit record cannot be written.
+    pub const PIGGYBANK_AUDIT_REQUIRED: &str = "PIGGYBANK_AUDIT_REQUIRED";
     pub const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
     pub const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
     pub const TRUSTED_ISSUERS: &str = "TRUSTED_ISSUERS";
@@ -158,6 +180,14 @@ pub mod provider {
     pub const DRAIN_TIMEOUT_MS: &str = "drain_timeout_ms";
     /// Comma-separated subject prefixes replies may go to, besides `_INBOX.`.
     pub const REPLY_PREFIXES: &str = "reply_prefixes";
+    /// TLS of the secrets connection (HostData carries none): a CA file, a client
+    /// certificate and its key (paths on the host, PEM), and TLS before the server's greeting.
+    pub const TLS_CA_FILE: &str = "tls_ca_file";
+    pub const TLS_CERT_FILE: &str = "tls_cert_file";
+    pub const TLS_KEY_FILE: &str = "tls_key_file";
+    pub const TLS_FIRST: &str = "tls_first";
+    /// The JetStream domain of the provider's buckets (HostData carries none).
+    pub const JS_DOMAIN: &str = "js_domain";
     /// Every key the provider reads from its config.
     pub const CONFIG_KEYS: &[&str] = &[
         NATS_URL,
@@ -179,6 +209,11 @@ pub mod provider {
         REPLY_PREFIXES,
         DRAIN_TIMEOUT_MS,
         DATABASE_KEY,
+        TLS_CA_FILE,
+        TLS_CERT_FILE,
+        TLS_KEY_FILE,
+        TLS_FIRST,
+        JS_DOMAIN,
     ];
     /// NATS URL when neither `nats_url` nor the lattice's URL is set (the SDK's default).
     pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";

@@ -30,6 +30,7 @@
 //! - [`provider`]: the capability provider: HostData settings, link scopes, the WIT admin
 //!   interface over wRPC (front door), and the same protocol server.
 //! - [`client`]: admin client used by the CLI and tests.
+//! - `nats_context`: the nats CLI's context files, which `--context` reads.
 //! - [`cli`]: the `piggybank` command line (flags -> library calls).
 //!
 //! The benchmark (`bench/`) and the test kit (`testkit/`: one nats-server fixture, one JWT
@@ -39,11 +40,13 @@
 // The public API: what the binaries, the benchmark and the tests use. Everything else is
 // private, so that code nothing uses is reported as dead.
 pub mod admin_auth;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod key_transfer;
 pub mod keys;
+pub mod metrics;
 pub mod protocol;
 pub mod provider;
 pub mod serve;
@@ -52,7 +55,9 @@ pub mod store;
 
 mod authz;
 mod backend;
+mod backup;
 mod error;
+mod nats_context;
 mod piggybank_api;
 mod reply_policy;
 

@@ -13,6 +13,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     let code = runtime.block_on(start());
+    // The last metrics, if exported: given at most the runtime's own grace period.
+    let (done, exported) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        piggybank::metrics::shutdown();
+        let _ = done.send(());
+    });
+    let _ = exported.recv_timeout(piggybank::server::RUNTIME_SHUTDOWN);
     // Work still running when a command is done (a client reconnecting to a NATS server
     // that is gone, a blocking lookup) is not waited for: stopping stays bounded.
     runtime.shutdown_timeout(piggybank::server::RUNTIME_SHUTDOWN);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 use crate::admin_auth::{self, AdminRefusal, AdminVerifier, Signed};
+use crate::audit::{AuditConfig, Auditor};
 use crate::authz::{Authorizer, AuthzError};
 use crate::backend::seal::Seal;
 use crate::backend::Backend;
@@ -35,6 +36,11 @@ pub struct RunConfig {
     pub nats_address: String,
     pub api_version: String,
     pub nats_credentials: Option<Credentials>,
+    /// TLS on the NATS connection (`--tls-ca`, `--tls-cert`/`--tls-key`, `--tls-first`).
+    pub nats_tls: NatsTls,
+    /// The JetStream domain every bucket is in (`--js-domain`; a leaf node reaching a hub's
+    /// JetStream); `None`: the account's own JetStream.
+    pub js_domain: Option<String>,
     pub replicas: usize,
     pub trusted_issuers: Vec<String>,
     /// nkey user public keys (`U...`) whose signature admin operations must carry
@@ -49,6 +55,10 @@ pub struct RunConfig {
     pub max_in_flight: usize,
     /// Bound on the drain at shutdown.
     pub drain_timeout: Duration,
+    /// Write values in the sample's format (rolling migration from the sample).
+    pub write_legacy_format: bool,
+    /// The audit trail: retention, and whether requests need their record written.
+    pub audit: AuditConfig,
     /// Trusted reply prefixes besides `_INBOX.`: replies go only to subjects under them
     /// (see `crate::reply_policy`).
     pub reply_prefixes: Vec<String>,
@@ -65,6 +75,8 @@ impl std::fmt::Debug for RunConfig {
             .field("name", &self.name)
             .field("secrets_bucket", &self.secrets_bucket)
             .field("nats_address", &self.nats_address)
+            .field("nats_tls", &self.nats_tls)
+            .field("js_domain", &self.js_domain)
             .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
@@ -88,6 +100,8 @@ impl RunConfig {
             nats_address: config::DEFAULT_NATS_ADDRESS.into(),
             api_version: config::DEFAULT_API_VERSION.into(),
             nats_credentials: None,
+            nats_tls: NatsTls::default(),
+            js_domain: None,
             replicas: 1,
             trusted_issuers: Vec::new(),
             admin_keys: Vec::new(),
@@ -95,6 +109,8 @@ impl RunConfig {
             database_key: None,
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
             drain_timeout: Duration::from_millis(config::DEFAULT_DRAIN_TIMEOUT_MS),
+            write_legacy_format: false,
+            audit: AuditConfig::default(),
             reply_prefixes: Vec::new(),
             piggybank_prefix: None,
         }
@@ -115,6 +131,80 @@ impl RunConfig {
     pub fn subject_prefix(&self) -> String {
         config::subject_prefix(&self.subject_base, &self.api_version, &self.name)
     }
+
+    /// The configured JetStream domain, if any.
+    pub fn js_domain(&self) -> Option<&str> {
+        self.js_domain.as_deref()
+    }
+}
+
+/// TLS on a NATS connection. Paths only: async-nats reads the files when it connects. Any of
+/// them makes TLS required: a server that does not offer TLS is refused, never used in clear.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// CA certificates (PEM) the server's certificate must chain to; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that verify clients (`verify: true`); only with
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Start TLS before the server's greeting, for servers with `handshake_first: true`.
+    pub handshake_first: bool,
+}
+
+impl NatsTls {
+    /// Each setting `self` leaves unset, taken from `fallback`: explicit flags over a NATS
+    /// context.
+    pub fn or(self, fallback: NatsTls) -> NatsTls {
+        NatsTls {
+            ca_file: self.ca_file.or(fallback.ca_file),
+            cert_file: self.cert_file.or(fallback.cert_file),
+            key_file: self.key_file.or(fallback.key_file),
+            handshake_first: self.handshake_first || fallback.handshake_first,
+        }
+    }
+
+    /// Set up `options` for TLS: the files must be readable, and a certificate comes with
+    /// its key. Never reads a key into a message.
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, String> {
+        for (what, path) in [
+            ("TLS CA file", &self.ca_file),
+            ("TLS client certificate", &self.cert_file),
+            ("TLS client key", &self.key_file),
+        ] {
+            if let Some(path) = path {
+                tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+            (Some(_), None) => {
+                return Err("a TLS client certificate was given without its key".into())
+            }
+            (None, Some(_)) => {
+                return Err("a TLS client key was given without its certificate".into())
+            }
+            (None, None) => {}
+        }
+        if let Some(ca) = &self.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if self.ca_file.is_some() || self.cert_file.is_some() {
+            options = options.require_tls(true);
+        }
+        if self.handshake_first {
+            options = options.tls_first();
+        }
+        Ok(options)
+    }
 }
 
 /// How to authenticate to NATS. `Debug` never prints a seed or a credentials file's contents.
@@ -134,6 +224,11 @@ pub enum Credentials {
         jwt: String,
         seed: Zeroizing<String>,
     },
+    /// A file holding a user nkey seed (a NATS context's `nkey`), for servers configured
+    /// with `nkey` users.
+    NkeyFile(PathBuf),
+    /// A token (a NATS context's `token`), for servers configured with one.
+    Token(Zeroizing<String>),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -145,6 +240,8 @@ impl std::fmt::Debug for Credentials {
                 write!(f, "UserPassword({user}, <redacted>)")
             }
             Credentials::UserJwt { .. } => f.write_str("UserJwt(<redacted>)"),
+            Credentials::NkeyFile(path) => f.debug_tuple("NkeyFile").field(path).finish(),
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
         }
     }
 }
@@ -174,13 +271,14 @@ pub struct ConnectError {
     pub reason: String,
 }
 
-/// Connect to NATS, with credentials if given. Fails fast (5 s) at start.
+/// Connect to NATS, with credentials and TLS if given. Fails fast (5 s) at start.
 pub async fn connect(
     address: &str,
     credentials: Option<&Credentials>,
+    tls: &NatsTls,
     client_name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
-    connect_with(address, credentials, client_name, None).await
+    connect_with(address, credentials, tls, client_name, None).await
 }
 
 /// The connection a backend serves on: its inboxes under
@@ -189,15 +287,20 @@ pub async fn connect(
 pub async fn connect_server(
     address: &str,
     credentials: Option<&Credentials>,
+    tls: &NatsTls,
     client_name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
     let prefix = crate::reply_policy::SERVER_INBOX_PREFIX;
-    connect_with(address, credentials, client_name, Some(prefix)).await
+    connect_with(address, credentials, tls, client_name, Some(prefix)).await
 }
 
-async fn connect_with(
+/// Every NATS connection piggybank makes is made here: credentials, TLS, and the inbox
+/// prefix (`None`: `_INBOX`). An unreadable file, a certificate without its key or a bad
+/// seed fails before connecting, with a message that never holds a secret.
+pub async fn connect_with(
     address: &str,
     credentials: Option<&Credentials>,
+    tls: &NatsTls,
     client_name: &str,
     inbox_prefix: Option<&str>,
 ) -> Result<async_nats::Client, ConnectError> {
@@ -235,7 +338,15 @@ async fn connect_with(
                 async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
             });
         }
+        Some(Credentials::NkeyFile(path)) => {
+            let seed = read_nkey_seed(path).map_err(err)?;
+            options = async_nats::ConnectOptions::with_nkey(seed.to_string());
+        }
+        Some(Credentials::Token(token)) => {
+            options = async_nats::ConnectOptions::with_token(token.to_string());
+        }
     }
+    options = tls.apply(options).await.map_err(err)?;
     if let Some(prefix) = inbox_prefix {
         options = options.custom_inbox_prefix(prefix);
     }
@@ -244,7 +355,47 @@ async fn connect_with(
         .connection_timeout(Duration::from_secs(5))
         .connect(address)
         .await
-        .map_err(|e| err(e.to_string()))
+        .map_err(|e| {
+            let reason = e.to_string();
+            let hint = tls_hint(&reason, tls);
+            err(format!("{reason}{hint}"))
+        })
+}
+
+/// What to do about a TLS failure whose cause the TLS library names only in its own terms.
+fn tls_hint(reason: &str, tls: &NatsTls) -> &'static str {
+    if reason.contains("CertificateRequired") {
+        " (the server verifies clients: give a client certificate and its key)"
+    } else if reason.contains("UnknownIssuer") {
+        " (the server's certificate is not signed by a CA this client trusts: give its CA file)"
+    } else if reason.contains("expected INFO, got nothing") && !tls.handshake_first {
+        " (a server configured with handshake_first needs TLS first)"
+    } else if reason.contains("InvalidContentType") && tls.handshake_first {
+        " (this server does not start with TLS: connect without TLS first)"
+    } else {
+        ""
+    }
+}
+
+/// The user nkey seed in `path`: its first line that is not empty or a `#` comment. Checked
+/// here, so that a bad file is named; its contents never are.
+fn read_nkey_seed(path: &Path) -> Result<Zeroizing<String>, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read nkey seed file {}: {e}", path.display()))?,
+    );
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Zeroizing::new(l.to_string()));
+    match seed {
+        Some(seed) if nkeys::KeyPair::from_seed(&seed).is_ok() => Ok(seed),
+        _ => Err(format!(
+            "nkey seed file {} holds no valid nkey seed",
+            path.display()
+        )),
+    }
 }
 
 /// `address` with any `user:password@` replaced, for messages: a URL may carry a password.
@@ -294,6 +445,7 @@ pub async fn open_backend(
     let authorizer = Authorizer::new(&config.trusted_issuers)?;
     let secrets = SecretStore::open(
         client,
+        config.js_domain(),
         Bucket::CreateIfMissing(&BucketSpec {
             name: config.secrets_bucket.clone(),
             description: "piggybank secrets (sealed values)",
@@ -304,6 +456,7 @@ pub async fn open_backend(
     .await?;
     let mappings = MappingTable::open(
         client,
+        config.js_domain(),
         Bucket::CreateIfMissing(&BucketSpec {
             name: config::mappings_bucket(&config.name),
             description: "piggybank entity-to-secret mappings",
@@ -313,6 +466,12 @@ pub async fn open_backend(
     )
     .await?;
     if config.is_sealed_mode() {
+        if config.write_legacy_format {
+            return Err(ServerError::Config(
+                "--write-legacy-format needs ENCRYPTION_XKEY_SEED: the sample has no sealed mode"
+                    .into(),
+            ));
+        }
         let backend = Backend::sealed(secrets, mappings, authorizer);
         if let Some(transit) = configured_transit(config)? {
             backend.set_transit_public(Some(transit.public_key().to_string()));
@@ -324,7 +483,15 @@ pub async fn open_backend(
         &config.encryption_xkey_seed,
         &config.previous_encryption_xkey_seeds,
     )?;
-    Ok(Backend::new(transit, keys, secrets, mappings, authorizer))
+    if config.write_legacy_format {
+        tracing::warn!(
+            "--write-legacy-format: values are written in the sample's format, so sample \
+             instances can read them; kinds are not recorded (binary that is valid UTF-8 reads \
+             back as a string). Switch it off once no sample instance remains."
+        );
+    }
+    Ok(Backend::new(transit, keys, secrets, mappings, authorizer)
+        .with_legacy_writes(config.write_legacy_format))
 }
 
 /// The transit key given by TRANSIT_XKEY_SEED, if any (optional in sealed mode).
@@ -342,7 +509,7 @@ async fn open_seal(
     config: &RunConfig,
     backend: &Arc<Backend>,
 ) -> Result<Seal, ServerError> {
-    let js = async_nats::jetstream::new(client.clone());
+    let js = crate::store::jetstream(client, config.js_domain());
     let kv = Bucket::CreateIfMissing(&BucketSpec {
         name: config::vault_bucket(&config.name),
         description: "piggybank sealed key record (wrapped keys only)",
@@ -399,6 +566,8 @@ pub struct Started {
     pub database: Arc<DatabaseApi>,
     /// Checks admin signatures when run with `--admin-keys`; `None`: unauthenticated.
     pub admin: Option<Arc<AdminVerifier>>,
+    /// The audit trail (a disabled one when `--no-audit`).
+    pub auditor: Arc<Auditor>,
 }
 
 /// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup time.
@@ -421,6 +590,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     let client = connect_server(
         &config.nats_address,
         config.nats_credentials.as_ref(),
+        &config.nats_tls,
         &format!("piggybank {}", config.name),
     )
     .await?;
@@ -428,7 +598,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     let admin = match admin_keys.is_empty() {
         true => None,
         false => {
-            let js = async_nats::jetstream::new(client.clone());
+            let js = crate::store::jetstream(&client, config.js_domain());
             let nonces = admin_auth::open_nonce_bucket(&js, &config.name, config.replicas).await?;
             Some(Arc::new(AdminVerifier::new(&admin_keys, nonces)?))
         }
@@ -456,7 +626,30 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
             Arc::new(Seal::keyed(Arc::clone(&backend)))
         }
     };
-    let database = Arc::new(DatabaseApi::new(seal, admin_mode));
+    let auditor = Arc::new(
+        Auditor::start(
+            &crate::store::jetstream(&client, config.js_domain()),
+            &config.name,
+            seal.instance_id(),
+            &config.audit,
+        )
+        .await?,
+    );
+    let database = Arc::new(DatabaseApi::new(seal, admin_mode, Arc::clone(&auditor)));
+    crate::metrics::register(crate::metrics::Gauges {
+        sealed: {
+            let backend = Arc::clone(&backend);
+            Arc::new(move || backend.is_sealed())
+        },
+        audit_dropped: {
+            let auditor = Arc::clone(&auditor);
+            Arc::new(move || auditor.dropped())
+        },
+        jwt_cache: {
+            let backend = Arc::clone(&backend);
+            Arc::new(move || backend.jwt_cache_counts())
+        },
+    });
     tracing::info!(
         backend = %config.name,
         mode = %database.seal().mode(),
@@ -473,6 +666,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         backend,
         database,
         admin,
+        auditor,
     })
 }
 
@@ -506,7 +700,8 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
         }),
         refusal: Arc::new(move |msg, refused| {
             let op = protocol::subject::parse(&refusal_prefix, msg.subject.as_str());
-            protocol_refusal(op.ok(), refused)
+            let (name, entity) = op.as_ref().map_or(("unknown", None), protocol::audit_name);
+            protocol_refusal(op.clone().ok(), refused).audited_as(name, entity)
         }),
         too_large: protocol::reply::too_large,
     });
@@ -560,9 +755,11 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
                         .await
                 })
             }),
-            refusal: Arc::new(|_, refused| {
+            refusal: Arc::new(|msg, refused| {
                 let body = serde_json::json!({ "error": refused.to_string() });
+                let op = database::operation(msg.subject.as_str());
                 piggybank_api::reply(refused.code(), body.to_string().into_bytes())
+                    .audited_as(op, None)
             }),
             too_large: piggybank_api::too_large,
         });
@@ -640,6 +837,7 @@ pub async fn serve(
         admin: started.admin.clone(),
         instance_id: started.database.seal().instance_id().to_string(),
         drain_timeout: config.drain_timeout,
+        auditor: Arc::clone(&started.auditor),
     };
     crate::serve::serve(started.client.clone(), endpoints, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
@@ -703,7 +901,8 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let err = connect(&format!("nats://u:hunter2@127.0.0.1:{port}"), None, "test")
+        let address = format!("nats://u:hunter2@127.0.0.1:{port}");
+        let err = connect(&address, None, &NatsTls::default(), "test")
             .await
             .expect_err("nothing listens there");
         let text = err.to_string();

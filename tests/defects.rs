@@ -134,6 +134,7 @@ async fn one_slow_request_does_not_hold_up_others() {
         admin: None,
         instance_id: "test".into(),
         drain_timeout: Duration::from_secs(5),
+        auditor: Arc::new(piggybank::audit::Auditor::disabled("test")),
     };
     let endpoint = Endpoint {
         name: "test",
@@ -320,6 +321,7 @@ async fn the_serve_loop_checks_admin_signatures_before_any_handler() {
         admin: Some(Arc::new(verifier)),
         instance_id: "test".into(),
         drain_timeout: Duration::from_secs(5),
+        auditor: Arc::new(piggybank::audit::Auditor::disabled("test")),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(serve(nats.client().await, vec![endpoint], config, async {

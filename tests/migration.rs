@@ -147,3 +147,45 @@ async fn a_different_encryption_key_cannot_read_sample_values() {
     let err = host_refusal(&host, request("legacy_text", &jwt)).await;
     assert!(err.contains("Error decrypting secret"), "{err}");
 }
+
+/// `--write-legacy-format`: what piggybank writes is the bare box a sample instance opens
+/// (sealed by the encryption xkey to itself), and piggybank serves it back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_legacy_format_values_are_written_as_the_sample_reads_them() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let mut config = config(&nats, &keys);
+    config.write_legacy_format = true;
+    let _backend = start_backend(&nats, config).await;
+    let admin = admin(nats.client().await);
+    admin
+        .put_secret("db", text("written for the sample"), None, None)
+        .await
+        .unwrap();
+    let js = jetstream::new(nats.client().await);
+    let bucket = js.get_key_value("WASMCLOUD_SECRETS").await.unwrap();
+    let stored = bucket.get("db").await.unwrap().unwrap();
+    assert!(stored.starts_with(b"xkv1"), "not the sample's format");
+    // Opened the sample's way: the encryption xkey, as sender and recipient.
+    let enc = XKey::from_seed(&keys.encryption).unwrap();
+    assert_eq!(enc.open(&stored, &enc).unwrap(), b"written for the sample");
+    // And served by piggybank, through the real client.
+    let issuer = Issuer::new();
+    let (jwt, entity) = issuer.component();
+    admin.add_mapping(&entity, &names(&["db"])).await.unwrap();
+    let host = host_client(&nats).await;
+    let got = host_get(&host, request("db", &jwt)).await.unwrap();
+    assert_eq!(got.string_secret.as_deref(), Some("written for the sample"));
+}
+
+/// Sealed mode has no sample counterpart: the flag stops the start.
+#[tokio::test]
+async fn write_legacy_format_needs_the_configured_key() {
+    let nats = NatsServer::start();
+    let (code, _, err) = cli_code(&nats, &["run", "--write-legacy-format"], None, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--write-legacy-format needs ENCRYPTION_XKEY_SEED"),
+        "{err}"
+    );
+}

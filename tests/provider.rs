@@ -432,6 +432,40 @@ async fn a_secret_put_over_wrpc_is_served_to_hosts_over_the_protocol() {
         .unwrap();
     let refused = host_refusal(&host, request("api-token", &jwt)).await;
     assert!(refused.contains("nauthorized"), "{refused}");
+
+    // Each WIT call is an audit record naming the link it came through (records are
+    // written in the background: wait for the last call's).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records = loop {
+        let (ok, out, err) = cli(&nats, &["audit", "--json"], None, &[]);
+        assert!(ok, "{err}");
+        let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let last = records
+            .iter()
+            .any(|r| r["front_door"] == "protocol" && r["outcome"] == "denied");
+        if last {
+            break records;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record of the last get");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let put = records
+        .iter()
+        .find(|r| r["front_door"] == "wit" && r["operation"] == "put_secret")
+        .unwrap_or_else(|| panic!("no WIT put record in {records:?}"));
+    assert_eq!(put["secret"], "api-token");
+    assert_eq!(put["outcome"], "allowed");
+    assert_eq!(put["link"]["source_id"], "ops");
+    assert_eq!(put["link"]["name"], "default");
+    assert!(records
+        .iter()
+        .any(|r| r["front_door"] == "wit" && r["operation"] == "remove_mapping"));
+    assert!(records
+        .iter()
+        .any(|r| r["front_door"] == "protocol" && r["outcome"] == "denied"));
 }
 
 #[tokio::test]

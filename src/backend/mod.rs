@@ -43,6 +43,34 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A short code for the audit trail: what failed, never with what a request sent.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackendError::Authz(AuthzError::InvalidEntityJwt(_)) => "invalid_entity_jwt",
+            BackendError::Authz(AuthzError::InvalidHostJwt(_)) => "invalid_host_jwt",
+            BackendError::Authz(AuthzError::UntrustedIssuer(_)) => "untrusted_issuer",
+            BackendError::Authz(AuthzError::NotMapped) => "not_mapped",
+            BackendError::Authz(AuthzError::Policy(_)) => "invalid_policy",
+            BackendError::Authz(AuthzError::BadTrustedIssuer(_)) => "bad_trusted_issuer",
+            BackendError::Store(StoreError::InvalidName { .. }) => "invalid_name",
+            BackendError::Store(StoreError::InvalidEntity(_)) => "invalid_entity",
+            BackendError::Store(StoreError::NotFound(_)) => "not_found",
+            BackendError::Store(StoreError::VersionConflict { .. }) => "version_conflict",
+            BackendError::Store(StoreError::Contention(_)) => "contention",
+            BackendError::Store(StoreError::AlreadyExists(_)) => "already_exists",
+            BackendError::Store(StoreError::Corrupt { .. }) => "corrupt",
+            BackendError::Store(StoreError::NoBucket(_)) => "no_bucket",
+            BackendError::Store(StoreError::Upstream(_)) => "upstream",
+            BackendError::Envelope(_) => "undecryptable",
+            BackendError::InvalidVersion(_) => "invalid_version",
+            BackendError::MissingField(_) => "missing_field",
+            BackendError::NotAnObject(_) => "not_an_object",
+            BackendError::Sealed => "sealed",
+            BackendError::Seal(e) => e.code(),
+            BackendError::Vault(e) => e.code(),
+        }
+    }
+
     /// What kind of failure this is: the one thing front doors map.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -77,6 +105,14 @@ pub struct ReadRequest<'a> {
     pub policy: &'a str,
 }
 
+/// Who asked, as far as it was verified: filled in by [`Unsealed::read`] as each JWT
+/// verifies, so a refusal after verification still says who was refused (the audit trail).
+#[derive(Debug, Default, Clone)]
+pub struct Who {
+    pub entity: Option<String>,
+    pub host: Option<String>,
+}
+
 /// A secret as served: its version and its (decrypted) value.
 pub struct ServedSecret {
     pub version: u64,
@@ -109,6 +145,9 @@ pub struct Backend {
     secrets: SecretStore,
     mappings: MappingTable,
     authorizer: Authorizer,
+    /// Write values in the sample's format (`--write-legacy-format`), for a rolling
+    /// migration from the sample; keyed mode only.
+    legacy_writes: bool,
 }
 
 /// Proof that the store was unsealed when it was made, with the keys it had then. Every
@@ -146,7 +185,15 @@ impl Backend {
             secrets,
             mappings,
             authorizer,
+            legacy_writes: false,
         }
+    }
+
+    /// Write values in the sample's format, so sample instances sharing the buckets can
+    /// read them (a rolling migration).
+    pub fn with_legacy_writes(mut self, on: bool) -> Self {
+        self.legacy_writes = on;
+        self
     }
 
     /// The store's keys and operations, unless it is sealed.
@@ -179,6 +226,11 @@ impl Backend {
     /// (secrets, entities with a mapping), from memory: for `status`.
     pub fn counts(&self) -> (usize, usize) {
         (self.secrets.len(), self.mappings.len())
+    }
+
+    /// JWT checks answered from the cache of verified tokens, and those that were not.
+    pub fn jwt_cache_counts(&self) -> (u64, u64) {
+        self.authorizer.cache_counts()
     }
 
     /// One round trip to each bucket (health checks).
@@ -292,12 +344,17 @@ impl Unsealed<'_> {
     }
 
     /// Authorize and serve a read. No NATS I/O unless an older version is requested.
-    pub async fn read(&self, req: &ReadRequest<'_>) -> Result<ServedSecret, BackendError> {
+    pub async fn read(
+        &self,
+        req: &ReadRequest<'_>,
+        who: &mut Who,
+    ) -> Result<ServedSecret, BackendError> {
         let backend = self.backend;
         validate_name(req.key)?;
         authz::check_policy(req.policy)?;
-        backend.authorizer.verify_host(req.host_jwt)?;
+        who.host = Some(backend.authorizer.verify_host(req.host_jwt)?.subject);
         let entity = backend.authorizer.verify_entity(req.entity_jwt)?;
+        who.entity = Some(entity.subject.clone());
         if !backend.mappings.allows(&entity.subject, req.key) {
             return Err(AuthzError::NotMapped.into());
         }
@@ -347,8 +404,11 @@ impl Unsealed<'_> {
             .secrets()
             .created_ms(name)
             .unwrap_or_else(crate::store::secrets::now_ms);
-        let sealed =
-            envelope::seal(value, self.keys.current(), created).map_err(EnvelopeError::from)?;
+        let sealed = match self.backend.legacy_writes {
+            true => envelope::seal_legacy(value, self.keys.current()),
+            false => envelope::seal(value, self.keys.current(), created),
+        }
+        .map_err(EnvelopeError::from)?;
         Ok(self.secrets().put(name, sealed, expected).await?)
     }
 

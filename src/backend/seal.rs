@@ -65,16 +65,36 @@ pub enum SealError {
     NoSeal,
     #[error("{0}")]
     Internal(String),
+    #[error("the key record read is not this store's: refused")]
+    ForeignRecord,
 }
 
 impl SealError {
+    /// A short code for the audit trail.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SealError::AlreadyInitialized => "already_initialized",
+            SealError::NotInitialized => "not_initialized",
+            SealError::AlreadyUnlocked => "already_unlocked",
+            SealError::RepeatedShare => "repeated_share",
+            SealError::UnknownShare => "unknown_share",
+            SealError::LockedMeanwhile => "locked_meanwhile",
+            SealError::Invalid(_) => "invalid",
+            SealError::OtherInstance => "other_instance",
+            SealError::ClearKeyRefused => "clear_key_refused",
+            SealError::NoSeal => "no_seal",
+            SealError::Internal(_) => "internal",
+            SealError::ForeignRecord => "foreign_record",
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             SealError::AlreadyInitialized | SealError::AlreadyUnlocked | SealError::NoSeal => {
                 ErrorKind::Conflict
             }
             SealError::NotInitialized | SealError::LockedMeanwhile => ErrorKind::Sealed,
-            SealError::UnknownShare => ErrorKind::Denied,
+            SealError::UnknownShare | SealError::ForeignRecord => ErrorKind::Denied,
             SealError::Internal(_) => ErrorKind::Internal,
             SealError::RepeatedShare
             | SealError::Invalid(_)
@@ -142,6 +162,10 @@ pub struct StatusReport {
     /// Absent from older backends, which take keys only in clear.
     #[serde(default)]
     pub unseal_xkey: Option<String>,
+    /// Audit records this instance could not write (buffer full, or not acknowledged).
+    /// Filled in by the front door; absent from older backends.
+    #[serde(default)]
+    pub audit_dropped: Option<u64>,
 }
 
 /// Progress of the re-encryption after a rotation.
@@ -230,9 +254,10 @@ pub struct Seal {
     /// drop, and dropped by `lock`.
     master: Mutex<Option<MasterKey>>,
     reencryption: Arc<Progress>,
-    /// This process's unseal xkey, made at start and held only in memory: `unlock` key
-    /// material is sealed to its public half, which `status` announces.
-    unseal: nkeys::XKey,
+    /// This process's unseal xkey, held only in memory: `unlock` key material is sealed to
+    /// its public half, which `status` announces. Replaced at every lock and every unlock,
+    /// so a recorded unlock cannot be replayed.
+    unseal: Mutex<Arc<nkeys::XKey>>,
     /// Refuse key material in clear (`--sealed-keys-only`).
     sealed_keys_only: bool,
 }
@@ -293,7 +318,7 @@ impl Seal {
             shares: Mutex::default(),
             master: Mutex::default(),
             reencryption: Arc::default(),
-            unseal: nkeys::XKey::new(),
+            unseal: Mutex::new(Arc::new(nkeys::XKey::new())),
             sealed_keys_only: false,
         }
     }
@@ -454,7 +479,8 @@ impl Seal {
                 if sealed.instance_id != self.instance_id {
                     return Err(SealError::OtherInstance);
                 }
-                let plaintext = sealed.key_material().open(&self.unseal).map_err(|_| {
+                let unseal = Arc::clone(&lock(&self.unseal));
+                let plaintext = sealed.key_material().open(&unseal).map_err(|_| {
                     SealError::Invalid(
                         "cannot open the key material: it is not sealed to this instance's \
                          unseal_xkey (from a status of an earlier run?)"
@@ -537,6 +563,16 @@ impl Seal {
                     "the record holds no transit key, and none is configured".into(),
                 )
             })?;
+        // The record is read over NATS, where a forged reply could carry a record of someone
+        // else's making (with a key they also send): its transit key must be the one this
+        // instance already knows (from the record at start, or the configured one), and the
+        // one the record names.
+        let pinned = self.backend.transit_public();
+        let opened = transit.public_key().to_string();
+        if opened != record.transit_public || pinned.as_ref().is_some_and(|p| *p != opened) {
+            tracing::warn!("unlock refused: the key record's transit key is not this store's");
+            return Err(SealError::ForeignRecord.into());
+        }
         // A lock since `epoch` was read wins: nothing is installed or kept after it.
         self.backend
             .install(epoch, keys, transit)
@@ -548,10 +584,19 @@ impl Seal {
             }
             *held = Some(master);
         }
+        // A recorded unlock sealed to the old unseal key can never be replayed.
+        self.renew_unseal_key();
         tracing::info!("database unlocked");
-        // Resume a rotation: a pending activation, or values not yet re-sealed.
-        self.reload().await?;
+        // Resume a rotation: a pending activation, or values not yet re-sealed. The store is
+        // unsealed whatever this says: a failure here is retried by the record watch.
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "unlocked, but the key record could not be reloaded yet");
+        }
         Ok(Unlocked::Unsealed)
+    }
+
+    fn renew_unseal_key(&self) {
+        *lock(&self.unseal) = Arc::new(nkeys::XKey::new());
     }
 
     /// Auto-unlock at start with the database key this process was given: unseals, or says
@@ -593,6 +638,8 @@ impl Seal {
             stopping
         };
         lock(&self.shares).clear();
+        // An unlock recorded before this lock, sealed to the old unseal key, opens nothing.
+        self.renew_unseal_key();
         stopping.wait().await;
         tracing::info!("database locked");
         Ok(())
@@ -622,7 +669,8 @@ impl Seal {
             mapped_entities: Some(mapped_entities),
             reencryption: None,
             admin: None,
-            unseal_xkey: Some(self.unseal.public_key()),
+            unseal_xkey: Some(lock(&self.unseal).public_key()),
+            audit_dropped: None,
         };
         if self.mode() == Mode::Keyed {
             return Ok(report);

@@ -674,6 +674,7 @@ mod tests {
             reencryption: None,
             admin: Some(crate::admin_auth::AdminMode::Signed),
             unseal_xkey: None,
+            audit_dropped: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         (r, v)

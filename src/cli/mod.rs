@@ -2,6 +2,8 @@
 //! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
 
 mod admin_seed;
+mod audit;
+mod backup;
 mod database;
 mod dev;
 mod files;
@@ -74,23 +76,132 @@ pub enum Command {
     Rotate(database::DatabaseArgs),
     /// Re-seal every secret with the current data key (after a key change)
     Rekey(RekeyArgs),
+    /// Write every secret (all kept versions, still sealed), the mappings and the key record
+    /// to one file
+    Backup(backup::BackupArgs),
+    /// Load a backup into empty buckets (checked whole before anything is written)
+    Restore(backup::RestoreArgs),
+    /// List and follow the audit trail: who read or changed what, and when
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// The NATS address to connect to
-    #[arg(long, env = env::NATS_ADDRESS, default_value = config::DEFAULT_NATS_ADDRESS)]
-    pub nats_address: String,
+    /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
+    #[arg(long, env = env::NATS_ADDRESS)]
+    pub nats_address: Option<String>,
     /// NATS credentials file
     #[arg(long, env = env::NATS_CREDSFILE)]
     pub nats_creds_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: ConnOptions,
 }
 
 impl Conn {
-    /// Connect as a CLI command does: fail fast, with the credentials file if given.
+    /// Connect as a CLI command does: fail fast, with the credentials file, TLS and context
+    /// if given.
     async fn connect(&self, client_name: &str) -> anyhow::Result<async_nats::Client> {
+        Ok(self.connect_jetstream(client_name).await?.0)
+    }
+
+    /// Connect, and name the JetStream domain the buckets are in: for the commands that open
+    /// buckets or streams themselves (`get`, `rekey`, `audit`).
+    async fn connect_jetstream(
+        &self,
+        client_name: &str,
+    ) -> anyhow::Result<(async_nats::Client, Option<String>)> {
         let credentials = server::credentials_file(self.nats_creds_file.as_deref());
-        Ok(server::connect(&self.nats_address, credentials.as_ref(), client_name).await?)
+        let nats = self
+            .options
+            .resolve(self.nats_address.clone(), credentials)?;
+        let client = server::connect_with(
+            &nats.address,
+            nats.credentials.as_ref(),
+            &nats.tls,
+            client_name,
+            nats.inbox_prefix.as_deref(),
+        )
+        .await?;
+        Ok((client, nats.js_domain))
+    }
+}
+
+/// TLS, the JetStream domain and a NATS context: the connection options `run` and every
+/// client command share, with the env vars the nats CLI reads.
+#[derive(Args, Clone, Default)]
+pub struct ConnOptions {
+    /// CA certificates (PEM) the NATS server's certificate must chain to; makes TLS required
+    #[arg(long, env = env::NATS_CA, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that verify clients; with --tls-key
+    #[arg(long, env = env::NATS_CERT, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, env = env::NATS_KEY, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Start TLS before the server's greeting (servers with `handshake_first: true`)
+    #[arg(long, env = env::NATS_TLS_FIRST)]
+    pub tls_first: bool,
+    /// The JetStream domain the buckets are in (a leaf node reaching a hub's JetStream)
+    #[arg(long, env = env::NATS_JS_DOMAIN, value_name = "DOMAIN")]
+    pub js_domain: Option<String>,
+    /// A nats CLI context by name (~/.config/nats/context/NAME.json, or under
+    /// $XDG_CONFIG_HOME): its url, credentials, TLS and JetStream domain; flags win over it
+    #[arg(long, env = env::NATS_CONTEXT, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Where and how to connect, once flags and the context are merged.
+struct NatsTarget {
+    address: String,
+    credentials: Option<server::Credentials>,
+    tls: server::NatsTls,
+    js_domain: Option<String>,
+    /// The context's inbox prefix: client connections only (a backend keeps its own).
+    inbox_prefix: Option<String>,
+}
+
+impl ConnOptions {
+    /// Explicit flags (and their env vars) over the context's settings over the defaults.
+    /// `address` and `credentials` are the command's own flags.
+    fn resolve(
+        &self,
+        address: Option<String>,
+        credentials: Option<server::Credentials>,
+    ) -> anyhow::Result<NatsTarget> {
+        let context = match &self.context {
+            Some(name) => Some(crate::nats_context::NatsContext::load(name)?),
+            None => None,
+        };
+        let context = context.as_ref();
+        let flags_tls = server::NatsTls {
+            ca_file: self.tls_ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            handshake_first: self.tls_first,
+        };
+        let text = |s: Option<&str>| s.map(str::to_string);
+        let js_domain = self
+            .js_domain
+            .clone()
+            .filter(|d| !d.trim().is_empty())
+            .or_else(|| text(context.and_then(|c| c.js_domain())));
+        // A domain is one subject token of `$JS.<domain>.API`.
+        if let Some(domain) = &js_domain {
+            let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if !domain.chars().all(token) {
+                bail!("JetStream domain {domain:?} is invalid: use letters, digits, '-' and '_'");
+            }
+        }
+        Ok(NatsTarget {
+            address: address
+                .or_else(|| text(context.and_then(|c| c.url())))
+                .unwrap_or_else(|| config::DEFAULT_NATS_ADDRESS.to_string()),
+            credentials: credentials.or_else(|| context.and_then(|c| c.credentials())),
+            tls: flags_tls.or(context.map(|c| c.tls()).unwrap_or_default()),
+            js_domain,
+            inbox_prefix: text(context.and_then(|c| c.inbox_prefix())),
+        })
     }
 }
 
@@ -152,15 +263,17 @@ pub struct RunArgs {
     /// Queue group prefix shared by instances of this backend
     #[arg(long, default_value = config::DEFAULT_QUEUE_BASE)]
     pub nats_queue_base: String,
-    /// The NATS address to connect to
-    #[arg(long, env = env::NATS_ADDRESS, default_value = config::DEFAULT_NATS_ADDRESS)]
-    pub nats_address: String,
+    /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
+    #[arg(long, env = env::NATS_ADDRESS)]
+    pub nats_address: Option<String>,
     /// The secrets API version
     #[arg(long, default_value = config::DEFAULT_API_VERSION)]
     pub secrets_api_version: String,
     /// NATS credentials file
     #[arg(long, env = env::NATS_CREDSFILE)]
     pub nats_creds_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn_options: ConnOptions,
     /// Replicas of the buckets piggybank creates (on a NATS cluster)
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
@@ -190,6 +303,27 @@ pub struct RunArgs {
     /// abandoned, and the process exits whether or not NATS is still there
     #[arg(long, env = env::DRAIN_TIMEOUT_MS, default_value_t = config::DEFAULT_DRAIN_TIMEOUT_MS)]
     pub drain_timeout_ms: u64,
+    /// Write values in the sample's format, so that sample instances sharing the buckets
+    /// can read them during a rolling migration; switch it off once none remains
+    #[arg(long, env = env::PIGGYBANK_WRITE_LEGACY_FORMAT)]
+    pub write_legacy_format: bool,
+    /// Keep no audit trail (by default every access decision is recorded on the stream
+    /// PIGGYBANK_AUDIT_<name>)
+    #[arg(long, env = env::PIGGYBANK_NO_AUDIT)]
+    pub no_audit: bool,
+    /// Refuse requests whose audit record cannot be written, rather than serve them
+    /// unaudited
+    #[arg(long, env = env::PIGGYBANK_AUDIT_REQUIRED, conflicts_with = "no_audit")]
+    pub audit_required: bool,
+    /// Audit records are kept at most this many seconds (default 7 days)
+    #[arg(long, default_value_t = config::DEFAULT_AUDIT_MAX_AGE_SECS)]
+    pub audit_max_age_secs: u64,
+    /// Audit records are kept up to this many bytes; the oldest go first (default 256 MiB)
+    #[arg(long, default_value_t = config::DEFAULT_AUDIT_MAX_BYTES)]
+    pub audit_max_bytes: i64,
+    /// Replicas of the audit stream (default: --replicas)
+    #[arg(long)]
+    pub audit_replicas: Option<usize>,
     /// More subject prefixes replies may go to, besides `_INBOX.` (comma-separated): for
     /// clients with a custom inbox prefix. Nothing is answered on any other reply subject.
     #[arg(long, env = env::REPLY_PREFIXES, value_delimiter = ',')]
@@ -222,21 +356,41 @@ impl RunArgs {
         c.secrets_bucket = self.secrets_bucket;
         c.max_secret_history = self.max_secret_history;
         c.nats_queue_base = self.nats_queue_base;
-        c.nats_address = self.nats_address;
         c.api_version = self.secrets_api_version;
-        c.nats_credentials = match (self.nats_user, self.nats_password) {
+        let credentials = match (self.nats_user, self.nats_password) {
             (Some(user), Some(password)) => Some(server::Credentials::UserPassword {
                 user,
                 password: Zeroizing::new(password),
             }),
             _ => server::credentials_file(self.nats_creds_file.as_deref()),
         };
+        let nats = self.conn_options.resolve(self.nats_address, credentials)?;
+        if nats.inbox_prefix.is_some() {
+            tracing::info!(
+                "the context's inbox_prefix is for client connections: the backend's own \
+                 connection keeps {}",
+                crate::reply_policy::SERVER_INBOX_PREFIX
+            );
+        }
+        c.nats_address = nats.address;
+        c.nats_credentials = nats.credentials;
+        c.nats_tls = nats.tls;
+        c.js_domain = nats.js_domain;
         c.replicas = self.replicas;
         c.trusted_issuers = self.trusted_issuers;
         c.admin_keys = self.admin_keys;
         c.sealed_keys_only = self.sealed_keys_only;
         c.max_in_flight = self.max_in_flight;
         c.drain_timeout = std::time::Duration::from_millis(self.drain_timeout_ms);
+        c.write_legacy_format = self.write_legacy_format;
+        c.audit = crate::audit::AuditConfig {
+            enabled: !self.no_audit,
+            required: self.audit_required,
+            max_age: std::time::Duration::from_secs(self.audit_max_age_secs),
+            max_bytes: self.audit_max_bytes,
+            replicas: self.audit_replicas.unwrap_or(self.replicas),
+            ..Default::default()
+        };
         c.reply_prefixes = self.reply_prefixes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
         c.database_key = database_key;
@@ -353,16 +507,32 @@ pub struct EntityArgs {
     pub target: Target,
 }
 
+/// Metrics over OTLP when the standard `OTEL_*` environment asks for it (servers only).
+fn init_metrics() {
+    match crate::metrics::init_from_env() {
+        Ok(true) => tracing::info!("exporting metrics over OTLP (OTEL_* environment)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "metrics are not exported"),
+    }
+}
+
 /// Run one command; returns its exit code (`status` has codes besides 0, as `vault status`).
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let done: anyhow::Result<()> = match cli.command {
         Command::Run(args) => {
             let config = args.into_config()?;
+            init_metrics();
             server::run(config, server::shutdown_signal()).await?;
             Ok(())
         }
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => {
+            init_metrics();
+            dev::run(args).await
+        }
         Command::Rekey(args) => rekey(args).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Init(args) => database::init(args).await,
         Command::Unlock(args) => database::unlock(args).await,
         Command::Lock(args) => database::lock(args).await,
@@ -507,9 +677,10 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         &Zeroizing::new(args.encryption_xkey_seed),
         &zeroized(args.previous_encryption_xkey_seeds),
     )?;
-    let nats = args.conn.connect("piggybank rekey").await?;
+    let (nats, js_domain) = args.conn.connect_jetstream("piggybank rekey").await?;
     let store = crate::store::SecretStore::open(
         &nats,
+        js_domain.as_deref(),
         crate::store::Bucket::Existing(&args.secrets_bucket),
     )
     .await?;
@@ -548,9 +719,16 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
         &Zeroizing::new(args.encryption_xkey_seed),
         &zeroized(args.previous_encryption_xkey_seeds),
     )?;
-    let nats = args.conn.connect("piggybank cli").await?;
-    let (_, value) =
-        client::read_direct(&nats, &args.secrets_bucket, &keys, &args.name, args.version).await?;
+    let (nats, js_domain) = args.conn.connect_jetstream("piggybank cli").await?;
+    let (_, value) = client::read_direct(
+        &nats,
+        js_domain.as_deref(),
+        &args.secrets_bucket,
+        &keys,
+        &args.name,
+        args.version,
+    )
+    .await?;
     match (args.kind, &value) {
         (Some(Kind::String), SecretValue::Binary(_)) => {
             bail!("secret is binary, but --kind string was requested")
@@ -653,6 +831,54 @@ mod tests {
         assert_eq!(c.trusted_issuers, ["A1", "A2"]);
         assert_eq!(c.nats_queue_base, "qb");
         assert!(c.admin_keys.is_empty(), "unauthenticated unless asked");
+    }
+
+    #[test]
+    fn run_and_clients_take_tls_and_a_jetstream_domain() {
+        let cli = Cli::try_parse_from([
+            "piggybank",
+            "run",
+            "--tls-ca",
+            "/ca.pem",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--tls-first",
+            "--js-domain",
+            "hub",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let c = args.into_config().unwrap();
+        assert_eq!(
+            c.nats_tls,
+            server::NatsTls {
+                ca_file: Some("/ca.pem".into()),
+                cert_file: Some("/c.pem".into()),
+                key_file: Some("/k.pem".into()),
+                handshake_first: true,
+            }
+        );
+        assert_eq!(c.js_domain.as_deref(), Some("hub"));
+        assert_eq!(c.nats_address, config::DEFAULT_NATS_ADDRESS);
+        let cli = Cli::try_parse_from(["piggybank", "run", "--js-domain", "a.b"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let Err(err) = args.into_config() else {
+            panic!("a.b is not a domain")
+        };
+        assert!(err.to_string().contains("\"a.b\" is invalid"), "{err}");
+        // A certificate needs its key, on every command that connects.
+        for command in ["run", "list", "get", "status", "rekey"] {
+            assert!(
+                Cli::try_parse_from(["piggybank", command, "--tls-cert", "/c.pem"]).is_err(),
+                "{command}"
+            );
+        }
     }
 
     #[test]

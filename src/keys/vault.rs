@@ -41,6 +41,19 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// A short code for the audit trail.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VaultError::KeyTooShort => "key_too_short",
+            VaultError::WrongKey => "wrong_key",
+            VaultError::Malformed(_) => "malformed_key",
+            VaultError::WrongShares => "wrong_shares",
+            VaultError::BadShare(_) => "bad_share",
+            VaultError::BadSplit(_) => "bad_split",
+            VaultError::Corrupt(_) => "corrupt_record",
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             VaultError::WrongKey | VaultError::WrongShares => ErrorKind::Denied,

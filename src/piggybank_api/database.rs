@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use crate::admin_auth::AdminMode;
+use crate::audit::{AuditNote, Auditor};
 use crate::backend::seal::{
     ClearUnlock, Initialized, KeyDelivery, Seal, SealError, UnlockInput, Unlocked,
 };
@@ -57,6 +58,11 @@ pub fn parse_subject<'a>(prefix: &str, name: &str, subject: &'a str) -> Option<(
     }
 }
 
+/// The operation of a database subject: its last token.
+pub fn operation(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or_default()
+}
+
 /// Whether `op` is answered by one instance (`initialize`, `rotate`: the queue-group
 /// subscription) rather than by every instance (the broadcast one).
 pub fn answered_once(op: &str) -> bool {
@@ -73,6 +79,8 @@ struct InitializeRequest {
 /// The database operations of one instance.
 pub struct DatabaseApi {
     seal: Arc<Seal>,
+    /// For `status`: records dropped so far.
+    auditor: Arc<Auditor>,
     /// Whether admin operations must be signed (reported by `status`; the serve loop checks).
     admin: AdminMode,
     /// When the deprecated subjects were last warned about (at most once a minute).
@@ -80,9 +88,10 @@ pub struct DatabaseApi {
 }
 
 impl DatabaseApi {
-    pub fn new(seal: Arc<Seal>, admin: AdminMode) -> Self {
+    pub fn new(seal: Arc<Seal>, admin: AdminMode, auditor: Arc<Auditor>) -> Self {
         Self {
             seal,
+            auditor,
             admin,
             alias_warned: Mutex::default(),
         }
@@ -130,21 +139,24 @@ impl DatabaseApi {
                 "unknown operation {other:?}: use initialize, unlock, lock, status or rotate"
             ))),
         };
+        let note = AuditNote::operation(op);
         Some(match result {
-            Ok(body) => super::reply(200, body.to_string().into_bytes()),
+            Ok(body) => super::reply(200, body.to_string().into_bytes()).audited(note.allowed()),
             Err(BackendError::Seal(SealError::OtherInstance)) => return None,
             Err(e) => super::reply(
                 e.kind().status(),
                 serde_json::json!({ "error": e.to_string() })
                     .to_string()
                     .into_bytes(),
-            ),
+            )
+            .audited(note.failed(e.kind(), e.code())),
         })
     }
 
     async fn status(&self) -> Result<serde_json::Value, BackendError> {
         let mut report = self.seal.report().await?;
         report.admin = Some(self.admin);
+        report.audit_dropped = Some(self.auditor.dropped());
         to_json(report)
     }
 

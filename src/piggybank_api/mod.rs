@@ -19,6 +19,7 @@ pub mod database;
 use async_nats::{HeaderMap, Message};
 use zeroize::Zeroizing;
 
+use crate::audit::AuditNote;
 use crate::backend::{Backend, BackendError};
 use crate::error::ErrorKind;
 use crate::serve::Reply;
@@ -45,6 +46,16 @@ pub enum Method {
     Get,
     Post,
     Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+            Method::Delete => "delete",
+        }
+    }
 }
 
 /// What a request asks for, once its subject and headers are understood.
@@ -132,22 +143,29 @@ pub fn parse(
 /// Answer one message (the caller publishes the reply). `None` for the reserved
 /// applications: their subjects belong to the database operations, which answer them.
 pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Option<Reply> {
-    Some(match respond(backend, prefix, msg).await {
-        Ok((payload, status)) => reply(status, payload),
+    let request = parse(prefix, msg.subject.as_str(), msg.headers.as_ref());
+    let mut note = AuditNote::default();
+    if let Ok(request) = &request {
+        note.operation = Some(request.method.as_str().to_string());
+        note.application = request.key.split('/').next().map(str::to_string);
+        note.secret = Some(request.key.clone());
+    }
+    Some(match respond(backend, request, msg).await {
+        Ok((payload, status)) => reply(status, payload).audited(note.allowed()),
         Err(ApiError::Reserved(_)) => return None,
         Err(e) => {
             let body = serde_json::json!({ "error": e.to_string() }).to_string();
-            reply(e.status(), body.into_bytes())
+            reply(e.status(), body.into_bytes()).audited(note.failed_with_status(e.status()))
         }
     })
 }
 
 async fn respond(
     backend: &Backend,
-    prefix: &str,
+    request: Result<Request, ApiError>,
     msg: &Message,
 ) -> Result<(Vec<u8>, u16), ApiError> {
-    let request = parse(prefix, msg.subject.as_str(), msg.headers.as_ref())?;
+    let request = request?;
     // Every method reads or changes the store: none is answered while sealed.
     let store = backend.unsealed().map_err(api_error)?;
     match request.method {

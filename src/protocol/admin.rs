@@ -20,16 +20,57 @@ use super::wire::{
     admin_code, put_secret_error, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest,
     ListSecretsResponse, MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
 };
+use crate::audit::AuditNote;
 use crate::backend::{BackendError, MappingChange, Unsealed};
+use crate::error::ErrorKind;
 use crate::store::envelope::SecretValue;
 use crate::store::secrets::{page_limit, PageRequest};
 use crate::store::validate_entity;
 
 pub(crate) fn put_error(e: PutSecretError) -> Reply {
+    let note = AuditNote::default().failed(put_kind(&e), put_reason(&e));
     Reply::json(&PutSecretResponse {
         revision: 0,
         error: Some(e),
     })
+    .audited(note)
+}
+
+/// The audit trail's reason for a `put_secret` error: its variant, never its text.
+fn put_reason(e: &PutSecretError) -> &'static str {
+    match e {
+        PutSecretError::InvalidPayload => "invalid_payload",
+        PutSecretError::InvalidHeaders => "invalid_headers",
+        PutSecretError::InvalidXKey => "invalid_xkey",
+        PutSecretError::DecryptionError => "decryption_error",
+        PutSecretError::NoSecretProvided => "no_secret",
+        PutSecretError::BothSecretsProvided => "both_secrets",
+        PutSecretError::InvalidName(_) => "invalid_name",
+        PutSecretError::Sealed(_) => "sealed",
+        PutSecretError::InvalidVersion(_) => "invalid_version",
+        PutSecretError::VersionConflict(_) => "version_conflict",
+        PutSecretError::Upstream(_) => "upstream",
+    }
+}
+
+fn put_kind(e: &PutSecretError) -> ErrorKind {
+    match e {
+        PutSecretError::InvalidHeaders => ErrorKind::Denied,
+        PutSecretError::Sealed(_) => ErrorKind::Sealed,
+        PutSecretError::VersionConflict(_) => ErrorKind::Conflict,
+        PutSecretError::Upstream(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Invalid,
+    }
+}
+
+/// Name the secret in the reply's audit note.
+fn naming(reply: Reply, secret: &str, version: Option<u64>) -> Reply {
+    let mut note = reply.audit.clone().unwrap_or_default();
+    note.secret = Some(secret.to_string());
+    note.version = version.or(note.version);
+    let mut reply = reply;
+    reply.audit = Some(note);
+    reply
 }
 
 pub(crate) fn backend_error(e: &BackendError) -> Reply {
@@ -77,12 +118,17 @@ pub async fn put_secret(
     match store.put(&request.key, &value, expected).await {
         Ok(revision) => {
             tracing::info!(key = %request.key, revision, kind = ?value.kind(), "secret stored");
-            Reply::json(&PutSecretResponse {
+            let reply = Reply::json(&PutSecretResponse {
                 revision,
                 error: None,
-            })
+            });
+            naming(
+                reply.audited(AuditNote::default().allowed()),
+                &request.key,
+                Some(revision),
+            )
         }
-        Err(e) => put_error(put_secret_error(&e)),
+        Err(e) => naming(put_error(put_secret_error(&e)), &request.key, None),
     }
 }
 
@@ -91,13 +137,14 @@ pub async fn delete_secret(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
         Ok(r) => r,
         Err(e) => return Reply::admin_error(400, format!("expected {{\"key\": NAME}}: {e}")),
     };
-    match store.delete(&request.key).await {
+    let reply = match store.delete(&request.key).await {
         Ok(()) => {
             tracing::info!(key = %request.key, "secret deleted");
             Reply::ok()
         }
         Err(e) => backend_error(&e),
-    }
+    };
+    naming(reply, &request.key, None)
 }
 
 /// Parse an optional JSON body: empty (or only whitespace) is the default request.

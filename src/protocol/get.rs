@@ -11,16 +11,50 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::reply::Reply;
 use super::wire::get_secret_error;
-use crate::backend::{ReadRequest, Unsealed};
+use crate::audit::AuditNote;
+use crate::backend::{ReadRequest, Unsealed, Who};
 use crate::config::headers::{RESPONSE_XKEY, WASMCLOUD_HOST_XKEY};
+use crate::error::ErrorKind;
 use crate::keys;
 use crate::store::envelope::SecretValue;
 
 pub(crate) fn error(e: GetSecretError) -> Reply {
+    let note = AuditNote::operation("get").failed(kind_of(&e), reason_of(&e));
     Reply::json(&SecretResponse {
         secret: None,
         error: Some(e),
     })
+    .audited(note)
+}
+
+/// The audit trail's reason for a `get` error: its variant, never its text.
+fn reason_of(e: &GetSecretError) -> &'static str {
+    match e {
+        GetSecretError::SecretNotFound => "not_found",
+        GetSecretError::InvalidEntityJWT(_) => "invalid_entity_jwt",
+        GetSecretError::InvalidHostJWT(_) => "invalid_host_jwt",
+        GetSecretError::Unauthorized => "not_mapped",
+        GetSecretError::PolicyError(_) => "invalid_policy",
+        GetSecretError::InvalidRequest => "invalid_request",
+        GetSecretError::InvalidHeaders => "invalid_headers",
+        GetSecretError::InvalidPayload => "invalid_payload",
+        GetSecretError::InvalidXKey => "invalid_xkey",
+        GetSecretError::EncryptionError => "encryption_error",
+        GetSecretError::DecryptionError => "decryption_error",
+        GetSecretError::UpstreamError(_) => "upstream",
+        GetSecretError::Other(_) => "other",
+    }
+}
+
+fn kind_of(e: &GetSecretError) -> ErrorKind {
+    match e {
+        GetSecretError::Unauthorized
+        | GetSecretError::InvalidEntityJWT(_)
+        | GetSecretError::InvalidHostJWT(_) => ErrorKind::Denied,
+        GetSecretError::SecretNotFound => ErrorKind::NotFound,
+        GetSecretError::UpstreamError(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Invalid,
+    }
 }
 
 /// Read and check the requester's one-time public xkey from the request headers.
@@ -33,9 +67,18 @@ pub fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, GetSecretError
 }
 
 pub async fn handle(store: &Unsealed<'_>, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
-    match respond(store, headers, payload).await {
-        Ok(reply) => reply,
-        Err(e) => error(e),
+    let mut note = AuditNote::operation("get");
+    match respond(store, headers, payload, &mut note).await {
+        Ok(reply) => reply.audited(note.allowed()),
+        Err(e) => {
+            let mut reply = error(e);
+            if let Some(failed) = reply.audit.as_mut() {
+                failed.secret = note.secret;
+                failed.entity = note.entity;
+                failed.host = note.host;
+            }
+            reply
+        }
     }
 }
 
@@ -43,6 +86,7 @@ async fn respond(
     store: &Unsealed<'_>,
     headers: Option<&HeaderMap>,
     payload: &[u8],
+    note: &mut AuditNote,
 ) -> Result<Reply, GetSecretError> {
     if payload.is_empty() {
         return Err(GetSecretError::InvalidPayload);
@@ -62,10 +106,16 @@ async fn respond(
         host_jwt: &request.context.host_jwt,
         policy: &request.context.application.policy,
     };
-    let served = store.read(&read).await.map_err(|e| {
+    note.secret = Some(request.key.clone());
+    let mut who = Who::default();
+    let served = store.read(&read, &mut who).await;
+    note.entity = who.entity;
+    note.host = who.host;
+    let served = served.map_err(|e| {
         tracing::debug!(key = %request.key, error = %e, "get refused");
         get_secret_error(&e)
     })?;
+    note.version = Some(served.version);
 
     let mut secret = Secret {
         version: served.version.to_string(),
@@ -90,8 +140,5 @@ async fn respond(
         keys::seal_to(&encoded, &requester).map_err(|_| GetSecretError::EncryptionError)?;
     let mut h = HeaderMap::new();
     h.insert(RESPONSE_XKEY, one_time_public.as_str());
-    Ok(Reply {
-        headers: Some(h),
-        payload: sealed.into(),
-    })
+    Ok(Reply::with_headers(h, sealed))
 }

@@ -31,9 +31,40 @@ fn server_xkey(backend: &Backend) -> Reply {
 /// `server_xkey` is the only operation answered while sealed; every other one runs on the
 /// [`crate::backend::Unsealed`] store, or answers its own "sealed" error.
 pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
+    let operation = subject::parse(prefix, msg.subject.as_str());
+    let (name, entity) = match &operation {
+        Ok(op) => audit_name(op),
+        Err(_) => ("unknown", None),
+    };
+    let entity = entity.map(str::to_string);
+    answer(backend, operation, msg)
+        .await
+        .audited_as(name, entity.as_deref())
+}
+
+/// The operation's name and entity, as the audit trail records them.
+pub(crate) fn audit_name(op: &Operation) -> (&'static str, Option<&str>) {
+    use crate::config::ops;
+    match op {
+        Operation::ServerXkey => (ops::SERVER_XKEY, None),
+        Operation::Get => (ops::GET, None),
+        Operation::PutSecret => (ops::PUT_SECRET, None),
+        Operation::DeleteSecret => (ops::DELETE_SECRET, None),
+        Operation::ListSecrets => (ops::LIST_SECRETS, None),
+        Operation::AddMapping(e) => (ops::ADD_MAPPING, Some(e)),
+        Operation::RemoveMapping(e) => (ops::REMOVE_MAPPING, Some(e)),
+        Operation::GetMappings(e) => (ops::GET_MAPPINGS, Some(e)),
+    }
+}
+
+async fn answer(
+    backend: &Backend,
+    operation: Result<Operation, SubjectError>,
+    msg: &Message,
+) -> Reply {
     let headers = msg.headers.as_ref();
     let payload = &msg.payload;
-    let operation = match subject::parse(prefix, msg.subject.as_str()) {
+    let operation = match operation {
         Ok(Operation::ServerXkey) => return server_xkey(backend),
         Ok(operation) => operation,
         Err(e @ SubjectError::UnknownOperation(_)) => {

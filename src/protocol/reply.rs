@@ -6,6 +6,7 @@ use serde::Serialize;
 use wasmcloud_secrets_types::{GetSecretError, SecretResponse};
 
 use super::wire::{AdminError, REPLY_TOO_LARGE};
+use crate::audit::AuditNote;
 use crate::config::headers;
 pub use crate::serve::Reply;
 
@@ -37,7 +38,7 @@ impl Reply {
             code,
         })
         .unwrap_or_default();
-        Self::with_headers(h, body)
+        Self::with_headers(h, body).audited(AuditNote::default().failed_with_status(code))
     }
 }
 

@@ -23,6 +23,7 @@ use super::bindings::exports::piggybank::secrets::admin::{
     StoreStatus,
 };
 use super::links::{Access, LinkScope, Links, ScopeError};
+use crate::audit::{AuditNote, Auditor, LinkRef, Outcome};
 use crate::backend::{Backend, BackendError, MappingChange};
 use crate::error::ErrorKind;
 use crate::server::RunConfig;
@@ -38,6 +39,14 @@ pub struct AdminExports {
     nats: async_nats::Client,
     backend_name: String,
     subject_prefix: String,
+    auditor: Arc<Auditor>,
+}
+
+/// What a WIT call is about, for its audit record.
+#[derive(Default)]
+struct About<'a> {
+    secret: Option<&'a str>,
+    entity: Option<&'a str>,
 }
 
 impl AdminExports {
@@ -51,6 +60,7 @@ impl AdminExports {
         links: Arc<Links>,
         nats: async_nats::Client,
         config: &RunConfig,
+        auditor: Arc<Auditor>,
     ) -> Self {
         Self {
             backend,
@@ -58,6 +68,45 @@ impl AdminExports {
             nats,
             backend_name: config.name.clone(),
             subject_prefix: config.subject_prefix(),
+            auditor,
+        }
+    }
+
+    /// Record the call's decision; with `--audit-required`, a call whose record is not
+    /// written answers `unavailable` instead of its result.
+    async fn audited<T>(
+        &self,
+        cx: &Option<Context>,
+        operation: &str,
+        about: About<'_>,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut note = AuditNote::operation(operation);
+        note.secret = about.secret.map(str::to_string);
+        note.entity = about.entity.map(str::to_string);
+        note.link = cx.as_ref().map(|c| LinkRef {
+            source_id: c.component.clone().unwrap_or_default(),
+            name: c.link_name().to_string(),
+        });
+        if let Err(e) = &result {
+            let (outcome, reason) = match e {
+                Error::Unauthorized(_) => (Outcome::Denied, "unauthorized"),
+                Error::Sealed(_) => (Outcome::Denied, "sealed"),
+                Error::InvalidArgument(_) => (Outcome::Error, "invalid_argument"),
+                Error::NotFound(_) => (Outcome::Error, "not_found"),
+                Error::VersionConflict(_) => (Outcome::Error, "version_conflict"),
+                Error::Unavailable(_) => (Outcome::Error, "unavailable"),
+            };
+            note.outcome = Some(outcome);
+            note.reason = Some(reason.to_string());
+        } else {
+            note = note.allowed();
+        }
+        let request_id = self.auditor.request_id();
+        let record = self.auditor.complete(request_id, "wit", note, None);
+        match self.auditor.record(record).await {
+            Ok(()) => result,
+            Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }
 
@@ -87,19 +136,19 @@ impl AdminExports {
 
     async fn mapping(
         &self,
-        cx: Option<Context>,
-        entity: String,
+        cx: &Option<Context>,
+        entity: &str,
         names: Vec<String>,
         change: MappingChange,
     ) -> Result<Vec<String>, Error> {
-        let scope = self.authorize_names(&cx, Access::Write, names.iter().map(String::as_str))?;
+        let scope = self.authorize_names(cx, Access::Write, names.iter().map(String::as_str))?;
         if names.is_empty() {
             return Err(Error::InvalidArgument("names must not be empty".into()));
         }
         let names: BTreeSet<String> = names.into_iter().collect();
         let all = self
             .store()?
-            .update_mapping(&entity, change, &names)
+            .update_mapping(entity, change, &names)
             .await
             .map_err(wit_error)?;
         Ok(within(&scope, all))
@@ -125,7 +174,11 @@ impl Handler<Option<Context>> for AdminExports {
                 .await
                 .map_err(wit_error)
         };
-        Ok(put.await)
+        let about = About {
+            secret: Some(&name),
+            ..About::default()
+        };
+        Ok(self.audited(&cx, "put_secret", about, put.await).await)
     }
 
     async fn delete_secret(
@@ -137,7 +190,13 @@ impl Handler<Option<Context>> for AdminExports {
             self.authorize_names(&cx, Access::Write, [name.as_str()])?;
             self.store()?.delete(&name).await.map_err(wit_error)
         };
-        Ok(delete.await)
+        let about = About {
+            secret: Some(&name),
+            ..About::default()
+        };
+        Ok(self
+            .audited(&cx, "delete_secret", about, delete.await)
+            .await)
     }
 
     async fn list_secrets(
@@ -147,7 +206,7 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<SecretPage, Error>> {
-        Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
+        let listed = self.authorize(&cx, Access::Read).and_then(|scope| {
             let prefix = scope.narrow(&prefix).map_err(scope_error)?;
             let page = self.store()?.secrets().list_page(&PageRequest {
                 prefix: &prefix,
@@ -158,7 +217,10 @@ impl Handler<Option<Context>> for AdminExports {
                 secrets: page.items.into_iter().map(info).collect(),
                 next: page.next,
             })
-        }))
+        });
+        Ok(self
+            .audited(&cx, "list_secrets", About::default(), listed)
+            .await)
     }
 
     async fn describe_secret(
@@ -166,9 +228,14 @@ impl Handler<Option<Context>> for AdminExports {
         cx: Option<Context>,
         name: String,
     ) -> anyhow::Result<Result<SecretInfo, Error>> {
-        Ok(self
+        let described = self
             .authorize_names(&cx, Access::Read, [name.as_str()])
-            .and_then(|_| self.store()?.info(&name).map(info).map_err(wit_error)))
+            .and_then(|_| self.store()?.info(&name).map(info).map_err(wit_error));
+        let about = About {
+            secret: Some(&name),
+            ..About::default()
+        };
+        Ok(self.audited(&cx, "describe_secret", about, described).await)
     }
 
     async fn add_mapping(
@@ -177,7 +244,12 @@ impl Handler<Option<Context>> for AdminExports {
         entity: String,
         names: Vec<String>,
     ) -> anyhow::Result<Result<Vec<String>, Error>> {
-        Ok(self.mapping(cx, entity, names, MappingChange::Add).await)
+        let about = About {
+            entity: Some(&entity),
+            ..About::default()
+        };
+        let result = self.mapping(&cx, &entity, names, MappingChange::Add).await;
+        Ok(self.audited(&cx, "add_mapping", about, result).await)
     }
 
     async fn remove_mapping(
@@ -186,7 +258,14 @@ impl Handler<Option<Context>> for AdminExports {
         entity: String,
         names: Vec<String>,
     ) -> anyhow::Result<Result<Vec<String>, Error>> {
-        Ok(self.mapping(cx, entity, names, MappingChange::Remove).await)
+        let about = About {
+            entity: Some(&entity),
+            ..About::default()
+        };
+        let result = self
+            .mapping(&cx, &entity, names, MappingChange::Remove)
+            .await;
+        Ok(self.audited(&cx, "remove_mapping", about, result).await)
     }
 
     async fn list_mappings(
@@ -196,7 +275,7 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<NamePage, Error>> {
-        Ok(self.authorize(&cx, Access::Read).and_then(|scope| {
+        let listed = self.authorize(&cx, Access::Read).and_then(|scope| {
             validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
             // The scope is a name prefix, so paging within it is paging with that prefix.
             let page = self.store()?.mappings().names_page(
@@ -211,11 +290,16 @@ impl Handler<Option<Context>> for AdminExports {
                 names: page.items,
                 next: page.next,
             })
-        }))
+        });
+        let about = About {
+            entity: Some(&entity),
+            ..About::default()
+        };
+        Ok(self.audited(&cx, "list_mappings", about, listed).await)
     }
 
     async fn status(&self, cx: Option<Context>) -> anyhow::Result<Result<StoreStatus, Error>> {
-        Ok(self.authorize(&cx, Access::Read).map(|scope| StoreStatus {
+        let status = self.authorize(&cx, Access::Read).map(|scope| StoreStatus {
             backend_name: self.backend_name.clone(),
             subject_prefix: self.subject_prefix.clone(),
             server_xkey: self.backend.transit_public().unwrap_or_default(),
@@ -226,7 +310,8 @@ impl Handler<Option<Context>> for AdminExports {
             mapped_entities: self.backend.counts().1 as u64,
             scope_prefix: scope.prefix,
             read_only: scope.read_only,
-        }))
+        });
+        Ok(self.audited(&cx, "status", About::default(), status).await)
     }
 }
 

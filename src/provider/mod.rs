@@ -225,6 +225,7 @@ impl PiggybankProvider {
             Arc::clone(&self.inner.links),
             started.client.clone(),
             &settings.run,
+            Arc::clone(&started.auditor),
         );
         let running = Running {
             exports,

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::config::provider as keys;
 use crate::reply_policy::ReplyPolicy;
-use crate::server::{Credentials, RunConfig};
+use crate::server::{Credentials, NatsTls, RunConfig};
 
 pub const DEFAULT_WRPC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of `wrpc_call_timeout_ms`: a host's own default `max_execution_time` is 10 min.
@@ -243,6 +243,35 @@ impl Settings {
             None if !lattice.url.trim().is_empty() => lattice.url.trim().to_string(),
             None => keys::DEFAULT_NATS_URL.to_string(),
         };
+        // HostData carries no TLS files and no JetStream domain (a `tls://` lattice URL
+        // still turns TLS on, with the system's roots): these come from config.
+        let file = |key| text(key).filter(|v| !v.is_empty()).map(Into::into);
+        run.nats_tls = NatsTls {
+            ca_file: file(keys::TLS_CA_FILE),
+            cert_file: file(keys::TLS_CERT_FILE),
+            key_file: file(keys::TLS_KEY_FILE),
+            handshake_first: parse_bool(config, keys::TLS_FIRST)?.unwrap_or(false),
+        };
+        match (&run.nats_tls.cert_file, &run.nats_tls.key_file) {
+            (Some(cert), None) => {
+                return Err(invalid(
+                    keys::TLS_CERT_FILE,
+                    cert.display().to_string(),
+                    "a client certificate needs its key: set tls_key_file too",
+                ))
+            }
+            (None, Some(key)) => {
+                return Err(invalid(
+                    keys::TLS_KEY_FILE,
+                    key.display().to_string(),
+                    "a client key needs its certificate: set tls_cert_file too",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(v) = text(keys::JS_DOMAIN).filter(|v| !v.is_empty()) {
+            run.js_domain = Some(token(keys::JS_DOMAIN, v)?);
+        }
 
         let unknown_keys = config
             .keys()
@@ -650,6 +679,43 @@ mod tests {
         assert!(s.run.nats_credentials.is_none());
         let no_lattice = Settings::from_host(&map(&[]), &seeds(), &Lattice::default()).unwrap();
         assert_eq!(no_lattice.run.nats_address, keys::DEFAULT_NATS_URL);
+    }
+
+    #[test]
+    fn tls_and_the_jetstream_domain_come_from_config() {
+        let s = Settings::from_host(&map(&[]), &seeds(), &lattice()).unwrap();
+        assert_eq!(s.run.nats_tls, NatsTls::default());
+        assert_eq!(s.run.js_domain, None);
+        let config = map(&[
+            (keys::TLS_CA_FILE, "/etc/nats/ca.pem"),
+            (keys::TLS_CERT_FILE, "/etc/nats/cert.pem"),
+            (keys::TLS_KEY_FILE, "/etc/nats/key.pem"),
+            (keys::TLS_FIRST, "true"),
+            (keys::JS_DOMAIN, "hub"),
+        ]);
+        let s = Settings::from_host(&config, &seeds(), &lattice()).unwrap();
+        assert_eq!(
+            s.run.nats_tls,
+            NatsTls {
+                ca_file: Some("/etc/nats/ca.pem".into()),
+                cert_file: Some("/etc/nats/cert.pem".into()),
+                key_file: Some("/etc/nats/key.pem".into()),
+                handshake_first: true,
+            }
+        );
+        assert_eq!(s.run.js_domain.as_deref(), Some("hub"));
+        assert!(s.unknown_keys.is_empty(), "{:?}", s.unknown_keys);
+        for (key, value) in [
+            (keys::TLS_CERT_FILE, "/c.pem"),
+            (keys::TLS_KEY_FILE, "/k.pem"),
+            (keys::TLS_FIRST, "yes"),
+            (keys::JS_DOMAIN, "a.b"),
+        ] {
+            let err = Settings::from_host(&map(&[(key, value)]), &seeds(), &lattice())
+                .err()
+                .unwrap_or_else(|| panic!("{key}={value} was accepted"));
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!   its handler runs, and answers a refusal in the endpoint's format; a handler never sees
 //!   an unsigned admin request, and an endpoint cannot be built without saying which of its
 //!   operations are admin ones.
+//! - **Audit.** Every answered request is one record ([`crate::audit`]): what the handler
+//!   noted on its [`Reply`], completed here with the request id, the front door and the
+//!   admin key that signed it. With `--audit-required`, a reply whose record is not
+//!   acknowledged is replaced by the endpoint's "unavailable" refusal.
 //! - **Reply subjects.** A request is handled only if its reply subject is admitted by the
 //!   [`ReplyPolicy`] (trusted reply prefixes; never `$...`, never inside a served tree, which
 //!   the loop derives from its own endpoints). Any other request gets no reply and is not
@@ -24,6 +28,7 @@
 //! Handlers are plain async functions of the message that return a [`Reply`] (or `None` to
 //! leave the message to another endpoint); they never publish.
 
+mod discovery;
 mod reply;
 
 use std::future::Future;
@@ -38,6 +43,7 @@ use tokio::sync::Semaphore;
 
 pub use crate::admin_auth::Signed;
 use crate::admin_auth::{AdminRefusal, AdminVerifier};
+use crate::audit::{Auditor, Outcome};
 pub use crate::reply_policy::{ReplyPolicy, ReplyTo};
 pub use reply::{Reply, TooLarge};
 
@@ -110,6 +116,21 @@ pub struct ServeConfig {
     pub instance_id: String,
     /// Longest the drain at shutdown may take; then in-flight requests are abandoned.
     pub drain_timeout: std::time::Duration,
+    /// Records every answered request (a disabled one records nothing).
+    pub auditor: Arc<Auditor>,
+}
+
+/// The endpoint's answer to a refused admin request, with the refusal in its audit note.
+fn refused_reply(msg: &Message, refusal: &Refusal, refused: &AdminRefusal) -> Reply {
+    let mut reply = refusal(msg, refused);
+    let note = reply.audit.get_or_insert_with(Default::default);
+    let (outcome, reason) = match refused {
+        AdminRefusal::Refused(_) => (Outcome::Denied, "admin_signature_refused"),
+        AdminRefusal::Unavailable(_) => (Outcome::Error, "admin_nonce_store_unavailable"),
+    };
+    note.outcome = Some(outcome);
+    note.reason = Some(reason.to_string());
+    reply
 }
 
 /// Time given to the last flush when the drain deadline has already passed.
@@ -167,6 +188,18 @@ pub async fn serve(
             subscription,
         });
     }
+    // Service discovery: tagged past the endpoints; every instance answers.
+    let discovery = Arc::new(discovery::Discovery::new(&config.instance_id, &endpoints));
+    for subject in discovery.subjects() {
+        let subscription = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| ServeError::Subscribe { subject, source })?;
+        messages.push(Tagged {
+            endpoint: endpoints.len(),
+            subscription,
+        });
+    }
     let max = config
         .max_in_flight
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
@@ -195,11 +228,17 @@ pub async fn serve(
                     }
                 }
                 // The connection completes a drain when it next hears from the server: when
-                // idle, at its next ping, a minute away. A request nobody answers (the server
-                // replies "no responders" at once) makes it hear now.
+                // idle, at its next ping, a minute away. A message to itself, on a subject of
+                // its own, makes it hear now, whoever else listens (a request could be held
+                // up by any subscriber that never answers).
                 let (client, timeout) = (client.clone(), config.drain_timeout);
                 tokio::spawn(async move {
-                    let nudge = client.request(client.new_inbox(), bytes::Bytes::new());
+                    let subject = client.new_inbox();
+                    let nudge = async {
+                        let mut echo = client.subscribe(subject.clone()).await.ok()?;
+                        client.publish(subject, bytes::Bytes::new()).await.ok()?;
+                        echo.next().await
+                    };
                     let _ = tokio::time::timeout(timeout, nudge).await;
                 });
                 continue;
@@ -211,7 +250,17 @@ pub async fn serve(
             next = messages.next() => next,
         };
         let Some((index, msg)) = next else { break };
-        let endpoint = &endpoints[index];
+        let Some(endpoint) = endpoints.get(index) else {
+            if let (Some(reply_to), Some(reply)) = (
+                policy.admit("discovery", msg.reply.as_ref()),
+                discovery.answer(msg.subject.as_str()),
+            ) {
+                reply
+                    .send(&client, reply_to, |r, _| Reply::plain(r.payload.clone()))
+                    .await;
+            }
+            continue;
+        };
         let Some(reply_to) = policy.admit(endpoint.name, msg.reply.as_ref()) else {
             continue;
         };
@@ -228,19 +277,54 @@ pub async fn serve(
             Access::Open => None,
         };
         let instance = Arc::clone(&instance);
-        tokio::spawn(async move {
+        let (auditor, front_door) = (Arc::clone(&config.auditor), endpoint.name);
+        let request_id = auditor.request_id();
+        let span = tracing::info_span!("request", %request_id, front_door);
+        let discovery = Arc::clone(&discovery);
+        let received = std::time::Instant::now();
+        let work = async move {
+            // Kept only when a refusal may have to replace the reply after the handler ran.
+            let kept = auditor.is_required().then(|| msg.clone());
+            let mut admin_key = None;
             let reply = match admin {
                 Some((verifier, signed)) => match verifier.check(&msg, signed, &instance).await {
-                    Ok(_) => handler(msg).await,
-                    Err(refused) => Some(refusal(&msg, &refused)),
+                    Ok(key) => {
+                        admin_key = Some(key.0);
+                        handler(msg).await
+                    }
+                    Err(refused) => Some(refused_reply(&msg, &refusal, &refused)),
                 },
                 None => handler(msg).await,
             };
+            // One record per answered request, after what it decided; nothing is sent
+            // before it is recorded (and, with --audit-required, acknowledged).
             if let Some(reply) = reply {
+                let mut reply = reply.fit(client.server_info().max_payload, too_large);
+                let note = reply.audit.take().map(|note| *note).unwrap_or_default();
+                let failed = matches!(note.outcome, Some(Outcome::Denied | Outcome::Error));
+                crate::metrics::request(
+                    front_door,
+                    note.operation.as_deref().unwrap_or("unknown"),
+                    note.outcome.unwrap_or(Outcome::Allowed).as_str(),
+                    received.elapsed(),
+                );
+                discovery.count(
+                    index,
+                    received.elapsed(),
+                    failed.then(|| note.reason.as_deref().unwrap_or("error")),
+                );
+                let record = auditor.complete(request_id, front_door, note, admin_key);
+                if auditor.record(record).await.is_err() {
+                    if let Some(msg) = &kept {
+                        let unavailable = AdminRefusal::Unavailable("audit trail".into());
+                        reply = refusal(msg, &unavailable);
+                    }
+                }
                 reply.send(&client, reply_to, too_large).await;
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(work, span));
     }
     // Wait for every in-flight request to reply, until the deadline.
     let deadline = deadline.deadline();

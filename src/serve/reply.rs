@@ -12,10 +12,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::ReplyTo;
+use crate::audit::AuditNote;
 
 pub struct Reply {
     pub headers: Option<HeaderMap>,
     pub payload: Bytes,
+    /// What the handler decided, for the audit trail; never sent.
+    pub audit: Option<Box<AuditNote>>,
 }
 
 /// An endpoint's error for a reply too large to send: given the reply that did not fit (its
@@ -27,6 +30,7 @@ impl Reply {
         Self {
             headers: None,
             payload: payload.into(),
+            audit: None,
         }
     }
 
@@ -34,7 +38,24 @@ impl Reply {
         Self {
             headers: Some(headers),
             payload: payload.into(),
+            audit: None,
         }
+    }
+
+    /// Attach what the handler decided, for the audit record of this request.
+    pub fn audited(mut self, note: AuditNote) -> Self {
+        self.audit = Some(Box::new(note));
+        self
+    }
+
+    /// Fill in the note's operation (and entity) where the handler left them out.
+    pub fn audited_as(mut self, operation: &str, entity: Option<&str>) -> Self {
+        let note = self.audit.get_or_insert_with(Default::default);
+        note.operation.get_or_insert_with(|| operation.to_string());
+        if note.entity.is_none() {
+            note.entity = entity.map(str::to_string);
+        }
+        self
     }
 
     /// Publish this reply to `to`, or the error that replaces it when it would exceed the
@@ -64,13 +85,17 @@ impl Reply {
             max_payload,
             "reply too large for one NATS message; answering an error instead"
         );
-        too_large(
+        let audit = self.audit.clone();
+        let mut replaced = too_large(
             &self,
             format!(
                 "reply too large to send: {size} bytes, over the NATS max payload of \
                  {max_payload} bytes"
             ),
-        )
+        );
+        replaced.audit = audit
+            .map(|note| Box::new(note.failed(crate::error::ErrorKind::Invalid, "reply_too_large")));
+        replaced
     }
 
     /// Bytes this reply counts against the max payload: the payload plus the headers as NATS

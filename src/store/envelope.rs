@@ -89,6 +89,12 @@ pub struct Header {
     pub key_id: Option<String>,
 }
 
+/// Seal `value` with `key` in the sample's format (`--write-legacy-format`): the bare box,
+/// which a sample instance can open. No kind, no key id, no creation time are recorded.
+pub fn seal_legacy(value: &SecretValue, key: &DataKey) -> Result<Vec<u8>, KeyError> {
+    key.seal(value.as_bytes())
+}
+
 /// Seal `value` with `key` into the v1 envelope.
 pub fn seal(value: &SecretValue, key: &DataKey, created_ms: u64) -> Result<Vec<u8>, KeyError> {
     let kind = value.kind().to_byte();

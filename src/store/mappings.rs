@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use super::mirror::{self, Change, MirrorHandle};
@@ -60,8 +60,14 @@ pub enum MappingChange {
 }
 
 impl MappingTable {
-    pub async fn open(client: &async_nats::Client, bucket: Bucket<'_>) -> Result<Self, StoreError> {
-        let js = jetstream::new(client.clone());
+    /// Open the mappings bucket in JetStream domain `js_domain` (none: the account's own) and
+    /// load it into memory.
+    pub async fn open(
+        client: &async_nats::Client,
+        js_domain: Option<&str>,
+        bucket: Bucket<'_>,
+    ) -> Result<Self, StoreError> {
+        let js = super::jetstream(client, js_domain);
         let kv = bucket.open(&js).await?;
         let cache: Cache = Arc::default();
         let sink = cache.clone();

@@ -119,6 +119,17 @@ pub struct BucketSpec {
     pub replicas: usize,
 }
 
+/// The one way piggybank makes a JetStream context: in the JetStream domain `domain` when one
+/// is configured (`--js-domain`, a leaf node reaching a hub's JetStream), else the
+/// connection's own account's JetStream. Every bucket piggybank opens goes through it, so
+/// none can be opened outside the configured domain.
+pub fn jetstream(client: &async_nats::Client, domain: Option<&str>) -> jetstream::Context {
+    match domain.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(domain) => jetstream::with_domain(client.clone(), domain),
+        None => jetstream::new(client.clone()),
+    }
+}
+
 /// Which bucket to open, and whether opening may create it.
 #[derive(Debug, Clone, Copy)]
 pub enum Bucket<'a> {

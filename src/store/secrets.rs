@@ -69,10 +69,14 @@ fn apply(cache: &Cache, change: Change) {
 }
 
 impl SecretStore {
-    /// Open the secrets bucket (see [`Bucket`] for whether it may be created) and load it
-    /// into memory.
-    pub async fn open(client: &async_nats::Client, bucket: Bucket<'_>) -> Result<Self, StoreError> {
-        let js = jetstream::new(client.clone());
+    /// Open the secrets bucket (see [`Bucket`] for whether it may be created) in JetStream
+    /// domain `js_domain` (none: the account's own) and load it into memory.
+    pub async fn open(
+        client: &async_nats::Client,
+        js_domain: Option<&str>,
+        bucket: Bucket<'_>,
+    ) -> Result<Self, StoreError> {
+        let js = super::jetstream(client, js_domain);
         let kv = bucket.open(&js).await?;
         let cache: Cache = Arc::default();
         let sink = cache.clone();

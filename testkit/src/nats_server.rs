@@ -62,6 +62,28 @@ impl NatsServer {
         Self::spawn(Path::new(NATS_SERVER), dir, Some(config)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Start with a config whose clients must open with a TLS handshake (`tls {
+    /// handshake_first: true }`). Such a server sends no INFO line in clear, so it is known to
+    /// be ours, and ready, by its log (under its data dir) instead.
+    pub fn start_tls_first(config: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..5 {
+            let port = free_port();
+            let name = unique_name("piggybank-test");
+            let log = dir.path().join(format!("nats-{port}.log"));
+            let mut command = Self::build(Path::new(NATS_SERVER), port, &name, &dir, Some(config));
+            command.arg("-l").arg(&log);
+            let mut child = Self::spawn_command(Path::new(NATS_SERVER), command)
+                .unwrap_or_else(|e| panic!("{e}"));
+            if wait_logged_ready(&mut child, &log, port, &name) {
+                return NatsServer { port, child, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nats-server (TLS handshake first) did not start");
+    }
+
     /// Start the `nats-server` binary `bin`; an error, not a panic, if it cannot start.
     pub fn try_start(bin: &Path) -> io::Result<Self> {
         Self::spawn(bin, tempfile::tempdir()?, None)
@@ -93,7 +115,7 @@ impl NatsServer {
         Err(io::Error::other(format!("{} did not start", bin.display())))
     }
 
-    /// `bin -js` on `127.0.0.1:port` named `name`, its data under `dir`.
+    /// `bin -js` on `127.0.0.1:port` named `name`, its data under `dir`, started.
     fn command(
         bin: &Path,
         port: u16,
@@ -101,6 +123,17 @@ impl NatsServer {
         dir: &tempfile::TempDir,
         config: Option<&Path>,
     ) -> io::Result<Child> {
+        Self::spawn_command(bin, Self::build(bin, port, name, dir, config))
+    }
+
+    /// `bin -js` on `127.0.0.1:port` named `name`, its data under `dir`, to start.
+    fn build(
+        bin: &Path,
+        port: u16,
+        name: &str,
+        dir: &tempfile::TempDir,
+        config: Option<&Path>,
+    ) -> Command {
         let mut command = Command::new(bin);
         if let Some(config) = config {
             command.arg("-c").arg(config);
@@ -118,15 +151,18 @@ impl NatsServer {
             ])
             .arg(dir.path().join("js"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                let hint = "nats-server must be installed (make test and make bench install it)";
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start {}: {e}; {hint}", bin.display()),
-                )
-            })
+            .stderr(Stdio::null());
+        command
+    }
+
+    fn spawn_command(bin: &Path, mut command: Command) -> io::Result<Child> {
+        command.spawn().map_err(|e| {
+            let hint = "nats-server must be installed (make test and make bench install it)";
+            io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}; {hint}", bin.display()),
+            )
+        })
     }
 
     pub fn url(&self) -> String {
@@ -168,6 +204,25 @@ pub fn wait_listening(child: &mut Child, port: u16, name: &str) -> bool {
             let mut info = String::new();
             let _ = std::io::BufReader::new(stream).read_line(&mut info);
             return info.contains(&format!("\"server_name\":\"{name}\""));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Wait until `child` has logged to `log` that it is `name`, listens on `port` and is ready;
+/// false if it exits or takes over 10 s.
+fn wait_logged_ready(child: &mut Child, log: &Path, port: u16, name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let named = format!("Name:     {name}");
+    let listening = format!("Listening for client connections on 127.0.0.1:{port}");
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(&named) && text.contains(&listening) && text.contains("Server is ready") {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

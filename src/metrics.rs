@@ -1,0 +1,149 @@
+//! Metrics through OpenTelemetry, as wasmCloud's own providers export them.
+//!
+//! Instruments are made from the global meter provider. The provider binary gets it from the
+//! provider SDK's observability setup (the host's OTEL settings); `piggybank run` sets one up
+//! from the standard `OTEL_*` environment ([`init_from_env`]): an OTLP/HTTP exporter when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set (or
+//! `OTEL_METRICS_EXPORTER=otlp`), every `OTEL_METRIC_EXPORT_INTERVAL` ms. Without one, every
+//! instrument is a no-op.
+//!
+//! - `piggybank.requests` (counter): requests answered, by `front_door`, `operation` and
+//!   `outcome`;
+//! - `piggybank.request.duration` (histogram, seconds): by `front_door`;
+//! - `piggybank.sealed` (gauge): 1 while sealed;
+//! - `piggybank.audit.dropped` (gauge): audit records lost so far;
+//! - `piggybank.jwt_cache.hits` and `piggybank.jwt_cache.misses` (gauges): JWT checks answered
+//!   from the cache of verified tokens, or verified.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::KeyValue;
+
+/// The instruments of the request path, made once from the global meter.
+struct Instruments {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+}
+
+static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+/// The meter provider `run` made, kept to flush it at exit.
+static PROVIDER: OnceLock<opentelemetry_sdk::metrics::SdkMeterProvider> = OnceLock::new();
+
+fn instruments() -> &'static Instruments {
+    INSTRUMENTS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("piggybank");
+        Instruments {
+            requests: meter
+                .u64_counter("piggybank.requests")
+                .with_description("Requests answered, by front door, operation and outcome")
+                .build(),
+            duration: meter
+                .f64_histogram("piggybank.request.duration")
+                .with_unit("s")
+                .with_description("Time from receiving a request to its reply")
+                .build(),
+        }
+    })
+}
+
+/// Count one answered request.
+pub fn request(front_door: &'static str, operation: &str, outcome: &'static str, took: Duration) {
+    let i = instruments();
+    i.requests.add(
+        1,
+        &[
+            KeyValue::new("front_door", front_door),
+            KeyValue::new("operation", operation.to_string()),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
+    i.duration.record(
+        took.as_secs_f64(),
+        &[KeyValue::new("front_door", front_door)],
+    );
+}
+
+/// What the gauges read, sampled at each export.
+pub struct Gauges {
+    pub sealed: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub audit_dropped: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub jwt_cache: Arc<dyn Fn() -> (u64, u64) + Send + Sync>,
+}
+
+/// Register the gauges (once per process; a second call is ignored).
+pub fn register(gauges: Gauges) {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    if REGISTERED.set(()).is_err() {
+        return;
+    }
+    let meter = opentelemetry::global::meter("piggybank");
+    let sealed = gauges.sealed;
+    // Observable instruments live as long as the meter provider keeps their callbacks.
+    let _ = meter
+        .u64_observable_gauge("piggybank.sealed")
+        .with_description("1 while the store is sealed")
+        .with_callback(move |o| o.observe(u64::from(sealed()), &[]))
+        .build();
+    let dropped = gauges.audit_dropped;
+    let _ = meter
+        .u64_observable_gauge("piggybank.audit.dropped")
+        .with_description("Audit records lost since start")
+        .with_callback(move |o| o.observe(dropped(), &[]))
+        .build();
+    let hits = Arc::clone(&gauges.jwt_cache);
+    let _ = meter
+        .u64_observable_gauge("piggybank.jwt_cache.hits")
+        .with_description("JWT checks answered from the cache of verified tokens")
+        .with_callback(move |o| o.observe(hits().0, &[]))
+        .build();
+    let misses = gauges.jwt_cache;
+    let _ = meter
+        .u64_observable_gauge("piggybank.jwt_cache.misses")
+        .with_description("JWT checks that verified a signature")
+        .with_callback(move |o| o.observe(misses().1, &[]))
+        .build();
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP metrics exporter: {0}")]
+pub struct MetricsError(String);
+
+/// `piggybank run`: export over OTLP/HTTP when the standard `OTEL_*` environment asks for
+/// it. Returns whether it does. Call before any instrument is used.
+pub fn init_from_env() -> Result<bool, MetricsError> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let wanted = set("OTEL_EXPORTER_OTLP_ENDPOINT")
+        || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        || std::env::var("OTEL_METRICS_EXPORTER").is_ok_and(|v| v.trim() == "otlp");
+    if !wanted || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim() == "true") {
+        return Ok(false);
+    }
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .map_err(|e| MetricsError(e.to_string()))?;
+    let reader = PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("piggybank")
+                .build(),
+        )
+        .with_reader(reader)
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    let _ = PROVIDER.set(provider);
+    Ok(true)
+}
+
+/// Export what was measured since the last export, and stop (at exit).
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.shutdown();
+    }
+}
