@@ -43,7 +43,6 @@ async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
     out
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_is_one_record_and_no_record_holds_a_value() {
     let nats = NatsServer::start();

@@ -449,7 +449,10 @@ async fn a_secret_put_over_wrpc_is_served_to_hosts_over_the_protocol() {
         if last {
             break records;
         }
-        assert!(std::time::Instant::now() < deadline, "no record of the last get");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record of the last get"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     let put = records
