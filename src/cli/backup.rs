@@ -8,12 +8,13 @@
 //! whole file before it connects.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
+use super::files::PendingFile;
 use super::Conn;
 use crate::backup::{self, Buckets, Destination, VerifiedBackup};
 use crate::config;
@@ -148,91 +149,4 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-/// A new file beside the target, created exclusively with mode 0600, that replaces the
-/// target only when [`PendingFile::persist`] is called; dropped before that, it is removed.
-/// (`files::write_private` does the same for bytes held in memory; a backup is streamed.)
-struct PendingFile {
-    temp: PathBuf,
-    target: PathBuf,
-    file: File,
-    persisted: bool,
-}
-
-impl PendingFile {
-    fn create(target: &Path) -> anyhow::Result<Self> {
-        if target.is_dir() {
-            bail!("cannot write {}: it is a directory", target.display());
-        }
-        let name = target
-            .file_name()
-            .with_context(|| format!("cannot write {}: not a file name", target.display()))?;
-        let mut temp = std::ffi::OsString::from(".");
-        temp.push(name);
-        temp.push(format!(".{}.{:016x}.tmp", std::process::id(), tag()));
-        let temp = target.with_file_name(temp);
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, super::files::PRIVATE_MODE);
-        let file = options
-            .open(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
-        let pending = Self {
-            temp,
-            target: target.to_path_buf(),
-            file,
-            persisted: false,
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let file = &pending.file;
-            // The umask may have taken bits away; set exactly 0600, then check it holds.
-            let private = std::fs::Permissions::from_mode(super::files::PRIVATE_MODE);
-            file.set_permissions(private)?;
-            let mode = file.metadata()?.permissions().mode() & 0o777;
-            if mode != super::files::PRIVATE_MODE {
-                bail!(
-                    "refusing to write {}: its mode would be {mode:o}, not 600",
-                    pending.target.display()
-                );
-            }
-        }
-        Ok(pending)
-    }
-
-    /// Flush to disk and put the file in place of the target.
-    fn persist(mut self) -> anyhow::Result<()> {
-        self.file
-            .sync_all()
-            .with_context(|| format!("cannot write {}", self.temp.display()))?;
-        std::fs::rename(&self.temp, &self.target)
-            .with_context(|| format!("cannot replace {}", self.target.display()))?;
-        self.persisted = true;
-        Ok(())
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
-}
-
-/// A tag that keeps temporary names apart (the file is created exclusively, so a collision
-/// fails rather than overwrites).
-fn tag() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
 }

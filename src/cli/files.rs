@@ -18,35 +18,91 @@ pub const PRIVATE_MODE: u32 = 0o600;
 
 /// Write `bytes` to `path`, readable and writable only by its owner, replacing what was there.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if path.is_dir() {
-        bail!("cannot write {}: it is a directory", path.display());
-    }
-    let temp = temp_path(path)?;
-    let written = write_new_private(&temp, bytes).and_then(|()| {
-        std::fs::rename(&temp, path).with_context(|| format!("cannot replace {}", path.display()))
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
+    let mut pending = PendingFile::create(path)?;
+    pending
+        .file
+        .write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    pending.persist()
 }
 
-/// `.<name>.<pid>.<random>.tmp` beside `path`, so the rename stays on one file system.
-fn temp_path(path: &Path) -> anyhow::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("cannot write {}: not a file name", path.display()))?;
-    let tag: u64 = rand_tag();
-    let mut temp = std::ffi::OsString::from(".");
-    temp.push(name);
-    temp.push(format!(".{}.{tag:016x}.tmp", std::process::id()));
-    Ok(path.with_file_name(temp))
+/// A new file beside the target, created exclusively with mode 0600, that replaces the
+/// target only when [`PendingFile::persist`] is called; dropped before that, it is removed.
+/// [`write_private`] writes bytes held in memory through it; a backup streams into it.
+pub struct PendingFile {
+    temp: PathBuf,
+    target: PathBuf,
+    pub file: std::fs::File,
+    persisted: bool,
 }
 
-fn rand_tag() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS; uniqueness is all that is needed here (the file is
-    // created exclusively, so a collision fails rather than overwrites).
+impl PendingFile {
+    pub fn create(target: &Path) -> anyhow::Result<Self> {
+        if target.is_dir() {
+            bail!("cannot write {}: it is a directory", target.display());
+        }
+        let name = target
+            .file_name()
+            .with_context(|| format!("cannot write {}: not a file name", target.display()))?;
+        let mut temp = std::ffi::OsString::from(".");
+        temp.push(name);
+        temp.push(format!(".{}.{:016x}.tmp", std::process::id(), tag()));
+        let temp = target.with_file_name(temp);
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_MODE);
+        let file = options
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        let pending = Self {
+            temp,
+            target: target.to_path_buf(),
+            file,
+            persisted: false,
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let file = &pending.file;
+            // The umask may have taken bits away; set exactly 0600, then check it holds.
+            let private = std::fs::Permissions::from_mode(PRIVATE_MODE);
+            file.set_permissions(private)?;
+            let mode = file.metadata()?.permissions().mode() & 0o777;
+            if mode != PRIVATE_MODE {
+                bail!(
+                    "refusing to write {}: its mode would be {mode:o}, not 600",
+                    pending.target.display()
+                );
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Flush to disk and put the file in place of the target.
+    pub fn persist(mut self) -> anyhow::Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("cannot write {}", self.temp.display()))?;
+        std::fs::rename(&self.temp, &self.target)
+            .with_context(|| format!("cannot replace {}", self.target.display()))?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// A tag that keeps temporary names apart (the file is created exclusively, so a collision
+/// fails rather than overwrites).
+fn tag() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
@@ -55,32 +111,6 @@ fn rand_tag() -> u64 {
             .unwrap_or_default(),
     );
     h.finish()
-}
-
-fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_MODE);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // The umask may have taken bits away; set exactly 0600, then check it holds.
-        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))?;
-        let mode = file.metadata()?.permissions().mode() & 0o777;
-        if mode != PRIVATE_MODE {
-            bail!(
-                "refusing to write {}: its mode would be {mode:o}, not 600",
-                path.display()
-            );
-        }
-    }
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
 }
 
 /// The first line of `path` that is neither empty nor a `#` comment (a seed, a key).
