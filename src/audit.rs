@@ -213,6 +213,9 @@ pub struct Auditor {
     next_id: AtomicU64,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    /// Records handed to the writer, and those it is done with (written or dropped).
+    queued: AtomicU64,
+    finished: Arc<AtomicU64>,
     /// `None`: auditing is off.
     writer: Option<Writer>,
 }
@@ -248,6 +251,8 @@ impl Auditor {
             next_id: AtomicU64::new(0),
             dropped: Arc::default(),
             written: Arc::default(),
+            queued: AtomicU64::new(0),
+            finished: Arc::default(),
             writer: None,
         }
     }
@@ -280,11 +285,15 @@ impl Auditor {
         }
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let (dropped, written) = (Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default());
+        let finished = Arc::<AtomicU64>::default();
         tokio::spawn(write(
             js.clone(),
             rx,
-            Arc::clone(&dropped),
-            Arc::clone(&written),
+            [
+                Arc::clone(&written),
+                Arc::clone(&dropped),
+                Arc::clone(&finished),
+            ],
         ));
         Ok(Self {
             instance_id: instance_id.to_string(),
@@ -292,6 +301,8 @@ impl Auditor {
             next_id: AtomicU64::new(0),
             dropped,
             written,
+            queued: AtomicU64::new(0),
+            finished,
             writer: Some(Writer {
                 tx,
                 required: config.required,
@@ -317,6 +328,20 @@ impl Auditor {
     /// Records acknowledged by the stream.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+
+    /// Wait, until `deadline` at most, for every record handed to the writer to be written
+    /// or dropped (at shutdown: the last requests' records are not left in the buffer).
+    /// Returns how many are still pending.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> u64 {
+        loop {
+            let done = self.finished.load(Ordering::Relaxed);
+            let pending = self.queued.load(Ordering::Relaxed).saturating_sub(done);
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The record of `note`, completed.
@@ -370,17 +395,15 @@ impl Auditor {
             }
         };
         if !writer.required {
-            if writer
-                .tx
-                .try_send(Queued {
-                    subject,
-                    payload,
-                    acked: None,
-                })
-                .is_err()
-            {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            let sent = writer.tx.try_send(Queued {
+                subject,
+                payload,
+                acked: None,
+            });
+            match sent {
+                Ok(()) => self.queued.fetch_add(1, Ordering::Relaxed),
+                Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
+            };
             return Ok(());
         }
         let (acked, ack) = tokio::sync::oneshot::channel();
@@ -393,6 +416,7 @@ impl Auditor {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(AuditUnavailable);
         }
+        self.queued.fetch_add(1, Ordering::Relaxed);
         match ack.await {
             Ok(true) => Ok(()),
             _ => Err(AuditUnavailable),
@@ -407,9 +431,13 @@ impl Auditor {
 async fn write(
     js: jetstream::Context,
     mut rx: mpsc::Receiver<Queued>,
-    dropped: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
+    [written, dropped, finished]: [Arc<AtomicU64>; 3],
 ) {
+    let count_done = |ok: bool, count: u64| {
+        let counter = if ok { &written } else { &dropped };
+        counter.fetch_add(count, Ordering::Relaxed);
+        finished.fetch_add(count, Ordering::Relaxed);
+    };
     use futures::stream::{FuturesUnordered, StreamExt as _};
     let mut pending = FuturesUnordered::new();
     loop {
@@ -455,15 +483,11 @@ async fn write(
                     });
                 }
             }
-            Some((ok, count)) = pending.next(), if !pending.is_empty() => {
-                let counter = if ok { &written } else { &dropped };
-                counter.fetch_add(count, Ordering::Relaxed);
-            }
+            Some((ok, count)) = pending.next(), if !pending.is_empty() => count_done(ok, count),
         }
     }
     while let Some((ok, count)) = pending.next().await {
-        let counter = if ok { &written } else { &dropped };
-        counter.fetch_add(count, Ordering::Relaxed);
+        count_done(ok, count);
     }
 }
 

@@ -257,3 +257,29 @@ async fn without_the_stream_records_are_dropped_and_counted_or_with_audit_requir
     let _backend = start_backend(&nats, required).await;
     assert!(host_get(&host, request("db", &jwt)).await.is_ok());
 }
+
+/// Stopping does not lose the last requests' records (they gather in the writer for a
+/// moment before they are written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_of_the_last_requests_before_a_stop_are_written() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    // A process of its own: records left in its writer would die with it.
+    let mut run = spawn_run(&nats, &keys, &[]);
+    wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.nats-kv").await;
+    let admin = admin(nats.client().await);
+    admin
+        .put_secret("last", text("v"), None, None)
+        .await
+        .unwrap();
+    run.signal(libc::SIGTERM);
+    let status = run.wait_exit(Duration::from_secs(10)).expect("stopped");
+    assert_eq!(status.code(), Some(0));
+    let records = trail(&nats).await;
+    assert!(
+        records
+            .iter()
+            .any(|(r, _)| r.operation == "put_secret" && r.secret.as_deref() == Some("last")),
+        "the last put's record was lost: {records:#?}"
+    );
+}

@@ -338,6 +338,14 @@ pub async fn serve(
     )
     .await
     .is_ok_and(|r| r.is_ok());
+    // The last requests' audit records, still gathering in the writer, go out too.
+    let unaudited = config
+        .auditor
+        .flush(deadline.max(tokio::time::Instant::now() + FLUSH_GRACE))
+        .await;
+    if unaudited > 0 {
+        tracing::warn!(unaudited, "audit records not written by the drain timeout");
+    }
     if drained && finished && flushed {
         tracing::info!("drained: every request received was answered");
     } else {
