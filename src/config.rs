@@ -134,7 +134,7 @@ pub mod headers {
     /// Signed administration: the ed25519 signature, base64url without padding.
     pub const ADMIN_SIGNATURE: &str = "Piggybank-Admin-Signature";
     /// On `initialize`: the requester's one-time public xkey, which the key (or the shares)
-    /// in the reply is sealed to.
+    /// in the reply is sealed to. On `status`: the one-time xkey `unseal_proof` is sealed to.
     pub const REQUESTER_XKEY: &str = "Piggybank-Requester-Xkey";
 }
 

@@ -14,6 +14,15 @@
 //!   or share to the unseal xkey of the instance it is meant for ([`SealedUnlock`], naming
 //!   that instance); only that instance answers it.
 //!
+//! - Before `unlock`, the requester must know the instances it seals to are this backend's:
+//!   anyone on the account can answer `status`, as an "instance" whose unseal xkey is its
+//!   own. So `status` takes the requester's one-time xkey (the same header) and answers with
+//!   a proof ([`InstanceClaim`]): its `instance_id` and `unseal_xkey`, sealed *from the
+//!   backend's transit key* to that one-time xkey. Only a holder of the transit seed can make
+//!   a box that opens with the transit public key the requester pinned, and a box made for
+//!   an earlier one-time key opens for nobody else, so a proof can be neither forged nor
+//!   replayed (nor reflected through another service's reply).
+//!
 //! The sealed plaintext is the JSON the clear form carried: `{"database_key": "..."}` or
 //! `{"share": "..."}` for `unlock`; `{"database_key": "..."}` or `{"shares": [...],
 //! "threshold": K}` for `initialize`. Every plaintext is zeroized after use.
@@ -22,6 +31,8 @@ use base64::Engine as _;
 use nkeys::XKey;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use crate::keys::TransitKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
@@ -33,6 +44,10 @@ pub enum TransferError {
     Seal,
     #[error("cannot open the key material: it was not sealed to this key, or it was altered")]
     Open,
+    #[error("the instance's proof does not open with the pinned transit key")]
+    Unproven,
+    #[error("the instance's proof vouches for another instance or unseal xkey")]
+    Mismatch,
 }
 
 /// Key material sealed to one xkey: `secret` is the base64 (standard, padded) of an `xkv1`
@@ -114,6 +129,55 @@ impl SealedUnlock {
     }
 }
 
+/// What an instance vouches for in `status` when the requester sent a one-time xkey: that the
+/// unseal xkey it announces is held by an instance that also holds the backend's transit
+/// seed. `unseal_proof` in `status` is this, as JSON, sealed from the transit key to the
+/// requester's one-time xkey (base64 of the `xkv1` box).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceClaim {
+    pub instance_id: String,
+    pub unseal_xkey: String,
+}
+
+impl InstanceClaim {
+    /// The proof of this claim for `requester` (a one-time public xkey), from `transit`.
+    pub fn vouch(&self, transit: &TransitKey, requester: &str) -> Result<String, TransferError> {
+        let requester = XKey::from_public_key(requester.trim())
+            .map_err(|_| TransferError::BadXkey("the requester xkey"))?;
+        let claim = serde_json::to_vec(self).map_err(|_| TransferError::Seal)?;
+        let sealed = transit
+            .vouch(&claim, &requester)
+            .map_err(|_| TransferError::Seal)?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+    }
+
+    /// Check `proof`, which `status` returned to `requester` (the one-time xkey, with its
+    /// seed): it must open with `transit_public`, the transit key the operator pinned, and
+    /// vouch for exactly this claim.
+    pub fn verify(
+        &self,
+        proof: &str,
+        requester: &XKey,
+        transit_public: &str,
+    ) -> Result<(), TransferError> {
+        let transit = XKey::from_public_key(transit_public.trim())
+            .map_err(|_| TransferError::BadXkey("the transit key"))?;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(proof.trim())
+            .map_err(|_| TransferError::BadEncoding)?;
+        let opened = requester
+            .open(&sealed, &transit)
+            .map_err(|_| TransferError::Unproven)?;
+        let vouched: InstanceClaim =
+            serde_json::from_slice(&opened).map_err(|_| TransferError::Unproven)?;
+        if vouched != *self {
+            return Err(TransferError::Mismatch);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +200,46 @@ mod tests {
         let again = Sealed::seal(plaintext, &recipient.public_key()).unwrap();
         assert_ne!(again.secret, sealed.secret);
         assert!(Sealed::seal(plaintext, "XNOTAKEY").is_err());
+    }
+
+    #[test]
+    fn a_proof_opens_only_with_the_pinned_transit_key_and_for_its_own_claim() {
+        let transit = TransitKey::from_xkey(XKey::new());
+        let requester = XKey::new();
+        let claim = InstanceClaim {
+            instance_id: "i1".into(),
+            unseal_xkey: XKey::new().public_key(),
+        };
+        let proof = claim.vouch(&transit, &requester.public_key()).unwrap();
+        assert_eq!(
+            claim.verify(&proof, &requester, transit.public_key()),
+            Ok(())
+        );
+        // Another transit key (an impostor's), or another requester (a replay), fails.
+        let impostor = TransitKey::from_xkey(XKey::new());
+        let forged = claim.vouch(&impostor, &requester.public_key()).unwrap();
+        assert_eq!(
+            claim.verify(&forged, &requester, transit.public_key()),
+            Err(TransferError::Unproven)
+        );
+        assert_eq!(
+            claim.verify(&proof, &XKey::new(), transit.public_key()),
+            Err(TransferError::Unproven)
+        );
+        // A real proof beside another unseal xkey (a copied reply, edited) fails.
+        let edited = InstanceClaim {
+            unseal_xkey: XKey::new().public_key(),
+            ..claim.clone()
+        };
+        assert_eq!(
+            edited.verify(&proof, &requester, transit.public_key()),
+            Err(TransferError::Mismatch)
+        );
+        assert_eq!(
+            claim.verify("not base64!", &requester, transit.public_key()),
+            Err(TransferError::BadEncoding)
+        );
+        assert!(claim.vouch(&transit, "XNOTAKEY").is_err());
     }
 
     #[test]

@@ -677,6 +677,16 @@ fn sealed_signed_config(nats: &NatsServer, admin: &AdminSigner) -> RunConfig {
     c
 }
 
+/// As [`sealed_signed_config`], run with a transit key (`TRANSIT_XKEY_SEED`), whose public
+/// half an operator pins for `piggybank unlock -t`. Returns the config and that public key.
+fn sealed_signed_transit_config(nats: &NatsServer, admin: &AdminSigner) -> (RunConfig, String) {
+    let seed = piggybank::keys::generate_seed();
+    let public = nkeys::XKey::from_seed(&seed).unwrap().public_key();
+    let mut c = sealed_signed_config(nats, admin);
+    c.transit_xkey_seed = seed;
+    (c, public)
+}
+
 /// (Status, JSON) of one request, or `None` when nothing answered within `wait`.
 async fn ask(
     client: &async_nats::Client,
@@ -1485,11 +1495,11 @@ async fn key_sealed_to_impostor(
 /// piggybank itself, for a user who may publish only on its own API subjects.) Safe: the
 /// CLI never seals the key to an xkey that is not a real instance's.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (critical): `piggybank unlock` seals the database key to any status responder"]
 async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
     let nats = NatsServer::start();
     let admin = admin_signer();
-    let _backend = start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
+    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
+    let _backend = start_backend(&nats, config).await;
     let operator = nats.client().await;
     let key = signed_initialize(&operator, &admin).await;
 
@@ -1519,18 +1529,78 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
                 ("NATS_ADDRESS", url.as_str()),
                 ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
             ],
-            &["unlock"],
+            &["unlock", "-t", &transit],
             None,
         )
     });
     let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
-    let (_, _, stderr) = cli.await.unwrap();
+    let (ok, _, stderr) = cli.await.unwrap();
     answering.abort();
     assert!(
         stolen.is_none(),
         "the attacker opened a database key (the real one: {}); the CLI said: {stderr}",
         stolen.as_deref() == Some(key.as_str())
     );
+    // The real instance proved itself and was unlocked; the impostor is named.
+    let statuses = wait_database_instances(&operator, "piggybank", 1).await;
+    assert_eq!(statuses[0]["sealed"], false, "{statuses:?}: {stderr}");
+    assert!(
+        !ok && stderr.contains("NIMPOSTOR000") && stderr.contains("no proof"),
+        "{stderr}"
+    );
+}
+
+/// Without a pinned transit key, `piggybank unlock` sends nothing (unless told
+/// `--unverified-instances`): it cannot tell an instance from an impostor.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
+    let nats = NatsServer::start();
+    let admin = admin_signer();
+    let (config, _) = sealed_signed_transit_config(&nats, &admin);
+    let _backend = start_backend(&nats, config).await;
+    let operator = nats.client().await;
+    let key = signed_initialize(&operator, &admin).await;
+    let spy = nats.client().await;
+    let mut seen = spy.subscribe(format!("{DB}.>")).await.unwrap();
+    spy.flush().await.unwrap();
+    let (url, typed) = (nats.url(), key.clone());
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        cli_at(
+            &[
+                ("NATS_ADDRESS", url.as_str()),
+                ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
+            ],
+            &["unlock"],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok && stderr.contains("--transit-xkey"), "{stderr}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.next())
+            .await
+            .is_err(),
+        "nothing is published, not even status"
+    );
+    // A wrong pin (another backend's transit key) unlocks nothing either.
+    let other = nkeys::XKey::new().public_key();
+    let (url, typed) = (nats.url(), key.clone());
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        cli_at(
+            &[
+                ("NATS_ADDRESS", url.as_str()),
+                ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
+            ],
+            &["unlock", "-t", &other],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok && stderr.contains("pinned transit key"), "{stderr}");
+    let statuses = wait_database_instances(&operator, "piggybank", 1).await;
+    assert_eq!(statuses[0]["sealed"], true);
 }
 
 /// Attack: as above, for a user who may publish only on its own Piggy Bank API subjects
@@ -1540,11 +1610,11 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
 /// the reply subject: piggybank delivers it (Status 200) into the CLI's gathering, which
 /// seals the key to the attacker. Safe: as above.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (critical): an API get reflected into the CLI's status inbox steals the database key"]
 async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the_api() {
     let nats = NatsServer::start();
     let admin = admin_signer();
-    let _one = start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
+    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
+    let _one = start_backend(&nats, config.clone()).await;
     let operator = nats.client().await;
     let key = signed_initialize(&operator, &admin).await;
     let clear = json!({ "database_key": key }).to_string();
@@ -1565,7 +1635,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
     assert_eq!(status, 200);
 
     // A second instance starts, sealed; the operator runs `piggybank unlock` for it.
-    let _two = start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
+    let _two = start_backend(&nats, config).await;
     wait_database_instances(&operator, "piggybank", 2).await;
     let mut statuses = attacker.subscribe(format!("{DB}.status")).await.unwrap();
     let mut unlocks = attacker.subscribe(format!("{DB}.unlock")).await.unwrap();
@@ -1596,7 +1666,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
                 ("NATS_ADDRESS", url.as_str()),
                 ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
             ],
-            &["unlock"],
+            &["unlock", "-t", &transit],
             None,
         )
     });
@@ -1607,6 +1677,11 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
         stolen.is_none(),
         "the attacker opened a database key (the real one: {}); the CLI said: {stderr}",
         stolen.as_deref() == Some(key.as_str())
+    );
+    let statuses = wait_database_instances(&operator, "piggybank", 2).await;
+    assert!(
+        statuses.iter().all(|s| s["sealed"] == false),
+        "both real instances are unlocked: {statuses:?}; the CLI said: {stderr}"
     );
 }
 

@@ -149,9 +149,25 @@ async fn wait_instances(client: &async_nats::Client, name: &str, n: usize) {
     }
 }
 
+/// The transit key backend `name` runs with (one per name, so its instances share it).
+fn transit(name: &str) -> nkeys::XKey {
+    let mut raw = [7u8; 32];
+    for (b, n) in raw.iter_mut().zip(name.bytes()) {
+        *b = n;
+    }
+    nkeys::XKey::new_from_raw(raw)
+}
+
+/// `piggybank unlock` for backend `name`, pinning its transit key.
+fn unlock_args(name: &str) -> [String; 5] {
+    let public = transit(name).public_key();
+    ["unlock", "-n", name, "-t", &public].map(str::to_string)
+}
+
 fn sealed_run(nats: &NatsServer, name: &str, extra: &[&str]) -> Proc {
     let bucket = format!("{name}_SECRETS");
-    let mut args = vec!["--name", name, "-b", &bucket];
+    let seed = transit(name).seed().unwrap();
+    let mut args = vec!["--name", name, "-b", &bucket, "-t", &seed];
     args.extend_from_slice(extra);
     spawn_sealed_run(nats, &args)
 }
@@ -179,7 +195,12 @@ async fn no_key_or_share_crosses_the_bus_in_any_encoding() {
         .unwrap()
         .to_string();
     let with_key = [("PIGGYBANK_DATABASE_KEY", key.as_str())];
-    let (code, out, err) = cli_async(&nats, &["unlock", "-n", "whole"], &with_key).await;
+    let (code, out, err) = cli_async(
+        &nats,
+        &unlock_args("whole").each_ref().map(String::as_str),
+        &with_key,
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.matches("Unsealed").count(), 2, "both instances: {out}");
     for s in statuses(&client, "whole").await {
@@ -203,7 +224,7 @@ async fn no_key_or_share_crosses_the_bus_in_any_encoding() {
     for share in &shares[..2] {
         let (code, _, err) = cli_async(
             &nats,
-            &["unlock", "-n", "split"],
+            &unlock_args("split").each_ref().map(String::as_str),
             &[("PIGGYBANK_SHARE", share)],
         )
         .await;
@@ -350,7 +371,7 @@ async fn sealed_keys_only_refuses_clear_keys_and_names_keep_backends_apart() {
     );
     let (code, _, err) = cli_async(
         &nats,
-        &["unlock", "-n", "strict"],
+        &unlock_args("strict").each_ref().map(String::as_str),
         &[("PIGGYBANK_DATABASE_KEY", key.as_str())],
     )
     .await;

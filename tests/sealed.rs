@@ -357,17 +357,22 @@ async fn unlock_and_lock_reach_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_initializes_unlocks_locks_and_reports_status() {
     let nats = NatsServer::start();
-    // Named as the CLI names a backend by default (-n/--name nats-kv).
-    let _backend = start_backend(&nats, sealed_config(&nats, "nats-kv", "piggybank")).await;
+    // Named as the CLI names a backend by default (-n/--name nats-kv), run with a transit
+    // key, which `unlock` pins (TRANSIT_XKEY_SEED in its env, as in an operator's shell).
+    let mut config = sealed_config(&nats, "nats-kv", "piggybank");
+    config.transit_xkey_seed = piggybank::keys::generate_seed();
+    let transit = config.transit_xkey_seed.to_string();
+    let _backend = start_backend(&nats, config).await;
     let run = |args: &'static [&'static str],
                stdin: Option<Vec<u8>>,
                env: Vec<(&'static str, String)>| {
-        let nats_url = nats.url();
+        let (nats_url, transit) = (nats.url(), transit.clone());
         async move {
             tokio::task::spawn_blocking(move || {
                 let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let mut all = env.clone();
                 all.push(("NATS_ADDRESS", &nats_url));
+                all.push(("TRANSIT_XKEY_SEED", &transit));
                 let (ok, out, err) = cli_at(&all, args, stdin.as_deref());
                 (ok, String::from_utf8_lossy(&out).into_owned(), err)
             })

@@ -25,9 +25,18 @@ async fn keyed(nats: &NatsServer, keys: &Keys) -> Proc {
     proc
 }
 
-/// A sealed backend run as `piggybank run` without seeds.
+/// The transit key the sealed backends here run with (`-t`), which `unlock` pins.
+static TRANSIT_SEED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| nkeys::XKey::new_from_raw([9; 32]).seed().unwrap());
+
+/// The env of an operator's shell that holds the transit seed (`unlock` pins its key).
+fn pinned() -> [(&'static str, &'static str); 1] {
+    [("TRANSIT_XKEY_SEED", TRANSIT_SEED.as_str())]
+}
+
+/// A sealed backend run as `piggybank run` without a data key, with a transit key.
 async fn sealed(nats: &NatsServer) -> Proc {
-    let proc = spawn_sealed_run(nats, &[]);
+    let proc = spawn_sealed_run(nats, &["-t", &TRANSIT_SEED]);
     wait_database_instances(&nats.client().await, "piggybank", 1).await;
     proc
 }
@@ -89,7 +98,10 @@ async fn a_keyed_backend_refuses_seal_operations_with_a_clear_error() {
     let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
     for (args, stdin) in [
         (&["init"][..], None),
-        (&["unlock"][..], Some(key.as_bytes())),
+        (
+            &["unlock", "--unverified-instances"][..],
+            Some(key.as_bytes()),
+        ),
         (&["lock"][..], None),
         (&["rotate"][..], None),
     ] {
@@ -162,7 +174,12 @@ async fn status_exits_2_while_sealed_and_0_once_unlocked() {
     assert_eq!(status["instances"][0]["mode"], "sealed");
     assert_eq!(status["instances"][0]["initialized"], true);
 
-    let (code, out, err) = cli_code(&nats, &["unlock"], Some(format!("{key}\n").as_bytes()), &[]);
+    let (code, out, err) = cli_code(
+        &nats,
+        &["unlock"],
+        Some(format!("{key}\n").as_bytes()),
+        &pinned(),
+    );
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "Unsealed: the store is unlocked.\n");
     let (code, out, _) = cli_code(&nats, &["status"], None, &[]);
@@ -203,7 +220,7 @@ async fn shares_piped_on_stdin_unlock_a_split_store() {
         &nats,
         &["unlock"],
         Some(format!("{}\n", shares[2]).as_bytes()),
-        &[],
+        &pinned(),
     );
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
@@ -223,7 +240,7 @@ async fn shares_piped_on_stdin_unlock_a_split_store() {
         &nats,
         &["unlock", "--json"],
         Some(format!("{}\n", shares[0]).as_bytes()),
-        &[],
+        &pinned(),
     );
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(json(&out)["sealed"], false);
@@ -259,7 +276,7 @@ async fn without_a_backend_status_and_unlock_fail_at_once_with_a_clear_message()
         (&["status"][..], None),
         (&["status", "--json"][..], None),
         (
-            &["unlock"][..],
+            &["unlock", "--unverified-instances"][..],
             Some(&b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"[..]),
         ),
         (&["init"][..], None),
@@ -312,6 +329,8 @@ async fn mappings_init_and_rotate_print_json_with_json() {
             "VAULT_SECRETS",
             "--piggybank-prefix",
             "pb",
+            "-t",
+            &TRANSIT_SEED,
         ],
     );
     wait_database_instances(&nats.client().await, "pb", 1).await;
@@ -325,7 +344,7 @@ async fn mappings_init_and_rotate_print_json_with_json() {
         &nats,
         &["unlock", "-n", "vault"],
         None,
-        &[env[0], ("PIGGYBANK_DATABASE_KEY", &key)],
+        &[env[0], pinned()[0], ("PIGGYBANK_DATABASE_KEY", &key)],
     );
     assert_eq!(code, Some(0), "{err}");
     let (code, out, err) = cli_code(&nats, &["rotate", "-n", "vault", "--json"], None, &env);

@@ -162,6 +162,13 @@ pub struct StatusReport {
     /// Absent from older backends, which take keys only in clear.
     #[serde(default)]
     pub unseal_xkey: Option<String>,
+    /// When the request carried a one-time xkey (`Piggybank-Requester-Xkey`) and this
+    /// instance holds the transit key: `instance_id` and `unseal_xkey`, vouched for by the
+    /// transit key ([`crate::key_transfer::InstanceClaim`]), so `piggybank unlock` can tell
+    /// this instance from an impostor. `None` otherwise (a sealed instance run without
+    /// `TRANSIT_XKEY_SEED` holds no transit key to prove anything with).
+    #[serde(default)]
+    pub unseal_proof: Option<String>,
     /// Audit records this instance could not write (buffer full, or not acknowledged).
     /// Filled in by the front door; absent from older backends.
     #[serde(default)]
@@ -646,9 +653,15 @@ impl Seal {
     }
 
     /// This instance's status: the fields both modes share, then the seal's. `admin` is
-    /// left for the front door to fill in.
-    pub async fn report(&self) -> Result<StatusReport, BackendError> {
+    /// left for the front door to fill in. With `requester` (a one-time public xkey), the
+    /// report carries `unseal_proof` when this instance holds the transit key.
+    pub async fn report(&self, requester: Option<&str>) -> Result<StatusReport, BackendError> {
         let (secrets, mapped_entities) = self.backend.counts();
+        let unseal_xkey = lock(&self.unseal).public_key();
+        let unseal_proof = match requester {
+            None => None,
+            Some(requester) => self.vouch(&unseal_xkey, requester)?,
+        };
         let mut report = StatusReport {
             mode: self.mode(),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
@@ -669,7 +682,8 @@ impl Seal {
             mapped_entities: Some(mapped_entities),
             reencryption: None,
             admin: None,
-            unseal_xkey: Some(lock(&self.unseal).public_key()),
+            unseal_xkey: Some(unseal_xkey),
+            unseal_proof,
             audit_dropped: None,
         };
         if self.mode() == Mode::Keyed {
@@ -695,6 +709,30 @@ impl Seal {
             failed: progress.failed.load(Ordering::SeqCst),
         });
         Ok(report)
+    }
+
+    /// The proof that `unseal_xkey` is this instance's, for `requester`: sealed from the
+    /// configured transit key, or (unlocked) the one in use. `None` when this instance holds
+    /// neither (sealed, run without `TRANSIT_XKEY_SEED`).
+    fn vouch(&self, unseal_xkey: &str, requester: &str) -> Result<Option<String>, BackendError> {
+        let transit = match &self.configured_transit {
+            Some(configured) => Some(configured.clone()),
+            None => self
+                .backend
+                .unsealed()
+                .ok()
+                .map(|store| store.transit().clone()),
+        };
+        let Some(transit) = transit else {
+            return Ok(None);
+        };
+        let claim = crate::key_transfer::InstanceClaim {
+            instance_id: self.instance_id.clone(),
+            unseal_xkey: unseal_xkey.to_string(),
+        };
+        claim.vouch(&transit, requester).map(Some).map_err(|e| {
+            SealError::Invalid(format!("{}: {e}", crate::config::headers::REQUESTER_XKEY)).into()
+        })
     }
 
     /// Add a new data key, current after [`ACTIVATION_DELAY_MS`]; then every value is

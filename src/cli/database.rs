@@ -8,8 +8,9 @@
 //!
 //! Key material never crosses the bus in clear (`crate::key_transfer`): `init` sends a
 //! one-time xkey and opens the key (or shares) sealed to it; `unlock` asks `status` which
-//! instances there are, and sends each one the key or share sealed to the unseal xkey it
-//! announced, so every instance that answers `status` is unlocked.
+//! instances there are, with a one-time xkey, and sends the key or share, sealed to the
+//! unseal xkey it announced, to each instance that proved it holds the backend's transit
+//! key (pinned with `-t`): anyone on the account can answer `status`.
 //!
 //! `init`, `unlock`, `lock` and `rotate` are signed with the admin seed when one is given
 //! (`PIGGYBANK_ADMIN_SEED` or `--admin-seed-file`): a backend run with `--admin-keys`
@@ -33,7 +34,7 @@ use nkeys::XKey;
 use super::Conn;
 use crate::backend::seal::StatusReport;
 use crate::config::{self, env};
-use crate::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use crate::key_transfer::{InstanceClaim, Sealed, SealedInitialize, SealedUnlock};
 use crate::keys::vault::{self, MasterKey};
 
 /// How long `status` waits for the first reply.
@@ -64,6 +65,27 @@ impl DatabaseArgs {
     fn subject(&self, op: &str) -> String {
         crate::piggybank_api::database::subject(&self.piggybank_prefix, &self.backend_name, op)
     }
+}
+
+#[derive(Args)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// The backend's transit key (its public key X..., or its seed SX...): the key or share
+    /// goes only to instances that prove in `status` that they hold it
+    #[arg(
+        short = 't',
+        long = "transit-xkey",
+        alias = "transit-xkey-seed",
+        env = env::TRANSIT_XKEY_SEED,
+        hide_env_values = true
+    )]
+    pub transit_xkey: Option<String>,
+    /// Send the key or share to every instance that answers `status`, proven or not. Anyone
+    /// who may publish on the account can then answer as an instance and receive it; only
+    /// for instances run without TRANSIT_XKEY_SEED, where no one else publishes
+    #[arg(long)]
+    pub unverified_instances: bool,
 }
 
 #[derive(Args)]
@@ -168,20 +190,66 @@ fn init_text(reply: &serde_json::Value) -> Zeroizing<String> {
     out
 }
 
-/// `unlock`: one key or one share per call, to every instance that answers `status`, each
-/// sealed to that instance's unseal xkey.
-pub async fn unlock(args: DatabaseArgs) -> anyhow::Result<()> {
+/// `unlock`: one key or one share per call, to every instance that answers `status` and
+/// proves it holds the pinned transit key (or to every one, with `--unverified-instances`),
+/// each sealed to that instance's unseal xkey.
+pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
     let plaintext = unlock_body()?;
+    let pin = match (&args.transit_xkey, args.unverified_instances) {
+        (_, true) => {
+            eprintln!(
+                "warning: --unverified-instances: the key goes to whatever answers status, \
+                 including an impostor anyone on the account can run"
+            );
+            None
+        }
+        (Some(key), false) => Some(super::transit_xkey(key)?.public_key()),
+        (None, false) => bail!(
+            "which instances are this backend's? Anyone on the NATS account can answer status \
+             as an instance. Give the backend's transit key with -t/--transit-xkey (its public \
+             key, server_xkey in status, checked out of band; or TRANSIT_XKEY_SEED), and the \
+             key goes only to instances that prove they hold it; or --unverified-instances"
+        ),
+    };
+    let args = args.db;
     let signer = args.admin.signer()?;
     let nats = args.conn.connect("piggybank cli").await?;
     let status_subject = args.subject("status");
-    let instances: Vec<StatusReport> = gather(&nats, &status_subject)
-        .await?
-        .iter()
-        .filter_map(|reply| serde_json::from_value(decode(reply).1).ok())
-        .collect();
+    // Each instance vouches for its unseal xkey to this one-time key (`unseal_proof`).
+    let one_time = XKey::new();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        config::headers::REQUESTER_XKEY,
+        one_time.public_key().as_str(),
+    );
+    let mut instances: Vec<StatusReport> = Vec::new();
+    let mut unproven = Vec::new();
+    for reply in gather(&nats, &status_subject, headers).await? {
+        let Ok(instance) = serde_json::from_value::<StatusReport>(decode(&reply).1) else {
+            continue;
+        };
+        if let Some(pin) = &pin {
+            if let Err(e) = proven(&instance, &one_time, pin) {
+                unproven.push(format!(
+                    "an answer on {status_subject} as instance {}: {e:#}; nothing was sent to it",
+                    instance.instance_id
+                ));
+                continue;
+            }
+        }
+        // A copy of a reply (anyone can send one into this inbox) is not a second instance.
+        if !instances
+            .iter()
+            .any(|i| i.instance_id == instance.instance_id)
+        {
+            instances.push(instance);
+        }
+    }
     if instances.is_empty() {
-        bail!("no instance on {status_subject} sent a status this CLI can read");
+        match unproven.is_empty() {
+            true => bail!("no instance on {status_subject} sent a status this CLI can read"),
+            false => bail!("{}", unproven.join("; ")),
+        }
     }
     let subject = args.subject("unlock");
     let sends = instances.iter().map(|instance| {
@@ -235,10 +303,28 @@ pub async fn unlock(args: DatabaseArgs) -> anyhow::Result<()> {
     for (prefix, _) in notes {
         println!("{prefix}already unlocked.");
     }
-    if !errors.is_empty() {
-        let all: Vec<String> = errors.iter().map(|(p, e)| format!("{p}{e:#}")).collect();
+    let mut all: Vec<String> = errors.iter().map(|(p, e)| format!("{p}{e:#}")).collect();
+    all.extend(unproven);
+    if !all.is_empty() {
         bail!("{}", all.join("; "));
     }
+    Ok(())
+}
+
+/// Whether `instance` proved, in its `unseal_proof`, that it holds the transit key `pin`
+/// and that the unseal xkey it announced is its own.
+fn proven(instance: &StatusReport, one_time: &XKey, pin: &str) -> anyhow::Result<()> {
+    let (Some(unseal_xkey), Some(proof)) = (&instance.unseal_xkey, &instance.unseal_proof) else {
+        bail!(
+            "it sent no proof that it holds the transit key (an impostor, or an instance run \
+             without TRANSIT_XKEY_SEED or older than this CLI)"
+        );
+    };
+    let claim = InstanceClaim {
+        instance_id: instance.instance_id.clone(),
+        unseal_xkey: unseal_xkey.clone(),
+    };
+    claim.verify(proof, one_time, pin)?;
     Ok(())
 }
 
@@ -417,7 +503,7 @@ fn decode(reply: &async_nats::Message) -> (String, serde_json::Value) {
 pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
     let nats = args.conn.connect("piggybank cli").await?;
     let subject = args.subject("status");
-    let replies = gather(&nats, &subject).await?;
+    let replies = gather(&nats, &subject, HeaderMap::new()).await?;
     let mut answers = Answers::default();
     for reply in &replies {
         let (status, value) = decode(reply);
@@ -456,13 +542,14 @@ pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
 async fn gather(
     nats: &async_nats::Client,
     subject: &str,
+    headers: HeaderMap,
 ) -> anyhow::Result<Vec<async_nats::Message>> {
     let inbox = nats.new_inbox();
     let mut replies = nats
         .subscribe(inbox.clone())
         .await
         .context("cannot subscribe to a reply inbox")?;
-    nats.publish_with_reply(subject.to_string(), inbox, Default::default())
+    nats.publish_with_reply_and_headers(subject.to_string(), inbox, headers, Default::default())
         .await
         .with_context(|| format!("cannot publish on {subject}"))?;
     nats.flush()
@@ -674,6 +761,7 @@ mod tests {
             reencryption: None,
             admin: Some(crate::admin_auth::AdminMode::Signed),
             unseal_xkey: None,
+            unseal_proof: None,
             audit_dropped: None,
         };
         let v = serde_json::to_value(&r).unwrap();

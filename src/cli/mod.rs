@@ -67,7 +67,7 @@ pub enum Command {
     /// Initialize a sealed store: prints its key (or shares) once
     Init(database::InitArgs),
     /// Unlock a sealed store with its key, or one share (read from stdin or the env)
-    Unlock(database::DatabaseArgs),
+    Unlock(database::UnlockArgs),
     /// Lock the store: every instance forgets its keys
     Lock(database::DatabaseArgs),
     /// Every instance's mode, seal, counts and version; exit 0 unsealed, 2 sealed, 1 error
@@ -648,12 +648,7 @@ async fn put(mut args: PutArgs) -> anyhow::Result<()> {
     let value = read_value(&mut args)?;
     let transit = match args.transit_xkey_seed.take().map(Zeroizing::new) {
         None => None,
-        Some(k) if k.trim().starts_with("SX") => {
-            Some(crate::keys::xkey_from_seed(&k, "transit key")?)
-        }
-        Some(k) => Some(
-            XKey::from_public_key(k.trim()).context("--transit-xkey-seed is not a valid xkey")?,
-        ),
+        Some(k) => Some(transit_xkey(&k)?),
     };
     let client = args.target.client().await?;
     let revision = client
@@ -664,6 +659,18 @@ async fn put(mut args: PutArgs) -> anyhow::Result<()> {
         args.name
     );
     Ok(())
+}
+
+/// A transit key given as its seed (SX...) or its public key (X...).
+fn transit_xkey(text: &str) -> anyhow::Result<XKey> {
+    let text = text.trim();
+    if text.starts_with("SX") {
+        return Ok(crate::keys::xkey_from_seed(
+            &Zeroizing::new(text.to_string()),
+            "transit key",
+        )?);
+    }
+    XKey::from_public_key(text).context("the transit key is not a valid xkey (X... or SX...)")
 }
 
 fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {

@@ -73,6 +73,14 @@ impl TransitKey {
         &self.public
     }
 
+    /// Seal `claim` to `recipient` from this key itself, not from a one-time key: only a
+    /// holder of the transit seed (or of `recipient`'s seed) can make a box that opens with
+    /// this key's public half, so opening it proves who sent it. `status` vouches for an
+    /// instance's unseal xkey this way ([`crate::key_transfer::InstanceClaim`]).
+    pub fn vouch(&self, claim: &[u8], recipient: &XKey) -> Result<Vec<u8>, KeyError> {
+        self.key.seal(claim, recipient).map_err(|_| KeyError::Seal)
+    }
+
     /// Open a request sealed by `sender` (the requester's one-time public key) to this key.
     pub fn open(&self, sealed: &[u8], sender: &XKey) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         self.key

@@ -126,7 +126,7 @@ impl DatabaseApi {
         payload: &[u8],
     ) -> Option<Reply> {
         let result = match op {
-            "status" => self.status().await,
+            "status" => self.status(headers).await,
             "initialize" => self.initialize(headers, payload).await,
             "unlock" => self.unlock(payload).await,
             "lock" => self
@@ -153,8 +153,12 @@ impl DatabaseApi {
         })
     }
 
-    async fn status(&self) -> Result<serde_json::Value, BackendError> {
-        let mut report = self.seal.report().await?;
+    async fn status(
+        &self,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> Result<serde_json::Value, BackendError> {
+        let requester = headers.and_then(|h| h.get(crate::config::headers::REQUESTER_XKEY));
+        let mut report = self.seal.report(requester.map(|x| x.as_str())).await?;
         report.admin = Some(self.admin);
         report.audit_dropped = Some(self.auditor.dropped());
         to_json(report)
