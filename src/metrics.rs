@@ -7,7 +7,8 @@
 //! `OTEL_METRICS_EXPORTER=otlp`), every `OTEL_METRIC_EXPORT_INTERVAL` ms. Without one, every
 //! instrument is a no-op.
 //!
-//! - `piggybank.requests` (counter): requests answered, by `front_door`, `operation` and
+//! - `piggybank.requests` (counter): requests answered, by `front_door` (`protocol`,
+//!   `database`, `api`, or `wit` for the provider's WIT calls), `operation` and
 //!   `outcome`;
 //! - `piggybank.request.duration` (histogram, seconds): by `front_door`;
 //! - `piggybank.sealed` (gauge): 1 while sealed;

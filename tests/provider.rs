@@ -67,7 +67,13 @@ fn provider_bin() -> &'static str {
 
 /// Spawn the provider with `stdin_line` (already encoded) on stdin, capturing stderr.
 fn spawn_with_stdin(stdin_line: &[u8]) -> (Proc, Arc<Mutex<String>>) {
+    spawn_with_stdin_env(stdin_line, &[])
+}
+
+/// As [`spawn_with_stdin`], with `env` added to the provider's environment.
+fn spawn_with_stdin_env(stdin_line: &[u8], env: &[(&str, &str)]) -> (Proc, Arc<Mutex<String>>) {
     let mut child = Command::new(provider_bin())
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -124,7 +130,16 @@ impl ProviderProc {
     }
 
     async fn start_with(nats: &NatsServer, host_data: HostData, link_put_id: String) -> Self {
-        let (proc, stderr) = spawn_with_stdin(&encode(&host_data));
+        Self::start_with_env(nats, host_data, link_put_id, &[]).await
+    }
+
+    async fn start_with_env(
+        nats: &NatsServer,
+        host_data: HostData,
+        link_put_id: String,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (proc, stderr) = spawn_with_stdin_env(&encode(&host_data), env);
         let provider = ProviderProc {
             proc,
             lattice: host_data.lattice_rpc_prefix.clone(),
@@ -1542,4 +1557,56 @@ async fn invocations_with_untrusted_reply_subjects_publish_nothing_and_change_no
     assert!(mapped.names.is_empty());
     let logs = provider.stderr();
     assert!(logs.contains("untrusted reply subject"), "{logs}");
+}
+
+/// The provider exports its metrics where the host's OTEL settings (HostData) say, through
+/// the provider SDK's observability setup: the secrets protocol's requests and the WIT calls
+/// (front door `wit`), each with its outcome, the latency histogram and the gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_exports_metrics_for_wit_calls_and_gets_over_otlp() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let (port, received) = otlp_collector();
+    let (mut host_data, link_put_id) = host_data(
+        &nats.url(),
+        &unique_name("lattice"),
+        Setup::with_keys(&keys),
+    );
+    host_data.otel_config.enable_metrics = Some(true);
+    host_data.otel_config.metrics_endpoint = Some(format!("http://127.0.0.1:{port}/v1/metrics"));
+    let provider = ProviderProc::start_with_env(
+        &nats,
+        host_data,
+        link_put_id,
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "300")],
+    )
+    .await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    admin::put_secret(&wrpc, caller("ops"), "db", &text_value("v"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    // A refused call: a name the link's scope does not cover is still a WIT call.
+    let (_, component) = Issuer::new().component();
+    let refused = admin::add_mapping(&wrpc, caller("nobody"), &component, &["db"])
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Err(Error::Unauthorized(_))),
+        "{refused:?}"
+    );
+    // Attribute values as OTLP encodes them (protobuf KeyValue: key, then AnyValue with a
+    // string): so "wit" must be the value of `front_door`, not any three bytes.
+    let wanted = [
+        "piggybank.requests",
+        "piggybank.request.duration",
+        "piggybank.sealed",
+        "front_door\u{12}\u{5}\n\u{3}wit",
+        "operation\u{12}\u{c}\n\u{a}put_secret",
+        "operation\u{12}\u{d}\n\u{b}add_mapping",
+        "outcome\u{12}\u{8}\n\u{6}denied",
+    ];
+    wait_for_export(&received, &wanted, Duration::from_secs(20)).await;
 }

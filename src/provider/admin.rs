@@ -72,15 +72,18 @@ impl AdminExports {
         }
     }
 
-    /// Record the call's decision; with `--audit-required`, a call whose record is not
-    /// written answers `unavailable` instead of its result.
+    /// Run the call, then record its decision (audit trail and metrics); with
+    /// `--audit-required`, a call whose record is not written answers `unavailable` instead
+    /// of its result.
     async fn audited<T>(
         &self,
         cx: &Option<Context>,
         operation: &str,
         about: About<'_>,
-        result: Result<T, Error>,
+        call: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
+        let started = std::time::Instant::now();
+        let result = call.await;
         let mut note = AuditNote::operation(operation);
         note.secret = about.secret.map(str::to_string);
         note.entity = about.entity.map(str::to_string);
@@ -102,6 +105,8 @@ impl AdminExports {
         } else {
             note = note.allowed();
         }
+        let outcome = note.outcome.unwrap_or(Outcome::Allowed);
+        crate::metrics::request("wit", operation, outcome.as_str(), started.elapsed());
         let request_id = self.auditor.request_id();
         let record = self.auditor.complete(request_id, "wit", note, None);
         match self.auditor.record(record).await {
@@ -178,7 +183,7 @@ impl Handler<Option<Context>> for AdminExports {
             secret: Some(&name),
             ..About::default()
         };
-        Ok(self.audited(&cx, "put_secret", about, put.await).await)
+        Ok(self.audited(&cx, "put_secret", about, put).await)
     }
 
     async fn delete_secret(
@@ -194,9 +199,7 @@ impl Handler<Option<Context>> for AdminExports {
             secret: Some(&name),
             ..About::default()
         };
-        Ok(self
-            .audited(&cx, "delete_secret", about, delete.await)
-            .await)
+        Ok(self.audited(&cx, "delete_secret", about, delete).await)
     }
 
     async fn list_secrets(
@@ -206,7 +209,8 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<SecretPage, Error>> {
-        let listed = self.authorize(&cx, Access::Read).and_then(|scope| {
+        let listed = async {
+            let scope = self.authorize(&cx, Access::Read)?;
             let prefix = scope.narrow(&prefix).map_err(scope_error)?;
             let page = self.store()?.secrets().list_page(&PageRequest {
                 prefix: &prefix,
@@ -217,7 +221,7 @@ impl Handler<Option<Context>> for AdminExports {
                 secrets: page.items.into_iter().map(info).collect(),
                 next: page.next,
             })
-        });
+        };
         Ok(self
             .audited(&cx, "list_secrets", About::default(), listed)
             .await)
@@ -228,9 +232,10 @@ impl Handler<Option<Context>> for AdminExports {
         cx: Option<Context>,
         name: String,
     ) -> anyhow::Result<Result<SecretInfo, Error>> {
-        let described = self
-            .authorize_names(&cx, Access::Read, [name.as_str()])
-            .and_then(|_| self.store()?.info(&name).map(info).map_err(wit_error));
+        let described = async {
+            self.authorize_names(&cx, Access::Read, [name.as_str()])?;
+            self.store()?.info(&name).map(info).map_err(wit_error)
+        };
         let about = About {
             secret: Some(&name),
             ..About::default()
@@ -248,7 +253,7 @@ impl Handler<Option<Context>> for AdminExports {
             entity: Some(&entity),
             ..About::default()
         };
-        let result = self.mapping(&cx, &entity, names, MappingChange::Add).await;
+        let result = self.mapping(&cx, &entity, names, MappingChange::Add);
         Ok(self.audited(&cx, "add_mapping", about, result).await)
     }
 
@@ -262,9 +267,7 @@ impl Handler<Option<Context>> for AdminExports {
             entity: Some(&entity),
             ..About::default()
         };
-        let result = self
-            .mapping(&cx, &entity, names, MappingChange::Remove)
-            .await;
+        let result = self.mapping(&cx, &entity, names, MappingChange::Remove);
         Ok(self.audited(&cx, "remove_mapping", about, result).await)
     }
 
@@ -275,7 +278,8 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<NamePage, Error>> {
-        let listed = self.authorize(&cx, Access::Read).and_then(|scope| {
+        let listed = async {
+            let scope = self.authorize(&cx, Access::Read)?;
             validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
             // The scope is a name prefix, so paging within it is paging with that prefix.
             let page = self.store()?.mappings().names_page(
@@ -290,7 +294,7 @@ impl Handler<Option<Context>> for AdminExports {
                 names: page.items,
                 next: page.next,
             })
-        });
+        };
         let about = About {
             entity: Some(&entity),
             ..About::default()
@@ -299,18 +303,21 @@ impl Handler<Option<Context>> for AdminExports {
     }
 
     async fn status(&self, cx: Option<Context>) -> anyhow::Result<Result<StoreStatus, Error>> {
-        let status = self.authorize(&cx, Access::Read).map(|scope| StoreStatus {
-            backend_name: self.backend_name.clone(),
-            subject_prefix: self.subject_prefix.clone(),
-            server_xkey: self.backend.transit_public().unwrap_or_default(),
-            sealed: self.backend.is_sealed(),
-            nats_connected: self.nats.connection_state()
-                == async_nats::connection::State::Connected,
-            secrets: self.backend.counts().0 as u64,
-            mapped_entities: self.backend.counts().1 as u64,
-            scope_prefix: scope.prefix,
-            read_only: scope.read_only,
-        });
+        let status = async {
+            let scope = self.authorize(&cx, Access::Read)?;
+            Ok(StoreStatus {
+                backend_name: self.backend_name.clone(),
+                subject_prefix: self.subject_prefix.clone(),
+                server_xkey: self.backend.transit_public().unwrap_or_default(),
+                sealed: self.backend.is_sealed(),
+                nats_connected: self.nats.connection_state()
+                    == async_nats::connection::State::Connected,
+                secrets: self.backend.counts().0 as u64,
+                mapped_entities: self.backend.counts().1 as u64,
+                scope_prefix: scope.prefix,
+                read_only: scope.read_only,
+            })
+        };
         Ok(self.audited(&cx, "status", About::default(), status).await)
     }
 }

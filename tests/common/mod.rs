@@ -592,3 +592,97 @@ pub async fn start_sealed_backend(nats: &NatsServer) -> oneshot::Sender<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What the collector received: (path, body) of each POST.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A collector on a free loopback port: answers 200 to every POST and keeps the bodies.
+pub fn otlp_collector() -> (u16, Received) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Received = Arc::default();
+    let keep = std::sync::Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let keep = std::sync::Arc::clone(&keep);
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                    keep.lock().unwrap().push((path, body));
+                    let stream = reader.get_mut();
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                    );
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Whether `haystack` holds `needle`'s bytes.
+pub fn contains_bytes(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Wait until every one of `wanted` appears in some export the collector received (all of
+/// them to `/v1/metrics`), or fail after `within`.
+pub async fn wait_for_export(received: &Received, wanted: &[&str], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let all = received.lock().unwrap().clone();
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|w| !all.iter().any(|(_, body)| contains_bytes(body, w)))
+            .collect();
+        if missing.is_empty() {
+            assert!(
+                all.iter().all(|(path, _)| path == "/v1/metrics"),
+                "{:?}",
+                all.iter().map(|(p, _)| p).collect::<Vec<_>>()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not exported: {missing:?} ({} exports received)",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
