@@ -1610,3 +1610,56 @@ async fn the_provider_exports_metrics_for_wit_calls_and_gets_over_otlp() {
     ];
     wait_for_export(&received, &wanted, Duration::from_secs(20)).await;
 }
+
+/// The provider's secrets connection takes TLS from config (HostData carries none): against
+/// a nats-server that requires TLS with a verified client certificate, with the lattice on a
+/// server of its own, a secret put over WIT is served to a host over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_connection_uses_tls_with_a_client_certificate_from_config() {
+    let pki = common::pki::Pki::new();
+    let secure = NatsServer::start_with_config(&pki.server_config("", ""));
+    let lattice = NatsServer::start();
+    let keys = Keys::generate();
+    let setup = Setup::with_keys(&keys)
+        .config("nats_url", &format!("tls://{}", secure.url()))
+        .config("tls_ca_file", &pki.file("ca.pem"))
+        .config("tls_cert_file", &pki.file("client.pem"))
+        .config("tls_key_file", &pki.file("client-key.pem"));
+    let provider = ProviderProc::start(&lattice, setup).await;
+    let client = lattice.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    admin::put_secret(&wrpc, caller("ops"), "db", &text_value("over-tls"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let (jwt, component) = Issuer::new().component();
+    admin::add_mapping(&wrpc, caller("ops"), &component, &["db"])
+        .await
+        .unwrap()
+        .unwrap();
+    let tls_client = pki.client(&secure, false).await;
+    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", tls_client)
+        .await
+        .expect("secrets client over TLS");
+    let secret = host_get(&host, request("db", &jwt)).await.unwrap();
+    assert_eq!(secret.string_secret.as_deref(), Some("over-tls"));
+
+    // Without the client certificate the provider cannot reach its store: it stops with
+    // one line that says why.
+    let setup = Setup::with_keys(&keys)
+        .config("nats_url", &format!("tls://{}", secure.url()))
+        .config("tls_ca_file", &pki.file("ca.pem"));
+    let (host_data, _) = host_data(&lattice.url(), &unique_name("lattice"), setup);
+    let (mut proc, stderr) = spawn_with_stdin(&encode(&host_data));
+    let status = proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("the provider stops");
+    assert!(!status.success());
+    // (stderr is read by a thread, which may still be at the last line.)
+    eventually("the reason on stderr", || {
+        let said = stderr.lock().unwrap().contains("client certificate");
+        async move { said }
+    })
+    .await;
+}

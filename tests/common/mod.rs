@@ -4,6 +4,8 @@
 //! benchmark shares.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
