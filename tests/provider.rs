@@ -1663,3 +1663,46 @@ async fn the_secrets_connection_uses_tls_with_a_client_certificate_from_config()
     })
     .await;
 }
+
+/// A WIT call's log lines carry the request id its audit record carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wit_calls_logs_and_its_audit_record_share_a_request_id() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    let wrpc = provider.wrpc(&client).await;
+    // No link from `nobody`: refused, and the refusal is logged inside the call's span.
+    let refused = admin::describe_secret(&wrpc, caller("nobody"), "db")
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Err(Error::Unauthorized(_))),
+        "{refused:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let (ok, out, err) = cli(&nats, &["audit", "--json"], None, &[]);
+        assert!(ok, "{err}");
+        let found = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["front_door"] == "wit" && r["operation"] == "describe_secret");
+        if let Some(record) = found {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "no audit record of the call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["outcome"], "denied");
+    let id = record["request_id"].as_str().unwrap().to_string();
+    assert!(!id.is_empty());
+    eventually("the refusal logged with the record's request id", || {
+        let logs = provider.stderr();
+        let said = logs
+            .lines()
+            .any(|l| l.contains("admin call refused") && l.contains(&id));
+        async move { said }
+    })
+    .await;
+}

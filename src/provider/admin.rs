@@ -82,8 +82,12 @@ impl AdminExports {
         about: About<'_>,
         call: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
+        use tracing::Instrument as _;
         let started = std::time::Instant::now();
-        let result = call.await;
+        // The span carries the request id the audit record carries, as the serve loop's do.
+        let request_id = self.auditor.request_id();
+        let span = tracing::info_span!("request", %request_id, front_door = "wit", operation);
+        let result = call.instrument(span).await;
         let mut note = AuditNote::operation(operation);
         note.secret = about.secret.map(str::to_string);
         note.entity = about.entity.map(str::to_string);
@@ -107,7 +111,6 @@ impl AdminExports {
         }
         let outcome = note.outcome.unwrap_or(Outcome::Allowed);
         crate::metrics::request("wit", operation, outcome.as_str(), started.elapsed());
-        let request_id = self.auditor.request_id();
         let record = self.auditor.complete(request_id, "wit", note, None);
         match self.auditor.record(record).await {
             Ok(()) => result,
