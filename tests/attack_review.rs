@@ -424,7 +424,6 @@ async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initializ
 /// account user can disrupt NATS in cruder ways, but this is one message, targeted, and
 /// misattributed).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (low-medium): one forged no-responders message stops piggybank unlock"]
 async fn one_forged_message_does_not_stop_the_operators_unlock() {
     let nats = NatsServer::start();
     let (_, admin) = admin_seed();

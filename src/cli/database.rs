@@ -41,6 +41,9 @@ use crate::keys::vault::{self, MasterKey};
 const FIRST_REPLY: Duration = Duration::from_secs(5);
 /// `status` stops gathering once no reply has come for this long.
 const QUIET: Duration = Duration::from_millis(300);
+/// After a "no responders" (which anyone can forge into an inbox), how long a real reply may
+/// still come before it is believed.
+const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(1);
 /// ... or once this many instances have answered.
 const MAX_REPLIES: usize = 1024;
 
@@ -538,7 +541,8 @@ pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
 
 /// Publish one request with a fresh inbox as its reply subject and gather every reply until
 /// none has come for `QUIET` (or `MAX_REPLIES` came). Fails when nothing answers:
-/// at once on NATS's `no responders`, after `FIRST_REPLY` otherwise.
+/// after `NO_RESPONDERS_GRACE` on NATS's `no responders` (unless a real reply comes
+/// meanwhile: anyone can forge one), after `FIRST_REPLY` otherwise.
 async fn gather(
     nats: &async_nats::Client,
     subject: &str,
@@ -557,18 +561,25 @@ async fn gather(
         .with_context(|| format!("cannot publish on {subject}"))?;
     let mut gathered = Vec::new();
     let mut wait = FIRST_REPLY;
+    let mut no_responders = false;
     while gathered.len() < MAX_REPLIES {
         let Ok(Some(reply)) = tokio::time::timeout(wait, replies.next()).await else {
             break;
         };
         if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // The server says so, but anyone may publish a "no responders" into this inbox:
+            // a real reply may still come, so wait a little longer before believing it.
+            no_responders = true;
             if gathered.is_empty() {
-                bail!(nobody_answers(subject));
+                wait = NO_RESPONDERS_GRACE;
             }
             continue;
         }
         gathered.push(reply);
         wait = QUIET;
+    }
+    if gathered.is_empty() && no_responders {
+        bail!(nobody_answers(subject));
     }
     if gathered.is_empty() {
         bail!(
