@@ -18,8 +18,16 @@ pub const DEFAULT_QUEUE_BASE: &str = "wasmcloud_secrets";
 pub const DEFAULT_NATS_ADDRESS: &str = "127.0.0.1:4222";
 /// The only protocol version wasmCloud 1.x hosts speak.
 pub const DEFAULT_API_VERSION: &str = wasmcloud_secrets_types::SECRET_API_VERSION;
-/// Default cap on requests handled at once by one instance (backpressure beyond it).
+/// Default cap on requests handled at once by one instance (backpressure beyond it); also
+/// what each of its front doors' subscriptions buffers before the client drops requests.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default cap on a request (subject, reply subject, headers and body) of an operation that
+/// carries no value: a host's `get` (two JWTs and a policy) is a few KiB. Larger ones are
+/// refused before any handler runs. The operations that carry a value (`put_secret`,
+/// `add_mapping`, `remove_mapping`, the API's `post`) take whatever one NATS message carries.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The range `--max-request-bytes` may take: from 1 KiB to NATS's largest max payload.
+pub const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
 /// Default bound on the drain at shutdown, in milliseconds: in-flight requests not answered
 /// by then are abandoned, and the process exits whether or not NATS is still there.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
@@ -174,8 +182,11 @@ pub mod provider {
     /// Longest a wRPC invocation may take, in milliseconds: its parameters must all arrive
     /// within it, and the call must then complete within it.
     pub const WRPC_CALL_TIMEOUT_MS: &str = "wrpc_call_timeout_ms";
-    /// Most requests handled at once, on each front door (protocol, wRPC).
+    /// Most requests handled at once, on each front door (protocol, wRPC); also what each of
+    /// their subscriptions buffers.
     pub const MAX_IN_FLIGHT: &str = "max_in_flight";
+    /// Largest request of an operation that carries no value (as `run --max-request-bytes`).
+    pub const MAX_REQUEST_BYTES: &str = "max_request_bytes";
     /// Bound on the drain at shutdown, in milliseconds.
     pub const DRAIN_TIMEOUT_MS: &str = "drain_timeout_ms";
     /// Comma-separated subject prefixes replies may go to, besides `_INBOX.`.
@@ -206,6 +217,7 @@ pub mod provider {
         PREVIOUS_ENCRYPTION_XKEY_SEEDS,
         WRPC_CALL_TIMEOUT_MS,
         MAX_IN_FLIGHT,
+        MAX_REQUEST_BYTES,
         REPLY_PREFIXES,
         DRAIN_TIMEOUT_MS,
         DATABASE_KEY,

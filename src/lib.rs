@@ -21,7 +21,8 @@
 //! - `error`: the one error model: every core error has an [`ErrorKind`], which each front
 //!   door maps to its wire error once.
 //! - [`serve`]: the one serve loop of every NATS front door (reply-subject rule,
-//!   backpressure, replies that fit, draining).
+//!   backpressure on a connection of its own with bounded buffers, requests and replies
+//!   that fit, draining).
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - `piggybank_api`: the Piggy Bank front door for plain NATS services
 //!   (`piggybank.<application>.<name>`), and `database`, the seal's front door

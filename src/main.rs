@@ -29,8 +29,10 @@ fn main() -> std::process::ExitCode {
 async fn start() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log at info; client commands print their result and log only problems.
+    // async-nats logs each connection event at info (a slow-consumer storm would be a storm of
+    // lines): the server logs them itself, once per connection role and rate-limited.
     let default_level = match cli.command {
-        Command::Run(_) | Command::Dev(_) => "info",
+        Command::Run(_) | Command::Dev(_) => "info,async_nats=warn",
         _ => "warn",
     };
     let filter =

@@ -11,6 +11,9 @@
 //!   `database`, `api`, or `wit` for the provider's WIT calls), `operation` and
 //!   `outcome`;
 //! - `piggybank.request.duration` (histogram, seconds): by `front_door`;
+//! - `piggybank.requests.shed` (counter): requests not handled, by `reason` (`slow_consumer`:
+//!   dropped unanswered by the NATS client, a subscription's buffer being full;
+//!   `too_large`: refused for their size) and `at` (the front door, or the connection);
 //! - `piggybank.sealed` (gauge): 1 while sealed;
 //! - `piggybank.audit.dropped` (gauge): audit records lost so far;
 //! - `piggybank.jwt_cache.hits` and `piggybank.jwt_cache.misses` (gauges): JWT checks answered
@@ -25,6 +28,7 @@ use opentelemetry::KeyValue;
 /// The instruments of the request path, made once from the global meter.
 struct Instruments {
     requests: Counter<u64>,
+    shed: Counter<u64>,
     duration: Histogram<f64>,
 }
 
@@ -39,6 +43,10 @@ fn instruments() -> &'static Instruments {
             requests: meter
                 .u64_counter("piggybank.requests")
                 .with_description("Requests answered, by front door, operation and outcome")
+                .build(),
+            shed: meter
+                .u64_counter("piggybank.requests.shed")
+                .with_description("Requests not handled: dropped under load, or too large")
                 .build(),
             duration: meter
                 .f64_histogram("piggybank.request.duration")
@@ -63,6 +71,14 @@ pub fn request(front_door: &'static str, operation: &str, outcome: &'static str,
     i.duration.record(
         took.as_secs_f64(),
         &[KeyValue::new("front_door", front_door)],
+    );
+}
+
+/// Count one request shed (`reason`), at a front door or a connection (`at`).
+pub fn shed(reason: &'static str, at: &'static str) {
+    instruments().shed.add(
+        1,
+        &[KeyValue::new("reason", reason), KeyValue::new("at", at)],
     );
 }
 

@@ -9,6 +9,18 @@
 //! (the inbox prefix `_INBOX.`, and those given with `--reply-prefixes`), never to one
 //! that starts with `$`, and never to one inside a subject tree piggybank serves.
 //!
+//! A Piggy Bank API request is also answered only in a namespace its application may read
+//! ([`Requester::Application`]): the shared `_INBOX.`, or the application's own prefix
+//! `_INBOX_<application>.` when that is a trusted prefix. A trusted prefix of that form
+//! belongs to that application: no other application's request is answered there, so one
+//! application cannot make piggybank deliver bytes it chose (a value it stored) into
+//! another's inbox, where NATS permissions forbid it to publish. Nor is any other trusted
+//! prefix answered for an application. The shared `_INBOX.` stays open to every application:
+//! whoever can read it reads every reply there, so an application that keeps its replies
+//! from the others has a prefix of its own anyway. The other front doors (the protocol, the
+//! database operations, discovery, wRPC) answer in every trusted namespace: their callers are
+//! hosts and operators, and an application's NATS permissions keep it off their subjects.
+//!
 //! This holds by construction: the only way to publish a reply is [`ReplyTo`], and the
 //! only way to make a `ReplyTo` is [`ReplyPolicy::admit`].
 
@@ -20,6 +32,9 @@ use async_nats::Subject;
 
 /// The default inbox prefix of NATS clients.
 pub const DEFAULT_REPLY_PREFIX: &str = "_INBOX.";
+
+/// A trusted prefix `_INBOX_<application>` belongs to that Piggy Bank API application.
+pub const APPLICATION_REPLY_PREFIX: &str = "_INBOX_";
 
 /// The inbox prefix of piggybank's own server connections. Its subscriptions (KV mirror
 /// deliveries, the key record watch, JetStream replies) live under it, so it is one of the
@@ -56,15 +71,67 @@ pub enum Refused {
     Served,
     #[error("outside the trusted reply prefixes")]
     Untrusted,
+    #[error("a trusted prefix that is not the requesting application's")]
+    NotTheApplications,
     #[error("not a valid subject (empty token or wildcard)")]
     Malformed,
+}
+
+/// Who sent a request: which of the trusted namespaces its reply may go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    /// A host, an operator, a component's host (the protocol, the database operations,
+    /// discovery, wRPC): every trusted namespace.
+    Any,
+    /// A Piggy Bank API request of this application (the token after the API's prefix, as
+    /// sent): only `_INBOX.` and, if trusted, `_INBOX_<application>.`.
+    Application(String),
+}
+
+/// One trusted reply namespace.
+#[derive(Debug)]
+struct Namespace {
+    /// Ends with `.`: a reply subject must be `<prefix><at least one token>`.
+    prefix: String,
+    /// The API application it belongs to (`_INBOX_<application>.`); `None`: shared.
+    owner: Option<String>,
+}
+
+impl Namespace {
+    fn new(prefix: String) -> Self {
+        let owner = prefix
+            .strip_prefix(APPLICATION_REPLY_PREFIX)
+            .and_then(|rest| rest.strip_suffix('.'))
+            .filter(|app| {
+                !app.is_empty()
+                    && app
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+            .map(str::to_string);
+        Self { prefix, owner }
+    }
+
+    fn contains(&self, subject: &str) -> bool {
+        subject.len() > self.prefix.len() && subject.starts_with(self.prefix.as_str())
+    }
+
+    /// Whether `requester` may be answered here.
+    fn admits(&self, requester: &Requester) -> bool {
+        match requester {
+            Requester::Any => true,
+            Requester::Application(app) => {
+                self.prefix == DEFAULT_REPLY_PREFIX || self.owner.as_deref() == Some(app.as_str())
+            }
+        }
+    }
 }
 
 /// The trusted reply namespaces and the subject trees piggybank serves.
 #[derive(Debug)]
 pub struct ReplyPolicy {
-    /// Each ends with `.`: a reply subject must be `<prefix><at least one token>`.
-    prefixes: Vec<String>,
+    /// `_INBOX.`, then the configured prefixes.
+    namespaces: Vec<Namespace>,
     /// Subject trees served (`wasmcloud.secrets.v1alpha1.nats-kv`, `piggybank`, ...).
     served: Vec<String>,
     refused: AtomicU64,
@@ -106,15 +173,25 @@ impl ReplyPolicy {
             }
         }
         Ok(Self {
-            prefixes: trusted,
+            namespaces: trusted.into_iter().map(Namespace::new).collect(),
             served,
             refused: AtomicU64::new(0),
             last_warning: Mutex::new(None),
         })
     }
 
-    /// Check a request's reply subject. Pure: no logging or counting (see [`Self::admit`]).
+    /// Check the reply subject of a request from a host or an operator ([`Requester::Any`]).
     pub fn check(&self, reply: Option<&Subject>) -> Result<ReplyTo, Refused> {
+        self.check_as(reply, &Requester::Any)
+    }
+
+    /// Check the reply subject of a request from `requester`. Pure: no logging or counting
+    /// (see [`Self::admit_as`]).
+    pub fn check_as(
+        &self,
+        reply: Option<&Subject>,
+        requester: &Requester,
+    ) -> Result<ReplyTo, Refused> {
         let reply = reply.ok_or(Refused::Missing)?;
         let s = reply.as_str();
         if s.starts_with('$') {
@@ -126,20 +203,30 @@ impl ReplyPolicy {
         if self.served.iter().any(|tree| within(s, tree)) {
             return Err(Refused::Served);
         }
-        if !self
-            .prefixes
-            .iter()
-            .any(|p| s.len() > p.len() && s.starts_with(p.as_str()))
-        {
+        let mut within = self.namespaces.iter().filter(|n| n.contains(s)).peekable();
+        if within.peek().is_none() {
             return Err(Refused::Untrusted);
+        }
+        if !within.any(|n| n.admits(requester)) {
+            return Err(Refused::NotTheApplications);
         }
         Ok(ReplyTo(reply.clone()))
     }
 
-    /// [`Self::check`], counting refusals and logging them at warn, at most every 10 s. A
-    /// request without a reply subject is not counted: it asks for no reply.
+    /// [`Self::admit_as`] for a request from a host or an operator ([`Requester::Any`]).
     pub fn admit(&self, operation: &str, reply: Option<&Subject>) -> Option<ReplyTo> {
-        match self.check(reply) {
+        self.admit_as(operation, reply, &Requester::Any)
+    }
+
+    /// [`Self::check_as`], counting refusals and logging them at warn, at most every 10 s. A
+    /// request without a reply subject is not counted: it asks for no reply.
+    pub fn admit_as(
+        &self,
+        operation: &str,
+        reply: Option<&Subject>,
+        requester: &Requester,
+    ) -> Option<ReplyTo> {
+        match self.check_as(reply, requester) {
             Ok(to) => Some(to),
             Err(Refused::Missing) => None,
             Err(why) => {
@@ -202,6 +289,11 @@ mod tests {
 
     fn check(p: &ReplyPolicy, s: &str) -> Result<(), Refused> {
         p.check(Some(&Subject::from(s))).map(|_| ())
+    }
+
+    fn check_for(p: &ReplyPolicy, app: &str, s: &str) -> Result<(), Refused> {
+        let app = Requester::Application(app.to_string());
+        p.check_as(Some(&Subject::from(s)), &app).map(|_| ())
     }
 
     #[test]
@@ -273,6 +365,56 @@ mod tests {
         assert!(p.admit("get", Some(&Subject::from("$KV.B.k"))).is_none());
         assert!(p.admit("get", Some(&Subject::from("x.y"))).is_none());
         assert!(p.admit("get", Some(&Subject::from("_INBOX.ok"))).is_some());
+        let shop = Requester::Application("shop".into());
+        assert!(p
+            .admit_as("get", Some(&Subject::from("_INBOX.ok")), &shop)
+            .is_some());
         assert_eq!(p.refused(), 2);
+    }
+
+    #[test]
+    fn an_application_is_answered_only_in_the_shared_inbox_or_its_own_prefix() {
+        let p = policy(&["_INBOX_billing", "_INBOX_shop", "_R_", "_INBOX_team.ops"]);
+        for s in ["_INBOX.a", "_INBOX_shop.a.b"] {
+            assert_eq!(check_for(&p, "shop", s), Ok(()), "{s}");
+        }
+        for s in ["_INBOX_billing.pending.1", "_R_.a", "_INBOX_team.ops.a"] {
+            assert_eq!(
+                check_for(&p, "shop", s),
+                Err(Refused::NotTheApplications),
+                "{s}"
+            );
+        }
+        assert_eq!(check_for(&p, "billing", "_INBOX_billing.pending.1"), Ok(()));
+        // A prefix is an application's by its whole name: not a shorter or a longer one's.
+        assert_eq!(
+            check_for(&p, "bill", "_INBOX_billing.1"),
+            Err(Refused::NotTheApplications)
+        );
+        assert_eq!(
+            check_for(&p, "billing2", "_INBOX_billing2.1"),
+            Err(Refused::Untrusted)
+        );
+        // An application's prefix is answered only once configured.
+        assert_eq!(
+            check_for(&p, "other", "_INBOX_other.1"),
+            Err(Refused::Untrusted)
+        );
+        // The other rules hold for applications too.
+        assert_eq!(check_for(&p, "shop", "$KV.B.k"), Err(Refused::System));
+        assert_eq!(
+            check_for(&p, "shop", "piggybank.shop.x"),
+            Err(Refused::Served)
+        );
+        // Hosts and operators are answered in every trusted namespace.
+        for s in [
+            "_INBOX.a",
+            "_INBOX_shop.a",
+            "_INBOX_billing.a",
+            "_R_.a",
+            "_INBOX_team.ops.a",
+        ] {
+            assert_eq!(check(&p, s), Ok(()), "{s}");
+        }
     }
 }

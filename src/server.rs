@@ -17,7 +17,7 @@ use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::piggybank_api;
 use crate::piggybank_api::database::{self, DatabaseApi};
 use crate::protocol;
-use crate::serve::{Access, Endpoint, ServeConfig, ServeError};
+use crate::serve::{Class, Endpoint, LoopRefusal, ServeConfig, ServeConnection, ServeError};
 use crate::store::record::RecordStore;
 use crate::store::{Bucket, BucketSpec, MappingTable, SecretStore, StoreError};
 
@@ -52,7 +52,12 @@ pub struct RunConfig {
     /// Sealed mode: the database key, to unlock at start (`--unlock-key-file`,
     /// `PIGGYBANK_DATABASE_KEY`, or the provider's `database_key` secret).
     pub database_key: Option<Zeroizing<String>>,
+    /// Requests handled at once; also what each subscription of the serving connection
+    /// buffers before the client drops what comes next (`crate::serve::ServeConnection`).
     pub max_in_flight: usize,
+    /// Largest request of an operation that carries no value (all but `put_secret`,
+    /// `add_mapping`, `remove_mapping` and the API's `post`); a larger one is dropped.
+    pub max_request_bytes: usize,
     /// Bound on the drain at shutdown.
     pub drain_timeout: Duration,
     /// Write values in the sample's format (rolling migration from the sample).
@@ -108,6 +113,7 @@ impl RunConfig {
             sealed_keys_only: false,
             database_key: None,
             max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+            max_request_bytes: config::DEFAULT_MAX_REQUEST_BYTES,
             drain_timeout: Duration::from_millis(config::DEFAULT_DRAIN_TIMEOUT_MS),
             write_legacy_format: false,
             audit: AuditConfig::default(),
@@ -281,9 +287,9 @@ pub async fn connect(
     connect_with(address, credentials, tls, client_name, None).await
 }
 
-/// The connection a backend serves on: its inboxes under
-/// [`SERVER_INBOX_PREFIX`](crate::reply_policy::SERVER_INBOX_PREFIX), which the reply policy
-/// never answers into, rather than the shared `_INBOX.`.
+/// The connection a backend's stores use (KV watches, JetStream, the audit stream): its
+/// inboxes under [`SERVER_INBOX_PREFIX`](crate::reply_policy::SERVER_INBOX_PREFIX), which
+/// the reply policy never answers into, rather than the shared `_INBOX.`.
 pub async fn connect_server(
     address: &str,
     credentials: Option<&Credentials>,
@@ -291,7 +297,32 @@ pub async fn connect_server(
     client_name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
     let prefix = crate::reply_policy::SERVER_INBOX_PREFIX;
-    connect_with(address, credentials, tls, client_name, Some(prefix)).await
+    let options = options(address, credentials, tls, client_name, Some(prefix)).await?;
+    let options = crate::serve::log_events(options, "stores", None);
+    options
+        .connect(address)
+        .await
+        .map_err(|e| connect_error(address, tls, e))
+}
+
+/// A connection front doors subscribe and reply on ([`ServeConnection`]), each subscription
+/// buffering at most `capacity` messages; its events are logged as `role`'s. A backend's is
+/// on the same server, with the same credentials, TLS and inbox prefix
+/// ([`SERVER_INBOX_PREFIX`](crate::reply_policy::SERVER_INBOX_PREFIX)) as
+/// [`connect_server`]'s.
+pub async fn connect_serving(
+    address: &str,
+    credentials: Option<&Credentials>,
+    tls: &NatsTls,
+    client_name: &str,
+    inbox_prefix: Option<&str>,
+    capacity: usize,
+    role: &'static str,
+) -> Result<ServeConnection, ConnectError> {
+    let options = options(address, credentials, tls, client_name, inbox_prefix).await?;
+    ServeConnection::connect(address, options, capacity, role)
+        .await
+        .map_err(|e| connect_error(address, tls, e))
 }
 
 /// Every NATS connection piggybank makes is made here: credentials, TLS, and the inbox
@@ -304,6 +335,22 @@ pub async fn connect_with(
     client_name: &str,
     inbox_prefix: Option<&str>,
 ) -> Result<async_nats::Client, ConnectError> {
+    options(address, credentials, tls, client_name, inbox_prefix)
+        .await?
+        .connect(address)
+        .await
+        .map_err(|e| connect_error(address, tls, e))
+}
+
+/// The options of every connection: credentials, TLS, the inbox prefix, the name, and a
+/// 5 s connection timeout (fail fast at start).
+async fn options(
+    address: &str,
+    credentials: Option<&Credentials>,
+    tls: &NatsTls,
+    client_name: &str,
+    inbox_prefix: Option<&str>,
+) -> Result<async_nats::ConnectOptions, ConnectError> {
     let err = |reason: String| ConnectError {
         address: without_userinfo(address),
         reason,
@@ -350,16 +397,19 @@ pub async fn connect_with(
     if let Some(prefix) = inbox_prefix {
         options = options.custom_inbox_prefix(prefix);
     }
-    options
+    Ok(options
         .name(client_name)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(address)
-        .await
-        .map_err(|e| {
-            let reason = e.to_string();
-            let hint = tls_hint(&reason, tls);
-            err(format!("{reason}{hint}"))
-        })
+        .connection_timeout(Duration::from_secs(5)))
+}
+
+/// A failed connect, with a hint for TLS failures; never the password of the URL.
+fn connect_error(address: &str, tls: &NatsTls, e: async_nats::ConnectError) -> ConnectError {
+    let reason = e.to_string();
+    let hint = tls_hint(&reason, tls);
+    ConnectError {
+        address: without_userinfo(address),
+        reason: format!("{reason}{hint}"),
+    }
 }
 
 /// What to do about a TLS failure whose cause the TLS library names only in its own terms.
@@ -557,9 +607,13 @@ async fn auto_unlock(seal: &Arc<Seal>, key: &Zeroizing<String>) -> Result<(), Se
     }
 }
 
-/// A backend ready to serve: its connection and its core, loaded into memory.
+/// A backend ready to serve: its connections and its core, loaded into memory.
 pub struct Started {
+    /// The stores' connection: KV watches, JetStream, the audit stream.
     pub client: async_nats::Client,
+    /// The front doors' connection: subscriptions and replies, with a small buffer per
+    /// subscription (`max_in_flight` messages).
+    pub serving: ServeConnection,
     pub backend: Arc<Backend>,
     /// `{prefix}.database.*`: the seal's front door (sealed mode), and `status` in either
     /// mode.
@@ -592,6 +646,16 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         config.nats_credentials.as_ref(),
         &config.nats_tls,
         &format!("piggybank {}", config.name),
+    )
+    .await?;
+    let serving = connect_serving(
+        &config.nats_address,
+        config.nats_credentials.as_ref(),
+        &config.nats_tls,
+        &format!("piggybank {} (serving)", config.name),
+        Some(crate::reply_policy::SERVER_INBOX_PREFIX),
+        config.max_in_flight,
+        "serving",
     )
     .await?;
     let backend = Arc::new(open_backend(&client, config).await?);
@@ -663,6 +727,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     );
     Ok(Started {
         client,
+        serving,
         backend,
         database,
         admin,
@@ -687,11 +752,15 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
         queue_group: Some(queue_group.clone()),
         // Every operation but server_xkey and get changes or reveals state. A subject that
         // does not parse is answered (with its error) by the handler.
-        access: Arc::new(move |msg| {
+        classify: Arc::new(move |msg| {
             let op = protocol::subject::parse(&classify_prefix, msg.subject.as_str());
+            let class = match &op {
+                Ok(op) if is_admin_operation(op) => Class::admin(Signed::Once),
+                _ => Class::open(),
+            };
             Some(match op {
-                Ok(op) if is_admin_operation(&op) => Access::Admin(Signed::Once),
-                _ => Access::Open,
+                Ok(op) if carries_value(&op) => class.with_value(),
+                _ => class,
             })
         }),
         handler: Arc::new(move |msg| {
@@ -725,7 +794,8 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
             name: "database",
             subject: database_subject.clone(),
             queue_group: once.then(|| format!("{queue_group}.database")),
-            access: Arc::new(move |msg| {
+            // No database operation carries a value: every request is small.
+            classify: Arc::new(move |msg| {
                 let subject = msg.subject.as_str();
                 // Another backend's subject is not answered.
                 let (op, _) = database::parse_subject(&classify_prefix, &classify_name, subject)?;
@@ -736,9 +806,9 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
                 // initialize and rotate (one instance) and lock (every instance) change the
                 // seal; status and unlock need no signature.
                 Some(match op {
-                    "initialize" | "rotate" => Access::Admin(Signed::Once),
-                    "lock" => Access::Admin(Signed::OnEveryInstance),
-                    _ => Access::Open,
+                    "initialize" | "rotate" => Class::admin(Signed::Once),
+                    "lock" => Class::admin(Signed::OnEveryInstance),
+                    _ => Class::open(),
                 })
             }),
             handler: Arc::new(move |msg| {
@@ -765,15 +835,17 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
         });
     }
 
-    // The Piggy Bank API: NATS permissions on its subjects are its authorization.
+    // The Piggy Bank API: NATS permissions on its subjects are its authorization, and an
+    // application is answered only in its own reply namespaces.
     if let Some(api_prefix) = &config.piggybank_prefix {
         let backend = Arc::clone(&started.backend);
         let prefix: Arc<str> = api_prefix.as_str().into();
+        let classify_prefix = Arc::clone(&prefix);
         endpoints.push(Endpoint {
             name: "api",
             subject: format!("{prefix}.>"),
             queue_group: Some(format!("{queue_group}.piggybank")),
-            access: Arc::new(|_| Some(Access::Open)),
+            classify: Arc::new(move |msg| piggybank_api::classify(&classify_prefix, msg)),
             handler: Arc::new(move |msg| {
                 let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
                 Box::pin(async move { piggybank_api::handle(&backend, &prefix, &msg).await })
@@ -803,25 +875,54 @@ fn is_admin_operation(op: &protocol::subject::Operation) -> bool {
     }
 }
 
+/// Whether a protocol operation's request carries a value or a list of names, and so may be
+/// as large as a NATS message: `put_secret`, `add_mapping` and `remove_mapping`.
+fn carries_value(op: &protocol::subject::Operation) -> bool {
+    use protocol::subject::Operation;
+    match op {
+        Operation::PutSecret | Operation::AddMapping(_) | Operation::RemoveMapping(_) => true,
+        Operation::ServerXkey
+        | Operation::Get
+        | Operation::DeleteSecret
+        | Operation::ListSecrets
+        | Operation::GetMappings(_) => false,
+    }
+}
+
 /// A protocol refusal in the operation's own format: `put_secret` answers the sample's
-/// `PutSecretResponse` (`InvalidHeaders`: the signature headers are missing or invalid), the
-/// others an admin error (403, or 503 when the nonce store did not answer).
+/// `PutSecretResponse` (`InvalidHeaders`: the signature headers are missing or invalid),
+/// `get` a `SecretResponse` error (all a host reads), the others an admin error (403, 413,
+/// or 503 when the nonce store did not answer).
 fn protocol_refusal(
     op: Option<protocol::subject::Operation>,
-    refusal: &AdminRefusal,
+    refusal: &LoopRefusal,
 ) -> crate::serve::Reply {
+    use protocol::subject::Operation;
     use protocol::wire::{PutSecretError, PutSecretResponse};
-    if op == Some(protocol::subject::Operation::PutSecret) {
-        let error = match refusal {
-            AdminRefusal::Refused(_) => PutSecretError::InvalidHeaders,
-            AdminRefusal::Unavailable(_) => PutSecretError::Upstream(refusal.to_string()),
-        };
-        return crate::serve::Reply::json(&PutSecretResponse {
-            revision: 0,
-            error: Some(error),
-        });
+    match op {
+        Some(Operation::PutSecret) => {
+            let error = match refusal {
+                LoopRefusal::Admin(AdminRefusal::Refused(_)) => PutSecretError::InvalidHeaders,
+                LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
+                    PutSecretError::Upstream(refusal.to_string())
+                }
+                LoopRefusal::TooLarge { .. } => PutSecretError::InvalidPayload,
+            };
+            crate::serve::Reply::json(&PutSecretResponse {
+                revision: 0,
+                error: Some(error),
+            })
+        }
+        Some(Operation::Get) => {
+            crate::serve::Reply::json(&wasmcloud_secrets_types::SecretResponse {
+                secret: None,
+                error: Some(wasmcloud_secrets_types::GetSecretError::Other(
+                    refusal.to_string(),
+                )),
+            })
+        }
+        _ => crate::serve::Reply::admin_error(refusal.code(), refusal.to_string()),
     }
-    crate::serve::Reply::admin_error(refusal.code(), refusal.to_string())
 }
 
 /// Serve every NATS front door of a started backend until `shutdown`; then drain.
@@ -833,13 +934,14 @@ pub async fn serve(
     let endpoints = endpoints(&started, config);
     let serve_config = ServeConfig {
         max_in_flight: config.max_in_flight,
+        max_request_bytes: config.max_request_bytes,
         reply_prefixes: config.reply_prefixes.clone(),
         admin: started.admin.clone(),
         instance_id: started.database.seal().instance_id().to_string(),
         drain_timeout: config.drain_timeout,
         auditor: Arc::clone(&started.auditor),
     };
-    crate::serve::serve(started.client.clone(), endpoints, serve_config, shutdown).await?;
+    crate::serve::serve(started.serving.clone(), endpoints, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
     Ok(())
 }

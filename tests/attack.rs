@@ -223,7 +223,6 @@ async fn a_reply_never_lands_in_one_of_the_backends_own_subscriptions() {
 /// permissions forbid `shop` to publish: a forged answer to a pending request of `billing`.
 /// Safe: an application's replies go only to its own inbox prefix (or the default one).
 #[tokio::test]
-#[ignore = "finding: an application can make piggybank answer into another application's inbox prefix"]
 async fn an_application_cannot_aim_its_replies_at_another_applications_inbox() {
     let nats = NatsServer::start();
     let keys = Keys::generate();
@@ -257,6 +256,12 @@ async fn an_application_cannot_aim_its_replies_at_another_applications_inbox() {
         "shop's secret was delivered into billing's inbox: {:?}",
         landed.ok().flatten().map(|m| m.payload)
     );
+    // The control: shop is answered in its own prefix and in the shared one.
+    let (status, value) = api(&shop, "piggybank.shop.db", "get", b"").await;
+    assert_eq!((status, value.as_slice()), (200, &b"postgres://evil"[..]));
+    let shared = nats.client().await;
+    let (status, _) = api(&shared, "piggybank.shop.db", "get", b"").await;
+    assert_eq!(status, 200);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1706,7 +1711,6 @@ fn rss_mib(pid: u32) -> u64 {
 /// Safe: the backend's memory stays bounded (here: under 768 MiB, three times what
 /// `max_in_flight` requests of 1 MiB hold) and it still answers afterwards.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (medium): a flood of 1 MiB requests grows the backend's memory without a useful bound"]
 async fn a_flood_of_large_requests_does_not_grow_memory_without_bound() {
     let nats = NatsServer::start();
     let run = spawn_sealed_run(&nats, &["--piggybank-prefix", "piggybank"]);
@@ -1764,4 +1768,169 @@ async fn a_flood_of_large_requests_does_not_grow_memory_without_bound() {
         answers.is_ok(),
         "the backend still answers status after the flood"
     );
+}
+
+/// Attack: with every `max_in_flight` permit taken (here by requests whose handler waits),
+/// flood a front door with more requests: they wait in the subscription's buffer, which
+/// async-nats sizes at 65,536 messages by default. Safe: on the loop's own connection each
+/// subscription buffers at most its capacity (`max_in_flight`); the client drops the rest,
+/// counts them, and the loop serves again once its permits free up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_front_door_buffers_no_more_than_its_capacity_while_its_permits_are_taken() {
+    use piggybank::serve::{serve, Class, Endpoint, Reply, ServeConfig, ServeConnection};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let nats = NatsServer::start();
+    let max_in_flight = 2;
+    let connection = ServeConnection::connect(
+        &nats.url(),
+        async_nats::ConnectOptions::new(),
+        max_in_flight,
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(connection.capacity(), max_in_flight);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (waiting, counted) = (Arc::clone(&gate), Arc::clone(&handled));
+    let endpoint = Endpoint {
+        name: "test",
+        subject: "flood.test.>".into(),
+        queue_group: None,
+        classify: Arc::new(|_| Some(Class::open().with_value())),
+        handler: Arc::new(move |_| {
+            let (gate, handled) = (Arc::clone(&waiting), Arc::clone(&counted));
+            Box::pin(async move {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+                handled.fetch_add(1, Ordering::SeqCst);
+                Some(Reply::plain("ok"))
+            })
+        }),
+        refusal: Arc::new(|_, refused| Reply::plain(refused.to_string())),
+        too_large: |_, why| Reply::plain(why),
+    };
+    let config = ServeConfig {
+        max_in_flight,
+        max_request_bytes: 1024,
+        reply_prefixes: Vec::new(),
+        admin: None,
+        instance_id: "test".into(),
+        drain_timeout: Duration::from_secs(5),
+        auditor: std::sync::Arc::new(piggybank::audit::Auditor::disabled("test")),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(serve(connection.clone(), vec![endpoint], config, async {
+        let _ = stopped.await;
+    }));
+    let client = nats.client().await;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
+    // The loop subscribes a moment after it starts: one request answered is the sign.
+    gate.add_permits(1);
+    let first = client.request("flood.test.first", "".into());
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the loop answers")
+        .unwrap();
+
+    let flood = 300;
+    let body = bytes::Bytes::from(vec![b'x'; 100_000]);
+    for i in 0..flood {
+        client
+            .publish_with_reply("flood.test.x", format!("{inbox}.{i}"), body.clone())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    // Everything has reached the backend's client: it holds what it buffers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gate.add_permits(flood);
+    let mut answered = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), replies.next()).await {
+        answered += 1;
+    }
+    // In flight, held by the loop while it waits for a permit, and buffered.
+    let bound = max_in_flight + 1 + connection.capacity();
+    assert!(
+        answered <= bound,
+        "{answered} of {flood} flood requests were kept and answered (at most {bound})"
+    );
+    assert!(
+        connection.dropped() > 0,
+        "the client dropped {} requests but counted none",
+        flood - answered
+    );
+    // It still serves.
+    let after = client.request("flood.test.after", "".into());
+    let after = tokio::time::timeout(Duration::from_secs(10), after).await;
+    assert!(matches!(after, Ok(Ok(_))), "no answer after the flood");
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
+/// Attack: requests of operations that carry no value (`status`, a protocol `get`, an API
+/// `get`) with large bodies, which a handler would hold while it waits for the store.
+/// Safe: they are refused at once, in each front door's own format (413; a `get` error for
+/// hosts), without reaching a handler; a value up to the NATS max payload is still stored.
+#[tokio::test]
+async fn large_requests_are_refused_unless_their_operation_carries_a_value() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let mut c = config(&nats, &keys);
+    c.piggybank_prefix = Some("piggybank".into());
+    let _backend = start_backend(&nats, c).await;
+    let client = nats.client().await;
+    let big = vec![b'x'; 100_000];
+    let limit = piggybank::config::DEFAULT_MAX_REQUEST_BYTES;
+    assert!(big.len() > limit);
+
+    let reply = client
+        .request(format!("{DB}.status"), big.clone().into())
+        .await
+        .unwrap();
+    let status = reply.headers.as_ref().and_then(|h| h.get("Status"));
+    assert_eq!(status.map(|s| s.as_str()), Some("413"));
+    let (status, body) = api(&client, "piggybank.shop.db", "get", &big).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let reply = client
+        .request(format!("{PROTOCOL}.get"), big.clone().into())
+        .await
+        .unwrap();
+    let response: wasmcloud_secrets_types::SecretResponse =
+        serde_json::from_slice(&reply.payload).unwrap();
+    match response.error {
+        Some(wasmcloud_secrets_types::GetSecretError::Other(m)) => {
+            assert!(m.contains("too large"), "{m}")
+        }
+        other => panic!("a get too large for its operation: {other:?}"),
+    }
+    let reply = client
+        .request(format!("{PROTOCOL}.list_secrets"), big.clone().into())
+        .await
+        .unwrap();
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"));
+    assert_eq!(code.map(|c| c.as_str()), Some("413"));
+
+    // A value as large as a NATS message allows is stored, on the API and the protocol.
+    let value = vec![b'v'; 900_000];
+    let (status, body) = api(&client, "piggybank.shop.db", "post", &value).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, stored) = api(&client, "piggybank.shop.db", "get", b"").await;
+    assert_eq!((status, stored.len()), (200, value.len()));
+    // (A protocol request carries a value as JSON: a string of 600 KB stays under 1 MiB.)
+    let long = "v".repeat(600_000);
+    admin(client.clone())
+        .put_secret("big", text(&long), None, None)
+        .await
+        .unwrap();
+    // Small requests of the same operations are still served.
+    let (status, _) = db(&client, "status", "").await;
+    assert_eq!(status, 200);
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use piggybank::serve::{serve, Access, Endpoint, Reply, ServeConfig};
+use piggybank::serve::{serve, Access, Class, Endpoint, Reply, ServeConfig};
 
 /// Defect 1: remove_mapping was a no-op, so access could never be revoked.
 #[tokio::test]
@@ -126,10 +126,11 @@ async fn malformed_xkey_header_gets_an_error_and_the_service_keeps_serving() {
 #[tokio::test]
 async fn one_slow_request_does_not_hold_up_others() {
     let nats = NatsServer::start();
-    let server = nats.client().await;
+    let server = serve_connection(&nats, 64).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let config = ServeConfig {
         max_in_flight: 64,
+        max_request_bytes: piggybank::config::DEFAULT_MAX_REQUEST_BYTES,
         reply_prefixes: Vec::new(),
         admin: None,
         instance_id: "test".into(),
@@ -140,7 +141,7 @@ async fn one_slow_request_does_not_hold_up_others() {
         name: "test",
         subject: "concurrency.test.>".into(),
         queue_group: Some("q".into()),
-        access: Arc::new(|_| Some(Access::Open)),
+        classify: Arc::new(|_| Some(Class::open())),
         handler: Arc::new(|msg: async_nats::Message| {
             Box::pin(async move {
                 if msg.subject.as_str().ends_with(".slow") {
@@ -299,11 +300,11 @@ async fn the_serve_loop_checks_admin_signatures_before_any_handler() {
         name: "test",
         subject: "gate.test.>".into(),
         queue_group: None,
-        access: Arc::new(|msg| {
-            Some(match msg.subject.as_str() {
+        classify: Arc::new(|msg| {
+            Some(Class::from(match msg.subject.as_str() {
                 "gate.test.admin" => Access::Admin(Signed::Once),
                 _ => Access::Open,
-            })
+            }))
         }),
         handler: Arc::new(move |_| {
             let counter = Arc::clone(&counter);
@@ -317,6 +318,7 @@ async fn the_serve_loop_checks_admin_signatures_before_any_handler() {
     };
     let config = ServeConfig {
         max_in_flight: 8,
+        max_request_bytes: piggybank::config::DEFAULT_MAX_REQUEST_BYTES,
         reply_prefixes: Vec::new(),
         admin: Some(Arc::new(verifier)),
         instance_id: "test".into(),
@@ -324,7 +326,8 @@ async fn the_serve_loop_checks_admin_signatures_before_any_handler() {
         auditor: Arc::new(piggybank::audit::Auditor::disabled("test")),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(serve(nats.client().await, vec![endpoint], config, async {
+    let connection = serve_connection(&nats, 8).await;
+    let serving = tokio::spawn(serve(connection, vec![endpoint], config, async {
         let _ = rx.await;
     }));
     let client = nats.client().await;

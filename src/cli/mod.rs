@@ -296,9 +296,15 @@ pub struct RunArgs {
     /// --unlock-key-file: argv is visible to other users)
     #[arg(long, env = env::PIGGYBANK_DATABASE_KEY, hide_env_values = true)]
     pub database_key: Option<String>,
-    /// Requests handled at once by this instance; more wait (backpressure)
+    /// Requests handled at once by this instance; more wait (backpressure), up to this many
+    /// per subscription: beyond that the NATS client drops them (counted, logged)
     #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Largest request (bytes: subject, headers and body) of an operation that carries no
+    /// value (all but put_secret, add_mapping, remove_mapping and the API's post); a larger
+    /// one is refused (413) before it is handled. 1024 to 67108864
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_parser = max_request_bytes)]
+    pub max_request_bytes: usize,
     /// Longest the drain at shutdown may take (ms); requests not answered by then are
     /// abandoned, and the process exits whether or not NATS is still there
     #[arg(long, env = env::DRAIN_TIMEOUT_MS, default_value_t = config::DEFAULT_DRAIN_TIMEOUT_MS)]
@@ -337,6 +343,19 @@ pub struct RunArgs {
     /// Also serve the Piggy Bank API for plain NATS services under this prefix (`piggybank`)
     #[arg(long, env = env::PIGGYBANK_PREFIX)]
     pub piggybank_prefix: Option<String>,
+}
+
+/// `--max-request-bytes`: a number of bytes in [`config::MAX_REQUEST_BYTES_RANGE`].
+fn max_request_bytes(value: &str) -> Result<usize, String> {
+    let range = config::MAX_REQUEST_BYTES_RANGE;
+    match value.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected bytes, {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
 }
 
 impl RunArgs {
@@ -381,6 +400,7 @@ impl RunArgs {
         c.admin_keys = self.admin_keys;
         c.sealed_keys_only = self.sealed_keys_only;
         c.max_in_flight = self.max_in_flight;
+        c.max_request_bytes = self.max_request_bytes;
         c.drain_timeout = std::time::Duration::from_millis(self.drain_timeout_ms);
         c.write_legacy_format = self.write_legacy_format;
         c.audit = crate::audit::AuditConfig {

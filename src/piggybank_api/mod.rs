@@ -12,7 +12,11 @@
 //!
 //! Authorization is NATS's: an application may publish only on `{prefix}.<application>.>`
 //! and receive replies only on its own inbox prefix (README, "Piggy Bank API"). The backend
-//! trusts the subject, so these permissions are what keeps applications apart.
+//! trusts the subject, so these permissions are what keeps applications apart. The serve
+//! loop answers a request of an application only in that application's reply namespaces
+//! (`_INBOX.`, and `_INBOX_<application>.` when trusted: [`classify`],
+//! `crate::reply_policy::Requester`), so that no application can have its stored bytes
+//! delivered into another's inbox.
 
 pub mod database;
 
@@ -22,7 +26,7 @@ use zeroize::Zeroizing;
 use crate::audit::AuditNote;
 use crate::backend::{Backend, BackendError};
 use crate::error::ErrorKind;
-use crate::serve::Reply;
+use crate::serve::{Class, Reply};
 use crate::store::envelope::SecretValue;
 
 /// Default subject prefix of the API.
@@ -92,6 +96,33 @@ pub fn store_key(application: &str, name: &str) -> String {
     format!("{application}/{name}")
 }
 
+/// The application a subject names: the token after `{prefix}.`, as sent (valid or not).
+fn application<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    Some(
+        rest.split_once('.')
+            .map_or(rest, |(application, _)| application),
+    )
+}
+
+/// What the serve loop needs to know of a request before anything else runs: `None` for the
+/// reserved applications (the database operations answer those subjects); otherwise an open
+/// operation of the application its subject names, answered only in that application's
+/// reply namespaces, which carries a value if its method is `post`. Pure.
+pub fn classify(prefix: &str, msg: &Message) -> Option<Class> {
+    let application = application(prefix, msg.subject.as_str()).unwrap_or_default();
+    if RESERVED_APPLICATIONS.contains(&application) {
+        return None;
+    }
+    let class = Class::open().from_application(application);
+    let post = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::METHOD))
+        .is_some_and(|m| m.as_str().eq_ignore_ascii_case(Method::Post.as_str()));
+    Some(if post { class.with_value() } else { class })
+}
+
 /// Understand a request: `{prefix}.<application>.<name>` (the name may contain dots) and
 /// its `method` header. Pure, so every rule is unit-tested.
 pub fn parse(
@@ -104,6 +135,13 @@ pub fn parse(
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('.'))
         .ok_or_else(|| bad("subject is not under the API's prefix"))?;
+    // Checked first, as `classify` does: the reserved subjects are not the API's at all.
+    let application = rest
+        .split_once('.')
+        .map_or(rest, |(application, _)| application);
+    if RESERVED_APPLICATIONS.contains(&application) {
+        return Err(ApiError::Reserved(application.to_string()));
+    }
     let (application, name) = rest
         .split_once('.')
         .ok_or_else(|| bad("expected <prefix>.<application>.<name>; the name is empty"))?;
@@ -113,9 +151,6 @@ pub fn parse(
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !app_ok {
         return Err(bad("the application must be letters, digits, '-' or '_'"));
-    }
-    if RESERVED_APPLICATIONS.contains(&application) {
-        return Err(ApiError::Reserved(application.to_string()));
     }
     if name.is_empty() {
         return Err(bad("the name is empty"));
@@ -294,6 +329,42 @@ mod tests {
         );
     }
 
+    fn message(subject: &str, method: Option<&str>) -> Message {
+        Message {
+            subject: subject.into(),
+            reply: None,
+            payload: Default::default(),
+            headers: method.and_then(with_method),
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_is_classified_by_its_application_and_method() {
+        use crate::serve::{Body, Requester};
+        let class = classify("piggybank", &message("piggybank.shop.db", Some("POST"))).unwrap();
+        assert_eq!(class.requester, Requester::Application("shop".into()));
+        assert_eq!(class.body, Body::Value);
+        for method in [Some("get"), Some("delete"), Some("nope"), None] {
+            let class = classify("piggybank", &message("piggybank.shop.db", method)).unwrap();
+            assert_eq!(class.body, Body::Small, "{method:?}");
+        }
+        // A malformed subject is answered (400) only where an application may read.
+        let class = classify("piggybank", &message("piggybank.shop", Some("get"))).unwrap();
+        assert_eq!(class.requester, Requester::Application("shop".into()));
+        let class = classify("piggybank", &message("piggybank", Some("get"))).unwrap();
+        assert_eq!(class.requester, Requester::Application(String::new()));
+        // The database operations own the reserved application's subjects.
+        for subject in ["piggybank.database.status", "piggybank.database"] {
+            assert!(
+                classify("piggybank", &message(subject, None)).is_none(),
+                "{subject}"
+            );
+        }
+    }
+
     #[test]
     fn bad_requests_are_refused_with_their_status() {
         let get = with_method("get");
@@ -303,6 +374,7 @@ mod tests {
             ("piggybank.bil*ing.x", get.as_ref(), 400),
             ("other.billing.x", get.as_ref(), 400),
             ("piggybank.database.x", get.as_ref(), 403),
+            ("piggybank.database", get.as_ref(), 403),
             ("piggybank.billing.x", None, 400),
             ("piggybank.billing.x", with_method("put").as_ref(), 400),
         ] {

@@ -10,7 +10,11 @@
 //!
 //! Concurrency: protocol requests and wRPC invocations each run on their own task, bounded by
 //! `max_in_flight` permits each; every wRPC invocation is dropped when it exceeds its time
-//! limit. Shutdown (the host's shutdown request, or SIGINT/SIGTERM) stops accepting, waits for
+//! limit. Both front doors subscribe on connections of their own
+//! ([`crate::serve::ServeConnection`]: the secrets server for the protocol, the lattice for
+//! wRPC), whose subscriptions buffer at most `max_in_flight` messages each, so that a flood
+//! waiting for permits holds bounded memory; the stores and the SDK keep their own.
+//! Shutdown (the host's shutdown request, or SIGINT/SIGTERM) stops accepting, waits for
 //! in-flight work (at most `drain_timeout_ms`, then it is abandoned; a wRPC call never longer
 //! than its limit) and only then acknowledges, whether or not NATS is still there.
 
@@ -36,7 +40,8 @@ use wasmcloud_provider_sdk::{
 
 use crate::config::provider as keys;
 use crate::reply_policy::ReplyPolicy;
-use crate::server::{self, RunConfig, ServerError};
+use crate::serve::ServeConnection;
+use crate::server::{self, Credentials, NatsTls, RunConfig, ServerError};
 use admin::AdminExports;
 use links::{Applied, LinkConfigError, LinkScope, Links};
 use settings::{Lattice, Settings, SettingsError};
@@ -121,7 +126,10 @@ fn parse_host_data(mut input: impl BufRead) -> Result<HostData, ProviderError> {
 struct Running {
     exports: AdminExports,
     backend: Arc<crate::backend::Backend>,
+    /// The stores' connection.
     nats: async_nats::Client,
+    /// The protocol's connection (the serve loop's).
+    serving: async_nats::Client,
     /// Taken by `run` to serve the exports.
     wrpc_reply_policy: Mutex<Option<ReplyPolicy>>,
     wrpc_call_timeout: Duration,
@@ -138,6 +146,8 @@ pub struct PiggybankProvider {
 
 struct Inner {
     running: OnceLock<Running>,
+    /// The wRPC server's lattice connection, once `run` has made it.
+    wrpc: OnceLock<async_nats::Client>,
     links: Arc<Links>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -152,6 +162,7 @@ impl Default for PiggybankProvider {
         Self {
             inner: Arc::new(Inner {
                 running: OnceLock::new(),
+                wrpc: OnceLock::new(),
                 links: Arc::default(),
                 stop: watch::channel(false).0,
                 tasks: Mutex::default(),
@@ -209,10 +220,14 @@ impl PiggybankProvider {
             );
         }
         self.inner.links.clear();
-        if let Some(running) = self.inner.running.get() {
-            // A flush waits for the server: never longer than this when it is gone.
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, running.nats.flush()).await;
-        }
+        // A flush waits for the server: never longer than this when it is gone.
+        let running = self.inner.running.get();
+        let clients = running
+            .into_iter()
+            .flat_map(|running| [&running.nats, &running.serving])
+            .chain(self.inner.wrpc.get());
+        let flushes = clients.map(|client| tokio::time::timeout(FLUSH_TIMEOUT, client.flush()));
+        futures::future::join_all(flushes).await;
         *drained = true;
         tracing::info!("piggybank provider stopped");
     }
@@ -231,6 +246,7 @@ impl PiggybankProvider {
             exports,
             backend: Arc::clone(&started.backend),
             nats: started.client.clone(),
+            serving: started.serving.client().clone(),
             wrpc_reply_policy: Mutex::new(Some(settings.wrpc_reply_policy)),
             wrpc_call_timeout: settings.wrpc_call_timeout,
             max_in_flight: settings.run.max_in_flight,
@@ -253,7 +269,10 @@ impl PiggybankProvider {
         let Some(running) = self.inner.running.get() else {
             return unhealthy("not initialized".into());
         };
-        if running.nats.connection_state() != async_nats::connection::State::Connected {
+        let connected = |c: &async_nats::Client| {
+            c.connection_state() == async_nats::connection::State::Connected
+        };
+        if !connected(&running.nats) || !connected(&running.serving) {
             return unhealthy("secrets NATS connection is down".into());
         }
         let ping = running.backend.ping();
@@ -568,8 +587,11 @@ pub async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .ok_or_else(|| ProviderError::Sdk("served twice".into()))?;
+    let capacity = running.max_in_flight.max(wrpc::MIN_BUFFERED_MESSAGES);
+    let wrpc = connect_wrpc(capacity).await?;
+    let _ = provider.inner.wrpc.set(wrpc.client().clone());
     let server = WrpcServer::new(
-        lattice_nats,
+        wrpc,
         format!("{}.{}", connection.lattice, connection.provider_key()),
         policy,
         running.max_in_flight,
@@ -593,6 +615,37 @@ pub async fn run(
         () = shutdown_signal => provider.stop().await,
     }
     Ok(())
+}
+
+/// The wRPC server's own connection to the lattice: the server and credentials the SDK
+/// connects with (HostData's; it has no TLS settings, a `tls://` URL turns TLS on), and at
+/// most `capacity` messages buffered per subscription.
+async fn connect_wrpc(capacity: usize) -> Result<ServeConnection, ProviderError> {
+    let url = lattice_url();
+    let host = wasmcloud_provider_sdk::provider::load_host_data()
+        .map_err(|e| ProviderError::HostData(e.to_string()))?;
+    let credentials = match host.lattice_rpc_user_jwt.trim() {
+        "" => None,
+        jwt => Some(Credentials::UserJwt {
+            jwt: jwt.to_string(),
+            seed: zeroize::Zeroizing::new(host.lattice_rpc_user_seed.trim().to_string()),
+        }),
+    };
+    let name = format!("{} (wrpc)", keys::NAME);
+    server::connect_serving(
+        &url,
+        credentials.as_ref(),
+        &NatsTls::default(),
+        &name,
+        None,
+        capacity,
+        "wrpc",
+    )
+    .await
+    .map_err(|e| ProviderError::Lattice {
+        url: e.address,
+        reason: e.reason,
+    })
 }
 
 /// The lattice URL the SDK connects to (HostData's, or its default).

@@ -181,6 +181,18 @@ impl Settings {
                 _ => return Err(invalid(keys::MAX_IN_FLIGHT, v, "expected 1 to 65536")),
             };
         }
+        if let Some(v) = text(keys::MAX_REQUEST_BYTES) {
+            run.max_request_bytes = match v.parse::<usize>() {
+                Ok(n) if crate::config::MAX_REQUEST_BYTES_RANGE.contains(&n) => n,
+                _ => {
+                    return Err(invalid(
+                        keys::MAX_REQUEST_BYTES,
+                        v,
+                        "expected bytes, 1024 to 67108864",
+                    ))
+                }
+            };
+        }
         let wrpc_call_timeout = match text(keys::WRPC_CALL_TIMEOUT_MS) {
             None => DEFAULT_WRPC_CALL_TIMEOUT,
             Some(v) => match v.parse::<u64>() {
@@ -413,6 +425,10 @@ mod tests {
         assert!(!s.insecure_keys && s.unknown_keys.is_empty());
         assert_eq!(s.wrpc_call_timeout, DEFAULT_WRPC_CALL_TIMEOUT);
         assert_eq!(s.run.max_in_flight, crate::config::DEFAULT_MAX_IN_FLIGHT);
+        assert_eq!(
+            s.run.max_request_bytes,
+            crate::config::DEFAULT_MAX_REQUEST_BYTES
+        );
         assert!(s.run.reply_prefixes.is_empty());
     }
 
@@ -467,6 +483,7 @@ mod tests {
         let config = map(&[
             (keys::WRPC_CALL_TIMEOUT_MS, "750"),
             (keys::MAX_IN_FLIGHT, "8"),
+            (keys::MAX_REQUEST_BYTES, "131072"),
             (keys::REPLY_PREFIXES, "_INBOX_ops, _R_."),
             (keys::NATS_URL, "nats://10.0.0.1:4222"),
             (keys::BACKEND_NAME, "vault-1"),
@@ -489,6 +506,7 @@ mod tests {
         assert_eq!(s.run.trusted_issuers, vec![a, b]);
         assert_eq!(s.wrpc_call_timeout, Duration::from_millis(750));
         assert_eq!(s.run.max_in_flight, 8);
+        assert_eq!(s.run.max_request_bytes, 131_072);
         assert_eq!(s.run.reply_prefixes, ["_INBOX_ops", "_R_."]);
         let admitted = |reply: &str| {
             s.wrpc_reply_policy
@@ -644,6 +662,9 @@ mod tests {
             (keys::INSECURE_CONFIG_KEYS, "yes"),
             (keys::MAX_IN_FLIGHT, "0"),
             (keys::MAX_IN_FLIGHT, "lots"),
+            (keys::MAX_REQUEST_BYTES, "1023"),
+            (keys::MAX_REQUEST_BYTES, "67108865"),
+            (keys::MAX_REQUEST_BYTES, "64k"),
             (keys::WRPC_CALL_TIMEOUT_MS, "0"),
             (keys::WRPC_CALL_TIMEOUT_MS, "5s"),
             (keys::WRPC_CALL_TIMEOUT_MS, "600001"),

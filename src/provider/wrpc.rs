@@ -6,7 +6,12 @@
 //! without `biased;`) can also route an invocation's end-of-parameters message before the
 //! invocation's listener is registered, and drop it: a call without arguments then stays
 //! pending forever. So the provider serves its exports with [`WrpcServer`], its own
-//! implementation of `wrpc_transport::Serve` on the lattice connection:
+//! implementation of `wrpc_transport::Serve` on a lattice connection of its own:
+//!
+//! - **Bounded memory.** Its connection is a [`ServeConnection`]: each subscription buffers
+//!   at most `max_in_flight` messages, and never fewer than [`MIN_BUFFERED_MESSAGES`]
+//!   (invocations wait there while every permit is taken; a call's parameters arrive there
+//!   in parts), and the client drops the rest, counted and logged.
 //!
 //! - **Reply subjects.** An invocation is answered only if the provider's [`ReplyPolicy`]
 //!   admits its reply subject (a trusted reply prefix, never `$...`, never a tree the
@@ -47,12 +52,17 @@ use wasmcloud_provider_sdk::Context;
 use wit_bindgen_wrpc::wrpc_transport::{Index, Serve};
 
 use crate::reply_policy::{ReplyPolicy, ReplyTo};
+use crate::serve::ServeConnection;
 
 /// The wRPC protocol token in invocation subjects.
 pub const PROTOCOL: &str = "wrpc.0.0.1";
 /// Largest parameters accepted for one invocation (a secret value is at most one NATS
 /// message, 1 MiB by default, 64 MiB at most).
 pub const MAX_PARAMS_BYTES: usize = 64 << 20;
+/// The least each subscription of the wRPC connection buffers, whatever `max_in_flight`:
+/// the parts of the largest parameters ([`MAX_PARAMS_BYTES`]) in messages of the default
+/// max payload (1 MiB), which the transport sends without waiting for the reader.
+pub const MIN_BUFFERED_MESSAGES: usize = MAX_PARAMS_BYTES / (1 << 20);
 /// Messages of results when the server does not say its max payload.
 const FALLBACK_CHUNK: usize = 64 << 10;
 
@@ -61,7 +71,7 @@ pub fn invocation_subject(prefix: &str, instance: &str, func: &str) -> String {
     format!("{prefix}.{PROTOCOL}.{instance}.{func}")
 }
 
-/// Serves exports on the lattice connection under `{lattice}.{provider id}`.
+/// Serves exports on its lattice connection under `{lattice}.{provider id}`.
 pub struct WrpcServer {
     shared: Arc<Shared>,
     prefix: String,
@@ -80,7 +90,7 @@ struct Shared {
 impl WrpcServer {
     /// `prefix`: `{lattice}.{provider id}`, which is also the queue group (as the SDK's).
     pub fn new(
-        nats: async_nats::Client,
+        connection: ServeConnection,
         prefix: String,
         policy: ReplyPolicy,
         max_in_flight: usize,
@@ -89,7 +99,7 @@ impl WrpcServer {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             shared: Arc::new(Shared {
-                nats,
+                nats: connection.client().clone(),
                 policy,
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,

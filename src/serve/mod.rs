@@ -2,8 +2,9 @@
 //! operations), the database operations and the Piggy Bank API.
 //!
 //! What holds for every request holds here, once:
-//! - **Signed administration.** Every endpoint classifies each message by its subject alone
-//!   ([`Access`]): not this endpoint's (no reply), open, or an admin operation. When the
+//! - **Signed administration.** Every endpoint classifies each message by its subject (and,
+//!   for the API, its `method` header) alone ([`Class`]): not this endpoint's (no reply), and
+//!   otherwise its [`Access`]: open, or an admin operation. When the
 //!   backend runs with `--admin-keys`, the loop checks an admin operation's signature before
 //!   its handler runs, and answers a refusal in the endpoint's format; a handler never sees
 //!   an unsigned admin request, and an endpoint cannot be built without saying which of its
@@ -13,11 +14,20 @@
 //!   admin key that signed it. With `--audit-required`, a reply whose record is not
 //!   acknowledged is replaced by the endpoint's "unavailable" refusal.
 //! - **Reply subjects.** A request is handled only if its reply subject is admitted by the
-//!   [`ReplyPolicy`] (trusted reply prefixes; never `$...`, never inside a served tree, which
+//!   [`ReplyPolicy`] for its [`Requester`] (trusted reply prefixes, and for a Piggy Bank API
+//!   application only `_INBOX.` and its own; never `$...`, never inside a served tree, which
 //!   the loop derives from its own endpoints). Any other request gets no reply and is not
 //!   handled, so it changes nothing. A request with no reply subject is not handled either.
-//! - **Backpressure.** At most `max_in_flight` requests are handled at once, across every
-//!   endpoint; beyond that the receive loop waits and messages queue in the subscriptions.
+//! - **Requests that fit.** A request whose operation carries no value ([`Body::Small`]: all
+//!   but `put_secret`, `add_mapping`, `remove_mapping` and the API's `post`) and is larger
+//!   than `max_request_bytes` is never handled: its body is dropped as soon as it is read,
+//!   and the endpoint's refusal answers it ([`LoopRefusal::TooLarge`]: 413, audited); these
+//!   are counted and logged at warn at most every 10 s.
+//! - **Backpressure, in bounded memory.** At most `max_in_flight` requests are handled at
+//!   once, across every endpoint; beyond that the receive loop waits and messages queue in
+//!   the subscriptions. These live on a [`ServeConnection`], whose subscriptions buffer at
+//!   most `max_in_flight` messages each: the client drops the rest (counted, logged at most
+//!   every 10 s).
 //! - **Replies that fit.** [`Reply::send`] replaces a reply that would exceed the max payload
 //!   with the endpoint's own "too large" error.
 //! - **Draining, bounded.** On shutdown every subscription is drained, buffered messages are
@@ -28,8 +38,10 @@
 //! Handlers are plain async functions of the message that return a [`Reply`] (or `None` to
 //! leave the message to another endpoint); they never publish.
 
+mod connection;
 mod discovery;
 mod reply;
+mod shed;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,8 +56,11 @@ use tokio::sync::Semaphore;
 pub use crate::admin_auth::Signed;
 use crate::admin_auth::{AdminRefusal, AdminVerifier};
 use crate::audit::{Auditor, Outcome};
-pub use crate::reply_policy::{ReplyPolicy, ReplyTo};
+pub use crate::reply_policy::{ReplyPolicy, ReplyTo, Requester};
+pub(crate) use connection::log_events;
+pub use connection::ServeConnection;
 pub use reply::{Reply, TooLarge};
+use shed::{Shed, ShedReason};
 
 /// Answers one message; `None`: not this endpoint's to answer (no reply is sent).
 pub type Handler = Arc<dyn Fn(Message) -> BoxFuture<'static, Option<Reply>> + Send + Sync>;
@@ -60,11 +75,88 @@ pub enum Access {
     Admin(Signed),
 }
 
-/// Classifies a message: `None` when it is not this endpoint's to answer (no reply).
-pub type Classify = Arc<dyn Fn(&Message) -> Option<Access> + Send + Sync>;
+/// How large a request may be, by what its operation carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No value: at most [`ServeConfig::max_request_bytes`].
+    Small,
+    /// A secret value or a list of names: whatever one NATS message carries.
+    Value,
+}
 
-/// An endpoint's answer to a refused admin request, in its own wire format.
-pub type Refusal = Arc<dyn Fn(&Message, &AdminRefusal) -> Reply + Send + Sync>;
+/// What an endpoint decides about a message before anything else runs: who may call it,
+/// how large it may be, and who asks (which reply namespaces it may be answered in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub access: Access,
+    pub body: Body,
+    pub requester: Requester,
+}
+
+impl Class {
+    /// An open operation without a value, from a host or an operator.
+    pub fn open() -> Self {
+        Access::Open.into()
+    }
+
+    /// An admin operation without a value, from a host or an operator.
+    pub fn admin(signed: Signed) -> Self {
+        Access::Admin(signed).into()
+    }
+
+    /// The operation carries a value (or a list of names).
+    pub fn with_value(mut self) -> Self {
+        self.body = Body::Value;
+        self
+    }
+
+    /// The request comes from this Piggy Bank API application.
+    pub fn from_application(mut self, application: &str) -> Self {
+        self.requester = Requester::Application(application.to_string());
+        self
+    }
+}
+
+impl From<Access> for Class {
+    fn from(access: Access) -> Self {
+        Class {
+            access,
+            body: Body::Small,
+            requester: Requester::Any,
+        }
+    }
+}
+
+/// Classifies a message: `None` when it is not this endpoint's to answer (no reply).
+pub type Classify = Arc<dyn Fn(&Message) -> Option<Class> + Send + Sync>;
+
+/// Why the loop answers a request itself, in the endpoint's format, instead of its handler.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoopRefusal {
+    /// An admin operation whose signature was refused or could not be checked (or, with
+    /// `--audit-required`, whose record could not be written).
+    #[error(transparent)]
+    Admin(#[from] AdminRefusal),
+    /// An operation that carries no value, in a request larger than `max_request_bytes`.
+    #[error(
+        "request too large: {size} bytes, over the {limit} bytes an operation without a value \
+         may take (--max-request-bytes)"
+    )]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl LoopRefusal {
+    /// The status code: the admin refusal's (403, 503), or 413.
+    pub fn code(&self) -> u16 {
+        match self {
+            LoopRefusal::Admin(refused) => refused.code(),
+            LoopRefusal::TooLarge { .. } => 413,
+        }
+    }
+}
+
+/// An endpoint's answer to a request the loop refuses, in its own wire format.
+pub type Refusal = Arc<dyn Fn(&Message, &LoopRefusal) -> Reply + Send + Sync>;
 
 /// One subscription of the loop and what answers it.
 pub struct Endpoint {
@@ -74,10 +166,12 @@ pub struct Endpoint {
     pub subject: String,
     /// `Some`: one instance of the group receives each message; `None`: every instance.
     pub queue_group: Option<String>,
-    /// Which messages are this endpoint's, and which of them are admin operations.
-    pub access: Classify,
+    /// Which messages are this endpoint's, which of them are admin operations or carry a
+    /// value, and who sends them.
+    pub classify: Classify,
     pub handler: Handler,
-    /// The endpoint's answer to a refused admin request.
+    /// The endpoint's answer to a request the loop refuses (a refused admin signature, a
+    /// request too large).
     pub refusal: Refusal,
     /// The endpoint's error for a reply that would not fit in a NATS message.
     pub too_large: TooLarge,
@@ -107,7 +201,12 @@ pub enum ServeError {
 /// How the loop runs.
 #[derive(Clone)]
 pub struct ServeConfig {
+    /// Requests handled at once; also what each subscription of the [`ServeConnection`]
+    /// buffers (see [`ServeConnection::connect`]).
     pub max_in_flight: usize,
+    /// Largest request of an operation that carries no value, as NATS counts it (subject,
+    /// reply subject, headers and payload).
+    pub max_request_bytes: usize,
     /// Trusted reply prefixes besides `_INBOX.`.
     pub reply_prefixes: Vec<String>,
     /// Checks admin signatures (`--admin-keys`); `None`: admin operations are unauthenticated.
@@ -120,13 +219,18 @@ pub struct ServeConfig {
     pub auditor: Arc<Auditor>,
 }
 
-/// The endpoint's answer to a refused admin request, with the refusal in its audit note.
-fn refused_reply(msg: &Message, refusal: &Refusal, refused: &AdminRefusal) -> Reply {
+/// The endpoint's answer to a refused request, with the refusal in its audit note.
+fn refused_reply(msg: &Message, refusal: &Refusal, refused: &LoopRefusal) -> Reply {
     let mut reply = refusal(msg, refused);
     let note = reply.audit.get_or_insert_with(Default::default);
     let (outcome, reason) = match refused {
-        AdminRefusal::Refused(_) => (Outcome::Denied, "admin_signature_refused"),
-        AdminRefusal::Unavailable(_) => (Outcome::Error, "admin_nonce_store_unavailable"),
+        LoopRefusal::Admin(AdminRefusal::Refused(_)) => {
+            (Outcome::Denied, "admin_signature_refused")
+        }
+        LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
+            (Outcome::Error, "admin_nonce_store_unavailable")
+        }
+        LoopRefusal::TooLarge { .. } => (Outcome::Error, "request_too_large"),
     };
     note.outcome = Some(outcome);
     note.reason = Some(reason.to_string());
@@ -160,14 +264,16 @@ pub fn policy_for(endpoints: &[Endpoint], prefixes: &[String]) -> Result<ReplyPo
     ReplyPolicy::new(prefixes, &served).map_err(ServeError::ReplyPrefixes)
 }
 
-/// Serve `endpoints` on `client` until `shutdown` completes; then drain and return.
+/// Serve `endpoints` on `connection` until `shutdown` completes; then drain and return.
 pub async fn serve(
-    client: Client,
+    connection: ServeConnection,
     endpoints: Vec<Endpoint>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let client: Client = connection.client().clone();
     let policy = Arc::new(policy_for(&endpoints, &config.reply_prefixes)?);
+    let too_large_requests = Shed::new(ShedReason::TooLarge);
     let mut messages = SelectAll::new();
     for (index, endpoint) in endpoints.iter().enumerate() {
         let subject = endpoint.subject.clone();
@@ -261,12 +367,32 @@ pub async fn serve(
             }
             continue;
         };
-        let Some(reply_to) = policy.admit(endpoint.name, msg.reply.as_ref()) else {
+        let Some(class) = (endpoint.classify)(&msg) else {
             continue;
         };
-        let Some(access) = (endpoint.access)(&msg) else {
+        let Some(reply_to) = policy.admit_as(endpoint.name, msg.reply.as_ref(), &class.requester)
+        else {
             continue;
         };
+        // Its body goes before it waits for a permit: a flood of large requests holds no
+        // more than their subjects, and each is refused without reaching a handler.
+        let (msg, oversized) = match class.body {
+            Body::Small if msg.length > config.max_request_bytes => {
+                too_large_requests.add(endpoint.name);
+                let refused = LoopRefusal::TooLarge {
+                    size: msg.length,
+                    limit: config.max_request_bytes,
+                };
+                let stripped = Message {
+                    payload: bytes::Bytes::new(),
+                    headers: None,
+                    ..msg
+                };
+                (stripped, Some(refused))
+            }
+            _ => (msg, None),
+        };
+        let access = class.access;
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
@@ -286,15 +412,18 @@ pub async fn serve(
             // Kept only when a refusal may have to replace the reply after the handler ran.
             let kept = auditor.is_required().then(|| msg.clone());
             let mut admin_key = None;
-            let reply = match admin {
-                Some((verifier, signed)) => match verifier.check(&msg, signed, &instance).await {
-                    Ok(key) => {
-                        admin_key = Some(key.0);
-                        handler(msg).await
+            let reply = match (oversized, admin) {
+                (Some(refused), _) => Some(refused_reply(&msg, &refusal, &refused)),
+                (None, Some((verifier, signed))) => {
+                    match verifier.check(&msg, signed, &instance).await {
+                        Ok(key) => {
+                            admin_key = Some(key.0);
+                            handler(msg).await
+                        }
+                        Err(refused) => Some(refused_reply(&msg, &refusal, &refused.into())),
                     }
-                    Err(refused) => Some(refused_reply(&msg, &refusal, &refused)),
-                },
-                None => handler(msg).await,
+                }
+                (None, None) => handler(msg).await,
             };
             // One record per answered request, after what it decided; nothing is sent
             // before it is recorded (and, with --audit-required, acknowledged).
@@ -317,7 +446,7 @@ pub async fn serve(
                 if auditor.record(record).await.is_err() {
                     if let Some(msg) = &kept {
                         let unavailable = AdminRefusal::Unavailable("audit trail".into());
-                        reply = refusal(msg, &unavailable);
+                        reply = refusal(msg, &unavailable.into());
                     }
                 }
                 reply.send(&client, reply_to, too_large).await;

@@ -110,6 +110,18 @@ async fn start_backend_with(client: &async_nats::Client, config: RunConfig) -> R
     }
 }
 
+/// A connection for a serve loop of a test's own, each subscription buffering at most
+/// `capacity` messages.
+pub async fn serve_connection(
+    nats: &NatsServer,
+    capacity: usize,
+) -> piggybank::serve::ServeConnection {
+    let options = async_nats::ConnectOptions::new();
+    piggybank::serve::ServeConnection::connect(&nats.url(), options, capacity, "test")
+        .await
+        .expect("connect the serve loop's connection")
+}
+
 /// Wait until something answers `{prefix}.server_xkey`.
 pub async fn wait_for_backend(nats: &NatsServer, prefix: &str) {
     wait_answering(&nats.client().await, prefix).await;
