@@ -1472,6 +1472,27 @@ fn impostor_status(unseal: &XKey) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `piggybank unlock ARGS` with `key` in `PIGGYBANK_DATABASE_KEY`, on a blocking thread.
+fn spawn_unlock(
+    nats: &NatsServer,
+    key: &str,
+    args: &[&str],
+) -> tokio::task::JoinHandle<(bool, Vec<u8>, String)> {
+    let (url, key) = (nats.url(), key.to_string());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_at(
+            &[
+                ("NATS_ADDRESS", url.as_str()),
+                ("PIGGYBANK_DATABASE_KEY", key.as_str()),
+            ],
+            &args,
+            None,
+        )
+    })
+}
+
 /// Opens the key `piggybank unlock` sealed to the impostor, from the unlock requests seen.
 async fn key_sealed_to_impostor(
     unlocks: &mut async_nats::Subscriber,
@@ -1527,17 +1548,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
             }
         }
     });
-    let (url, typed) = (nats.url(), key.clone());
-    let cli = tokio::task::spawn_blocking(move || {
-        cli_at(
-            &[
-                ("NATS_ADDRESS", url.as_str()),
-                ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
-            ],
-            &["unlock", "-t", &transit],
-            None,
-        )
-    });
+    let cli = spawn_unlock(&nats, &key, &["unlock", "-t", &transit]);
     let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
     let (ok, _, stderr) = cli.await.unwrap();
     answering.abort();
@@ -1568,19 +1579,7 @@ async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
     let spy = nats.client().await;
     let mut seen = spy.subscribe(format!("{DB}.>")).await.unwrap();
     spy.flush().await.unwrap();
-    let (url, typed) = (nats.url(), key.clone());
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
-        cli_at(
-            &[
-                ("NATS_ADDRESS", url.as_str()),
-                ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
-            ],
-            &["unlock"],
-            None,
-        )
-    })
-    .await
-    .unwrap();
+    let (ok, _, stderr) = spawn_unlock(&nats, &key, &["unlock"]).await.unwrap();
     assert!(!ok && stderr.contains("--transit-xkey"), "{stderr}");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), seen.next())
@@ -1590,19 +1589,9 @@ async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
     );
     // A wrong pin (another backend's transit key) unlocks nothing either.
     let other = nkeys::XKey::new().public_key();
-    let (url, typed) = (nats.url(), key.clone());
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
-        cli_at(
-            &[
-                ("NATS_ADDRESS", url.as_str()),
-                ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
-            ],
-            &["unlock", "-t", &other],
-            None,
-        )
-    })
-    .await
-    .unwrap();
+    let (ok, _, stderr) = spawn_unlock(&nats, &key, &["unlock", "-t", &other])
+        .await
+        .unwrap();
     assert!(!ok && stderr.contains("pinned transit key"), "{stderr}");
     let statuses = wait_database_instances(&operator, "piggybank", 1).await;
     assert_eq!(statuses[0]["sealed"], true);
@@ -1664,17 +1653,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
             let _ = reflector.flush().await;
         }
     });
-    let (url, typed) = (nats.url(), key.clone());
-    let cli = tokio::task::spawn_blocking(move || {
-        cli_at(
-            &[
-                ("NATS_ADDRESS", url.as_str()),
-                ("PIGGYBANK_DATABASE_KEY", typed.as_str()),
-            ],
-            &["unlock", "-t", &transit],
-            None,
-        )
-    });
+    let cli = spawn_unlock(&nats, &key, &["unlock", "-t", &transit]);
     let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
     let (_, _, stderr) = cli.await.unwrap();
     answering.abort();
