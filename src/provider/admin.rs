@@ -206,20 +206,27 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<SecretPage, Error>> {
-        let listed = self.authorize(&cx, Access::Read).and_then(|scope| {
+        let listed = async {
+            let scope = self.authorize(&cx, Access::Read)?;
             let prefix = scope.narrow(&prefix).map_err(scope_error)?;
-            let page = self.store()?.secrets().list_page(&PageRequest {
+            let request = PageRequest {
                 prefix: &prefix,
                 after: after.as_deref(),
                 limit: wit_limit(limit)?,
-            });
+            };
+            let store = self.store()?;
+            let page = store
+                .secrets()
+                .list_page(&request)
+                .await
+                .map_err(|e| wit_error(e.into()))?;
             Ok(SecretPage {
                 secrets: page.items.into_iter().map(info).collect(),
                 next: page.next,
             })
-        });
+        };
         Ok(self
-            .audited(&cx, "list_secrets", About::default(), listed)
+            .audited(&cx, "list_secrets", About::default(), listed.await)
             .await)
     }
 
@@ -228,14 +235,17 @@ impl Handler<Option<Context>> for AdminExports {
         cx: Option<Context>,
         name: String,
     ) -> anyhow::Result<Result<SecretInfo, Error>> {
-        let described = self
-            .authorize_names(&cx, Access::Read, [name.as_str()])
-            .and_then(|_| self.store()?.info(&name).map(info).map_err(wit_error));
+        let described = async {
+            self.authorize_names(&cx, Access::Read, [name.as_str()])?;
+            self.store()?.info(&name).await.map(info).map_err(wit_error)
+        };
         let about = About {
             secret: Some(&name),
             ..About::default()
         };
-        Ok(self.audited(&cx, "describe_secret", about, described).await)
+        Ok(self
+            .audited(&cx, "describe_secret", about, described.await)
+            .await)
     }
 
     async fn add_mapping(
@@ -275,27 +285,33 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<NamePage, Error>> {
-        let listed = self.authorize(&cx, Access::Read).and_then(|scope| {
+        let listed = async {
+            let scope = self.authorize(&cx, Access::Read)?;
             validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
             // The scope is a name prefix, so paging within it is paging with that prefix.
-            let page = self.store()?.mappings().names_page(
-                &entity,
-                &PageRequest {
-                    prefix: &scope.prefix,
-                    after: after.as_deref(),
-                    limit: wit_limit(limit)?,
-                },
-            );
+            let request = PageRequest {
+                prefix: &scope.prefix,
+                after: after.as_deref(),
+                limit: wit_limit(limit)?,
+            };
+            let store = self.store()?;
+            let page = store
+                .mappings()
+                .names_page(&entity, &request)
+                .await
+                .map_err(|e| wit_error(e.into()))?;
             Ok(NamePage {
                 names: page.items,
                 next: page.next,
             })
-        });
+        };
         let about = About {
             entity: Some(&entity),
             ..About::default()
         };
-        Ok(self.audited(&cx, "list_mappings", about, listed).await)
+        Ok(self
+            .audited(&cx, "list_mappings", about, listed.await)
+            .await)
     }
 
     async fn status(&self, cx: Option<Context>) -> anyhow::Result<Result<StoreStatus, Error>> {
