@@ -17,7 +17,15 @@
 //! - `piggybank.sealed` (gauge): 1 while sealed;
 //! - `piggybank.audit.dropped` (gauge): audit records lost so far;
 //! - `piggybank.jwt_cache.hits` and `piggybank.jwt_cache.misses` (gauges): JWT checks answered
-//!   from the cache of verified tokens, or verified.
+//!   from the cache of verified tokens, or verified;
+//! - `piggybank.mirror.pending` (gauge, by `store`): changes the in-memory mirror of the
+//!   `secrets` or `mappings` bucket has yet to apply, as its consumer last reported (the
+//!   whole bucket at start, counting down while it loads; then 0 unless changes are in
+//!   flight);
+//! - `piggybank.mirror.loaded` (gauge, by `store`): 1 once that mirror holds its whole bucket;
+//! - `piggybank.mirror.lag` (histogram, seconds, by `store`): for each change a loaded mirror
+//!   applies, the time from its write (the server's timestamp) to its arrival here: how long
+//!   this instance may still serve what was just replaced, deleted or revoked elsewhere.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,7 +38,14 @@ struct Instruments {
     requests: Counter<u64>,
     shed: Counter<u64>,
     duration: Histogram<f64>,
+    mirror_lag: Histogram<f64>,
 }
+
+/// Bucket boundaries of `piggybank.mirror.lag`, in seconds: a change normally arrives in a
+/// millisecond or two; seconds mean a backlog (a reconnect, a burst of writes).
+const LAG_BOUNDARIES: [f64; 15] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
 /// The meter provider `run` made, kept to flush it at exit.
@@ -52,6 +67,14 @@ fn instruments() -> &'static Instruments {
                 .f64_histogram("piggybank.request.duration")
                 .with_unit("s")
                 .with_description("Time from receiving a request to its reply")
+                .build(),
+            mirror_lag: meter
+                .f64_histogram("piggybank.mirror.lag")
+                .with_unit("s")
+                .with_description(
+                    "Time from a change's write to its arrival in this instance's mirror",
+                )
+                .with_boundaries(LAG_BOUNDARIES.to_vec())
                 .build(),
         }
     })
@@ -82,11 +105,27 @@ pub fn shed(reason: &'static str, at: &'static str) {
     );
 }
 
+/// Record the lag of one change a loaded mirror applied (`store`: `secrets` or `mappings`).
+pub fn mirror_lag(store: &'static str, seconds: f64) {
+    instruments()
+        .mirror_lag
+        .record(seconds, &[KeyValue::new("store", store)]);
+}
+
+/// One mirror's state, as the gauges read it.
+pub struct MirrorReading {
+    /// `secrets` or `mappings`.
+    pub store: &'static str,
+    pub pending: u64,
+    pub loaded: bool,
+}
+
 /// What the gauges read, sampled at each export.
 pub struct Gauges {
     pub sealed: Arc<dyn Fn() -> bool + Send + Sync>,
     pub audit_dropped: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub jwt_cache: Arc<dyn Fn() -> (u64, u64) + Send + Sync>,
+    pub mirrors: Arc<dyn Fn() -> Vec<MirrorReading> + Send + Sync>,
 }
 
 /// Register the gauges (once per process; a second call is ignored).
@@ -120,6 +159,29 @@ pub fn register(gauges: Gauges) {
         .u64_observable_gauge("piggybank.jwt_cache.misses")
         .with_description("JWT checks that verified a signature")
         .with_callback(move |o| o.observe(misses().1, &[]))
+        .build();
+    let pending = Arc::clone(&gauges.mirrors);
+    let _ = meter
+        .u64_observable_gauge("piggybank.mirror.pending")
+        .with_description("Changes the in-memory mirror of a bucket has yet to apply")
+        .with_callback(move |o| {
+            for mirror in pending() {
+                o.observe(mirror.pending, &[KeyValue::new("store", mirror.store)]);
+            }
+        })
+        .build();
+    let loaded = gauges.mirrors;
+    let _ = meter
+        .u64_observable_gauge("piggybank.mirror.loaded")
+        .with_description("1 once the in-memory mirror of a bucket holds all of it")
+        .with_callback(move |o| {
+            for mirror in loaded() {
+                o.observe(
+                    u64::from(mirror.loaded),
+                    &[KeyValue::new("store", mirror.store)],
+                );
+            }
+        })
         .build();
 }
 

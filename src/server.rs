@@ -624,7 +624,33 @@ pub struct Started {
     pub auditor: Arc<Auditor>,
 }
 
-/// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup time.
+/// Log "piggybank loaded" once both mirrors hold their whole bucket. It looks every 10 ms
+/// through a weak reference, so it never keeps a stopped backend (and its mirrors) alive.
+fn log_when_loaded(backend: std::sync::Weak<Backend>, started: Instant) {
+    tokio::spawn(async move {
+        loop {
+            let Some(backend) = backend.upgrade() else {
+                return;
+            };
+            if backend.is_loaded() {
+                let (secrets, mapped_entities) = backend.counts();
+                tracing::info!(
+                    secrets,
+                    mapped_entities,
+                    loaded_ms = started.elapsed().as_millis() as u64,
+                    "piggybank loaded"
+                );
+                return;
+            }
+            drop(backend);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+/// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup
+/// time: from then on every request is answered, gets from the buckets themselves until the
+/// mirrors hold them whole ("piggybank loaded"), listings once they do.
 pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     let started = Instant::now();
     if config.trusted_issuers.iter().all(|k| k.trim().is_empty()) {
@@ -713,18 +739,33 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
             let backend = Arc::clone(&backend);
             Arc::new(move || backend.jwt_cache_counts())
         },
+        mirrors: {
+            let backend = Arc::clone(&backend);
+            Arc::new(move || {
+                backend
+                    .mirrors()
+                    .iter()
+                    .map(|m| crate::metrics::MirrorReading {
+                        store: m.store(),
+                        pending: m.pending(),
+                        loaded: m.is_loaded(),
+                    })
+                    .collect()
+            })
+        },
     });
+    // Ready: gets are answered from here on, from the buckets until the mirrors are loaded.
     tracing::info!(
         backend = %config.name,
         mode = %database.seal().mode(),
         instance_id = %database.seal().instance_id(),
         server_xkey = %backend.transit_public().unwrap_or_default(),
         sealed = backend.is_sealed(),
-        secrets = backend.counts().0,
-        mapped_entities = backend.counts().1,
+        loaded = backend.is_loaded(),
         startup_ms = started.elapsed().as_millis() as u64,
         "piggybank ready"
     );
+    log_when_loaded(Arc::downgrade(&backend), started);
     Ok(Started {
         client,
         serving,

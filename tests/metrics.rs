@@ -4,9 +4,26 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Wait until the instance's status says its mirrors hold both buckets.
+async fn wait_loaded(client: &async_nats::Client) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = client
+            .request("piggybank.database.nats-kv.status", "".into())
+            .await
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        if status["loaded"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not loaded: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_exports_request_counts_latency_and_state_over_otlp() {
@@ -29,6 +46,8 @@ async fn run_exports_request_counts_latency_and_state_over_otlp() {
         .unwrap();
     let _run = Proc { child };
     wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.nats-kv").await;
+    // The mirror lag is recorded for changes that reach a loaded mirror: write once loaded.
+    wait_loaded(&nats.client().await).await;
     let admin = admin(nats.client().await);
     admin.put_secret("db", text("v"), None, None).await.unwrap();
     let issuer = Issuer::new();
@@ -47,6 +66,11 @@ async fn run_exports_request_counts_latency_and_state_over_otlp() {
         "piggybank.sealed",
         "piggybank.audit.dropped",
         "piggybank.jwt_cache.hits",
+        "piggybank.mirror.pending",
+        "piggybank.mirror.loaded",
+        "piggybank.mirror.lag",
+        "store",
+        "mappings",
         "front_door",
         "protocol",
         "allowed",

@@ -16,7 +16,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn from(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
+    pub(crate) fn from(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
         latencies.sort_unstable();
         let at = |q: f64| -> Duration {
             if latencies.is_empty() {

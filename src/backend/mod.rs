@@ -223,9 +223,28 @@ impl Backend {
         read(&self.seal).keys.is_none()
     }
 
-    /// (secrets, entities with a mapping), from memory: for `status`.
+    /// (secrets, entities with a mapping), from memory: for `status` (so far, while the
+    /// mirrors load).
     pub fn counts(&self) -> (usize, usize) {
         (self.secrets.len(), self.mappings.len())
+    }
+
+    /// Whether both mirrors hold their whole bucket. Until then gets are answered from the
+    /// buckets themselves, and listings wait.
+    pub fn is_loaded(&self) -> bool {
+        self.secrets.is_loaded() && self.mappings.is_loaded()
+    }
+
+    /// Wait until both mirrors hold their whole bucket (fails only if a load stops making
+    /// progress).
+    pub async fn loaded(&self) -> Result<(), BackendError> {
+        self.secrets.loaded().await?;
+        Ok(self.mappings.loaded().await?)
+    }
+
+    /// The two mirrors (secrets, mappings): their load and lag, for metrics and `status`.
+    pub fn mirrors(&self) -> [&crate::store::MirrorHandle; 2] {
+        [self.secrets.mirror(), self.mappings.mirror()]
     }
 
     /// JWT checks answered from the cache of verified tokens, and those that were not.
@@ -343,7 +362,8 @@ impl Unsealed<'_> {
         &self.backend.mappings
     }
 
-    /// Authorize and serve a read. No NATS I/O unless an older version is requested.
+    /// Authorize and serve a read. No NATS I/O unless an older version is requested, or the
+    /// mirrors are still loading (then the mapping and the value are read from the buckets).
     pub async fn read(
         &self,
         req: &ReadRequest<'_>,
@@ -355,12 +375,12 @@ impl Unsealed<'_> {
         who.host = Some(backend.authorizer.verify_host(req.host_jwt)?.subject);
         let entity = backend.authorizer.verify_entity(req.entity_jwt)?;
         who.entity = Some(entity.subject.clone());
-        if !backend.mappings.allows(&entity.subject, req.key) {
+        if !backend.mappings.permits(&entity.subject, req.key).await? {
             return Err(AuthzError::NotMapped.into());
         }
         let not_found = || StoreError::NotFound(req.key.to_string());
         let stored = match req.version.filter(|v| !v.is_empty()) {
-            None => backend.secrets.latest(req.key),
+            None => backend.secrets.current(req.key).await?,
             Some(v) => {
                 let revision: u64 = v
                     .parse()
@@ -382,11 +402,12 @@ impl Unsealed<'_> {
 
     /// The latest value of `name`, with no JWT checks: for a front door whose callers NATS
     /// permissions have already authorized (the Piggy Bank API).
-    pub fn value(&self, name: &str) -> Result<SecretValue, BackendError> {
+    pub async fn value(&self, name: &str) -> Result<SecretValue, BackendError> {
         validate_name(name)?;
         let stored = self
             .secrets()
-            .latest(name)
+            .current(name)
+            .await?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
         Ok(envelope::open(&stored.sealed, &self.keys)?)
     }
@@ -403,6 +424,7 @@ impl Unsealed<'_> {
         let created = self
             .secrets()
             .created_ms(name)
+            .await?
             .unwrap_or_else(crate::store::secrets::now_ms);
         let sealed = match self.backend.legacy_writes {
             true => envelope::seal_legacy(value, self.keys.current()),
@@ -427,11 +449,12 @@ impl Unsealed<'_> {
     }
 
     /// Metadata of one secret.
-    pub fn info(&self, name: &str) -> Result<SecretMeta, BackendError> {
+    pub async fn info(&self, name: &str) -> Result<SecretMeta, BackendError> {
         validate_name(name)?;
         Ok(self
             .secrets()
             .meta(name)
+            .await?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?)
     }
 }

@@ -173,6 +173,15 @@ pub struct StatusReport {
     /// Filled in by the front door; absent from older backends.
     #[serde(default)]
     pub audit_dropped: Option<u64>,
+    /// Whether this instance's in-memory mirrors hold both buckets whole. `false` while
+    /// their initial load runs: gets are then answered from the buckets themselves, listings
+    /// wait, and `secrets` and `mapped_entities` count what has arrived so far. Absent from
+    /// older backends (which answered only once loaded).
+    #[serde(default)]
+    pub loaded: Option<bool>,
+    /// Changes the two mirrors have yet to apply, as their consumers last reported.
+    #[serde(default)]
+    pub mirror_pending: Option<u64>,
 }
 
 /// Progress of the re-encryption after a rotation.
@@ -685,6 +694,8 @@ impl Seal {
             unseal_xkey: Some(unseal_xkey),
             unseal_proof,
             audit_dropped: None,
+            loaded: Some(self.backend.is_loaded()),
+            mirror_pending: Some(self.backend.mirrors().iter().map(|m| m.pending()).sum()),
         };
         if self.mode() == Mode::Keyed {
             return Ok(report);
@@ -801,11 +812,22 @@ impl Seal {
             return;
         };
         let current = store.keys().current().id().to_string();
-        let stale = store
-            .secrets()
-            .list("")
-            .iter()
-            .any(|m| m.key_id.as_deref() != Some(current.as_str()));
+        // Which values are stale is known once the mirror holds them all: check again then.
+        let Some(stale) = store.secrets().any_sealed_by_another_key(&current) else {
+            let this = Arc::clone(self);
+            let later = async move {
+                let loaded = match this.backend.unsealed() {
+                    Ok(store) => store.secrets().loaded().await,
+                    Err(_) => return,
+                };
+                match loaded {
+                    Ok(()) => this.reencrypt_if_needed(epoch),
+                    Err(e) => tracing::warn!(error = %e, "cannot check for values to re-encrypt"),
+                }
+            };
+            self.backend.spawn_while_unsealed(epoch, later);
+            return;
+        };
         if !stale || self.reencryption.running.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -824,6 +846,13 @@ impl Seal {
                     progress.total.store(total, Ordering::SeqCst);
                 })
                 .await;
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-encryption could not start");
+                    return;
+                }
+            };
             progress.resealed.store(report.resealed, Ordering::SeqCst);
             progress.failed.store(report.failed.len(), Ordering::SeqCst);
             tracing::info!(

@@ -642,6 +642,17 @@ impl Answers {
             }
             lines.push(("Secrets", count(r.secrets)));
             lines.push(("Mapped entities", count(r.mapped_entities)));
+            match (r.loaded, r.mirror_pending) {
+                (Some(true), _) => lines.push(("Mirror", "loaded".into())),
+                (Some(false), pending) => lines.push((
+                    "Mirror",
+                    format!(
+                        "loading ({} changes to go; counts so far)",
+                        pending.unwrap_or_default()
+                    ),
+                )),
+                (None, _) => {}
+            }
             if let Some(version) = r.key_version.filter(|_| r.initialized) {
                 lines.push(("Key version", version.to_string()));
             }
@@ -774,6 +785,8 @@ mod tests {
             unseal_xkey: None,
             unseal_proof: None,
             audit_dropped: None,
+            loaded: Some(true),
+            mirror_pending: Some(0),
         };
         let v = serde_json::to_value(&r).unwrap();
         (r, v)
@@ -789,6 +802,7 @@ mod tests {
         assert!(text.contains("Instance AAA\n"), "{text}");
         assert!(text.contains("  Mode:            keyed\n"), "{text}");
         assert!(text.contains("  Mapped entities: 3\n"), "{text}");
+        assert!(text.contains("  Mirror:          loaded\n"), "{text}");
         assert!(text.contains("  Admin:           signed\n"), "{text}");
         assert!(text.ends_with("1 instance answered on piggybank.database.status: unsealed\n"));
 

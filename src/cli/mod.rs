@@ -717,7 +717,7 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
             eprintln!("rekey: {done}/{total}");
         }
     })
-    .await;
+    .await?;
     for (name, why) in &report.failed {
         eprintln!("rekey: {name}: {why}");
     }

@@ -205,7 +205,7 @@ async fn respond(
     let store = backend.unsealed().map_err(api_error)?;
     match request.method {
         Method::Get => {
-            let value = store.value(&request.key).map_err(api_error)?;
+            let value = store.value(&request.key).await.map_err(api_error)?;
             Ok((value.as_bytes().to_vec(), 200))
         }
         Method::Post => {

@@ -163,21 +163,27 @@ fn limit(requested: Option<u64>) -> Result<usize, Reply> {
     page_limit(requested).map_err(|e| Reply::admin_error(400, e.to_string()))
 }
 
-/// `list_secrets`: one page of metadata, in name order (see [`ListSecretsRequest`]).
-pub fn list_secrets(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
-    let page = optional_body::<ListSecretsRequest>(
-        payload,
-        r#"{"prefix": TEXT, "limit": N, "after": NAME}, every field optional"#,
-    )
-    .and_then(|request| {
+/// `list_secrets`: one page of metadata, in name order (see [`ListSecretsRequest`]). Waits
+/// for the mirror to hold the whole bucket.
+pub async fn list_secrets(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
+    let page = async {
+        let request = optional_body::<ListSecretsRequest>(
+            payload,
+            r#"{"prefix": TEXT, "limit": N, "after": NAME}, every field optional"#,
+        )?;
         let limit = limit(request.limit)?;
-        Ok(store.secrets().list_page(&PageRequest {
+        let request = PageRequest {
             prefix: &request.prefix,
             after: request.after.as_deref(),
             limit,
-        }))
-    });
-    match page {
+        };
+        store
+            .secrets()
+            .list_page(&request)
+            .await
+            .map_err(|e| backend_error(&e.into()))
+    };
+    match page.await {
         Ok(page) => Reply::json(&ListSecretsResponse {
             secrets: page.items,
             next: page.next,
@@ -219,24 +225,26 @@ pub async fn update_mapping(
 
 /// `get_mappings.{entity}`: one page of the names the entity may read (see
 /// [`GetMappingsRequest`]).
-pub fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) -> Reply {
-    let page = optional_body::<GetMappingsRequest>(
-        payload,
-        r#"an empty body or {"prefix": TEXT, "limit": N, "after": NAME}"#,
-    )
-    .and_then(|request| {
+pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) -> Reply {
+    let page = async {
+        let request = optional_body::<GetMappingsRequest>(
+            payload,
+            r#"an empty body or {"prefix": TEXT, "limit": N, "after": NAME}"#,
+        )?;
         validate_entity(entity).map_err(|e| backend_error(&e.into()))?;
         let limit = limit(request.limit)?;
-        Ok(store.mappings().names_page(
-            entity,
-            &PageRequest {
-                prefix: &request.prefix,
-                after: request.after.as_deref(),
-                limit,
-            },
-        ))
-    });
-    match page {
+        let request = PageRequest {
+            prefix: &request.prefix,
+            after: request.after.as_deref(),
+            limit,
+        };
+        store
+            .mappings()
+            .names_page(entity, &request)
+            .await
+            .map_err(|e| backend_error(&e.into()))
+    };
+    match page.await {
         Ok(page) => Reply::json(&MappingsResponse {
             entity: entity.to_string(),
             secrets: page.items,

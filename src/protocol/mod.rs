@@ -87,13 +87,13 @@ async fn answer(
         Operation::Get => get::handle(&store, headers, payload).await,
         Operation::PutSecret => admin::put_secret(&store, headers, payload).await,
         Operation::DeleteSecret => admin::delete_secret(&store, payload).await,
-        Operation::ListSecrets => admin::list_secrets(&store, payload),
+        Operation::ListSecrets => admin::list_secrets(&store, payload).await,
         Operation::AddMapping(entity) => {
             admin::update_mapping(&store, MappingChange::Add, &entity, payload).await
         }
         Operation::RemoveMapping(entity) => {
             admin::update_mapping(&store, MappingChange::Remove, &entity, payload).await
         }
-        Operation::GetMappings(entity) => admin::get_mappings(&store, &entity, payload),
+        Operation::GetMappings(entity) => admin::get_mappings(&store, &entity, payload).await,
     }
 }

@@ -215,11 +215,17 @@ impl Handler<Option<Context>> for AdminExports {
         let listed = async {
             let scope = self.authorize(&cx, Access::Read)?;
             let prefix = scope.narrow(&prefix).map_err(scope_error)?;
-            let page = self.store()?.secrets().list_page(&PageRequest {
+            let request = PageRequest {
                 prefix: &prefix,
                 after: after.as_deref(),
                 limit: wit_limit(limit)?,
-            });
+            };
+            let store = self.store()?;
+            let page = store
+                .secrets()
+                .list_page(&request)
+                .await
+                .map_err(|e| wit_error(e.into()))?;
             Ok(SecretPage {
                 secrets: page.items.into_iter().map(info).collect(),
                 next: page.next,
@@ -237,7 +243,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<SecretInfo, Error>> {
         let described = async {
             self.authorize_names(&cx, Access::Read, [name.as_str()])?;
-            self.store()?.info(&name).map(info).map_err(wit_error)
+            self.store()?.info(&name).await.map(info).map_err(wit_error)
         };
         let about = About {
             secret: Some(&name),
@@ -285,14 +291,17 @@ impl Handler<Option<Context>> for AdminExports {
             let scope = self.authorize(&cx, Access::Read)?;
             validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
             // The scope is a name prefix, so paging within it is paging with that prefix.
-            let page = self.store()?.mappings().names_page(
-                &entity,
-                &PageRequest {
-                    prefix: &scope.prefix,
-                    after: after.as_deref(),
-                    limit: wit_limit(limit)?,
-                },
-            );
+            let request = PageRequest {
+                prefix: &scope.prefix,
+                after: after.as_deref(),
+                limit: wit_limit(limit)?,
+            };
+            let store = self.store()?;
+            let page = store
+                .mappings()
+                .names_page(&entity, &request)
+                .await
+                .map_err(|e| wit_error(e.into()))?;
             Ok(NamePage {
                 names: page.items,
                 next: page.next,

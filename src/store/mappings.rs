@@ -3,14 +3,18 @@
 //! Bucket `SECRETS_{name}_state`, key = entity public key (a JWT subject), value = JSON array
 //! of secret names: the sample backend's format, so its data is served unchanged.
 //!
-//! Reads come from memory. Updates are read-modify-write with compare-and-set on the KV
-//! revision (`create` for a new entity, `update` otherwise), retried on conflict, so
-//! concurrent writers on any instance lose nothing; no lock stream is needed.
+//! Reads come from memory once the mirror is loaded. While it loads, the mirror may still
+//! hold a grant that was revoked since, so [`MappingTable::permits`] reads the entity's
+//! mapping from the bucket instead (one request), and the memory-only
+//! [`MappingTable::allows`] grants nothing: an incomplete mirror can only deny, never grant.
+//! Updates are read-modify-write with compare-and-set on the KV revision (`create` for a new
+//! entity, `update` otherwise), retried on conflict, so concurrent writers on any instance
+//! lose nothing; no lock stream is needed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, RwLock};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use super::mirror::{self, Change, MirrorHandle};
@@ -21,12 +25,12 @@ use super::{validate_entity, validate_name, Bucket, StoreError};
 const CAS_ATTEMPTS: usize = 32;
 
 /// Entity -> (revision, names it may read).
-type Cache = Arc<RwLock<HashMap<String, (u64, HashSet<String>)>>>;
+type Cache = Arc<RwLock<BTreeMap<Box<str>, (u64, HashSet<String>)>>>;
 
 pub struct MappingTable {
     kv: kv::Store,
     cache: Cache,
-    _mirror: MirrorHandle,
+    mirror: MirrorHandle,
 }
 
 fn parse_names(key: &str, value: &[u8]) -> Result<BTreeSet<String>, StoreError> {
@@ -36,20 +40,32 @@ fn parse_names(key: &str, value: &[u8]) -> Result<BTreeSet<String>, StoreError> 
     })
 }
 
-fn apply(cache: &Cache, change: Change) {
-    let names = match &change.value {
+/// The names a stored mapping grants: none for a deletion, and none (deny by default) for a
+/// value that cannot be read.
+fn granted(key: &str, value: Option<&[u8]>) -> HashSet<String> {
+    match value.map(|value| parse_names(key, value)) {
         None => HashSet::new(),
-        Some(value) => match parse_names(&change.key, value) {
-            Ok(names) => names.into_iter().collect(),
-            Err(e) => {
-                // Deny by default: a mapping we cannot read grants nothing.
-                tracing::warn!(error = %e, "ignoring unreadable mapping");
-                HashSet::new()
-            }
-        },
-    };
+        Some(Ok(names)) => names.into_iter().collect(),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "ignoring unreadable mapping");
+            HashSet::new()
+        }
+    }
+}
+
+/// Apply a batch of changes under one write lock; they are parsed before it is taken.
+fn apply(cache: &Cache, changes: Vec<Change>) {
+    let changes: Vec<(String, u64, HashSet<String>)> = changes
+        .into_iter()
+        .map(|change| {
+            let names = granted(&change.key, change.value.as_deref());
+            (change.key, change.revision, names)
+        })
+        .collect();
     let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
-    mirror::insert_if_newer(&mut map, change.key, change.revision, names);
+    for (key, revision, names) in changes {
+        mirror::insert_if_newer(&mut map, key, revision, names);
+    }
 }
 
 /// The kind of change an update makes to an entity's set of names.
@@ -61,7 +77,7 @@ pub enum MappingChange {
 
 impl MappingTable {
     /// Open the mappings bucket in JetStream domain `js_domain` (none: the account's own) and
-    /// load it into memory.
+    /// start loading it into memory. Returns before the load ends.
     pub async fn open(
         client: &async_nats::Client,
         js_domain: Option<&str>,
@@ -71,44 +87,89 @@ impl MappingTable {
         let kv = bucket.open(&js).await?;
         let cache: Cache = Arc::default();
         let sink = cache.clone();
-        let mirror = mirror::spawn(client, &kv, move |change| apply(&sink, change)).await?;
-        Ok(Self {
-            kv,
-            cache,
-            _mirror: mirror,
-        })
+        let mirror = mirror::spawn(client, &js, &kv, "mappings", move |changes| {
+            apply(&sink, changes)
+        });
+        Ok(Self { kv, cache, mirror })
     }
 
-    /// Whether `entity` may read `name`. In memory; no I/O.
+    /// Whether the mirror holds the whole bucket (the initial load has ended).
+    pub fn is_loaded(&self) -> bool {
+        self.mirror.is_loaded()
+    }
+
+    /// Wait until the mirror holds the whole bucket; fails only if the load stops making
+    /// progress for 30 s.
+    pub async fn loaded(&self) -> Result<(), StoreError> {
+        self.mirror.loaded().await
+    }
+
+    /// The mirror's load and lag.
+    pub fn mirror(&self) -> &MirrorHandle {
+        &self.mirror
+    }
+
+    /// Whether `entity` may read `name`, from memory; no I/O. `false` until the mirror is
+    /// loaded (see [`MappingTable::permits`]).
     pub fn allows(&self, entity: &str, name: &str) -> bool {
+        if !self.is_loaded() {
+            return false;
+        }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
         map.get(entity)
             .is_some_and(|(_, names)| names.contains(name))
     }
 
-    /// The names `entity` may read, sorted.
-    pub fn names(&self, entity: &str) -> Vec<String> {
-        let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let mut names: Vec<String> = map
-            .get(entity)
-            .map(|(_, names)| names.iter().cloned().collect())
-            .unwrap_or_default();
-        names.sort();
-        names
+    /// Whether `entity` may read `name`: from memory once the mirror is loaded, before that
+    /// from the entity's mapping in the bucket (one read of its last message, on the stream's
+    /// leader).
+    pub async fn permits(&self, entity: &str, name: &str) -> Result<bool, StoreError> {
+        if self.is_loaded() {
+            return Ok(self.allows(entity, name));
+        }
+        Ok(self.stored(entity).await?.contains(name))
+    }
+
+    /// The names the bucket grants `entity` now, read from the stream's leader.
+    async fn stored(&self, entity: &str) -> Result<HashSet<String>, StoreError> {
+        let subject = format!("{}{}", self.kv.prefix, entity);
+        match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) if mirror::is_deletion(Some(&message.headers)) => Ok(HashSet::new()),
+            Ok(message) => Ok(granted(entity, Some(&message.payload))),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(HashSet::new())
+            }
+            Err(e) => Err(StoreError::upstream(e)),
+        }
     }
 
     /// One page of the names `entity` may read (see [`page_names`]): only the page is copied,
-    /// however many names the entity has.
-    pub fn names_page(&self, entity: &str, request: &PageRequest<'_>) -> Page<String> {
-        let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let Some((_, names)) = map.get(entity) else {
-            return Page::default();
+    /// however many names the entity has. From the bucket while the mirror loads.
+    pub async fn names_page(
+        &self,
+        entity: &str,
+        request: &PageRequest<'_>,
+    ) -> Result<Page<String>, StoreError> {
+        let page = |names: &HashSet<String>| {
+            let page = page_names(names.iter().map(String::as_str), request);
+            Page {
+                items: page.items.into_iter().map(str::to_owned).collect(),
+                next: page.next,
+            }
         };
-        let page = page_names(names.iter().map(String::as_str), request);
-        Page {
-            items: page.items.into_iter().map(str::to_owned).collect(),
-            next: page.next,
+        if !self.is_loaded() {
+            return Ok(page(&self.stored(entity).await?));
         }
+        let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        Ok(map
+            .get(entity)
+            .map(|(_, names)| page(names))
+            .unwrap_or_default())
     }
 
     /// One round trip to the bucket's stream: is JetStream answering for this bucket?
@@ -120,7 +181,7 @@ impl MappingTable {
             .map_err(StoreError::upstream)
     }
 
-    /// Number of entities with at least one mapping.
+    /// Number of entities with at least one mapping (so far, while the mirror loads).
     pub fn len(&self) -> usize {
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
         map.values().filter(|(_, names)| !names.is_empty()).count()
@@ -178,12 +239,12 @@ impl MappingTable {
                 Ok(revision) => {
                     apply(
                         &self.cache,
-                        Change {
+                        vec![Change {
                             key: entity.to_string(),
                             revision,
                             at: time::OffsetDateTime::now_utc(),
                             value: Some(value),
-                        },
+                        }],
                     );
                     return Ok(set.into_iter().collect());
                 }

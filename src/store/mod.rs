@@ -3,7 +3,9 @@
 //! ([`record`]).
 //!
 //! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
-//! so the request hot path makes no NATS round trip. Every write is conditional where it
+//! so the request hot path makes no NATS round trip once the mirror is loaded. They serve
+//! from the moment they are opened: while the mirror loads, a read of one key goes to the
+//! bucket, and what needs every key waits for the load. Every write is conditional where it
 //! must be (`create`/`update` on the revision) and is applied to the local mirror as soon as
 //! the server acknowledges it, so the instance that made a change honours it at once.
 
@@ -15,6 +17,7 @@ pub(crate) mod rekey;
 pub mod secrets;
 
 pub use mappings::MappingTable;
+pub use mirror::MirrorHandle;
 pub use secrets::{SecretMeta, SecretStore, StoredSecret};
 
 use crate::error::ErrorKind;

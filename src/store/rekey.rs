@@ -42,12 +42,13 @@ enum Outcome {
 }
 
 /// Re-seal every secret under `keys.current()`. `progress(done, total)` is called as it goes.
+/// Waits for the store's mirror to hold every secret; fails only if that load stalls.
 pub async fn rekey(
     store: &SecretStore,
     keys: &Keyring,
     mut progress: impl FnMut(usize, usize),
-) -> RekeyReport {
-    let names: Vec<String> = store.list("").into_iter().map(|m| m.name).collect();
+) -> Result<RekeyReport, StoreError> {
+    let names: Vec<String> = store.list("").await?.into_iter().map(|m| m.name).collect();
     let mut report = RekeyReport {
         total: names.len(),
         ..RekeyReport::default()
@@ -70,14 +71,16 @@ pub async fn rekey(
         progress(done, report.total);
     }
     report.failed.sort();
-    report
+    Ok(report)
 }
 
 async fn reseal(store: &SecretStore, keys: &Keyring, name: &str) -> Outcome {
     let current = keys.current().id();
     for _ in 0..ATTEMPTS {
-        let Some(latest) = store.latest(name) else {
-            return Outcome::Gone;
+        let latest = match store.current(name).await {
+            Ok(Some(latest)) => latest,
+            Ok(None) => return Outcome::Gone,
+            Err(e) => return Outcome::Failed(e.to_string()),
         };
         let header = match envelope::parse(&latest.sealed) {
             Ok((header, _)) => header,

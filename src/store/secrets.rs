@@ -5,8 +5,21 @@
 //! tombstone with the delete marker's revision for deleted secrets, so a late watch delivery
 //! of an older value cannot resurrect a deletion. Older versions are read from the stream on
 //! demand: they are rare, and keeping them all in memory would cost `history` times as much.
+//!
+//! The store serves as soon as it is opened, while its mirror loads (see `store::mirror`).
+//! Until the load has ended, a read of one secret ([`SecretStore::current`]) reads its latest
+//! message from the bucket (one request to the stream's leader), because the mirror may not
+//! have reached a later version or a deletion yet; a deleted secret is never served. What
+//! needs every secret ([`SecretStore::list_page`], [`SecretStore::list`]) waits for the load.
+//! The memory-only reads ([`SecretStore::latest`]) answer `None` until then.
+//!
+//! Memory per secret: its name, its sealed value copied to an allocation of its own (a value
+//! still pointing into the connection's read buffer would keep the whole buffer alive), its
+//! revision and time, in a `BTreeMap`: ordered, so a page of a listing costs its own size,
+//! and no rehash doubles the table while a large bucket loads.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::{self, kv};
@@ -15,7 +28,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::envelope::{self, SecretKind};
-use super::mirror::{self, Change, MirrorHandle};
+use super::mirror::{self, Change, Inserted, MirrorHandle};
 use super::{validate_name, Bucket, StoreError};
 
 /// One stored version of a secret, still sealed.
@@ -45,32 +58,78 @@ pub struct SecretMeta {
 
 /// The latest version of one secret, keyed by its revision in the map.
 struct Cached {
-    updated: OffsetDateTime,
+    /// When it was written, in Unix nanoseconds (half the room of an `OffsetDateTime`).
+    updated_ns: i64,
     /// `None` for a deleted secret (a tombstone).
-    sealed: Option<Bytes>,
+    sealed: Option<Box<[u8]>>,
 }
 
-type Cache = Arc<RwLock<HashMap<String, (u64, Cached)>>>;
+impl Cached {
+    fn stored(&self, revision: u64) -> Option<StoredSecret> {
+        Some(StoredSecret {
+            revision,
+            updated: time_from_ns(self.updated_ns),
+            sealed: Bytes::copy_from_slice(self.sealed.as_deref()?),
+        })
+    }
+}
+
+/// Name -> (revision, latest version), and how many of them are live (not tombstones).
+#[derive(Default)]
+struct Mirror {
+    map: BTreeMap<Box<str>, (u64, Cached)>,
+    live: usize,
+}
+
+type Cache = Arc<RwLock<Mirror>>;
 
 pub struct SecretStore {
     kv: kv::Store,
     js: jetstream::Context,
     cache: Cache,
-    _mirror: MirrorHandle,
+    mirror: MirrorHandle,
 }
 
-fn apply(cache: &Cache, change: Change) {
-    let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
-    let cached = Cached {
-        updated: change.at,
-        sealed: change.value,
-    };
-    mirror::insert_if_newer(&mut map, change.key, change.revision, cached);
+fn unix_ns(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+fn time_from_ns(ns: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Apply a batch of changes under one write lock; values are copied before it is taken.
+fn apply(cache: &Cache, changes: Vec<Change>) {
+    let changes: Vec<(String, u64, Cached)> = changes
+        .into_iter()
+        .map(|change| {
+            let cached = Cached {
+                updated_ns: unix_ns(change.at),
+                sealed: change.value.map(|v| Box::from(v.as_ref())),
+            };
+            (change.key, change.revision, cached)
+        })
+        .collect();
+    let mut mirror = cache.write().unwrap_or_else(|p| p.into_inner());
+    for (key, revision, cached) in changes {
+        let live = cached.sealed.is_some();
+        let was_live = match mirror::insert_if_newer(&mut mirror.map, key, revision, cached) {
+            Inserted::Stale => continue,
+            Inserted::New => false,
+            Inserted::Replaced(old) => old.sealed.is_some(),
+        };
+        match (was_live, live) {
+            (false, true) => mirror.live += 1,
+            (true, false) => mirror.live = mirror.live.saturating_sub(1),
+            _ => {}
+        }
+    }
 }
 
 impl SecretStore {
     /// Open the secrets bucket (see [`Bucket`] for whether it may be created) in JetStream
-    /// domain `js_domain` (none: the account's own) and load it into memory.
+    /// domain `js_domain` (none: the account's own) and start loading it into memory. Returns
+    /// before the load ends (see [`SecretStore::loaded`]).
     pub async fn open(
         client: &async_nats::Client,
         js_domain: Option<&str>,
@@ -80,32 +139,83 @@ impl SecretStore {
         let kv = bucket.open(&js).await?;
         let cache: Cache = Arc::default();
         let sink = cache.clone();
-        let mirror = mirror::spawn(client, &kv, move |change| apply(&sink, change)).await?;
+        let mirror = mirror::spawn(client, &js, &kv, "secrets", move |changes| {
+            apply(&sink, changes)
+        });
         Ok(Self {
             kv,
             js,
             cache,
-            _mirror: mirror,
+            mirror,
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, (u64, Cached)>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The latest version of `name`, from memory.
-    pub fn latest(&self, name: &str) -> Option<StoredSecret> {
-        let map = self.read();
-        let (revision, cached) = map.get(name)?;
-        Some(StoredSecret {
-            revision: *revision,
-            updated: cached.updated,
-            sealed: cached.sealed.clone()?,
-        })
+    /// Whether the mirror holds the whole bucket (the initial load has ended).
+    pub fn is_loaded(&self) -> bool {
+        self.mirror.is_loaded()
     }
 
-    /// Version `revision` of `name`. The latest is served from memory; older ones cost one
-    /// read of the stream. A deleted or unknown version is `None`.
+    /// Wait until the mirror holds the whole bucket; fails only if the load stops making
+    /// progress for 30 s.
+    pub async fn loaded(&self) -> Result<(), StoreError> {
+        self.mirror.loaded().await
+    }
+
+    /// The mirror's load and lag.
+    pub fn mirror(&self) -> &MirrorHandle {
+        &self.mirror
+    }
+
+    /// The latest version of `name` in memory, loaded or not.
+    fn memory(&self, name: &str) -> Option<StoredSecret> {
+        let mirror = self.read();
+        let (revision, cached) = mirror.map.get(name)?;
+        cached.stored(*revision)
+    }
+
+    /// The latest version of `name`, from memory; `None` (never a value the bucket may have
+    /// replaced or deleted) until the mirror is loaded. Readers that must answer during the
+    /// load use [`SecretStore::current`].
+    pub fn latest(&self, name: &str) -> Option<StoredSecret> {
+        match self.is_loaded() {
+            true => self.memory(name),
+            false => None,
+        }
+    }
+
+    /// The latest version of `name`: from memory once the mirror is loaded, before that from
+    /// the bucket (one read of its last message, on the stream's leader).
+    pub async fn current(&self, name: &str) -> Result<Option<StoredSecret>, StoreError> {
+        if self.is_loaded() {
+            return Ok(self.memory(name));
+        }
+        let subject = format!("{}{}", self.kv.prefix, name);
+        match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) if mirror::is_deletion(Some(&message.headers)) => Ok(None),
+            Ok(message) => Ok(Some(StoredSecret {
+                revision: message.sequence,
+                updated: message.time,
+                sealed: message.payload,
+            })),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::upstream(e)),
+        }
+    }
+
+    /// Version `revision` of `name`. The latest is served from memory (from the bucket while
+    /// the mirror loads); older ones cost one read of the stream. A deleted or unknown version
+    /// is `None`.
     pub async fn version(
         &self,
         name: &str,
@@ -114,7 +224,7 @@ impl SecretStore {
         if revision == 0 {
             return Ok(None); // revisions start at 1
         }
-        match self.latest(name) {
+        match self.current(name).await? {
             Some(latest) if latest.revision == revision => return Ok(Some(latest)),
             Some(latest) if latest.revision < revision => return Ok(None),
             None => return Ok(None),
@@ -133,11 +243,7 @@ impl SecretStore {
             Err(e) => return Err(StoreError::upstream(e)),
         };
         let expected = format!("{}{}", self.kv.prefix, name);
-        let deleted = message
-            .headers
-            .get("KV-Operation")
-            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-        if message.subject.as_str() != expected || deleted {
+        if message.subject.as_str() != expected || mirror::is_deletion(Some(&message.headers)) {
             return Ok(None);
         }
         Ok(Some(StoredSecret {
@@ -148,9 +254,13 @@ impl SecretStore {
     }
 
     /// When `name`'s first version was written, for a new version's envelope.
-    pub fn created_ms(&self, name: &str) -> Option<u64> {
-        let latest = self.latest(name)?;
-        envelope::parse(&latest.sealed).ok()?.0.created_ms
+    pub async fn created_ms(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let Some(latest) = self.current(name).await? else {
+            return Ok(None);
+        };
+        Ok(envelope::parse(&latest.sealed)
+            .ok()
+            .and_then(|(header, _)| header.created_ms))
     }
 
     /// Write a new version. `expected`: `None` writes unconditionally, `Some(0)` only if the
@@ -177,7 +287,7 @@ impl SecretStore {
                 }
             }),
             Some(rev) => {
-                let current = self.latest(name).map(|l| l.revision);
+                let current = self.current(name).await?.map(|l| l.revision);
                 if current != Some(rev) {
                     return Err(self.conflict(name, rev));
                 }
@@ -196,12 +306,12 @@ impl SecretStore {
         let revision = result?;
         apply(
             &self.cache,
-            Change {
+            vec![Change {
                 key: name.to_string(),
                 revision,
                 at: OffsetDateTime::now_utc(),
                 value: Some(sealed),
-            },
+            }],
         );
         Ok(revision)
     }
@@ -210,14 +320,14 @@ impl SecretStore {
         StoreError::VersionConflict {
             name: name.to_string(),
             expected,
-            current: self.latest(name).map_or(0, |l| l.revision),
+            current: self.memory(name).map_or(0, |l| l.revision),
         }
     }
 
     /// Delete a secret and every one of its versions (a KV purge).
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
-        if self.latest(name).is_none() {
+        if self.current(name).await?.is_none() {
             return Err(StoreError::NotFound(name.to_string()));
         }
         let subject = format!(
@@ -237,57 +347,71 @@ impl SecretStore {
             .map_err(StoreError::upstream)?;
         apply(
             &self.cache,
-            Change {
+            vec![Change {
                 key: name.to_string(),
                 revision: ack.sequence,
                 at: OffsetDateTime::now_utc(),
                 value: None,
-            },
+            }],
         );
         Ok(())
     }
 
-    /// Metadata of every live secret whose name starts with `prefix`, sorted by name.
-    pub fn list(&self, prefix: &str) -> Vec<SecretMeta> {
-        let map = self.read();
-        let mut out: Vec<SecretMeta> = map
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .filter_map(|(name, (revision, cached))| meta(name, *revision, cached))
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+    /// Metadata of every live secret whose name starts with `prefix`, sorted by name. Waits
+    /// for the mirror to be loaded.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError> {
+        self.loaded().await?;
+        let mirror = self.read();
+        Ok(mirror
+            .map
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .filter_map(|(name, (revision, cached))| meta_of(name, *revision, cached))
+            .collect())
     }
 
     /// One page of the live secrets whose name starts with `request.prefix`, in name order,
-    /// strictly after `request.after`. Only the page's entries are decoded: a page costs one
-    /// pass over the names plus its own size, however many secrets there are.
-    pub fn list_page(&self, request: &PageRequest<'_>) -> Page<SecretMeta> {
-        let map = self.read();
-        let live = map
-            .iter()
-            .filter(|(_, (_, cached))| cached.sealed.is_some())
-            .map(|(name, _)| name.as_str());
-        let page = page_names(live, request);
-        let items = page
-            .items
-            .iter()
-            .filter_map(|name| {
-                let (revision, cached) = map.get(*name)?;
-                meta(name, *revision, cached)
-            })
-            .collect();
-        Page {
-            items,
+    /// strictly after `request.after`. Costs the page's own size (the mirror is ordered),
+    /// however many secrets there are. Waits for the mirror to be loaded.
+    pub async fn list_page(
+        &self,
+        request: &PageRequest<'_>,
+    ) -> Result<Page<SecretMeta>, StoreError> {
+        self.loaded().await?;
+        let mirror = self.read();
+        let page = page_of_sorted(&mirror.map, request, |(_, cached)| cached.sealed.is_some());
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .filter_map(|(name, (revision, cached))| meta_of(name, *revision, cached))
+                .collect(),
             next: page.next,
-        }
+        })
     }
 
-    /// Metadata of one live secret.
-    pub fn meta(&self, name: &str) -> Option<SecretMeta> {
-        let map = self.read();
-        let (revision, cached) = map.get(name)?;
-        meta(name, *revision, cached)
+    /// Metadata of one live secret (from the bucket while the mirror loads).
+    pub async fn meta(&self, name: &str) -> Result<Option<SecretMeta>, StoreError> {
+        Ok(self
+            .current(name)
+            .await?
+            .map(|latest| meta(name, latest.revision, latest.updated, &latest.sealed)))
+    }
+
+    /// Whether any live value was sealed by a data key other than `key_id` (or by the
+    /// sample, which names none); `None` until the mirror is loaded. Reads only the
+    /// envelopes' headers.
+    pub fn any_sealed_by_another_key(&self, key_id: &str) -> Option<bool> {
+        if !self.is_loaded() {
+            return None;
+        }
+        let mirror = self.read();
+        Some(mirror.map.values().any(|(_, cached)| {
+            cached.sealed.as_deref().is_some_and(|sealed| {
+                let header = envelope::parse(sealed).ok().map(|(h, _)| h);
+                header.and_then(|h| h.key_id).as_deref() != Some(key_id)
+            })
+        }))
     }
 
     /// One round trip to the bucket's stream: is JetStream answering for this bucket?
@@ -299,12 +423,9 @@ impl SecretStore {
             .map_err(StoreError::upstream)
     }
 
-    /// Number of live secrets.
+    /// Number of live secrets in the mirror (so far, while it loads).
     pub fn len(&self) -> usize {
-        self.read()
-            .values()
-            .filter(|(_, c)| c.sealed.is_some())
-            .count()
+        self.read().live
     }
 
     pub fn is_empty(&self) -> bool {
@@ -404,10 +525,48 @@ pub fn page_names<'a>(
     Page { items, next }
 }
 
-fn meta(name: &str, revision: u64, cached: &Cached) -> Option<SecretMeta> {
-    let sealed = cached.sealed.as_ref()?;
+/// [`page_names`] over a map ordered by name: the same page, found by a range scan, so it
+/// costs the page's size plus the entries `keep` skips, never a pass over every name.
+pub fn page_of_sorted<'a, V>(
+    map: &'a BTreeMap<Box<str>, V>,
+    request: &PageRequest<'_>,
+    keep: impl Fn(&V) -> bool,
+) -> Page<(&'a str, &'a V)> {
+    let limit = request.limit.max(1);
+    // Names with the prefix are one contiguous run in byte order, starting at the prefix.
+    let from = match request.after {
+        Some(after) if after >= request.prefix => Bound::Excluded(after),
+        _ => Bound::Included(request.prefix),
+    };
+    let mut items: Vec<(&str, &V)> = map
+        .range::<str, _>((from, Bound::Unbounded))
+        .take_while(|(name, _)| name.starts_with(request.prefix))
+        .filter(|(_, value)| keep(value))
+        .map(|(name, value)| (&**name, value))
+        .take(limit + 1)
+        .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = match more {
+        true => items.last().map(|(name, _)| name.to_string()),
+        false => None,
+    };
+    Page { items, next }
+}
+
+fn meta_of(name: &str, revision: u64, cached: &Cached) -> Option<SecretMeta> {
+    let sealed = cached.sealed.as_deref()?;
+    Some(meta(
+        name,
+        revision,
+        time_from_ns(cached.updated_ns),
+        sealed,
+    ))
+}
+
+fn meta(name: &str, revision: u64, updated: OffsetDateTime, sealed: &[u8]) -> SecretMeta {
     let header = envelope::parse(sealed).ok().map(|(h, _)| h);
-    Some(SecretMeta {
+    SecretMeta {
         name: name.to_string(),
         version: revision,
         kind: header.as_ref().map_or(SecretKind::Legacy, |h| h.kind),
@@ -415,9 +574,9 @@ fn meta(name: &str, revision: u64, cached: &Cached) -> Option<SecretMeta> {
             .as_ref()
             .and_then(|h| h.created_ms)
             .and_then(rfc3339_from_ms),
-        updated_at: rfc3339(cached.updated),
+        updated_at: rfc3339(updated),
         key_id: header.and_then(|h| h.key_id),
-    })
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -503,6 +662,52 @@ mod tests {
         let mut expected = names.clone();
         expected.sort();
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_page_of_the_ordered_map_is_the_page_of_its_names() {
+        let names = [
+            "a", "b", "c", "c/", "c/1", "c/10", "c/2", "c/3", "cc", "d", "d/x", "e=1", "z",
+        ];
+        // Every third entry is a tombstone, which no page may show.
+        let map: BTreeMap<Box<str>, bool> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Box::from(*n), i % 3 != 1))
+            .collect();
+        let live: Vec<&str> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 1)
+            .map(|(_, n)| *n)
+            .collect();
+        for prefix in ["", "c", "c/", "d", "x", "c/1"] {
+            for after in [
+                None,
+                Some(""),
+                Some("a"),
+                Some("bz"),
+                Some("c/1"),
+                Some("cc"),
+                Some("z"),
+            ] {
+                for limit in [1, 2, 3, 100] {
+                    let request = PageRequest {
+                        prefix,
+                        after,
+                        limit,
+                    };
+                    let expected = page_names(live.iter().copied(), &request);
+                    let got = page_of_sorted(&map, &request, |live| *live);
+                    let got_names: Vec<&str> = got.items.iter().map(|(n, _)| *n).collect();
+                    assert_eq!(
+                        (got_names, got.next),
+                        (expected.items, expected.next),
+                        "{request:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
