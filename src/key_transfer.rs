@@ -23,9 +23,16 @@
 //!   an earlier one-time key opens for nobody else, so a proof can be neither forged nor
 //!   replayed (nor reflected through another service's reply).
 //!
+//! - `initialize`'s reply is sealed *from the transit key* too (`sender_xkey` is the transit
+//!   public key), so a requester that pinned it knows the key it was given is the backend's,
+//!   not one an account user sealed to its public requester key and sent first.
+//!
 //! The sealed plaintext is the JSON the clear form carried: `{"database_key": "..."}` or
 //! `{"share": "..."}` for `unlock`; `{"database_key": "..."}` or `{"shares": [...],
-//! "threshold": K}` for `initialize`. Every plaintext is zeroized after use.
+//! "threshold": K}` for `initialize`. What the transit key seals also names its purpose
+//! (`"purpose"`, [`purpose`]), so that a box made for one use never passes for another: a
+//! status proof, which anyone can have made for any requester key, is no initialize reply.
+//! Every plaintext is zeroized after use.
 
 use base64::Engine as _;
 use nkeys::XKey;
@@ -33,6 +40,14 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::keys::TransitKey;
+
+/// The `purpose` of each kind of box sealed from the transit key.
+pub mod purpose {
+    /// A status proof ([`super::InstanceClaim`]).
+    pub const UNSEAL_PROOF: &str = "piggybank-unseal-proof-v1";
+    /// An initialize reply's key material ([`super::SealedInitialize`]).
+    pub const INITIALIZE: &str = "piggybank-initialize-v1";
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
@@ -48,6 +63,12 @@ pub enum TransferError {
     Unproven,
     #[error("the instance's proof vouches for another instance or unseal xkey")]
     Mismatch,
+    #[error("the answer was not sealed from the pinned transit key")]
+    NotFromTransit,
+    #[error("the answer was sealed to another requester xkey")]
+    OtherRequester,
+    #[error("the sealed answer is not an initialize reply")]
+    WrongPurpose,
 }
 
 /// Key material sealed to one xkey: `secret` is the base64 (standard, padded) of an `xkv1`
@@ -101,6 +122,66 @@ pub struct SealedInitialize {
     pub key_material: Sealed,
 }
 
+impl SealedInitialize {
+    /// The reply for `requester`: `material` (serialized as a JSON object) with its
+    /// `purpose`, sealed from the backend's transit key, which proves who made it.
+    pub fn vouched<T: Serialize>(
+        material: &T,
+        threshold: Option<u8>,
+        transit: &TransitKey,
+        requester: &str,
+    ) -> Result<Self, TransferError> {
+        #[derive(Serialize)]
+        struct Labeled<'a, T> {
+            purpose: &'static str,
+            #[serde(flatten)]
+            material: &'a T,
+        }
+        let recipient = XKey::from_public_key(requester.trim())
+            .map_err(|_| TransferError::BadXkey("the requester xkey"))?;
+        let labeled = Labeled {
+            purpose: purpose::INITIALIZE,
+            material,
+        };
+        let bytes = Zeroizing::new(serde_json::to_vec(&labeled).map_err(|_| TransferError::Seal)?);
+        let sealed = transit
+            .vouch(&bytes, &recipient)
+            .map_err(|_| TransferError::Seal)?;
+        Ok(Self {
+            sealed: true,
+            threshold,
+            sealed_to: recipient.public_key(),
+            key_material: Sealed {
+                sender_xkey: transit.public_key().to_string(),
+                secret: base64::engine::general_purpose::STANDARD.encode(sealed),
+            },
+        })
+    }
+
+    /// Open as `requester` (the one-time xkey, with its seed): the key material's JSON
+    /// object, without its `purpose`. With `pin` (the transit public key the requester
+    /// trusts), only a reply sealed from that key opens: anyone can seal to the requester.
+    pub fn open(
+        &self,
+        requester: &XKey,
+        pin: Option<&str>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, TransferError> {
+        if self.sealed_to.trim() != requester.public_key() {
+            return Err(TransferError::OtherRequester);
+        }
+        if pin.is_some_and(|pin| pin.trim() != self.key_material.sender_xkey.trim()) {
+            return Err(TransferError::NotFromTransit);
+        }
+        let plaintext = self.key_material.open(requester)?;
+        let mut material: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&plaintext).map_err(|_| TransferError::WrongPurpose)?;
+        match material.remove("purpose") {
+            Some(serde_json::Value::String(p)) if p == purpose::INITIALIZE => Ok(material),
+            _ => Err(TransferError::WrongPurpose),
+        }
+    }
+}
+
 /// `unlock`'s body in the sealed form: a key or share for one instance, sealed to the
 /// `unseal_xkey` that instance announced in `status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -145,7 +226,12 @@ impl InstanceClaim {
     pub fn vouch(&self, transit: &TransitKey, requester: &str) -> Result<String, TransferError> {
         let requester = XKey::from_public_key(requester.trim())
             .map_err(|_| TransferError::BadXkey("the requester xkey"))?;
-        let claim = serde_json::to_vec(self).map_err(|_| TransferError::Seal)?;
+        let labeled = LabeledClaim {
+            purpose: purpose::UNSEAL_PROOF.into(),
+            instance_id: self.instance_id.clone(),
+            unseal_xkey: self.unseal_xkey.clone(),
+        };
+        let claim = serde_json::to_vec(&labeled).map_err(|_| TransferError::Seal)?;
         let sealed = transit
             .vouch(&claim, &requester)
             .map_err(|_| TransferError::Seal)?;
@@ -169,13 +255,25 @@ impl InstanceClaim {
         let opened = requester
             .open(&sealed, &transit)
             .map_err(|_| TransferError::Unproven)?;
-        let vouched: InstanceClaim =
+        let vouched: LabeledClaim =
             serde_json::from_slice(&opened).map_err(|_| TransferError::Unproven)?;
-        if vouched != *self {
+        if vouched.purpose != purpose::UNSEAL_PROOF {
+            return Err(TransferError::Unproven);
+        }
+        if vouched.instance_id != self.instance_id || vouched.unseal_xkey != self.unseal_xkey {
             return Err(TransferError::Mismatch);
         }
         Ok(())
     }
+}
+
+/// An [`InstanceClaim`] as sealed, with its purpose.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabeledClaim {
+    purpose: String,
+    instance_id: String,
+    unseal_xkey: String,
 }
 
 #[cfg(test)]
@@ -240,6 +338,61 @@ mod tests {
             Err(TransferError::BadEncoding)
         );
         assert!(claim.vouch(&transit, "XNOTAKEY").is_err());
+    }
+
+    /// Anyone can have a backend seal a status proof from its transit key to any requester
+    /// xkey, such as the one `piggybank init` sent: relayed as `initialize`'s answer, it opens
+    /// with the pinned transit key, but it is no key. And an initialize answer is no proof.
+    #[test]
+    fn a_box_from_the_transit_key_passes_only_for_what_it_was_made_for() {
+        let transit = TransitKey::from_xkey(XKey::new());
+        let requester = XKey::new();
+        let claim = InstanceClaim {
+            instance_id: "i1".into(),
+            unseal_xkey: XKey::new().public_key(),
+        };
+        let proof = claim.vouch(&transit, &requester.public_key()).unwrap();
+        let relayed = SealedInitialize {
+            sealed: true,
+            threshold: None,
+            sealed_to: requester.public_key(),
+            key_material: Sealed {
+                sender_xkey: transit.public_key().to_string(),
+                secret: proof,
+            },
+        };
+        assert_eq!(
+            relayed.open(&requester, Some(transit.public_key())),
+            Err(TransferError::WrongPurpose)
+        );
+
+        let material = serde_json::json!({ "database_key": "k" });
+        let answer =
+            SealedInitialize::vouched(&material, None, &transit, &requester.public_key()).unwrap();
+        let opened = answer.open(&requester, Some(transit.public_key())).unwrap();
+        assert_eq!(serde_json::Value::Object(opened), material);
+        assert_eq!(
+            claim.verify(
+                &answer.key_material.secret,
+                &requester,
+                transit.public_key()
+            ),
+            Err(TransferError::Unproven)
+        );
+        // Sealed by anyone else to the requester, or opened without the pin it was meant
+        // for: refused; to another requester: refused before opening.
+        let impostor = TransitKey::from_xkey(XKey::new());
+        let forged =
+            SealedInitialize::vouched(&material, None, &impostor, &requester.public_key()).unwrap();
+        assert_eq!(
+            forged.open(&requester, Some(transit.public_key())),
+            Err(TransferError::NotFromTransit)
+        );
+        assert!(forged.open(&requester, None).is_ok());
+        assert_eq!(
+            answer.open(&XKey::new(), None),
+            Err(TransferError::OtherRequester)
+        );
     }
 
     #[test]

@@ -47,7 +47,9 @@ async fn start() -> std::process::ExitCode {
     match cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // An error may quote an answer from the bus: its control characters are shown
+            // escaped, so it cannot rewrite the terminal.
+            eprintln!("error: {}", cli::printable(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

@@ -844,11 +844,14 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
                 if database::answered_once(op) != once {
                     return None;
                 }
-                // initialize and rotate (one instance) and lock (every instance) change the
-                // seal; status and unlock need no signature.
+                // initialize and rotate (one instance), lock and unlock (every instance)
+                // change the seal; only status needs no signature. Unlock is signed because
+                // the key alone does not authenticate it: the key record it is checked
+                // against is read over NATS, where an account user can answer the read with
+                // a record of their own and then send its key (tests/attack_review.rs).
                 Some(match op {
                     "initialize" | "rotate" => Class::admin(Signed::Once),
-                    "lock" => Class::admin(Signed::OnEveryInstance),
+                    "lock" | "unlock" => Class::admin(Signed::OnEveryInstance),
                     _ => Class::open(),
                 })
             }),

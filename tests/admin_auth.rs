@@ -378,7 +378,7 @@ fn sealed_config(nats: &NatsServer, admin: &AdminSigner) -> RunConfig {
 }
 
 #[tokio::test]
-async fn initialize_rotate_and_lock_need_a_signature_unlock_and_status_do_not() {
+async fn every_database_operation_but_status_needs_a_signature() {
     let nats = NatsServer::start();
     let (admin, _) = admin_key();
     // Two instances: lock reaches both, and each refuses its replay.
@@ -411,10 +411,26 @@ async fn initialize_rotate_and_lock_need_a_signature_unlock_and_status_do_not() 
     assert_eq!(status, 200, "{body}");
     let key = body["database_key"].as_str().unwrap().to_string();
     let unlock_body = json!({ "database_key": key }).to_string();
-    let unlocked = gather(
+    // The right key, unsigned: refused by both, and both stay sealed.
+    let refused = gather(
         &client,
         &op("unlock"),
         HeaderMap::new(),
+        unlock_body.as_bytes(),
+    )
+    .await;
+    assert_eq!(refused.len(), 2);
+    for reply in &refused {
+        assert_eq!(database_reply(reply), (403, json!({"error": REFUSED})));
+    }
+    for s in database_statuses(&client, "piggybank").await {
+        assert_eq!(s["sealed"], true, "a refused unlock unseals nothing");
+    }
+    let unlock = |body: &str| signed(&admin, &op("unlock"), body.as_bytes(), None);
+    let unlocked = gather(
+        &client,
+        &op("unlock"),
+        unlock(&unlock_body),
         unlock_body.as_bytes(),
     )
     .await;
@@ -461,7 +477,7 @@ async fn initialize_rotate_and_lock_need_a_signature_unlock_and_status_do_not() 
     let unlocked = gather(
         &client,
         &op("unlock"),
-        HeaderMap::new(),
+        unlock(&unlock_body),
         unlock_body.as_bytes(),
     )
     .await;
@@ -644,14 +660,15 @@ async fn the_database_commands_sign_too() {
     let (admin, seed) = admin_key();
     let _run = spawn_sealed_run(&nats, &["--admin-keys", admin.public_key()]);
     wait_database_instances(&nats.client().await, "piggybank", 1).await;
-    let (code, _, err) = cli_code(&nats, &["init"], None, &[]);
+    let (code, _, err) = cli_code(&nats, &["init", "--unverified-instances"], None, &[]);
     assert_eq!(code, Some(1));
     assert!(
         err.contains(REFUSED) && err.contains("PIGGYBANK_ADMIN_SEED"),
         "{err}"
     );
     let with_seed = [("PIGGYBANK_ADMIN_SEED", seed.as_str())];
-    let (code, out, err) = cli_code(&nats, &["init", "--json"], None, &with_seed);
+    let init = ["init", "--json", "--unverified-instances"];
+    let (code, out, err) = cli_code(&nats, &init, None, &with_seed);
     assert_eq!(code, Some(0), "{err}");
     let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
         .as_str()
@@ -664,7 +681,23 @@ async fn the_database_commands_sign_too() {
         None,
         &[("PIGGYBANK_DATABASE_KEY", key.as_str())],
     );
-    assert_eq!(code, Some(0), "unlock needs no signature: {err}");
+    assert_eq!(code, Some(1), "an unsigned unlock is refused");
+    assert!(
+        err.contains(REFUSED) && err.contains("PIGGYBANK_ADMIN_SEED"),
+        "{err}"
+    );
+    let (code, _, _) = cli_code(&nats, &["status"], None, &[]);
+    assert_eq!(code, Some(2), "still sealed");
+    let (code, _, err) = cli_code(
+        &nats,
+        &["unlock", "--unverified-instances"],
+        None,
+        &[
+            ("PIGGYBANK_DATABASE_KEY", key.as_str()),
+            ("PIGGYBANK_ADMIN_SEED", seed.as_str()),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
     let (code, _, _) = cli_code(&nats, &["lock"], None, &[]);
     assert_eq!(code, Some(1), "an unsigned lock is refused");
     let (code, _, _) = cli_code(&nats, &["status"], None, &[]);

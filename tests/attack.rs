@@ -270,11 +270,11 @@ async fn an_application_cannot_aim_its_replies_at_another_applications_inbox() {
 
 /// Attack: before (or while) the operators unlock a store split into shares, submit a bogus
 /// share (right length, any x coordinate, here the one of the operators' first share) to
-/// `unlock`, which is unauthenticated even with `--admin-keys` and takes a share sealed to
-/// the public `unseal_xkey` from `status` just as well. The bogus share takes the slot of
-/// that x, so the real one is refused as "already given", and the next real share combines
-/// with the bogus one, fails, and discards every pending share. Repeated, the store can
-/// never be unlocked. Safe: the operators' real shares unlock the store whatever an
+/// `unlock` (unauthenticated without `--admin-keys`; this store runs without), which takes
+/// a share sealed to the public `unseal_xkey` from `status` just as well. The bogus share
+/// takes the slot of that x, so the real one is refused as "already given", and the next
+/// real share combines with the bogus one, fails, and discards every pending share.
+/// Repeated, the store can never be unlocked. Safe: the operators' real shares unlock the store whatever an
 /// attacker submitted before.
 #[tokio::test]
 async fn a_bogus_share_cannot_block_the_operators_unlock() {
@@ -670,7 +670,14 @@ use zeroize::Zeroizing;
 const DB: &str = "piggybank.database.nats-kv";
 
 fn admin_signer() -> AdminSigner {
-    AdminSigner::from_seed(&AdminSigner::generate_seed()).unwrap()
+    admin_seed().1
+}
+
+/// An admin seed (as an operator's `PIGGYBANK_ADMIN_SEED`) and its signer.
+fn admin_seed() -> (Zeroizing<String>, AdminSigner) {
+    let seed = AdminSigner::generate_seed();
+    let signer = AdminSigner::from_seed(&seed).unwrap();
+    (seed, signer)
 }
 
 /// A sealed-mode backend (no seeds) that requires signed administration by `admin`, with
@@ -800,10 +807,11 @@ async fn one_status(client: &async_nats::Client) -> Value {
 /// Attack: the spy on `piggybank.>` records the operator's `piggybank unlock` message (the
 /// key sealed to the instance's unseal xkey: the attacker cannot open it). Later the
 /// operator locks the store (signed, e.g. in an incident). The attacker publishes the
-/// recorded unlock again, byte for byte: `unlock` needs no signature, the unseal xkey is
-/// made once per process and never changes, and the sealed body carries no nonce, time or
-/// challenge, so it opens again and unseals the store. Safe: once locked, only someone who
-/// holds the key (or shares) can unlock; a recorded unlock is worthless.
+/// recorded unlock again, byte for byte: `unlock` needed no signature, the unseal xkey was
+/// made once per process and never changed, and the sealed body carries no nonce, time or
+/// challenge, so it opened again and unsealed the store. Safe: once locked, only someone who
+/// holds the key (or shares) can unlock; a recorded unlock is worthless (its unseal xkey is
+/// gone, and now its signature's nonce is spent too).
 #[tokio::test]
 async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
     let nats = NatsServer::start();
@@ -822,7 +830,7 @@ async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
     let (code, reply) = ask(
         &operator,
         &unlock,
-        HeaderMap::new(),
+        admin.sign(&unlock, &body),
         &body,
         Duration::from_secs(5),
     )
@@ -838,11 +846,11 @@ async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
             .expect("the spy saw the unlock")
             .unwrap();
         if msg.subject.as_str() == unlock {
-            break msg.payload.to_vec();
+            break (msg.headers.unwrap_or_default(), msg.payload.to_vec());
         }
     };
     assert!(
-        !String::from_utf8_lossy(&recorded).contains(&key),
+        !String::from_utf8_lossy(&recorded.1).contains(&key),
         "the key itself never crossed the bus"
     );
 
@@ -859,11 +867,12 @@ async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
     assert_eq!(code, 200);
     assert_eq!(one_status(&operator).await["sealed"], json!(true));
 
+    // Headers and body, byte for byte (the signature is the operator's).
     let replayed = ask(
         &attacker,
         &unlock,
-        HeaderMap::new(),
-        &recorded,
+        recorded.0,
+        &recorded.1,
         Duration::from_secs(5),
     )
     .await;
@@ -889,10 +898,11 @@ async fn a_recorded_lock_cannot_lock_an_instance_started_after_it() {
     let operator = nats.client().await;
     let key = signed_initialize(&operator, &admin).await;
     let clear = json!({ "database_key": key }).to_string();
+    let unlock = format!("{DB}.unlock");
     let unlocked = gather_all(
         &operator,
-        &format!("{DB}.unlock"),
-        HeaderMap::new(),
+        &unlock,
+        admin.sign(&unlock, clear.as_bytes()),
         clear.as_bytes(),
     )
     .await;
@@ -937,10 +947,11 @@ async fn no_subject_form_gets_an_unsigned_seal_operation_handled() {
     let operator = nats.client().await;
     let key = signed_initialize(&operator, &admin).await;
     let clear = json!({ "database_key": key }).to_string();
+    let unlock = format!("{DB}.unlock");
     let (code, _) = ask(
         &operator,
-        &format!("{DB}.unlock"),
-        HeaderMap::new(),
+        &unlock,
+        admin.sign(&unlock, clear.as_bytes()),
         clear.as_bytes(),
         Duration::from_secs(5),
     )
@@ -976,8 +987,8 @@ async fn no_subject_form_gets_an_unsigned_seal_operation_handled() {
                 let _ = gather_all(&operator, subject, h.clone(), b"").await;
                 let _ = gather_all(
                     &operator,
-                    &format!("{DB}.unlock"),
-                    HeaderMap::new(),
+                    &unlock,
+                    admin.sign(&unlock, clear.as_bytes()),
                     clear.as_bytes(),
                 )
                 .await;
@@ -1236,11 +1247,12 @@ async fn seal_errors_and_status_carry_no_key_material() {
             .into(),
         format!("{{\"database_key\": \"{key}\", \"x\": 1}}").into(),
     ];
+    // Signed, so that each reaches the seal (unsigned, each is refused before it).
     for body in &bodies {
         if let Some((_, reply)) = ask(
             &client,
             &unlock,
-            HeaderMap::new(),
+            admin.sign(&unlock, body),
             body,
             Duration::from_secs(5),
         )
@@ -1266,7 +1278,7 @@ async fn seal_errors_and_status_carry_no_key_material() {
     let (code, _) = ask(
         &client,
         &unlock,
-        HeaderMap::new(),
+        admin.sign(&unlock, &body),
         &body,
         Duration::from_secs(5),
     )
@@ -1340,7 +1352,7 @@ async fn a_subscriber_on_everything_does_not_slow_the_drain() {
 /// SECRETS_<name>_vault.$KV...keyring`), a request whose reply goes to piggybank's inbox. The
 /// spy on `>` sees that request with its reply subject, and answers it first with a record
 /// of its own (its own data and transit keys, wrapped by a master key it made), then sends
-/// `unlock` (open to anyone, even with `--admin-keys`) with that master key, again and
+/// `unlock` (open to anyone before unlock was signed) with that master key, again and
 /// again while the store is sealed (after a lock or a restart without auto-unlock): each
 /// `unlock` reads the record once. When the forged reply wins the race (in this test, after
 /// about 100 tries, well under a second), the instance installs the attacker's keys:
@@ -1476,9 +1488,10 @@ fn impostor_status(unseal: &XKey) -> Vec<u8> {
 fn spawn_unlock(
     nats: &NatsServer,
     key: &str,
+    admin_seed: &str,
     args: &[&str],
 ) -> tokio::task::JoinHandle<(bool, Vec<u8>, String)> {
-    let (url, key) = (nats.url(), key.to_string());
+    let (url, key, seed) = (nats.url(), key.to_string(), admin_seed.to_string());
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1486,6 +1499,7 @@ fn spawn_unlock(
             &[
                 ("NATS_ADDRESS", url.as_str()),
                 ("PIGGYBANK_DATABASE_KEY", key.as_str()),
+                ("PIGGYBANK_ADMIN_SEED", seed.as_str()),
             ],
             &args,
             None,
@@ -1523,7 +1537,7 @@ async fn key_sealed_to_impostor(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
     let nats = NatsServer::start();
-    let admin = admin_signer();
+    let (seed, admin) = admin_seed();
     let (config, transit) = sealed_signed_transit_config(&nats, &admin);
     let _backend = start_backend(&nats, config).await;
     let operator = nats.client().await;
@@ -1548,7 +1562,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
             }
         }
     });
-    let cli = spawn_unlock(&nats, &key, &["unlock", "-t", &transit]);
+    let cli = spawn_unlock(&nats, &key, &seed, &["unlock", "-t", &transit]);
     let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
     let (ok, _, stderr) = cli.await.unwrap();
     answering.abort();
@@ -1571,7 +1585,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
     let nats = NatsServer::start();
-    let admin = admin_signer();
+    let (seed, admin) = admin_seed();
     let (config, _) = sealed_signed_transit_config(&nats, &admin);
     let _backend = start_backend(&nats, config).await;
     let operator = nats.client().await;
@@ -1579,7 +1593,7 @@ async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
     let spy = nats.client().await;
     let mut seen = spy.subscribe(format!("{DB}.>")).await.unwrap();
     spy.flush().await.unwrap();
-    let (ok, _, stderr) = spawn_unlock(&nats, &key, &["unlock"]).await.unwrap();
+    let (ok, _, stderr) = spawn_unlock(&nats, &key, &seed, &["unlock"]).await.unwrap();
     assert!(!ok && stderr.contains("--transit-xkey"), "{stderr}");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), seen.next())
@@ -1589,7 +1603,7 @@ async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
     );
     // A wrong pin (another backend's transit key) unlocks nothing either.
     let other = nkeys::XKey::new().public_key();
-    let (ok, _, stderr) = spawn_unlock(&nats, &key, &["unlock", "-t", &other])
+    let (ok, _, stderr) = spawn_unlock(&nats, &key, &seed, &["unlock", "-t", &other])
         .await
         .unwrap();
     assert!(!ok && stderr.contains("pinned transit key"), "{stderr}");
@@ -1606,16 +1620,17 @@ async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the_api() {
     let nats = NatsServer::start();
-    let admin = admin_signer();
+    let (seed, admin) = admin_seed();
     let (config, transit) = sealed_signed_transit_config(&nats, &admin);
     let _one = start_backend(&nats, config.clone()).await;
     let operator = nats.client().await;
     let key = signed_initialize(&operator, &admin).await;
     let clear = json!({ "database_key": key }).to_string();
+    let unlock = format!("{DB}.unlock");
     let unlocked = gather_all(
         &operator,
-        &format!("{DB}.unlock"),
-        HeaderMap::new(),
+        &unlock,
+        admin.sign(&unlock, clear.as_bytes()),
         clear.as_bytes(),
     )
     .await;
@@ -1653,7 +1668,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
             let _ = reflector.flush().await;
         }
     });
-    let cli = spawn_unlock(&nats, &key, &["unlock", "-t", &transit]);
+    let cli = spawn_unlock(&nats, &key, &seed, &["unlock", "-t", &transit]);
     let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
     let (_, _, stderr) = cli.await.unwrap();
     answering.abort();

@@ -4,8 +4,7 @@
 //! subscribes to `>` (the shared `_INBOX.>` included).
 //!
 //! Each test names an attack and asserts the SAFE behaviour: a failing test is a finding.
-//! Findings not fixed yet are `#[ignore = "finding ..."]`, so the suite stays green; run
-//! them with `cargo test --test attack_review -- --include-ignored --test-threads=1`.
+//! Every finding of that review is fixed now; each test says how it was exploited before.
 
 mod common;
 
@@ -167,35 +166,110 @@ async fn run_cli(nats: &NatsServer, env: &[(&str, &str)], args: &[&str]) -> (boo
 /// key: anyone can seal to it). It answers at once, before the real instance (which first
 /// checks the admin signature, reads and creates the record over JetStream), with a
 /// well-formed `SealedInitialize` holding a database key of its own choosing, sealed to the
-/// operator's one-time xkey. The CLI reads only the first reply, opens it (it opens: it was
-/// sealed to the CLI's key; nothing says *who* sealed it) and prints the attacker's key as
-/// "Database key". The real key, sealed in the real reply, arrives second and is dropped:
-/// nobody ever sees it. `--admin-keys` does not help (the reply is not signed).
+/// operator's one-time xkey. The CLI read only the first reply, opened it (it opened: it was
+/// sealed to the CLI's key; nothing said *who* sealed it) and printed the attacker's key as
+/// "Database key". The real key, sealed in the real reply, arrived second and was dropped:
+/// nobody ever saw it. `--admin-keys` does not help (the reply is not signed).
 ///
 /// Impact: the freshly initialized store can never be unlocked (the printed key is refused
 /// with 403; the real one is lost), and the operator files a key the attacker knows as the
 /// store's key (in a safe, in auto-unlock config). Recovery needs the record deleted by
 /// hand and a new `init`, which the attacker forges again. The same applies to `init
-/// --shares`: forged shares. Severity: medium (a targeted, one-message, permanent DoS of a
-/// new store, plus operator deception; no confidentiality loss, since the record is
-/// wrapped by the real, lost key).
+/// --shares`: forged shares. Severity: medium.
+///
+/// Fixed: the backend seals `initialize`'s answer from its transit key, and `init -t` shows
+/// only an answer that opens with the pinned one; the forged answer is named and ignored.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (medium): piggybank init takes the first reply, which an account user can forge"]
 async fn the_cli_init_cannot_be_handed_a_forged_key() {
     let nats = NatsServer::start();
     let (seed, admin) = admin_seed();
-    let (config, _transit) = sealed_signed_transit_config(&nats, &admin);
+    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
     let _backend = start_backend(&nats, config).await;
+    let attacker_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let planted = attacker_key.clone();
+    let forging = forge_initialize_answers(&nats, move |_, xkey| {
+        let material = json!({ "database_key": planted }).to_string();
+        async move {
+            SealedInitialize {
+                sealed: true,
+                threshold: None,
+                sealed_to: xkey.clone(),
+                key_material: Sealed::seal(material.as_bytes(), &xkey).unwrap(),
+            }
+        }
+    })
+    .await;
 
+    let env = [("PIGGYBANK_ADMIN_SEED", seed.as_str())];
+    let (ok, stdout, stderr) = run_cli(&nats, &env, &["init", "-t", &transit]).await;
+    forging.abort();
+    assert!(ok, "init failed: {stderr}");
+    let printed = printed_keys(&stdout);
+    assert_eq!(printed.len(), 1, "{stdout}");
+    assert_ne!(printed[0], attacker_key, "init printed the attacker's key");
+    assert!(
+        unlocks(&nats, &admin, &printed[0]).await,
+        "the key init printed does not unlock the store"
+    );
+    // Positive control: the forged answer reached the CLI, which named it.
+    assert!(
+        stderr.contains("not sealed from the pinned transit key"),
+        "{stderr}"
+    );
+}
+
+/// Without a pin (a store run without `TRANSIT_XKEY_SEED`, which makes its transit key at
+/// init), nothing tells the real answer from a forged one. Safe: `init
+/// --unverified-instances` shows every answer it gets and fails, so the real key is never
+/// dropped, and the operator knows someone interfered.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_pin_init_shows_every_answer_and_fails_when_there_are_several() {
+    let nats = NatsServer::start();
+    let (seed, admin) = admin_seed();
+    let _backend = start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
+    let attacker_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let planted = attacker_key.clone();
+    let forging = forge_initialize_answers(&nats, move |_, xkey| {
+        let material = json!({ "database_key": planted, "purpose": "piggybank-initialize-v1" });
+        async move {
+            SealedInitialize {
+                sealed: true,
+                threshold: None,
+                sealed_to: xkey.clone(),
+                key_material: Sealed::seal(material.to_string().as_bytes(), &xkey).unwrap(),
+            }
+        }
+    })
+    .await;
+    let env = [("PIGGYBANK_ADMIN_SEED", seed.as_str())];
+    let (ok, stdout, stderr) = run_cli(&nats, &env, &["init", "--unverified-instances"]).await;
+    forging.abort();
+    assert!(!ok, "two answers, and init succeeded: {stdout}");
+    assert!(stderr.contains("2 different answers"), "{stderr}");
+    let printed = printed_keys(&stdout);
+    assert_eq!(printed.len(), 2, "{stdout}");
+    assert!(printed.contains(&attacker_key), "{stdout}");
+    let real = printed.iter().find(|k| **k != attacker_key).unwrap();
+    assert!(unlocks(&nats, &admin, real).await);
+}
+
+/// Answer every `initialize` request seen on the bus with `forge(reply, requester_xkey)`,
+/// as soon as it is seen.
+async fn forge_initialize_answers<F, Fut>(
+    nats: &NatsServer,
+    forge: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(String, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = SealedInitialize> + Send,
+{
     let attacker = nats.client().await;
     let mut inits = attacker
         .subscribe(format!("{DB}.initialize"))
         .await
         .unwrap();
     attacker.flush().await.unwrap();
-    let attacker_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    let (forger, planted) = (attacker.clone(), attacker_key.clone());
-    let forging = tokio::spawn(async move {
+    tokio::spawn(async move {
         while let Some(msg) = inits.next().await {
             let (Some(reply), Some(xkey)) = (
                 msg.reply.clone(),
@@ -203,50 +277,41 @@ async fn the_cli_init_cannot_be_handed_a_forged_key() {
             ) else {
                 continue;
             };
-            let xkey = xkey.as_str().to_string();
-            let material = json!({ "database_key": planted }).to_string();
-            let forged = SealedInitialize {
-                sealed: true,
-                threshold: None,
-                sealed_to: xkey.clone(),
-                key_material: Sealed::seal(material.as_bytes(), &xkey).unwrap(),
-            };
+            let forged = forge(reply.to_string(), xkey.as_str().to_string()).await;
             let mut h = HeaderMap::new();
             h.insert("Status", "200");
-            let _ = forger
+            let _ = attacker
                 .publish_with_headers(reply, h, serde_json::to_vec(&forged).unwrap().into())
                 .await;
-            let _ = forger.flush().await;
+            let _ = attacker.flush().await;
         }
-    });
+    })
+}
 
-    let (ok, stdout, stderr) =
-        run_cli(&nats, &[("PIGGYBANK_ADMIN_SEED", seed.as_str())], &["init"]).await;
-    forging.abort();
-    assert!(ok, "init failed: {stderr}");
-    let printed = stdout
+/// The keys `piggybank init` printed.
+fn printed_keys(stdout: &str) -> Vec<String> {
+    stdout
         .lines()
-        .find_map(|l| l.strip_prefix("Database key: "))
-        .expect("init printed a key")
-        .trim()
-        .to_string();
-    // Does the key the operator was shown unlock the store?
+        .filter_map(|l| l.strip_prefix("Database key: "))
+        .map(|k| k.trim().to_string())
+        .collect()
+}
+
+/// Whether `key` unlocks the (one) instance, in a signed unlock.
+async fn unlocks(nats: &NatsServer, admin: &AdminSigner, key: &str) -> bool {
     let operator = nats.client().await;
     let status = wait_database_instances(&operator, "piggybank", 1).await;
+    let subject = format!("{DB}.unlock");
+    let body = sealed_unlock_for(&status[0], key);
     let unlocked = ask(
         &operator,
-        &format!("{DB}.unlock"),
-        HeaderMap::new(),
-        &sealed_unlock_for(&status[0], &printed),
+        &subject,
+        admin.sign(&subject, &body),
+        &body,
         Duration::from_secs(5),
     )
     .await;
-    assert!(
-        printed != attacker_key && matches!(unlocked, Some((200, _))),
-        "piggybank init printed the attacker's key ({}); unlocking with it answers \
-         {unlocked:?}: the real key is lost",
-        printed == attacker_key
-    );
+    matches!(unlocked, Some((200, _)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,17 +330,18 @@ async fn the_cli_init_cannot_be_handed_a_forged_key() {
 /// `attack.rs::a_forged_key_record_cannot_unseal_the_store_with_an_attackers_keys` does
 /// (answer the instance's direct get of the record first with its own record, and send an
 /// `unlock` with its own master key; here sealed to that instance's public `unseal_xkey`
-/// and naming it, so only it answers), and wins in a few hundred tries.
+/// and naming it, so only it answers), and won after 42 tries.
 ///
 /// Impact: that instance unseals with the attacker's data and transit keys: `server_xkey`
 /// and `status` announce the attacker's transit key, every value written through it (the
 /// Piggy Bank API, `put_secret`) is sealed with the attacker's data key, which the spy
 /// reads off `$KV.WASMCLOUD_SECRETS.>` and opens; the next real `piggybank unlock` is told
-/// "already unlocked". `--admin-keys` does not help (`unlock` is open). Severity: high in
-/// that deployment (confidentiality of new writes, integrity of the store); the fix that
-/// closed the single-instance case does not cover it.
+/// "already unlocked". Severity: high in that deployment (confidentiality of new writes,
+/// integrity of the store).
+///
+/// Fixed: with `--admin-keys`, `unlock` must be signed like every other database operation
+/// but `status`; the attacker's unlock is refused whatever record the instance reads.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (high): an instance without a transit pin (no TRANSIT_XKEY_SEED, started before init) unlocks with a forged record"]
 async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initialize() {
     let nats = NatsServer::start();
     let (_, admin) = admin_seed();
@@ -286,23 +352,51 @@ async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initializ
     let _real_key = signed_initialize(&operator, &admin).await;
     let statuses = wait_database_instances(&operator, "piggybank", 2).await;
     // The instance that did not answer initialize: it reports no server_xkey.
-    let Some(victim) = statuses
+    let victim = statuses
         .iter()
         .find(|s| s["server_xkey"].is_null())
         .cloned()
-    else {
-        // Both instances know the transit key: the pin holds everywhere.
-        return;
-    };
+        .expect("one instance did not answer initialize, and knows no transit key");
+    forged_record_unlock(&nats, &victim, None).await;
+}
 
+/// The same attack on an instance that *is* pinned, by its configured `TRANSIT_XKEY_SEED`:
+/// the record of such a store holds only the transit key's public half, so the attacker
+/// copies it (it is announced in `server_xkey`) into a record of its own, and the pin check
+/// passes. Before signed unlock this was the same hole as above, in the configuration the
+/// README recommended as its fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_record_naming_the_configured_transit_key_cannot_unseal_an_instance() {
+    let nats = NatsServer::start();
+    let (_, admin) = admin_seed();
+    let (config, transit_public) = sealed_signed_transit_config(&nats, &admin);
+    let _one = start_backend(&nats, config).await;
+    let operator = nats.client().await;
+    wait_database_instances(&operator, "piggybank", 1).await;
+    let _real_key = signed_initialize(&operator, &admin).await;
+    let victim = wait_database_instances(&operator, "piggybank", 1).await[0].clone();
+    forged_record_unlock(&nats, &victim, Some(transit_public)).await;
+}
+
+/// Answer every read of the key record with the attacker's own record (naming
+/// `transit_public` when given, else its own transit key) and send `victim` unlocks with the
+/// attacker's master key, unsigned, up to 1,000 times; then post a secret through the API.
+/// Asserts the safe outcome: the victim is still sealed, and nothing it stored opens with
+/// the attacker's keys.
+async fn forged_record_unlock(nats: &NatsServer, victim: &Value, transit_public: Option<String>) {
+    let operator = nats.client().await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let (record, master) = piggybank::keys::vault::initialize(None, None, now).unwrap();
+    let (mut record, master) = piggybank::keys::vault::initialize(None, None, now).unwrap();
     let (attacker_keys, _) = piggybank::keys::vault::open(&record, &master, now).unwrap();
+    if let Some(public) = transit_public {
+        // A configured transit key: the record holds only its public half.
+        record.transit_public = public;
+        record.transit = None;
+    }
     let forged = serde_json::to_vec(&record).unwrap();
-    let attacker_transit = record.transit_public.clone();
     let vault = piggybank::config::vault_bucket("nats-kv");
     let attacker = nats.client().await;
     let mut reads = attacker
@@ -331,7 +425,7 @@ async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initializ
 
     // The attacker's master key, sealed to the victim's public unseal xkey, naming it: only
     // the victim answers. Its unseal xkey changes only at lock and unlock.
-    let body = sealed_unlock_for(&victim, master.to_base64().as_str());
+    let body = sealed_unlock_for(victim, master.to_base64().as_str());
     let mut tries = 0;
     let mut last = None;
     for _ in 0..1_000 {
@@ -358,7 +452,7 @@ async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initializ
         .cloned()
         .unwrap_or(Value::Null);
 
-    // A service writes a secret now (the API's queue group: retry until the unsealed one
+    // A service writes a secret now (the API's queue group: retry until an unsealed one
     // takes it); the spy opens what piggybank stored.
     let mut read_back = None;
     let mut posted = None;
@@ -390,13 +484,16 @@ async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initializ
     assert!(
         victim_now["sealed"] == json!(true) && read_back.is_none(),
         "after {tries} tries ({} forged record reads), instance {} is unsealed={} with the \
-         attacker's keys: its server_xkey is the attacker's transit key: {}; a secret posted \
-         since ({posted:?}) was opened by the attacker: {read_back:?}; last unlock answer: \
-         {last:?}",
+         attacker's keys; a secret posted since ({posted:?}) was opened by the attacker: \
+         {read_back:?}; last unlock answer: {last:?}",
         answered.load(Ordering::Relaxed),
         victim["instance_id"],
         victim_now["sealed"] == json!(false),
-        victim_now["server_xkey"] == json!(attacker_transit),
+    );
+    assert_eq!(
+        last.map(|(status, _)| status),
+        Some(403),
+        "the attacker's unlock is refused"
     );
 }
 
@@ -426,7 +523,7 @@ async fn a_forged_record_cannot_unseal_an_instance_that_did_not_answer_initializ
 #[tokio::test(flavor = "multi_thread")]
 async fn one_forged_message_does_not_stop_the_operators_unlock() {
     let nats = NatsServer::start();
-    let (_, admin) = admin_seed();
+    let (seed, admin) = admin_seed();
     let (config, transit) = sealed_signed_transit_config(&nats, &admin);
     let _backend = start_backend(&nats, config).await;
     let operator = nats.client().await;
@@ -454,7 +551,10 @@ async fn one_forged_message_does_not_stop_the_operators_unlock() {
         }
     });
 
-    let env = [("PIGGYBANK_DATABASE_KEY", key.as_str())];
+    let env = [
+        ("PIGGYBANK_DATABASE_KEY", key.as_str()),
+        ("PIGGYBANK_ADMIN_SEED", seed.as_str()),
+    ];
     let mut outcomes = Vec::new();
     for r in 0..2 {
         round.store(r, Ordering::SeqCst);
@@ -491,11 +591,13 @@ async fn one_forged_message_does_not_stop_the_operators_unlock() {
 /// verbatim too). On a terminal this rewrites what the operator sees, e.g. hides the warning
 /// that an impostor answered. Impact: operator deception only (the exit code still says 1,
 /// and nothing is sent to the impostor). Severity: low.
+///
+/// Fixed: the CLI shows text from answers through `cli::printable` (status's fields, names
+/// of instances), and every error through it, which escapes control characters.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (low): the CLI prints control characters from replies"]
 async fn the_cli_never_prints_control_characters_from_an_answer() {
     let nats = NatsServer::start();
-    let (_, admin) = admin_seed();
+    let (seed, admin) = admin_seed();
     let (config, transit) = sealed_signed_transit_config(&nats, &admin);
     let _backend = start_backend(&nats, config).await;
     let operator = nats.client().await;
@@ -524,7 +626,10 @@ async fn the_cli_never_prints_control_characters_from_an_answer() {
             let _ = impostor.flush().await;
         }
     });
-    let env = [("PIGGYBANK_DATABASE_KEY", key.as_str())];
+    let env = [
+        ("PIGGYBANK_DATABASE_KEY", key.as_str()),
+        ("PIGGYBANK_ADMIN_SEED", seed.as_str()),
+    ];
     let (_, stdout, stderr) = run_cli(&nats, &env, &["unlock", "-t", &transit]).await;
     let (_, status_out, status_err) = run_cli(&nats, &[], &["status"]).await;
     answering.abort();
@@ -536,6 +641,11 @@ async fn the_cli_never_prints_control_characters_from_an_answer() {
     assert!(
         controls.is_empty(),
         "the CLI printed an answer's control characters verbatim: {controls:#?}"
+    );
+    // Positive control: the impostor's answer was shown, escaped.
+    assert!(
+        printed.iter().any(|s| s.contains("\\u{1b}[2K")),
+        "{printed:#?}"
     );
 }
 
@@ -555,7 +665,7 @@ async fn the_cli_never_prints_control_characters_from_an_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_and_replayed_proofs_never_hand_the_key_to_the_attacker() {
     let nats = NatsServer::start();
-    let (_, admin) = admin_seed();
+    let (seed, admin) = admin_seed();
     let (config, transit) = sealed_signed_transit_config(&nats, &admin);
     let _backend = start_backend(&nats, config).await;
     let operator = nats.client().await;
@@ -583,7 +693,11 @@ async fn relayed_and_replayed_proofs_never_hand_the_key_to_the_attacker() {
     let opened: Value = serde_json::from_slice(&own.open(&proof, &transit_key).unwrap()).unwrap();
     assert_eq!(
         opened,
-        json!({"instance_id": mine["instance_id"], "unseal_xkey": mine["unseal_xkey"]})
+        json!({
+            "purpose": "piggybank-unseal-proof-v1",
+            "instance_id": mine["instance_id"],
+            "unseal_xkey": mine["unseal_xkey"]
+        })
     );
 
     // (e) cross-protocol: a proof made for the instance's own unseal xkey is a box under
@@ -613,7 +727,12 @@ async fn relayed_and_replayed_proofs_never_hand_the_key_to_the_attacker() {
         Duration::from_secs(5),
     )
     .await;
-    assert!(matches!(refused, Some((400, _))), "{refused:?}");
+    // Refused by its missing signature (403); unsigned backends refuse it as no key (400).
+    assert!(matches!(refused, Some((400 | 403, _))), "{refused:?}");
+    assert_eq!(
+        wait_database_instances(&attacker, "piggybank", 1).await[0]["sealed"],
+        json!(true)
+    );
 
     let unseal = XKey::new();
     let mut statuses = attacker.subscribe(format!("{DB}.status")).await.unwrap();
@@ -673,7 +792,10 @@ async fn relayed_and_replayed_proofs_never_hand_the_key_to_the_attacker() {
             let _ = relay.flush().await;
         }
     });
-    let env = [("PIGGYBANK_DATABASE_KEY", key.as_str())];
+    let env = [
+        ("PIGGYBANK_DATABASE_KEY", key.as_str()),
+        ("PIGGYBANK_ADMIN_SEED", seed.as_str()),
+    ];
     let args = ["unlock", "-t", transit.as_str()];
     let cli = run_cli(&nats, &env, &args);
     let watch = async {

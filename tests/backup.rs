@@ -295,7 +295,12 @@ async fn a_restored_sealed_store_unlocks_with_its_old_key_and_serves() {
     let nats = NatsServer::start();
     let run = spawn_sealed_run(&nats, &[]);
     wait_database_instances(&nats.client().await, "piggybank", 1).await;
-    let (ok, out, err) = cli(&nats, &["init", "--json"], None, &[]);
+    let (ok, out, err) = cli(
+        &nats,
+        &["init", "--json", "--unverified-instances"],
+        None,
+        &[],
+    );
     assert!(ok, "{err}");
     let reply: Value = serde_json::from_slice(&out).unwrap();
     let key = reply["database_key"].as_str().unwrap().to_string();

@@ -188,7 +188,12 @@ async fn no_key_or_share_crosses_the_bus_in_any_encoding() {
     wait_instances(&client, "split", 2).await;
 
     // One key: init, unlock (both instances), lock, unlock from stdin-less env again.
-    let (code, out, err) = cli_async(&nats, &["init", "-n", "whole", "--json"], &[]).await;
+    let (code, out, err) = cli_async(
+        &nats,
+        &["init", "-n", "whole", "--json", "--unverified-instances"],
+        &[],
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
         .as_str()
@@ -210,7 +215,16 @@ async fn no_key_or_share_crosses_the_bus_in_any_encoding() {
     // Shares: init, then two shares, each to both instances.
     let (code, out, err) = cli_async(
         &nats,
-        &["init", "-n", "split", "--shares", "3", "--threshold", "2"],
+        &[
+            "init",
+            "-n",
+            "split",
+            "--shares",
+            "3",
+            "--threshold",
+            "2",
+            "--unverified-instances",
+        ],
         &[],
     )
     .await;
@@ -332,7 +346,12 @@ async fn sealed_keys_only_refuses_clear_keys_and_names_keep_backends_apart() {
     assert_eq!(statuses(&client, "strict").await[0]["initialized"], false);
 
     // The CLI's sealed form works, and reaches only the backend it names.
-    let (code, out, err) = cli_async(&nats, &["init", "-n", "strict", "--json"], &[]).await;
+    let (code, out, err) = cli_async(
+        &nats,
+        &["init", "-n", "strict", "--json", "--unverified-instances"],
+        &[],
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let key = serde_json::from_str::<Value>(&out).unwrap()["database_key"]
         .as_str()

@@ -97,7 +97,7 @@ async fn a_keyed_backend_refuses_seal_operations_with_a_clear_error() {
     wait_database_instances(&nats.client().await, "piggybank", 1).await;
     let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
     for (args, stdin) in [
-        (&["init"][..], None),
+        (&["init", "--unverified-instances"][..], None),
         (
             &["unlock", "--unverified-instances"][..],
             Some(key.as_bytes()),
@@ -162,7 +162,7 @@ async fn status_exits_2_while_sealed_and_0_once_unlocked() {
         "{out}"
     );
 
-    let (code, out, err) = cli_code(&nats, &["init", "--json"], None, &[]);
+    let (code, out, err) = cli_code(&nats, &["init", "--json"], None, &pinned());
     assert_eq!(code, Some(0), "{err}");
     let key = json(&out)["database_key"].as_str().unwrap().to_string();
     assert!(err.contains("shown only once"), "{err}");
@@ -201,7 +201,7 @@ async fn shares_piped_on_stdin_unlock_a_split_store() {
         &nats,
         &["init", "--shares", "3", "--threshold", "2"],
         None,
-        &[],
+        &pinned(),
     );
     assert_eq!(code, Some(0), "{err}");
     let shares: Vec<String> = out
@@ -279,7 +279,7 @@ async fn without_a_backend_status_and_unlock_fail_at_once_with_a_clear_message()
             &["unlock", "--unverified-instances"][..],
             Some(&b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"[..]),
         ),
-        (&["init"][..], None),
+        (&["init", "--unverified-instances"][..], None),
     ] {
         let started = Instant::now();
         let (code, out, err) = cli_code(&nats, args, stdin, &[]);
@@ -334,7 +334,7 @@ async fn mappings_init_and_rotate_print_json_with_json() {
         ],
     );
     wait_database_instances(&nats.client().await, "pb", 1).await;
-    let env = [("PIGGYBANK_PREFIX", "pb")];
+    let env = [("PIGGYBANK_PREFIX", "pb"), pinned()[0]];
     let (code, out, err) = cli_code(&nats, &["init", "-n", "vault", "--json"], None, &env);
     assert_eq!(code, Some(0), "{err}");
     let init = json(&out);

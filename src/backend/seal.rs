@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use super::{Backend, BackendError};
 use crate::admin_auth::AdminMode;
 use crate::error::ErrorKind;
-use crate::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use crate::key_transfer::{SealedInitialize, SealedUnlock};
 use crate::keys::vault::{self, MasterKey, ShareSpec};
 use crate::keys::TransitKey;
 use crate::store::record::RecordStore;
@@ -472,18 +472,22 @@ impl Seal {
             return Ok(Initialized::Clear(material));
         };
         let internal = |e: String| BackendError::from(SealError::Internal(e));
-        let plaintext =
-            Zeroizing::new(serde_json::to_vec(&material).map_err(|e| internal(e.to_string()))?);
+        // Sealed from the transit key, which proves to a requester that pinned it that this
+        // key is the backend's (anyone can seal something to the requester's public key).
+        // The record was just made: its transit key is the configured one, or the one it
+        // wraps under the master key.
+        let transit = match &self.configured_transit {
+            Some(configured) => configured.clone(),
+            None => vault::open(&record, &master, crate::store::secrets::now_ms())?
+                .1
+                .ok_or_else(|| internal("the new record holds no transit key".into()))?,
+        };
         // The requester's key was checked above; the record exists now, so a failure here
         // is reported rather than the key shown in clear.
-        let sealed = Sealed::seal(&plaintext, requester)
-            .map_err(|e| internal(format!("cannot seal the key to the requester: {e}")))?;
-        Ok(Initialized::Sealed(SealedInitialize {
-            sealed: true,
-            threshold: split.map(|spec| spec.threshold),
-            sealed_to: requester.trim().to_string(),
-            key_material: sealed,
-        }))
+        let threshold = split.map(|spec| spec.threshold);
+        SealedInitialize::vouched(&material, threshold, &transit, requester)
+            .map(Initialized::Sealed)
+            .map_err(|e| internal(format!("cannot seal the key to the requester: {e}")))
     }
 
     /// The key or share of `input`: a sealed unlock opened with this instance's unseal key

@@ -7,14 +7,15 @@
 //! instance is sealed, 1 on error. The other operations read the first reply.
 //!
 //! Key material never crosses the bus in clear (`crate::key_transfer`): `init` sends a
-//! one-time xkey and opens the key (or shares) sealed to it; `unlock` asks `status` which
+//! one-time xkey and opens the key (or shares) sealed to it, from the backend's transit key
+//! when pinned with `-t` (anyone can seal something to the one-time key and answer first); `unlock` asks `status` which
 //! instances there are, with a one-time xkey, and sends the key or share, sealed to the
 //! unseal xkey it announced, to each instance that proved it holds the backend's transit
 //! key (pinned with `-t`): anyone on the account can answer `status`.
 //!
 //! `init`, `unlock`, `lock` and `rotate` are signed with the admin seed when one is given
 //! (`PIGGYBANK_ADMIN_SEED` or `--admin-seed-file`): a backend run with `--admin-keys`
-//! refuses `init`, `lock` and `rotate` without it.
+//! refuses every one of them without it.
 //!
 //! A key or share is read from the env or stdin, never from argv, and printed only by
 //! `init`, once. On stdin, a key and a share are told apart by decoding them (32 bytes or
@@ -46,6 +47,8 @@ const QUIET: Duration = Duration::from_millis(300);
 const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(1);
 /// ... or once this many instances have answered.
 const MAX_REPLIES: usize = 1024;
+/// How long `init` waits for its answer (the request timeout of the other commands).
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct DatabaseArgs {
@@ -74,8 +77,17 @@ impl DatabaseArgs {
 pub struct UnlockArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
-    /// The backend's transit key (its public key X..., or its seed SX...): the key or share
-    /// goes only to instances that prove in `status` that they hold it
+    #[command(flatten)]
+    pub pin: Pin,
+}
+
+/// Which answers the CLI believes: anyone who may publish on the account can answer
+/// `initialize` and `status`.
+#[derive(Args)]
+pub struct Pin {
+    /// The backend's transit key (its public key X..., or its seed SX...): only answers
+    /// that prove they come from a holder of it are believed (init: the key it shows;
+    /// unlock: the instances it sends the key or share to)
     #[arg(
         short = 't',
         long = "transit-xkey",
@@ -84,11 +96,34 @@ pub struct UnlockArgs {
         hide_env_values = true
     )]
     pub transit_xkey: Option<String>,
-    /// Send the key or share to every instance that answers `status`, proven or not. Anyone
-    /// who may publish on the account can then answer as an instance and receive it; only
-    /// for instances run without TRANSIT_XKEY_SEED, where no one else publishes
+    /// Believe answers that prove nothing: init shows every key it is given, unlock sends
+    /// the key or share to every instance that answers `status`. Anyone who may publish on
+    /// the account can answer so; only for stores run without TRANSIT_XKEY_SEED, where no
+    /// one else publishes
     #[arg(long)]
     pub unverified_instances: bool,
+}
+
+impl Pin {
+    /// The pinned transit public key, or `None` with `--unverified-instances` (warned);
+    /// without either, an error that explains why (`why_pin`) and what to do.
+    fn resolve(&self, why_pin: &str) -> anyhow::Result<Option<String>> {
+        match (&self.transit_xkey, self.unverified_instances) {
+            (_, true) => {
+                eprintln!(
+                    "warning: --unverified-instances: answers are believed without proof, \
+                     including an impostor's: anyone on the account can answer"
+                );
+                Ok(None)
+            }
+            (Some(key), false) => Ok(Some(super::transit_xkey(key)?.public_key())),
+            (None, false) => bail!(
+                "{why_pin} Give the backend's transit key with -t/--transit-xkey (its public \
+                 key, server_xkey in status, checked out of band; or TRANSIT_XKEY_SEED), or \
+                 pass --unverified-instances"
+            ),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -101,10 +136,20 @@ pub struct InitArgs {
     pub threshold: Option<u8>,
     #[command(flatten)]
     pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub pin: Pin,
 }
 
-/// `init`: the key, or the shares, printed once; the warning goes to stderr.
+/// `init`: the key, or the shares, printed once; the warning goes to stderr. With a pinned
+/// transit key only the answer sealed from it is shown; without one
+/// (`--unverified-instances`) every distinct answer is, and more than one is an error.
 pub async fn init(args: InitArgs) -> anyhow::Result<()> {
+    let pin = args.pin.resolve(
+        "whose key is it? Anyone on the NATS account can answer initialize with a key of \
+         their own, and the real one would be lost. A store run without TRANSIT_XKEY_SEED \
+         makes its transit key at init and cannot prove itself: use --unverified-instances \
+         there, and init shows every answer.",
+    )?;
     let mut body = serde_json::Map::new();
     if let Some(n) = args.shares {
         body.insert("shares".into(), n.into());
@@ -123,18 +168,38 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     let nats = args.db.conn.connect("piggybank cli").await?;
     let signer = args.db.admin.signer()?;
     let subject = args.db.subject("initialize");
-    let sent = send(
-        &nats,
-        signer.as_ref(),
-        &subject,
-        Some(headers),
-        body.into_bytes(),
-    );
-    let reply = opened(sent.await?, &one_time)?;
-    if args.db.json {
-        println!("{reply:#}");
-    } else {
-        print!("{}", *init_text(&reply));
+    let body = body.into_bytes();
+    if let Some(signer) = &signer {
+        signer.sign_into(&subject, &body, &mut headers);
+    }
+    let answers = init_answers(&nats, &subject, headers, body, &one_time, pin.as_deref()).await?;
+    for ignored in &answers.ignored {
+        eprintln!(
+            "warning: ignored an answer on {subject}: {}",
+            printable(ignored)
+        );
+    }
+    if answers.more_ignored > 0 {
+        eprintln!("warning: ignored {} more answers", answers.more_ignored);
+    }
+    let several = answers.keys.len() > 1;
+    for (i, key) in answers.keys.iter().enumerate() {
+        if several && !args.db.json {
+            println!("Answer {} of {}:", i + 1, answers.keys.len());
+        }
+        if args.db.json {
+            println!("{:#}", serde_json::Value::Object(key.clone()));
+        } else {
+            print!("{}", *init_text(key));
+        }
+    }
+    if several {
+        bail!(
+            "{} different answers claim to hold the new key: someone else on the bus \
+             answered too, and without a pinned transit key the real one cannot be told \
+             apart. Keep every one until one of them unlocks the store",
+            answers.keys.len()
+        );
     }
     eprintln!(
         "Keep the key (or the shares, apart) somewhere safe: it is shown only once, and \
@@ -144,49 +209,146 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `init`'s reply with its key material opened: `{"database_key", "sealed"}` or
-/// `{"shares", "threshold", "sealed"}`, as the clear form was. A backend that answered in
-/// clear (older than sealed key transfer) is shown too, with a warning: the key is
-/// already out, and it is shown only once.
-fn opened(reply: serde_json::Value, one_time: &XKey) -> anyhow::Result<serde_json::Value> {
-    let Ok(sealed) = serde_json::from_value::<SealedInitialize>(reply.clone()) else {
-        if reply.get("database_key").is_some() || reply.get("shares").is_some() {
-            eprintln!(
-                "warning: the backend sent the key in clear (it is older than sealed key \
-                 transfer): anyone subscribed to its reply subject could read it"
-            );
-            return Ok(reply);
+/// What `init` was answered: the key material of each believed answer (one, with a pin),
+/// and why others were not believed (the first few; then a count).
+#[derive(Default)]
+struct InitAnswers {
+    keys: Vec<serde_json::Map<String, serde_json::Value>>,
+    ignored: Vec<String>,
+    more_ignored: usize,
+}
+
+impl InitAnswers {
+    fn ignore(&mut self, why: String) {
+        match self.ignored.len() < 8 {
+            true => self.ignored.push(why),
+            false => self.more_ignored += 1,
         }
-        bail!("initialize answered neither a sealed nor a clear key: {reply}");
+    }
+}
+
+/// Send `initialize` and read its answers. With `pin`, until one is sealed from the pinned
+/// transit key (answers that are not are ignored, and named). Without, every answer that
+/// opens, until none has come for `NO_RESPONDERS_GRACE`. An error answer (which anyone can
+/// forge too) is believed only if no key comes within `NO_RESPONDERS_GRACE` after it.
+async fn init_answers(
+    nats: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    one_time: &XKey,
+    pin: Option<&str>,
+) -> anyhow::Result<InitAnswers> {
+    let mut replies = publish_gathering(nats, subject, headers, body).await?;
+    let mut answers = InitAnswers::default();
+    let mut errors = Vec::new();
+    let mut no_responders = false;
+    let mut deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
+    let grace = |deadline: tokio::time::Instant| {
+        deadline.min(tokio::time::Instant::now() + NO_RESPONDERS_GRACE)
     };
-    let plaintext = sealed
-        .key_material
-        .open(one_time)
-        .context("cannot open the key the backend sealed to this command")?;
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&plaintext).context("the sealed key material is not JSON")?;
-    value["sealed"] = serde_json::Value::Bool(sealed.sealed);
-    Ok(value)
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            no_responders = true;
+            deadline = grace(deadline);
+            continue;
+        }
+        let (status, value) = decode(&reply);
+        if status != "200" {
+            if errors.len() < 8 {
+                errors.push(refused("initialize", &status, &value));
+            }
+            deadline = grace(deadline);
+            continue;
+        }
+        let opened = match serde_json::from_value::<SealedInitialize>(value.clone()) {
+            Ok(sealed) => sealed.open(one_time, pin).map_err(anyhow::Error::from),
+            Err(_) => clear_initialize(value, pin),
+        };
+        match opened {
+            Ok(mut key) => {
+                key.insert("sealed".into(), true.into());
+                if !answers.keys.contains(&key) {
+                    answers.keys.push(key);
+                }
+                if pin.is_some() {
+                    return Ok(answers);
+                }
+                deadline = grace(deadline);
+            }
+            // A pinned requester waits on for the real answer (until INIT_TIMEOUT).
+            Err(e) => {
+                answers.ignore(format!("{e:#}"));
+                if pin.is_none() {
+                    deadline = grace(deadline);
+                }
+            }
+        }
+    }
+    if !answers.keys.is_empty() {
+        return Ok(answers);
+    }
+    if let Some(first) = errors.first() {
+        let mut all = vec![first.clone()];
+        all.extend(answers.ignored.iter().map(|i| format!("ignored: {i}")));
+        bail!("{}", all.join("; "));
+    }
+    if !answers.ignored.is_empty() {
+        bail!(
+            "no answer on {subject} came from the backend (none was sealed from the pinned \
+             transit key): {}",
+            answers.ignored.join("; ")
+        );
+    }
+    if no_responders {
+        bail!(nobody_answers(subject));
+    }
+    bail!(
+        "no answer on {subject} within {} s: is a backend of this name (-n/--name) running \
+         with this prefix?",
+        INIT_TIMEOUT.as_secs()
+    )
+}
+
+/// An `initialize` answer in clear (from a backend older than sealed key transfer): shown
+/// with a warning, since the key is already out; never with a pin (it proves nothing).
+fn clear_initialize(
+    value: serde_json::Value,
+    pin: Option<&str>,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let serde_json::Value::Object(material) = value else {
+        bail!("not an initialize reply");
+    };
+    if material.get("database_key").is_none() && material.get("shares").is_none() {
+        bail!("not an initialize reply");
+    }
+    if pin.is_some() {
+        bail!("a key in clear, which proves nothing (a pinned transit key seals the real one)");
+    }
+    eprintln!(
+        "warning: an answer has the key in clear (a backend older than sealed key transfer, \
+         or not the backend): anyone subscribed to its reply subject could read it"
+    );
+    Ok(material)
 }
 
 /// `init`'s reply as text: `Database key: ...`, or one `Share N: ...` line per share.
-fn init_text(reply: &serde_json::Value) -> Zeroizing<String> {
+fn init_text(reply: &serde_json::Map<String, serde_json::Value>) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::new());
-    if let Some(key) = reply["database_key"].as_str() {
-        out.push_str(&format!("Database key: {key}\n"));
+    if let Some(key) = reply.get("database_key").and_then(|k| k.as_str()) {
+        out.push_str(&format!("Database key: {}\n", printable(key)));
     }
-    if let Some(shares) = reply["shares"].as_array() {
+    if let Some(shares) = reply.get("shares").and_then(|s| s.as_array()) {
         for (i, share) in shares.iter().enumerate() {
             out.push_str(&format!(
                 "Share {}: {}\n",
                 i + 1,
-                share.as_str().unwrap_or("?")
+                printable(share.as_str().unwrap_or("?"))
             ));
         }
+        let threshold = reply.get("threshold").cloned().unwrap_or_default();
         out.push_str(&format!(
-            "Threshold: {} (any {} of these {} shares unlock the store)\n",
-            reply["threshold"],
-            reply["threshold"],
+            "Threshold: {threshold} (any {threshold} of these {} shares unlock the store)\n",
             shares.len()
         ));
     }
@@ -198,22 +360,11 @@ fn init_text(reply: &serde_json::Value) -> Zeroizing<String> {
 /// each sealed to that instance's unseal xkey.
 pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
     let plaintext = unlock_body()?;
-    let pin = match (&args.transit_xkey, args.unverified_instances) {
-        (_, true) => {
-            eprintln!(
-                "warning: --unverified-instances: the key goes to whatever answers status, \
-                 including an impostor anyone on the account can run"
-            );
-            None
-        }
-        (Some(key), false) => Some(super::transit_xkey(key)?.public_key()),
-        (None, false) => bail!(
-            "which instances are this backend's? Anyone on the NATS account can answer status \
-             as an instance. Give the backend's transit key with -t/--transit-xkey (its public \
-             key, server_xkey in status, checked out of band; or TRANSIT_XKEY_SEED), and the \
-             key goes only to instances that prove they hold it; or --unverified-instances"
-        ),
-    };
+    let pin = args.pin.resolve(
+        "which instances are this backend's? Anyone on the NATS account can answer status \
+         as an instance. With the transit key, the key goes only to instances that prove \
+         they hold it.",
+    )?;
     let args = args.db;
     let signer = args.admin.signer()?;
     let nats = args.conn.connect("piggybank cli").await?;
@@ -279,7 +430,7 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
     for (instance, result) in instances.iter().zip(results) {
         let prefix = match one {
             true => String::new(),
-            false => format!("Instance {}: ", instance.instance_id),
+            false => format!("Instance {}: ", printable(&instance.instance_id)),
         };
         match result {
             Ok(mut reply) => {
@@ -473,21 +624,26 @@ async fn send(
     })?;
     let (status, value) = decode(&reply);
     if status != "200" {
-        let hint = if status == "403" && value["error"] == crate::admin_auth::REFUSED {
-            format!(
-                " (the backend requires a signature by one of its --admin-keys: set {} or \
-                 --admin-seed-file to that key's seed)",
-                env::PIGGYBANK_ADMIN_SEED
-            )
-        } else {
-            String::new()
-        };
-        bail!(
-            "{op} refused ({status}): {}{hint}",
-            value["error"].as_str().unwrap_or("no reason given")
-        );
+        bail!(refused(op, &status, &value));
     }
     Ok(value)
+}
+
+/// What an error answer says, with a hint when it is the admin signature's refusal.
+fn refused(op: &str, status: &str, value: &serde_json::Value) -> String {
+    let hint = if status == "403" && value["error"] == crate::admin_auth::REFUSED {
+        format!(
+            " (the backend requires a signature by one of its --admin-keys: set {} or \
+             --admin-seed-file to that key's seed)",
+            env::PIGGYBANK_ADMIN_SEED
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{op} refused ({status}): {}{hint}",
+        value["error"].as_str().unwrap_or("no reason given")
+    )
 }
 
 /// A reply's `Status` header and JSON body (`null` if the body is not JSON).
@@ -534,7 +690,7 @@ pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
         print!("{}", answers.to_text(&subject));
     }
     for error in &answers.errors {
-        eprintln!("error: {error}");
+        eprintln!("error: {}", printable(error));
     }
     Ok(ExitCode::from(code))
 }
@@ -548,17 +704,7 @@ async fn gather(
     subject: &str,
     headers: HeaderMap,
 ) -> anyhow::Result<Vec<async_nats::Message>> {
-    let inbox = nats.new_inbox();
-    let mut replies = nats
-        .subscribe(inbox.clone())
-        .await
-        .context("cannot subscribe to a reply inbox")?;
-    nats.publish_with_reply_and_headers(subject.to_string(), inbox, headers, Default::default())
-        .await
-        .with_context(|| format!("cannot publish on {subject}"))?;
-    nats.flush()
-        .await
-        .with_context(|| format!("cannot publish on {subject}"))?;
+    let mut replies = publish_gathering(nats, subject, headers, Vec::new()).await?;
     let mut gathered = Vec::new();
     let mut wait = FIRST_REPLY;
     let mut no_responders = false;
@@ -589,6 +735,28 @@ async fn gather(
         );
     }
     Ok(gathered)
+}
+
+/// Publish one request with a fresh inbox as its reply subject, subscribed first: every
+/// answer, from every instance (and from anyone else), arrives there.
+async fn publish_gathering(
+    nats: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> anyhow::Result<async_nats::Subscriber> {
+    let inbox = nats.new_inbox();
+    let replies = nats
+        .subscribe(inbox.clone())
+        .await
+        .context("cannot subscribe to a reply inbox")?;
+    nats.publish_with_reply_and_headers(subject.to_string(), inbox, headers, body.into())
+        .await
+        .with_context(|| format!("cannot publish on {subject}"))?;
+    nats.flush()
+        .await
+        .with_context(|| format!("cannot publish on {subject}"))?;
+    Ok(replies)
 }
 
 /// What the instances answered to `status`.
@@ -689,7 +857,7 @@ impl Answers {
             ));
             out.push_str(&format!(
                 "Instance {}\n{}\n\n",
-                r.instance_id,
+                printable(&r.instance_id),
                 aligned(&lines)
             ));
         }
@@ -728,9 +896,24 @@ fn aligned(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     lines
         .iter()
-        .map(|(k, v)| format!("  {:<width$} {v}", format!("{k}:")))
+        .map(|(k, v)| format!("  {:<width$} {}", format!("{k}:"), printable(v)))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Text from an answer, fit for a terminal: control characters (a carriage return, an
+/// escape sequence) are shown escaped, so an answer cannot rewrite what the operator sees.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 #[cfg(test)]

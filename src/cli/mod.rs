@@ -5,6 +5,7 @@ mod admin_seed;
 mod audit;
 mod backup;
 mod database;
+pub use database::printable;
 mod dev;
 mod files;
 
