@@ -10,11 +10,14 @@
 //!
 //! # Layout
 //! - this file: the flags, the run, the tables, bad traffic and revocation.
+//! - `audit`: what the audit trail kept of each backend run: gets sent, records written,
+//!   records the backend counted as dropped.
 //! - `limits`: the protocol floor and the bare echo, served from this process.
 //! - `load`: closed-loop load and its statistics.
 //! - `scale`: the scale table, against `piggybank run` processes (the `piggybank` binary
 //!   beside this one).
 
+mod audit;
 mod limits;
 mod load;
 mod scale;
@@ -68,6 +71,10 @@ pub struct BenchArgs {
     /// Subject base of the backend to measure
     #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
     pub subject_base: String,
+    /// Prefix of the measured backend's database operations, whose `status` counts dropped
+    /// audit records (with --nats-address; the built-in backend uses the default)
+    #[arg(long, default_value = "piggybank", requires = "nats_address")]
+    pub piggybank_prefix: String,
     /// Revocations to time across two instances (0 skips; needs the built-in server)
     #[arg(long, default_value_t = 100)]
     pub revocations: usize,
@@ -286,9 +293,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{:<8} {:>4} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "workload", "c", "gets/s", "p50 µs", "p99 µs", "n", "errors"
     );
+    // The audit trail of the measured backend, read after each of its runs.
+    let database_prefix = match &run_config {
+        Some(config) => config.database_prefix().to_string(),
+        None => args.piggybank_prefix.clone(),
+    };
+    let mut trail =
+        audit::AuditProbe::open(&nats, &args.backend_name, &database_prefix, &caller.entity)
+            .await?;
+    let mut audited = Vec::new();
     let mut rows = Vec::new();
     for &c in &args.concurrency {
+        let before = match &mut trail {
+            Some(trail) => Some(trail.tally().await?),
+            None => None,
+        };
         let backend = host_gets(&backend_client, &caller, c, warmup, duration).await;
+        if let (Some(trail), Some(before)) = (&mut trail, before) {
+            audited.push((c, backend, trail.phase(before, backend.sent).await?));
+        }
         let floor_stats = host_gets(&floor_client, &caller, c, warmup, duration).await;
         let bare = echo_requests(&nats, &echo_subject, request_size, c, warmup, duration).await;
         for (name, s) in [
@@ -301,6 +324,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows.push((c, backend, floor_stats, bare));
     }
     print_ratios(&rows);
+    match &trail {
+        Some(_) => {
+            audit::print_header(&piggybank::audit::stream_name(&args.backend_name));
+            for (c, stats, phase) in &audited {
+                audit::print_row(*c, stats, phase);
+            }
+        }
+        None => println!(
+            "audit trail: no stream {} (the backend runs with --no-audit?)",
+            piggybank::audit::stream_name(&args.backend_name)
+        ),
+    }
 
     if !args.no_bad_traffic {
         if let Some((c, clean, _, _)) = rows.iter().find(|(c, ..)| *c == 16).or(rows.last()) {

@@ -1,6 +1,8 @@
 //! Closed-loop load: `concurrency` workers each run one operation after another for a fixed
 //! time; every completed operation's latency is recorded. Throughput is completed operations
-//! per second of wall time; percentiles come from the sorted latencies.
+//! per second of wall time; percentiles come from the sorted latencies. Operations run during
+//! the warm-up are not measured, but counted in [`Stats::sent`]: the system under test saw them
+//! (the audit trail records them).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -8,6 +10,8 @@ use std::time::{Duration, Instant};
 /// What one run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
+    /// Every operation run, the warm-up's included.
+    pub sent: u64,
     pub ok: u64,
     pub errors: u64,
     pub per_second: f64,
@@ -16,7 +20,12 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn from(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
+    pub(crate) fn from(
+        mut latencies: Vec<Duration>,
+        errors: u64,
+        sent: u64,
+        elapsed: Duration,
+    ) -> Self {
         latencies.sort_unstable();
         let at = |q: f64| -> Duration {
             if latencies.is_empty() {
@@ -26,6 +35,7 @@ impl Stats {
             latencies[i.min(latencies.len() - 1)]
         };
         Stats {
+            sent,
             ok: latencies.len() as u64,
             errors,
             per_second: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -49,6 +59,7 @@ where
         workers.spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
             let mut errors = 0u64;
+            let mut sent = 0u64;
             let mut first_error = None;
             loop {
                 let began = Instant::now();
@@ -56,6 +67,7 @@ where
                     break;
                 }
                 let result = op(worker).await;
+                sent += 1;
                 if began < start {
                     continue;
                 }
@@ -67,21 +79,22 @@ where
                     }
                 }
             }
-            (latencies, errors, first_error)
+            (latencies, errors, sent, first_error)
         });
     }
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut sent) = (0, 0);
     while let Some(done) = workers.join_next().await {
-        if let Ok((latencies, e, first)) = done {
+        if let Ok((latencies, e, n, first)) = done {
             all.extend(latencies);
             errors += e;
+            sent += n;
             if let Some(first) = first {
                 tracing::warn!(error = %first, "operation failed during the benchmark");
             }
         }
     }
-    Stats::from(all, errors, duration)
+    Stats::from(all, errors, sent, duration)
 }
 
 #[cfg(test)]
@@ -91,7 +104,8 @@ mod tests {
     #[test]
     fn percentiles_come_from_sorted_latencies() {
         let latencies = (1..=100).rev().map(Duration::from_millis).collect();
-        let stats = Stats::from(latencies, 2, Duration::from_secs(2));
+        let stats = Stats::from(latencies, 2, 110, Duration::from_secs(2));
+        assert_eq!(stats.sent, 110);
         assert_eq!(stats.ok, 100);
         assert_eq!(stats.errors, 2);
         assert_eq!(stats.per_second, 50.0);
@@ -117,6 +131,7 @@ mod tests {
         .await;
         assert!(stats.ok >= 3 * 10, "{stats:?}");
         assert!(stats.errors >= 10, "{stats:?}");
+        assert_eq!(stats.sent, stats.ok + stats.errors, "no warm-up: {stats:?}");
         assert!(stats.p50 >= Duration::from_millis(5));
     }
 }

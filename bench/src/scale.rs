@@ -227,7 +227,8 @@ async fn measure(
             }
         }
     }
-    let loading_gets = load::Stats::from(latencies, errors, loading.elapsed());
+    let sent = latencies.len() as u64 + errors;
+    let loading_gets = load::Stats::from(latencies, errors, sent, loading.elapsed());
     anyhow::ensure!(errors == 0, "{errors} gets failed while the store loaded");
     let loaded_ms = tokio::time::timeout(
         Duration::from_secs(600),

@@ -1,5 +1,6 @@
 //! A smoke run of `piggybank-bench` (a fraction of a second per point) so the benchmark
-//! cannot rot: every measurement it reports runs, and no get fails. The figures themselves
+//! cannot rot: every measurement it reports runs, no get fails, and every get the backend
+//! served has its audit record on the stream or counted as dropped. The figures themselves
 //! come from `make bench` (README, "Performance").
 //!
 //! The scale table and the running backend are `piggybank` processes: the binary beside
@@ -57,6 +58,28 @@ fn row(stdout: &str, workload: &str, c: usize) -> (f64, u64) {
     (cols[2].parse().unwrap(), cols[6].parse().unwrap())
 }
 
+/// The audit table's row at concurrency `c`: (gets sent, records written, dropped, missing).
+fn audit_row(stdout: &str, c: usize) -> (u64, u64, u64, u64) {
+    let line = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("audit trail ("))
+        .find(|l| l.split_whitespace().next() == Some(&c.to_string()))
+        .unwrap_or_else(|| panic!("no audit row at c={c} in:\n{stdout}"));
+    let cols: Vec<u64> = line
+        .split_whitespace()
+        .map(|col| col.parse().unwrap_or_else(|_| panic!("{line:?}")))
+        .collect();
+    (cols[2], cols[3], cols[5], cols[6])
+}
+
+/// Every get of the backend's run at `c` has its record on the stream or counted as dropped.
+fn assert_every_get_audited(out: &str, c: usize) {
+    let (sent, written, dropped, missing) = audit_row(out, c);
+    assert!(sent > 0 && written > 0, "c={c}:\n{out}");
+    assert_eq!(written + dropped, sent, "c={c}:\n{out}");
+    assert_eq!(missing, 0, "c={c}:\n{out}");
+}
+
 /// Every workload ran at every concurrency, and none had an error.
 fn assert_every_row_clean(out: &str, concurrency: &[usize]) {
     for &c in concurrency {
@@ -82,6 +105,8 @@ fn bench_runs_every_measurement_without_a_failed_get() {
         "20",
     ]);
     assert_every_row_clean(&out, &[1, 4]);
+    assert_every_get_audited(&out, 1);
+    assert_every_get_audited(&out, 4);
     let refused = out
         .split("refused with an error reply: ")
         .nth(1)
@@ -188,4 +213,5 @@ fn bench_measures_a_running_backend() {
     ]);
     assert!(out.contains("(external)"), "{out}");
     assert_eq!(row(&out, "backend", 2).1, 0, "{out}");
+    assert_every_get_audited(&out, 2);
 }
