@@ -300,14 +300,18 @@ mod tests {
         assert!(Sealed::seal(plaintext, "XNOTAKEY").is_err());
     }
 
+    fn some_claim() -> InstanceClaim {
+        InstanceClaim {
+            instance_id: "i1".into(),
+            unseal_xkey: XKey::new().public_key(),
+        }
+    }
+
     #[test]
     fn a_proof_opens_only_with_the_pinned_transit_key_and_for_its_own_claim() {
         let transit = TransitKey::from_xkey(XKey::new());
         let requester = XKey::new();
-        let claim = InstanceClaim {
-            instance_id: "i1".into(),
-            unseal_xkey: XKey::new().public_key(),
-        };
+        let claim = some_claim();
         let proof = claim.vouch(&transit, &requester.public_key()).unwrap();
         assert_eq!(
             claim.verify(&proof, &requester, transit.public_key()),
@@ -347,10 +351,7 @@ mod tests {
     fn a_box_from_the_transit_key_passes_only_for_what_it_was_made_for() {
         let transit = TransitKey::from_xkey(XKey::new());
         let requester = XKey::new();
-        let claim = InstanceClaim {
-            instance_id: "i1".into(),
-            unseal_xkey: XKey::new().public_key(),
-        };
+        let claim = some_claim();
         let proof = claim.vouch(&transit, &requester.public_key()).unwrap();
         let relayed = SealedInitialize {
             sealed: true,
