@@ -16,11 +16,14 @@
 //! integers, every variable field is length-prefixed, so no two requests share them):
 //!
 //! ```text
-//! "piggybank-admin-v1" 0x00
+//! "piggybank-admin-v2" 0x00
 //! u32be(len(subject)) subject          the NATS subject, as sent
 //! u32be(len(key))     key              the Piggybank-Admin-Key text
 //! u64be(time_ms)                       the Piggybank-Admin-Time value
 //! u32be(len(nonce))   nonce            the Piggybank-Admin-Nonce text
+//! u32be(n)                             every other header, n (name, value) pairs, sorted
+//!   n x (u32be(len(name)) name           by name then value: a header the backend reads
+//!        u32be(len(value)) value)        (Piggybank-Requester-Xkey) cannot be swapped
 //! sha256(body)                         32 bytes
 //! ```
 //!
@@ -53,7 +56,7 @@ use crate::config::headers;
 use crate::store::StoreError;
 
 /// Domain-separation tag: these signatures can never be mistaken for another protocol's.
-pub const DOMAIN: &[u8] = b"piggybank-admin-v1\0";
+pub const DOMAIN: &[u8] = b"piggybank-admin-v2\0";
 /// How far a request's time may be from the verifier's clock, in the past or the future.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
 /// How long an accepted nonce is remembered: more than the 60 s window a request can be
@@ -204,21 +207,51 @@ fn check_admin_key(key: &str) -> Result<KeyPair, AdminKeyError> {
     Ok(pair)
 }
 
-/// The bytes an admin signature covers (see the module docs).
-pub fn signed_bytes(subject: &str, key: &str, time_ms: u64, nonce: &str, body: &[u8]) -> Vec<u8> {
-    let digest = Sha256::digest(body);
-    let mut out = Vec::with_capacity(
-        DOMAIN.len() + 12 + subject.len() + key.len() + 8 + nonce.len() + digest.len(),
-    );
+/// The headers a signature names itself with; every other header is signed.
+const SIGNATURE_HEADERS: [&str; 4] = [
+    headers::ADMIN_KEY,
+    headers::ADMIN_TIME,
+    headers::ADMIN_NONCE,
+    headers::ADMIN_SIGNATURE,
+];
+
+/// The bytes an admin signature covers (see the module docs): the subject, the signer, the
+/// time, the nonce, every header but the four signature headers, and the body's digest.
+pub fn signed_bytes(
+    subject: &str,
+    key: &str,
+    time_ms: u64,
+    nonce: &str,
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut covered: Vec<(&str, &str)> = headers
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .filter(|(name, _)| !SIGNATURE_HEADERS.contains(&name.as_ref()))
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+        .collect();
+    covered.sort_unstable();
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&len32(bytes).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let mut out = Vec::with_capacity(DOMAIN.len() + 64 + subject.len() + key.len());
     out.extend_from_slice(DOMAIN);
-    for field in [subject.as_bytes(), key.as_bytes()] {
-        out.extend_from_slice(&len32(field).to_be_bytes());
-        out.extend_from_slice(field);
-    }
+    field(&mut out, subject.as_bytes());
+    field(&mut out, key.as_bytes());
     out.extend_from_slice(&time_ms.to_be_bytes());
-    out.extend_from_slice(&len32(nonce.as_bytes()).to_be_bytes());
-    out.extend_from_slice(nonce.as_bytes());
-    out.extend_from_slice(&digest);
+    field(&mut out, nonce.as_bytes());
+    out.extend_from_slice(
+        &u32::try_from(covered.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for (name, value) in covered {
+        field(&mut out, name.as_bytes());
+        field(&mut out, value.as_bytes());
+    }
+    out.extend_from_slice(&Sha256::digest(body));
     out
 }
 
@@ -275,7 +308,8 @@ impl AdminSigner {
         headers
     }
 
-    /// Add the four signature headers to `headers` (replacing any already there).
+    /// Add the four signature headers to `headers` (replacing any already there), signing
+    /// every other header in it: add them all before signing.
     pub fn sign_into(&self, subject: &str, body: &[u8], headers: &mut HeaderMap) {
         self.sign_at(
             subject,
@@ -295,7 +329,7 @@ impl AdminSigner {
         nonce: &str,
         headers: &mut HeaderMap,
     ) {
-        let bytes = signed_bytes(subject, &self.public, time_ms, nonce, body);
+        let bytes = signed_bytes(subject, &self.public, time_ms, nonce, Some(headers), body);
         // Signing only fails without a seed, and a signer is only made from one.
         let signature = self.key.sign(&bytes).unwrap_or_default();
         headers.insert(headers::ADMIN_KEY, self.public.as_str());
@@ -586,7 +620,7 @@ impl AdminVerifier {
         let Some(pair) = self.keys.get(key) else {
             return refuse(RefusalReason::UnknownKey);
         };
-        let bytes = signed_bytes(subject, key, time_ms, nonce, body);
+        let bytes = signed_bytes(subject, key, time_ms, nonce, Some(headers), body);
         if pair.verify(&bytes, &signature).is_err() {
             return refuse(RefusalReason::BadSignature);
         }
@@ -953,8 +987,8 @@ mod tests {
 
     #[test]
     fn signed_bytes_are_length_prefixed_so_fields_cannot_shift() {
-        let a = signed_bytes("a.b", "Ukey", 1, "n", b"x");
-        let b = signed_bytes("a.", "bUkey", 1, "n", b"x");
+        let a = signed_bytes("a.b", "Ukey", 1, "n", None, b"x");
+        let b = signed_bytes("a.", "bUkey", 1, "n", None, b"x");
         assert_ne!(a, b);
         assert!(a.starts_with(DOMAIN));
         let mut expected = DOMAIN.to_vec();

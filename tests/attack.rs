@@ -758,11 +758,13 @@ async fn gather_all(
 async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
     let subject = format!("{DB}.initialize");
     let requester = XKey::new();
-    let mut h = admin.sign(&subject, b"");
+    // The requester xkey first: the signature covers every header.
+    let mut h = HeaderMap::new();
     h.insert(
         piggybank::config::headers::REQUESTER_XKEY,
         requester.public_key().as_str(),
     );
+    admin.sign_into(&subject, b"", &mut h);
     let (status, body) = ask(client, &subject, h, b"", Duration::from_secs(10))
         .await
         .expect("initialize answered");

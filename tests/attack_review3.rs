@@ -89,8 +89,10 @@ async fn signed(client: &async_nats::Client, admin: &AdminSigner, op: &str) -> (
 async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
     let subject = format!("{DB}.initialize");
     let requester = XKey::new();
-    let mut h = admin.sign(&subject, b"");
+    // The requester xkey first: the signature covers every header.
+    let mut h = HeaderMap::new();
     h.insert(REQUESTER_XKEY, requester.public_key().as_str());
+    admin.sign_into(&subject, b"", &mut h);
     let (status, body) = ask(client, &subject, h, b"", Duration::from_secs(10))
         .await
         .expect("initialize answered");
@@ -203,6 +205,11 @@ struct Hijack {
 /// Fix: make the signature cover the requester xkey (put it in the body, or sign a list of
 /// headers); bind the reply subject too if its secrecy matters. Queue groups cannot be
 /// protected by the backend: never rely on the operator's request reaching it first.
+///
+/// Fixed: the admin signature covers every header but its own four (`admin-v2`), so the
+/// replay with another requester xkey is refused (403). Left: the hijacked request can
+/// still be withheld or replayed unchanged (the key then reaches only the operator's
+/// one-time key), a denial of service that NATS permissions on queue groups prevent.
 async fn hijacked_init(pin: bool) -> (Hijack, (bool, String, String), bool) {
     let nats = NatsServer::start();
     let (seed, admin) = admin_seed();
@@ -296,9 +303,6 @@ async fn hijacked_init(pin: bool) -> (Hijack, (bool, String, String), bool) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (critical): a hijacked signed initialize, replayed with the attacker's \
-            requester xkey (unsigned header), hands the attacker the new database key; init \
-            --unverified-instances shows the operator the same key and succeeds"]
 async fn a_signed_initialize_cannot_be_redirected_to_the_attackers_xkey() {
     let (hijack, (ok, stdout, stderr), stolen_unlocks) = hijacked_init(false).await;
     // Positive control: the operator's request reached the attacker.
@@ -316,9 +320,6 @@ async fn a_signed_initialize_cannot_be_redirected_to_the_attackers_xkey() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (high): with -t, the hijacked and replayed signed initialize still \
-            gives the attacker the only copy of the database key; the operator's init \
-            times out"]
 async fn a_pinned_init_cannot_be_redirected_to_the_attackers_xkey() {
     let (hijack, (ok, _, stderr), stolen_unlocks) = hijacked_init(true).await;
     assert!(hijack.intercepted, "{hijack:?}; {stderr}");
@@ -477,9 +478,9 @@ async fn a_forged_record_cannot_roll_a_signed_unlock_back_to_an_old_data_key() {
 ///
 /// Fix: print every field of `audit` (and the names of `list`/`mappings`) through
 /// `cli::printable`; reject names with control characters before auditing them.
+///
+/// Fixed: `audit`, `list` and `mappings` print through `cli::printable`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding (low): `piggybank audit` prints a request's secret name with its \
-            terminal control sequences verbatim"]
 async fn the_audit_listing_never_prints_control_characters_from_a_request() {
     let nats = NatsServer::start();
     let (_, admin) = admin_seed();

@@ -181,7 +181,9 @@ fn print(record: &AuditRecord, json: bool) -> anyhow::Result<()> {
             line.push_str(&format!(" {key}={value}"));
         }
     }
-    println!("{line}");
+    // Every field may come from a request anyone could send (a secret name is audited as
+    // asked for): control characters are shown escaped.
+    println!("{}", super::printable(&line));
     Ok(())
 }
 

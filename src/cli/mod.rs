@@ -602,7 +602,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string(&names)?);
             } else {
                 for name in names {
-                    println!("{name}");
+                    println!("{}", printable(&name));
                 }
             }
             Ok(())
@@ -795,7 +795,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         let kind = serde_json::to_value(s.kind)?;
         println!(
             "{:<40} {:>8} {:<7} {}",
-            s.name,
+            printable(&s.name),
             s.version,
             kind.as_str().unwrap_or("?"),
             s.updated_at
