@@ -999,8 +999,32 @@ mod tests {
         expected.extend_from_slice(&1u64.to_be_bytes());
         expected.extend_from_slice(&1u32.to_be_bytes());
         expected.extend_from_slice(b"n");
+        expected.extend_from_slice(&0u32.to_be_bytes());
         expected.extend_from_slice(&Sha256::digest(b"x"));
         assert_eq!(a, expected);
+    }
+
+    /// Every header but the signature's own is covered, in one order whatever the order
+    /// they were added in.
+    #[test]
+    fn signed_bytes_cover_every_other_header() {
+        let bytes = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(*name, *value);
+            }
+            signed_bytes("s", "Ukey", 1, "n", Some(&h), b"")
+        };
+        let base = bytes(&[]);
+        let xkey = bytes(&[("Piggybank-Requester-Xkey", "XA")]);
+        assert_ne!(base, xkey);
+        assert_ne!(xkey, bytes(&[("Piggybank-Requester-Xkey", "XB")]));
+        assert_eq!(
+            bytes(&[("b", "2"), ("a", "1")]),
+            bytes(&[("a", "1"), ("b", "2")])
+        );
+        assert_eq!(base, bytes(&[(headers::ADMIN_SIGNATURE, "sig")]));
+        assert_ne!(base, bytes(&[("piggybank-admin-signature", "sig")]));
     }
 
     #[test]

@@ -445,6 +445,7 @@ impl Seal {
         let shares = split.map(|spec| master.split(spec));
         if let Some(all) = &shares {
             record.share_checks = vault::share_checks(all)?;
+            vault::bind(&mut record, &master)?;
         }
         record_store.create(&record).await.map_err(|e| match e {
             StoreError::AlreadyExists(_) => SealError::AlreadyInitialized.into(),

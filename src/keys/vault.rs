@@ -38,6 +38,11 @@ pub enum VaultError {
     BadSplit(String),
     #[error("the stored key record is corrupt: {0}")]
     Corrupt(String),
+    /// The record read is not the one the master key bound: altered (reordered keys, other
+    /// activation times or share checks) or someone else's, or unbound (written before
+    /// records were bound).
+    #[error("the key record read is not the one this database key sealed: refused")]
+    Altered,
 }
 
 impl VaultError {
@@ -51,12 +56,15 @@ impl VaultError {
             VaultError::BadShare(_) => "bad_share",
             VaultError::BadSplit(_) => "bad_split",
             VaultError::Corrupt(_) => "corrupt_record",
+            VaultError::Altered => "altered_record",
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VaultError::WrongKey | VaultError::WrongShares => ErrorKind::Denied,
+            VaultError::WrongKey | VaultError::WrongShares | VaultError::Altered => {
+                ErrorKind::Denied
+            }
             VaultError::Corrupt(_) => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
         }
@@ -102,6 +110,48 @@ pub struct VaultRecord {
     /// Absent in records written before this existed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub share_checks: std::collections::BTreeMap<u8, String>,
+    /// The digest of everything above, wrapped by the master key ([`bind`]): the record is
+    /// read over NATS, and nothing but the master key can tell that its keys' order, their
+    /// activation times and its share checks are the ones the operators' key sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
+}
+
+/// The digest [`VaultRecord::binding`] wraps: SHA-256 of the record without its binding.
+fn record_digest(record: &VaultRecord) -> Result<String, VaultError> {
+    use sha2::Digest as _;
+    let bare = VaultRecord {
+        binding: None,
+        ..record.clone()
+    };
+    let bytes = serde_json::to_vec(&bare).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"piggybank-key-record-v1\0");
+    hash.update(&bytes);
+    Ok(data_encoding::HEXLOWER.encode(&hash.finalize()))
+}
+
+/// Bind `record` as it is now to `master`: call after every change to it.
+pub fn bind(record: &mut VaultRecord, master: &MasterKey) -> Result<(), VaultError> {
+    let digest = record_digest(record)?;
+    record.binding = Some(master.wrap(digest.as_bytes())?);
+    Ok(())
+}
+
+/// Whether `record` is exactly what `master` bound: `wrong` when `master` is not its key.
+fn check_binding(
+    record: &VaultRecord,
+    master: &MasterKey,
+    wrong: VaultError,
+) -> Result<(), VaultError> {
+    let Some(binding) = &record.binding else {
+        return Err(VaultError::Altered);
+    };
+    match master.unwrap(binding)? {
+        Some(digest) if *digest == record_digest(record)? => Ok(()),
+        Some(_) => Err(VaultError::Altered),
+        None => Err(wrong),
+    }
 }
 
 /// The check value of a share, as [`VaultRecord::share_checks`] holds it.
@@ -290,7 +340,7 @@ pub fn initialize(
             )
         }
     };
-    let record = VaultRecord {
+    let mut record = VaultRecord {
         format: 1,
         transit_public,
         transit: wrapped_transit,
@@ -302,7 +352,9 @@ pub fn initialize(
         }],
         split,
         share_checks: Default::default(),
+        binding: None,
     };
+    bind(&mut record, &master)?;
     Ok((record, master))
 }
 
@@ -321,6 +373,7 @@ pub fn rotate(
         created_ms: now_ms,
         active_from_ms,
     });
+    bind(record, master)?;
     Ok(key.id().to_string())
 }
 
@@ -347,6 +400,8 @@ pub fn open(
             VaultError::WrongKey
         }
     };
+    // First: the record is read over NATS, where it can be forged or altered.
+    check_binding(record, master, wrong())?;
     let mut keys = Vec::with_capacity(record.data_keys.len());
     for wrapped in &record.data_keys {
         let seed = master.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
@@ -450,6 +505,40 @@ mod tests {
         assert_eq!(after.current().id(), second);
         assert!(after.get(&first).is_some());
         assert_eq!(pending_activation(&record, 20), None);
+    }
+
+    /// The record is read over NATS: any change to what the master key bound is refused,
+    /// though every wrapped key in it is genuine.
+    #[test]
+    fn a_record_opens_only_as_it_was_bound() {
+        let (mut record, master) = initialize(None, None, 0).unwrap();
+        rotate(&mut record, &master, 10, 20).unwrap();
+        assert!(open(&record, &master, 30).is_ok());
+        let altered: [fn(&mut VaultRecord); 5] = [
+            |r| r.data_keys.reverse(),
+            |r| r.data_keys[1].active_from_ms = 0,
+            |r| {
+                r.data_keys.pop();
+            },
+            |r| {
+                r.share_checks.insert(1, "00".into());
+            },
+            |r| r.binding = None,
+        ];
+        for alter in altered {
+            let mut forged = record.clone();
+            alter(&mut forged);
+            assert!(matches!(
+                open(&forged, &master, 30),
+                Err(VaultError::Altered)
+            ));
+        }
+        // Another key still reads as a wrong key, not as an altered record.
+        let (_, other) = initialize(None, None, 0).unwrap();
+        assert!(matches!(
+            open(&record, &other, 30),
+            Err(VaultError::WrongKey)
+        ));
     }
 
     #[test]
