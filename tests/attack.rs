@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subject};
 use base64::Engine as _;
+use common::sealed::*;
 use common::*;
 use futures::StreamExt as _;
 use piggybank::serve::ReplyPolicy;
@@ -663,62 +664,11 @@ async fn malformed_requests_all_get_an_answer() {
 use nkeys::XKey;
 use piggybank::admin_auth::{AdminSigner, REFUSED};
 use piggybank::key_transfer::{Sealed, SealedUnlock};
-use piggybank::server::RunConfig;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-const DB: &str = "piggybank.database.nats-kv";
-
 fn admin_signer() -> AdminSigner {
     admin_seed().1
-}
-
-/// An admin seed (as an operator's `PIGGYBANK_ADMIN_SEED`) and its signer.
-fn admin_seed() -> (Zeroizing<String>, AdminSigner) {
-    let seed = AdminSigner::generate_seed();
-    let signer = AdminSigner::from_seed(&seed).unwrap();
-    (seed, signer)
-}
-
-/// A sealed-mode backend (no seeds) that requires signed administration by `admin`, with
-/// the Piggy Bank API on `piggybank` (so the API's `piggybank.>` sees the database subjects
-/// too).
-fn sealed_signed_config(nats: &NatsServer, admin: &AdminSigner) -> RunConfig {
-    let mut c = sealed_api_config(nats);
-    c.admin_keys = vec![admin.public_key().to_string()];
-    c
-}
-
-/// As [`sealed_signed_config`], run with a transit key (`TRANSIT_XKEY_SEED`), whose public
-/// half an operator pins for `piggybank unlock -t`. Returns the config and that public key.
-fn sealed_signed_transit_config(nats: &NatsServer, admin: &AdminSigner) -> (RunConfig, String) {
-    let seed = piggybank::keys::generate_seed();
-    let public = nkeys::XKey::from_seed(&seed).unwrap().public_key();
-    let mut c = sealed_signed_config(nats, admin);
-    c.transit_xkey_seed = seed;
-    (c, public)
-}
-
-/// (Status, JSON) of one request, or `None` when nothing answered within `wait`.
-async fn ask(
-    client: &async_nats::Client,
-    subject: &str,
-    headers: HeaderMap,
-    body: &[u8],
-    wait: Duration,
-) -> Option<(u16, Value)> {
-    let sent = client.request_with_headers(subject.to_string(), headers, body.to_vec().into());
-    let reply = tokio::time::timeout(wait, sent).await.ok()?.ok()?;
-    let status = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Status").or_else(|| h.get("Nats-Service-Error-Code")))
-        .and_then(|s| s.as_str().parse().ok())
-        .unwrap_or(200);
-    Some((
-        status,
-        serde_json::from_slice(&reply.payload).unwrap_or(Value::Null),
-    ))
 }
 
 /// Every reply to one request, until none has come for 500 ms.
@@ -751,45 +701,6 @@ async fn gather_all(
         wait = Duration::from_millis(500);
     }
     out
-}
-
-/// `initialize`, signed by `admin`, with the key sealed to a one-time xkey as `piggybank
-/// init` does; returns the database key.
-async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
-    let subject = format!("{DB}.initialize");
-    let requester = XKey::new();
-    // The requester xkey first: the signature covers every header.
-    let mut h = HeaderMap::new();
-    h.insert(
-        piggybank::config::headers::REQUESTER_XKEY,
-        requester.public_key().as_str(),
-    );
-    admin.sign_into(&subject, b"", &mut h);
-    let (status, body) = ask(client, &subject, h, b"", Duration::from_secs(10))
-        .await
-        .expect("initialize answered");
-    assert_eq!(status, 200, "{body}");
-    let sealed = Sealed {
-        sender_xkey: body["sender_xkey"].as_str().unwrap().to_string(),
-        secret: body["secret"].as_str().unwrap().to_string(),
-    };
-    let material: Value = serde_json::from_slice(&sealed.open(&requester).unwrap()).unwrap();
-    material["database_key"].as_str().unwrap().to_string()
-}
-
-/// The body `piggybank unlock` sends to one instance: the key sealed to its unseal xkey.
-fn sealed_unlock_body(status: &Value, key: &str) -> Vec<u8> {
-    let plaintext = json!({ "database_key": key }).to_string();
-    let sealed = Sealed::seal(
-        plaintext.as_bytes(),
-        status["unseal_xkey"].as_str().unwrap(),
-    )
-    .unwrap();
-    serde_json::to_vec(&SealedUnlock::new(
-        status["instance_id"].as_str().unwrap(),
-        sealed,
-    ))
-    .unwrap()
 }
 
 async fn one_status(client: &async_nats::Client) -> Value {
@@ -828,7 +739,7 @@ async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
 
     let status = one_status(&operator).await;
     let unlock = format!("{DB}.unlock");
-    let body = sealed_unlock_body(&status, &key);
+    let body = sealed_unlock_for(&status, &key);
     let (code, reply) = ask(
         &operator,
         &unlock,
@@ -1276,7 +1187,7 @@ async fn seal_errors_and_status_carry_no_key_material() {
         replies.push(reply.to_string());
     }
     // Unlock properly (sealed), then status again.
-    let body = sealed_unlock_body(&status, &key);
+    let body = sealed_unlock_for(&status, &key);
     let (code, _) = ask(
         &client,
         &unlock,

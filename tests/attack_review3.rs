@@ -13,64 +13,21 @@ mod common;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use common::sealed::*;
 use common::*;
 use futures::StreamExt as _;
 use nkeys::XKey;
 use piggybank::admin_auth::AdminSigner;
 use piggybank::config::headers::REQUESTER_XKEY;
-use piggybank::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use piggybank::key_transfer::SealedInitialize;
 use piggybank::keys::vault::VaultRecord;
 use piggybank::keys::TransitKey;
-use piggybank::server::RunConfig;
 use serde_json::{json, Value};
 
-const DB: &str = "piggybank.database.nats-kv";
 /// The queue group of the backend's `initialize` and `rotate` subscription, as every
 /// deployment with the default `--nats-queue-base` and name has it (nothing protects a
 /// queue group's name: any subscriber may join it).
 const DATABASE_QUEUE: &str = "wasmcloud_secrets.nats-kv.database";
-
-fn admin_seed() -> (zeroize::Zeroizing<String>, AdminSigner) {
-    let seed = AdminSigner::generate_seed();
-    let signer = AdminSigner::from_seed(&seed).unwrap();
-    (seed, signer)
-}
-
-fn sealed_signed_config(nats: &NatsServer, admin: &AdminSigner) -> RunConfig {
-    let mut c = sealed_api_config(nats);
-    c.admin_keys = vec![admin.public_key().to_string()];
-    c
-}
-
-fn sealed_signed_transit_config(nats: &NatsServer, admin: &AdminSigner) -> (RunConfig, String) {
-    let seed = piggybank::keys::generate_seed();
-    let public = XKey::from_seed(&seed).unwrap().public_key();
-    let mut c = sealed_signed_config(nats, admin);
-    c.transit_xkey_seed = seed;
-    (c, public)
-}
-
-/// (Status, JSON) of one request, or `None` when nothing answered within `wait`.
-async fn ask(
-    client: &async_nats::Client,
-    subject: &str,
-    headers: HeaderMap,
-    body: &[u8],
-    wait: Duration,
-) -> Option<(u16, Value)> {
-    let sent = client.request_with_headers(subject.to_string(), headers, body.to_vec().into());
-    let reply = tokio::time::timeout(wait, sent).await.ok()?.ok()?;
-    let status = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Status"))
-        .and_then(|s| s.as_str().parse().ok())
-        .unwrap_or(200);
-    Some((
-        status,
-        serde_json::from_slice(&reply.payload).unwrap_or(Value::Null),
-    ))
-}
 
 /// A signed admin database operation with an empty body; its answer.
 async fn signed(client: &async_nats::Client, admin: &AdminSigner, op: &str) -> (u16, Value) {
@@ -84,82 +41,6 @@ async fn signed(client: &async_nats::Client, admin: &AdminSigner, op: &str) -> (
     )
     .await
     .unwrap_or_else(|| panic!("{op} answered"))
-}
-
-async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
-    let subject = format!("{DB}.initialize");
-    let requester = XKey::new();
-    // The requester xkey first: the signature covers every header.
-    let mut h = HeaderMap::new();
-    h.insert(REQUESTER_XKEY, requester.public_key().as_str());
-    admin.sign_into(&subject, b"", &mut h);
-    let (status, body) = ask(client, &subject, h, b"", Duration::from_secs(10))
-        .await
-        .expect("initialize answered");
-    assert_eq!(status, 200, "{body}");
-    let sealed: SealedInitialize = serde_json::from_value(body).unwrap();
-    let material = sealed.open(&requester, None).unwrap();
-    material["database_key"].as_str().unwrap().to_string()
-}
-
-fn sealed_unlock_for(status: &Value, key: &str) -> Vec<u8> {
-    let plaintext = json!({ "database_key": key }).to_string();
-    let sealed = Sealed::seal(
-        plaintext.as_bytes(),
-        status["unseal_xkey"].as_str().unwrap(),
-    )
-    .unwrap();
-    serde_json::to_vec(&SealedUnlock::new(
-        status["instance_id"].as_str().unwrap(),
-        sealed,
-    ))
-    .unwrap()
-}
-
-/// The answer to a signed unlock of the (one) instance with `key`.
-async fn unlock_with(nats: &NatsServer, admin: &AdminSigner, key: &str) -> Option<(u16, Value)> {
-    let operator = nats.client().await;
-    let status = wait_database_instances(&operator, "piggybank", 1).await;
-    let subject = format!("{DB}.unlock");
-    let body = sealed_unlock_for(&status[0], key);
-    ask(
-        &operator,
-        &subject,
-        admin.sign(&subject, &body),
-        &body,
-        Duration::from_secs(5),
-    )
-    .await
-}
-
-/// Whether `key` unlocks the (one) instance, in a signed unlock.
-async fn unlocks(nats: &NatsServer, admin: &AdminSigner, key: &str) -> bool {
-    matches!(unlock_with(nats, admin, key).await, Some((200, _)))
-}
-
-/// Run `piggybank <args>` against `nats` with `env`, off the runtime's threads.
-async fn run_cli(nats: &NatsServer, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
-    let url = nats.url();
-    let mut all: Vec<(String, String)> = vec![("NATS_ADDRESS".into(), url)];
-    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, out, err) = cli_at(&env, &args, None);
-        (ok, String::from_utf8_lossy(&out).into_owned(), err)
-    })
-    .await
-    .unwrap()
-}
-
-/// The keys `piggybank init` printed.
-fn printed_keys(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("Database key: "))
-        .map(|k| k.trim().to_string())
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

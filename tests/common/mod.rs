@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod sealed;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

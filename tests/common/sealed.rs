@@ -1,0 +1,154 @@
+//! Fixtures of the hostile reviews of sealed mode (`tests/attack*.rs`): signed sealed-mode
+//! backends, raw database requests as an account user sends them, and the CLI run as an
+//! operator runs it.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use nkeys::XKey;
+use piggybank::admin_auth::AdminSigner;
+use piggybank::config::headers::REQUESTER_XKEY;
+use piggybank::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use piggybank::server::RunConfig;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::{cli_at, sealed_api_config, wait_database_instances, NatsServer};
+
+/// The database subjects of the default backend.
+pub const DB: &str = "piggybank.database.nats-kv";
+
+/// An admin seed (as an operator's `PIGGYBANK_ADMIN_SEED`) and its signer.
+pub fn admin_seed() -> (Zeroizing<String>, AdminSigner) {
+    let seed = AdminSigner::generate_seed();
+    let signer = AdminSigner::from_seed(&seed).unwrap();
+    (seed, signer)
+}
+
+/// A sealed-mode backend (no seeds) that requires signed administration by `admin`, with
+/// the Piggy Bank API on `piggybank` (so the API's `piggybank.>` sees the database subjects
+/// too).
+pub fn sealed_signed_config(nats: &NatsServer, admin: &AdminSigner) -> RunConfig {
+    let mut c = sealed_api_config(nats);
+    c.admin_keys = vec![admin.public_key().to_string()];
+    c
+}
+
+/// As [`sealed_signed_config`], run with a transit key (`TRANSIT_XKEY_SEED`), whose public
+/// half an operator pins with `-t`. Returns the config and that public key.
+pub fn sealed_signed_transit_config(nats: &NatsServer, admin: &AdminSigner) -> (RunConfig, String) {
+    let seed = piggybank::keys::generate_seed();
+    let public = XKey::from_seed(&seed).unwrap().public_key();
+    let mut c = sealed_signed_config(nats, admin);
+    c.transit_xkey_seed = seed;
+    (c, public)
+}
+
+/// (Status, JSON) of one request, or `None` when nothing answered within `wait`.
+pub async fn ask(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: &[u8],
+    wait: Duration,
+) -> Option<(u16, Value)> {
+    let sent = client.request_with_headers(subject.to_string(), headers, body.to_vec().into());
+    let reply = tokio::time::timeout(wait, sent).await.ok()?.ok()?;
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Status").or_else(|| h.get("Nats-Service-Error-Code")))
+        .and_then(|s| s.as_str().parse().ok())
+        .unwrap_or(200);
+    Some((
+        status,
+        serde_json::from_slice(&reply.payload).unwrap_or(Value::Null),
+    ))
+}
+
+/// `initialize`, signed by `admin`, with the key sealed to a one-time xkey as `piggybank
+/// init` does; returns the database key.
+pub async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
+    let subject = format!("{DB}.initialize");
+    let requester = XKey::new();
+    // The requester xkey first: the signature covers every header.
+    let mut h = HeaderMap::new();
+    h.insert(REQUESTER_XKEY, requester.public_key().as_str());
+    admin.sign_into(&subject, b"", &mut h);
+    let (status, body) = ask(client, &subject, h, b"", Duration::from_secs(10))
+        .await
+        .expect("initialize answered");
+    assert_eq!(status, 200, "{body}");
+    let sealed: SealedInitialize = serde_json::from_value(body).unwrap();
+    let material = sealed.open(&requester, None).unwrap();
+    material["database_key"].as_str().unwrap().to_string()
+}
+
+/// The body `piggybank unlock` sends to one instance: the key sealed to its unseal xkey.
+pub fn sealed_unlock_for(status: &Value, key: &str) -> Vec<u8> {
+    let plaintext = json!({ "database_key": key }).to_string();
+    let sealed = Sealed::seal(
+        plaintext.as_bytes(),
+        status["unseal_xkey"].as_str().unwrap(),
+    )
+    .unwrap();
+    serde_json::to_vec(&SealedUnlock::new(
+        status["instance_id"].as_str().unwrap(),
+        sealed,
+    ))
+    .unwrap()
+}
+
+/// The answer to a signed unlock of the (one) instance with `key`.
+pub async fn unlock_with(
+    nats: &NatsServer,
+    admin: &AdminSigner,
+    key: &str,
+) -> Option<(u16, Value)> {
+    let operator = nats.client().await;
+    let status = wait_database_instances(&operator, "piggybank", 1).await;
+    let subject = format!("{DB}.unlock");
+    let body = sealed_unlock_for(&status[0], key);
+    ask(
+        &operator,
+        &subject,
+        admin.sign(&subject, &body),
+        &body,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// Whether `key` unlocks the (one) instance, in a signed unlock.
+pub async fn unlocks(nats: &NatsServer, admin: &AdminSigner, key: &str) -> bool {
+    matches!(unlock_with(nats, admin, key).await, Some((200, _)))
+}
+
+/// Run `piggybank <args>` against `nats` with `env`, off the runtime's threads.
+pub async fn run_cli(
+    nats: &NatsServer,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (bool, String, String) {
+    let url = nats.url();
+    let mut all: Vec<(String, String)> = vec![("NATS_ADDRESS".into(), url)];
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = cli_at(&env, &args, None);
+        (ok, String::from_utf8_lossy(&out).into_owned(), err)
+    })
+    .await
+    .unwrap()
+}
+
+/// The keys `piggybank init` printed.
+pub fn printed_keys(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Database key: "))
+        .map(|k| k.trim().to_string())
+        .collect()
+}
