@@ -902,23 +902,67 @@ fn aligned(lines: &[(&str, String)]) -> String {
 }
 
 /// Text from an answer, fit for a terminal: control characters (a carriage return, an
-/// escape sequence) are shown escaped, so an answer cannot rewrite what the operator sees.
+/// escape sequence) and invisible format characters (bidi overrides, zero-width ones, line
+/// and paragraph separators) are shown escaped, so an answer cannot rewrite or reorder
+/// what the operator sees.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(unprintable) {
         return text.into();
     }
     text.chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_default().to_string(),
+        .map(|c| match unprintable(c) {
+            true => c.escape_unicode().to_string(),
             false => c.to_string(),
         })
         .collect::<String>()
         .into()
 }
 
+/// Control characters, and Unicode's format characters (general category Cf) with the line
+/// and paragraph separators.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_controls_and_invisible_format_characters() {
+        assert!(matches!(
+            printable("plain text: ok"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("a\u{1b}[2Kb\r"), "a\\u{1b}[2Kb\\u{d}");
+        assert_eq!(printable("x\u{202e}y\u{200b}z"), "x\\u{202e}y\\u{200b}z");
+        assert_eq!(printable("\u{2028}\u{feff}"), "\\u{2028}\\u{feff}");
+        assert_eq!(printable("café 名前"), "café 名前");
+    }
     use crate::backend::seal::Mode;
     use crate::keys::vault::ShareSpec;
 

@@ -365,6 +365,9 @@ pub fn rotate(
     now_ms: u64,
     active_from_ms: u64,
 ) -> Result<String, VaultError> {
+    // The record was read over NATS: binding what was read would make an altered record
+    // (a key dropped, share checks replaced) the operators' own.
+    check_binding(record, master, VaultError::WrongKey)?;
     let seed = generate_seed();
     let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
     record.data_keys.push(WrappedKey {
@@ -533,6 +536,13 @@ mod tests {
                 Err(VaultError::Altered)
             ));
         }
+        // Nor is an altered record rotated (and so bound) with the real key.
+        let mut dropped = record.clone();
+        dropped.data_keys.remove(0);
+        assert!(matches!(
+            rotate(&mut dropped, &master, 40, 50),
+            Err(VaultError::Altered)
+        ));
         // Another key still reads as a wrong key, not as an altered record.
         let (_, other) = initialize(None, None, 0).unwrap();
         assert!(matches!(
