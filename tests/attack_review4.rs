@@ -14,16 +14,15 @@ mod common;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use common::sealed::{admin_seed, run_cli, sealed_signed_config, DB};
+use common::sealed::*;
 use common::*;
 use nkeys::XKey;
 use piggybank::admin_auth::AdminSigner;
 use piggybank::config::headers::{
     ADMIN_KEY, ADMIN_NONCE, ADMIN_SIGNATURE, ADMIN_TIME, REQUESTER_XKEY,
 };
-use piggybank::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use piggybank::key_transfer::SealedInitialize;
 use piggybank::keys::vault::VaultRecord;
-use serde_json::{json, Value};
 
 /// The reply's status (the `Status` header, 200 without one) and payload, or `None` when
 /// nothing answered within `wait`.
@@ -45,89 +44,12 @@ async fn ask_raw(
     Some((status, reply.payload))
 }
 
-/// (Status, JSON) of one request, or `None` when nothing answered within `wait`.
-async fn ask(
-    client: &async_nats::Client,
-    subject: &str,
-    headers: HeaderMap,
-    body: &[u8],
-    wait: Duration,
-) -> Option<(u16, Value)> {
-    let (status, payload) = ask_raw(client, subject, headers, body, wait).await?;
-    Some((
-        status,
-        serde_json::from_slice(&payload).unwrap_or(Value::Null),
-    ))
-}
-
-/// A signed admin database operation with an empty body; its answer.
-async fn signed(client: &async_nats::Client, admin: &AdminSigner, op: &str) -> (u16, Value) {
-    let subject = format!("{DB}.{op}");
-    ask(
-        client,
-        &subject,
-        admin.sign(&subject, b""),
-        b"",
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_or_else(|| panic!("{op} answered"))
-}
-
 /// The headers of a signed `initialize` whose key is sealed to `requester`.
 fn signed_initialize_headers(admin: &AdminSigner, requester: &XKey) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(REQUESTER_XKEY, requester.public_key().as_str());
     admin.sign_into(&format!("{DB}.initialize"), b"", &mut h);
     h
-}
-
-async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
-    let requester = XKey::new();
-    let h = signed_initialize_headers(admin, &requester);
-    let subject = format!("{DB}.initialize");
-    let (status, body) = ask(client, &subject, h, b"", Duration::from_secs(10))
-        .await
-        .expect("initialize answered");
-    assert_eq!(status, 200, "{body}");
-    let sealed: SealedInitialize = serde_json::from_value(body).unwrap();
-    let material = sealed.open(&requester, None).unwrap();
-    material["database_key"].as_str().unwrap().to_string()
-}
-
-/// The answer to a signed unlock of the (one) instance with `key`.
-async fn unlock_with(nats: &NatsServer, admin: &AdminSigner, key: &str) -> Option<(u16, Value)> {
-    let operator = nats.client().await;
-    let status = wait_database_instances(&operator, "piggybank", 1).await;
-    let plaintext = json!({ "database_key": key }).to_string();
-    let sealed = Sealed::seal(
-        plaintext.as_bytes(),
-        status[0]["unseal_xkey"].as_str().unwrap(),
-    )
-    .unwrap();
-    let body = serde_json::to_vec(&SealedUnlock::new(
-        status[0]["instance_id"].as_str().unwrap(),
-        sealed,
-    ))
-    .unwrap();
-    let subject = format!("{DB}.unlock");
-    ask(
-        &operator,
-        &subject,
-        admin.sign(&subject, &body),
-        &body,
-        Duration::from_secs(5),
-    )
-    .await
-}
-
-/// Store `value` under `billing/<name>` through the Piggy Bank API; whether it was taken.
-async fn post(client: &async_nats::Client, name: &str, value: &[u8]) -> bool {
-    let mut h = HeaderMap::new();
-    h.insert("method", "post");
-    let subject = format!("piggybank.billing.{name}");
-    let r = ask_raw(client, &subject, h, value, Duration::from_secs(5)).await;
-    matches!(r, Some((200, _)))
 }
 
 /// `billing/<name>` through the Piggy Bank API: its value, or the refusal's status.
@@ -288,22 +210,10 @@ fn is_deceptive(c: char) -> bool {
 /// Fixed: `printable` escapes Unicode's format characters and the separators too.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_audit_listing_never_prints_bidi_overrides_from_a_request() {
-    let nats = NatsServer::start();
-    let (_, admin) = admin_seed();
-    let _backend = start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
-    let attacker = nats.client().await;
     let subject = "piggybank.billing.QUIET\u{202e}dorp-bd\u{200b}";
-    let mut h = HeaderMap::new();
-    h.insert("method", "get");
-    let answered = ask(&attacker, subject, h, b"", Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, stdout, stderr) = run_cli(&nats, &[], &["audit"]).await;
-    // Positive control: the request was answered and its record listed.
-    assert!(answered.is_some(), "the API did not answer");
-    assert!(ok && stdout.contains("QUIET"), "{stdout}\n{stderr}");
-    let deceptive: Vec<&str> = stdout
-        .lines()
-        .chain(stderr.lines())
+    let lines = audit_lines_after_a_get_on(subject).await;
+    let deceptive: Vec<&String> = lines
+        .iter()
         .filter(|l| l.chars().any(is_deceptive))
         .collect();
     assert!(

@@ -152,3 +152,54 @@ pub fn printed_keys(stdout: &str) -> Vec<String> {
         .map(|k| k.trim().to_string())
         .collect()
 }
+
+/// A signed admin database operation with an empty body; its answer.
+pub async fn signed(client: &async_nats::Client, admin: &AdminSigner, op: &str) -> (u16, Value) {
+    let subject = format!("{DB}.{op}");
+    ask(
+        client,
+        &subject,
+        admin.sign(&subject, b""),
+        b"",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|| panic!("{op} answered"))
+}
+
+/// Store `value` under `billing/<name>` through the Piggy Bank API; whether it was taken.
+pub async fn post(client: &async_nats::Client, name: &str, value: &[u8]) -> bool {
+    let mut h = HeaderMap::new();
+    h.insert("method", "post");
+    let r = ask(
+        client,
+        &format!("piggybank.billing.{name}"),
+        h,
+        value,
+        Duration::from_secs(5),
+    )
+    .await;
+    matches!(r, Some((200, _)))
+}
+
+/// The lines `piggybank audit` prints (stdout and stderr) after one unsigned Piggy Bank API
+/// `get` on `subject` (whose name holds `QUIET`), against a sealed, signed backend. Checks
+/// the positive control: the request was answered, and its record listed.
+pub async fn audit_lines_after_a_get_on(subject: &str) -> Vec<String> {
+    let nats = NatsServer::start();
+    let (_, admin) = admin_seed();
+    let _backend = super::start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
+    let attacker = nats.client().await;
+    let mut h = HeaderMap::new();
+    h.insert("method", "get");
+    let answered = ask(&attacker, subject, h, b"", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, stdout, stderr) = run_cli(&nats, &[], &["audit"]).await;
+    assert!(answered.is_some(), "the API did not answer");
+    assert!(ok && stdout.contains("QUIET"), "{stdout}\n{stderr}");
+    stdout
+        .lines()
+        .chain(stderr.lines())
+        .map(str::to_string)
+        .collect()
+}
