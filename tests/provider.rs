@@ -1467,6 +1467,35 @@ async fn thousands_of_calls_each_from_a_new_transport_client_never_hang() {
     );
 }
 
+/// Publish `control` on `client` until `spy` has received it (each second, for at most 20
+/// s: on a loaded machine one may be late), keeping every subject the spy saw in `seen`.
+async fn spy_sees(
+    client: &async_nats::Client,
+    spy: &mut async_nats::Subscriber,
+    control: &str,
+    seen: &mut Vec<String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|s| s == control) {
+        assert!(
+            Instant::now() < deadline,
+            "the spy never saw {control}: {seen:?}"
+        );
+        client
+            .publish(control.to_string(), "control".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let until = Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(until.into(), spy.next()).await {
+            seen.push(msg.subject.to_string());
+            if msg.subject.as_str() == control {
+                break;
+            }
+        }
+    }
+}
+
 /// NATS never authorizes a reply subject: a call that names `$KV...` or `$JS.API...` (or the
 /// provider's own subjects) as its reply must make the provider publish nothing there.
 #[tokio::test]
@@ -1498,6 +1527,11 @@ async fn invocations_with_untrusted_reply_subjects_publish_nothing_and_change_no
     let spy_client = nats.client().await;
     let mut spy = spy_client.subscribe(">").await.unwrap();
     spy_client.flush().await.unwrap();
+    // The spy sees what is published: a control message proves it sees `$KV...` too, before
+    // the attack (it is live) and after it (it saw everything in between).
+    let mut seen = Vec::new();
+    spy_sees(&client, &mut spy, "$KV.SPY_CHECK.before", &mut seen).await;
+    seen.clear();
     let hostile = [
         "$KV.WASMCLOUD_SECRETS.x".to_string(),
         format!("$KV.SECRETS_nats-kv_state.{entity}"),
@@ -1512,26 +1546,12 @@ async fn invocations_with_untrusted_reply_subjects_publish_nothing_and_change_no
             provider.invoke_raw(&client, func, reply).await;
         }
     }
-    // The spy sees what is published: a control message proves it sees `$KV...` too.
-    client
-        .publish("$KV.SPY_CHECK.x", "control".into())
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut seen = Vec::new();
-    // Read until the control message has come (a loaded machine can pause longer than the
-    // quiet gap below), then until the bus is quiet.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen.iter().any(|s| s == "$KV.SPY_CHECK.x") && Instant::now() < deadline {
-        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), spy.next()).await {
-            seen.push(msg.subject.to_string());
-        }
-    }
+    spy_sees(&client, &mut spy, "$KV.SPY_CHECK.x", &mut seen).await;
+    // Then until the bus is quiet.
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), spy.next()).await {
         seen.push(msg.subject.to_string());
     }
-    assert!(seen.iter().any(|s| s == "$KV.SPY_CHECK.x"), "{seen:?}");
     for reply in &hostile {
         let leaked: Vec<&String> = seen
             .iter()
