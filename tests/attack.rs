@@ -1396,27 +1396,19 @@ fn impostor_status(unseal: &XKey) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `piggybank unlock ARGS` with `key` in `PIGGYBANK_DATABASE_KEY`, on a blocking thread.
+/// `piggybank unlock ARGS` with `key` in `PIGGYBANK_DATABASE_KEY`, signed with
+/// `admin_seed`, started at once on a blocking thread.
 fn spawn_unlock(
     nats: &NatsServer,
     key: &str,
     admin_seed: &str,
     args: &[&str],
-) -> tokio::task::JoinHandle<(bool, Vec<u8>, String)> {
-    let (url, key, seed) = (nats.url(), key.to_string(), admin_seed.to_string());
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli_at(
-            &[
-                ("NATS_ADDRESS", url.as_str()),
-                ("PIGGYBANK_DATABASE_KEY", key.as_str()),
-                ("PIGGYBANK_ADMIN_SEED", seed.as_str()),
-            ],
-            &args,
-            None,
-        )
-    })
+) -> tokio::task::JoinHandle<(bool, String, String)> {
+    let env = [
+        ("PIGGYBANK_DATABASE_KEY", key),
+        ("PIGGYBANK_ADMIN_SEED", admin_seed),
+    ];
+    spawn_cli(nats, &env, args)
 }
 
 /// Opens the key `piggybank unlock` sealed to the impostor, from the unlock requests seen.

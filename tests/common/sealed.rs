@@ -130,8 +130,16 @@ pub async fn run_cli(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> (bool, String, String) {
-    let url = nats.url();
-    let mut all: Vec<(String, String)> = vec![("NATS_ADDRESS".into(), url)];
+    spawn_cli(nats, env, args).await.unwrap()
+}
+
+/// As [`run_cli`], started at once on a blocking thread: await the handle for its outcome.
+pub fn spawn_cli(
+    nats: &NatsServer,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> tokio::task::JoinHandle<(bool, String, String)> {
+    let mut all: Vec<(String, String)> = vec![("NATS_ADDRESS".into(), nats.url())];
     all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -140,8 +148,6 @@ pub async fn run_cli(
         let (ok, out, err) = cli_at(&env, &args, None);
         (ok, String::from_utf8_lossy(&out).into_owned(), err)
     })
-    .await
-    .unwrap()
 }
 
 /// The keys `piggybank init` printed.
