@@ -1440,12 +1440,15 @@ async fn key_sealed_to_impostor(
 /// CLI never seals the key to an xkey that is not a real instance's.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
-    let nats = NatsServer::start();
-    let (seed, admin) = admin_seed();
-    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
-    let _backend = start_backend(&nats, config).await;
-    let operator = nats.client().await;
-    let key = signed_initialize(&operator, &admin).await;
+    let PinnedStore {
+        nats,
+        seed,
+        transit,
+        backend: _backend,
+        operator,
+        key,
+        ..
+    } = pinned_store().await;
 
     let attacker = nats.client().await;
     let unseal = XKey::new();
@@ -1488,12 +1491,14 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
 /// `--unverified-instances`): it cannot tell an instance from an impostor.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
-    let nats = NatsServer::start();
-    let (seed, admin) = admin_seed();
-    let (config, _) = sealed_signed_transit_config(&nats, &admin);
-    let _backend = start_backend(&nats, config).await;
-    let operator = nats.client().await;
-    let key = signed_initialize(&operator, &admin).await;
+    let PinnedStore {
+        nats,
+        seed,
+        backend: _backend,
+        operator,
+        key,
+        ..
+    } = pinned_store().await;
     let spy = nats.client().await;
     let mut seen = spy.subscribe(format!("{DB}.>")).await.unwrap();
     spy.flush().await.unwrap();
@@ -1523,12 +1528,17 @@ async fn the_cli_unlock_refuses_to_guess_which_instances_are_real() {
 /// seals the key to the attacker. Safe: as above.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the_api() {
-    let nats = NatsServer::start();
-    let (seed, admin) = admin_seed();
-    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
-    let _one = start_backend(&nats, config.clone()).await;
-    let operator = nats.client().await;
-    let key = signed_initialize(&operator, &admin).await;
+    let PinnedStore {
+        nats,
+        seed,
+        admin,
+        transit,
+        config,
+        backend: _one,
+        operator,
+        key,
+        ..
+    } = pinned_store().await;
     let clear = json!({ "database_key": key }).to_string();
     let unlock = format!("{DB}.unlock");
     let unlocked = gather_all(

@@ -404,12 +404,15 @@ async fn forged_record_unlock(nats: &NatsServer, victim: &Value, transit_public:
 /// misattributed).
 #[tokio::test(flavor = "multi_thread")]
 async fn one_forged_message_does_not_stop_the_operators_unlock() {
-    let nats = NatsServer::start();
-    let (seed, admin) = admin_seed();
-    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
-    let _backend = start_backend(&nats, config).await;
-    let operator = nats.client().await;
-    let key = signed_initialize(&operator, &admin).await;
+    let PinnedStore {
+        nats,
+        seed,
+        transit,
+        backend: _backend,
+        operator,
+        key,
+        ..
+    } = pinned_store().await;
 
     let attacker = nats.client().await;
     let mut statuses = attacker.subscribe(format!("{DB}.status")).await.unwrap();
@@ -478,12 +481,14 @@ async fn one_forged_message_does_not_stop_the_operators_unlock() {
 /// of instances), and every error through it, which escapes control characters.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_never_prints_control_characters_from_an_answer() {
-    let nats = NatsServer::start();
-    let (seed, admin) = admin_seed();
-    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
-    let _backend = start_backend(&nats, config).await;
-    let operator = nats.client().await;
-    let key = signed_initialize(&operator, &admin).await;
+    let PinnedStore {
+        nats,
+        seed,
+        transit,
+        backend: _backend,
+        key,
+        ..
+    } = pinned_store().await;
 
     let attacker = nats.client().await;
     let mut statuses = attacker.subscribe(format!("{DB}.status")).await.unwrap();
@@ -546,12 +551,15 @@ async fn the_cli_never_prints_control_characters_from_an_answer() {
 /// instance's unseal xkey; the real instance is unlocked.
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_and_replayed_proofs_never_hand_the_key_to_the_attacker() {
-    let nats = NatsServer::start();
-    let (seed, admin) = admin_seed();
-    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
-    let _backend = start_backend(&nats, config).await;
-    let operator = nats.client().await;
-    let key = signed_initialize(&operator, &admin).await;
+    let PinnedStore {
+        nats,
+        seed,
+        transit,
+        backend: _backend,
+        operator,
+        key,
+        ..
+    } = pinned_store().await;
 
     let attacker = nats.client().await;
     // (b) a proof for the attacker's own requester key: it opens, and says nothing secret.

@@ -209,3 +209,39 @@ pub async fn audit_lines_after_a_get_on(subject: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A sealed backend run with a transit key (which `piggybank unlock -t` pins) and signed
+/// administration, initialized and still sealed: what most review attacks start from.
+pub struct PinnedStore {
+    pub nats: NatsServer,
+    /// The admin seed, as an operator's `PIGGYBANK_ADMIN_SEED`, and its signer.
+    pub seed: Zeroizing<String>,
+    pub admin: AdminSigner,
+    /// The transit public key (`server_xkey`).
+    pub transit: String,
+    /// The backend's config, to start more instances of it.
+    pub config: RunConfig,
+    pub backend: super::Running,
+    pub operator: async_nats::Client,
+    /// The database key `initialize` made.
+    pub key: String,
+}
+
+pub async fn pinned_store() -> PinnedStore {
+    let nats = NatsServer::start();
+    let (seed, admin) = admin_seed();
+    let (config, transit) = sealed_signed_transit_config(&nats, &admin);
+    let backend = super::start_backend(&nats, config.clone()).await;
+    let operator = nats.client().await;
+    let key = signed_initialize(&operator, &admin).await;
+    PinnedStore {
+        nats,
+        seed,
+        admin,
+        transit,
+        config,
+        backend,
+        operator,
+        key,
+    }
+}
