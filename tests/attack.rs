@@ -1275,7 +1275,7 @@ async fn a_subscriber_on_everything_does_not_slow_the_drain() {
 /// stays unsealed. Safe: the store is never unsealed with keys the operators did not make.
 #[tokio::test]
 async fn a_forged_key_record_cannot_unseal_the_store_with_an_attackers_keys() {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     let nats = NatsServer::start();
     let admin = admin_signer();
     let _backend = start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
@@ -1292,32 +1292,9 @@ async fn a_forged_key_record_cannot_unseal_the_store_with_an_attackers_keys() {
     let (attacker_keys, _) = piggybank::keys::vault::open(&record, &master, now).unwrap();
     let forged = serde_json::to_vec(&record).unwrap();
     let attacker_transit = record.transit_public.clone();
-    let vault = piggybank::config::vault_bucket("nats-kv");
     let attacker = nats.client().await;
-    // A plain subscription: it receives every record read (as the spy on `>` does).
-    let mut reads = attacker
-        .subscribe(format!("$JS.API.DIRECT.GET.KV_{vault}.>"))
-        .await
-        .unwrap();
     let mut stored = attacker.subscribe("$KV.WASMCLOUD_SECRETS.>").await.unwrap();
-    attacker.flush().await.unwrap();
-    let responder = attacker.clone();
-    let answered = std::sync::Arc::new(AtomicU64::new(0));
-    let count = answered.clone();
-    let forger = tokio::spawn(async move {
-        while let Some(msg) = reads.next().await {
-            let Some(reply) = msg.reply else { continue };
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Stream", format!("KV_{vault}").as_str());
-            h.insert("Nats-Subject", format!("$KV.{vault}.keyring").as_str());
-            h.insert("Nats-Sequence", "1");
-            h.insert("Nats-Time-Stamp", "2025-01-01T00:00:00Z");
-            let _ = responder
-                .publish_with_headers(reply, h, forged.clone().into())
-                .await;
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let (forger, answered) = forge_record_reads(&attacker, forged).await;
 
     let unlock = json!({ "database_key": master.to_base64().as_str() }).to_string();
     let mut answers = Vec::new();

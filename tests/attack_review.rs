@@ -277,33 +277,13 @@ async fn forged_record_unlock(nats: &NatsServer, victim: &Value, transit_public:
         // A configured transit key: the record holds only its public half.
         record.transit_public = public;
         record.transit = None;
+        // Bound again with the attacker's own master key, as the backend binds its records.
+        piggybank::keys::vault::bind(&mut record, &master).unwrap();
     }
     let forged = serde_json::to_vec(&record).unwrap();
-    let vault = piggybank::config::vault_bucket("nats-kv");
     let attacker = nats.client().await;
-    let mut reads = attacker
-        .subscribe(format!("$JS.API.DIRECT.GET.KV_{vault}.>"))
-        .await
-        .unwrap();
     let mut stored = attacker.subscribe("$KV.WASMCLOUD_SECRETS.>").await.unwrap();
-    attacker.flush().await.unwrap();
-    let responder = attacker.clone();
-    let answered = Arc::new(AtomicU64::new(0));
-    let count = answered.clone();
-    let forger = tokio::spawn(async move {
-        while let Some(msg) = reads.next().await {
-            let Some(reply) = msg.reply else { continue };
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Stream", format!("KV_{vault}").as_str());
-            h.insert("Nats-Subject", format!("$KV.{vault}.keyring").as_str());
-            h.insert("Nats-Sequence", "1");
-            h.insert("Nats-Time-Stamp", "2025-01-01T00:00:00Z");
-            let _ = responder
-                .publish_with_headers(reply, h, forged.clone().into())
-                .await;
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let (forger, answered) = forge_record_reads(&attacker, forged).await;
 
     // The attacker's master key, sealed to the victim's public unseal xkey, naming it: only
     // the victim answers. Its unseal xkey changes only at lock and unlock.

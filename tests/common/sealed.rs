@@ -245,3 +245,41 @@ pub async fn pinned_store() -> PinnedStore {
         key,
     }
 }
+
+/// Answer every read of the default backend's key record (a JetStream direct get, whose
+/// reply subject the subscriber sees) with `forged`, as soon as it is seen, from
+/// `attacker`. Returns the forger's task and how many reads it answered.
+pub async fn forge_record_reads(
+    attacker: &async_nats::Client,
+    forged: Vec<u8>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use futures::StreamExt as _;
+    let vault = piggybank::config::vault_bucket("nats-kv");
+    // A plain subscription: it receives every record read (as a spy on `>` does).
+    let mut reads = attacker
+        .subscribe(format!("$JS.API.DIRECT.GET.KV_{vault}.>"))
+        .await
+        .unwrap();
+    attacker.flush().await.unwrap();
+    let responder = attacker.clone();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = answered.clone();
+    let forger = tokio::spawn(async move {
+        while let Some(msg) = reads.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Stream", format!("KV_{vault}").as_str());
+            h.insert("Nats-Subject", format!("$KV.{vault}.keyring").as_str());
+            h.insert("Nats-Sequence", "1");
+            h.insert("Nats-Time-Stamp", "2025-01-01T00:00:00Z");
+            let _ = responder
+                .publish_with_headers(reply, h, forged.clone().into())
+                .await;
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (forger, answered)
+}
