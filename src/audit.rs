@@ -25,6 +25,7 @@ use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::decision::Decision;
 use crate::store::StoreError;
 
 /// How a decision went.
@@ -92,8 +93,9 @@ pub struct AuditRecord {
     pub reason: Option<String>,
 }
 
-/// What a handler knows about its decision; the serve loop adds the rest (time, request
-/// id, instance, front door, the admin key it verified) and records it.
+/// What a handler knows about its decision; the finishing step ([`crate::finish`]) adds the
+/// rest (time, request id, instance, front door, the admin key the serve loop verified) and
+/// records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditNote {
     pub operation: Option<String>,
@@ -103,8 +105,8 @@ pub struct AuditNote {
     pub link: Option<LinkRef>,
     pub application: Option<String>,
     pub host: Option<String>,
-    pub outcome: Option<Outcome>,
-    pub reason: Option<String>,
+    /// What was decided; `None` until a handler says (a reply without one was served).
+    pub decision: Option<Decision>,
 }
 
 impl AuditNote {
@@ -125,42 +127,20 @@ impl AuditNote {
         self
     }
 
-    pub fn allowed(mut self) -> Self {
-        self.outcome = Some(Outcome::Allowed);
+    pub fn allowed(self) -> Self {
+        self.decided(Decision::Allowed)
+    }
+
+    /// Record what was decided (see [`Decision`]: the core's own, or the door's for what the
+    /// core never saw).
+    pub fn decided(mut self, decision: Decision) -> Self {
+        self.decision = Some(decision);
         self
     }
 
-    /// Denied or failed, by a status code (the admin operations' and the Piggy Bank API's).
-    pub fn failed_with_status(mut self, status: u16) -> Self {
-        self.outcome = Some(match status {
-            403 | 423 => Outcome::Denied,
-            _ => Outcome::Error,
-        });
-        self.reason = Some(
-            match status {
-                400 => "invalid",
-                403 => "denied",
-                404 => "not_found",
-                409 => "conflict",
-                413 => "reply_too_large",
-                423 => "sealed",
-                503 => "unavailable",
-                _ => "internal",
-            }
-            .to_string(),
-        );
-        self
-    }
-
-    /// Denied or failed, by the error's kind, with `reason` (a code, never a message).
-    pub fn failed(mut self, kind: crate::error::ErrorKind, reason: impl Into<String>) -> Self {
-        use crate::error::ErrorKind;
-        self.outcome = Some(match kind {
-            ErrorKind::Denied | ErrorKind::Sealed => Outcome::Denied,
-            _ => Outcome::Error,
-        });
-        self.reason = Some(reason.into());
-        self
+    /// The decision, a note without one being a request that was served.
+    pub fn decision(&self) -> Decision {
+        self.decision.unwrap_or(Decision::Allowed)
     }
 }
 
@@ -352,6 +332,7 @@ impl Auditor {
         note: AuditNote,
         admin_key: Option<String>,
     ) -> AuditRecord {
+        let decision = note.decision();
         AuditRecord {
             time_ms: crate::store::secrets::now_ms(),
             request_id,
@@ -365,8 +346,8 @@ impl Auditor {
             link: note.link,
             application: note.application,
             host: note.host,
-            outcome: note.outcome.unwrap_or(Outcome::Allowed),
-            reason: note.reason,
+            outcome: decision.outcome(),
+            reason: decision.reason().map(str::to_string),
         }
     }
 

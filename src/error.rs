@@ -49,13 +49,20 @@ impl ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::{AuditNote, Outcome};
     use crate::authz::AuthzError;
     use crate::backend::seal::SealError;
     use crate::backend::BackendError;
+    use crate::decision::Decision;
+    use crate::keys::vault::VaultError;
     use crate::provider::bindings::exports::piggybank::secrets::admin::Error as WitError;
+    use crate::serve::Reply;
+    use crate::store::envelope::EnvelopeError;
     use crate::store::StoreError;
+    use wasmcloud_secrets_types::GetSecretError;
 
-    /// One cause of each kind (and several for some), as the core returns them.
+    /// Causes of every kind, one per variant the core returns to a request, as the core
+    /// returns them.
     fn causes() -> Vec<(BackendError, ErrorKind)> {
         vec![
             (
@@ -63,8 +70,24 @@ mod tests {
                 ErrorKind::Invalid,
             ),
             (BackendError::InvalidVersion("v".into()), ErrorKind::Invalid),
+            (BackendError::MissingField("f".into()), ErrorKind::Invalid),
+            (BackendError::NotAnObject("f".into()), ErrorKind::Invalid),
+            (AuthzError::Policy("p".into()).into(), ErrorKind::Invalid),
             (AuthzError::NotMapped.into(), ErrorKind::Denied),
+            (
+                AuthzError::UntrustedIssuer("A".into()).into(),
+                ErrorKind::Denied,
+            ),
+            (
+                AuthzError::InvalidEntityJwt("bad".into()).into(),
+                ErrorKind::Denied,
+            ),
+            (
+                AuthzError::InvalidHostJwt("bad".into()).into(),
+                ErrorKind::Denied,
+            ),
             (SealError::UnknownShare.into(), ErrorKind::Denied),
+            (VaultError::WrongKey.into(), ErrorKind::Denied),
             (StoreError::NotFound("a".into()).into(), ErrorKind::NotFound),
             (
                 StoreError::Contention("a".into()).into(),
@@ -94,22 +117,78 @@ mod tests {
                 .into(),
                 ErrorKind::Internal,
             ),
+            (
+                EnvelopeError::UnknownKey("k".into()).into(),
+                ErrorKind::Internal,
+            ),
         ]
     }
 
+    /// The decision a reply carries to the finishing step (metrics, `$SRV`, audit).
+    fn decided(reply: &Reply) -> Decision {
+        reply.audit.as_ref().expect("an audit note").decision()
+    }
+
+    /// The kind a `get` error tells a host, as far as its variant tells one.
+    fn get_kind(e: &GetSecretError, kind: ErrorKind) -> ErrorKind {
+        match e {
+            GetSecretError::Unauthorized
+            | GetSecretError::InvalidEntityJWT(_)
+            | GetSecretError::InvalidHostJWT(_) => ErrorKind::Denied,
+            GetSecretError::SecretNotFound => ErrorKind::NotFound,
+            GetSecretError::UpstreamError(_) => ErrorKind::Unavailable,
+            GetSecretError::PolicyError(_) | GetSecretError::InvalidRequest => ErrorKind::Invalid,
+            // `Other` carries the message of an error the sample's variants cannot name.
+            GetSecretError::Other(_) | GetSecretError::DecryptionError => kind,
+            other => panic!("a core error answered as {other:?}"),
+        }
+    }
+
     #[test]
-    fn one_cause_gets_one_answer_at_every_front_door() {
+    fn one_cause_gets_one_answer_and_one_decision_at_every_front_door() {
         // BackendError is not Clone (its sources are not): each front door gets a fresh one.
         for i in 0..causes().len() {
             let cause = || causes().swap_remove(i).0;
             let kind = causes()[i].1;
-            assert_eq!(cause().kind(), kind, "{}", cause());
-            let admin = crate::protocol::wire::admin_code(&cause());
-            let api = crate::piggybank_api::api_error(cause()).status();
-            assert_eq!(admin, kind.status(), "admin: {}", cause());
-            assert_eq!(api, kind.status(), "api: {}", cause());
-            let wit = crate::provider::admin::wit_error(cause());
-            let wit_kind = match wit {
+            let e = cause();
+            assert_eq!(e.kind(), kind, "{e}");
+            // The core decides once: its kind and its own code, whichever door answers.
+            let decision = Decision::of(&e);
+            assert_eq!(decision, Decision::refused(kind, e.code()), "{e}");
+            let outcome = match kind {
+                ErrorKind::Denied | ErrorKind::Sealed => Outcome::Denied,
+                _ => Outcome::Error,
+            };
+            assert_eq!(decision.outcome(), outcome, "{e}");
+
+            // The protocol's get: the host's error, and the core's decision.
+            let refused = crate::protocol::get::Refused::by_core(&e);
+            assert_eq!(get_kind(&refused.wire, kind), kind, "get: {e}");
+            let reply = refused.reply(AuditNote::operation("get"));
+            assert_eq!(decided(&reply), decision, "get: {e}");
+
+            // The protocol's put_secret, and its other admin operations.
+            let reply = crate::protocol::admin::put_core_error(&e);
+            assert_eq!(decided(&reply), decision, "put_secret: {e}");
+            let reply = Reply::core_error(&e);
+            let code = crate::protocol::wire::admin_code(&e);
+            assert_eq!(code, kind.status(), "admin: {e}");
+            assert_eq!(decided(&reply), decision, "admin: {e}");
+
+            // The database operations.
+            let reply = crate::piggybank_api::database::error_reply(&e, AuditNote::default());
+            assert_eq!(decided(&reply), decision, "database: {e}");
+
+            // The Piggy Bank API.
+            let api = crate::piggybank_api::api_error(cause());
+            assert_eq!(api.status(), kind.status(), "api: {e}");
+            let reply = crate::piggybank_api::error_reply(&api, AuditNote::default());
+            assert_eq!(decided(&reply), decision, "api: {e}");
+
+            // The WIT admin interface.
+            let refused = crate::provider::admin::Refusal::from(cause());
+            assert_eq!(refused.decision, decision, "wit: {e}");
+            let wit_kind = match refused.error {
                 WitError::InvalidArgument(_) => ErrorKind::Invalid,
                 WitError::Unauthorized(_) => ErrorKind::Denied,
                 WitError::NotFound(_) => ErrorKind::NotFound,
@@ -120,7 +199,22 @@ mod tests {
                     _ => ErrorKind::Unavailable,
                 },
             };
-            assert_eq!(wit_kind, kind, "wit: {}", cause());
+            assert_eq!(wit_kind, kind, "wit: {e}");
         }
+    }
+
+    #[test]
+    fn an_untrusted_issuer_and_the_seal_keep_their_reasons() {
+        // The two reasons that drifted when the doors re-derived them from their wire errors.
+        let untrusted: BackendError = AuthzError::UntrustedIssuer("A".into()).into();
+        let reply = crate::protocol::get::Refused::by_core(&untrusted).reply(AuditNote::default());
+        assert_eq!(decided(&reply).reason(), Some("untrusted_issuer"));
+        let reply = crate::protocol::get::Refused::by_core(&BackendError::Sealed)
+            .reply(AuditNote::default());
+        let decision = decided(&reply);
+        assert_eq!(
+            (decision.outcome(), decision.reason()),
+            (Outcome::Denied, Some("sealed"))
+        );
     }
 }

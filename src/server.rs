@@ -523,10 +523,10 @@ pub async fn open_backend(
             ));
         }
         let backend = Backend::sealed(secrets, mappings, authorizer);
-        if let Some(transit) = configured_transit(config)? {
-            backend.set_transit_public(Some(transit.public_key().to_string()));
-        }
-        return Ok(backend);
+        return Ok(match configured_transit(config)? {
+            Some(transit) => backend.with_configured_transit(transit),
+            None => backend,
+        });
     }
     let transit = TransitKey::from_seed(&config.transit_xkey_seed)?;
     let keys = keyring(
@@ -965,7 +965,11 @@ fn protocol_refusal(
                 )),
             })
         }
-        _ => crate::serve::Reply::admin_error(refusal.code(), refusal.to_string()),
+        _ => crate::serve::Reply::admin_error(
+            refusal.code(),
+            refusal.to_string(),
+            refusal.decision(),
+        ),
     }
 }
 

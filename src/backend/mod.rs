@@ -148,6 +148,9 @@ pub struct Backend {
     /// Write values in the sample's format (`--write-legacy-format`), for a rolling
     /// migration from the sample; keyed mode only.
     legacy_writes: bool,
+    /// Sealed mode's `TRANSIT_XKEY_SEED`, if configured: while sealed it opens a host's
+    /// request (never a value), so that the refusal names the secret asked for.
+    configured_transit: Option<Arc<TransitKey>>,
 }
 
 /// Proof that the store was unsealed when it was made, with the keys it had then. Every
@@ -186,7 +189,22 @@ impl Backend {
             mappings,
             authorizer,
             legacy_writes: false,
+            configured_transit: None,
         }
+    }
+
+    /// Sealed mode with a configured transit key: known while sealed (see
+    /// [`Backend::configured_transit`]), and announced as `server_xkey`.
+    pub fn with_configured_transit(mut self, transit: TransitKey) -> Self {
+        self.set_transit_public(Some(transit.public_key().to_string()));
+        self.configured_transit = Some(Arc::new(transit));
+        self
+    }
+
+    /// The transit key configured for sealed mode, if any. It opens requests only: every
+    /// value stays behind [`Backend::unsealed`].
+    pub fn configured_transit(&self) -> Option<Arc<TransitKey>> {
+        self.configured_transit.clone()
     }
 
     /// Write values in the sample's format, so sample instances sharing the buckets can
@@ -347,6 +365,11 @@ impl Unsealed<'_> {
     /// The transit key (opening requests, sealing replies).
     pub fn transit(&self) -> &TransitKey {
         &self.transit
+    }
+
+    /// The transit key, shared.
+    pub fn transit_key(&self) -> Arc<TransitKey> {
+        Arc::clone(&self.transit)
     }
 
     /// The data keys (re-encryption).

@@ -34,6 +34,7 @@ use crate::backend::seal::{
     ClearUnlock, Initialized, KeyDelivery, Seal, SealError, UnlockInput, Unlocked,
 };
 use crate::backend::BackendError;
+use crate::decision::Decision;
 use crate::key_transfer::SealedUnlock;
 use crate::keys::vault::ShareSpec;
 use crate::serve::Reply;
@@ -143,13 +144,7 @@ impl DatabaseApi {
         Some(match result {
             Ok(body) => super::reply(200, body.to_string().into_bytes()).audited(note.allowed()),
             Err(BackendError::Seal(SealError::OtherInstance)) => return None,
-            Err(e) => super::reply(
-                e.kind().status(),
-                serde_json::json!({ "error": e.to_string() })
-                    .to_string()
-                    .into_bytes(),
-            )
-            .audited(note.failed(e.kind(), e.code())),
+            Err(e) => error_reply(&e, note),
         })
     }
 
@@ -224,4 +219,10 @@ fn invalid(message: String) -> BackendError {
 
 fn to_json(value: impl serde::Serialize) -> Result<serde_json::Value, BackendError> {
     serde_json::to_value(value).map_err(|e| SealError::Internal(e.to_string()).into())
+}
+
+/// A database operation the core refused: its status, its message, its own decision.
+pub(crate) fn error_reply(e: &BackendError, note: AuditNote) -> Reply {
+    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+    super::reply(e.kind().status(), body.into_bytes()).audited(note.decided(Decision::of(e)))
 }

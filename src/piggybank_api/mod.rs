@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::AuditNote;
 use crate::backend::{Backend, BackendError};
+use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::serve::{Class, Reply};
 use crate::store::envelope::SecretValue;
@@ -77,8 +78,9 @@ pub enum ApiError {
     #[error("application {0:?} is reserved")]
     Reserved(String),
     /// The core's error: its kind gives the status.
+    /// The core refused it: its decision, and its message.
     #[error("{message}")]
-    Core { kind: ErrorKind, message: String },
+    Core { decision: Decision, message: String },
 }
 
 impl ApiError {
@@ -86,12 +88,21 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Reserved(_) => 403,
-            ApiError::Core { kind, .. } => kind.status(),
+            ApiError::Core { decision, .. } => decision.kind().map_or(500, ErrorKind::status),
+        }
+    }
+
+    /// What was decided: the core's own decision, or this door's for a request it could not
+    /// use.
+    pub(crate) fn decision(&self) -> Decision {
+        match self {
+            ApiError::BadRequest(_) => Decision::refused(ErrorKind::Invalid, "invalid_request"),
+            ApiError::Reserved(_) => Decision::refused(ErrorKind::Denied, "reserved"),
+            ApiError::Core { decision, .. } => *decision,
         }
     }
 }
 
-/// The store key of a secret of the API: `<application>/<name>`.
 pub fn store_key(application: &str, name: &str) -> String {
     format!("{application}/{name}")
 }
@@ -188,10 +199,7 @@ pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Option<Re
     Some(match respond(backend, request, msg).await {
         Ok((payload, status)) => reply(status, payload).audited(note.allowed()),
         Err(ApiError::Reserved(_)) => return None,
-        Err(e) => {
-            let body = serde_json::json!({ "error": e.to_string() }).to_string();
-            reply(e.status(), body.into_bytes()).audited(note.failed_with_status(e.status()))
-        }
+        Err(e) => error_reply(&e, note),
     })
 }
 
@@ -248,6 +256,12 @@ fn posted_value(kind: Option<&str>, payload: &[u8]) -> Result<SecretValue, ApiEr
     }
 }
 
+/// An API error: its status, `{"error": ...}`, and what was decided.
+pub(crate) fn error_reply(e: &ApiError, note: AuditNote) -> Reply {
+    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+    reply(e.status(), body.into_bytes()).audited(note.decided(e.decision()))
+}
+
 pub(crate) fn reply(status: u16, payload: Vec<u8>) -> Reply {
     let mut h = HeaderMap::new();
     h.insert(headers::STATUS, status.to_string().as_str());
@@ -264,7 +278,7 @@ pub fn too_large(_: &Reply, message: String) -> Reply {
 /// values.
 pub(crate) fn api_error(e: BackendError) -> ApiError {
     ApiError::Core {
-        kind: e.kind(),
+        decision: Decision::of(&e),
         message: e.to_string(),
     }
 }

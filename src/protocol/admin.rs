@@ -14,53 +14,37 @@ use async_nats::HeaderMap;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use super::get::requester_key;
+use super::get::{requester_key, BadXkey};
 use super::reply::Reply;
 use super::wire::{
-    admin_code, put_secret_error, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest,
+    put_secret_error, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest,
     ListSecretsResponse, MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
 };
 use crate::audit::AuditNote;
 use crate::backend::{BackendError, MappingChange, Unsealed};
+use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::store::envelope::SecretValue;
 use crate::store::secrets::{page_limit, PageRequest};
 use crate::store::validate_entity;
 
-pub(crate) fn put_error(e: PutSecretError) -> Reply {
-    let note = AuditNote::default().failed(put_kind(&e), put_reason(&e));
+/// A `put_secret` refusal in the sample's `PutSecretResponse`, noted with what was decided.
+fn put_error(e: PutSecretError, decided: Decision) -> Reply {
     Reply::json(&PutSecretResponse {
         revision: 0,
         error: Some(e),
     })
-    .audited(note)
+    .audited(AuditNote::default().decided(decided))
 }
 
-/// The audit trail's reason for a `put_secret` error: its variant, never its text.
-fn put_reason(e: &PutSecretError) -> &'static str {
-    match e {
-        PutSecretError::InvalidPayload => "invalid_payload",
-        PutSecretError::InvalidHeaders => "invalid_headers",
-        PutSecretError::InvalidXKey => "invalid_xkey",
-        PutSecretError::DecryptionError => "decryption_error",
-        PutSecretError::NoSecretProvided => "no_secret",
-        PutSecretError::BothSecretsProvided => "both_secrets",
-        PutSecretError::InvalidName(_) => "invalid_name",
-        PutSecretError::Sealed(_) => "sealed",
-        PutSecretError::InvalidVersion(_) => "invalid_version",
-        PutSecretError::VersionConflict(_) => "version_conflict",
-        PutSecretError::Upstream(_) => "upstream",
-    }
+/// A `put_secret` request this door could not decode (the core never saw it).
+fn undecodable(e: PutSecretError, reason: &'static str) -> Reply {
+    put_error(e, Decision::refused(ErrorKind::Invalid, reason))
 }
 
-fn put_kind(e: &PutSecretError) -> ErrorKind {
-    match e {
-        PutSecretError::InvalidHeaders => ErrorKind::Denied,
-        PutSecretError::Sealed(_) => ErrorKind::Sealed,
-        PutSecretError::VersionConflict(_) => ErrorKind::Conflict,
-        PutSecretError::Upstream(_) => ErrorKind::Unavailable,
-        _ => ErrorKind::Invalid,
-    }
+/// The core refused a `put_secret`: its wire error and its own decision.
+pub(crate) fn put_core_error(e: &BackendError) -> Reply {
+    put_error(put_secret_error(e), Decision::of(e))
 }
 
 /// Name the secret in the reply's audit note.
@@ -73,34 +57,32 @@ fn naming(reply: Reply, secret: &str, version: Option<u64>) -> Reply {
     reply
 }
 
-pub(crate) fn backend_error(e: &BackendError) -> Reply {
-    Reply::admin_error(admin_code(e), e.to_string())
-}
-
 pub async fn put_secret(
     store: &Unsealed<'_>,
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> Reply {
     if payload.is_empty() {
-        return put_error(PutSecretError::InvalidPayload);
+        return undecodable(PutSecretError::InvalidPayload, "invalid_payload");
     }
     let requester = match requester_key(headers) {
         Ok(k) => k,
-        Err(wasmcloud_secrets_types::GetSecretError::InvalidHeaders) => {
-            return put_error(PutSecretError::InvalidHeaders)
+        Err(BadXkey::NoHeaders) => {
+            return undecodable(PutSecretError::InvalidHeaders, "invalid_headers")
         }
-        Err(_) => return put_error(PutSecretError::InvalidXKey),
+        Err(BadXkey::Invalid) => return undecodable(PutSecretError::InvalidXKey, "invalid_xkey"),
     };
     let Ok(opened) = store.transit().open(payload, &requester) else {
-        return put_error(PutSecretError::DecryptionError);
+        return undecodable(PutSecretError::DecryptionError, "decryption_error");
     };
     let Ok(mut request) = serde_json::from_slice::<PutSecretRequest>(&opened) else {
-        return put_error(PutSecretError::InvalidPayload);
+        return undecodable(PutSecretError::InvalidPayload, "invalid_payload");
     };
     let value = match (request.string_secret.take(), request.binary_secret.take()) {
-        (Some(_), Some(_)) => return put_error(PutSecretError::BothSecretsProvided),
-        (None, None) => return put_error(PutSecretError::NoSecretProvided),
+        (Some(_), Some(_)) => {
+            return undecodable(PutSecretError::BothSecretsProvided, "both_secrets")
+        }
+        (None, None) => return undecodable(PutSecretError::NoSecretProvided, "no_secret"),
         (Some(s), None) => SecretValue::String(Zeroizing::new(s)),
         (None, Some(b)) => SecretValue::Binary(Zeroizing::new(b)),
     };
@@ -109,9 +91,12 @@ pub async fn put_secret(
         v => match v.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                return put_error(PutSecretError::InvalidVersion(format!(
-                    "{v:?}: put's version is the expected current revision (0 = create only)"
-                )))
+                return undecodable(
+                    PutSecretError::InvalidVersion(format!(
+                        "{v:?}: put's version is the expected current revision (0 = create only)"
+                    )),
+                    "invalid_version",
+                )
             }
         },
     };
@@ -128,21 +113,23 @@ pub async fn put_secret(
                 Some(revision),
             )
         }
-        Err(e) => naming(put_error(put_secret_error(&e)), &request.key, None),
+        Err(e) => naming(put_core_error(&e), &request.key, None),
     }
 }
 
 pub async fn delete_secret(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
     let request: DeleteSecretRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
-        Err(e) => return Reply::admin_error(400, format!("expected {{\"key\": NAME}}: {e}")),
+        Err(e) => {
+            return Reply::bad_request(format!("expected {{\"key\": NAME}}: {e}"), "invalid_body")
+        }
     };
     let reply = match store.delete(&request.key).await {
         Ok(()) => {
             tracing::info!(key = %request.key, "secret deleted");
             Reply::ok()
         }
-        Err(e) => backend_error(&e),
+        Err(e) => Reply::core_error(&e),
     };
     naming(reply, &request.key, None)
 }
@@ -156,11 +143,11 @@ fn optional_body<T: DeserializeOwned + Default>(
         return Ok(T::default());
     }
     serde_json::from_slice(payload)
-        .map_err(|e| Reply::admin_error(400, format!("expected {expected}: {e}")))
+        .map_err(|e| Reply::bad_request(format!("expected {expected}: {e}"), "invalid_body"))
 }
 
 fn limit(requested: Option<u64>) -> Result<usize, Reply> {
-    page_limit(requested).map_err(|e| Reply::admin_error(400, e.to_string()))
+    page_limit(requested).map_err(|e| Reply::bad_request(e.to_string(), "invalid_limit"))
 }
 
 /// `list_secrets`: one page of metadata, in name order (see [`ListSecretsRequest`]). Waits
@@ -181,7 +168,7 @@ pub async fn list_secrets(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
             .secrets()
             .list_page(&request)
             .await
-            .map_err(|e| backend_error(&e.into()))
+            .map_err(|e| Reply::core_error(&e.into()))
     };
     match page.await {
         Ok(page) => Reply::json(&ListSecretsResponse {
@@ -195,10 +182,16 @@ pub async fn list_secrets(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
 /// Parse a mapping body: a JSON array of secret names (the sample sends a set).
 fn mapping_names(payload: &[u8]) -> Result<BTreeSet<String>, Reply> {
     let names: Vec<String> = serde_json::from_slice(payload).map_err(|e| {
-        Reply::admin_error(400, format!("expected a JSON array of secret names: {e}"))
+        Reply::bad_request(
+            format!("expected a JSON array of secret names: {e}"),
+            "invalid_body",
+        )
     })?;
     if names.is_empty() {
-        return Err(Reply::admin_error(400, "expected at least one secret name"));
+        return Err(Reply::bad_request(
+            "expected at least one secret name",
+            "invalid_body",
+        ));
     }
     Ok(names.into_iter().collect())
 }
@@ -219,7 +212,7 @@ pub async fn update_mapping(
             tracing::info!(entity, ?change, secrets = ?names, "mapping updated");
             Reply::ok()
         }
-        Err(e) => backend_error(&e),
+        Err(e) => Reply::core_error(&e),
     }
 }
 
@@ -231,7 +224,7 @@ pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) ->
             payload,
             r#"an empty body or {"prefix": TEXT, "limit": N, "after": NAME}"#,
         )?;
-        validate_entity(entity).map_err(|e| backend_error(&e.into()))?;
+        validate_entity(entity).map_err(|e| Reply::core_error(&e.into()))?;
         let limit = limit(request.limit)?;
         let request = PageRequest {
             prefix: &request.prefix,
@@ -242,7 +235,7 @@ pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) ->
             .mappings()
             .names_page(entity, &request)
             .await
-            .map_err(|e| backend_error(&e.into()))
+            .map_err(|e| Reply::core_error(&e.into()))
     };
     match page.await {
         Ok(page) => Reply::json(&MappingsResponse {

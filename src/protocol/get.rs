@@ -12,92 +12,115 @@ use zeroize::{Zeroize, Zeroizing};
 use super::reply::Reply;
 use super::wire::get_secret_error;
 use crate::audit::AuditNote;
-use crate::backend::{ReadRequest, Unsealed, Who};
+use crate::backend::{Backend, BackendError, ReadRequest, Who};
 use crate::config::headers::{RESPONSE_XKEY, WASMCLOUD_HOST_XKEY};
+use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::keys;
 use crate::store::envelope::SecretValue;
 
-pub(crate) fn error(e: GetSecretError) -> Reply {
-    let note = AuditNote::operation("get").failed(kind_of(&e), reason_of(&e));
-    Reply::json(&SecretResponse {
-        secret: None,
-        error: Some(e),
-    })
-    .audited(note)
+/// A `get` refused: the error the host reads, and what was decided (for the audit trail).
+pub(crate) struct Refused {
+    pub wire: GetSecretError,
+    pub decision: Decision,
 }
 
-/// The audit trail's reason for a `get` error: its variant, never its text.
-fn reason_of(e: &GetSecretError) -> &'static str {
-    match e {
-        GetSecretError::SecretNotFound => "not_found",
-        GetSecretError::InvalidEntityJWT(_) => "invalid_entity_jwt",
-        GetSecretError::InvalidHostJWT(_) => "invalid_host_jwt",
-        GetSecretError::Unauthorized => "not_mapped",
-        GetSecretError::PolicyError(_) => "invalid_policy",
-        GetSecretError::InvalidRequest => "invalid_request",
-        GetSecretError::InvalidHeaders => "invalid_headers",
-        GetSecretError::InvalidPayload => "invalid_payload",
-        GetSecretError::InvalidXKey => "invalid_xkey",
-        GetSecretError::EncryptionError => "encryption_error",
-        GetSecretError::DecryptionError => "decryption_error",
-        GetSecretError::UpstreamError(_) => "upstream",
-        GetSecretError::Other(_) => "other",
+impl Refused {
+    /// A request this door could not decode: the core never saw it.
+    fn undecodable(wire: GetSecretError, reason: &'static str) -> Self {
+        Refused {
+            wire,
+            decision: Decision::refused(ErrorKind::Invalid, reason),
+        }
+    }
+
+    /// The core refused it: its own decision.
+    pub(crate) fn by_core(err: &BackendError) -> Self {
+        Refused {
+            wire: get_secret_error(err),
+            decision: Decision::of(err),
+        }
+    }
+
+    /// The reply, and its audit note (`note`, decided).
+    pub(crate) fn reply(self, note: AuditNote) -> Reply {
+        Reply::json(&SecretResponse {
+            secret: None,
+            error: Some(self.wire),
+        })
+        .audited(note.decided(self.decision))
     }
 }
 
-fn kind_of(e: &GetSecretError) -> ErrorKind {
-    match e {
-        GetSecretError::Unauthorized
-        | GetSecretError::InvalidEntityJWT(_)
-        | GetSecretError::InvalidHostJWT(_) => ErrorKind::Denied,
-        GetSecretError::SecretNotFound => ErrorKind::NotFound,
-        GetSecretError::UpstreamError(_) => ErrorKind::Unavailable,
-        _ => ErrorKind::Invalid,
-    }
+/// What is wrong with a request's `WasmCloud-Host-Xkey`, for each operation's own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadXkey {
+    /// The request has no headers at all.
+    NoHeaders,
+    /// The header is missing or not an xkey public key.
+    Invalid,
 }
 
 /// Read and check the requester's one-time public xkey from the request headers.
-pub fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, GetSecretError> {
-    let headers = headers.ok_or(GetSecretError::InvalidHeaders)?;
-    let value = headers
-        .get(WASMCLOUD_HOST_XKEY)
-        .ok_or(GetSecretError::InvalidXKey)?;
-    XKey::from_public_key(value.as_str()).map_err(|_| GetSecretError::InvalidXKey)
+pub(crate) fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, BadXkey> {
+    let headers = headers.ok_or(BadXkey::NoHeaders)?;
+    let value = headers.get(WASMCLOUD_HOST_XKEY).ok_or(BadXkey::Invalid)?;
+    XKey::from_public_key(value.as_str()).map_err(|_| BadXkey::Invalid)
 }
 
-pub async fn handle(store: &Unsealed<'_>, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
+/// Answer a `get`. While the store is sealed, the request is still opened when the transit
+/// key is at hand, so that its refusal (`denied`/`sealed`) names the secret asked for.
+pub async fn handle(backend: &Backend, headers: Option<&HeaderMap>, payload: &[u8]) -> Reply {
     let mut note = AuditNote::operation("get");
-    match respond(store, headers, payload, &mut note).await {
+    match respond(backend, headers, payload, &mut note).await {
         Ok(reply) => reply.audited(note.allowed()),
-        Err(e) => {
-            let mut reply = error(e);
-            if let Some(failed) = reply.audit.as_mut() {
-                failed.secret = note.secret;
-                failed.entity = note.entity;
-                failed.host = note.host;
-            }
-            reply
-        }
+        Err(refused) => refused.reply(note),
     }
 }
 
 async fn respond(
-    store: &Unsealed<'_>,
+    backend: &Backend,
     headers: Option<&HeaderMap>,
     payload: &[u8],
     note: &mut AuditNote,
-) -> Result<Reply, GetSecretError> {
+) -> Result<Reply, Refused> {
+    let sealed = || Refused::by_core(&BackendError::Sealed);
     if payload.is_empty() {
-        return Err(GetSecretError::InvalidPayload);
+        return Err(Refused::undecodable(
+            GetSecretError::InvalidPayload,
+            "invalid_payload",
+        ));
     }
-    let requester = requester_key(headers)?;
-    let opened = store
-        .transit()
-        .open(payload, &requester)
-        .map_err(|_| GetSecretError::DecryptionError)?;
-    let request: SecretRequest =
-        serde_json::from_slice(&opened).map_err(|_| GetSecretError::InvalidRequest)?;
+    let requester = requester_key(headers).map_err(|bad| match bad {
+        BadXkey::NoHeaders => {
+            Refused::undecodable(GetSecretError::InvalidHeaders, "invalid_headers")
+        }
+        BadXkey::Invalid => Refused::undecodable(GetSecretError::InvalidXKey, "invalid_xkey"),
+    })?;
+    let store = backend.unsealed();
+    // Sealed: the configured transit key, if any, opens the request (never a value).
+    let transit = match &store {
+        Ok(store) => Some(store.transit_key()),
+        Err(_) => backend.configured_transit(),
+    };
+    let Some(transit) = transit else {
+        return Err(sealed());
+    };
+    let opened = match transit.open(payload, &requester) {
+        Ok(opened) => opened,
+        // Sealed to another transit key than the one configured: still the seal's refusal.
+        Err(_) if store.is_err() => return Err(sealed()),
+        Err(_) => {
+            return Err(Refused::undecodable(
+                GetSecretError::DecryptionError,
+                "decryption_error",
+            ))
+        }
+    };
+    let request: SecretRequest = serde_json::from_slice(&opened)
+        .map_err(|_| Refused::undecodable(GetSecretError::InvalidRequest, "invalid_request"))?;
+    note.secret = Some(request.key.clone());
+    let store = store.map_err(|e| Refused::by_core(&e))?;
     let read = ReadRequest {
         key: &request.key,
         field: request.field.as_deref(),
@@ -113,7 +136,7 @@ async fn respond(
     note.host = who.host;
     let served = served.map_err(|e| {
         tracing::debug!(key = %request.key, error = %e, "get refused");
-        get_secret_error(&e)
+        Refused::by_core(&e)
     })?;
     note.version = Some(served.version);
 
@@ -135,9 +158,13 @@ async fn respond(
         secret.string_secret.zeroize();
         secret.binary_secret.zeroize();
     }
-    let encoded = encoded.map_err(|_| GetSecretError::EncryptionError)?;
+    let encryption = || Refused {
+        wire: GetSecretError::EncryptionError,
+        decision: Decision::refused(ErrorKind::Internal, "encryption_error"),
+    };
+    let encoded = encoded.map_err(|_| encryption())?;
     let (sealed, one_time_public) =
-        keys::seal_to(&encoded, &requester).map_err(|_| GetSecretError::EncryptionError)?;
+        keys::seal_to(&encoded, &requester).map_err(|_| encryption())?;
     let mut h = HeaderMap::new();
     h.insert(RESPONSE_XKEY, one_time_public.as_str());
     Ok(Reply::with_headers(h, sealed))

@@ -12,6 +12,8 @@ pub mod wire;
 use async_nats::Message;
 
 use crate::backend::{Backend, MappingChange};
+use crate::decision::Decision;
+use crate::error::ErrorKind;
 use reply::Reply;
 use subject::{Operation, SubjectError};
 
@@ -22,6 +24,7 @@ fn server_xkey(backend: &Backend) -> Reply {
         None => Reply::admin_error(
             423,
             "the store is not initialized: no transit key yet (piggybank init)",
+            Decision::refused(ErrorKind::Sealed, "not_initialized"),
         ),
     }
 }
@@ -68,23 +71,30 @@ async fn answer(
         Ok(Operation::ServerXkey) => return server_xkey(backend),
         Ok(operation) => operation,
         Err(e @ SubjectError::UnknownOperation(_)) => {
-            return Reply::admin_error(404, e.to_string())
+            return Reply::admin_error(
+                404,
+                e.to_string(),
+                Decision::refused(ErrorKind::NotFound, "unknown_operation"),
+            )
         }
-        Err(e) => return Reply::admin_error(400, e.to_string()),
+        Err(e) => return Reply::bad_request(e.to_string(), "invalid_subject"),
     };
+    // A get opens its request first, so that a refusal while sealed names the secret.
+    if let Operation::Get = operation {
+        return get::handle(backend, headers, payload).await;
+    }
     let store = match backend.unsealed() {
         Ok(store) => store,
         Err(e) => {
             return match operation {
-                Operation::Get => get::error(wire::get_secret_error(&e)),
-                Operation::PutSecret => admin::put_error(wire::put_secret_error(&e)),
-                _ => admin::backend_error(&e),
+                Operation::PutSecret => admin::put_core_error(&e),
+                _ => Reply::core_error(&e),
             }
         }
     };
     match operation {
         Operation::ServerXkey => server_xkey(backend),
-        Operation::Get => get::handle(&store, headers, payload).await,
+        Operation::Get => get::handle(backend, headers, payload).await,
         Operation::PutSecret => admin::put_secret(&store, headers, payload).await,
         Operation::DeleteSecret => admin::delete_secret(&store, payload).await,
         Operation::ListSecrets => admin::list_secrets(&store, payload).await,

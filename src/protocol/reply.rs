@@ -7,7 +7,10 @@ use wasmcloud_secrets_types::{GetSecretError, SecretResponse};
 
 use super::wire::{AdminError, REPLY_TOO_LARGE};
 use crate::audit::AuditNote;
+use crate::backend::BackendError;
 use crate::config::headers;
+use crate::decision::Decision;
+use crate::error::ErrorKind;
 pub use crate::serve::Reply;
 
 impl Reply {
@@ -18,12 +21,17 @@ impl Reply {
     pub fn json<T: Serialize>(value: &T) -> Self {
         match serde_json::to_vec(value) {
             Ok(body) => Self::plain(body),
-            Err(e) => Self::admin_error(500, format!("failed to encode reply: {e}")),
+            Err(e) => Self::admin_error(
+                500,
+                format!("failed to encode reply: {e}"),
+                Decision::refused(ErrorKind::Internal, "encode"),
+            ),
         }
     }
 
-    /// An admin error: JSON `{"error","code"}` plus the NATS micro-service error headers.
-    pub fn admin_error(code: u16, message: impl Into<String>) -> Self {
+    /// An admin error: JSON `{"error","code"}` plus the NATS micro-service error headers,
+    /// noted with what was `decided`.
+    pub fn admin_error(code: u16, message: impl Into<String>, decided: Decision) -> Self {
         let message: String = message.into();
         let mut h = HeaderMap::new();
         // Header values may not contain line breaks; keep the header to one line.
@@ -38,7 +46,17 @@ impl Reply {
             code,
         })
         .unwrap_or_default();
-        Self::with_headers(h, body).audited(AuditNote::default().failed_with_status(code))
+        Self::with_headers(h, body).audited(AuditNote::default().decided(decided))
+    }
+
+    /// The admin error answering a refusal of the core: its kind's status, its decision.
+    pub fn core_error(err: &BackendError) -> Self {
+        Self::admin_error(err.kind().status(), err.to_string(), Decision::of(err))
+    }
+
+    /// A request body or subject this door could not use (400).
+    pub fn bad_request(message: impl Into<String>, reason: &'static str) -> Self {
+        Self::admin_error(400, message, Decision::refused(ErrorKind::Invalid, reason))
     }
 }
 
@@ -60,6 +78,7 @@ pub fn too_large(reply: &Reply, message: String) -> Reply {
         Reply::admin_error(
             REPLY_TOO_LARGE,
             format!("{message}; ask for fewer entries (a smaller \"limit\")"),
+            crate::serve::REPLY_TOO_LARGE,
         )
     }
 }

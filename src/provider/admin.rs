@@ -23,9 +23,11 @@ use super::bindings::exports::piggybank::secrets::admin::{
     StoreStatus,
 };
 use super::links::{Access, LinkScope, Links, ScopeError};
-use crate::audit::{AuditNote, Auditor, LinkRef, Outcome};
+use crate::audit::{AuditNote, Auditor, LinkRef};
 use crate::backend::{Backend, BackendError, MappingChange};
+use crate::decision::Decision;
 use crate::error::ErrorKind;
+use crate::finish::Finish;
 use crate::server::RunConfig;
 use crate::store::envelope::{SecretKind as StoredKind, SecretValue};
 use crate::store::secrets::{page_limit, PageRequest};
@@ -51,8 +53,8 @@ struct About<'a> {
 
 impl AdminExports {
     /// The store, unless it is sealed: every call but `status` goes through here.
-    fn store(&self) -> Result<crate::backend::Unsealed<'_>, Error> {
-        self.backend.unsealed().map_err(wit_error)
+    fn store(&self) -> Result<crate::backend::Unsealed<'_>, Refusal> {
+        self.backend.unsealed().map_err(Refusal::from)
     }
 
     pub fn new(
@@ -72,15 +74,15 @@ impl AdminExports {
         }
     }
 
-    /// Run the call, then record its decision (audit trail and metrics); with
-    /// `--audit-required`, a call whose record is not written answers `unavailable` instead
-    /// of its result.
+    /// Run the call, then finish it as every request is finished ([`crate::finish`]:
+    /// metrics, audit record); with `--audit-required`, a call whose record is not written
+    /// answers `unavailable` instead of its result.
     async fn audited<T>(
         &self,
         cx: &Option<Context>,
         operation: &str,
         about: About<'_>,
-        call: impl std::future::Future<Output = Result<T, Error>>,
+        call: impl std::future::Future<Output = Result<T, Refusal>>,
     ) -> Result<T, Error> {
         use tracing::Instrument as _;
         let started = std::time::Instant::now();
@@ -95,37 +97,31 @@ impl AdminExports {
             source_id: c.component.clone().unwrap_or_default(),
             name: c.link_name().to_string(),
         });
-        if let Err(e) = &result {
-            let (outcome, reason) = match e {
-                Error::Unauthorized(_) => (Outcome::Denied, "unauthorized"),
-                Error::Sealed(_) => (Outcome::Denied, "sealed"),
-                Error::InvalidArgument(_) => (Outcome::Error, "invalid_argument"),
-                Error::NotFound(_) => (Outcome::Error, "not_found"),
-                Error::VersionConflict(_) => (Outcome::Error, "version_conflict"),
-                Error::Unavailable(_) => (Outcome::Error, "unavailable"),
-            };
-            note.outcome = Some(outcome);
-            note.reason = Some(reason.to_string());
-        } else {
-            note = note.allowed();
-        }
-        let outcome = note.outcome.unwrap_or(Outcome::Allowed);
-        crate::metrics::request("wit", operation, outcome.as_str(), started.elapsed());
-        let record = self.auditor.complete(request_id, "wit", note, None);
-        match self.auditor.record(record).await {
+        let (result, decision) = match result {
+            Ok(value) => (Ok(value), Decision::Allowed),
+            Err(refused) => (Err(refused.error), refused.decision),
+        };
+        let finish = Finish {
+            auditor: &self.auditor,
+            front_door: "wit",
+            request_id,
+            admin_key: None,
+            elapsed: started.elapsed(),
+        };
+        match finish.finish(note.decided(decision)).await {
             Ok(()) => result,
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }
 
-    fn authorize(&self, cx: &Option<Context>, access: Access) -> Result<LinkScope, Error> {
+    fn authorize(&self, cx: &Option<Context>, access: Access) -> Result<LinkScope, Refusal> {
         let component = cx.as_ref().and_then(|c| c.component.as_deref());
         let link = cx.as_ref().map_or("default", Context::link_name);
         let scope = self.links.authorize(component, link, access);
         if let Err(err) = &scope {
             tracing::info!(component, link, %err, "admin call refused");
         }
-        scope.map_err(scope_error)
+        scope.map_err(Refusal::from)
     }
 
     /// Authorize, then check every name against the scope.
@@ -134,10 +130,10 @@ impl AdminExports {
         cx: &Option<Context>,
         access: Access,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<LinkScope, Error> {
+    ) -> Result<LinkScope, Refusal> {
         let scope = self.authorize(cx, access)?;
         for name in names {
-            scope.allows_name(name).map_err(scope_error)?;
+            scope.allows_name(name)?;
         }
         Ok(scope)
     }
@@ -148,17 +144,17 @@ impl AdminExports {
         entity: &str,
         names: Vec<String>,
         change: MappingChange,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<String>, Refusal> {
         let scope = self.authorize_names(cx, Access::Write, names.iter().map(String::as_str))?;
         if names.is_empty() {
-            return Err(Error::InvalidArgument("names must not be empty".into()));
+            return Err(Refusal::invalid("names must not be empty", "invalid_body"));
         }
         let names: BTreeSet<String> = names.into_iter().collect();
         let all = self
             .store()?
             .update_mapping(entity, change, &names)
             .await
-            .map_err(wit_error)?;
+            .map_err(Refusal::from)?;
         Ok(within(&scope, all))
     }
 }
@@ -180,7 +176,7 @@ impl Handler<Option<Context>> for AdminExports {
             self.store()?
                 .put(&name, &value, expected_version)
                 .await
-                .map_err(wit_error)
+                .map_err(Refusal::from)
         };
         let about = About {
             secret: Some(&name),
@@ -196,7 +192,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<(), Error>> {
         let delete = async {
             self.authorize_names(&cx, Access::Write, [name.as_str()])?;
-            self.store()?.delete(&name).await.map_err(wit_error)
+            self.store()?.delete(&name).await.map_err(Refusal::from)
         };
         let about = About {
             secret: Some(&name),
@@ -214,7 +210,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<SecretPage, Error>> {
         let listed = async {
             let scope = self.authorize(&cx, Access::Read)?;
-            let prefix = scope.narrow(&prefix).map_err(scope_error)?;
+            let prefix = scope.narrow(&prefix)?;
             let request = PageRequest {
                 prefix: &prefix,
                 after: after.as_deref(),
@@ -225,7 +221,7 @@ impl Handler<Option<Context>> for AdminExports {
                 .secrets()
                 .list_page(&request)
                 .await
-                .map_err(|e| wit_error(e.into()))?;
+                .map_err(|e| Refusal::from(BackendError::from(e)))?;
             Ok(SecretPage {
                 secrets: page.items.into_iter().map(info).collect(),
                 next: page.next,
@@ -243,7 +239,11 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<SecretInfo, Error>> {
         let described = async {
             self.authorize_names(&cx, Access::Read, [name.as_str()])?;
-            self.store()?.info(&name).await.map(info).map_err(wit_error)
+            self.store()?
+                .info(&name)
+                .await
+                .map(info)
+                .map_err(Refusal::from)
         };
         let about = About {
             secret: Some(&name),
@@ -289,7 +289,7 @@ impl Handler<Option<Context>> for AdminExports {
     ) -> anyhow::Result<Result<NamePage, Error>> {
         let listed = async {
             let scope = self.authorize(&cx, Access::Read)?;
-            validate_entity(&entity).map_err(|e| wit_error(e.into()))?;
+            validate_entity(&entity).map_err(|e| Refusal::from(BackendError::from(e)))?;
             // The scope is a name prefix, so paging within it is paging with that prefix.
             let request = PageRequest {
                 prefix: &scope.prefix,
@@ -301,7 +301,7 @@ impl Handler<Option<Context>> for AdminExports {
                 .mappings()
                 .names_page(&entity, &request)
                 .await
-                .map_err(|e| wit_error(e.into()))?;
+                .map_err(|e| Refusal::from(BackendError::from(e)))?;
             Ok(NamePage {
                 names: page.items,
                 next: page.next,
@@ -343,8 +343,8 @@ fn within(scope: &LinkScope, names: Vec<String>) -> Vec<String> {
 }
 
 /// A page's size from the WIT `limit` (see [`page_limit`]).
-fn wit_limit(limit: Option<u32>) -> Result<usize, Error> {
-    page_limit(limit.map(u64::from)).map_err(|e| Error::InvalidArgument(e.to_string()))
+fn wit_limit(limit: Option<u32>) -> Result<usize, Refusal> {
+    page_limit(limit.map(u64::from)).map_err(|e| Refusal::invalid(e.to_string(), "invalid_limit"))
 }
 
 fn info(meta: SecretMeta) -> SecretInfo {
@@ -362,8 +362,41 @@ fn info(meta: SecretMeta) -> SecretInfo {
     }
 }
 
-fn scope_error(err: ScopeError) -> Error {
-    Error::Unauthorized(err.to_string())
+/// A WIT call refused: the error the component reads, and what was decided.
+pub(crate) struct Refusal {
+    pub error: Error,
+    pub decision: Decision,
+}
+
+impl Refusal {
+    /// An argument this door cannot use (the core never saw it).
+    fn invalid(message: impl Into<String>, reason: &'static str) -> Self {
+        Refusal {
+            error: Error::InvalidArgument(message.into()),
+            decision: Decision::refused(ErrorKind::Invalid, reason),
+        }
+    }
+}
+
+/// The core refused it: its WIT error and its own decision.
+impl From<BackendError> for Refusal {
+    fn from(err: BackendError) -> Self {
+        let decision = Decision::of(&err);
+        Refusal {
+            error: wit_error(err),
+            decision,
+        }
+    }
+}
+
+/// The link does not allow the call.
+impl From<ScopeError> for Refusal {
+    fn from(err: ScopeError) -> Self {
+        Refusal {
+            decision: Decision::refused(ErrorKind::Denied, err.code()),
+            error: Error::Unauthorized(err.to_string()),
+        }
+    }
 }
 
 /// The one mapping from core errors to the WIT error variant: by kind.

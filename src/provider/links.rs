@@ -74,6 +74,19 @@ pub enum ScopeError {
     OutOfScope { name: String, prefix: String },
 }
 
+impl ScopeError {
+    /// A short code for the audit trail: why the link did not allow the call.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ScopeError::Anonymous => "anonymous_caller",
+            ScopeError::NotLinked { .. } => "not_linked",
+            ScopeError::Refused { .. } => "link_config_refused",
+            ScopeError::ReadOnly(_) => "read_only_link",
+            ScopeError::OutOfScope { .. } => "out_of_scope",
+        }
+    }
+}
+
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

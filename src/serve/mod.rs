@@ -55,11 +55,14 @@ use tokio::sync::Semaphore;
 
 pub use crate::admin_auth::Signed;
 use crate::admin_auth::{AdminRefusal, AdminVerifier};
-use crate::audit::{Auditor, Outcome};
+use crate::audit::Auditor;
+use crate::decision::Decision;
+use crate::error::ErrorKind;
+use crate::finish::Finish;
 pub use crate::reply_policy::{ReplyPolicy, ReplyTo, Requester};
 pub(crate) use connection::log_events;
 pub use connection::ServeConnection;
-pub use reply::{Reply, TooLarge};
+pub use reply::{Reply, TooLarge, REPLY_TOO_LARGE};
 use shed::{Shed, ShedReason};
 
 /// Answers one message; `None`: not this endpoint's to answer (no reply is sent).
@@ -146,6 +149,21 @@ pub enum LoopRefusal {
 }
 
 impl LoopRefusal {
+    /// What the loop decided, whichever endpoint answers the refusal.
+    pub fn decision(&self) -> Decision {
+        match self {
+            LoopRefusal::Admin(AdminRefusal::Refused(_)) => {
+                Decision::refused(ErrorKind::Denied, "admin_signature_refused")
+            }
+            LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
+                Decision::refused(ErrorKind::Unavailable, "admin_nonce_store_unavailable")
+            }
+            LoopRefusal::TooLarge { .. } => {
+                Decision::refused(ErrorKind::Invalid, "request_too_large")
+            }
+        }
+    }
+
     /// The status code: the admin refusal's (403, 503), or 413.
     pub fn code(&self) -> u16 {
         match self {
@@ -219,21 +237,11 @@ pub struct ServeConfig {
     pub auditor: Arc<Auditor>,
 }
 
-/// The endpoint's answer to a refused request, with the refusal in its audit note.
+/// The endpoint's answer to a refused request, with the loop's decision in its audit note.
 fn refused_reply(msg: &Message, refusal: &Refusal, refused: &LoopRefusal) -> Reply {
     let mut reply = refusal(msg, refused);
     let note = reply.audit.get_or_insert_with(Default::default);
-    let (outcome, reason) = match refused {
-        LoopRefusal::Admin(AdminRefusal::Refused(_)) => {
-            (Outcome::Denied, "admin_signature_refused")
-        }
-        LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
-            (Outcome::Error, "admin_nonce_store_unavailable")
-        }
-        LoopRefusal::TooLarge { .. } => (Outcome::Error, "request_too_large"),
-    };
-    note.outcome = Some(outcome);
-    note.reason = Some(reason.to_string());
+    note.decision = Some(refused.decision());
     reply
 }
 
@@ -430,20 +438,16 @@ pub async fn serve(
             if let Some(reply) = reply {
                 let mut reply = reply.fit(client.server_info().max_payload, too_large);
                 let note = reply.audit.take().map(|note| *note).unwrap_or_default();
-                let failed = matches!(note.outcome, Some(Outcome::Denied | Outcome::Error));
-                crate::metrics::request(
+                let elapsed = received.elapsed();
+                discovery.count(index, elapsed, note.decision().reason());
+                let finish = Finish {
+                    auditor: &auditor,
                     front_door,
-                    note.operation.as_deref().unwrap_or("unknown"),
-                    note.outcome.unwrap_or(Outcome::Allowed).as_str(),
-                    received.elapsed(),
-                );
-                discovery.count(
-                    index,
-                    received.elapsed(),
-                    failed.then(|| note.reason.as_deref().unwrap_or("error")),
-                );
-                let record = auditor.complete(request_id, front_door, note, admin_key);
-                if auditor.record(record).await.is_err() {
+                    request_id,
+                    admin_key,
+                    elapsed,
+                };
+                if finish.finish(note).await.is_err() {
                     if let Some(msg) = &kept {
                         let unavailable = AdminRefusal::Unavailable("audit trail".into());
                         reply = refusal(msg, &unavailable.into());

@@ -13,6 +13,11 @@ use bytes::Bytes;
 
 use super::ReplyTo;
 use crate::audit::AuditNote;
+use crate::decision::Decision;
+use crate::error::ErrorKind;
+
+/// The decision on a request whose reply would not fit in one NATS message.
+pub const REPLY_TOO_LARGE: Decision = Decision::refused(ErrorKind::Invalid, "reply_too_large");
 
 pub struct Reply {
     pub headers: Option<HeaderMap>,
@@ -93,8 +98,7 @@ impl Reply {
                  {max_payload} bytes"
             ),
         );
-        replaced.audit = audit
-            .map(|note| Box::new(note.failed(crate::error::ErrorKind::Invalid, "reply_too_large")));
+        replaced.audit = audit.map(|note| Box::new(note.decided(REPLY_TOO_LARGE)));
         replaced
     }
 
