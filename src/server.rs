@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::admin_auth::{self, AdminRefusal, AdminVerifier, Signed};
+use crate::admin_auth::{self, AdminVerifier};
 use crate::audit::{AuditConfig, Auditor};
 use crate::authz::{Authorizer, AuthzError};
 use crate::backend::seal::Seal;
@@ -17,7 +17,7 @@ use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::piggybank_api;
 use crate::piggybank_api::database::{self, DatabaseApi};
 use crate::protocol;
-use crate::serve::{Class, Endpoint, LoopRefusal, ServeConfig, ServeConnection, ServeError};
+use crate::serve::{Endpoint, ServeConfig, ServeConnection, ServeError};
 use crate::store::record::RecordStore;
 use crate::store::{Bucket, BucketSpec, MappingTable, SecretStore, StoreError};
 
@@ -777,200 +777,29 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
 }
 
 /// The NATS front doors of a started backend, as endpoints of the one serve loop: the
-/// wasmCloud protocol (one instance of the queue group answers), the database operations
-/// (`initialize` and `rotate` by one instance, the others by every instance), and the Piggy
-/// Bank API when configured.
+/// wasmCloud protocol, the database operations, and the Piggy Bank API when configured.
+/// Each door owns its rules; this only assembles them.
 pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
     let queue_group = config::queue_group(&config.nats_queue_base, &config.name);
-    let mut endpoints = Vec::new();
-
-    let backend = Arc::clone(&started.backend);
-    let prefix: Arc<str> = config.subject_prefix().into();
-    let (classify_prefix, refusal_prefix) = (Arc::clone(&prefix), Arc::clone(&prefix));
-    endpoints.push(Endpoint {
-        name: "protocol",
-        subject: format!("{prefix}.>"),
-        queue_group: Some(queue_group.clone()),
-        // Every operation but server_xkey and get changes or reveals state. A subject that
-        // does not parse is answered (with its error) by the handler.
-        classify: Arc::new(move |msg| {
-            let op = protocol::subject::parse(&classify_prefix, msg.subject.as_str());
-            let class = match &op {
-                Ok(op) if is_admin_operation(op) => Class::admin(Signed::Once),
-                _ => Class::open(),
-            };
-            Some(match op {
-                Ok(op) if carries_value(&op) => class.with_value(),
-                _ => class,
-            })
-        }),
-        handler: Arc::new(move |msg| {
-            let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
-            Box::pin(async move { Some(protocol::handle(&backend, &prefix, &msg).await) })
-        }),
-        refusal: Arc::new(move |msg, refused| {
-            let op = protocol::subject::parse(&refusal_prefix, msg.subject.as_str());
-            let (name, entity) = op.as_ref().map_or(("unknown", None), protocol::audit_name);
-            protocol_refusal(op.clone().ok(), refused).audited_as(name, entity)
-        }),
-        too_large: protocol::reply::too_large,
-    });
-
-    // `{prefix}.database.{name}.{op}`, and the deprecated `{prefix}.database.{op}`: only
-    // these two, so a request for a name nobody serves gets NATS's "no responders" at once.
-    let database_prefix: Arc<str> = config.database_prefix().into();
-    let name: Arc<str> = config.name.as_str().into();
-    let database_subjects = [
-        database::subject(&database_prefix, &name, "*"),
-        format!("{database_prefix}.database.*"),
-    ];
-    for (database_subject, once) in database_subjects
-        .iter()
-        .flat_map(|s| [(s.clone(), true), (s.clone(), false)])
-    {
-        let database = Arc::clone(&started.database);
-        let (classify_prefix, classify_name) = (Arc::clone(&database_prefix), Arc::clone(&name));
-        let (database_prefix, name) = (Arc::clone(&database_prefix), Arc::clone(&name));
-        endpoints.push(Endpoint {
-            name: "database",
-            subject: database_subject.clone(),
-            queue_group: once.then(|| format!("{queue_group}.database")),
-            // No database operation carries a value: every request is small.
-            classify: Arc::new(move |msg| {
-                let subject = msg.subject.as_str();
-                // Another backend's subject is not answered.
-                let (op, _) = database::parse_subject(&classify_prefix, &classify_name, subject)?;
-                // Both subscriptions see every operation; each answers its own.
-                if database::answered_once(op) != once {
-                    return None;
-                }
-                // initialize and rotate (one instance), lock and unlock (every instance)
-                // change the seal; only status needs no signature. Unlock is signed because
-                // the key alone does not authenticate it: the key record it is checked
-                // against is read over NATS, where an account user can answer the read with
-                // a record of their own and then send its key (tests/attack_review.rs).
-                Some(match op {
-                    "initialize" | "rotate" => Class::admin(Signed::Once),
-                    "lock" | "unlock" => Class::admin(Signed::OnEveryInstance),
-                    _ => Class::open(),
-                })
-            }),
-            handler: Arc::new(move |msg| {
-                let database = Arc::clone(&database);
-                let (database_prefix, name) = (Arc::clone(&database_prefix), Arc::clone(&name));
-                Box::pin(async move {
-                    let subject = msg.subject.as_str();
-                    let (op, alias) = database::parse_subject(&database_prefix, &name, subject)?;
-                    if alias {
-                        database.note_deprecated_subject(op);
-                    }
-                    database
-                        .handle(op, msg.headers.as_ref(), &msg.payload)
-                        .await
-                })
-            }),
-            refusal: Arc::new(|msg, refused| {
-                let body = serde_json::json!({ "error": refused.to_string() });
-                let op = database::operation(msg.subject.as_str());
-                piggybank_api::reply(refused.code(), body.to_string().into_bytes())
-                    .audited_as(op, None)
-            }),
-            too_large: piggybank_api::too_large,
-        });
-    }
-
-    // The Piggy Bank API: NATS permissions on its subjects are its authorization, and an
-    // application is answered only in its own reply namespaces.
-    if let Some(api_prefix) = &config.piggybank_prefix {
-        let backend = Arc::clone(&started.backend);
-        let prefix: Arc<str> = api_prefix.as_str().into();
-        let classify_prefix = Arc::clone(&prefix);
-        endpoints.push(Endpoint {
-            name: "api",
-            subject: format!("{prefix}.>"),
-            queue_group: Some(format!("{queue_group}.piggybank")),
-            classify: Arc::new(move |msg| piggybank_api::classify(&classify_prefix, msg)),
-            handler: Arc::new(move |msg| {
-                let (backend, prefix) = (Arc::clone(&backend), Arc::clone(&prefix));
-                Box::pin(async move { piggybank_api::handle(&backend, &prefix, &msg).await })
-            }),
-            refusal: Arc::new(|_, refused| {
-                let body = serde_json::json!({ "error": refused.to_string() });
-                piggybank_api::reply(refused.code(), body.to_string().into_bytes())
-            }),
-            too_large: piggybank_api::too_large,
-        });
+    let mut endpoints = vec![protocol::endpoint(
+        Arc::clone(&started.backend),
+        config.subject_prefix(),
+        queue_group.clone(),
+    )];
+    endpoints.extend(database::endpoints(
+        Arc::clone(&started.database),
+        config.database_prefix(),
+        &config.name,
+        &queue_group,
+    ));
+    if let Some(prefix) = &config.piggybank_prefix {
+        endpoints.push(piggybank_api::endpoint(
+            Arc::clone(&started.backend),
+            prefix,
+            &queue_group,
+        ));
     }
     endpoints
-}
-
-/// Whether a protocol operation changes or reveals store state, and so must be signed when
-/// the backend runs with `--admin-keys`: all but `server_xkey` and `get`, which hosts use.
-fn is_admin_operation(op: &protocol::subject::Operation) -> bool {
-    use protocol::subject::Operation;
-    match op {
-        Operation::ServerXkey | Operation::Get => false,
-        Operation::PutSecret
-        | Operation::DeleteSecret
-        | Operation::ListSecrets
-        | Operation::AddMapping(_)
-        | Operation::RemoveMapping(_)
-        | Operation::GetMappings(_) => true,
-    }
-}
-
-/// Whether a protocol operation's request carries a value or a list of names, and so may be
-/// as large as a NATS message: `put_secret`, `add_mapping` and `remove_mapping`.
-fn carries_value(op: &protocol::subject::Operation) -> bool {
-    use protocol::subject::Operation;
-    match op {
-        Operation::PutSecret | Operation::AddMapping(_) | Operation::RemoveMapping(_) => true,
-        Operation::ServerXkey
-        | Operation::Get
-        | Operation::DeleteSecret
-        | Operation::ListSecrets
-        | Operation::GetMappings(_) => false,
-    }
-}
-
-/// A protocol refusal in the operation's own format: `put_secret` answers the sample's
-/// `PutSecretResponse` (`InvalidHeaders`: the signature headers are missing or invalid),
-/// `get` a `SecretResponse` error (all a host reads), the others an admin error (403, 413,
-/// or 503 when the nonce store did not answer).
-fn protocol_refusal(
-    op: Option<protocol::subject::Operation>,
-    refusal: &LoopRefusal,
-) -> crate::serve::Reply {
-    use protocol::subject::Operation;
-    use protocol::wire::{PutSecretError, PutSecretResponse};
-    match op {
-        Some(Operation::PutSecret) => {
-            let error = match refusal {
-                LoopRefusal::Admin(AdminRefusal::Refused(_)) => PutSecretError::InvalidHeaders,
-                LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
-                    PutSecretError::Upstream(refusal.to_string())
-                }
-                LoopRefusal::TooLarge { .. } => PutSecretError::InvalidPayload,
-            };
-            crate::serve::Reply::json(&PutSecretResponse {
-                revision: 0,
-                error: Some(error),
-            })
-        }
-        Some(Operation::Get) => {
-            crate::serve::Reply::json(&wasmcloud_secrets_types::SecretResponse {
-                secret: None,
-                error: Some(wasmcloud_secrets_types::GetSecretError::Other(
-                    refusal.to_string(),
-                )),
-            })
-        }
-        _ => crate::serve::Reply::admin_error(
-            refusal.code(),
-            refusal.to_string(),
-            refusal.decision(),
-        ),
-    }
 }
 
 /// Serve every NATS front door of a started backend until `shutdown`; then drain.

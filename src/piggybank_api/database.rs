@@ -26,9 +26,12 @@
 
 use std::sync::{Arc, Mutex};
 
+use async_nats::Message;
+use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::admin_auth::AdminMode;
+use crate::admin_auth::Signed;
 use crate::audit::{AuditNote, Auditor};
 use crate::backend::seal::{
     ClearUnlock, Initialized, KeyDelivery, Seal, SealError, UnlockInput, Unlocked,
@@ -37,37 +40,175 @@ use crate::backend::BackendError;
 use crate::decision::Decision;
 use crate::key_transfer::SealedUnlock;
 use crate::keys::vault::ShareSpec;
-use crate::serve::Reply;
-
-/// Operations one instance answers (queue group); the others reach every instance.
-const ONCE: &[&str] = &["initialize", "rotate"];
+use crate::serve::{Class, Door, Endpoint, LoopRefusal, Reply};
 
 /// The subject of operation `op` of backend `name`: `{prefix}.database.{name}.{op}`.
 pub fn subject(prefix: &str, name: &str, op: &str) -> String {
     format!("{prefix}.database.{name}.{op}")
 }
 
-/// A database subject of backend `name` under `prefix`: its operation, and whether it came
-/// on the deprecated alias `{prefix}.database.{op}`. `None`: another backend's, or not a
-/// database subject at all.
-pub fn parse_subject<'a>(prefix: &str, name: &str, subject: &'a str) -> Option<(&'a str, bool)> {
-    let rest = subject.strip_prefix(prefix)?.strip_prefix(".database.")?;
-    match rest.split_once('.') {
-        None => Some((rest, true)),
-        Some((backend, op)) if backend == name && !op.contains('.') => Some((op, false)),
-        Some(_) => None,
+/// One database operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseOp {
+    Status,
+    Initialize,
+    Unlock,
+    Lock,
+    Rotate,
+}
+
+impl DatabaseOp {
+    const ALL: [DatabaseOp; 5] = [
+        DatabaseOp::Status,
+        DatabaseOp::Initialize,
+        DatabaseOp::Unlock,
+        DatabaseOp::Lock,
+        DatabaseOp::Rotate,
+    ];
+
+    /// The last token of its subject.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseOp::Status => "status",
+            DatabaseOp::Initialize => "initialize",
+            DatabaseOp::Unlock => "unlock",
+            DatabaseOp::Lock => "lock",
+            DatabaseOp::Rotate => "rotate",
+        }
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == token)
+    }
+
+    /// Answered by one instance (`initialize`, `rotate`: the queue-group subscription)
+    /// rather than by every instance (the broadcast one).
+    pub fn answered_once(self) -> bool {
+        matches!(self, DatabaseOp::Initialize | DatabaseOp::Rotate)
+    }
+
+    /// Who may call it. `initialize` and `rotate` (one instance), `lock` and `unlock`
+    /// (every instance) change the seal; only `status` needs no signature. `unlock` is
+    /// signed because the key alone does not authenticate it: the key record it is checked
+    /// against is read over NATS, where an account user can answer the read with a record
+    /// of their own and then send its key.
+    fn class(self) -> Class {
+        match self {
+            DatabaseOp::Initialize | DatabaseOp::Rotate => Class::admin(Signed::Once),
+            DatabaseOp::Lock | DatabaseOp::Unlock => Class::admin(Signed::OnEveryInstance),
+            DatabaseOp::Status => Class::open(),
+        }
     }
 }
 
-/// The operation of a database subject: its last token.
-pub fn operation(subject: &str) -> &str {
-    subject.rsplit('.').next().unwrap_or_default()
+/// A database request, parsed from its subject: its operation (`Err`: an unknown one, which
+/// every instance answers with 400), and whether it came on the deprecated alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseRequest {
+    pub op: Result<DatabaseOp, UnknownOperation>,
+    pub alias: bool,
 }
 
-/// Whether `op` is answered by one instance (`initialize`, `rotate`: the queue-group
-/// subscription) rather than by every instance (the broadcast one).
-pub fn answered_once(op: &str) -> bool {
-    ONCE.contains(&op)
+/// An operation the database does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownOperation;
+
+/// A database subject of backend `name` under `prefix`. `None`: another backend's, or not a
+/// database subject at all.
+pub fn parse_subject(prefix: &str, name: &str, subject: &str) -> Option<DatabaseRequest> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix(".database.")?;
+    let (op, alias) = match rest.split_once('.') {
+        None => (rest, true),
+        Some((backend, op)) if backend == name && !op.contains('.') => (op, false),
+        Some(_) => return None,
+    };
+    Some(DatabaseRequest {
+        op: DatabaseOp::parse(op).ok_or(UnknownOperation),
+        alias,
+    })
+}
+
+/// The database door of one instance: `{prefix}.database.{name}.{op}`, and the deprecated
+/// `{prefix}.database.{op}`; only these two, so a request for a name nobody serves gets
+/// NATS's "no responders" at once. Each subject has two subscriptions: one in
+/// `{queue_group}.database` for the operations one instance answers, one without a group
+/// for those every instance answers; each answers only its own.
+pub(crate) fn endpoints(
+    api: Arc<DatabaseApi>,
+    prefix: &str,
+    name: &str,
+    queue_group: &str,
+) -> Vec<Endpoint> {
+    let subjects = [subject(prefix, name, "*"), format!("{prefix}.database.*")];
+    let mut endpoints = Vec::new();
+    for subject in subjects {
+        for once in [true, false] {
+            let door = Arc::new(DatabaseDoor {
+                api: Arc::clone(&api),
+                prefix: prefix.to_string(),
+                name: name.to_string(),
+                once,
+            });
+            let group = once.then(|| format!("{queue_group}.database"));
+            endpoints.push(Endpoint::new("database", subject.clone(), group, door));
+        }
+    }
+    endpoints
+}
+
+struct DatabaseDoor {
+    api: Arc<DatabaseApi>,
+    prefix: String,
+    name: String,
+    /// This subscription answers the operations one instance answers.
+    once: bool,
+}
+
+impl Door for DatabaseDoor {
+    type Op = DatabaseRequest;
+
+    /// No database operation carries a value: every request is small.
+    fn classify(&self, msg: &Message) -> Option<(Class, DatabaseRequest)> {
+        // Another backend's subject is not answered.
+        let request = parse_subject(&self.prefix, &self.name, msg.subject.as_str())?;
+        // Both subscriptions see every operation; each answers its own.
+        let once = request.op.is_ok_and(DatabaseOp::answered_once);
+        if once != self.once {
+            return None;
+        }
+        let class = request.op.map_or_else(|_| Class::open(), DatabaseOp::class);
+        Some((class, request))
+    }
+
+    fn handle(
+        self: Arc<Self>,
+        request: DatabaseRequest,
+        msg: Message,
+    ) -> BoxFuture<'static, Option<Reply>> {
+        Box::pin(async move {
+            if request.alias {
+                self.api.note_deprecated_subject(operation_name(request.op));
+            }
+            self.api
+                .handle(request.op, msg.headers.as_ref(), &msg.payload)
+                .await
+        })
+    }
+
+    fn refuse(&self, request: &DatabaseRequest, _: &Message, refused: &LoopRefusal) -> Reply {
+        let body = serde_json::json!({ "error": refused.to_string() });
+        super::reply(refused.code(), body.to_string().into_bytes())
+            .audited_as(operation_name(request.op), None)
+    }
+
+    fn too_large(reply: &Reply, message: String) -> Reply {
+        super::too_large(reply, message)
+    }
+}
+
+/// An operation's name in logs and the audit trail; never the token a request sent.
+fn operation_name(op: Result<DatabaseOp, UnknownOperation>) -> &'static str {
+    op.map_or("unknown", DatabaseOp::as_str)
 }
 
 #[derive(Deserialize, Default)]
@@ -104,7 +245,7 @@ impl DatabaseApi {
 
     /// Log that a deprecated subject (`{prefix}.database.{op}`, without the backend name)
     /// was used: at warn, at most once a minute.
-    pub fn note_deprecated_subject(&self, op: &str) {
+    pub fn note_deprecated_subject(&self, op: &'static str) {
         let mut warned = self.alias_warned.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         if warned.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(60)) {
@@ -118,29 +259,29 @@ impl DatabaseApi {
         );
     }
 
-    /// Answer `op` (the last subject token). `None`: not this instance's to answer (an
-    /// `unlock` sealed for another instance).
+    /// Answer `op`. `None`: not this instance's to answer (an `unlock` sealed for another
+    /// instance).
     pub async fn handle(
         &self,
-        op: &str,
+        op: Result<DatabaseOp, UnknownOperation>,
         headers: Option<&async_nats::HeaderMap>,
         payload: &[u8],
     ) -> Option<Reply> {
         let result = match op {
-            "status" => self.status(headers).await,
-            "initialize" => self.initialize(headers, payload).await,
-            "unlock" => self.unlock(payload).await,
-            "lock" => self
+            Ok(DatabaseOp::Status) => self.status(headers).await,
+            Ok(DatabaseOp::Initialize) => self.initialize(headers, payload).await,
+            Ok(DatabaseOp::Unlock) => self.unlock(payload).await,
+            Ok(DatabaseOp::Lock) => self
                 .seal
                 .lock()
                 .await
                 .map(|()| serde_json::json!({ "sealed": true })),
-            "rotate" => self.seal.rotate().await.and_then(to_json),
-            other => Err(invalid(format!(
-                "unknown operation {other:?}: use initialize, unlock, lock, status or rotate"
-            ))),
+            Ok(DatabaseOp::Rotate) => self.seal.rotate().await.and_then(to_json),
+            Err(UnknownOperation) => Err(invalid(
+                "unknown operation: use initialize, unlock, lock, status or rotate".into(),
+            )),
         };
-        let note = AuditNote::operation(op);
+        let note = AuditNote::operation(operation_name(op));
         Some(match result {
             Ok(body) => super::reply(200, body.to_string().into_bytes()).audited(note.allowed()),
             Err(BackendError::Seal(SealError::OtherInstance)) => return None,

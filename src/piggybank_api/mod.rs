@@ -14,20 +14,23 @@
 //! and receive replies only on its own inbox prefix (README, "Piggy Bank API"). The backend
 //! trusts the subject, so these permissions are what keeps applications apart. The serve
 //! loop answers a request of an application only in that application's reply namespaces
-//! (`_INBOX.`, and `_INBOX_<application>.` when trusted: [`classify`],
+//! (`_INBOX.`, and `_INBOX_<application>.` when trusted: the door's classification,
 //! `crate::reply_policy::Requester`), so that no application can have its stored bytes
 //! delivered into another's inbox.
 
 pub mod database;
 
+use std::sync::Arc;
+
 use async_nats::{HeaderMap, Message};
+use futures::future::BoxFuture;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditNote;
 use crate::backend::{Backend, BackendError};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
-use crate::serve::{Class, Reply};
+use crate::serve::{Class, Door, Endpoint, LoopRefusal, Reply};
 use crate::store::envelope::SecretValue;
 
 /// Default subject prefix of the API.
@@ -64,14 +67,14 @@ impl Method {
 }
 
 /// What a request asks for, once its subject and headers are understood.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
     /// `<application>/<name>`: the key in the store.
     pub key: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
@@ -114,24 +117,6 @@ fn application<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
         rest.split_once('.')
             .map_or(rest, |(application, _)| application),
     )
-}
-
-/// What the serve loop needs to know of a request before anything else runs: `None` for the
-/// reserved applications (the database operations answer those subjects); otherwise an open
-/// operation of the application its subject names, answered only in that application's
-/// reply namespaces, which carries a value if its method is `post`. Pure.
-pub fn classify(prefix: &str, msg: &Message) -> Option<Class> {
-    let application = application(prefix, msg.subject.as_str()).unwrap_or_default();
-    if RESERVED_APPLICATIONS.contains(&application) {
-        return None;
-    }
-    let class = Class::open().from_application(application);
-    let post = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(headers::METHOD))
-        .is_some_and(|m| m.as_str().eq_ignore_ascii_case(Method::Post.as_str()));
-    Some(if post { class.with_value() } else { class })
 }
 
 /// Understand a request: `{prefix}.<application>.<name>` (the name may contain dots) and
@@ -186,21 +171,80 @@ pub fn parse(
     })
 }
 
-/// Answer one message (the caller publishes the reply). `None` for the reserved
-/// applications: their subjects belong to the database operations, which answer them.
-pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Option<Reply> {
-    let request = parse(prefix, msg.subject.as_str(), msg.headers.as_ref());
+/// The Piggy Bank API door of `backend`, on `{prefix}.>` in `{queue_group}.piggybank`.
+pub(crate) fn endpoint(backend: Arc<Backend>, prefix: &str, queue_group: &str) -> Endpoint {
+    let door = Arc::new(ApiDoor {
+        backend,
+        prefix: prefix.to_string(),
+    });
+    let group = format!("{queue_group}.piggybank");
+    Endpoint::new("api", format!("{prefix}.>"), Some(group), door)
+}
+
+struct ApiDoor {
+    backend: Arc<Backend>,
+    prefix: String,
+}
+
+impl Door for ApiDoor {
+    /// A request that does not parse is answered (with its error) by the handler.
+    type Op = Result<Request, ApiError>;
+
+    fn classify(&self, msg: &Message) -> Option<(Class, Self::Op)> {
+        classify(&self.prefix, msg)
+    }
+
+    fn handle(
+        self: Arc<Self>,
+        request: Self::Op,
+        msg: Message,
+    ) -> BoxFuture<'static, Option<Reply>> {
+        Box::pin(async move { Some(handle(&self.backend, request, &msg).await) })
+    }
+
+    fn refuse(&self, _: &Self::Op, _: &Message, refused: &LoopRefusal) -> Reply {
+        let body = serde_json::json!({ "error": refused.to_string() });
+        reply(refused.code(), body.to_string().into_bytes())
+    }
+
+    fn too_large(reply: &Reply, message: String) -> Reply {
+        too_large(reply, message)
+    }
+}
+
+/// Parse and classify a request, once: never the reserved applications' (no reply); a
+/// `post` carries a value; and the request comes from the application its subject names, so
+/// that it is answered only in that application's reply namespaces.
+fn classify(prefix: &str, msg: &Message) -> Option<(Class, Result<Request, ApiError>)> {
+    let subject = msg.subject.as_str();
+    let request = parse(prefix, subject, msg.headers.as_ref());
+    if let Err(ApiError::Reserved(_)) = request {
+        return None;
+    }
+    let application = application(prefix, subject).unwrap_or_default();
+    let class = Class::open().from_application(application);
+    // By the header alone, as the handler will read it: a `post` whose subject is refused
+    // still carries its value.
+    let post = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::METHOD))
+        .is_some_and(|m| m.as_str().eq_ignore_ascii_case(Method::Post.as_str()));
+    Some((if post { class.with_value() } else { class }, request))
+}
+
+/// Answer one parsed request.
+async fn handle(backend: &Backend, request: Result<Request, ApiError>, msg: &Message) -> Reply {
     let mut note = AuditNote::default();
     if let Ok(request) = &request {
         note.operation = Some(request.method.as_str().to_string());
         note.application = request.key.split('/').next().map(str::to_string);
         note.secret = Some(request.key.clone());
     }
-    Some(match respond(backend, request, msg).await {
+    match respond(backend, request, msg).await {
         Ok((payload, status)) => reply(status, payload).audited(note.allowed()),
-        Err(ApiError::Reserved(_)) => return None,
         Err(e) => error_reply(&e, note),
-    })
+    }
 }
 
 async fn respond(
@@ -353,6 +397,10 @@ mod tests {
             description: None,
             length: 0,
         }
+    }
+
+    fn classify(prefix: &str, msg: &Message) -> Option<Class> {
+        super::classify(prefix, msg).map(|(class, _)| class)
     }
 
     #[test]

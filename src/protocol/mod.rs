@@ -1,7 +1,10 @@
 //! The wasmCloud secrets protocol front door (`{base}.{version}.{name}.>`).
 //!
 //! Served by the one serve loop ([`crate::serve`]) in queue group `{queue_base}.{name}`, so
-//! instances share the load; [`handle`] answers one message and never publishes.
+//! instances share the load. [`endpoint`] is the whole door: its subject, its rules (which
+//! operations are admin ones, which carry a value: [`Operation`]), its refusals in each
+//! operation's own wire format, and its handlers, which answer one parsed message and never
+//! publish.
 
 pub(crate) mod admin;
 pub mod get;
@@ -9,11 +12,16 @@ pub(crate) mod reply;
 pub(crate) mod subject;
 pub mod wire;
 
-use async_nats::Message;
+use std::sync::Arc;
 
+use async_nats::Message;
+use futures::future::BoxFuture;
+
+use crate::admin_auth::{AdminRefusal, Signed};
 use crate::backend::{Backend, MappingChange};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
+use crate::serve::{Class, Door, Endpoint, LoopRefusal};
 use reply::Reply;
 use subject::{Operation, SubjectError};
 
@@ -29,12 +37,90 @@ fn server_xkey(backend: &Backend) -> Reply {
     }
 }
 
-/// Answer one message. Pure with respect to NATS: the caller publishes the reply.
+/// The protocol door of `backend`, on `{prefix}.>` in `queue_group`.
+pub(crate) fn endpoint(backend: Arc<Backend>, prefix: String, queue_group: String) -> Endpoint {
+    let subject = format!("{prefix}.>");
+    let door = Arc::new(ProtocolDoor { backend, prefix });
+    Endpoint::new("protocol", subject, Some(queue_group), door)
+}
+
+struct ProtocolDoor {
+    backend: Arc<Backend>,
+    /// `{base}.{version}.{name}`.
+    prefix: String,
+}
+
+impl Door for ProtocolDoor {
+    /// A subject that does not parse is answered (with its error) by the handler.
+    type Op = Result<Operation, SubjectError>;
+
+    fn classify(&self, msg: &Message) -> Option<(Class, Self::Op)> {
+        let op = subject::parse(&self.prefix, msg.subject.as_str());
+        let class = match &op {
+            Ok(op) if op.is_admin() => Class::admin(Signed::Once),
+            _ => Class::open(),
+        };
+        let class = match &op {
+            Ok(op) if op.carries_value() => class.with_value(),
+            _ => class,
+        };
+        Some((class, op))
+    }
+
+    fn handle(self: Arc<Self>, op: Self::Op, msg: Message) -> BoxFuture<'static, Option<Reply>> {
+        Box::pin(async move { Some(handle(&self.backend, op, &msg).await) })
+    }
+
+    fn refuse(&self, op: &Self::Op, _: &Message, refused: &LoopRefusal) -> Reply {
+        let (name, entity) = op.as_ref().map_or(("unknown", None), audit_name);
+        refusal(op.as_ref().ok(), refused).audited_as(name, entity)
+    }
+
+    fn too_large(reply: &Reply, message: String) -> Reply {
+        reply::too_large(reply, message)
+    }
+}
+
+/// A refusal by the serve loop in the operation's own format: `put_secret` answers the
+/// sample's `PutSecretResponse` (`InvalidHeaders`: the signature headers are missing or
+/// invalid), `get` a `SecretResponse` error (all a host reads), the others an admin error
+/// (403, 413, or 503 when the nonce store did not answer).
+fn refusal(op: Option<&Operation>, refused: &LoopRefusal) -> Reply {
+    use wire::{PutSecretError, PutSecretResponse};
+    match op {
+        Some(Operation::PutSecret) => {
+            let error = match refused {
+                LoopRefusal::Admin(AdminRefusal::Refused(_)) => PutSecretError::InvalidHeaders,
+                LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
+                    PutSecretError::Upstream(refused.to_string())
+                }
+                LoopRefusal::TooLarge { .. } => PutSecretError::InvalidPayload,
+            };
+            Reply::json(&PutSecretResponse {
+                revision: 0,
+                error: Some(error),
+            })
+        }
+        Some(Operation::Get) => Reply::json(&wasmcloud_secrets_types::SecretResponse {
+            secret: None,
+            error: Some(wasmcloud_secrets_types::GetSecretError::Other(
+                refused.to_string(),
+            )),
+        }),
+        _ => Reply::admin_error(refused.code(), refused.to_string(), refused.decision()),
+    }
+}
+
+/// Answer one message, parsed as `operation`. Pure with respect to NATS: the caller
+/// publishes the reply.
 ///
 /// `server_xkey` is the only operation answered while sealed; every other one runs on the
 /// [`crate::backend::Unsealed`] store, or answers its own "sealed" error.
-pub async fn handle(backend: &Backend, prefix: &str, msg: &Message) -> Reply {
-    let operation = subject::parse(prefix, msg.subject.as_str());
+async fn handle(
+    backend: &Backend,
+    operation: Result<Operation, SubjectError>,
+    msg: &Message,
+) -> Reply {
     let (name, entity) = match &operation {
         Ok(op) => audit_name(op),
         Err(_) => ("unknown", None),

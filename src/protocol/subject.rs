@@ -15,6 +15,35 @@ pub enum Operation {
     GetMappings(String),
 }
 
+impl Operation {
+    /// Whether it changes or reveals store state, and so must be signed when the backend
+    /// runs with `--admin-keys`: all but `server_xkey` and `get`, which hosts use.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Operation::ServerXkey | Operation::Get => false,
+            Operation::PutSecret
+            | Operation::DeleteSecret
+            | Operation::ListSecrets
+            | Operation::AddMapping(_)
+            | Operation::RemoveMapping(_)
+            | Operation::GetMappings(_) => true,
+        }
+    }
+
+    /// Whether its request carries a value or a list of names, and so may be as large as a
+    /// NATS message: `put_secret`, `add_mapping` and `remove_mapping`.
+    pub fn carries_value(&self) -> bool {
+        match self {
+            Operation::PutSecret | Operation::AddMapping(_) | Operation::RemoveMapping(_) => true,
+            Operation::ServerXkey
+            | Operation::Get
+            | Operation::DeleteSecret
+            | Operation::ListSecrets
+            | Operation::GetMappings(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubjectError {
     #[error("subject is outside this backend's prefix")]

@@ -65,9 +65,6 @@ pub use connection::ServeConnection;
 pub use reply::{Reply, TooLarge, REPLY_TOO_LARGE};
 use shed::{Shed, ShedReason};
 
-/// Answers one message; `None`: not this endpoint's to answer (no reply is sent).
-pub type Handler = Arc<dyn Fn(Message) -> BoxFuture<'static, Option<Reply>> + Send + Sync>;
-
 /// Who may call a message's operation, decided from its subject before any handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -130,9 +127,6 @@ impl From<Access> for Class {
     }
 }
 
-/// Classifies a message: `None` when it is not this endpoint's to answer (no reply).
-pub type Classify = Arc<dyn Fn(&Message) -> Option<Class> + Send + Sync>;
-
 /// Why the loop answers a request itself, in the endpoint's format, instead of its handler.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoopRefusal {
@@ -173,10 +167,41 @@ impl LoopRefusal {
     }
 }
 
-/// An endpoint's answer to a request the loop refuses, in its own wire format.
-pub type Refusal = Arc<dyn Fn(&Message, &LoopRefusal) -> Reply + Send + Sync>;
+/// A front door: its rules in one place, next to its handlers. The loop asks it to
+/// classify each message, which parses the message once; the parsed operation then goes to
+/// the door's handler, or, when the loop refuses the request, to its refusal.
+pub trait Door: Send + Sync + 'static {
+    /// A parsed request: what the handler and the refusal need to know of it.
+    type Op: Clone + Send + Sync + 'static;
 
-/// One subscription of the loop and what answers it.
+    /// Parse and classify `msg`: who may call it, how large it may be, who asks. `None`:
+    /// not this door's to answer (no reply).
+    fn classify(&self, msg: &Message) -> Option<(Class, Self::Op)>;
+
+    /// Answer `msg`, parsed as `op`. `None`: not this instance's to answer (no reply).
+    fn handle(self: Arc<Self>, op: Self::Op, msg: Message) -> BoxFuture<'static, Option<Reply>>;
+
+    /// The door's answer, in `op`'s own wire format, to a request the loop refused (a
+    /// refused admin signature, a request too large, a record that could not be written).
+    fn refuse(&self, op: &Self::Op, msg: &Message, refused: &LoopRefusal) -> Reply;
+
+    /// The door's error for a reply that would not fit in a NATS message.
+    fn too_large(reply: &Reply, message: String) -> Reply;
+}
+
+/// A door's answer to a request the loop refused, for one parsed operation.
+type Refuse = dyn Fn(&Message, &LoopRefusal) -> Reply + Send + Sync;
+
+/// A message classified by its door: its class, and its parsed operation's two ways out.
+struct Classified {
+    class: Class,
+    handle: Box<dyn FnOnce(Message) -> BoxFuture<'static, Option<Reply>> + Send>,
+    refuse: Box<Refuse>,
+}
+
+type Classify = Arc<dyn Fn(&Message) -> Option<Classified> + Send + Sync>;
+
+/// One subscription of the loop and the door that answers it.
 pub struct Endpoint {
     /// A short name for logs (`protocol`, `database`, `api`): never taken from the request.
     pub name: &'static str,
@@ -184,18 +209,36 @@ pub struct Endpoint {
     pub subject: String,
     /// `Some`: one instance of the group receives each message; `None`: every instance.
     pub queue_group: Option<String>,
-    /// Which messages are this endpoint's, which of them are admin operations or carry a
-    /// value, and who sends them.
-    pub classify: Classify,
-    pub handler: Handler,
-    /// The endpoint's answer to a request the loop refuses (a refused admin signature, a
-    /// request too large).
-    pub refusal: Refusal,
-    /// The endpoint's error for a reply that would not fit in a NATS message.
-    pub too_large: TooLarge,
+    classify: Classify,
+    too_large: TooLarge,
 }
 
 impl Endpoint {
+    /// `door`, serving `subject` (in `queue_group`, if any).
+    pub fn new<D: Door>(
+        name: &'static str,
+        subject: String,
+        queue_group: Option<String>,
+        door: Arc<D>,
+    ) -> Self {
+        let classify: Classify = Arc::new(move |msg: &Message| {
+            let (class, op) = door.classify(msg)?;
+            let (handler, refuser, kept) = (Arc::clone(&door), Arc::clone(&door), op.clone());
+            Some(Classified {
+                class,
+                handle: Box::new(move |msg| handler.handle(op, msg)),
+                refuse: Box::new(move |msg, refused| refuser.refuse(&kept, msg, refused)),
+            })
+        });
+        Endpoint {
+            name,
+            subject,
+            queue_group,
+            classify,
+            too_large: D::too_large,
+        }
+    }
+
     /// The subject tree this endpoint serves (its subject without a trailing wildcard).
     fn tree(&self) -> String {
         self.subject
@@ -237,9 +280,9 @@ pub struct ServeConfig {
     pub auditor: Arc<Auditor>,
 }
 
-/// The endpoint's answer to a refused request, with the loop's decision in its audit note.
-fn refused_reply(msg: &Message, refusal: &Refusal, refused: &LoopRefusal) -> Reply {
-    let mut reply = refusal(msg, refused);
+/// The door's answer to a refused request, with the loop's decision in its audit note.
+fn refused_reply(msg: &Message, refuse: &Refuse, refused: &LoopRefusal) -> Reply {
+    let mut reply = refuse(msg, refused);
     let note = reply.audit.get_or_insert_with(Default::default);
     note.decision = Some(refused.decision());
     reply
@@ -375,7 +418,12 @@ pub async fn serve(
             }
             continue;
         };
-        let Some(class) = (endpoint.classify)(&msg) else {
+        let Some(Classified {
+            class,
+            handle,
+            refuse,
+        }) = (endpoint.classify)(&msg)
+        else {
             continue;
         };
         let Some(reply_to) = policy.admit_as(endpoint.name, msg.reply.as_ref(), &class.requester)
@@ -405,7 +453,6 @@ pub async fn serve(
             break;
         };
         let (client, too_large) = (client.clone(), endpoint.too_large);
-        let (handler, refusal) = (Arc::clone(&endpoint.handler), Arc::clone(&endpoint.refusal));
         let admin = match access {
             Access::Admin(signed) => config.admin.clone().map(|verifier| (verifier, signed)),
             Access::Open => None,
@@ -421,17 +468,17 @@ pub async fn serve(
             let kept = auditor.is_required().then(|| msg.clone());
             let mut admin_key = None;
             let reply = match (oversized, admin) {
-                (Some(refused), _) => Some(refused_reply(&msg, &refusal, &refused)),
+                (Some(refused), _) => Some(refused_reply(&msg, &*refuse, &refused)),
                 (None, Some((verifier, signed))) => {
                     match verifier.check(&msg, signed, &instance).await {
                         Ok(key) => {
                             admin_key = Some(key.0);
-                            handler(msg).await
+                            handle(msg).await
                         }
-                        Err(refused) => Some(refused_reply(&msg, &refusal, &refused.into())),
+                        Err(refused) => Some(refused_reply(&msg, &*refuse, &refused.into())),
                     }
                 }
-                (None, None) => handler(msg).await,
+                (None, None) => handle(msg).await,
             };
             // One record per answered request, after what it decided; nothing is sent
             // before it is recorded (and, with --audit-required, acknowledged).
@@ -450,7 +497,7 @@ pub async fn serve(
                 if finish.finish(note).await.is_err() {
                     if let Some(msg) = &kept {
                         let unavailable = AdminRefusal::Unavailable("audit trail".into());
-                        reply = refusal(msg, &unavailable.into());
+                        reply = refused_reply(msg, &*refuse, &unavailable.into());
                     }
                 }
                 reply.send(&client, reply_to, too_large).await;
@@ -491,3 +538,6 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
