@@ -39,7 +39,7 @@ par:
 	$(CARGO) build --release --bin piggybank-provider
 	$(CARGO) run --release --example par -- target/release/piggybank-provider build/piggybank.par.gz .piggybank/par-keys
 
-# The benchmark (README, "Performance"): its own nats-server and backend, about 2 minutes.
+# The benchmark (docs/performance.md): its own nats-server and backend, about 2 minutes.
 # Its scale table runs the `piggybank` binary beside it. `make bench BENCH_ARGS=--admin-keys`
 # passes flags to `piggybank-bench`.
 BENCH_ARGS ?=
@@ -48,13 +48,13 @@ bench: deps
 	$(CARGO) build --release --bin piggybank
 	RUST_LOG=error target/release/piggybank-bench --scale 10,10000,100000 $(BENCH_ARGS)
 
-# Backup and restore of 100,000 secrets, timed (README, "Backup and restore"): the ignored
+# Backup and restore of 100,000 secrets, timed (docs/operations.md, "Backup and restore"): the ignored
 # test in tests/backup.rs, release build (the first run builds the test tree in release, some
 # minutes; then about 15 s).
 backup-bench: deps
 	$(CARGO) test --release --test backup -- --ignored --nocapture
 
-# A rolling migration from the real sample (README, "Rolling migration from the sample"):
+# A rolling migration from the real sample (docs/protocol.md, "Rolling migration from the sample"):
 # installs secrets-nats-kv 0.2.0 from crates.io into target/sample (minutes, once), then runs
 # the tests that need it, which `make test` skips.
 sample-migration: deps

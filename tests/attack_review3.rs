@@ -243,7 +243,7 @@ async fn sealed_by(js: &async_nats::jetstream::Context, key: &str) -> Option<Str
 /// Fixed: the record carries its digest wrapped by the master key (`binding`), checked
 /// first in `vault::open`: the altered record is refused (403), nothing is installed.
 /// Left: a replay of an older real record (before the rotation) is still bound; see
-/// README "Known and left".
+/// docs/security.md, "Known and left".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_record_cannot_roll_a_signed_unlock_back_to_an_old_data_key() {
     let nats = NatsServer::start();

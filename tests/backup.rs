@@ -601,7 +601,7 @@ async fn backup_and_restore_of_2000_secrets() {
     round_trip(2_000).await;
 }
 
-/// `make backup-bench`: the figures the README quotes.
+/// `make backup-bench`: the figures docs/performance.md quotes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "100,000 secrets, timed: make backup-bench"]
 async fn backup_and_restore_of_100000_secrets_timed() {

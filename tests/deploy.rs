@@ -1,5 +1,5 @@
 //! What `wash` and wadm read: `wasmcloud.toml` (provider and example component), `wadm.yaml`,
-//! the README's manifests, and the built example component. Parsed with wadm's own types and
+//! the manifests the docs show, and the built example component. Parsed with wadm's own types and
 //! checked against the provider's code, so the docs cannot drift from what runs.
 
 use std::collections::{HashMap, HashSet};
@@ -209,13 +209,33 @@ fn wadm_yaml_is_valid_and_matches_the_provider() {
     check_piggybank_manifest(&manifest, "wadm.yaml");
 }
 
-/// Fenced blocks of `lang` in the README.
-fn readme_blocks(lang: &str) -> Vec<String> {
-    let readme = read("README.md");
+/// The README and every page of `docs/`, by path.
+fn doc_pages() -> Vec<(String, String)> {
+    let mut pages = vec!["README.md".to_string()];
+    let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| format!("docs/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|p| p.ends_with(".md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+        .into_iter()
+        .map(|p| {
+            let text = read(&p);
+            (p, text)
+        })
+        .collect()
+}
+
+/// Fenced blocks of `lang` in the README and `docs/` (the manifests are in
+/// `docs/deployment.md`, the permission example in `docs/piggybank-api.md`).
+fn doc_blocks(lang: &str) -> Vec<String> {
+    let docs: String = doc_pages().into_iter().map(|(_, text)| text).collect();
     let fence = format!("```{lang}");
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
-    for line in readme.lines() {
+    for line in docs.lines() {
         match &mut current {
             None if line.trim_start() == fence => current = Some(String::new()),
             Some(block) if line.trim_start() == "```" => {
@@ -234,10 +254,10 @@ fn readme_blocks(lang: &str) -> Vec<String> {
 
 #[test]
 fn readme_manifests_and_toml_parse() {
-    let yaml = readme_blocks("yaml");
-    assert!(!yaml.is_empty(), "the README shows no manifest");
+    let yaml = doc_blocks("yaml");
+    assert!(!yaml.is_empty(), "the docs show no manifest");
     for (i, block) in yaml.iter().enumerate() {
-        let what = format!("README yaml block {i}");
+        let what = format!("docs yaml block {i}");
         let value: serde_yaml::Value =
             serde_yaml::from_str(block).unwrap_or_else(|e| panic!("{what}: {e}"));
         if value.get("apiVersion").is_some() {
@@ -245,10 +265,10 @@ fn readme_manifests_and_toml_parse() {
             check_piggybank_manifest(&manifest, &what);
         }
     }
-    for (i, block) in readme_blocks("toml").iter().enumerate() {
+    for (i, block) in doc_blocks("toml").iter().enumerate() {
         block
             .parse::<toml::Table>()
-            .unwrap_or_else(|e| panic!("README toml block {i}: {e}"));
+            .unwrap_or_else(|e| panic!("docs toml block {i}: {e}"));
     }
 }
 
@@ -335,23 +355,22 @@ fn readme_permission_example_is_the_tested_config() {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    let blocks = readme_blocks("conf");
-    assert!(!blocks.is_empty(), "the README shows no nats-server config");
+    let blocks = doc_blocks("conf");
+    assert!(!blocks.is_empty(), "the docs show no nats-server config");
     for block in blocks {
         let shown = block.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
             conf.contains(&shown),
-            "the README's config is not in the tested file:\n{block}"
+            "the docs' config is not in the tested file:\n{block}"
         );
     }
 }
 
 #[test]
 fn trusted_issuers_in_the_manifests_are_real_account_keys() {
-    for (what, text) in [
-        ("wadm.yaml", read("wadm.yaml")),
-        ("README.md", read("README.md")),
-    ] {
+    let mut files = vec![("wadm.yaml".to_string(), read("wadm.yaml"))];
+    files.extend(doc_pages());
+    for (what, text) in files {
         for line in text
             .lines()
             .filter(|l| l.trim_start().starts_with("trusted_issuers:"))

@@ -1,4 +1,4 @@
-//! Serving while the in-memory mirrors load (README, "Performance", "Scale"): an instance
+//! Serving while the in-memory mirrors load (docs/performance.md, "Scale"): an instance
 //! answers as soon as it is ready; until its mirrors hold both buckets, a get reads the
 //! mapping and the value from the buckets themselves, so a deletion or a revocation made
 //! meanwhile is honoured at once, and a listing waits for the load.

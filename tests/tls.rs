@@ -145,7 +145,7 @@ async fn run_and_client_commands_connect_with_a_verified_client_certificate() {
     let mut flags = args(&["--nats-address", &nats.url()]);
     flags.extend(pki.flags());
 
-    // The README's commands: `piggybank run --tls-ca ... --tls-cert ... --tls-key ...`.
+    // The commands docs/deployment.md shows: `piggybank run --tls-ca ... --tls-cert ... --tls-key ...`.
     let mut backend = spawn_run(&flags, &keys_env(&keys));
     let client = pki.client(&nats, false).await;
     wait_answering(&client, &mut backend).await;
@@ -260,7 +260,7 @@ async fn a_jetstream_domain_is_used_for_every_bucket() {
     let keys = Keys::generate();
     let domain = args(&["--nats-address", &nats.url(), "--js-domain", "hub"]);
 
-    // The README's command: `piggybank run --js-domain hub`.
+    // The command docs/deployment.md shows: `piggybank run --js-domain hub`.
     let mut backend = spawn_run(&domain, &keys_env(&keys));
     let client = nats.client().await;
     wait_answering(&client, &mut backend).await;
@@ -320,21 +320,21 @@ fn write_context(config_home: &Path, name: &str, json: &str) {
     std::fs::write(dir.join(format!("{name}.json")), json).unwrap();
 }
 
-/// The context file the README shows (its one ```json block, in "TLS, JetStream domains and
-/// NATS contexts").
+/// The context file the docs show (the one ```json block of `docs/deployment.md`'s "TLS,
+/// JetStream domains and NATS contexts").
 fn readme_context() -> serde_json::Map<String, serde_json::Value> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("### TLS, JetStream domains and NATS contexts")
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md");
+    let page = std::fs::read_to_string(page).expect("docs/deployment.md");
+    let section = page
+        .split("## TLS, JetStream domains and NATS contexts")
         .nth(1)
-        .expect("the README has the section");
+        .expect("docs/deployment.md has the section");
     let block = section
         .split("```json\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("the section shows a context file");
-    serde_json::from_str(block).expect("the README's context file is JSON")
+    serde_json::from_str(block).expect("the docs' context file is JSON")
 }
 
 #[tokio::test]
@@ -342,7 +342,7 @@ async fn a_nats_context_gives_commands_their_whole_connection() {
     let pki = Pki::new();
     let nats = NatsServer::start_with_config(&pki.server_config("", "jetstream { domain: hub }"));
     let keys = Keys::generate();
-    // The README's context, verbatim but for the server's address: its `~/.config/nats/...`
+    // The docs' context, verbatim but for the server's address: its `~/.config/nats/...`
     // files are in a temporary HOME, and the context in HOME's default context directory.
     let home = tempfile::tempdir().unwrap();
     let config_home = home.path().join(".config");
@@ -366,7 +366,7 @@ async fn a_nats_context_gives_commands_their_whole_connection() {
     let client = pki.client(&nats, false).await;
     wait_answering(&client, &mut backend).await;
     put_map_and_host_get(&client, &args(&["--context", "pb"]), &[home], "db_password").await;
-    // Only the env var: the README's `NATS_CONTEXT=pb piggybank list`.
+    // Only the env var: the docs' `NATS_CONTEXT=pb piggybank list`.
     let listed = list(&[], &[home, ("NATS_CONTEXT", "pb")]);
     assert!(listed.contains("db_password"), "{listed}");
     // `get` reads the bucket itself: in the context's domain.

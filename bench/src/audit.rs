@@ -89,7 +89,7 @@ impl AuditProbe {
             nats: nats.clone(),
             stream,
             protocol_subjects: format!("{}.*.protocol", audit::subject_root(name)),
-            // The database front door's subject (README, "Sealed mode"), which the library
+            // The database front door's subject (docs/sealed-mode.md), which the library
             // does not export.
             status_subject: format!("{database_prefix}.database.{name}.status"),
             entity: entity.to_string(),

@@ -1,4 +1,4 @@
-//! `piggybank-bench`: parse flags, set up logging, run the benchmark (README, "Performance").
+//! `piggybank-bench`: parse flags, set up logging, run the benchmark (docs/performance.md).
 
 use clap::Parser;
 use piggybank_bench::BenchArgs;

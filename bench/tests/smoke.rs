@@ -1,7 +1,7 @@
 //! A smoke run of `piggybank-bench` (a fraction of a second per point) so the benchmark
 //! cannot rot: every measurement it reports runs, no get fails, and every get the backend
 //! served has its audit record on the stream or counted as dropped. The figures themselves
-//! come from `make bench` (README, "Performance").
+//! come from `make bench` (docs/performance.md).
 //!
 //! The scale table and the running backend are `piggybank` processes: the binary beside
 //! `piggybank-bench` in the same target dir. `cargo test --workspace` builds it (so does
