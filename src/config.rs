@@ -4,6 +4,9 @@
 //! interface: change one only with a changelog entry. Defaults match wasmCloud's sample
 //! backend `secrets-nats-kv` so that existing deployments switch by changing the binary name.
 
+mod run;
+pub use run::{ConfigError, RunConfig};
+
 /// Default subject prefix hosts are started with (`--secrets-topic`).
 pub const DEFAULT_SUBJECT_BASE: &str = "wasmcloud.secrets";
 /// Default backend name, as referenced by `backend: nats-kv` in a wadm secrets policy.
@@ -26,6 +29,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// refused before any handler runs. The operations that carry a value (`put_secret`,
 /// `add_mapping`, `remove_mapping`, the API's `post`) take whatever one NATS message carries.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The range `--max-in-flight` (and the provider's `max_in_flight`) may take.
+pub const MAX_IN_FLIGHT_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 /// The range `--max-request-bytes` may take: from 1 KiB to NATS's largest max payload.
 pub const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
 /// Default bound on the drain at shutdown, in milliseconds: in-flight requests not answered

@@ -45,6 +45,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod key_transfer;
 pub mod keys;
 pub mod metrics;

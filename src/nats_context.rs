@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::server::{Credentials, NatsTls};
+use crate::connect::{Credentials, NatsTls};
 
 /// Why a NATS context could not be used.
 #[derive(Debug, thiserror::Error)]

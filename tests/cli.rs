@@ -172,6 +172,31 @@ async fn run_refuses_bad_keys_with_one_clear_line() {
         ],
     );
     assert!(!ok && err.contains("invalid trusted issuer"), "{err}");
+    // A limit is refused, never clamped: `run` validates as the provider does. (Clamped, it
+    // would serve: the process is killed after 20 s and the test fails.)
+    for value in ["0", "70000"] {
+        let mut run = Proc {
+            child: std::process::Command::new(piggybank_bin())
+                .args(["run", "--max-in-flight", value])
+                .env("NATS_ADDRESS", nats.url())
+                .env("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())
+                .env("TRANSIT_XKEY_SEED", keys.transit.as_str())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        };
+        let status = run.wait_exit(Duration::from_secs(20));
+        let mut err = String::new();
+        if let Some(stderr) = run.child.stderr.as_mut() {
+            std::io::Read::read_to_string(stderr, &mut err).unwrap();
+        }
+        assert!(status.is_some_and(|s| !s.success()), "{value}: {status:?}");
+        assert!(
+            err.contains("--max-in-flight (max_in_flight) must be 1 to 65536"),
+            "{value}: {err}"
+        );
+    }
 }
 
 #[tokio::test]

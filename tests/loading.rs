@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use common::*;
 use piggybank::client::AdminClient;
-use piggybank::server::{Credentials, RunConfig};
+use piggybank::connect::Credentials;
+use piggybank::server::RunConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -185,7 +185,7 @@ async fn write_legacy_format_needs_the_configured_key() {
     let (code, _, err) = cli_code(&nats, &["run", "--write-legacy-format"], None, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("--write-legacy-format needs ENCRYPTION_XKEY_SEED"),
+        err.contains("--write-legacy-format (write_legacy_format) needs ENCRYPTION_XKEY_SEED"),
         "{err}"
     );
 }

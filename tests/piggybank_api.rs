@@ -54,7 +54,7 @@ async fn call(
 
 async fn backend_on(nats: &NatsServer, keys: &Keys) -> Running {
     let mut config = config(nats, keys);
-    config.nats_credentials = Some(piggybank::server::Credentials::UserPassword {
+    config.nats_credentials = Some(piggybank::connect::Credentials::UserPassword {
         user: "piggybank".into(),
         password: "piggybank-test".to_string().into(),
     });

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::client::{self, AdminClient};
 use crate::config::{self, env};
+use crate::connect;
 use crate::server::{self, RunConfig};
 use crate::store::envelope::SecretValue;
 
@@ -111,11 +112,11 @@ impl Conn {
         &self,
         client_name: &str,
     ) -> anyhow::Result<(async_nats::Client, Option<String>)> {
-        let credentials = server::credentials_file(self.nats_creds_file.as_deref());
+        let credentials = connect::credentials_file(self.nats_creds_file.as_deref());
         let nats = self
             .options
             .resolve(self.nats_address.clone(), credentials)?;
-        let client = server::connect_with(
+        let client = connect::connect_with(
             &nats.address,
             nats.credentials.as_ref(),
             &nats.tls,
@@ -155,8 +156,8 @@ pub struct ConnOptions {
 /// Where and how to connect, once flags and the context are merged.
 struct NatsTarget {
     address: String,
-    credentials: Option<server::Credentials>,
-    tls: server::NatsTls,
+    credentials: Option<connect::Credentials>,
+    tls: connect::NatsTls,
     js_domain: Option<String>,
     /// The context's inbox prefix: client connections only (a backend keeps its own).
     inbox_prefix: Option<String>,
@@ -168,14 +169,14 @@ impl ConnOptions {
     fn resolve(
         &self,
         address: Option<String>,
-        credentials: Option<server::Credentials>,
+        credentials: Option<connect::Credentials>,
     ) -> anyhow::Result<NatsTarget> {
         let context = match &self.context {
             Some(name) => Some(crate::nats_context::NatsContext::load(name)?),
             None => None,
         };
         let context = context.as_ref();
-        let flags_tls = server::NatsTls {
+        let flags_tls = connect::NatsTls {
             ca_file: self.tls_ca.clone(),
             cert_file: self.tls_cert.clone(),
             key_file: self.tls_key.clone(),
@@ -378,11 +379,11 @@ impl RunArgs {
         c.nats_queue_base = self.nats_queue_base;
         c.api_version = self.secrets_api_version;
         let credentials = match (self.nats_user, self.nats_password) {
-            (Some(user), Some(password)) => Some(server::Credentials::UserPassword {
+            (Some(user), Some(password)) => Some(connect::Credentials::UserPassword {
                 user,
                 password: Zeroizing::new(password),
             }),
-            _ => server::credentials_file(self.nats_creds_file.as_deref()),
+            _ => connect::credentials_file(self.nats_creds_file.as_deref()),
         };
         let nats = self.conn_options.resolve(self.nats_address, credentials)?;
         if nats.inbox_prefix.is_some() {
@@ -883,7 +884,7 @@ mod tests {
         let c = args.into_config().unwrap();
         assert_eq!(
             c.nats_tls,
-            server::NatsTls {
+            connect::NatsTls {
                 ca_file: Some("/ca.pem".into()),
                 cert_file: Some("/c.pem".into()),
                 key_file: Some("/k.pem".into()),

@@ -39,9 +39,10 @@ use wasmcloud_provider_sdk::{
 };
 
 use crate::config::provider as keys;
+use crate::connect::{self, Credentials, NatsTls};
 use crate::reply_policy::ReplyPolicy;
 use crate::serve::ServeConnection;
-use crate::server::{self, Credentials, NatsTls, RunConfig, ServerError};
+use crate::server::{self, RunConfig, ServerError};
 use admin::AdminExports;
 use links::{Applied, LinkConfigError, LinkScope, Links};
 use settings::{Lattice, Settings, SettingsError};
@@ -632,7 +633,7 @@ async fn connect_wrpc(capacity: usize) -> Result<ServeConnection, ProviderError>
         }),
     };
     let name = format!("{} (wrpc)", keys::NAME);
-    server::connect_serving(
+    connect::connect_serving(
         &url,
         credentials.as_ref(),
         &NatsTls::default(),

@@ -11,15 +11,15 @@ use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use zeroize::Zeroizing;
 
 use crate::config::provider as keys;
+use crate::config::RunConfig;
+use crate::connect::{Credentials, NatsTls};
 use crate::reply_policy::ReplyPolicy;
-use crate::server::{Credentials, NatsTls, RunConfig};
 
 pub const DEFAULT_WRPC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of `wrpc_call_timeout_ms`: a host's own default `max_execution_time` is 10 min.
 const WRPC_CALL_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
 /// Most `drain_timeout_ms` may be.
 const DRAIN_TIMEOUT_MAX_MS: u64 = 600_000;
-const MAX_IN_FLIGHT_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 /// Subject trees of the lattice the provider never replies into, whatever the reply
 /// prefixes: the hosts' control and RPC subjects.
 const LATTICE_CONTROL_TREE: &str = "wasmbus";
@@ -177,7 +177,7 @@ impl Settings {
         }
         if let Some(v) = text(keys::MAX_IN_FLIGHT) {
             run.max_in_flight = match v.parse::<usize>() {
-                Ok(n) if MAX_IN_FLIGHT_RANGE.contains(&n) => n,
+                Ok(n) if crate::config::MAX_IN_FLIGHT_RANGE.contains(&n) => n,
                 _ => return Err(invalid(keys::MAX_IN_FLIGHT, v, "expected 1 to 65536")),
             };
         }
