@@ -4,7 +4,8 @@
 //! wire format) without its defects. One core, thin front doors.
 //!
 //! # Layout
-//! - [`config`]: every flag default, env var, subject operation, header and bucket name.
+//! - [`config`]: every flag default, env var, subject operation, header and bucket name; and
+//!   `RunConfig`, what a backend runs with, with its one `validate()`.
 //! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest), and
 //!   `vault`, sealed mode's key record (keys wrapped by a master key); zeroized on drop.
 //! - [`store`]: `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory by KV
@@ -20,14 +21,20 @@
 //!   (initialize, unlock, lock, rotate and the re-encryption that follows).
 //! - `error`: the one error model: every core error has an [`ErrorKind`], which each front
 //!   door maps to its wire error once.
-//! - [`serve`]: the one serve loop of every NATS front door (reply-subject rule,
-//!   backpressure on a connection of its own with bounded buffers, requests and replies
-//!   that fit, draining).
+//! - `decision`: what was decided about a request (allowed, or refused with a kind and a
+//!   reason code): the core's own for everything it refused, carried on the reply.
+//! - `finish`: the one finishing step of every request, NATS or WIT: metrics, the audit
+//!   record, `--audit-required`'s fail-closed rule.
+//! - [`serve`]: the one serve loop of every NATS front door, and `Door`, what a front door
+//!   is to it (reply-subject rule, signatures before any handler, backpressure on a
+//!   connection of its own with bounded buffers, requests and replies that fit, draining).
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - `piggybank_api`: the Piggy Bank front door for plain NATS services
 //!   (`piggybank.<application>.<name>`), and `database`, the seal's front door
 //!   (`piggybank.database.<name>.<op>`).
-//! - [`server`]: `run(config, shutdown)`: connect, open stores, serve.
+//! - [`server`]: `run(config, shutdown)`: validate, connect, open stores, assemble the front
+//!   doors, serve.
+//! - [`connect`]: every NATS connection: credentials, TLS, inbox prefix.
 //! - [`provider`]: the capability provider: HostData settings, link scopes, the WIT admin
 //!   interface over wRPC (front door), and the same protocol server.
 //! - [`client`]: admin client used by the CLI and tests.

@@ -54,7 +54,7 @@ impl Refused {
 
 /// What is wrong with a request's `WasmCloud-Host-Xkey`, for each operation's own error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BadXkey {
+pub enum BadXkey {
     /// The request has no headers at all.
     NoHeaders,
     /// The header is missing or not an xkey public key.
@@ -62,7 +62,7 @@ pub(crate) enum BadXkey {
 }
 
 /// Read and check the requester's one-time public xkey from the request headers.
-pub(crate) fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, BadXkey> {
+pub fn requester_key(headers: Option<&HeaderMap>) -> Result<XKey, BadXkey> {
     let headers = headers.ok_or(BadXkey::NoHeaders)?;
     let value = headers.get(WASMCLOUD_HOST_XKEY).ok_or(BadXkey::Invalid)?;
     XKey::from_public_key(value.as_str()).map_err(|_| BadXkey::Invalid)
