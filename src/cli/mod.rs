@@ -6,8 +6,12 @@ mod audit;
 mod backup;
 mod database;
 pub use database::printable;
+mod conn;
 mod dev;
 mod files;
+mod run;
+pub use conn::{Conn, ConnOptions, Target};
+pub use run::RunArgs;
 
 pub(crate) use files::write_private;
 
@@ -20,10 +24,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nkeys::XKey;
 use zeroize::Zeroizing;
 
-use crate::client::{self, AdminClient};
+use crate::client;
 use crate::config::{self, env};
-use crate::connect;
-use crate::server::{self, RunConfig};
+use crate::server;
 use crate::store::envelope::SecretValue;
 
 #[derive(Parser)]
@@ -85,339 +88,6 @@ pub enum Command {
     Restore(backup::RestoreArgs),
     /// List and follow the audit trail: who read or changed what, and when
     Audit(audit::AuditArgs),
-}
-
-#[derive(Args, Clone)]
-pub struct Conn {
-    /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
-    #[arg(long, env = env::NATS_ADDRESS)]
-    pub nats_address: Option<String>,
-    /// NATS credentials file
-    #[arg(long, env = env::NATS_CREDSFILE)]
-    pub nats_creds_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub options: ConnOptions,
-}
-
-impl Conn {
-    /// Connect as a CLI command does: fail fast, with the credentials file, TLS and context
-    /// if given.
-    async fn connect(&self, client_name: &str) -> anyhow::Result<async_nats::Client> {
-        Ok(self.connect_jetstream(client_name).await?.0)
-    }
-
-    /// Connect, and name the JetStream domain the buckets are in: for the commands that open
-    /// buckets or streams themselves (`get`, `rekey`, `audit`).
-    async fn connect_jetstream(
-        &self,
-        client_name: &str,
-    ) -> anyhow::Result<(async_nats::Client, Option<String>)> {
-        let credentials = connect::credentials_file(self.nats_creds_file.as_deref());
-        let nats = self
-            .options
-            .resolve(self.nats_address.clone(), credentials)?;
-        let client = connect::connect_with(
-            &nats.address,
-            nats.credentials.as_ref(),
-            &nats.tls,
-            client_name,
-            nats.inbox_prefix.as_deref(),
-        )
-        .await?;
-        Ok((client, nats.js_domain))
-    }
-}
-
-/// TLS, the JetStream domain and a NATS context: the connection options `run` and every
-/// client command share, with the env vars the nats CLI reads.
-#[derive(Args, Clone, Default)]
-pub struct ConnOptions {
-    /// CA certificates (PEM) the NATS server's certificate must chain to; makes TLS required
-    #[arg(long, env = env::NATS_CA, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM), for servers that verify clients; with --tls-key
-    #[arg(long, env = env::NATS_CERT, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM)
-    #[arg(long, env = env::NATS_KEY, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Start TLS before the server's greeting (servers with `handshake_first: true`)
-    #[arg(long, env = env::NATS_TLS_FIRST)]
-    pub tls_first: bool,
-    /// The JetStream domain the buckets are in (a leaf node reaching a hub's JetStream)
-    #[arg(long, env = env::NATS_JS_DOMAIN, value_name = "DOMAIN")]
-    pub js_domain: Option<String>,
-    /// A nats CLI context by name (~/.config/nats/context/NAME.json, or under
-    /// $XDG_CONFIG_HOME): its url, credentials, TLS and JetStream domain; flags win over it
-    #[arg(long, env = env::NATS_CONTEXT, value_name = "NAME")]
-    pub context: Option<String>,
-}
-
-/// Where and how to connect, once flags and the context are merged.
-struct NatsTarget {
-    address: String,
-    credentials: Option<connect::Credentials>,
-    tls: connect::NatsTls,
-    js_domain: Option<String>,
-    /// The context's inbox prefix: client connections only (a backend keeps its own).
-    inbox_prefix: Option<String>,
-}
-
-impl ConnOptions {
-    /// Explicit flags (and their env vars) over the context's settings over the defaults.
-    /// `address` and `credentials` are the command's own flags.
-    fn resolve(
-        &self,
-        address: Option<String>,
-        credentials: Option<connect::Credentials>,
-    ) -> anyhow::Result<NatsTarget> {
-        let context = match &self.context {
-            Some(name) => Some(crate::nats_context::NatsContext::load(name)?),
-            None => None,
-        };
-        let context = context.as_ref();
-        let flags_tls = connect::NatsTls {
-            ca_file: self.tls_ca.clone(),
-            cert_file: self.tls_cert.clone(),
-            key_file: self.tls_key.clone(),
-            handshake_first: self.tls_first,
-        };
-        let text = |s: Option<&str>| s.map(str::to_string);
-        let js_domain = self
-            .js_domain
-            .clone()
-            .filter(|d| !d.trim().is_empty())
-            .or_else(|| text(context.and_then(|c| c.js_domain())));
-        // A domain is one subject token of `$JS.<domain>.API`.
-        if let Some(domain) = &js_domain {
-            let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-            if !domain.chars().all(token) {
-                bail!("JetStream domain {domain:?} is invalid: use letters, digits, '-' and '_'");
-            }
-        }
-        Ok(NatsTarget {
-            address: address
-                .or_else(|| text(context.and_then(|c| c.url())))
-                .unwrap_or_else(|| config::DEFAULT_NATS_ADDRESS.to_string()),
-            credentials: credentials.or_else(|| context.and_then(|c| c.credentials())),
-            tls: flags_tls.or(context.map(|c| c.tls()).unwrap_or_default()),
-            js_domain,
-            inbox_prefix: text(context.and_then(|c| c.inbox_prefix())),
-        })
-    }
-}
-
-#[derive(Args, Clone)]
-pub struct Target {
-    /// The subject prefix of the secrets backend
-    #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
-    pub subject_base: String,
-    /// The name of the secrets backend
-    #[arg(short = 'n', long = "name", id = "backend_name", default_value = config::DEFAULT_BACKEND_NAME)]
-    pub backend_name: String,
-    /// The secrets API version
-    #[arg(long, default_value = config::DEFAULT_API_VERSION)]
-    pub secrets_api_version: String,
-    #[command(flatten)]
-    pub conn: Conn,
-    #[command(flatten)]
-    pub admin: admin_seed::AdminSeed,
-}
-
-impl Target {
-    /// An admin client for the backend, signing with the admin seed when one is given.
-    async fn client(&self) -> anyhow::Result<AdminClient> {
-        let signer = self.admin.signer()?;
-        let nats = self.conn.connect("piggybank cli").await?;
-        Ok(AdminClient::new(
-            nats,
-            &self.subject_base,
-            &self.secrets_api_version,
-            &self.backend_name,
-        )
-        .with_signer(signer))
-    }
-}
-
-#[derive(Args)]
-pub struct RunArgs {
-    /// The data key seed (SX...): values are sealed with it at rest
-    #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
-    pub encryption_xkey_seed: Option<String>,
-    /// Seeds of earlier data keys (comma-separated), to read what they sealed
-    #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
-    pub previous_encryption_xkey_seeds: Vec<String>,
-    /// The transit key seed (SX...): hosts seal requests to its public key
-    #[arg(short = 't', long, env = env::TRANSIT_XKEY_SEED, hide_env_values = true)]
-    pub transit_xkey_seed: Option<String>,
-    /// The subject prefix for all requests to the backend
-    #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
-    pub subject_base: String,
-    /// The name of the backend (a wadm policy's `backend`)
-    #[arg(short = 'n', long, default_value = config::DEFAULT_BACKEND_NAME)]
-    pub name: String,
-    /// The KV bucket secrets are stored in
-    #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
-    pub secrets_bucket: String,
-    /// Versions kept per secret (1-64)
-    #[arg(long, default_value_t = config::DEFAULT_MAX_SECRET_HISTORY)]
-    pub max_secret_history: u8,
-    /// Queue group prefix shared by instances of this backend
-    #[arg(long, default_value = config::DEFAULT_QUEUE_BASE)]
-    pub nats_queue_base: String,
-    /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
-    #[arg(long, env = env::NATS_ADDRESS)]
-    pub nats_address: Option<String>,
-    /// The secrets API version
-    #[arg(long, default_value = config::DEFAULT_API_VERSION)]
-    pub secrets_api_version: String,
-    /// NATS credentials file
-    #[arg(long, env = env::NATS_CREDSFILE)]
-    pub nats_creds_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub conn_options: ConnOptions,
-    /// Replicas of the buckets piggybank creates (on a NATS cluster)
-    #[arg(long, default_value_t = 1)]
-    pub replicas: usize,
-    /// Account public keys allowed to issue entity JWTs (comma-separated)
-    #[arg(long, env = env::TRUSTED_ISSUERS, value_delimiter = ',')]
-    pub trusted_issuers: Vec<String>,
-    /// nkey user public keys (U..., comma-separated) whose signature every admin request
-    /// must carry; without it admin operations are unauthenticated (as in the sample)
-    #[arg(long, env = env::ADMIN_KEYS, value_delimiter = ',')]
-    pub admin_keys: Vec<String>,
-    /// Refuse a database key or share sent in clear: accept only the sealed forms (which
-    /// `piggybank init` and `unlock` use)
-    #[arg(long, env = env::PIGGYBANK_SEALED_KEYS_ONLY)]
-    pub sealed_keys_only: bool,
-    /// Sealed mode: unlock at start with the database key in this file, which only its owner
-    /// may read (mode 0600): restarts then need no operator; `lock` still locks
-    #[arg(long, env = env::PIGGYBANK_UNLOCK_KEY_FILE, conflicts_with = "database_key")]
-    pub unlock_key_file: Option<PathBuf>,
-    /// Sealed mode: unlock at start with this database key (prefer the env var or
-    /// --unlock-key-file: argv is visible to other users)
-    #[arg(long, env = env::PIGGYBANK_DATABASE_KEY, hide_env_values = true)]
-    pub database_key: Option<String>,
-    /// Requests handled at once by this instance; more wait (backpressure), up to this many
-    /// per subscription: beyond that the NATS client drops them (counted, logged)
-    #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
-    pub max_in_flight: usize,
-    /// Largest request (bytes: subject, headers and body) of an operation that carries no
-    /// value (all but put_secret, add_mapping, remove_mapping and the API's post); a larger
-    /// one is refused (413) before it is handled. 1024 to 67108864
-    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_parser = max_request_bytes)]
-    pub max_request_bytes: usize,
-    /// Longest the drain at shutdown may take (ms); requests not answered by then are
-    /// abandoned, and the process exits whether or not NATS is still there
-    #[arg(long, env = env::DRAIN_TIMEOUT_MS, default_value_t = config::DEFAULT_DRAIN_TIMEOUT_MS)]
-    pub drain_timeout_ms: u64,
-    /// Write values in the sample's format, so that sample instances sharing the buckets
-    /// can read them during a rolling migration; switch it off once none remains
-    #[arg(long, env = env::PIGGYBANK_WRITE_LEGACY_FORMAT)]
-    pub write_legacy_format: bool,
-    /// Keep no audit trail (by default every access decision is recorded on the stream
-    /// PIGGYBANK_AUDIT_<name>)
-    #[arg(long, env = env::PIGGYBANK_NO_AUDIT)]
-    pub no_audit: bool,
-    /// Refuse requests whose audit record cannot be written, rather than serve them
-    /// unaudited
-    #[arg(long, env = env::PIGGYBANK_AUDIT_REQUIRED, conflicts_with = "no_audit")]
-    pub audit_required: bool,
-    /// Audit records are kept at most this many seconds (default 7 days)
-    #[arg(long, default_value_t = config::DEFAULT_AUDIT_MAX_AGE_SECS)]
-    pub audit_max_age_secs: u64,
-    /// Audit records are kept up to this many bytes; the oldest go first (default 256 MiB)
-    #[arg(long, default_value_t = config::DEFAULT_AUDIT_MAX_BYTES)]
-    pub audit_max_bytes: i64,
-    /// Replicas of the audit stream (default: --replicas)
-    #[arg(long)]
-    pub audit_replicas: Option<usize>,
-    /// More subject prefixes replies may go to, besides `_INBOX.` (comma-separated): for
-    /// clients with a custom inbox prefix. Nothing is answered on any other reply subject.
-    #[arg(long, env = env::REPLY_PREFIXES, value_delimiter = ',')]
-    pub reply_prefixes: Vec<String>,
-    /// NATS user name (with --nats-password), for servers configured with users
-    #[arg(long, env = env::NATS_USER, requires = "nats_password", conflicts_with = "nats_creds_file")]
-    pub nats_user: Option<String>,
-    /// NATS password (prefer the env var: argv is visible to other users)
-    #[arg(long, env = env::NATS_PASSWORD, hide_env_values = true, requires = "nats_user")]
-    pub nats_password: Option<String>,
-    /// Also serve the Piggy Bank API for plain NATS services under this prefix (`piggybank`)
-    #[arg(long, env = env::PIGGYBANK_PREFIX)]
-    pub piggybank_prefix: Option<String>,
-}
-
-/// `--max-request-bytes`: a number of bytes in [`config::MAX_REQUEST_BYTES_RANGE`].
-fn max_request_bytes(value: &str) -> Result<usize, String> {
-    let range = config::MAX_REQUEST_BYTES_RANGE;
-    match value.parse::<usize>() {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(format!(
-            "expected bytes, {} to {}",
-            range.start(),
-            range.end()
-        )),
-    }
-}
-
-impl RunArgs {
-    pub fn into_config(self) -> anyhow::Result<RunConfig> {
-        let database_key = match (&self.unlock_key_file, &self.database_key) {
-            (Some(path), _) => Some(files::read_private_line(path, "unlock key file")?),
-            (None, Some(key)) => Some(Zeroizing::new(key.clone())),
-            (None, None) => None,
-        };
-        let mut c = RunConfig::new(
-            Zeroizing::new(self.encryption_xkey_seed.unwrap_or_default()),
-            Zeroizing::new(self.transit_xkey_seed.unwrap_or_default()),
-        );
-        c.previous_encryption_xkey_seeds = zeroized(self.previous_encryption_xkey_seeds);
-        c.subject_base = self.subject_base;
-        c.name = self.name;
-        c.secrets_bucket = self.secrets_bucket;
-        c.max_secret_history = self.max_secret_history;
-        c.nats_queue_base = self.nats_queue_base;
-        c.api_version = self.secrets_api_version;
-        let credentials = match (self.nats_user, self.nats_password) {
-            (Some(user), Some(password)) => Some(connect::Credentials::UserPassword {
-                user,
-                password: Zeroizing::new(password),
-            }),
-            _ => connect::credentials_file(self.nats_creds_file.as_deref()),
-        };
-        let nats = self.conn_options.resolve(self.nats_address, credentials)?;
-        if nats.inbox_prefix.is_some() {
-            tracing::info!(
-                "the context's inbox_prefix is for client connections: the backend's own \
-                 connection keeps {}",
-                crate::reply_policy::SERVER_INBOX_PREFIX
-            );
-        }
-        c.nats_address = nats.address;
-        c.nats_credentials = nats.credentials;
-        c.nats_tls = nats.tls;
-        c.js_domain = nats.js_domain;
-        c.replicas = self.replicas;
-        c.trusted_issuers = self.trusted_issuers;
-        c.admin_keys = self.admin_keys;
-        c.sealed_keys_only = self.sealed_keys_only;
-        c.max_in_flight = self.max_in_flight;
-        c.max_request_bytes = self.max_request_bytes;
-        c.drain_timeout = std::time::Duration::from_millis(self.drain_timeout_ms);
-        c.write_legacy_format = self.write_legacy_format;
-        c.audit = crate::audit::AuditConfig {
-            enabled: !self.no_audit,
-            required: self.audit_required,
-            max_age: std::time::Duration::from_secs(self.audit_max_age_secs),
-            max_bytes: self.audit_max_bytes,
-            replicas: self.audit_replicas.unwrap_or(self.replicas),
-            ..Default::default()
-        };
-        c.reply_prefixes = self.reply_prefixes;
-        c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
-        c.database_key = database_key;
-        Ok(c)
-    }
 }
 
 #[derive(Args)]
@@ -695,7 +365,7 @@ fn transit_xkey(text: &str) -> anyhow::Result<XKey> {
     XKey::from_public_key(text).context("the transit key is not a valid xkey (X... or SX...)")
 }
 
-fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {
+pub(crate) fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {
     seeds.into_iter().map(Zeroizing::new).collect()
 }
 
@@ -884,7 +554,7 @@ mod tests {
         let c = args.into_config().unwrap();
         assert_eq!(
             c.nats_tls,
-            connect::NatsTls {
+            crate::connect::NatsTls {
                 ca_file: Some("/ca.pem".into()),
                 cert_file: Some("/c.pem".into()),
                 key_file: Some("/k.pem".into()),

@@ -1,0 +1,165 @@
+//! How every client command connects: the NATS address, credentials, TLS and context
+//! flags (`Conn`), and which backend it talks to (`Target`).
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::client::AdminClient;
+
+use super::admin_seed;
+use crate::config::{self, env};
+use crate::connect;
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
+    #[arg(long, env = env::NATS_ADDRESS)]
+    pub nats_address: Option<String>,
+    /// NATS credentials file
+    #[arg(long, env = env::NATS_CREDSFILE)]
+    pub nats_creds_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: ConnOptions,
+}
+
+impl Conn {
+    /// Connect as a CLI command does: fail fast, with the credentials file, TLS and context
+    /// if given.
+    pub(super) async fn connect(&self, client_name: &str) -> anyhow::Result<async_nats::Client> {
+        Ok(self.connect_jetstream(client_name).await?.0)
+    }
+
+    /// Connect, and name the JetStream domain the buckets are in: for the commands that open
+    /// buckets or streams themselves (`get`, `rekey`, `audit`).
+    pub(super) async fn connect_jetstream(
+        &self,
+        client_name: &str,
+    ) -> anyhow::Result<(async_nats::Client, Option<String>)> {
+        let credentials = connect::credentials_file(self.nats_creds_file.as_deref());
+        let nats = self
+            .options
+            .resolve(self.nats_address.clone(), credentials)?;
+        let client = connect::connect_with(
+            &nats.address,
+            nats.credentials.as_ref(),
+            &nats.tls,
+            client_name,
+            nats.inbox_prefix.as_deref(),
+        )
+        .await?;
+        Ok((client, nats.js_domain))
+    }
+}
+
+/// TLS, the JetStream domain and a NATS context: the connection options `run` and every
+/// client command share, with the env vars the nats CLI reads.
+#[derive(Args, Clone, Default)]
+pub struct ConnOptions {
+    /// CA certificates (PEM) the NATS server's certificate must chain to; makes TLS required
+    #[arg(long, env = env::NATS_CA, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that verify clients; with --tls-key
+    #[arg(long, env = env::NATS_CERT, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, env = env::NATS_KEY, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Start TLS before the server's greeting (servers with `handshake_first: true`)
+    #[arg(long, env = env::NATS_TLS_FIRST)]
+    pub tls_first: bool,
+    /// The JetStream domain the buckets are in (a leaf node reaching a hub's JetStream)
+    #[arg(long, env = env::NATS_JS_DOMAIN, value_name = "DOMAIN")]
+    pub js_domain: Option<String>,
+    /// A nats CLI context by name (~/.config/nats/context/NAME.json, or under
+    /// $XDG_CONFIG_HOME): its url, credentials, TLS and JetStream domain; flags win over it
+    #[arg(long, env = env::NATS_CONTEXT, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Where and how to connect, once flags and the context are merged.
+pub(super) struct NatsTarget {
+    pub(super) address: String,
+    pub(super) credentials: Option<connect::Credentials>,
+    pub(super) tls: connect::NatsTls,
+    pub(super) js_domain: Option<String>,
+    /// The context's inbox prefix: client connections only (a backend keeps its own).
+    pub(super) inbox_prefix: Option<String>,
+}
+
+impl ConnOptions {
+    /// Explicit flags (and their env vars) over the context's settings over the defaults.
+    /// `address` and `credentials` are the command's own flags.
+    pub(super) fn resolve(
+        &self,
+        address: Option<String>,
+        credentials: Option<connect::Credentials>,
+    ) -> anyhow::Result<NatsTarget> {
+        let context = match &self.context {
+            Some(name) => Some(crate::nats_context::NatsContext::load(name)?),
+            None => None,
+        };
+        let context = context.as_ref();
+        let flags_tls = connect::NatsTls {
+            ca_file: self.tls_ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            handshake_first: self.tls_first,
+        };
+        let text = |s: Option<&str>| s.map(str::to_string);
+        let js_domain = self
+            .js_domain
+            .clone()
+            .filter(|d| !d.trim().is_empty())
+            .or_else(|| text(context.and_then(|c| c.js_domain())));
+        // A domain is one subject token of `$JS.<domain>.API`.
+        if let Some(domain) = &js_domain {
+            let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if !domain.chars().all(token) {
+                bail!("JetStream domain {domain:?} is invalid: use letters, digits, '-' and '_'");
+            }
+        }
+        Ok(NatsTarget {
+            address: address
+                .or_else(|| text(context.and_then(|c| c.url())))
+                .unwrap_or_else(|| config::DEFAULT_NATS_ADDRESS.to_string()),
+            credentials: credentials.or_else(|| context.and_then(|c| c.credentials())),
+            tls: flags_tls.or(context.map(|c| c.tls()).unwrap_or_default()),
+            js_domain,
+            inbox_prefix: text(context.and_then(|c| c.inbox_prefix())),
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The subject prefix of the secrets backend
+    #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
+    pub subject_base: String,
+    /// The name of the secrets backend
+    #[arg(short = 'n', long = "name", id = "backend_name", default_value = config::DEFAULT_BACKEND_NAME)]
+    pub backend_name: String,
+    /// The secrets API version
+    #[arg(long, default_value = config::DEFAULT_API_VERSION)]
+    pub secrets_api_version: String,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub admin: admin_seed::AdminSeed,
+}
+
+impl Target {
+    /// An admin client for the backend, signing with the admin seed when one is given.
+    pub(super) async fn client(&self) -> anyhow::Result<AdminClient> {
+        let signer = self.admin.signer()?;
+        let nats = self.conn.connect("piggybank cli").await?;
+        Ok(AdminClient::new(
+            nats,
+            &self.subject_base,
+            &self.secrets_api_version,
+            &self.backend_name,
+        )
+        .with_signer(signer))
+    }
+}
