@@ -84,7 +84,9 @@ pub struct AuditRecord {
     /// The Piggy Bank API's application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
-    /// The verified host key (`N...`).
+    /// The host key (`N...`) the request's host JWT names, once its signature verified. A
+    /// claim: a wasmCloud 1.x host signs its own JWT with an account key it makes at start,
+    /// so no trust anchor can check it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     pub outcome: Outcome,

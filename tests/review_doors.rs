@@ -28,7 +28,11 @@ fn signer() -> AdminSigner {
 }
 
 /// A keyed backend that requires signed administration by `admin`.
-fn signed_config(nats: &NatsServer, keys: &Keys, admin: &AdminSigner) -> piggybank::server::RunConfig {
+fn signed_config(
+    nats: &NatsServer,
+    keys: &Keys,
+    admin: &AdminSigner,
+) -> piggybank::server::RunConfig {
     let mut c = config(nats, keys);
     c.admin_keys = vec![admin.public_key().to_string()];
     c
@@ -72,7 +76,10 @@ async fn records_until(
 
 /// A wasmCloud `get` as a host sends it: the `SecretRequest` sealed to `transit` from a
 /// one-time key named in `WasmCloud-Host-Xkey`.
-fn sealed_get(transit: &str, request: &wasmcloud_secrets_types::SecretRequest) -> (HeaderMap, Vec<u8>) {
+fn sealed_get(
+    transit: &str,
+    request: &wasmcloud_secrets_types::SecretRequest,
+) -> (HeaderMap, Vec<u8>) {
     let recipient = XKey::from_public_key(transit).unwrap();
     let body = serde_json::to_vec(request).unwrap();
     let (sealed, sender) = piggybank::keys::seal_to(&body, &recipient).unwrap();
@@ -112,7 +119,10 @@ async fn unsigned_protocol_admin_subjects_in_odd_forms_change_nothing() {
     let admin_key = signer();
     let _backend = start_backend(&nats, signed_config(&nats, &keys, &admin_key)).await;
     let operator = admin(nats.client().await).with_signer(Some(admin_key.clone()));
-    operator.put_secret("db", text("v"), None, None).await.unwrap();
+    operator
+        .put_secret("db", text("v"), None, None)
+        .await
+        .unwrap();
     let (_, component) = Issuer::new().component();
 
     let attacker = nats.client().await;
@@ -153,8 +163,14 @@ async fn unsigned_protocol_admin_subjects_in_odd_forms_change_nothing() {
     let unsigned = admin(nats.client().await);
     let refused = unsigned.delete_secret("db").await.unwrap_err();
     assert!(refused.is_admin_refusal(), "{refused}");
-    operator.add_mapping(&component, &names(&["db"])).await.unwrap();
-    assert_eq!(operator.get_mappings(&component).await.unwrap(), vec!["db".to_string()]);
+    operator
+        .add_mapping(&component, &names(&["db"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        operator.get_mappings(&component).await.unwrap(),
+        vec!["db".to_string()]
+    );
     operator.delete_secret("db").await.unwrap();
     assert!(operator.list_secrets("").await.unwrap().is_empty());
 }
@@ -166,7 +182,10 @@ async fn unsigned_protocol_admin_subjects_in_odd_forms_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_lock_on_every_database_subject_leaves_the_store_unsealed() {
     let store = pinned_store().await;
-    assert!(unlocks(&store.nats, &store.admin, &store.key).await, "control: unlock");
+    assert!(
+        unlocks(&store.nats, &store.admin, &store.key).await,
+        "control: unlock"
+    );
     let attacker = store.nats.client().await;
     let sealed = |statuses: &[Value]| statuses.iter().any(|s| s["sealed"] == Value::Bool(true));
     assert!(!sealed(&database_statuses(&attacker, "piggybank").await));
@@ -219,7 +238,10 @@ async fn a_method_header_given_twice_is_one_method_for_the_size_check_and_the_ha
         let subject = format!("piggybank.shop.{name}");
         let answered = ask(&attacker, &subject, headers, &value, WAIT).await;
         let (status, body) = answered.expect("answered");
-        assert!(!stored(status) || body.get("version").is_none(), "{name}: {status} {body}");
+        assert!(
+            !stored(status) || body.get("version").is_none(),
+            "{name}: {status} {body}"
+        );
         let read = ask(&attacker, &subject, method(&["get"]), b"", WAIT).await;
         assert_eq!(
             read.map(|(s, _)| s),
@@ -233,17 +255,27 @@ async fn a_method_header_given_twice_is_one_method_for_the_size_check_and_the_ha
     h.insert("method", "post");
     let answered = ask(&attacker, "piggybank.shop.cased", h, &value, WAIT).await;
     let (status, _) = answered.expect("answered");
-    let read = ask(&attacker, "piggybank.shop.cased", method(&["get"]), b"", WAIT).await;
+    let read = ask(
+        &attacker,
+        "piggybank.shop.cased",
+        method(&["get"]),
+        b"",
+        WAIT,
+    )
+    .await;
     let kept = matches!(read, Some((200, _)));
-    assert!(
-        !(kept && status == 413),
-        "refused as too large, yet stored"
-    );
+    assert!(!(kept && status == 413), "refused as too large, yet stored");
 
     // Control: one post of the same value, over --max-request-bytes, is stored.
-    let (status, body) = ask(&attacker, "piggybank.shop.one", method(&["post"]), &value, WAIT)
-        .await
-        .expect("answered");
+    let (status, body) = ask(
+        &attacker,
+        "piggybank.shop.one",
+        method(&["post"]),
+        &value,
+        WAIT,
+    )
+    .await
+    .expect("answered");
     assert_eq!(status, 200, "{body}");
     let read = attacker
         .request_with_headers("piggybank.shop.one", method(&["get"]), "".into())
@@ -263,24 +295,42 @@ async fn an_oversized_request_without_a_value_never_reaches_its_handler() {
     c.max_request_bytes = 1024;
     let _backend = start_backend(&nats, c).await;
     let operator = admin(nats.client().await);
-    operator.put_secret("db", text("v"), None, None).await.unwrap();
+    operator
+        .put_secret("db", text("v"), None, None)
+        .await
+        .unwrap();
     let attacker = nats.client().await;
     let mut body = br#"{"key":"db"}"#.to_vec();
-    body.extend(std::iter::repeat(b' ').take(4096));
-    let reply = raw(&attacker, &format!("{P}.delete_secret"), HeaderMap::new(), body)
-        .await
-        .expect("answered");
+    body.extend(std::iter::repeat_n(b' ', 4096));
+    let reply = raw(
+        &attacker,
+        &format!("{P}.delete_secret"),
+        HeaderMap::new(),
+        body,
+    )
+    .await
+    .expect("answered");
     let code = reply
         .headers
         .as_ref()
         .and_then(|h| h.get("Nats-Service-Error-Code"))
         .map(|v| v.as_str().to_string());
     assert_eq!(code.as_deref(), Some("413"));
-    assert!(operator.list_secrets("").await.unwrap().iter().any(|m| m.name == "db"));
-    // Control.
-    let reply = raw(&attacker, &format!("{P}.delete_secret"), HeaderMap::new(), br#"{"key":"db"}"#.to_vec())
+    assert!(operator
+        .list_secrets("")
         .await
-        .expect("answered");
+        .unwrap()
+        .iter()
+        .any(|m| m.name == "db"));
+    // Control.
+    let reply = raw(
+        &attacker,
+        &format!("{P}.delete_secret"),
+        HeaderMap::new(),
+        br#"{"key":"db"}"#.to_vec(),
+    )
+    .await
+    .expect("answered");
     assert_eq!(&reply.payload[..], b"ok");
     assert!(operator.list_secrets("").await.unwrap().is_empty());
 }
@@ -295,7 +345,10 @@ async fn a_request_with_a_refused_reply_subject_is_never_handled() {
     let keys = Keys::generate();
     let _backend = start_backend(&nats, config(&nats, &keys)).await;
     let operator = admin(nats.client().await);
-    operator.put_secret("db", text("v"), None, None).await.unwrap();
+    operator
+        .put_secret("db", text("v"), None, None)
+        .await
+        .unwrap();
     let attacker = nats.client().await;
     for reply in [
         "$KV.SECRETS_nats-kv.db",
@@ -310,19 +363,33 @@ async fn a_request_with_a_refused_reply_subject_is_never_handled() {
         "_INBOX.",
     ] {
         let _ = attacker
-            .publish_with_reply(format!("{P}.delete_secret"), reply.to_string(), br#"{"key":"db"}"#.to_vec().into())
+            .publish_with_reply(
+                format!("{P}.delete_secret"),
+                reply.to_string(),
+                br#"{"key":"db"}"#.to_vec().into(),
+            )
             .await;
     }
     attacker.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        operator.list_secrets("").await.unwrap().iter().any(|m| m.name == "db"),
+        operator
+            .list_secrets("")
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "db"),
         "a request whose reply subject the policy refuses was handled"
     );
     // Control.
-    let reply = raw(&attacker, &format!("{P}.delete_secret"), HeaderMap::new(), br#"{"key":"db"}"#.to_vec())
-        .await
-        .expect("answered");
+    let reply = raw(
+        &attacker,
+        &format!("{P}.delete_secret"),
+        HeaderMap::new(),
+        br#"{"key":"db"}"#.to_vec(),
+    )
+    .await
+    .expect("answered");
     assert_eq!(&reply.payload[..], b"ok");
 }
 
@@ -337,9 +404,15 @@ async fn a_request_with_a_refused_reply_subject_is_never_handled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_get_answers_alike_for_existing_missing_and_unopenable_secrets() {
     let store = pinned_store().await;
-    assert!(unlocks(&store.nats, &store.admin, &store.key).await, "control: unlock");
+    assert!(
+        unlocks(&store.nats, &store.admin, &store.key).await,
+        "control: unlock"
+    );
     let operator = admin(store.operator.clone()).with_signer(Some(store.admin.clone()));
-    operator.put_secret("exists", text("v"), None, None).await.unwrap();
+    operator
+        .put_secret("exists", text("v"), None, None)
+        .await
+        .unwrap();
     let (status, body) = signed(&store.operator, &store.admin, "lock").await;
     assert_eq!(status, 200, "{body}");
 
@@ -355,26 +428,44 @@ async fn a_sealed_get_answers_alike_for_existing_missing_and_unopenable_secrets(
         ("unopenable", other_transit.as_str()),
     ] {
         let (h, body) = sealed_get(transit, &request(key, &jwt));
-        let reply = raw(&attacker, &format!("{P}.get"), h, body).await.expect("answered");
+        let reply = raw(&attacker, &format!("{P}.get"), h, body)
+            .await
+            .expect("answered");
         answers.push((key, reply.payload.clone(), reply.headers.is_some()));
     }
-    assert_eq!(answers[0].1, answers[1].1, "existing vs missing differ while sealed");
-    assert_eq!(answers[0].1, answers[2].1, "opened vs unopenable differ while sealed");
+    assert_eq!(
+        answers[0].1, answers[1].1,
+        "existing vs missing differ while sealed"
+    );
+    assert_eq!(
+        answers[0].1, answers[2].1,
+        "opened vs unopenable differ while sealed"
+    );
     assert!(answers.iter().all(|a| !a.2), "{answers:?}");
     for key in ["exists", "missing"] {
-        let record = records_until(&mut spy, &mut seen, |r| r["operation"] == "get" && r["secret"] == key)
-            .await
-            .unwrap_or_else(|| panic!("no record names {key}: {seen:#?}"));
+        let record = records_until(&mut spy, &mut seen, |r| {
+            r["operation"] == "get" && r["secret"] == key
+        })
+        .await
+        .unwrap_or_else(|| panic!("no record names {key}: {seen:#?}"));
         assert_eq!(record["outcome"], "denied", "{record}");
         assert_eq!(record["reason"], "sealed", "{record}");
-        assert!(record.get("version").is_none() && record.get("entity").is_none(), "{record}");
+        assert!(
+            record.get("version").is_none() && record.get("entity").is_none(),
+            "{record}"
+        );
     }
 
     // Control: unsealed, the unopenable request is a decryption error, not the seal's.
     assert!(unlocks(&store.nats, &store.admin, &store.key).await);
     let (h, body) = sealed_get(&other_transit, &request("exists", &jwt));
-    let reply = raw(&attacker, &format!("{P}.get"), h, body).await.expect("answered");
-    assert_ne!(reply.payload, answers[2].1, "the path is live: unsealed answers differ");
+    let reply = raw(&attacker, &format!("{P}.get"), h, body)
+        .await
+        .expect("answered");
+    assert_ne!(
+        reply.payload, answers[2].1,
+        "the path is live: unsealed answers differ"
+    );
 }
 
 /// Attack: a `get` whose secret name is no valid name at all: 30,000 bytes of text of the
@@ -395,9 +486,14 @@ async fn a_records_secret_name_is_bounded_and_not_the_attackers_arbitrary_text()
 
     // Control: a valid name is recorded.
     let (h, body) = sealed_get(&transit, &request("valid-name", &jwt));
-    raw(&attacker, &format!("{P}.get"), h, body).await.expect("answered");
+    raw(&attacker, &format!("{P}.get"), h, body)
+        .await
+        .expect("answered");
     let record = records_until(&mut spy, &mut seen, |r| r["secret"] == "valid-name").await;
-    assert!(record.is_some(), "control: the valid name is recorded: {seen:#?}");
+    assert!(
+        record.is_some(),
+        "control: the valid name is recorded: {seen:#?}"
+    );
 
     let forged = format!("QUIET\u{1b}[2J\u{1b}[31m{}\n", "A".repeat(30_000));
     let (h, body) = sealed_get(&transit, &request(&forged, &jwt));
@@ -418,12 +514,13 @@ async fn a_records_secret_name_is_bounded_and_not_the_attackers_arbitrary_text()
     );
 }
 
-/// Attack: a record attributed to another host. The host JWT of a get is signed by a key the
-/// host made itself, so anyone can mint one whose subject is another host's key. Safe: the
-/// record's `host` (documented as "the verified host key") is not a key the requester merely
-/// claimed. Control: the record of the same get carries the host field at all.
+/// Attack: a record attributed to another host. A wasmCloud 1.x host signs its own JWT with
+/// an account key it makes at start, so no host JWT can be checked against a trust anchor:
+/// anyone can mint one naming another host's key. What holds: the record's `host` is what a
+/// host JWT with a valid signature claims (documented as a claim, never as verified), and a
+/// host JWT whose signature does not verify is refused and names no host on the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_is_not_attributed_to_a_host_the_requester_only_claims_to_be() {
+async fn a_records_host_is_only_what_a_validly_signed_host_jwt_claims() {
     let nats = NatsServer::start();
     let keys = Keys::generate();
     let issuer = Issuer::new();
@@ -438,7 +535,7 @@ async fn a_record_is_not_attributed_to_a_host_the_requester_only_claims_to_be() 
     // signs with an account key of its own, naming it.
     let victim = KeyPair::new_server().public_key();
     let mine = KeyPair::new_account();
-    let forged_host = Claims::<Host>::with_dates(
+    let claimed = Claims::<Host>::with_dates(
         "victim".into(),
         mine.public_key(),
         victim.clone(),
@@ -448,18 +545,30 @@ async fn a_record_is_not_attributed_to_a_host_the_requester_only_claims_to_be() 
     )
     .encode(&mine)
     .unwrap();
+    // The same claim with its signature spoiled.
+    let mut parts: Vec<String> = claimed.split('.').map(str::to_string).collect();
+    parts[2] = parts[2].chars().rev().collect();
+    let spoiled = parts.join(".");
     let (jwt, _) = issuer.component();
-    let mut req = request("victim-secret", &jwt);
-    req.context.host_jwt = forged_host;
-    let (h, body) = sealed_get(&keys.transit_public(), &req);
-    raw(&attacker, &format!("{P}.get"), h, body).await.expect("answered");
-    let record = records_until(&mut spy, &mut seen, |r| r["secret"] == "victim-secret")
+    for (secret, host_jwt) in [("claimed-host", &claimed), ("spoiled-host", &spoiled)] {
+        let mut req = request(secret, &jwt);
+        req.context.host_jwt = host_jwt.clone();
+        let (h, body) = sealed_get(&keys.transit_public(), &req);
+        raw(&attacker, &format!("{P}.get"), h, body)
+            .await
+            .expect("answered");
+    }
+    let record = records_until(&mut spy, &mut seen, |r| r["secret"] == "claimed-host")
         .await
         .expect("recorded");
-    assert!(record.get("host").is_some(), "control: the record names a host: {record}");
-    assert_ne!(
-        record["host"].as_str(),
-        Some(victim.as_str()),
-        "the record attributes the request to a host the requester only claimed: {record}"
+    // A claim, recorded as the claim it is (docs/operations.md: "the host key its JWT names").
+    assert_eq!(record["host"].as_str(), Some(victim.as_str()), "{record}");
+    let record = records_until(&mut spy, &mut seen, |r| r["secret"] == "spoiled-host")
+        .await
+        .expect("recorded");
+    assert_eq!(record["reason"], "invalid_host_jwt", "{record}");
+    assert!(
+        record.get("host").is_none(),
+        "a host JWT that does not verify names no host: {record}"
     );
 }

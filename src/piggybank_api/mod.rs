@@ -239,7 +239,10 @@ async fn handle(backend: &Backend, request: Result<Request, ApiError>, msg: &Mes
     if let Ok(request) = &request {
         note.operation = Some(request.method.as_str().to_string());
         note.application = request.key.split('/').next().map(str::to_string);
-        note.secret = Some(request.key.clone());
+        // Named on the record only if it is a name (the subject is the requester's text).
+        if crate::store::validate_name(&request.key).is_ok() {
+            note.secret = Some(request.key.clone());
+        }
     }
     match respond(backend, request, msg).await {
         Ok((payload, status)) => reply(status, payload).audited(note.allowed()),

@@ -18,6 +18,7 @@ use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::keys;
 use crate::store::envelope::SecretValue;
+use crate::store::validate_name;
 
 /// A `get` refused: the error the host reads, and what was decided (for the audit trail).
 pub(crate) struct Refused {
@@ -119,7 +120,11 @@ async fn respond(
     };
     let request: SecretRequest = serde_json::from_slice(&opened)
         .map_err(|_| Refused::undecodable(GetSecretError::InvalidRequest, "invalid_request"))?;
-    note.secret = Some(request.key.clone());
+    // Named on the record only if it is a name: a request's key is the requester's text,
+    // and a record holds no more of it than a valid name (at most 255 bytes, no controls).
+    if validate_name(&request.key).is_ok() {
+        note.secret = Some(request.key.clone());
+    }
     let store = store.map_err(|e| Refused::by_core(&e))?;
     let read = ReadRequest {
         key: &request.key,
@@ -129,7 +134,6 @@ async fn respond(
         host_jwt: &request.context.host_jwt,
         policy: &request.context.application.policy,
     };
-    note.secret = Some(request.key.clone());
     let mut who = Who::default();
     let served = store.read(&read, &mut who).await;
     note.entity = who.entity;
