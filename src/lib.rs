@@ -65,6 +65,7 @@ pub mod store;
 mod authz;
 mod backend;
 mod backup;
+mod clock;
 mod decision;
 mod error;
 mod finish;

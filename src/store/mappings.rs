@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use super::mirror::{self, Change, MirrorHandle};
-use super::secrets::{page_names, Page, PageRequest};
+use super::page::{page_names, Page, PageRequest};
 use super::{validate_entity, validate_name, Bucket, StoreError};
 
 /// Attempts at a compare-and-set before giving up with `Contention`.

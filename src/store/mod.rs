@@ -12,6 +12,7 @@
 pub mod envelope;
 pub(crate) mod mappings;
 pub(crate) mod mirror;
+pub mod page;
 pub(crate) mod record;
 pub(crate) mod rekey;
 pub mod secrets;
