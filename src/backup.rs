@@ -42,7 +42,7 @@ use sha2::{Digest as _, Sha256};
 use crate::config;
 use crate::keys::vault::VaultRecord;
 use crate::store::record::RECORD_KEY;
-use crate::store::{self, envelope, BucketSpec, StoreError};
+use crate::store::{self, envelope, BucketSpec, Buckets, StoreError};
 
 /// The `format` every backup's header names.
 pub const FORMAT: &str = "piggybank-backup";
@@ -182,27 +182,6 @@ pub enum BackupError {
 
 fn upstream(e: impl std::fmt::Display) -> BackupError {
     BackupError::Store(StoreError::upstream(e))
-}
-
-/// The buckets of one backend: what a backup reads and a restore writes.
-#[derive(Debug, Clone)]
-pub struct Buckets {
-    /// `-b`: one key per secret, one revision per version.
-    pub secrets: String,
-    /// `SECRETS_<name>_state`.
-    pub mappings: String,
-    /// `SECRETS_<name>_vault`: sealed mode only.
-    pub vault: String,
-}
-
-impl Buckets {
-    pub fn of(backend_name: &str, secrets_bucket: &str) -> Self {
-        Self {
-            secrets: secrets_bucket.to_string(),
-            mappings: config::mappings_bucket(backend_name),
-            vault: config::vault_bucket(backend_name),
-        }
-    }
 }
 
 /// One message of a bucket's stream.
@@ -766,12 +745,6 @@ fn put_subject(kv: &kv::Store, js_domain: Option<&str>, key: &str) -> String {
     subject
 }
 
-/// How `run` describes the buckets it creates (`server::open_backend`, `open_seal`); restore
-/// creates them alike.
-const SECRETS_DESCRIPTION: &str = "piggybank secrets (sealed values)";
-const MAPPINGS_DESCRIPTION: &str = "piggybank entity-to-secret mappings";
-const VAULT_DESCRIPTION: &str = "piggybank sealed key record (wrapped keys only)";
-
 /// The bucket `name`, if it exists.
 async fn existing(js: &jetstream::Context, name: &str) -> Result<Option<kv::Store>, BackupError> {
     match store::existing_bucket(js, name).await {
@@ -796,7 +769,7 @@ async fn ensure(
 }
 
 /// Load a verified backup into `destination`'s buckets, creating the missing ones as `run`
-/// does. Refuses (before writing anything) buckets that hold anything unless forced, and a
+/// does ([`Buckets`]). Refuses (before writing anything) buckets that hold anything unless forced, and a
 /// secrets bucket that keeps fewer versions than the backup has. Writes the key record
 /// first, then every version in the backup's order (so each secret's latest stays its
 /// latest), then the mappings. `progress` gets (entries written, entries in all).
@@ -816,21 +789,15 @@ pub async fn restore<R: Read + Seek>(
     } = backup;
     let buckets = &destination.buckets;
     let js = store::jetstream(client, js_domain);
-    let spec = |name: &str, description: &'static str, history: i64| BucketSpec {
-        name: name.to_string(),
-        description,
-        history,
-        replicas: destination.replicas,
-    };
     let history = destination
         .history
         .unwrap_or(header.secrets_history)
         .clamp(1, i64::from(config::DEFAULT_MAX_SECRET_HISTORY));
-    let secrets_spec = spec(&buckets.secrets, SECRETS_DESCRIPTION, history);
-    let mappings_spec = spec(&buckets.mappings, MAPPINGS_DESCRIPTION, 1);
+    let secrets_spec = buckets.secrets_spec(history, destination.replicas);
+    let mappings_spec = buckets.mappings_spec(destination.replicas);
     let vault_spec = key_record
         .is_some()
-        .then(|| spec(&buckets.vault, VAULT_DESCRIPTION, 1));
+        .then(|| buckets.vault_spec(destination.replicas));
 
     // Every check first; nothing is created or written until all pass.
     let found_secrets = existing(&js, &secrets_spec.name).await?;
