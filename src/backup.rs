@@ -30,17 +30,16 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::ControlFlow;
-use std::time::Duration;
 
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
 use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
+use crate::clock;
 use crate::config;
 use crate::keys::vault::VaultRecord;
+use crate::store::kv_stream::{Delivery, KvStream};
 use crate::store::record::RECORD_KEY;
 use crate::store::{self, envelope, BucketSpec, Buckets, StoreError};
 
@@ -57,10 +56,10 @@ const MAX_HEADER: u64 = 64 * 1024;
 /// Longest body line a reader accepts: a value of NATS's largest max payload (64 MiB), in
 /// base64, with room for the rest of the line.
 const MAX_LINE: u64 = 96 * 1024 * 1024;
+/// How backup's and restore's reads name their consumers.
+const DESCRIPTION: &str = "piggybank backup";
 /// Restore keeps this many writes in flight (their acks awaited in order).
 const WINDOW: usize = 256;
-/// A bucket read that delivers nothing for this long has failed.
-const IDLE: Duration = Duration::from_secs(30);
 
 /// What a backup holds and how to check it: the first line of the file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -184,105 +183,6 @@ fn upstream(e: impl std::fmt::Display) -> BackupError {
     BackupError::Store(StoreError::upstream(e))
 }
 
-/// One message of a bucket's stream.
-struct KvMessage {
-    key: String,
-    revision: u64,
-    written_ms: u64,
-    /// A delete or purge marker.
-    deleted: bool,
-    value: Bytes,
-}
-
-/// Which messages of a bucket to read.
-#[derive(Clone, Copy)]
-enum Delivery {
-    /// Every message still in the stream, in stream order.
-    History { headers_only: bool },
-    /// The last message of each key.
-    Latest { headers_only: bool },
-}
-
-/// Read the messages of `kv`'s stream that exist now, in stream order, until `each` breaks.
-/// Writes made after the read starts are not read.
-async fn read_bucket(
-    client: &async_nats::Client,
-    kv: &kv::Store,
-    delivery: Delivery,
-    mut each: impl FnMut(KvMessage) -> Result<ControlFlow<()>, BackupError>,
-) -> Result<(), BackupError> {
-    let state = kv.stream.get_info().await.map_err(upstream)?.state;
-    if state.messages == 0 {
-        return Ok(());
-    }
-    let last = state.last_sequence;
-    let (deliver_policy, headers_only) = match delivery {
-        Delivery::History { headers_only } => (DeliverPolicy::All, headers_only),
-        Delivery::Latest { headers_only } => (DeliverPolicy::LastPerSubject, headers_only),
-    };
-    let consumer = kv
-        .stream
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            description: Some("piggybank backup".to_string()),
-            filter_subject: format!("{}>", kv.prefix),
-            deliver_policy,
-            headers_only,
-            ..Default::default()
-        })
-        .await
-        .map_err(upstream)?;
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(());
-    }
-    let mut messages = consumer.messages().await.map_err(upstream)?;
-    loop {
-        let next = tokio::time::timeout(IDLE, messages.next())
-            .await
-            .map_err(|_| {
-                upstream(format!(
-                    "bucket {:?} delivered nothing for {} s",
-                    kv.name,
-                    IDLE.as_secs()
-                ))
-            })?;
-        let message = next
-            .ok_or_else(|| upstream(format!("the read of bucket {:?} ended early", kv.name)))?
-            .map_err(upstream)?;
-        let (revision, pending, published) = {
-            let info = message.info().map_err(upstream)?;
-            (info.stream_sequence, info.pending, info.published)
-        };
-        if revision > last {
-            return Ok(());
-        }
-        if let Some(key) = message.subject.strip_prefix(kv.prefix.as_str()) {
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            let flow = each(KvMessage {
-                key: key.to_string(),
-                revision,
-                written_ms: unix_ms(published),
-                deleted,
-                value: message.payload.clone(),
-            })?;
-            if flow.is_break() {
-                return Ok(());
-            }
-        }
-        if pending == 0 || revision >= last {
-            return Ok(());
-        }
-    }
-}
-
-fn unix_ms(t: time::OffsetDateTime) -> u64 {
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -359,14 +259,16 @@ pub async fn backup<W: Write + Seek>(
 ) -> Result<Header, BackupError> {
     let js = store::jetstream(client, js_domain);
     let secrets = store::existing_bucket(&js, &buckets.secrets).await?;
-    let mappings = store::existing_bucket(&js, &buckets.mappings).await?;
+    let secrets_history = secrets.stream.cached_info().config.max_messages_per_subject;
+    let secrets = KvStream::of(&secrets);
+    let mappings = KvStream::of(&store::existing_bucket(&js, &buckets.mappings).await?);
     let vault = existing(&js, &buckets.vault).await?;
     let mut header = Header {
         format: FORMAT.to_string(),
         version: FORMAT_VERSION,
         backend: backend_name.to_string(),
         secrets_bucket: buckets.secrets.clone(),
-        secrets_history: secrets.stream.cached_info().config.max_messages_per_subject,
+        secrets_history,
         created_at: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(upstream)?,
@@ -382,68 +284,72 @@ pub async fn backup<W: Write + Seek>(
     // leaves only its marker; a delete marker hides what came before it).
     let mut keys: HashMap<String, KeyState> = HashMap::new();
     let first = Delivery::History { headers_only: true };
-    read_bucket(client, &secrets, first, |m| {
-        let state = keys.entry(m.key).or_default();
-        if m.deleted {
-            state.since = m.revision;
-            state.live = false;
-        } else {
-            state.live = true;
-        }
-        Ok(ControlFlow::Continue(()))
-    })
-    .await?;
+    secrets
+        .read_existing::<BackupError>(client, &js, first, DESCRIPTION, |m| {
+            let state = keys.entry(m.key).or_default();
+            if m.value.is_none() {
+                state.since = m.revision;
+                state.live = false;
+            } else {
+                state.live = true;
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
 
     // Pass 2: the values of the live secrets' versions, in stream order.
     let mut body = BodyWriter::start(out)?;
     let second = Delivery::History {
         headers_only: false,
     };
-    read_bucket(client, &secrets, second, |m| {
-        let Some(state) = keys.get_mut(&m.key) else {
-            return Ok(ControlFlow::Continue(()));
-        };
-        if m.deleted || !state.live || m.revision <= state.since {
-            return Ok(ControlFlow::Continue(()));
-        }
-        if !state.written {
-            state.written = true;
-            header.secrets += 1;
-        }
-        body.line(&Line::Version {
-            value: b64(&m.value),
-            secret: m.key,
-            revision: m.revision,
-            written_ms: m.written_ms,
-        })?;
-        header.versions += 1;
-        progress(header.versions);
-        Ok(ControlFlow::Continue(()))
-    })
-    .await?;
+    secrets
+        .read_existing::<BackupError>(client, &js, second, DESCRIPTION, |m| {
+            let Some(state) = keys.get_mut(&m.key) else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            // Markers, and versions a later delete or purge hid, are not backed up.
+            let Some(value) = m.value.filter(|_| state.live && m.revision > state.since) else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            if !state.written {
+                state.written = true;
+                header.secrets += 1;
+            }
+            body.line(&Line::Version {
+                value: b64(&value),
+                secret: m.key,
+                revision: m.revision,
+                written_ms: clock::unix_ms(m.at),
+            })?;
+            header.versions += 1;
+            progress(header.versions);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
     drop(keys);
 
     let latest = Delivery::Latest {
         headers_only: false,
     };
-    read_bucket(client, &mappings, latest, |m| {
-        if m.deleted {
-            return Ok(ControlFlow::Continue(()));
-        }
-        let names: BTreeSet<String> =
-            serde_json::from_slice(&m.value).map_err(|e| BackupError::Unreadable {
-                bucket: buckets.mappings.clone(),
-                key: m.key.clone(),
-                why: format!("not a JSON array of names: {e}"),
+    mappings
+        .read_existing::<BackupError>(client, &js, latest, DESCRIPTION, |m| {
+            let Some(value) = m.value else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            let names: BTreeSet<String> =
+                serde_json::from_slice(&value).map_err(|e| BackupError::Unreadable {
+                    bucket: buckets.mappings.clone(),
+                    key: m.key.clone(),
+                    why: format!("not a JSON array of names: {e}"),
+                })?;
+            body.line(&Line::Mapping {
+                entity: m.key,
+                names: names.into_iter().collect(),
             })?;
-        body.line(&Line::Mapping {
-            entity: m.key,
-            names: names.into_iter().collect(),
-        })?;
-        header.mappings += 1;
-        Ok(ControlFlow::Continue(()))
-    })
-    .await?;
+            header.mappings += 1;
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
 
     // Last, so that it holds every data key the values above were sealed with.
     if let Some(vault) = vault {
@@ -716,11 +622,16 @@ pub struct Restored {
 }
 
 /// Whether `kv` holds a live key.
-async fn holds_anything(client: &async_nats::Client, kv: &kv::Store) -> Result<bool, BackupError> {
+async fn holds_anything(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    kv: &kv::Store,
+) -> Result<bool, BackupError> {
     let mut found = false;
     let latest = Delivery::Latest { headers_only: true };
-    read_bucket(client, kv, latest, |m| {
-        found = !m.deleted;
+    let kv = KvStream::of(kv);
+    kv.read_existing::<BackupError>(client, js, latest, DESCRIPTION, |m| {
+        found = m.value.is_some();
         Ok(if found {
             ControlFlow::Break(())
         } else {
@@ -729,20 +640,6 @@ async fn holds_anything(client: &async_nats::Client, kv: &kv::Store) -> Result<b
     })
     .await?;
     Ok(found)
-}
-
-/// The subject a KV put of `key` goes to, as `kv::Store::put` makes it (through the
-/// domain's API prefix when the bucket is in another JetStream domain).
-fn put_subject(kv: &kv::Store, js_domain: Option<&str>, key: &str) -> String {
-    let mut subject = String::new();
-    if let Some(domain) = js_domain.map(str::trim).filter(|d| !d.is_empty()) {
-        if kv.use_jetstream_prefix {
-            subject.push_str(&format!("$JS.{domain}.API."));
-        }
-    }
-    subject.push_str(kv.put_prefix.as_deref().unwrap_or(&kv.prefix));
-    subject.push_str(key);
-    subject
 }
 
 /// The bucket `name`, if it exists.
@@ -811,7 +708,7 @@ pub async fn restore<R: Read + Seek>(
         .into_iter()
         .flatten()
     {
-        if holds_anything(client, kv).await? {
+        if holds_anything(client, &js, kv).await? {
             occupied.push(kv.name.clone());
         }
     }
@@ -830,8 +727,8 @@ pub async fn restore<R: Read + Seek>(
     }
 
     let mut created = Vec::new();
-    let secrets = ensure(&js, &secrets_spec, found_secrets, &mut created).await?;
-    let mappings = ensure(&js, &mappings_spec, found_mappings, &mut created).await?;
+    let secrets = KvStream::of(&ensure(&js, &secrets_spec, found_secrets, &mut created).await?);
+    let mappings = KvStream::of(&ensure(&js, &mappings_spec, found_mappings, &mut created).await?);
     if let (Some(record), Some(spec)) = (&key_record, &vault_spec) {
         let vault = ensure(&js, spec, found_vault, &mut created).await?;
         let record = Bytes::from(record.clone());
@@ -879,11 +776,11 @@ pub async fn restore<R: Read + Seek>(
             .line(&line)
             .map_err(|why| partial(written, format!("line {number}: {why}")))?;
         let (subject, value) = match entry {
-            Entry::Version { secret, value } => (put_subject(&secrets, js_domain, &secret), value),
+            Entry::Version { secret, value } => (secrets.put_subject(js_domain, &secret), value),
             Entry::Mapping { entity, names } => {
                 let names: BTreeSet<String> = names.into_iter().collect();
                 let value = serde_json::to_vec(&names).map_err(upstream)?;
-                (put_subject(&mappings, js_domain, &entity), value)
+                (mappings.put_subject(js_domain, &entity), value)
             }
             Entry::KeyRecord => continue,
         };

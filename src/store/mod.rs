@@ -11,6 +11,7 @@
 
 pub mod buckets;
 pub mod envelope;
+pub(crate) mod kv_stream;
 pub(crate) mod mappings;
 pub(crate) mod mirror;
 pub mod page;

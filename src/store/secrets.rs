@@ -28,6 +28,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::envelope::{self, SecretKind};
+use super::kv_stream;
 use super::mirror::{self, Change, Inserted, MirrorHandle};
 use super::page::{page_of_sorted, Page, PageRequest};
 use super::{validate_name, Bucket, StoreError};
@@ -200,14 +201,14 @@ impl SecretStore {
         if self.is_loaded() {
             return Ok(self.memory(name));
         }
-        let subject = format!("{}{}", self.kv.prefix, name);
+        let subject = kv_stream::key_subject(&self.kv, name);
         match self
             .kv
             .stream
             .get_last_raw_message_by_subject(&subject)
             .await
         {
-            Ok(message) if mirror::is_deletion(Some(&message.headers)) => Ok(None),
+            Ok(message) if kv_stream::is_deletion(Some(&message.headers)) => Ok(None),
             Ok(message) => Ok(Some(StoredSecret {
                 revision: message.sequence,
                 updated: message.time,
@@ -249,8 +250,8 @@ impl SecretStore {
             }
             Err(e) => return Err(StoreError::upstream(e)),
         };
-        let expected = format!("{}{}", self.kv.prefix, name);
-        if message.subject.as_str() != expected || mirror::is_deletion(Some(&message.headers)) {
+        let expected = kv_stream::key_subject(&self.kv, name);
+        if message.subject.as_str() != expected || kv_stream::is_deletion(Some(&message.headers)) {
             return Ok(None);
         }
         Ok(Some(StoredSecret {
