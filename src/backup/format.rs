@@ -262,18 +262,9 @@ fn read_body(
     input: &mut impl BufRead,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
 ) -> Result<(u64, String, Option<BackupError>), BackupError> {
-    let (mut hasher, mut bytes, mut number) = (Sha256::new(), 0u64, 1u64);
+    let mut lines = BodyLines::new(input);
     let mut first_problem = None;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = input.by_ref().take(MAX_LINE).read_until(b'\n', &mut line)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&line);
-        bytes += n as u64;
-        number += 1;
+    while let Some((number, line)) = lines.next_line()? {
         if first_problem.is_some() {
             continue;
         }
@@ -284,12 +275,57 @@ fn read_body(
             });
             continue;
         }
-        if let Err(e) = each(number, &line) {
+        if let Err(e) = each(number, line) {
             first_problem = Some(e);
         }
     }
-    let sha = data_encoding::HEXLOWER.encode(&hasher.finalize());
-    Ok((bytes, sha, first_problem))
+    let bytes = lines.bytes;
+    Ok((bytes, lines.sha256(), first_problem))
+}
+
+/// Reads a body line by line (at most [`MAX_LINE`] bytes each), hashing and counting what it
+/// reads: the one reader of a body, for the whole-file check and for restore alike.
+pub(super) struct BodyLines<R> {
+    input: R,
+    hasher: Sha256,
+    /// Bytes read so far.
+    bytes: u64,
+    /// The number of the last line read, in the file (the header is line 1).
+    number: u64,
+    line: Vec<u8>,
+}
+
+impl<R: BufRead> BodyLines<R> {
+    pub(super) fn new(input: R) -> Self {
+        Self {
+            input,
+            hasher: Sha256::new(),
+            bytes: 0,
+            number: 1,
+            line: Vec::new(),
+        }
+    }
+
+    /// The next line, newline included (none when cut short), and its number in the file;
+    /// `None` at the end.
+    pub(super) fn next_line(&mut self) -> std::io::Result<Option<(u64, &[u8])>> {
+        self.line.clear();
+        let n = (&mut self.input)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.hasher.update(&self.line);
+        self.bytes += n as u64;
+        self.number += 1;
+        Ok(Some((self.number, &self.line)))
+    }
+
+    /// The SHA-256 of what was read, lowercase hex, as a header carries it.
+    pub(super) fn sha256(self) -> String {
+        data_encoding::HEXLOWER.encode(&self.hasher.finalize())
+    }
 }
 
 /// A backup file whose header, length, checksum and every line have been checked: the only

@@ -13,14 +13,13 @@
 mod format;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::ops::ControlFlow;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
-use format::{b64, BodyCheck, BodyWriter, Entry, Line, MAX_LINE};
+use format::{b64, BodyCheck, BodyLines, BodyWriter, Entry, Line};
 pub use format::{Header, VerifiedBackup, FORMAT, FORMAT_VERSION, HEADER_WIDTH};
 
 use crate::clock;
@@ -404,23 +403,14 @@ pub async fn restore<R: Read + Seek>(
     };
     let mut in_flight: VecDeque<jetstream::context::PublishAckFuture> = VecDeque::new();
     file.seek(SeekFrom::Start(body_start))?;
-    let mut input = BufReader::with_capacity(1 << 20, &mut file);
+    let mut lines = BodyLines::new(BufReader::with_capacity(1 << 20, &mut file));
     let mut check = BodyCheck::default();
-    let mut hasher = Sha256::new();
-    let mut line = Vec::new();
-    for number in 2u64.. {
-        line.clear();
-        let n = input
-            .by_ref()
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| partial(written, e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&line);
+    while let Some((number, line)) = lines
+        .next_line()
+        .map_err(|e| partial(written, e.to_string()))?
+    {
         let entry = check
-            .line(&line)
+            .line(line)
             .map_err(|why| partial(written, format!("line {number}: {why}")))?;
         let (subject, value) = match entry {
             Entry::Version { secret, value } => (secrets.put_subject(js_domain, &secret), value),
@@ -449,7 +439,7 @@ pub async fn restore<R: Read + Seek>(
         written += 1;
         progress(written, total);
     }
-    if data_encoding::HEXLOWER.encode(&hasher.finalize()) != header.body_sha256 {
+    if lines.sha256() != header.body_sha256 {
         return Err(partial(
             written,
             "the file changed while it was being restored".into(),

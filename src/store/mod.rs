@@ -1,6 +1,7 @@
-//! Storage on NATS JetStream KV: secrets ([`SecretStore`]), the entity allow-list
-//! ([`MappingTable`]), the at-rest format ([`envelope`]) and sealed mode's key record
-//! ([`record`]).
+//! Storage on NATS JetStream KV: the buckets ([`buckets`]: names, specs, creation) and their
+//! ordered reads (`kv_stream`), secrets ([`SecretStore`]), the entity allow-list
+//! ([`MappingTable`]), the paging rule ([`page`]), the at-rest format ([`envelope`]) and
+//! sealed mode's key record (`record`).
 //!
 //! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
 //! so the request hot path makes no NATS round trip once the mirror is loaded. They serve
