@@ -34,6 +34,12 @@ pub fn key_subject(kv: &kv::Store, key: &str) -> String {
     format!("{}{key}", kv.prefix)
 }
 
+/// The subject a write of `key` to the bucket `kv` goes to, without the JetStream domain's
+/// API prefix that [`KvStream::put_subject`] adds for a bucket in another domain.
+pub fn write_subject(kv: &kv::Store, key: &str) -> String {
+    format!("{}{key}", kv.put_prefix.as_deref().unwrap_or(&kv.prefix))
+}
+
 /// One change to a key: one message of a bucket's stream.
 pub struct Change {
     pub key: String,

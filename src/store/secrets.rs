@@ -338,11 +338,7 @@ impl SecretStore {
         if self.current(name).await?.is_none() {
             return Err(StoreError::NotFound(name.to_string()));
         }
-        let subject = format!(
-            "{}{}",
-            self.kv.put_prefix.as_deref().unwrap_or(&self.kv.prefix),
-            name
-        );
+        let subject = kv_stream::write_subject(&self.kv, name);
         let mut headers = HeaderMap::new();
         headers.insert("KV-Operation", "PURGE");
         headers.insert("Nats-Rollup", "sub");
