@@ -25,6 +25,7 @@ use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::decision::Decision;
 use crate::store::StoreError;
 
@@ -336,7 +337,7 @@ impl Auditor {
     ) -> AuditRecord {
         let decision = note.decision();
         AuditRecord {
-            time_ms: crate::store::secrets::now_ms(),
+            time_ms: now_ms(),
             request_id,
             instance_id: self.instance_id.clone(),
             front_door: front_door.to_string(),

@@ -23,7 +23,7 @@ use crate::protocol::wire::{
     MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse, REPLY_TOO_LARGE,
 };
 use crate::store::envelope::{self, SecretValue};
-use crate::store::secrets::PAGE_DEFAULT;
+use crate::store::page::PAGE_DEFAULT;
 use crate::store::SecretMeta;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,14 @@
 //!   `RunConfig`, what a backend runs with, with its one `validate()`.
 //! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest), and
 //!   `vault`, sealed mode's key record (keys wrapped by a master key); zeroized on drop.
-//! - [`store`]: `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory by KV
-//!   watches; `envelope`, the at-rest format (and the sample's, read in place); `rekey`,
-//!   online re-sealing with the current key; `record`, sealed mode's key record.
+//! - [`store`]: `buckets`, each bucket's name, spec and creation; `kv_stream`, the one
+//!   ordered read of a bucket (the mirror's and backup's) and its key/subject mapping;
+//!   `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory; `page`, the paging
+//!   rule of every listing; `envelope`, the at-rest format (and the sample's, read in place);
+//!   `rekey`, online re-sealing with the current key; `record`, sealed mode's key record.
+//! - `backup`: backup and restore of a backend's buckets; `backup::format`, the file format,
+//!   pure.
+//! - `clock`: the crate's clock (Unix milliseconds).
 //! - `authz`: JWT verification, trusted issuers, policy checks.
 //! - [`admin_auth`]: signed administration: the signed bytes, `AdminSigner` (clients) and
 //!   `AdminVerifier` (servers; replay refused across instances by a shared nonce bucket).
@@ -65,6 +70,7 @@ pub mod store;
 mod authz;
 mod backend;
 mod backup;
+mod clock;
 mod decision;
 mod error;
 mod finish;

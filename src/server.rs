@@ -22,7 +22,7 @@ use crate::piggybank_api::database::{self, DatabaseApi};
 use crate::protocol;
 use crate::serve::{Endpoint, ServeConfig, ServeConnection, ServeError};
 use crate::store::record::RecordStore;
-use crate::store::{Bucket, BucketSpec, MappingTable, SecretStore, StoreError};
+use crate::store::{Bucket, Buckets, MappingTable, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -63,26 +63,18 @@ pub async fn open_backend(
 ) -> Result<Backend, ServerError> {
     config.validate()?;
     let authorizer = Authorizer::new(&config.trusted_issuers)?;
+    let buckets = Buckets::of(&config.name, &config.secrets_bucket);
+    let history = i64::from(config.max_secret_history);
     let secrets = SecretStore::open(
         client,
         config.js_domain(),
-        Bucket::CreateIfMissing(&BucketSpec {
-            name: config.secrets_bucket.clone(),
-            description: "piggybank secrets (sealed values)",
-            history: i64::from(config.max_secret_history),
-            replicas: config.replicas,
-        }),
+        Bucket::CreateIfMissing(&buckets.secrets_spec(history, config.replicas)),
     )
     .await?;
     let mappings = MappingTable::open(
         client,
         config.js_domain(),
-        Bucket::CreateIfMissing(&BucketSpec {
-            name: config::mappings_bucket(&config.name),
-            description: "piggybank entity-to-secret mappings",
-            history: 1,
-            replicas: config.replicas,
-        }),
+        Bucket::CreateIfMissing(&buckets.mappings_spec(config.replicas)),
     )
     .await?;
     if config.is_sealed_mode() {
@@ -124,14 +116,10 @@ async fn open_seal(
     backend: &Arc<Backend>,
 ) -> Result<Seal, ServerError> {
     let js = crate::store::jetstream(client, config.js_domain());
-    let kv = Bucket::CreateIfMissing(&BucketSpec {
-        name: config::vault_bucket(&config.name),
-        description: "piggybank sealed key record (wrapped keys only)",
-        history: 1,
-        replicas: config.replicas,
-    })
-    .open(&js)
-    .await?;
+    let buckets = Buckets::of(&config.name, &config.secrets_bucket);
+    let kv = Bucket::CreateIfMissing(&buckets.vault_spec(config.replicas))
+        .open(&js)
+        .await?;
     let seal = Seal::new(
         Arc::clone(backend),
         RecordStore::new(kv),

@@ -18,6 +18,7 @@ use crate::keys::vault::VaultError;
 use crate::keys::{Keyring, TransitKey};
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
+pub use crate::store::page::{page_limit, Page, PageRequest};
 use crate::store::{validate_name, MappingTable, SecretMeta, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -377,12 +378,34 @@ impl Unsealed<'_> {
         &self.keys
     }
 
+    /// The secrets store itself: for the seal's re-encryption, the tests and the bench.
+    /// Front doors call the operations below.
     pub fn secrets(&self) -> &SecretStore {
         &self.backend.secrets
     }
 
+    /// The mapping table itself: for the tests and the bench. Front doors call the
+    /// operations below.
     pub fn mappings(&self) -> &MappingTable {
         &self.backend.mappings
+    }
+
+    /// One page of the secrets' metadata, in name order (see [`PageRequest`]). Waits for the
+    /// mirror to hold the whole bucket.
+    pub async fn list_page(
+        &self,
+        request: &PageRequest<'_>,
+    ) -> Result<Page<SecretMeta>, BackendError> {
+        Ok(self.secrets().list_page(request).await?)
+    }
+
+    /// One page of the names `entity` may read, in name order (see [`PageRequest`]).
+    pub async fn mapping_page(
+        &self,
+        entity: &str,
+        request: &PageRequest<'_>,
+    ) -> Result<Page<String>, BackendError> {
+        Ok(self.mappings().names_page(entity, request).await?)
     }
 
     /// Authorize and serve a read. No NATS I/O unless an older version is requested, or the
@@ -448,7 +471,7 @@ impl Unsealed<'_> {
             .secrets()
             .created_ms(name)
             .await?
-            .unwrap_or_else(crate::store::secrets::now_ms);
+            .unwrap_or_else(crate::clock::now_ms);
         let sealed = match self.backend.legacy_writes {
             true => envelope::seal_legacy(value, self.keys.current()),
             false => envelope::seal(value, self.keys.current(), created),

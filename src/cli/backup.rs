@@ -16,8 +16,9 @@ use clap::Args;
 
 use super::files::PendingFile;
 use super::Conn;
-use crate::backup::{self, Buckets, Destination, VerifiedBackup};
+use crate::backup::{self, Destination, VerifiedBackup};
 use crate::config;
+use crate::store::Buckets;
 
 #[derive(Args)]
 pub struct BackupArgs {

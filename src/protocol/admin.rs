@@ -21,11 +21,10 @@ use super::wire::{
     ListSecretsResponse, MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse,
 };
 use crate::audit::AuditNote;
-use crate::backend::{BackendError, MappingChange, Unsealed};
+use crate::backend::{page_limit, BackendError, MappingChange, PageRequest, Unsealed};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::store::envelope::SecretValue;
-use crate::store::secrets::{page_limit, PageRequest};
 use crate::store::validate_entity;
 
 /// A `put_secret` refusal in the sample's `PutSecretResponse`, noted with what was decided.
@@ -165,10 +164,9 @@ pub async fn list_secrets(store: &Unsealed<'_>, payload: &[u8]) -> Reply {
             limit,
         };
         store
-            .secrets()
             .list_page(&request)
             .await
-            .map_err(|e| Reply::core_error(&e.into()))
+            .map_err(|e| Reply::core_error(&e))
     };
     match page.await {
         Ok(page) => Reply::json(&ListSecretsResponse {
@@ -232,10 +230,9 @@ pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) ->
             limit,
         };
         store
-            .mappings()
-            .names_page(entity, &request)
+            .mapping_page(entity, &request)
             .await
-            .map_err(|e| Reply::core_error(&e.into()))
+            .map_err(|e| Reply::core_error(&e))
     };
     match page.await {
         Ok(page) => Reply::json(&MappingsResponse {

@@ -72,8 +72,8 @@ pub struct DeleteSecretRequest {
 pub struct ListSecretsRequest {
     #[serde(default)]
     pub prefix: String,
-    /// Most entries in the reply: default [`PAGE_DEFAULT`](crate::store::secrets::PAGE_DEFAULT)
-    /// (1000), at most [`PAGE_MAX`](crate::store::secrets::PAGE_MAX) (2000; a larger limit is
+    /// Most entries in the reply: default [`PAGE_DEFAULT`](crate::store::page::PAGE_DEFAULT)
+    /// (1000), at most [`PAGE_MAX`](crate::store::page::PAGE_MAX) (2000; a larger limit is
     /// lowered); 0 is refused (400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,

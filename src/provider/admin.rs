@@ -24,13 +24,12 @@ use super::bindings::exports::piggybank::secrets::admin::{
 };
 use super::links::{Access, LinkScope, Links, ScopeError};
 use crate::audit::{AuditNote, Auditor, LinkRef};
-use crate::backend::{Backend, BackendError, MappingChange};
+use crate::backend::{page_limit, Backend, BackendError, MappingChange, PageRequest};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::finish::Finish;
 use crate::server::RunConfig;
 use crate::store::envelope::{SecretKind as StoredKind, SecretValue};
-use crate::store::secrets::{page_limit, PageRequest};
 use crate::store::{validate_entity, SecretMeta};
 
 /// What the exports need: the core, the links, and what `status` reports.
@@ -217,11 +216,7 @@ impl Handler<Option<Context>> for AdminExports {
                 limit: wit_limit(limit)?,
             };
             let store = self.store()?;
-            let page = store
-                .secrets()
-                .list_page(&request)
-                .await
-                .map_err(|e| Refusal::from(BackendError::from(e)))?;
+            let page = store.list_page(&request).await.map_err(Refusal::from)?;
             Ok(SecretPage {
                 secrets: page.items.into_iter().map(info).collect(),
                 next: page.next,
@@ -298,10 +293,9 @@ impl Handler<Option<Context>> for AdminExports {
             };
             let store = self.store()?;
             let page = store
-                .mappings()
-                .names_page(&entity, &request)
+                .mapping_page(&entity, &request)
                 .await
-                .map_err(|e| Refusal::from(BackendError::from(e)))?;
+                .map_err(Refusal::from)?;
             Ok(NamePage {
                 names: page.items,
                 next: page.next,

@@ -17,8 +17,9 @@ use std::sync::{Arc, RwLock};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
+use super::kv_stream;
 use super::mirror::{self, Change, MirrorHandle};
-use super::secrets::{page_names, Page, PageRequest};
+use super::page::{page_names, Page, PageRequest};
 use super::{validate_entity, validate_name, Bucket, StoreError};
 
 /// Attempts at a compare-and-set before giving up with `Contention`.
@@ -132,14 +133,14 @@ impl MappingTable {
 
     /// The names the bucket grants `entity` now, read from the stream's leader.
     async fn stored(&self, entity: &str) -> Result<HashSet<String>, StoreError> {
-        let subject = format!("{}{}", self.kv.prefix, entity);
+        let subject = kv_stream::key_subject(&self.kv, entity);
         match self
             .kv
             .stream
             .get_last_raw_message_by_subject(&subject)
             .await
         {
-            Ok(message) if mirror::is_deletion(Some(&message.headers)) => Ok(HashSet::new()),
+            Ok(message) if kv_stream::is_deletion(Some(&message.headers)) => Ok(HashSet::new()),
             Ok(message) => Ok(granted(entity, Some(&message.payload))),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(HashSet::new())

@@ -1,4 +1,5 @@
-//! A live, in-memory mirror of a KV bucket, fed by an ordered JetStream push consumer.
+//! A live, in-memory mirror of a KV bucket, fed by an ordered read of its stream
+//! ([`super::kv_stream`]).
 //!
 //! `async_nats`' own `watch_all` ends at once on an empty bucket, so it cannot keep a cache of
 //! a bucket that starts empty; this drives the consumer directly instead. Delivery starts with
@@ -27,14 +28,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::kv_stream::KvStream;
 use super::StoreError;
 
 /// Most changes handed to a sink at once (what has already arrived, never waited for).
@@ -47,15 +48,7 @@ pub const STALL: Duration = Duration::from_secs(30);
 /// million keys on 2 busy cores), more than async-nats' default of 5 s allows for larger ones.
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One change to a key.
-pub struct Change {
-    pub key: String,
-    pub revision: u64,
-    pub at: OffsetDateTime,
-    /// `None` when the key was deleted or purged. Shares the connection's read buffer: a sink
-    /// that keeps it should keep a copy of its own.
-    pub value: Option<Bytes>,
-}
+pub use super::kv_stream::Change;
 
 /// What [`insert_if_newer`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -191,15 +184,6 @@ impl MirrorHandle {
     }
 }
 
-const KV_OPERATION: &str = "KV-Operation";
-
-/// Whether a KV message is a delete or purge marker.
-pub fn is_deletion(headers: Option<&async_nats::HeaderMap>) -> bool {
-    headers
-        .and_then(|h| h.get(KV_OPERATION))
-        .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
-}
-
 /// Start mirroring `store` into `sink`; `name` says which store it is (`secrets` or
 /// `mappings`, for metrics). Returns at once: the load runs in the background (see
 /// [`MirrorHandle::loaded`]).
@@ -226,32 +210,30 @@ where
     let mirror = Mirror {
         client: client.clone(),
         js,
-        stream: store.stream_name.clone(),
-        prefix: store.prefix.clone(),
+        kv: KvStream::of(store),
         progress: Arc::clone(&progress),
         sink,
     };
-    let task = tokio::spawn(mirror.run(store.stream.clone()));
+    let task = tokio::spawn(mirror.run());
     MirrorHandle { task, progress }
 }
 
 struct Mirror<F> {
     client: async_nats::Client,
     js: jetstream::Context,
-    stream: String,
-    prefix: String,
+    kv: KvStream,
     progress: Arc<Progress>,
     sink: F,
 }
 
 impl<F: Fn(Vec<Change>)> Mirror<F> {
-    async fn run(self, stream: jetstream::stream::Stream) {
+    async fn run(self) {
         // The highest stream sequence applied: where a new consumer resumes.
         let mut last = 0u64;
         let mut failures = 0u32;
         loop {
             let before = last;
-            let error = match self.follow(&stream, &mut last).await {
+            let error = match self.follow(&mut last).await {
                 Ok(()) => "the consumer ended".to_string(),
                 Err(e) => e.to_string(),
             };
@@ -268,39 +250,24 @@ impl<F: Fn(Vec<Change>)> Mirror<F> {
 
     /// Read the bucket, then follow every change as it happens. The first consumer starts as
     /// [`load_policy`] says; one made after an interruption resumes after what was applied.
-    async fn follow(
-        &self,
-        stream: &jetstream::stream::Stream,
-        last: &mut u64,
-    ) -> Result<(), StoreError> {
+    async fn follow(&self, last: &mut u64) -> Result<(), StoreError> {
         let start = match *last {
             0 => {
-                let state = stream.get_info().await.map_err(StoreError::upstream)?.state;
+                let stream = self.kv.stream().get_info().await;
+                let state = stream.map_err(StoreError::upstream)?.state;
                 load_policy(state.messages, state.subjects_count)
             }
             applied => after(applied),
         };
-        let consumer = self
-            .js
-            .create_consumer_on_stream(
-                push::OrderedConfig {
-                    deliver_subject: self.client.new_inbox(),
-                    description: Some("piggybank cache".to_string()),
-                    filter_subject: format!("{}>", self.prefix),
-                    deliver_policy: start,
-                    ..Default::default()
-                },
-                &self.stream,
-            )
-            .await
-            .map_err(StoreError::upstream)?;
+        let (pending, messages) = self
+            .kv
+            .ordered(&self.client, &self.js, start, false, "piggybank cache")
+            .await?;
         self.progress.step();
-        let pending = consumer.cached_info().num_pending;
         self.progress.pending.store(pending, Ordering::Relaxed);
         if pending == 0 {
             self.loaded();
         }
-        let messages = consumer.messages().await.map_err(StoreError::upstream)?;
         self.apply(messages, last).await
     }
 
@@ -354,29 +321,20 @@ impl<F: Fn(Vec<Change>)> Mirror<F> {
                         break;
                     }
                 };
-                let (revision, left, at) = match message.info() {
-                    Ok(info) => (info.stream_sequence, info.pending, info.published),
+                let message = match self.kv.message(&message) {
+                    Ok(message) => message,
                     Err(e) => {
-                        failed = Some(StoreError::upstream(e));
+                        failed = Some(e);
                         break;
                     }
                 };
                 if loaded {
-                    let lag = (now - at).as_seconds_f64().max(0.0);
+                    let lag = (now - message.at).as_seconds_f64().max(0.0);
                     crate::metrics::mirror_lag(self.progress.store, lag);
                 }
-                newest = newest.max(revision);
-                pending = Some(left);
-                let Some(key) = message.subject.strip_prefix(self.prefix.as_str()) else {
-                    continue;
-                };
-                let deleted = is_deletion(message.headers.as_ref());
-                changes.push(Change {
-                    key: key.to_string(),
-                    revision,
-                    at,
-                    value: (!deleted).then(|| message.payload.clone()),
-                });
+                newest = newest.max(message.revision);
+                pending = Some(message.pending);
+                changes.extend(message.change);
             }
             if !changes.is_empty() {
                 (self.sink)(changes);

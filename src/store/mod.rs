@@ -1,6 +1,7 @@
-//! Storage on NATS JetStream KV: secrets ([`SecretStore`]), the entity allow-list
-//! ([`MappingTable`]), the at-rest format ([`envelope`]) and sealed mode's key record
-//! ([`record`]).
+//! Storage on NATS JetStream KV: the buckets ([`buckets`]: names, specs, creation) and their
+//! ordered reads (`kv_stream`), secrets ([`SecretStore`]), the entity allow-list
+//! ([`MappingTable`]), the paging rule ([`page`]), the at-rest format ([`envelope`]) and
+//! sealed mode's key record (`record`).
 //!
 //! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
 //! so the request hot path makes no NATS round trip once the mirror is loaded. They serve
@@ -9,19 +10,22 @@
 //! must be (`create`/`update` on the revision) and is applied to the local mirror as soon as
 //! the server acknowledges it, so the instance that made a change honours it at once.
 
+pub mod buckets;
 pub mod envelope;
+pub(crate) mod kv_stream;
 pub(crate) mod mappings;
 pub(crate) mod mirror;
+pub mod page;
 pub(crate) mod record;
 pub(crate) mod rekey;
 pub mod secrets;
 
+pub use buckets::{existing_bucket, jetstream, open_or_create_bucket, Bucket, BucketSpec, Buckets};
 pub use mappings::MappingTable;
 pub use mirror::MirrorHandle;
 pub use secrets::{SecretMeta, SecretStore, StoredSecret};
 
 use crate::error::ErrorKind;
-use async_nats::jetstream::{self, kv};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -110,104 +114,6 @@ pub fn validate_entity(entity: &str) -> Result<(), StoreError> {
         _ => Err(StoreError::InvalidEntity(
             entity.chars().take(MAX_NAME_LEN).collect(),
         )),
-    }
-}
-
-/// How a bucket is created when it does not exist yet.
-#[derive(Debug, Clone)]
-pub struct BucketSpec {
-    pub name: String,
-    pub description: &'static str,
-    pub history: i64,
-    pub replicas: usize,
-}
-
-/// The one way piggybank makes a JetStream context: in the JetStream domain `domain` when one
-/// is configured (`--js-domain`, a leaf node reaching a hub's JetStream), else the
-/// connection's own account's JetStream. Every bucket piggybank opens goes through it, so
-/// none can be opened outside the configured domain.
-pub fn jetstream(client: &async_nats::Client, domain: Option<&str>) -> jetstream::Context {
-    match domain.map(str::trim).filter(|d| !d.is_empty()) {
-        Some(domain) => jetstream::with_domain(client.clone(), domain),
-        None => jetstream::new(client.clone()),
-    }
-}
-
-/// Which bucket to open, and whether opening may create it.
-#[derive(Debug, Clone, Copy)]
-pub enum Bucket<'a> {
-    /// The servers' way (`run`, `dev`, the provider): create the bucket if it is missing.
-    CreateIfMissing(&'a BucketSpec),
-    /// Client commands' way: the bucket must exist.
-    Existing(&'a str),
-}
-
-impl Bucket<'_> {
-    pub async fn open(self, js: &jetstream::Context) -> Result<kv::Store, StoreError> {
-        match self {
-            Bucket::CreateIfMissing(spec) => open_or_create_bucket(js, spec).await,
-            Bucket::Existing(name) => existing_bucket(js, name).await,
-        }
-    }
-}
-
-/// Whether getting a bucket failed because it does not exist (and not, say, a timeout).
-fn is_missing(e: &jetstream::context::KeyValueError) -> bool {
-    use jetstream::context::{GetStreamError, GetStreamErrorKind};
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<GetStreamError>())
-        .is_some_and(|g| {
-            matches!(g.kind(), GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
-        })
-}
-
-/// Open the existing bucket `name`; never create it. Client commands open buckets this way,
-/// so a typo in a bucket name is an error that names it, not a new empty bucket.
-pub async fn existing_bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, StoreError> {
-    match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
-        Err(e) if is_missing(&e) => Err(StoreError::NoBucket(name.to_string())),
-        Err(e) => Err(StoreError::Upstream(format!("bucket {name:?}: {e}"))),
-    }
-}
-
-/// Open `spec.name`, creating it if it does not exist: for the servers (`run`, `dev`, the
-/// provider) only. An existing bucket is used as it is (a differing replica count is
-/// reported, not changed).
-pub async fn open_or_create_bucket(
-    js: &jetstream::Context,
-    spec: &BucketSpec,
-) -> Result<kv::Store, StoreError> {
-    match existing_bucket(js, &spec.name).await {
-        Ok(store) => {
-            let replicas = store.stream.cached_info().config.num_replicas;
-            if replicas != spec.replicas {
-                tracing::warn!(
-                    bucket = %spec.name, existing = replicas, requested = spec.replicas,
-                    "bucket exists with a different replica count; leaving it as it is"
-                );
-            }
-            Ok(store)
-        }
-        Err(StoreError::NoBucket(_)) => {
-            let created = js
-                .create_key_value(kv::Config {
-                    bucket: spec.name.clone(),
-                    description: spec.description.to_string(),
-                    history: spec.history,
-                    num_replicas: spec.replicas,
-                    compression: true,
-                    ..Default::default()
-                })
-                .await;
-            match created {
-                Ok(store) => Ok(store),
-                // Another instance created it first.
-                Err(_) => existing_bucket(js, &spec.name).await,
-            }
-        }
-        Err(e) => Err(e),
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 
 use super::envelope::{self, EnvelopeError};
-use super::secrets::now_ms;
 use super::{SecretStore, StoreError};
+use crate::clock::now_ms;
 use crate::keys::Keyring;
 
 /// Secrets re-sealed at once.

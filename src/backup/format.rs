@@ -1,0 +1,595 @@
+//! The backup file format, apart from any I/O but the file's own: writing a body behind a
+//! reserved header ([`BodyWriter`]), checking a file whole ([`VerifiedBackup::open`]), and
+//! decoding its lines one by one ([`BodyCheck`]). Pure: no NATS, so every rule is unit-tested.
+//!
+//! # Format (version 1)
+//!
+//! ```text
+//! header line   one JSON object (`Header`), padded with spaces to HEADER_WIDTH bytes, then "\n"
+//! body          JSON lines, one `Line` each, every one ending with "\n":
+//!   {"type":"version","secret":NAME,"revision":N,"written_ms":MS,"value":BASE64}
+//!   {"type":"mapping","entity":KEY,"names":[NAME,...]}
+//!   {"type":"key_record","value":BASE64}
+//! ```
+//!
+//! `value` is the bytes the bucket holds, in standard base64: a version's sealed envelope
+//! (`store::envelope`), the key record's JSON (keys wrapped by the master key). So the file
+//! holds no plaintext and making it needs no key. Versions come in the source stream's order
+//! (each secret's versions oldest first), then the mappings, then the key record, which is
+//! read last so that it holds every data key a value in the file was sealed with (keys are
+//! only ever added to it). The header counts the body and carries its length and SHA-256;
+//! the writer streams the body and fills the padded header in at the end, so a backup of
+//! any size needs memory only for the names, never the values.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+use super::BackupError;
+use crate::keys::vault::VaultRecord;
+use crate::store::{self, envelope};
+
+/// The `format` every backup's header names.
+pub const FORMAT: &str = "piggybank-backup";
+/// The version of the format this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The header line's width, newline included: the writer reserves it before the body and
+/// fills it in once the counts and the checksum are known. Readers read one line, whatever
+/// its width.
+pub const HEADER_WIDTH: usize = 4096;
+/// Longest header line a reader accepts.
+const MAX_HEADER: u64 = 64 * 1024;
+/// Longest body line a reader accepts: a value of NATS's largest max payload (64 MiB), in
+/// base64, with room for the rest of the line.
+pub(super) const MAX_LINE: u64 = 96 * 1024 * 1024;
+
+/// What a backup holds and how to check it: the first line of the file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Always [`FORMAT`]: what tells a backup from any other file.
+    pub format: String,
+    /// [`FORMAT_VERSION`] when written by this code.
+    pub version: u32,
+    /// The backend (`-n/--name`) whose buckets were read.
+    pub backend: String,
+    /// The secrets bucket that was read (`-b`).
+    pub secrets_bucket: String,
+    /// Versions that bucket kept per secret: restore creates its bucket with as many.
+    pub secrets_history: i64,
+    /// When the backup was made (RFC 3339, UTC).
+    pub created_at: String,
+    /// Secrets with at least one version in the body.
+    pub secrets: u64,
+    /// Version lines in the body.
+    pub versions: u64,
+    /// Mapping lines (entities) in the body.
+    pub mappings: u64,
+    /// Whether the body holds sealed mode's key record.
+    pub key_record: bool,
+    /// Length of the body in bytes: a shorter file was truncated.
+    pub body_bytes: u64,
+    /// SHA-256 of the body, lowercase hex.
+    pub body_sha256: String,
+}
+
+/// One line of the body.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum Line {
+    /// One kept version of a secret: its sealed envelope, as stored.
+    Version {
+        secret: String,
+        /// Its revision in the source bucket (for reference: restore cannot keep it).
+        revision: u64,
+        /// When the source bucket stored it, unix ms.
+        written_ms: u64,
+        value: String,
+    },
+    /// The secrets one entity may read.
+    Mapping { entity: String, names: Vec<String> },
+    /// Sealed mode's key record, as stored (wrapped keys only).
+    KeyRecord { value: String },
+}
+
+pub(super) fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Streams the body into the file behind a reserved header line, hashing and counting.
+pub(super) struct BodyWriter<W: Write + Seek> {
+    out: BufWriter<W>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write + Seek> BodyWriter<W> {
+    pub(super) fn start(mut out: W) -> Result<Self, BackupError> {
+        out.seek(SeekFrom::Start(0))?;
+        let mut out = BufWriter::with_capacity(1 << 20, out);
+        let mut reserved = vec![b' '; HEADER_WIDTH];
+        reserved[HEADER_WIDTH - 1] = b'\n';
+        out.write_all(&reserved)?;
+        Ok(Self {
+            out,
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    pub(super) fn line(&mut self, line: &Line) -> Result<(), BackupError> {
+        let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        self.hasher.update(&text);
+        self.bytes += text.len() as u64;
+        self.out.write_all(&text)?;
+        Ok(())
+    }
+
+    /// Fill the header in with the body's length and checksum.
+    pub(super) fn finish(self, mut header: Header) -> Result<Header, BackupError> {
+        header.body_bytes = self.bytes;
+        header.body_sha256 = data_encoding::HEXLOWER.encode(&self.hasher.finalize());
+        let text = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+        if text.len() >= HEADER_WIDTH {
+            return Err(BackupError::HeaderTooLong);
+        }
+        let mut out = self.out.into_inner().map_err(|e| e.into_error())?;
+        out.seek(SeekFrom::Start(0))?;
+        out.write_all(&text)?;
+        out.write_all(&vec![b' '; HEADER_WIDTH - 1 - text.len()])?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        Ok(header)
+    }
+}
+
+/// One body line, checked and decoded.
+pub(super) enum Entry {
+    Version {
+        secret: String,
+        value: Vec<u8>,
+    },
+    Mapping {
+        entity: String,
+        names: Vec<String>,
+    },
+    /// Written before the body is read again (see [`BodyCheck::key_record`]).
+    KeyRecord,
+}
+
+/// Checks body lines one by one, and counts them.
+#[derive(Default)]
+pub(super) struct BodyCheck {
+    /// Per secret: the last revision seen (versions must come in order) and how many.
+    secrets: HashMap<String, (u64, u64)>,
+    entities: HashSet<String>,
+    versions: u64,
+    key_record: Option<Vec<u8>>,
+}
+
+impl BodyCheck {
+    pub(super) fn line(&mut self, text: &[u8]) -> Result<Entry, String> {
+        let line: Line = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        let decode = |value: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .map_err(|e| format!("value is not base64: {e}"))
+        };
+        match line {
+            Line::Version {
+                secret,
+                revision,
+                value,
+                ..
+            } => {
+                store::validate_name(&secret).map_err(|e| e.to_string())?;
+                let value = decode(&value)?;
+                envelope::parse(&value).map_err(|e| format!("a version of {secret:?}: {e}"))?;
+                let (last, count) = self.secrets.entry(secret.clone()).or_default();
+                if revision <= *last {
+                    return Err(format!("the versions of {secret:?} are out of order"));
+                }
+                *last = revision;
+                *count += 1;
+                self.versions += 1;
+                Ok(Entry::Version { secret, value })
+            }
+            Line::Mapping { entity, names } => {
+                store::validate_entity(&entity).map_err(|e| e.to_string())?;
+                for name in &names {
+                    store::validate_name(name).map_err(|e| e.to_string())?;
+                }
+                if !self.entities.insert(entity.clone()) {
+                    return Err(format!("entity {entity} is mapped twice"));
+                }
+                Ok(Entry::Mapping { entity, names })
+            }
+            Line::KeyRecord { value } => {
+                if self.key_record.is_some() {
+                    return Err("a second key record".into());
+                }
+                let value = decode(&value)?;
+                serde_json::from_slice::<VaultRecord>(&value)
+                    .map_err(|e| format!("the key record is not one: {e}"))?;
+                self.key_record = Some(value);
+                Ok(Entry::KeyRecord)
+            }
+        }
+    }
+
+    /// Most versions any one secret has.
+    pub(super) fn max_versions(&self) -> u64 {
+        self.secrets.values().map(|(_, n)| *n).max().unwrap_or(0)
+    }
+}
+
+/// Read the header line; `(header, its length in bytes)`.
+fn read_header(input: &mut impl BufRead) -> Result<(Header, u64), BackupError> {
+    let mut line = Vec::new();
+    let n = input.take(MAX_HEADER).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Err(BackupError::NotABackup("the file is empty".into()));
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(BackupError::NotABackup(
+            "it has no complete header line (truncated?)".into(),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&line)
+        .map_err(|_| BackupError::NotABackup("its first line is not a JSON header".into()))?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(BackupError::NotABackup(format!(
+            "its header does not say \"format\": \"{FORMAT}\""
+        )));
+    }
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(found) => return Err(BackupError::UnsupportedVersion { found }),
+        None => return Err(BackupError::NotABackup("its header has no version".into())),
+    }
+    let header = serde_json::from_value(value)
+        .map_err(|e| BackupError::NotABackup(format!("its header is malformed: {e}")))?;
+    Ok((header, n as u64))
+}
+
+/// Read the body from where `input` stands, feeding each line to `each`; returns its length
+/// and SHA-256. A line that does not parse is reported only once the length and the checksum
+/// have been compared (`first_problem`), so a truncated or altered file is named as such.
+fn read_body(
+    input: &mut impl BufRead,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+) -> Result<(u64, String, Option<BackupError>), BackupError> {
+    let mut lines = BodyLines::new(input);
+    let mut first_problem = None;
+    while let Some((number, line)) = lines.next_line()? {
+        if first_problem.is_some() {
+            continue;
+        }
+        if line.last() != Some(&b'\n') {
+            first_problem = Some(BackupError::Corrupt {
+                line: number,
+                why: "the line does not end (truncated, or longer than any value)".into(),
+            });
+            continue;
+        }
+        if let Err(e) = each(number, line) {
+            first_problem = Some(e);
+        }
+    }
+    let bytes = lines.bytes;
+    Ok((bytes, lines.sha256(), first_problem))
+}
+
+/// Reads a body line by line (at most [`MAX_LINE`] bytes each), hashing and counting what it
+/// reads: the one reader of a body, for the whole-file check and for restore alike.
+pub(super) struct BodyLines<R> {
+    input: R,
+    hasher: Sha256,
+    /// Bytes read so far.
+    bytes: u64,
+    /// The number of the last line read, in the file (the header is line 1).
+    number: u64,
+    line: Vec<u8>,
+}
+
+impl<R: BufRead> BodyLines<R> {
+    pub(super) fn new(input: R) -> Self {
+        Self {
+            input,
+            hasher: Sha256::new(),
+            bytes: 0,
+            number: 1,
+            line: Vec::new(),
+        }
+    }
+
+    /// The next line, newline included (none when cut short), and its number in the file;
+    /// `None` at the end.
+    pub(super) fn next_line(&mut self) -> std::io::Result<Option<(u64, &[u8])>> {
+        self.line.clear();
+        let n = (&mut self.input)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.hasher.update(&self.line);
+        self.bytes += n as u64;
+        self.number += 1;
+        Ok(Some((self.number, &self.line)))
+    }
+
+    /// The SHA-256 of what was read, lowercase hex, as a header carries it.
+    pub(super) fn sha256(self) -> String {
+        data_encoding::HEXLOWER.encode(&self.hasher.finalize())
+    }
+}
+
+/// A backup file whose header, length, checksum and every line have been checked: the only
+/// thing [`restore`](super::restore) accepts.
+pub struct VerifiedBackup<R> {
+    pub(super) header: Header,
+    /// Where the body starts: restore reads it again from there.
+    pub(super) body_start: u64,
+    /// The key record's bytes, which restore writes first.
+    pub(super) key_record: Option<Vec<u8>>,
+    /// Most versions any one secret has: the history a secrets bucket needs.
+    pub(super) max_versions: u64,
+    pub(super) file: R,
+}
+
+impl<R: Read + Seek> VerifiedBackup<R> {
+    /// Check the whole file: its header, then its body's length and SHA-256 against the
+    /// header, then every line (names, entities, base64, envelopes, the key record, each
+    /// secret's versions in order), then the counts.
+    pub fn open(mut file: R) -> Result<Self, BackupError> {
+        file.seek(SeekFrom::Start(0))?;
+        let mut input = BufReader::with_capacity(1 << 20, &mut file);
+        let (header, body_start) = read_header(&mut input)?;
+        let mut check = BodyCheck::default();
+        let (bytes, sha, problem) = read_body(&mut input, |number, line| {
+            check
+                .line(line)
+                .map(drop)
+                .map_err(|why| BackupError::Corrupt { line: number, why })
+        })?;
+        drop(input);
+        if bytes < header.body_bytes {
+            return Err(BackupError::Truncated {
+                expected: header.body_bytes,
+                found: bytes,
+            });
+        }
+        if bytes > header.body_bytes {
+            return Err(BackupError::TooLong {
+                expected: header.body_bytes,
+                found: bytes,
+            });
+        }
+        if sha != header.body_sha256 {
+            return Err(BackupError::Checksum {
+                expected: header.body_sha256.clone(),
+                found: sha,
+            });
+        }
+        if let Some(problem) = problem {
+            return Err(problem);
+        }
+        let counts = [
+            ("secrets", header.secrets, check.secrets.len() as u64),
+            ("versions", header.versions, check.versions),
+            ("mappings", header.mappings, check.entities.len() as u64),
+            (
+                "key records",
+                u64::from(header.key_record),
+                u64::from(check.key_record.is_some()),
+            ),
+        ];
+        for (what, expected, found) in counts {
+            if expected != found {
+                return Err(BackupError::Counts {
+                    what,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(Self {
+            max_versions: check.max_versions(),
+            key_record: check.key_record,
+            header,
+            body_start,
+            file,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use zeroize::Zeroizing;
+
+    fn header(secrets: u64, versions: u64, mappings: u64, key_record: bool) -> Header {
+        Header {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            backend: "nats-kv".into(),
+            secrets_bucket: "WASMCLOUD_SECRETS".into(),
+            secrets_history: 64,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            secrets,
+            versions,
+            mappings,
+            key_record,
+            body_bytes: 0,
+            body_sha256: String::new(),
+        }
+    }
+
+    /// A small backup: two versions of one secret, one of another, one mapping.
+    fn small_backup() -> Vec<u8> {
+        let key = crate::keys::DataKey::from_seed(&crate::keys::generate_seed()).unwrap();
+        let sealed = |text: &str| {
+            let value = envelope::SecretValue::String(Zeroizing::new(text.to_string()));
+            b64(&envelope::seal(&value, &key, 1).unwrap())
+        };
+        let mut out = Cursor::new(Vec::new());
+        let mut body = BodyWriter::start(&mut out).unwrap();
+        for (secret, revision, text) in [("db", 1, "one"), ("api", 2, "two"), ("db", 3, "three")] {
+            body.line(&Line::Version {
+                secret: secret.into(),
+                revision,
+                written_ms: 5,
+                value: sealed(text),
+            })
+            .unwrap();
+        }
+        body.line(&Line::Mapping {
+            entity: nkeys::KeyPair::new_module().public_key(),
+            names: vec!["api".into(), "db".into()],
+        })
+        .unwrap();
+        body.finish(header(2, 3, 1, false)).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_backup_verifies_with_its_header_padded_to_a_fixed_width() {
+        let bytes = small_backup();
+        assert_eq!(bytes[HEADER_WIDTH - 1], b'\n');
+        let verified = VerifiedBackup::open(Cursor::new(bytes)).unwrap();
+        let header = verified.header();
+        assert_eq!(
+            (header.secrets, header.versions, header.mappings),
+            (2, 3, 1)
+        );
+        assert_eq!(verified.max_versions, 2);
+    }
+
+    #[test]
+    fn every_flipped_body_byte_and_every_cut_is_refused() {
+        let bytes = small_backup();
+        for at in HEADER_WIDTH..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x01;
+            match VerifiedBackup::open(Cursor::new(flipped)) {
+                Err(BackupError::Checksum { .. }) => {}
+                Err(other) => panic!("byte {at}: {other}"),
+                Ok(_) => panic!("byte {at} flipped, and the backup verified"),
+            }
+        }
+        for len in 0..bytes.len() {
+            let cut = bytes[..len].to_vec();
+            let refused = VerifiedBackup::open(Cursor::new(cut));
+            assert!(
+                matches!(
+                    refused,
+                    Err(BackupError::Truncated { .. } | BackupError::NotABackup(_))
+                ),
+                "cut at {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_whose_counts_disagree_with_its_header_is_refused() {
+        let mut out = Cursor::new(Vec::new());
+        let body = BodyWriter::start(&mut out).unwrap();
+        body.finish(header(1, 1, 0, false)).unwrap();
+        let refused = VerifiedBackup::open(Cursor::new(out.into_inner()));
+        assert!(
+            matches!(
+                refused,
+                Err(BackupError::Counts {
+                    what: "secrets",
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.err()
+        );
+    }
+
+    #[test]
+    fn other_files_and_other_versions_are_named_as_such() {
+        let refused = |bytes: &[u8]| VerifiedBackup::open(Cursor::new(bytes.to_vec())).err();
+        assert!(matches!(
+            refused(b"{\"format\":\"tar\"}\n"),
+            Some(BackupError::NotABackup(_))
+        ));
+        assert!(matches!(
+            refused(b"hello\n"),
+            Some(BackupError::NotABackup(_))
+        ));
+        assert!(matches!(
+            refused(b"{\"format\":\"piggybank-backup\",\"version\":2}\n"),
+            Some(BackupError::UnsupportedVersion { found: 2 })
+        ));
+    }
+
+    #[test]
+    fn each_line_is_checked_on_its_own_and_against_the_lines_before_it() {
+        let key = crate::keys::DataKey::from_seed(&crate::keys::generate_seed()).unwrap();
+        let value = envelope::SecretValue::String(Zeroizing::new("x".to_string()));
+        let sealed = b64(&envelope::seal(&value, &key, 1).unwrap());
+        let version = |secret: &str, revision: u64| {
+            format!(
+                r#"{{"type":"version","secret":"{secret}","revision":{revision},"written_ms":1,"value":"{sealed}"}}"#
+            )
+        };
+        let entity = nkeys::KeyPair::new_module().public_key();
+        let mapping = format!(r#"{{"type":"mapping","entity":"{entity}","names":["db"]}}"#);
+        let mut check = BodyCheck::default();
+        assert!(check.line(version("db", 3).as_bytes()).is_ok());
+        assert!(check.line(version("api", 1).as_bytes()).is_ok());
+        // A secret's versions come oldest first, and a name must be a key.
+        assert!(check.line(version("db", 3).as_bytes()).is_err());
+        assert!(check.line(version("db", 2).as_bytes()).is_err());
+        assert!(check.line(version("a b", 4).as_bytes()).is_err());
+        assert!(check.line(version("db", 4).as_bytes()).is_ok());
+        assert_eq!((check.versions, check.max_versions()), (3, 2));
+        // A value that is not base64, or not an envelope.
+        let not_base64 =
+            r#"{"type":"version","secret":"x","revision":1,"written_ms":1,"value":"*"}"#;
+        assert!(check.line(not_base64.as_bytes()).is_err());
+        let not_sealed =
+            r#"{"type":"version","secret":"x","revision":1,"written_ms":1,"value":"aGk="}"#;
+        assert!(check.line(not_sealed.as_bytes()).is_err());
+        // An entity is mapped once, and is a public nkey.
+        assert!(check.line(mapping.as_bytes()).is_ok());
+        assert!(check.line(mapping.as_bytes()).is_err());
+        let bad_entity = r#"{"type":"mapping","entity":"SOMEONE","names":["db"]}"#;
+        assert!(check.line(bad_entity.as_bytes()).is_err());
+        // The key record must be one.
+        assert!(check
+            .line(br#"{"type":"key_record","value":"e30="}"#)
+            .is_err());
+        assert!(check.key_record.is_none());
+    }
+
+    #[test]
+    fn a_header_that_does_not_fit_its_reserved_line_is_refused() {
+        let mut out = Cursor::new(Vec::new());
+        let body = BodyWriter::start(&mut out).unwrap();
+        let mut long = header(0, 0, 0, false);
+        long.backend = "n".repeat(HEADER_WIDTH);
+        assert!(matches!(body.finish(long), Err(BackupError::HeaderTooLong)));
+    }
+
+    #[test]
+    fn lines_refuse_unknown_types_and_fields() {
+        let parse = |text: &str| serde_json::from_str::<Line>(text).is_ok();
+        assert!(parse(r#"{"type":"key_record","value":"e30="}"#));
+        assert!(!parse(r#"{"type":"key_record","value":"e30=","extra":1}"#));
+        assert!(!parse(r#"{"type":"nonce","value":"e30="}"#));
+        assert!(!parse(r#"{"value":"e30="}"#));
+    }
+}

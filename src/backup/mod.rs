@@ -1,0 +1,455 @@
+//! Backup and restore of one backend's buckets: every kept version of every secret, the
+//! mappings and sealed mode's key record, in one file, still sealed.
+//!
+//! The file's format is [`format`]'s; this module reads the buckets and writes them back.
+//!
+//! # Invariants
+//! - `restore` writes nothing until the whole file is verified ([`VerifiedBackup::open`]:
+//!   header, length, checksum, every line, counts), and nothing into a bucket that holds
+//!   anything, unless forced.
+//! - A secret's versions are written in their order, so its latest version stays the latest.
+//!   KV revisions cannot be chosen: a restored version gets a new revision.
+
+mod format;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+
+use format::{b64, BodyCheck, BodyLines, BodyWriter, Entry, Line};
+pub use format::{Header, VerifiedBackup, FORMAT, FORMAT_VERSION, HEADER_WIDTH};
+
+use crate::clock;
+use crate::config;
+use crate::keys::vault::VaultRecord;
+use crate::store::kv_stream::{Delivery, KvStream};
+use crate::store::record::RECORD_KEY;
+use crate::store::{self, BucketSpec, Buckets, StoreError};
+
+/// How backup's and restore's reads name their consumers.
+const DESCRIPTION: &str = "piggybank backup";
+/// Restore keeps this many writes in flight (their acks awaited in order).
+const WINDOW: usize = 256;
+
+/// Errors of backup and restore.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("backup file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a piggybank backup: {0}")]
+    NotABackup(String),
+    #[error(
+        "the backup is in format version {found}; this piggybank reads version {FORMAT_VERSION}"
+    )]
+    UnsupportedVersion { found: u64 },
+    #[error(
+        "the backup is truncated: its header announces a body of {expected} bytes, the file \
+         holds {found}"
+    )]
+    Truncated { expected: u64, found: u64 },
+    #[error(
+        "the backup is corrupt: its body is {found} bytes, longer than the {expected} its \
+         header announces"
+    )]
+    TooLong { expected: u64, found: u64 },
+    #[error(
+        "the backup is corrupt: the SHA-256 of its body is {found}, its header says {expected}"
+    )]
+    Checksum { expected: String, found: String },
+    #[error("the backup is corrupt: line {line}: {why}")]
+    Corrupt { line: u64, why: String },
+    #[error("the backup is corrupt: its header counts {expected} {what}, its body holds {found}")]
+    Counts {
+        what: &'static str,
+        expected: u64,
+        found: u64,
+    },
+    #[error("the backup header does not fit in {HEADER_WIDTH} bytes (names too long?)")]
+    HeaderTooLong,
+    #[error(
+        "refusing to restore into buckets that are not empty: {}; restore into empty or \
+         missing buckets, or give --force to write on top of what is there",
+        .0.join(", ")
+    )]
+    NotEmpty(Vec<String>),
+    #[error(
+        "bucket {bucket:?} keeps {history} versions per secret, but the backup has a secret \
+         with {needed}: delete the bucket so that restore creates it with the backup's history"
+    )]
+    HistoryTooShort {
+        bucket: String,
+        history: i64,
+        needed: u64,
+    },
+    #[error("cannot back up {key:?} in bucket {bucket:?}: {why}")]
+    Unreadable {
+        bucket: String,
+        key: String,
+        why: String,
+    },
+    #[error(
+        "restore stopped after {written} of {total} entries were written: {why}; the buckets \
+         hold part of the backup: delete them and restore again"
+    )]
+    Partial {
+        written: u64,
+        total: u64,
+        why: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn upstream(e: impl std::fmt::Display) -> BackupError {
+    BackupError::Store(StoreError::upstream(e))
+}
+
+/// A secret seen by the first pass over the secrets stream.
+#[derive(Default)]
+struct KeyState {
+    /// Revision of its last delete or purge marker (0: none): older versions are gone.
+    since: u64,
+    /// Whether its last message is a value (not a marker).
+    live: bool,
+    /// Whether a version of it was written to the backup.
+    written: bool,
+}
+
+/// Write a backup of `buckets` to `out`, from its start; `progress` gets the number of
+/// versions written so far. Reads the buckets directly: no key is needed, and nothing is
+/// decrypted. Returns the header written.
+pub async fn backup<W: Write + Seek>(
+    client: &async_nats::Client,
+    js_domain: Option<&str>,
+    buckets: &Buckets,
+    backend_name: &str,
+    out: W,
+    mut progress: impl FnMut(u64),
+) -> Result<Header, BackupError> {
+    let js = store::jetstream(client, js_domain);
+    let secrets = store::existing_bucket(&js, &buckets.secrets).await?;
+    let secrets_history = secrets.stream.cached_info().config.max_messages_per_subject;
+    let secrets = KvStream::of(&secrets);
+    let mappings = KvStream::of(&store::existing_bucket(&js, &buckets.mappings).await?);
+    let vault = existing(&js, &buckets.vault).await?;
+    let mut header = Header {
+        format: FORMAT.to_string(),
+        version: FORMAT_VERSION,
+        backend: backend_name.to_string(),
+        secrets_bucket: buckets.secrets.clone(),
+        secrets_history,
+        created_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(upstream)?,
+        secrets: 0,
+        versions: 0,
+        mappings: 0,
+        key_record: false,
+        body_bytes: 0,
+        body_sha256: String::new(),
+    };
+
+    // Pass 1, headers only: which secrets are live, and since which revision (a purge
+    // leaves only its marker; a delete marker hides what came before it).
+    let mut keys: HashMap<String, KeyState> = HashMap::new();
+    let first = Delivery::History { headers_only: true };
+    secrets
+        .read_existing::<BackupError>(client, &js, first, DESCRIPTION, |m| {
+            let state = keys.entry(m.key).or_default();
+            if m.value.is_none() {
+                state.since = m.revision;
+                state.live = false;
+            } else {
+                state.live = true;
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+
+    // Pass 2: the values of the live secrets' versions, in stream order.
+    let mut body = BodyWriter::start(out)?;
+    let second = Delivery::History {
+        headers_only: false,
+    };
+    secrets
+        .read_existing::<BackupError>(client, &js, second, DESCRIPTION, |m| {
+            let Some(state) = keys.get_mut(&m.key) else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            // Markers, and versions a later delete or purge hid, are not backed up.
+            let Some(value) = m.value.filter(|_| state.live && m.revision > state.since) else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            if !state.written {
+                state.written = true;
+                header.secrets += 1;
+            }
+            body.line(&Line::Version {
+                value: b64(&value),
+                secret: m.key,
+                revision: m.revision,
+                written_ms: clock::unix_ms(m.at),
+            })?;
+            header.versions += 1;
+            progress(header.versions);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+    drop(keys);
+
+    let latest = Delivery::Latest {
+        headers_only: false,
+    };
+    mappings
+        .read_existing::<BackupError>(client, &js, latest, DESCRIPTION, |m| {
+            let Some(value) = m.value else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            let names: BTreeSet<String> =
+                serde_json::from_slice(&value).map_err(|e| BackupError::Unreadable {
+                    bucket: buckets.mappings.clone(),
+                    key: m.key.clone(),
+                    why: format!("not a JSON array of names: {e}"),
+                })?;
+            body.line(&Line::Mapping {
+                entity: m.key,
+                names: names.into_iter().collect(),
+            })?;
+            header.mappings += 1;
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+
+    // Last, so that it holds every data key the values above were sealed with.
+    if let Some(vault) = vault {
+        let entry = vault.entry(RECORD_KEY).await.map_err(upstream)?;
+        if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+            serde_json::from_slice::<VaultRecord>(&entry.value).map_err(|e| {
+                BackupError::Unreadable {
+                    bucket: buckets.vault.clone(),
+                    key: RECORD_KEY.to_string(),
+                    why: e.to_string(),
+                }
+            })?;
+            body.line(&Line::KeyRecord {
+                value: b64(&entry.value),
+            })?;
+            header.key_record = true;
+        }
+    }
+    body.finish(header)
+}
+
+/// Where and how to restore.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub buckets: Buckets,
+    /// Versions kept per secret by a secrets bucket that restore creates; `None`: as many as
+    /// the backed-up bucket kept.
+    pub history: Option<i64>,
+    /// Replicas of the buckets restore creates.
+    pub replicas: usize,
+    /// Write on top of buckets that are not empty.
+    pub force: bool,
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub secrets: u64,
+    pub versions: u64,
+    pub mappings: u64,
+    pub key_record: bool,
+    /// The buckets restore created (the others existed).
+    pub created: Vec<String>,
+}
+
+/// Whether `kv` holds a live key.
+async fn holds_anything(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    kv: &kv::Store,
+) -> Result<bool, BackupError> {
+    let mut found = false;
+    let latest = Delivery::Latest { headers_only: true };
+    let kv = KvStream::of(kv);
+    kv.read_existing::<BackupError>(client, js, latest, DESCRIPTION, |m| {
+        found = m.value.is_some();
+        Ok(if found {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })
+    .await?;
+    Ok(found)
+}
+
+/// The bucket `name`, if it exists.
+async fn existing(js: &jetstream::Context, name: &str) -> Result<Option<kv::Store>, BackupError> {
+    match store::existing_bucket(js, name).await {
+        Ok(kv) => Ok(Some(kv)),
+        Err(StoreError::NoBucket(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The bucket found, or else the bucket `spec` describes, created (and named in `created`).
+async fn ensure(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+    found: Option<kv::Store>,
+    created: &mut Vec<String>,
+) -> Result<kv::Store, BackupError> {
+    if let Some(kv) = found {
+        return Ok(kv);
+    }
+    created.push(spec.name.clone());
+    Ok(store::open_or_create_bucket(js, spec).await?)
+}
+
+/// Load a verified backup into `destination`'s buckets, creating the missing ones as `run`
+/// does ([`Buckets`]). Refuses (before writing anything) buckets that hold anything unless forced, and a
+/// secrets bucket that keeps fewer versions than the backup has. Writes the key record
+/// first, then every version in the backup's order (so each secret's latest stays its
+/// latest), then the mappings. `progress` gets (entries written, entries in all).
+pub async fn restore<R: Read + Seek>(
+    client: &async_nats::Client,
+    js_domain: Option<&str>,
+    destination: &Destination,
+    backup: VerifiedBackup<R>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Restored, BackupError> {
+    let VerifiedBackup {
+        header,
+        body_start,
+        key_record,
+        max_versions,
+        mut file,
+    } = backup;
+    let buckets = &destination.buckets;
+    let js = store::jetstream(client, js_domain);
+    let history = destination
+        .history
+        .unwrap_or(header.secrets_history)
+        .clamp(1, i64::from(config::DEFAULT_MAX_SECRET_HISTORY));
+    let secrets_spec = buckets.secrets_spec(history, destination.replicas);
+    let mappings_spec = buckets.mappings_spec(destination.replicas);
+    let vault_spec = key_record
+        .is_some()
+        .then(|| buckets.vault_spec(destination.replicas));
+
+    // Every check first; nothing is created or written until all pass.
+    let found_secrets = existing(&js, &secrets_spec.name).await?;
+    let found_mappings = existing(&js, &mappings_spec.name).await?;
+    let found_vault = match &vault_spec {
+        Some(spec) => existing(&js, &spec.name).await?,
+        None => None,
+    };
+    let mut occupied = Vec::new();
+    for kv in [&found_secrets, &found_mappings, &found_vault]
+        .into_iter()
+        .flatten()
+    {
+        if holds_anything(client, &js, kv).await? {
+            occupied.push(kv.name.clone());
+        }
+    }
+    if !occupied.is_empty() && !destination.force {
+        return Err(BackupError::NotEmpty(occupied));
+    }
+    if let Some(kv) = &found_secrets {
+        let kept = kv.stream.cached_info().config.max_messages_per_subject;
+        if kept > 0 && kept.unsigned_abs() < max_versions {
+            return Err(BackupError::HistoryTooShort {
+                bucket: buckets.secrets.clone(),
+                history: kept,
+                needed: max_versions,
+            });
+        }
+    }
+
+    let mut created = Vec::new();
+    let secrets = KvStream::of(&ensure(&js, &secrets_spec, found_secrets, &mut created).await?);
+    let mappings = KvStream::of(&ensure(&js, &mappings_spec, found_mappings, &mut created).await?);
+    if let (Some(record), Some(spec)) = (&key_record, &vault_spec) {
+        let vault = ensure(&js, spec, found_vault, &mut created).await?;
+        let record = Bytes::from(record.clone());
+        if destination.force {
+            vault.put(RECORD_KEY, record).await.map_err(upstream)?;
+        } else {
+            vault.create(RECORD_KEY, record).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    BackupError::NotEmpty(vec![buckets.vault.clone()])
+                } else {
+                    upstream(e)
+                }
+            })?;
+        }
+    }
+
+    // Versions and mappings, in the file's order, WINDOW writes in flight. One connection
+    // publishes them in order and the stream stores them in that order, so each secret's
+    // versions keep theirs.
+    let total = header.versions + header.mappings;
+    let mut written = 0u64;
+    let partial = |written: u64, why: String| BackupError::Partial {
+        written,
+        total,
+        why,
+    };
+    let mut in_flight: VecDeque<jetstream::context::PublishAckFuture> = VecDeque::new();
+    file.seek(SeekFrom::Start(body_start))?;
+    let mut lines = BodyLines::new(BufReader::with_capacity(1 << 20, &mut file));
+    let mut check = BodyCheck::default();
+    while let Some((number, line)) = lines
+        .next_line()
+        .map_err(|e| partial(written, e.to_string()))?
+    {
+        let entry = check
+            .line(line)
+            .map_err(|why| partial(written, format!("line {number}: {why}")))?;
+        let (subject, value) = match entry {
+            Entry::Version { secret, value } => (secrets.put_subject(js_domain, &secret), value),
+            Entry::Mapping { entity, names } => {
+                let names: BTreeSet<String> = names.into_iter().collect();
+                let value = serde_json::to_vec(&names).map_err(upstream)?;
+                (mappings.put_subject(js_domain, &entity), value)
+            }
+            Entry::KeyRecord => continue,
+        };
+        let ack = js
+            .publish(subject, value.into())
+            .await
+            .map_err(|e| partial(written, e.to_string()))?;
+        in_flight.push_back(ack);
+        if in_flight.len() >= WINDOW {
+            if let Some(ack) = in_flight.pop_front() {
+                ack.await.map_err(|e| partial(written, e.to_string()))?;
+                written += 1;
+                progress(written, total);
+            }
+        }
+    }
+    while let Some(ack) = in_flight.pop_front() {
+        ack.await.map_err(|e| partial(written, e.to_string()))?;
+        written += 1;
+        progress(written, total);
+    }
+    if lines.sha256() != header.body_sha256 {
+        return Err(partial(
+            written,
+            "the file changed while it was being restored".into(),
+        ));
+    }
+    Ok(Restored {
+        secrets: header.secrets,
+        versions: header.versions,
+        mappings: header.mappings,
+        key_record: key_record.is_some(),
+        created,
+    })
+}
