@@ -40,8 +40,8 @@ use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::config;
-use crate::keys::vault::VaultRecord;
-use crate::store::record::RECORD_KEY;
+use crate::seal::key_record::KeyRecord;
+use crate::seal::RECORD_KEY;
 use crate::store::{self, envelope, BucketSpec, StoreError};
 
 /// The `format` every backup's header names.
@@ -470,7 +470,7 @@ pub async fn backup<W: Write + Seek>(
     if let Some(vault) = vault {
         let entry = vault.entry(RECORD_KEY).await.map_err(upstream)?;
         if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
-            serde_json::from_slice::<VaultRecord>(&entry.value).map_err(|e| {
+            serde_json::from_slice::<KeyRecord>(&entry.value).map_err(|e| {
                 BackupError::Unreadable {
                     bucket: buckets.vault.clone(),
                     key: RECORD_KEY.to_string(),
@@ -552,7 +552,7 @@ impl BodyCheck {
                     return Err("a second key record".into());
                 }
                 let value = decode(&value)?;
-                serde_json::from_slice::<VaultRecord>(&value)
+                serde_json::from_slice::<KeyRecord>(&value)
                     .map_err(|e| format!("the key record is not one: {e}"))?;
                 self.key_record = Some(value);
                 Ok(Entry::KeyRecord)

@@ -6,19 +6,21 @@
 //! # Layout
 //! - [`config`]: every flag default, env var, subject operation, header and bucket name; and
 //!   `RunConfig`, what a backend runs with, with its one `validate()`.
-//! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest), and
-//!   `vault`, sealed mode's key record (keys wrapped by a master key); zeroized on drop.
+//! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest); zeroized
+//!   on drop.
 //! - [`store`]: `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory by KV
 //!   watches; `envelope`, the at-rest format (and the sample's, read in place); `rekey`,
-//!   online re-sealing with the current key; `record`, sealed mode's key record.
+//!   online re-sealing with the current key.
 //! - `authz`: JWT verification, trusted issuers, policy checks.
 //! - [`admin_auth`]: signed administration: the signed bytes, `AdminSigner` (clients) and
 //!   `AdminVerifier` (servers; replay refused across instances by a shared nonce bucket).
-//! - [`key_transfer`]: key material in transit: a database key or share sealed to an xkey,
-//!   never in clear on the bus.
 //! - `backend`: the core every front door calls: read, put, delete, list, mappings, behind
-//!   a guard that exists only while unsealed; `backend::seal`, sealed mode's seal
-//!   (initialize, unlock, lock, rotate and the re-encryption that follows).
+//!   a guard that exists only while unsealed.
+//! - [`seal`]: sealed mode, layered: [`seal::key_record`], the key record (data keys wrapped
+//!   by the database key, pure); its bucket; [`seal::transfer`], key material in transit (a
+//!   database key or share sealed to an xkey, never in clear on the bus); and `Seal`, the
+//!   seal's state machine (initialize, unlock, lock, rotate and the re-encryption that
+//!   follows), on top of `backend`.
 //! - `error`: the one error model: every core error has an [`ErrorKind`], which each front
 //!   door maps to its wire error once.
 //! - `decision`: what was decided about a request (allowed, or refused with a kind and a
@@ -30,7 +32,8 @@
 //!   connection of its own with bounded buffers, requests and replies that fit, draining).
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - `piggybank_api`: the Piggy Bank front door for plain NATS services
-//!   (`piggybank.<application>.<name>`), and `database`, the seal's front door
+//!   (`piggybank.<application>.<name>`).
+//! - `database`: the seal's front door, the database operations
 //!   (`piggybank.database.<name>.<op>`).
 //! - [`server`]: `run(config, shutdown)`: validate, connect, open stores, assemble the front
 //!   doors, serve.
@@ -53,11 +56,11 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connect;
-pub mod key_transfer;
 pub mod keys;
 pub mod metrics;
 pub mod protocol;
 pub mod provider;
+pub mod seal;
 pub mod serve;
 pub mod server;
 pub mod store;
@@ -65,6 +68,7 @@ pub mod store;
 mod authz;
 mod backend;
 mod backup;
+mod database;
 mod decision;
 mod error;
 mod finish;

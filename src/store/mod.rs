@@ -1,6 +1,6 @@
 //! Storage on NATS JetStream KV: secrets ([`SecretStore`]), the entity allow-list
 //! ([`MappingTable`]), the at-rest format ([`envelope`]) and sealed mode's key record
-//! ([`record`]).
+//! ([`crate::seal`]).
 //!
 //! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
 //! so the request hot path makes no NATS round trip once the mirror is loaded. They serve
@@ -12,7 +12,6 @@
 pub mod envelope;
 pub(crate) mod mappings;
 pub(crate) mod mirror;
-pub(crate) mod record;
 pub(crate) mod rekey;
 pub mod secrets;
 

@@ -14,16 +14,16 @@ use crypto_secretbox::{Key, Nonce, XSalsa20Poly1305};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{generate_seed, DataKey, Keyring, TransitKey};
 use crate::error::ErrorKind;
+use crate::keys::{generate_seed, DataKey, Keyring, TransitKey};
 
 /// Length of the master key, in bytes.
-pub const MASTER_KEY_LEN: usize = 32;
+pub const DATABASE_KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VaultError {
+pub enum KeyRecordError {
     #[error("key is too short")]
     KeyTooShort,
     #[error("invalid key: it does not unlock this database")]
@@ -45,27 +45,27 @@ pub enum VaultError {
     Altered,
 }
 
-impl VaultError {
+impl KeyRecordError {
     /// A short code for the audit trail.
     pub fn code(&self) -> &'static str {
         match self {
-            VaultError::KeyTooShort => "key_too_short",
-            VaultError::WrongKey => "wrong_key",
-            VaultError::Malformed(_) => "malformed_key",
-            VaultError::WrongShares => "wrong_shares",
-            VaultError::BadShare(_) => "bad_share",
-            VaultError::BadSplit(_) => "bad_split",
-            VaultError::Corrupt(_) => "corrupt_record",
-            VaultError::Altered => "altered_record",
+            KeyRecordError::KeyTooShort => "key_too_short",
+            KeyRecordError::WrongKey => "wrong_key",
+            KeyRecordError::Malformed(_) => "malformed_key",
+            KeyRecordError::WrongShares => "wrong_shares",
+            KeyRecordError::BadShare(_) => "bad_share",
+            KeyRecordError::BadSplit(_) => "bad_split",
+            KeyRecordError::Corrupt(_) => "corrupt_record",
+            KeyRecordError::Altered => "altered_record",
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VaultError::WrongKey | VaultError::WrongShares | VaultError::Altered => {
+            KeyRecordError::WrongKey | KeyRecordError::WrongShares | KeyRecordError::Altered => {
                 ErrorKind::Denied
             }
-            VaultError::Corrupt(_) => ErrorKind::Internal,
+            KeyRecordError::Corrupt(_) => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
         }
     }
@@ -93,7 +93,7 @@ pub struct WrappedKey {
 
 /// What the KV holds. Nothing in it opens without the master key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VaultRecord {
+pub struct KeyRecord {
     pub format: u8,
     /// Readable while sealed, so `server_xkey` keeps answering.
     pub transit_public: String,
@@ -117,14 +117,14 @@ pub struct VaultRecord {
     pub binding: Option<String>,
 }
 
-/// The digest [`VaultRecord::binding`] wraps: SHA-256 of the record without its binding.
-fn record_digest(record: &VaultRecord) -> Result<String, VaultError> {
+/// The digest [`KeyRecord::binding`] wraps: SHA-256 of the record without its binding.
+fn record_digest(record: &KeyRecord) -> Result<String, KeyRecordError> {
     use sha2::Digest as _;
-    let bare = VaultRecord {
+    let bare = KeyRecord {
         binding: None,
         ..record.clone()
     };
-    let bytes = serde_json::to_vec(&bare).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let bytes = serde_json::to_vec(&bare).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     let mut hash = sha2::Sha256::new();
     hash.update(b"piggybank-key-record-v1\0");
     hash.update(&bytes);
@@ -132,7 +132,7 @@ fn record_digest(record: &VaultRecord) -> Result<String, VaultError> {
 }
 
 /// Bind `record` as it is now to `master`: call after every change to it.
-pub fn bind(record: &mut VaultRecord, master: &MasterKey) -> Result<(), VaultError> {
+pub fn bind(record: &mut KeyRecord, master: &DatabaseKey) -> Result<(), KeyRecordError> {
     let digest = record_digest(record)?;
     record.binding = Some(master.wrap(digest.as_bytes())?);
     Ok(())
@@ -140,21 +140,21 @@ pub fn bind(record: &mut VaultRecord, master: &MasterKey) -> Result<(), VaultErr
 
 /// Whether `record` is exactly what `master` bound: `wrong` when `master` is not its key.
 fn check_binding(
-    record: &VaultRecord,
-    master: &MasterKey,
-    wrong: VaultError,
-) -> Result<(), VaultError> {
+    record: &KeyRecord,
+    master: &DatabaseKey,
+    wrong: KeyRecordError,
+) -> Result<(), KeyRecordError> {
     let Some(binding) = &record.binding else {
-        return Err(VaultError::Altered);
+        return Err(KeyRecordError::Altered);
     };
     match master.unwrap(binding)? {
         Some(digest) if *digest == record_digest(record)? => Ok(()),
-        Some(_) => Err(VaultError::Altered),
+        Some(_) => Err(KeyRecordError::Altered),
         None => Err(wrong),
     }
 }
 
-/// The check value of a share, as [`VaultRecord::share_checks`] holds it.
+/// The check value of a share, as [`KeyRecord::share_checks`] holds it.
 pub fn share_check(share: &[u8]) -> String {
     use sha2::Digest as _;
     data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(share))
@@ -162,7 +162,7 @@ pub fn share_check(share: &[u8]) -> String {
 
 /// Whether `share` (decoded) is one of the shares this record was split into. Records
 /// without checks accept any well-formed share (the combination is still verified).
-pub fn share_is_known(record: &VaultRecord, share: &[u8]) -> bool {
+pub fn share_is_known(record: &KeyRecord, share: &[u8]) -> bool {
     if record.share_checks.is_empty() {
         return true;
     }
@@ -175,10 +175,10 @@ pub fn share_is_known(record: &VaultRecord, share: &[u8]) -> bool {
         .is_some_and(|check| *check == share_check(share))
 }
 
-/// The check values of `shares` (as `MasterKey::split` made them), by x coordinate.
+/// The check values of `shares` (as `DatabaseKey::split` made them), by x coordinate.
 pub fn share_checks(
     shares: &[Zeroizing<String>],
-) -> Result<std::collections::BTreeMap<u8, String>, VaultError> {
+) -> Result<std::collections::BTreeMap<u8, String>, KeyRecordError> {
     shares
         .iter()
         .map(|text| {
@@ -188,41 +188,41 @@ pub fn share_checks(
         .collect()
 }
 
-impl VaultRecord {
+impl KeyRecord {
     pub fn current_key_id(&self) -> Option<&str> {
         self.data_keys.last().map(|k| k.id.as_str())
     }
 }
 
 /// The master key. Zeroized on drop.
-pub struct MasterKey(Zeroizing<[u8; MASTER_KEY_LEN]>);
+pub struct DatabaseKey(Zeroizing<[u8; DATABASE_KEY_LEN]>);
 
-impl MasterKey {
+impl DatabaseKey {
     fn generate() -> Self {
-        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        let mut key = Zeroizing::new([0u8; DATABASE_KEY_LEN]);
         key.copy_from_slice(&XSalsa20Poly1305::generate_key(&mut OsRng));
         Self(key)
     }
 
     /// From the base64 text `initialize` returned.
-    pub fn from_base64(text: &str) -> Result<Self, VaultError> {
+    pub fn from_base64(text: &str) -> Result<Self, KeyRecordError> {
         let bytes = Zeroizing::new(
             B64.decode(text.trim())
-                .map_err(|_| VaultError::Malformed("not base64".into()))?,
+                .map_err(|_| KeyRecordError::Malformed("not base64".into()))?,
         );
         Self::from_bytes(&bytes)
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<Self, VaultError> {
-        if bytes.len() < MASTER_KEY_LEN {
-            return Err(VaultError::KeyTooShort);
+    fn from_bytes(bytes: &[u8]) -> Result<Self, KeyRecordError> {
+        if bytes.len() < DATABASE_KEY_LEN {
+            return Err(KeyRecordError::KeyTooShort);
         }
-        if bytes.len() > MASTER_KEY_LEN {
-            return Err(VaultError::Malformed(format!(
-                "expected {MASTER_KEY_LEN} bytes"
+        if bytes.len() > DATABASE_KEY_LEN {
+            return Err(KeyRecordError::Malformed(format!(
+                "expected {DATABASE_KEY_LEN} bytes"
             )));
         }
-        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        let mut key = Zeroizing::new([0u8; DATABASE_KEY_LEN]);
         key.copy_from_slice(bytes);
         Ok(Self(key))
     }
@@ -235,24 +235,24 @@ impl MasterKey {
         XSalsa20Poly1305::new(Key::from_slice(&*self.0))
     }
 
-    fn wrap(&self, secret: &[u8]) -> Result<String, VaultError> {
+    fn wrap(&self, secret: &[u8]) -> Result<String, KeyRecordError> {
         let nonce = XSalsa20Poly1305::generate_nonce(&mut OsRng);
         let sealed = self
             .cipher()
             .encrypt(&nonce, secret)
-            .map_err(|_| VaultError::Corrupt("cannot wrap a key".into()))?;
+            .map_err(|_| KeyRecordError::Corrupt("cannot wrap a key".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(B64.encode(out))
     }
 
     /// `None` when this master key did not wrap it.
-    fn unwrap(&self, wrapped: &str) -> Result<Option<Zeroizing<String>>, VaultError> {
+    fn unwrap(&self, wrapped: &str) -> Result<Option<Zeroizing<String>>, KeyRecordError> {
         let bytes = B64
             .decode(wrapped)
-            .map_err(|_| VaultError::Corrupt("wrapped key is not base64".into()))?;
+            .map_err(|_| KeyRecordError::Corrupt("wrapped key is not base64".into()))?;
         if bytes.len() <= NONCE_LEN {
-            return Err(VaultError::Corrupt("wrapped key is too short".into()));
+            return Err(KeyRecordError::Corrupt("wrapped key is too short".into()));
         }
         let (nonce, sealed) = bytes.split_at(NONCE_LEN);
         let Ok(plain) = self.cipher().decrypt(Nonce::from_slice(nonce), sealed) else {
@@ -260,7 +260,7 @@ impl MasterKey {
         };
         let plain = Zeroizing::new(plain);
         let text = std::str::from_utf8(&plain)
-            .map_err(|_| VaultError::Corrupt("unwrapped key is not text".into()))?;
+            .map_err(|_| KeyRecordError::Corrupt("unwrapped key is not text".into()))?;
         Ok(Some(Zeroizing::new(text.to_string())))
     }
 
@@ -278,34 +278,34 @@ impl MasterKey {
 
     /// Rebuild from shares (each as `split` made it). Wrong shares give a wrong key, which
     /// [`open`] then refuses.
-    pub fn combine(shares: &[Zeroizing<Vec<u8>>], threshold: u8) -> Result<Self, VaultError> {
+    pub fn combine(shares: &[Zeroizing<Vec<u8>>], threshold: u8) -> Result<Self, KeyRecordError> {
         let parsed: Vec<sharks::Share> = shares
             .iter()
             .map(|s| {
                 sharks::Share::try_from(s.as_slice())
-                    .map_err(|e| VaultError::BadShare(e.to_string()))
+                    .map_err(|e| KeyRecordError::BadShare(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
         let secret = Zeroizing::new(
             sharks::Sharks(threshold)
                 .recover(parsed.iter())
-                .map_err(|e| VaultError::BadShare(e.to_string()))?,
+                .map_err(|e| KeyRecordError::BadShare(e.to_string()))?,
         );
-        Self::from_bytes(&secret).map_err(|_| VaultError::WrongShares)
+        Self::from_bytes(&secret).map_err(|_| KeyRecordError::WrongShares)
     }
 }
 
 /// Decode one share as the unlock request carries it.
-pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyRecordError> {
     let bytes = Zeroizing::new(
         B64.decode(text.trim())
-            .map_err(|_| VaultError::BadShare("not base64".into()))?,
+            .map_err(|_| KeyRecordError::BadShare("not base64".into()))?,
     );
     // A share is its x coordinate (never 0) and one byte per byte of the master key.
-    if bytes.len() != MASTER_KEY_LEN + 1 || bytes[0] == 0 {
-        return Err(VaultError::BadShare(format!(
+    if bytes.len() != DATABASE_KEY_LEN + 1 || bytes[0] == 0 {
+        return Err(KeyRecordError::BadShare(format!(
             "expected {} bytes",
-            MASTER_KEY_LEN + 1
+            DATABASE_KEY_LEN + 1
         )));
     }
     Ok(bytes)
@@ -317,30 +317,31 @@ pub fn initialize(
     transit: Option<&TransitKey>,
     split: Option<ShareSpec>,
     now_ms: u64,
-) -> Result<(VaultRecord, MasterKey), VaultError> {
+) -> Result<(KeyRecord, DatabaseKey), KeyRecordError> {
     if let Some(spec) = split {
         if spec.threshold == 0 || spec.threshold > spec.shares || spec.shares > 16 {
-            return Err(VaultError::BadSplit(
+            return Err(KeyRecordError::BadSplit(
                 "need 1 <= threshold <= shares <= 16".into(),
             ));
         }
     }
-    let master = MasterKey::generate();
+    let master = DatabaseKey::generate();
     let data_seed = generate_seed();
     let data_key =
-        DataKey::from_seed(&data_seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+        DataKey::from_seed(&data_seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     let (transit_public, wrapped_transit) = match transit {
         Some(t) => (t.public_key().to_string(), None),
         None => {
             let seed = generate_seed();
-            let t = TransitKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+            let t =
+                TransitKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
             (
                 t.public_key().to_string(),
                 Some(master.wrap(seed.as_bytes())?),
             )
         }
     };
-    let mut record = VaultRecord {
+    let mut record = KeyRecord {
         format: 1,
         transit_public,
         transit: wrapped_transit,
@@ -360,16 +361,16 @@ pub fn initialize(
 
 /// Add a new data key to `record`, active from `active_from_ms`. Returns its id.
 pub fn rotate(
-    record: &mut VaultRecord,
-    master: &MasterKey,
+    record: &mut KeyRecord,
+    master: &DatabaseKey,
     now_ms: u64,
     active_from_ms: u64,
-) -> Result<String, VaultError> {
+) -> Result<String, KeyRecordError> {
     // The record was read over NATS: binding what was read would make an altered record
     // (a key dropped, share checks replaced) the operators' own.
-    check_binding(record, master, VaultError::WrongKey)?;
+    check_binding(record, master, KeyRecordError::WrongKey)?;
     let seed = generate_seed();
-    let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let key = DataKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     record.data_keys.push(WrappedKey {
         id: key.id().to_string(),
         wrapped: master.wrap(seed.as_bytes())?,
@@ -381,7 +382,7 @@ pub fn rotate(
 }
 
 /// When the newest key becomes current, if it is not yet.
-pub fn pending_activation(record: &VaultRecord, now_ms: u64) -> Option<u64> {
+pub fn pending_activation(record: &KeyRecord, now_ms: u64) -> Option<u64> {
     record
         .data_keys
         .last()
@@ -392,15 +393,15 @@ pub fn pending_activation(record: &VaultRecord, now_ms: u64) -> Option<u64> {
 /// Open the record at `now_ms`: the keyring (current: the newest active key; every other
 /// key opens only) and the transit key, if the record holds it.
 pub fn open(
-    record: &VaultRecord,
-    master: &MasterKey,
+    record: &KeyRecord,
+    master: &DatabaseKey,
     now_ms: u64,
-) -> Result<(Keyring, Option<TransitKey>), VaultError> {
+) -> Result<(Keyring, Option<TransitKey>), KeyRecordError> {
     let wrong = || {
         if record.split.is_some() {
-            VaultError::WrongShares
+            KeyRecordError::WrongShares
         } else {
-            VaultError::WrongKey
+            KeyRecordError::WrongKey
         }
     };
     // First: the record is read over NATS, where it can be forged or altered.
@@ -408,9 +409,9 @@ pub fn open(
     let mut keys = Vec::with_capacity(record.data_keys.len());
     for wrapped in &record.data_keys {
         let seed = master.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
-        let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+        let key = DataKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
         if key.id() != wrapped.id {
-            return Err(VaultError::Corrupt(format!(
+            return Err(KeyRecordError::Corrupt(format!(
                 "key {} has another id",
                 wrapped.id
             )));
@@ -423,7 +424,7 @@ pub fn open(
         .rposition(|k| k.active_from_ms <= now_ms)
         .unwrap_or(0);
     if keys.is_empty() {
-        return Err(VaultError::Corrupt("no data key".into()));
+        return Err(KeyRecordError::Corrupt("no data key".into()));
     }
     let current = keys.remove(active);
     keys.reverse();
@@ -431,7 +432,7 @@ pub fn open(
         None => None,
         Some(wrapped) => {
             let seed = master.unwrap(wrapped)?.ok_or_else(wrong)?;
-            Some(TransitKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?)
+            Some(TransitKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?)
         }
     };
     Ok((Keyring::new(current, keys), transit))
@@ -481,15 +482,18 @@ mod tests {
         assert_eq!(Some(keys.current().id()), record.current_key_id());
         assert_eq!(transit.unwrap().public_key(), record.transit_public);
 
-        let again = MasterKey::from_base64(&master.to_base64()).unwrap();
+        let again = DatabaseKey::from_base64(&master.to_base64()).unwrap();
         assert!(open(&record, &again, 1).is_ok());
         let (_, other) = initialize(None, None, 1).unwrap();
-        assert_eq!(open(&record, &other, 1).err(), Some(VaultError::WrongKey));
         assert_eq!(
-            MasterKey::from_base64(&B64.encode([1u8; 16])).err(),
-            Some(VaultError::KeyTooShort)
+            open(&record, &other, 1).err(),
+            Some(KeyRecordError::WrongKey)
         );
-        assert!(MasterKey::from_base64("not base64!").is_err());
+        assert_eq!(
+            DatabaseKey::from_base64(&B64.encode([1u8; 16])).err(),
+            Some(KeyRecordError::KeyTooShort)
+        );
+        assert!(DatabaseKey::from_base64("not base64!").is_err());
     }
 
     #[test]
@@ -517,7 +521,7 @@ mod tests {
         let (mut record, master) = initialize(None, None, 0).unwrap();
         rotate(&mut record, &master, 10, 20).unwrap();
         assert!(open(&record, &master, 30).is_ok());
-        let altered: [fn(&mut VaultRecord); 5] = [
+        let altered: [fn(&mut KeyRecord); 5] = [
             |r| r.data_keys.reverse(),
             |r| r.data_keys[1].active_from_ms = 0,
             |r| {
@@ -533,7 +537,7 @@ mod tests {
             alter(&mut forged);
             assert!(matches!(
                 open(&forged, &master, 30),
-                Err(VaultError::Altered)
+                Err(KeyRecordError::Altered)
             ));
         }
         // Nor is an altered record rotated (and so bound) with the real key.
@@ -541,13 +545,13 @@ mod tests {
         dropped.data_keys.remove(0);
         assert!(matches!(
             rotate(&mut dropped, &master, 40, 50),
-            Err(VaultError::Altered)
+            Err(KeyRecordError::Altered)
         ));
         // Another key still reads as a wrong key, not as an altered record.
         let (_, other) = initialize(None, None, 0).unwrap();
         assert!(matches!(
             open(&record, &other, 30),
-            Err(VaultError::WrongKey)
+            Err(KeyRecordError::WrongKey)
         ));
     }
 
@@ -574,12 +578,15 @@ mod tests {
             .collect();
         for pick in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
             let chosen: Vec<_> = pick.iter().map(|&i| shares[i].clone()).collect();
-            let rebuilt = MasterKey::combine(&chosen, 3).unwrap();
+            let rebuilt = DatabaseKey::combine(&chosen, 3).unwrap();
             assert!(open(&record, &rebuilt, 1).is_ok());
         }
         // K-1 shares rebuild a different key.
-        let two = MasterKey::combine(&shares[..2], 2).unwrap();
-        assert_eq!(open(&record, &two, 1).err(), Some(VaultError::WrongShares));
+        let two = DatabaseKey::combine(&shares[..2], 2).unwrap();
+        assert_eq!(
+            open(&record, &two, 1).err(),
+            Some(KeyRecordError::WrongShares)
+        );
         // Shares of another initialization.
         let (_, other) = initialize(None, Some(spec), 1).unwrap();
         let foreign: Vec<_> = other
@@ -588,10 +595,10 @@ mod tests {
             .take(3)
             .map(|s| decode_share(s).unwrap())
             .collect();
-        let rebuilt = MasterKey::combine(&foreign, 3).unwrap();
+        let rebuilt = DatabaseKey::combine(&foreign, 3).unwrap();
         assert_eq!(
             open(&record, &rebuilt, 1).err(),
-            Some(VaultError::WrongShares)
+            Some(KeyRecordError::WrongShares)
         );
     }
 

@@ -6,7 +6,7 @@
 //! that opens the record again when another instance rotates. Front doors parse a request
 //! into the types here, call one method, and encode what it returns.
 //!
-//! Key material never has to cross the bus in clear (`crate::key_transfer`): `initialize`
+//! Key material never has to cross the bus in clear (`crate::seal::transfer`): `initialize`
 //! seals the key or shares to the requester's one-time xkey; each instance makes an
 //! ephemeral unseal xkey at start, held only in memory and announced by `status`, and an
 //! `unlock` is sealed to it. The clear forms are accepted with a warning each time, unless
@@ -21,13 +21,13 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Backend, BackendError};
+use super::bucket::RecordStore;
+use super::key_record::{self, DatabaseKey, ShareSpec};
+use super::transfer::{SealedInitialize, SealedUnlock};
 use crate::admin_auth::AdminMode;
+use crate::backend::{Backend, BackendError};
 use crate::error::ErrorKind;
-use crate::key_transfer::{SealedInitialize, SealedUnlock};
-use crate::keys::vault::{self, MasterKey, ShareSpec};
 use crate::keys::TransitKey;
-use crate::store::record::RecordStore;
 use crate::store::StoreError;
 
 /// How long after `rotate` its key becomes current: every instance loads it as a readable
@@ -35,7 +35,7 @@ use crate::store::StoreError;
 pub const ACTIVATION_DELAY_MS: u64 = 1_000;
 
 /// Failures of the seal's own operations (the record's are [`StoreError`]s, the keys'
-/// [`vault::VaultError`]s).
+/// [`key_record::KeyRecordError`]s).
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error("database already initialized")]
@@ -164,7 +164,7 @@ pub struct StatusReport {
     pub unseal_xkey: Option<String>,
     /// When the request carried a one-time xkey (`Piggybank-Requester-Xkey`) and this
     /// instance holds the transit key: `instance_id` and `unseal_xkey`, vouched for by the
-    /// transit key ([`crate::key_transfer::InstanceClaim`]), so `piggybank unlock` can tell
+    /// transit key ([`crate::seal::transfer::InstanceClaim`]), so `piggybank unlock` can tell
     /// this instance from an impostor. `None` otherwise (a sealed instance run without
     /// `TRANSIT_XKEY_SEED` holds no transit key to prove anything with).
     #[serde(default)]
@@ -268,7 +268,7 @@ pub struct Seal {
     shares: Mutex<Vec<Zeroizing<Vec<u8>>>>,
     /// Held while unlocked, to load keys that `rotate` adds (on any instance). Zeroized on
     /// drop, and dropped by `lock`.
-    master: Mutex<Option<MasterKey>>,
+    master: Mutex<Option<DatabaseKey>>,
     reencryption: Arc<Progress>,
     /// This process's unseal xkey, held only in memory: `unlock` key material is sealed to
     /// its public half, which `status` announces. Replaced at every lock and every unlock,
@@ -356,14 +356,14 @@ impl Seal {
     }
 
     /// Read the record, if the store is initialized (never, in keyed mode).
-    pub async fn record(&self) -> Result<Option<vault::VaultRecord>, StoreError> {
+    pub async fn record(&self) -> Result<Option<key_record::KeyRecord>, StoreError> {
         match &self.record {
             Some(record) => record.get().await,
             None => Ok(None),
         }
     }
 
-    async fn existing(&self) -> Result<vault::VaultRecord, BackendError> {
+    async fn existing(&self) -> Result<key_record::KeyRecord, BackendError> {
         Ok(self.record().await?.ok_or(SealError::NotInitialized)?)
     }
 
@@ -436,7 +436,7 @@ impl Seal {
         if record_store.get().await?.is_some() {
             return Err(SealError::AlreadyInitialized.into());
         }
-        let (mut record, master) = vault::initialize(
+        let (mut record, master) = key_record::initialize(
             self.configured_transit.as_ref(),
             split,
             crate::store::secrets::now_ms(),
@@ -444,8 +444,8 @@ impl Seal {
         // Made before the record is stored, which keeps a check value of each share.
         let shares = split.map(|spec| master.split(spec));
         if let Some(all) = &shares {
-            record.share_checks = vault::share_checks(all)?;
-            vault::bind(&mut record, &master)?;
+            record.share_checks = key_record::share_checks(all)?;
+            key_record::bind(&mut record, &master)?;
         }
         record_store.create(&record).await.map_err(|e| match e {
             StoreError::AlreadyExists(_) => SealError::AlreadyInitialized.into(),
@@ -479,7 +479,7 @@ impl Seal {
         // wraps under the master key.
         let transit = match &self.configured_transit {
             Some(configured) => configured.clone(),
-            None => vault::open(&record, &master, crate::store::secrets::now_ms())?
+            None => key_record::open(&record, &master, crate::store::secrets::now_ms())?
                 .1
                 .ok_or_else(|| internal("the new record holds no transit key".into()))?,
         };
@@ -541,12 +541,12 @@ impl Seal {
         }
         let invalid = |m: &str| BackendError::from(SealError::Invalid(m.into()));
         let master = match (&request.database_key, &request.share, record.split) {
-            (Some(key), None, None) => MasterKey::from_base64(key)?,
+            (Some(key), None, None) => DatabaseKey::from_base64(key)?,
             (None, Some(share), Some(spec)) => {
-                let share = vault::decode_share(share)?;
+                let share = key_record::decode_share(share)?;
                 // A share this store was not split into never takes a slot: a forged one
                 // cannot spoil the operators' unlock.
-                if !vault::share_is_known(&record, &share) {
+                if !key_record::share_is_known(&record, &share) {
                     return Err(SealError::UnknownShare.into());
                 }
                 let mut pending = lock(&self.shares);
@@ -560,7 +560,7 @@ impl Seal {
                         threshold: spec.threshold,
                     });
                 }
-                let combined = MasterKey::combine(&pending, spec.threshold);
+                let combined = DatabaseKey::combine(&pending, spec.threshold);
                 pending.clear();
                 combined?
             }
@@ -576,7 +576,7 @@ impl Seal {
             }
             _ => return Err(invalid("give exactly one of database_key and share")),
         };
-        let (keys, transit) = vault::open(&record, &master, crate::store::secrets::now_ms())?;
+        let (keys, transit) = key_record::open(&record, &master, crate::store::secrets::now_ms())?;
         let transit = transit
             .or_else(|| self.configured_transit.clone())
             .ok_or_else(|| {
@@ -742,7 +742,7 @@ impl Seal {
         let Some(transit) = transit else {
             return Ok(None);
         };
-        let claim = crate::key_transfer::InstanceClaim {
+        let claim = crate::seal::transfer::InstanceClaim {
             instance_id: self.instance_id.clone(),
             unseal_xkey: unseal_xkey.to_string(),
         };
@@ -764,7 +764,7 @@ impl Seal {
         let id = {
             let master = lock(&self.master);
             let master = master.as_ref().ok_or(BackendError::Sealed)?;
-            vault::rotate(&mut entry.record, master, now, active_from)?
+            key_record::rotate(&mut entry.record, master, now, active_from)?
         };
         record_store.update(&entry.record, entry.revision).await?;
         self.reload().await?;
@@ -790,13 +790,13 @@ impl Seal {
                 };
                 // Read under the master's lock, which `lock` holds while it bumps the epoch.
                 let epoch = this.backend.seal_epoch();
-                let (keys, _) = vault::open(&record, master, now)?;
+                let (keys, _) = key_record::open(&record, master, now)?;
                 if !this.backend.replace_keys(epoch, keys) {
                     return Ok(());
                 }
                 epoch
             };
-            if let Some(at) = vault::pending_activation(&record, now) {
+            if let Some(at) = key_record::pending_activation(&record, now) {
                 let later = Arc::clone(&this);
                 this.backend.spawn_while_unsealed(epoch, async move {
                     tokio::time::sleep(std::time::Duration::from_millis(at - now)).await;
