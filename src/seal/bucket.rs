@@ -1,14 +1,14 @@
-//! Sealed mode's key record: one entry, `keyring`, in the vault bucket (history 1). It holds
-//! the data keys and the transit key wrapped by the master key, never a key in clear
-//! ([`KeyRecord`]). Created once (KV `create`, so two initializations cannot both win)
-//! and changed only by compare-and-set (`rotate`).
+//! The key record's bucket, `SECRETS_<name>_vault` (history 1): one entry, `keyring`, the
+//! [`KeyRecord`] (the data keys and the transit key wrapped by the database key, never a
+//! key in clear). Created once (KV `create`, so two initializations cannot both win) and
+//! changed only by compare-and-set (`rotate`).
 
 use async_nats::jetstream::kv;
 
 use super::key_record::KeyRecord;
 use crate::store::StoreError;
 
-/// The key of the record in the vault bucket.
+/// The key of the record in its bucket.
 pub const RECORD_KEY: &str = "keyring";
 
 /// The record's bucket.

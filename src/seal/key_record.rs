@@ -1,12 +1,12 @@
-//! Piggy Bank's seal: the record kept in the KV for a store run without
-//! `ENCRYPTION_XKEY_SEED`.
+//! The key record of a store run without `ENCRYPTION_XKEY_SEED` (sealed mode).
 //!
 //! The record holds every data key's seed (and the transit key's, unless one is configured),
-//! each wrapped (XSalsa20-Poly1305) by a 32-byte master key that is never stored. `initialize`
-//! makes the master key and shows it once, whole or split into Shamir shares (`sharks`: any
-//! `threshold` of `count` rebuild it). Unwrapping is the check: a wrong key or shares from
-//! another initialization cannot open the record. Pure functions; the NATS side is in
-//! `piggybank_api::database`.
+//! each wrapped (XSalsa20-Poly1305) by a 32-byte database key that is never stored.
+//! `initialize` makes the database key and shows it once, whole or split into Shamir shares
+//! (`sharks`: any `threshold` of `count` rebuild it). Unwrapping is the check: a wrong key or
+//! shares from another initialization cannot open the record, and the record as a whole is
+//! bound to its key ([`bind`]). Pure functions: the bucket is `super::bucket`, the state
+//! machine that uses them `super::Seal`.
 
 use base64::Engine as _;
 use crypto_secretbox::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::error::ErrorKind;
 use crate::keys::{generate_seed, DataKey, Keyring, TransitKey};
 
-/// Length of the master key, in bytes.
+/// Length of the database key, in bytes.
 pub const DATABASE_KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -38,7 +38,7 @@ pub enum KeyRecordError {
     BadSplit(String),
     #[error("the stored key record is corrupt: {0}")]
     Corrupt(String),
-    /// The record read is not the one the master key bound: altered (reordered keys, other
+    /// The record read is not the one the database key bound: altered (reordered keys, other
     /// activation times or share checks) or someone else's, or unbound (written before
     /// records were bound).
     #[error("the key record read is not the one this database key sealed: refused")]
@@ -71,14 +71,14 @@ impl KeyRecordError {
     }
 }
 
-/// How the master key was split.
+/// How the database key was split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareSpec {
     pub shares: u8,
     pub threshold: u8,
 }
 
-/// A data key's seed, wrapped by the master key.
+/// A data key's seed, wrapped by the database key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WrappedKey {
     /// The key's public key: the id recorded with every value it seals.
@@ -91,7 +91,7 @@ pub struct WrappedKey {
     pub active_from_ms: u64,
 }
 
-/// What the KV holds. Nothing in it opens without the master key.
+/// What the KV holds. Nothing in it opens without the database key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub format: u8,
@@ -110,8 +110,8 @@ pub struct KeyRecord {
     /// Absent in records written before this existed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub share_checks: std::collections::BTreeMap<u8, String>,
-    /// The digest of everything above, wrapped by the master key ([`bind`]): the record is
-    /// read over NATS, and nothing but the master key can tell that its keys' order, their
+    /// The digest of everything above, wrapped by the database key ([`bind`]): the record is
+    /// read over NATS, and nothing but the database key can tell that its keys' order, their
     /// activation times and its share checks are the ones the operators' key sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
@@ -131,23 +131,24 @@ fn record_digest(record: &KeyRecord) -> Result<String, KeyRecordError> {
     Ok(data_encoding::HEXLOWER.encode(&hash.finalize()))
 }
 
-/// Bind `record` as it is now to `master`: call after every change to it.
-pub fn bind(record: &mut KeyRecord, master: &DatabaseKey) -> Result<(), KeyRecordError> {
+/// Bind `record` as it is now to `database_key`: call after every change to it.
+pub fn bind(record: &mut KeyRecord, database_key: &DatabaseKey) -> Result<(), KeyRecordError> {
     let digest = record_digest(record)?;
-    record.binding = Some(master.wrap(digest.as_bytes())?);
+    record.binding = Some(database_key.wrap(digest.as_bytes())?);
     Ok(())
 }
 
-/// Whether `record` is exactly what `master` bound: `wrong` when `master` is not its key.
+/// Whether `record` is exactly what `database_key` bound: `wrong` when it is not the
+/// record's key.
 fn check_binding(
     record: &KeyRecord,
-    master: &DatabaseKey,
+    database_key: &DatabaseKey,
     wrong: KeyRecordError,
 ) -> Result<(), KeyRecordError> {
     let Some(binding) = &record.binding else {
         return Err(KeyRecordError::Altered);
     };
-    match master.unwrap(binding)? {
+    match database_key.unwrap(binding)? {
         Some(digest) if *digest == record_digest(record)? => Ok(()),
         Some(_) => Err(KeyRecordError::Altered),
         None => Err(wrong),
@@ -194,7 +195,7 @@ impl KeyRecord {
     }
 }
 
-/// The master key. Zeroized on drop.
+/// The database key. Zeroized on drop.
 pub struct DatabaseKey(Zeroizing<[u8; DATABASE_KEY_LEN]>);
 
 impl DatabaseKey {
@@ -246,7 +247,7 @@ impl DatabaseKey {
         Ok(B64.encode(out))
     }
 
-    /// `None` when this master key did not wrap it.
+    /// `None` when this database key did not wrap it.
     fn unwrap(&self, wrapped: &str) -> Result<Option<Zeroizing<String>>, KeyRecordError> {
         let bytes = B64
             .decode(wrapped)
@@ -301,7 +302,7 @@ pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyRecordError> {
         B64.decode(text.trim())
             .map_err(|_| KeyRecordError::BadShare("not base64".into()))?,
     );
-    // A share is its x coordinate (never 0) and one byte per byte of the master key.
+    // A share is its x coordinate (never 0) and one byte per byte of the database key.
     if bytes.len() != DATABASE_KEY_LEN + 1 || bytes[0] == 0 {
         return Err(KeyRecordError::BadShare(format!(
             "expected {} bytes",
@@ -311,7 +312,7 @@ pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyRecordError> {
     Ok(bytes)
 }
 
-/// A new record and its master key. `transit`: the configured transit key, if any (then the
+/// A new record and its database key. `transit`: the configured transit key, if any (then the
 /// record keeps only its public key).
 pub fn initialize(
     transit: Option<&TransitKey>,
@@ -325,7 +326,7 @@ pub fn initialize(
             ));
         }
     }
-    let master = DatabaseKey::generate();
+    let database_key = DatabaseKey::generate();
     let data_seed = generate_seed();
     let data_key =
         DataKey::from_seed(&data_seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
@@ -337,7 +338,7 @@ pub fn initialize(
                 TransitKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
             (
                 t.public_key().to_string(),
-                Some(master.wrap(seed.as_bytes())?),
+                Some(database_key.wrap(seed.as_bytes())?),
             )
         }
     };
@@ -347,7 +348,7 @@ pub fn initialize(
         transit: wrapped_transit,
         data_keys: vec![WrappedKey {
             id: data_key.id().to_string(),
-            wrapped: master.wrap(data_seed.as_bytes())?,
+            wrapped: database_key.wrap(data_seed.as_bytes())?,
             created_ms: now_ms,
             active_from_ms: 0,
         }],
@@ -355,29 +356,29 @@ pub fn initialize(
         share_checks: Default::default(),
         binding: None,
     };
-    bind(&mut record, &master)?;
-    Ok((record, master))
+    bind(&mut record, &database_key)?;
+    Ok((record, database_key))
 }
 
 /// Add a new data key to `record`, active from `active_from_ms`. Returns its id.
 pub fn rotate(
     record: &mut KeyRecord,
-    master: &DatabaseKey,
+    database_key: &DatabaseKey,
     now_ms: u64,
     active_from_ms: u64,
 ) -> Result<String, KeyRecordError> {
     // The record was read over NATS: binding what was read would make an altered record
     // (a key dropped, share checks replaced) the operators' own.
-    check_binding(record, master, KeyRecordError::WrongKey)?;
+    check_binding(record, database_key, KeyRecordError::WrongKey)?;
     let seed = generate_seed();
     let key = DataKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     record.data_keys.push(WrappedKey {
         id: key.id().to_string(),
-        wrapped: master.wrap(seed.as_bytes())?,
+        wrapped: database_key.wrap(seed.as_bytes())?,
         created_ms: now_ms,
         active_from_ms,
     });
-    bind(record, master)?;
+    bind(record, database_key)?;
     Ok(key.id().to_string())
 }
 
@@ -394,7 +395,7 @@ pub fn pending_activation(record: &KeyRecord, now_ms: u64) -> Option<u64> {
 /// key opens only) and the transit key, if the record holds it.
 pub fn open(
     record: &KeyRecord,
-    master: &DatabaseKey,
+    database_key: &DatabaseKey,
     now_ms: u64,
 ) -> Result<(Keyring, Option<TransitKey>), KeyRecordError> {
     let wrong = || {
@@ -405,10 +406,10 @@ pub fn open(
         }
     };
     // First: the record is read over NATS, where it can be forged or altered.
-    check_binding(record, master, wrong())?;
+    check_binding(record, database_key, wrong())?;
     let mut keys = Vec::with_capacity(record.data_keys.len());
     for wrapped in &record.data_keys {
-        let seed = master.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
+        let seed = database_key.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
         let key = DataKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
         if key.id() != wrapped.id {
             return Err(KeyRecordError::Corrupt(format!(
@@ -431,7 +432,7 @@ pub fn open(
     let transit = match &record.transit {
         None => None,
         Some(wrapped) => {
-            let seed = master.unwrap(wrapped)?.ok_or_else(wrong)?;
+            let seed = database_key.unwrap(wrapped)?.ok_or_else(wrong)?;
             Some(TransitKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?)
         }
     };
@@ -444,7 +445,7 @@ mod tests {
 
     #[test]
     fn only_the_shares_of_this_split_pass_the_check() {
-        let (mut record, master) = initialize(
+        let (mut record, database_key) = initialize(
             None,
             Some(ShareSpec {
                 shares: 3,
@@ -453,7 +454,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let shares = master.split(record.split.unwrap());
+        let shares = database_key.split(record.split.unwrap());
         assert!(
             share_is_known(&record, &decode_share(&shares[0]).unwrap()),
             "no checks yet"
@@ -476,13 +477,13 @@ mod tests {
     }
 
     #[test]
-    fn the_master_key_opens_what_initialize_made_and_nothing_else_does() {
-        let (record, master) = initialize(None, None, 1).unwrap();
-        let (keys, transit) = open(&record, &master, 1).unwrap();
+    fn the_database_key_opens_what_initialize_made_and_nothing_else_does() {
+        let (record, database_key) = initialize(None, None, 1).unwrap();
+        let (keys, transit) = open(&record, &database_key, 1).unwrap();
         assert_eq!(Some(keys.current().id()), record.current_key_id());
         assert_eq!(transit.unwrap().public_key(), record.transit_public);
 
-        let again = DatabaseKey::from_base64(&master.to_base64()).unwrap();
+        let again = DatabaseKey::from_base64(&database_key.to_base64()).unwrap();
         assert!(open(&record, &again, 1).is_ok());
         let (_, other) = initialize(None, None, 1).unwrap();
         assert_eq!(
@@ -498,29 +499,29 @@ mod tests {
 
     #[test]
     fn a_rotated_key_becomes_current_at_its_activation_and_old_keys_still_open() {
-        let (mut record, master) = initialize(None, None, 1).unwrap();
+        let (mut record, database_key) = initialize(None, None, 1).unwrap();
         let first = record.current_key_id().unwrap().to_string();
-        let second = rotate(&mut record, &master, 10, 20).unwrap();
+        let second = rotate(&mut record, &database_key, 10, 20).unwrap();
         assert_eq!(pending_activation(&record, 15), Some(20));
-        let (before, _) = open(&record, &master, 15).unwrap();
+        let (before, _) = open(&record, &database_key, 15).unwrap();
         assert_eq!(before.current().id(), first);
         assert!(
             before.get(&second).is_some(),
             "the new key is readable before it is current"
         );
-        let (after, _) = open(&record, &master, 20).unwrap();
+        let (after, _) = open(&record, &database_key, 20).unwrap();
         assert_eq!(after.current().id(), second);
         assert!(after.get(&first).is_some());
         assert_eq!(pending_activation(&record, 20), None);
     }
 
-    /// The record is read over NATS: any change to what the master key bound is refused,
+    /// The record is read over NATS: any change to what the database key bound is refused,
     /// though every wrapped key in it is genuine.
     #[test]
     fn a_record_opens_only_as_it_was_bound() {
-        let (mut record, master) = initialize(None, None, 0).unwrap();
-        rotate(&mut record, &master, 10, 20).unwrap();
-        assert!(open(&record, &master, 30).is_ok());
+        let (mut record, database_key) = initialize(None, None, 0).unwrap();
+        rotate(&mut record, &database_key, 10, 20).unwrap();
+        assert!(open(&record, &database_key, 30).is_ok());
         let altered: [fn(&mut KeyRecord); 5] = [
             |r| r.data_keys.reverse(),
             |r| r.data_keys[1].active_from_ms = 0,
@@ -536,7 +537,7 @@ mod tests {
             let mut forged = record.clone();
             alter(&mut forged);
             assert!(matches!(
-                open(&forged, &master, 30),
+                open(&forged, &database_key, 30),
                 Err(KeyRecordError::Altered)
             ));
         }
@@ -544,7 +545,7 @@ mod tests {
         let mut dropped = record.clone();
         dropped.data_keys.remove(0);
         assert!(matches!(
-            rotate(&mut dropped, &master, 40, 50),
+            rotate(&mut dropped, &database_key, 40, 50),
             Err(KeyRecordError::Altered)
         ));
         // Another key still reads as a wrong key, not as an altered record.
@@ -558,10 +559,10 @@ mod tests {
     #[test]
     fn a_configured_transit_key_is_not_stored() {
         let transit = TransitKey::from_seed(&generate_seed()).unwrap();
-        let (record, master) = initialize(Some(&transit), None, 1).unwrap();
+        let (record, database_key) = initialize(Some(&transit), None, 1).unwrap();
         assert!(record.transit.is_none());
         assert_eq!(record.transit_public, transit.public_key());
-        assert!(open(&record, &master, 1).unwrap().1.is_none());
+        assert!(open(&record, &database_key, 1).unwrap().1.is_none());
     }
 
     #[test]
@@ -570,8 +571,8 @@ mod tests {
             shares: 5,
             threshold: 3,
         };
-        let (record, master) = initialize(None, Some(spec), 1).unwrap();
-        let shares: Vec<_> = master
+        let (record, database_key) = initialize(None, Some(spec), 1).unwrap();
+        let shares: Vec<_> = database_key
             .split(spec)
             .iter()
             .map(|s| decode_share(s).unwrap())
