@@ -26,6 +26,9 @@ mod state;
 mod status;
 mod transitions;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use bucket::{RecordStore, RECORD_KEY};
 /// Named by the CLI's tests; elsewhere it is reached through a `StatusReport`.
 #[cfg(test)]
