@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `value` is the bytes the bucket holds, in standard base64: a version's sealed envelope
-//! (`store::envelope`), the key record's JSON (keys wrapped by the master key). So the file
+//! (`store::envelope`), the key record's JSON (keys wrapped by the database key). So the file
 //! holds no plaintext and making it needs no key. Versions come in the source stream's order
 //! (each secret's versions oldest first), then the mappings, then the key record, which is
 //! read last so that it holds every data key a value in the file was sealed with (keys are

@@ -1,6 +1,7 @@
-//! `{prefix}.database.{name}.<op>`: the front door of the seal ([`Seal`]): initialize,
-//! unlock, lock, status and rotate of a sealed store, and `status` of every store. It
-//! parses a request, calls the core, and encodes the reply; nothing else.
+//! The database operations' front door, `{prefix}.database.{name}.<op>`: initialize,
+//! unlock, lock, status and rotate of a sealed store's seal ([`Seal`], `crate::seal`), and
+//! `status` of every store. A sibling of the other front doors (`protocol`, `piggybank_api`):
+//! it parses a request, calls the core, and encodes the reply; nothing else.
 //!
 //! Every instance of a backend subscribes to `unlock`, `lock` and `status` without a queue
 //! group, so an unlock share or a lock reaches all of them (each replies; a requester reads

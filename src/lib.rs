@@ -17,10 +17,11 @@
 //! - `backend`: the core every front door calls: read, put, delete, list, mappings, behind
 //!   a guard that exists only while unsealed.
 //! - [`seal`]: sealed mode, layered: [`seal::key_record`], the key record (data keys wrapped
-//!   by the database key, pure); its bucket; [`seal::transfer`], key material in transit (a
-//!   database key or share sealed to an xkey, never in clear on the bus); and `Seal`, the
-//!   seal's state machine (initialize, unlock, lock, rotate and the re-encryption that
-//!   follows), on top of `backend`.
+//!   by the database key; pure); `bucket`, the key record's bucket; [`seal::transfer`], key
+//!   material in transit (a database key or share sealed to an xkey, never in clear on the
+//!   bus); `state`, the seal's state machine `Seal` (initialize, unlock, lock), its pure
+//!   `transitions`, `rotation` (rotate, the record watch, re-encryption) and `status`; on top
+//!   of `backend`, which holds the keys the seal installs.
 //! - `error`: the one error model: every core error has an [`ErrorKind`], which each front
 //!   door maps to its wire error once.
 //! - `decision`: what was decided about a request (allowed, or refused with a kind and a

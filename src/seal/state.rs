@@ -184,7 +184,8 @@ pub enum Unlocked {
     Progress { progress: usize, threshold: u8 },
 }
 
-/// The seal of one instance: its backend, the record, and unlock progress.
+/// The seal of one instance: its backend, the key record's bucket, the shares given so far,
+/// and the database key while unsealed.
 pub struct Seal {
     pub(super) backend: Arc<Backend>,
     /// The record's bucket; `None` in keyed mode, which has no seal.
@@ -197,6 +198,7 @@ pub struct Seal {
     /// Held while unlocked, to load keys that `rotate` adds (on any instance). Zeroized on
     /// drop, and dropped by `lock`.
     pub(super) database_key: Mutex<Option<DatabaseKey>>,
+    /// The re-encryption after a rotation, as `status` reports it (`super::rotation`).
     pub(super) reencryption: Arc<Progress>,
     /// This process's unseal xkey, held only in memory: `unlock` key material is sealed to
     /// its public half, which `status` announces. Replaced at every lock and every unlock,
@@ -206,7 +208,7 @@ pub struct Seal {
     pub(super) sealed_keys_only: bool,
 }
 
-/// A mutex's guard, poisoned or not: what it guards stays consistent at every await point.
+/// A mutex's guard, poisoned or not: a panic elsewhere must never stop a `lock` from sealing.
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
