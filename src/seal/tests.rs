@@ -389,3 +389,29 @@ async fn keyed_mode_has_no_seal_to_change() {
     no_seal(seal_error(seal.rotate().await));
     assert!(!backend.is_sealed(), "keyed mode's keys stay");
 }
+
+/// `status` vouches for this instance's unseal xkey with the transit key, once it holds one:
+/// a sealed instance run without `TRANSIT_XKEY_SEED` has nothing to prove it with.
+#[tokio::test]
+async fn status_proves_the_unseal_xkey_once_the_transit_key_is_held() {
+    let nats = NatsServer::start();
+    let (seal, _backend) = sealed_mode(&nats, false).await;
+    let text = initialize(&seal, None).await.remove(0);
+    let requester = nkeys::XKey::new();
+    let sealed = seal.report(Some(&requester.public_key())).await.unwrap();
+    assert!(sealed.unseal_proof.is_none());
+
+    seal.unlock(key(&text)).await.unwrap();
+    let report = seal.report(Some(&requester.public_key())).await.unwrap();
+    let claim = transfer::InstanceClaim {
+        instance_id: report.instance_id.clone(),
+        unseal_xkey: report.unseal_xkey.clone().unwrap(),
+    };
+    let proof = report.unseal_proof.as_deref().expect("a proof");
+    let transit = report.server_xkey.as_deref().unwrap();
+    assert_eq!(claim.verify(proof, &requester, transit), Ok(()));
+    assert!(matches!(
+        seal_error(seal.report(Some("XNOTAKEY")).await),
+        SealError::Invalid(_)
+    ));
+}
