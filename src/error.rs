@@ -51,11 +51,11 @@ mod tests {
     use super::*;
     use crate::audit::{AuditNote, Outcome};
     use crate::authz::AuthzError;
-    use crate::backend::seal::SealError;
     use crate::backend::BackendError;
     use crate::decision::Decision;
-    use crate::keys::vault::VaultError;
     use crate::provider::bindings::exports::piggybank::secrets::admin::Error as WitError;
+    use crate::seal::key_record::KeyRecordError;
+    use crate::seal::SealError;
     use crate::serve::Reply;
     use crate::store::envelope::EnvelopeError;
     use crate::store::StoreError;
@@ -87,7 +87,7 @@ mod tests {
                 ErrorKind::Denied,
             ),
             (SealError::UnknownShare.into(), ErrorKind::Denied),
-            (VaultError::WrongKey.into(), ErrorKind::Denied),
+            (KeyRecordError::WrongKey.into(), ErrorKind::Denied),
             (StoreError::NotFound("a".into()).into(), ErrorKind::NotFound),
             (
                 StoreError::Contention("a".into()).into(),
@@ -176,7 +176,7 @@ mod tests {
             assert_eq!(decided(&reply), decision, "admin: {e}");
 
             // The database operations.
-            let reply = crate::piggybank_api::database::error_reply(&e, AuditNote::default());
+            let reply = crate::database::error_reply(&e, AuditNote::default());
             assert_eq!(decided(&reply), decision, "database: {e}");
 
             // The Piggy Bank API.

@@ -6,24 +6,27 @@
 //! # Layout
 //! - [`config`]: every flag default, env var, subject operation, header and bucket name; and
 //!   `RunConfig`, what a backend runs with, with its one `validate()`.
-//! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest), and
-//!   `vault`, sealed mode's key record (keys wrapped by a master key); zeroized on drop.
+//! - [`keys`]: the transit key (protocol), data keys and the `Keyring` (at rest); zeroized
+//!   on drop.
 //! - [`store`]: `buckets`, each bucket's name, spec and creation; `kv_stream`, the one
 //!   ordered read of a bucket (the mirror's and backup's) and its key/subject mapping;
 //!   `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory; `page`, the paging
 //!   rule of every listing; `envelope`, the at-rest format (and the sample's, read in place);
-//!   `rekey`, online re-sealing with the current key; `record`, sealed mode's key record.
+//!   `rekey`, online re-sealing with the current key.
 //! - `backup`: backup and restore of a backend's buckets; `backup::format`, the file format,
 //!   pure.
 //! - `clock`: the crate's clock (Unix milliseconds).
 //! - `authz`: JWT verification, trusted issuers, policy checks.
 //! - [`admin_auth`]: signed administration: the signed bytes, `AdminSigner` (clients) and
 //!   `AdminVerifier` (servers; replay refused across instances by a shared nonce bucket).
-//! - [`key_transfer`]: key material in transit: a database key or share sealed to an xkey,
-//!   never in clear on the bus.
 //! - `backend`: the core every front door calls: read, put, delete, list, mappings, behind
-//!   a guard that exists only while unsealed; `backend::seal`, sealed mode's seal
-//!   (initialize, unlock, lock, rotate and the re-encryption that follows).
+//!   a guard that exists only while unsealed.
+//! - [`seal`]: sealed mode, layered: [`seal::key_record`], the key record (data keys wrapped
+//!   by the database key; pure); `bucket`, the key record's bucket; [`seal::transfer`], key
+//!   material in transit (a database key or share sealed to an xkey, never in clear on the
+//!   bus); `state`, the seal's state machine `Seal` (initialize, unlock, lock), its pure
+//!   `transitions`, `rotation` (rotate, the record watch, re-encryption) and `status`; on top
+//!   of `backend`, which holds the keys the seal installs.
 //! - `error`: the one error model: every core error has an [`ErrorKind`], which each front
 //!   door maps to its wire error once.
 //! - `decision`: what was decided about a request (allowed, or refused with a kind and a
@@ -35,7 +38,8 @@
 //!   connection of its own with bounded buffers, requests and replies that fit, draining).
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - `piggybank_api`: the Piggy Bank front door for plain NATS services
-//!   (`piggybank.<application>.<name>`), and `database`, the seal's front door
+//!   (`piggybank.<application>.<name>`).
+//! - `database`: the seal's front door, the database operations
 //!   (`piggybank.database.<name>.<op>`).
 //! - [`server`]: `run(config, shutdown)`: validate, connect, open stores, assemble the front
 //!   doors, serve.
@@ -58,11 +62,11 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connect;
-pub mod key_transfer;
 pub mod keys;
 pub mod metrics;
 pub mod protocol;
 pub mod provider;
+pub mod seal;
 pub mod serve;
 pub mod server;
 pub mod store;
@@ -71,6 +75,7 @@ mod authz;
 mod backend;
 mod backup;
 mod clock;
+mod database;
 mod decision;
 mod error;
 mod finish;

@@ -11,17 +11,16 @@ use zeroize::Zeroizing;
 use crate::admin_auth::{self, AdminVerifier};
 use crate::audit::Auditor;
 use crate::authz::{Authorizer, AuthzError};
-use crate::backend::seal::Seal;
 use crate::backend::Backend;
 use crate::config;
 pub use crate::config::RunConfig;
 use crate::connect::{connect_server, connect_serving, ConnectError};
+use crate::database::{self, DatabaseApi};
 use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::piggybank_api;
-use crate::piggybank_api::database::{self, DatabaseApi};
 use crate::protocol;
+use crate::seal::{RecordStore, Seal};
 use crate::serve::{Endpoint, ServeConfig, ServeConnection, ServeError};
-use crate::store::record::RecordStore;
 use crate::store::{Bucket, Buckets, MappingTable, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -662,7 +662,7 @@ async fn malformed_requests_all_get_an_answer() {
 
 use nkeys::XKey;
 use piggybank::admin_auth::{AdminSigner, REFUSED};
-use piggybank::key_transfer::{Sealed, SealedUnlock};
+use piggybank::seal::transfer::{Sealed, SealedUnlock};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -1288,8 +1288,8 @@ async fn a_forged_key_record_cannot_unseal_the_store_with_an_attackers_keys() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let (record, master) = piggybank::keys::vault::initialize(None, None, now).unwrap();
-    let (attacker_keys, _) = piggybank::keys::vault::open(&record, &master, now).unwrap();
+    let (record, master) = piggybank::seal::key_record::initialize(None, None, now).unwrap();
+    let (attacker_keys, _) = piggybank::seal::key_record::open(&record, &master, now).unwrap();
     let forged = serde_json::to_vec(&record).unwrap();
     let attacker_transit = record.transit_public.clone();
     let attacker = nats.client().await;

@@ -19,7 +19,7 @@ use common::*;
 use futures::StreamExt as _;
 use nkeys::XKey;
 use piggybank::config::headers::REQUESTER_XKEY;
-use piggybank::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use piggybank::seal::transfer::{Sealed, SealedInitialize, SealedUnlock};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
@@ -271,14 +271,14 @@ async fn forged_record_unlock(nats: &NatsServer, victim: &Value, transit_public:
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let (mut record, master) = piggybank::keys::vault::initialize(None, None, now).unwrap();
-    let (attacker_keys, _) = piggybank::keys::vault::open(&record, &master, now).unwrap();
+    let (mut record, master) = piggybank::seal::key_record::initialize(None, None, now).unwrap();
+    let (attacker_keys, _) = piggybank::seal::key_record::open(&record, &master, now).unwrap();
     if let Some(public) = transit_public {
         // A configured transit key: the record holds only its public half.
         record.transit_public = public;
         record.transit = None;
         // Bound again with the attacker's own master key, as the backend binds its records.
-        piggybank::keys::vault::bind(&mut record, &master).unwrap();
+        piggybank::seal::key_record::bind(&mut record, &master).unwrap();
     }
     let forged = serde_json::to_vec(&record).unwrap();
     let attacker = nats.client().await;

@@ -19,9 +19,9 @@ use common::*;
 use futures::StreamExt as _;
 use nkeys::XKey;
 use piggybank::config::headers::REQUESTER_XKEY;
-use piggybank::key_transfer::SealedInitialize;
-use piggybank::keys::vault::VaultRecord;
 use piggybank::keys::TransitKey;
+use piggybank::seal::key_record::KeyRecord as VaultRecord;
+use piggybank::seal::transfer::SealedInitialize;
 use serde_json::json;
 
 /// The queue group of the backend's `initialize` and `rotate` subscription, as every

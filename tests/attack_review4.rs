@@ -22,8 +22,8 @@ use piggybank::admin_auth::AdminSigner;
 use piggybank::config::headers::{
     ADMIN_KEY, ADMIN_NONCE, ADMIN_SIGNATURE, ADMIN_TIME, REQUESTER_XKEY,
 };
-use piggybank::key_transfer::SealedInitialize;
-use piggybank::keys::vault::VaultRecord;
+use piggybank::seal::key_record::KeyRecord as VaultRecord;
+use piggybank::seal::transfer::SealedInitialize;
 
 /// The reply's status (the `Status` header, 200 without one) and payload, or `None` when
 /// nothing answered within `wait`.

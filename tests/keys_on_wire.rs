@@ -370,9 +370,9 @@ async fn sealed_keys_only_refuses_clear_keys_and_names_keep_backends_apart() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(statuses(&client, "strict").await[0]["sealed"], true);
     // An unlock sealed to another instance's xkey gets no answer from this one.
-    let foreign = piggybank::key_transfer::SealedUnlock::new(
+    let foreign = piggybank::seal::transfer::SealedUnlock::new(
         "NSOMEONEELSE",
-        piggybank::key_transfer::Sealed::seal(
+        piggybank::seal::transfer::Sealed::seal(
             json!({ "database_key": key }).to_string().as_bytes(),
             &nkeys::XKey::new().public_key(),
         )

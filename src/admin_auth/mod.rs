@@ -310,7 +310,7 @@ impl AdminSigner {
         self.sign_at(
             subject,
             body,
-            crate::store::secrets::now_ms(),
+            crate::clock::now_ms(),
             &new_nonce(),
             headers,
         );

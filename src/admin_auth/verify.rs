@@ -159,7 +159,7 @@ impl AdminVerifier {
             keys,
             nonces,
             refused: Mutex::default(),
-            started_ms: crate::store::secrets::now_ms(),
+            started_ms: crate::clock::now_ms(),
         })
     }
 
@@ -185,7 +185,7 @@ impl AdminVerifier {
                 msg.headers.as_ref(),
                 &msg.payload,
                 scope,
-                crate::store::secrets::now_ms(),
+                crate::clock::now_ms(),
             )
             .await;
         match &checked {
@@ -230,7 +230,7 @@ impl AdminVerifier {
             headers,
             body,
             NonceScope::Shared,
-            crate::store::secrets::now_ms(),
+            crate::clock::now_ms(),
         )
         .await
     }
@@ -248,7 +248,7 @@ impl AdminVerifier {
             headers,
             body,
             NonceScope::Instance(instance),
-            crate::store::secrets::now_ms(),
+            crate::clock::now_ms(),
         )
         .await
     }

@@ -3,9 +3,7 @@
 //! `Backend` knows nothing about subjects, headers or WIT. Front doors decode a request,
 //! call one method here, and encode the result; errors are [`BackendError`], whose
 //! [`ErrorKind`] each front door maps to its wire error in exactly one function.
-//! [`seal`] adds sealed mode's seal (initialize, unlock, lock, rotate) on top.
-
-pub mod seal;
+//! [`crate::seal`] adds sealed mode's seal (initialize, unlock, lock, rotate) on top.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -14,8 +12,9 @@ use zeroize::Zeroizing;
 
 use crate::authz::{self, Authorizer, AuthzError};
 use crate::error::ErrorKind;
-use crate::keys::vault::VaultError;
 use crate::keys::{Keyring, TransitKey};
+use crate::seal::key_record::KeyRecordError;
+use crate::seal::SealError;
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
 pub use crate::store::page::{page_limit, Page, PageRequest};
@@ -38,9 +37,9 @@ pub enum BackendError {
     #[error("the store is sealed: unlock it first (piggybank unlock)")]
     Sealed,
     #[error(transparent)]
-    Seal(#[from] seal::SealError),
+    Seal(#[from] SealError),
     #[error(transparent)]
-    Vault(#[from] VaultError),
+    KeyRecord(#[from] KeyRecordError),
 }
 
 impl BackendError {
@@ -68,7 +67,7 @@ impl BackendError {
             BackendError::NotAnObject(_) => "not_an_object",
             BackendError::Sealed => "sealed",
             BackendError::Seal(e) => e.code(),
-            BackendError::Vault(e) => e.code(),
+            BackendError::KeyRecord(e) => e.code(),
         }
     }
 
@@ -83,7 +82,7 @@ impl BackendError {
             | BackendError::NotAnObject(_) => ErrorKind::Invalid,
             BackendError::Sealed => ErrorKind::Sealed,
             BackendError::Seal(e) => e.kind(),
-            BackendError::Vault(e) => e.kind(),
+            BackendError::KeyRecord(e) => e.kind(),
         }
     }
 }
@@ -122,7 +121,7 @@ pub struct ServedSecret {
 
 /// What an instance holds while unsealed, and the work that uses it.
 #[derive(Default)]
-struct Seal {
+struct HeldKeys {
     /// The data keys and the transit key; `None` while sealed.
     keys: Option<(Arc<Keyring>, Arc<TransitKey>)>,
     /// Bumped by every `lock`: keys prepared before a lock are never installed after it.
@@ -142,7 +141,7 @@ struct Seal {
 pub struct Backend {
     /// The transit public key, known even while sealed (hosts cache it for their lifetime).
     transit_public: RwLock<Option<String>>,
-    seal: RwLock<Seal>,
+    seal: RwLock<HeldKeys>,
     secrets: SecretStore,
     mappings: MappingTable,
     authorizer: Authorizer,

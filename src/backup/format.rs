@@ -13,7 +13,7 @@
 //! ```
 //!
 //! `value` is the bytes the bucket holds, in standard base64: a version's sealed envelope
-//! (`store::envelope`), the key record's JSON (keys wrapped by the master key). So the file
+//! (`store::envelope`), the key record's JSON (keys wrapped by the database key). So the file
 //! holds no plaintext and making it needs no key. Versions come in the source stream's order
 //! (each secret's versions oldest first), then the mappings, then the key record, which is
 //! read last so that it holds every data key a value in the file was sealed with (keys are
@@ -28,7 +28,7 @@ use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
 use super::BackupError;
-use crate::keys::vault::VaultRecord;
+use crate::seal::key_record::KeyRecord;
 use crate::store::{self, envelope};
 
 /// The `format` every backup's header names.
@@ -212,7 +212,7 @@ impl BodyCheck {
                     return Err("a second key record".into());
                 }
                 let value = decode(&value)?;
-                serde_json::from_slice::<VaultRecord>(&value)
+                serde_json::from_slice::<KeyRecord>(&value)
                     .map_err(|e| format!("the key record is not one: {e}"))?;
                 self.key_record = Some(value);
                 Ok(Entry::KeyRecord)

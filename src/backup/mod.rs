@@ -24,9 +24,9 @@ pub use format::{Header, VerifiedBackup, FORMAT, FORMAT_VERSION, HEADER_WIDTH};
 
 use crate::clock;
 use crate::config;
-use crate::keys::vault::VaultRecord;
+use crate::seal::key_record::KeyRecord;
+use crate::seal::RECORD_KEY;
 use crate::store::kv_stream::{Delivery, KvStream};
-use crate::store::record::RECORD_KEY;
 use crate::store::{self, BucketSpec, Buckets, StoreError};
 
 /// How backup's and restore's reads name their consumers.
@@ -227,7 +227,7 @@ pub async fn backup<W: Write + Seek>(
     if let Some(vault) = vault {
         let entry = vault.entry(RECORD_KEY).await.map_err(upstream)?;
         if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
-            serde_json::from_slice::<VaultRecord>(&entry.value).map_err(|e| {
+            serde_json::from_slice::<KeyRecord>(&entry.value).map_err(|e| {
                 BackupError::Unreadable {
                     bucket: buckets.vault.clone(),
                     key: RECORD_KEY.to_string(),

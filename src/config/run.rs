@@ -37,7 +37,7 @@ pub struct RunConfig {
     /// (`crate::admin_auth`); empty: admin operations are unauthenticated, as in the sample.
     pub admin_keys: Vec<String>,
     /// Refuse a database key or share sent in clear (only the sealed forms of
-    /// `crate::key_transfer`).
+    /// `crate::seal::transfer`).
     pub sealed_keys_only: bool,
     /// Sealed mode: the database key, to unlock at start (`--unlock-key-file`,
     /// `PIGGYBANK_DATABASE_KEY`, or the provider's `database_key` secret).

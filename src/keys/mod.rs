@@ -7,8 +7,6 @@
 //! - Private key material is zeroized on drop (`crypto_box::SecretKey` and the precomputed
 //!   box both zeroize themselves; our own copies are `Zeroizing`).
 
-pub mod vault;
-
 use crypto_box::aead::{Aead, AeadCore};
 use crypto_box::{Nonce, SalsaBox};
 use nkeys::XKey;
@@ -76,7 +74,7 @@ impl TransitKey {
     /// Seal `claim` to `recipient` from this key itself, not from a one-time key: only a
     /// holder of the transit seed (or of `recipient`'s seed) can make a box that opens with
     /// this key's public half, so opening it proves who sent it. `status` vouches for an
-    /// instance's unseal xkey this way ([`crate::key_transfer::InstanceClaim`]).
+    /// instance's unseal xkey this way ([`crate::seal::transfer::InstanceClaim`]).
     pub fn vouch(&self, claim: &[u8], recipient: &XKey) -> Result<Vec<u8>, KeyError> {
         self.key.seal(claim, recipient).map_err(|_| KeyError::Seal)
     }

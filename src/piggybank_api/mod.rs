@@ -18,8 +18,6 @@
 //! `crate::reply_policy::Requester`), so that no application can have its stored bytes
 //! delivered into another's inbox.
 
-pub mod database;
-
 use std::sync::Arc;
 
 use async_nats::{HeaderMap, Message};

@@ -1,7 +1,7 @@
 //! Storage on NATS JetStream KV: the buckets ([`buckets`]: names, specs, creation) and their
 //! ordered reads (`kv_stream`), secrets ([`SecretStore`]), the entity allow-list
-//! ([`MappingTable`]), the paging rule ([`page`]), the at-rest format ([`envelope`]) and
-//! sealed mode's key record (`record`).
+//! ([`MappingTable`]), the paging rule ([`page`]) and the at-rest format ([`envelope`]).
+//! Sealed mode's key record is [`crate::seal`]'s.
 //!
 //! Both stores serve reads from an in-memory mirror kept fresh by a KV watch ([`mirror`]),
 //! so the request hot path makes no NATS round trip once the mirror is loaded. They serve
@@ -16,7 +16,6 @@ pub(crate) mod kv_stream;
 pub(crate) mod mappings;
 pub(crate) mod mirror;
 pub mod page;
-pub(crate) mod record;
 pub(crate) mod rekey;
 pub mod secrets;
 

@@ -35,9 +35,6 @@ use super::{validate_name, Bucket, StoreError};
 
 /// The paging limits' former home, kept for the integration tests that name it.
 pub use super::page::{PAGE_DEFAULT, PAGE_MAX};
-/// The clock's former home, kept until sealed mode's files (`backend::seal`, `admin_auth`),
-/// which others are moving, import [`crate::clock::now_ms`] themselves.
-pub(crate) use crate::clock::now_ms;
 
 /// One stored version of a secret, still sealed.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use nkeys::XKey;
 use piggybank::admin_auth::AdminSigner;
 use piggybank::config::headers::REQUESTER_XKEY;
-use piggybank::key_transfer::{Sealed, SealedInitialize, SealedUnlock};
+use piggybank::seal::transfer::{Sealed, SealedInitialize, SealedUnlock};
 use piggybank::server::RunConfig;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;

@@ -1,5 +1,5 @@
 //! The database commands, `init`, `unlock`, `lock`, `status` and `rotate`: requests on
-//! `{prefix}.database.{name}.<op>` (served by `piggybank_api::database`), printed as text
+//! `{prefix}.database.{name}.<op>` (served by `database`), printed as text
 //! or, with `--json`, as JSON.
 //!
 //! `status` reaches every instance (no queue group), so it gathers every reply that arrives
@@ -7,7 +7,7 @@
 //! instance is sealed, 1 on error. `lock`, `rotate` and each `unlock` read the first reply;
 //! `init` reads until an answer proves itself (below).
 //!
-//! Key material never crosses the bus in clear (`crate::key_transfer`): `init` sends a
+//! Key material never crosses the bus in clear (`crate::seal::transfer`): `init` sends a
 //! one-time xkey and opens the key (or shares) sealed to it, from the backend's transit key
 //! when pinned with `-t` (anyone can seal something to the one-time key and answer first);
 //! `unlock` asks `status` which instances there are, with a one-time xkey, and sends the
@@ -35,10 +35,10 @@ use async_nats::HeaderMap;
 use nkeys::XKey;
 
 use super::Conn;
-use crate::backend::seal::StatusReport;
 use crate::config::{self, env};
-use crate::key_transfer::{InstanceClaim, Sealed, SealedInitialize, SealedUnlock};
-use crate::keys::vault::{self, MasterKey};
+use crate::seal::key_record::{self as vault, DatabaseKey as MasterKey};
+use crate::seal::transfer::{InstanceClaim, Sealed, SealedInitialize, SealedUnlock};
+use crate::seal::StatusReport;
 
 /// How long `status` waits for the first reply.
 const FIRST_REPLY: Duration = Duration::from_secs(5);
@@ -73,7 +73,7 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     fn subject(&self, op: &str) -> String {
-        crate::piggybank_api::database::subject(&self.piggybank_prefix, &self.backend_name, op)
+        crate::database::subject(&self.piggybank_prefix, &self.backend_name, op)
     }
 }
 
@@ -329,8 +329,8 @@ mod tests {
         assert_eq!(printable("\u{2028}\u{feff}"), "\\u{2028}\\u{feff}");
         assert_eq!(printable("café 名前"), "café 名前");
     }
-    use crate::backend::seal::Mode;
-    use crate::keys::vault::ShareSpec;
+    use crate::seal::key_record::ShareSpec;
+    use crate::seal::Mode;
 
     #[test]
     fn a_key_and_a_share_are_told_apart_by_decoding_though_both_are_44_characters() {

@@ -1,6 +1,7 @@
-//! `{prefix}.database.{name}.<op>`: the front door of the seal ([`Seal`]): initialize,
-//! unlock, lock, status and rotate of a sealed store, and `status` of every store. It
-//! parses a request, calls the core, and encodes the reply; nothing else.
+//! The database operations' front door, `{prefix}.database.{name}.<op>`: initialize,
+//! unlock, lock, status and rotate of a sealed store's seal ([`Seal`], `crate::seal`), and
+//! `status` of every store. A sibling of the other front doors (`protocol`, `piggybank_api`):
+//! it parses a request, calls the core, and encodes the reply; nothing else.
 //!
 //! Every instance of a backend subscribes to `unlock`, `lock` and `status` without a queue
 //! group, so an unlock share or a lock reaches all of them (each replies; a requester reads
@@ -33,13 +34,11 @@ use serde::Deserialize;
 use crate::admin_auth::AdminMode;
 use crate::admin_auth::Signed;
 use crate::audit::{AuditNote, Auditor};
-use crate::backend::seal::{
-    ClearUnlock, Initialized, KeyDelivery, Seal, SealError, UnlockInput, Unlocked,
-};
 use crate::backend::BackendError;
 use crate::decision::Decision;
-use crate::key_transfer::SealedUnlock;
-use crate::keys::vault::ShareSpec;
+use crate::seal::key_record::ShareSpec;
+use crate::seal::transfer::SealedUnlock;
+use crate::seal::{ClearUnlock, Initialized, KeyDelivery, Seal, SealError, UnlockInput, Unlocked};
 use crate::serve::{Class, Door, Endpoint, LoopRefusal, Reply};
 
 /// The subject of operation `op` of backend `name`: `{prefix}.database.{name}.{op}`.
@@ -197,12 +196,12 @@ impl Door for DatabaseDoor {
 
     fn refuse(&self, request: &DatabaseRequest, _: &Message, refused: &LoopRefusal) -> Reply {
         let body = serde_json::json!({ "error": refused.to_string() });
-        super::reply(refused.code(), body.to_string().into_bytes())
+        crate::piggybank_api::reply(refused.code(), body.to_string().into_bytes())
             .audited_as(operation_name(request.op), None)
     }
 
     fn too_large(reply: &Reply, message: String) -> Reply {
-        super::too_large(reply, message)
+        crate::piggybank_api::too_large(reply, message)
     }
 }
 
@@ -283,7 +282,8 @@ impl DatabaseApi {
         };
         let note = AuditNote::operation(operation_name(op));
         Some(match result {
-            Ok(body) => super::reply(200, body.to_string().into_bytes()).audited(note.allowed()),
+            Ok(body) => crate::piggybank_api::reply(200, body.to_string().into_bytes())
+                .audited(note.allowed()),
             Err(BackendError::Seal(SealError::OtherInstance)) => return None,
             Err(e) => error_reply(&e, note),
         })
@@ -365,5 +365,6 @@ fn to_json(value: impl serde::Serialize) -> Result<serde_json::Value, BackendErr
 /// A database operation the core refused: its status, its message, its own decision.
 pub(crate) fn error_reply(e: &BackendError, note: AuditNote) -> Reply {
     let body = serde_json::json!({ "error": e.to_string() }).to_string();
-    super::reply(e.kind().status(), body.into_bytes()).audited(note.decided(Decision::of(e)))
+    crate::piggybank_api::reply(e.kind().status(), body.into_bytes())
+        .audited(note.decided(Decision::of(e)))
 }

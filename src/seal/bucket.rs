@@ -1,14 +1,14 @@
-//! Sealed mode's key record: one entry, `keyring`, in the vault bucket (history 1). It holds
-//! the data keys and the transit key wrapped by the master key, never a key in clear
-//! ([`VaultRecord`]). Created once (KV `create`, so two initializations cannot both win)
-//! and changed only by compare-and-set (`rotate`).
+//! The key record's bucket, `SECRETS_<name>_vault` (history 1): one entry, `keyring`, the
+//! [`KeyRecord`] (the data keys and the transit key wrapped by the database key, never a
+//! key in clear). Created once (KV `create`, so two initializations cannot both win) and
+//! changed only by compare-and-set (`rotate`).
 
 use async_nats::jetstream::kv;
 
-use super::StoreError;
-use crate::keys::vault::VaultRecord;
+use super::key_record::KeyRecord;
+use crate::store::StoreError;
 
-/// The key of the record in the vault bucket.
+/// The key of the record in its bucket.
 pub const RECORD_KEY: &str = "keyring";
 
 /// The record's bucket.
@@ -19,7 +19,7 @@ pub struct RecordStore {
 
 /// A record as read, with the revision a compare-and-set needs.
 pub struct RecordEntry {
-    pub record: VaultRecord,
+    pub record: KeyRecord,
     pub revision: u64,
 }
 
@@ -29,7 +29,7 @@ impl RecordStore {
     }
 
     /// The record, if the store is initialized.
-    pub async fn get(&self) -> Result<Option<VaultRecord>, StoreError> {
+    pub async fn get(&self) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.entry().await?.map(|entry| entry.record))
     }
 
@@ -53,7 +53,7 @@ impl RecordStore {
     }
 
     /// Store the first record; [`StoreError::AlreadyExists`] if there is one.
-    pub async fn create(&self, record: &VaultRecord) -> Result<(), StoreError> {
+    pub async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
         self.kv
             .create(RECORD_KEY, encode(record)?.into())
             .await
@@ -65,7 +65,7 @@ impl RecordStore {
     }
 
     /// Replace the record read at `revision`; [`StoreError::Contention`] if it changed since.
-    pub async fn update(&self, record: &VaultRecord, revision: u64) -> Result<(), StoreError> {
+    pub async fn update(&self, record: &KeyRecord, revision: u64) -> Result<(), StoreError> {
         self.kv
             .update(RECORD_KEY, encode(record)?.into(), revision)
             .await
@@ -85,14 +85,14 @@ impl RecordStore {
     }
 }
 
-fn encode(record: &VaultRecord) -> Result<Vec<u8>, StoreError> {
+fn encode(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
         key: RECORD_KEY.into(),
         why: e.to_string(),
     })
 }
 
-fn decode(bytes: &[u8]) -> Result<VaultRecord, StoreError> {
+fn decode(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: RECORD_KEY.into(),
         why: e.to_string(),

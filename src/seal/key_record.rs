@@ -1,12 +1,12 @@
-//! Piggy Bank's seal: the record kept in the KV for a store run without
-//! `ENCRYPTION_XKEY_SEED`.
+//! The key record of a store run without `ENCRYPTION_XKEY_SEED` (sealed mode).
 //!
 //! The record holds every data key's seed (and the transit key's, unless one is configured),
-//! each wrapped (XSalsa20-Poly1305) by a 32-byte master key that is never stored. `initialize`
-//! makes the master key and shows it once, whole or split into Shamir shares (`sharks`: any
-//! `threshold` of `count` rebuild it). Unwrapping is the check: a wrong key or shares from
-//! another initialization cannot open the record. Pure functions; the NATS side is in
-//! `piggybank_api::database`.
+//! each wrapped (XSalsa20-Poly1305) by a 32-byte database key that is never stored.
+//! `initialize` makes the database key and shows it once, whole or split into Shamir shares
+//! (`sharks`: any `threshold` of `count` rebuild it). Unwrapping is the check: a wrong key or
+//! shares from another initialization cannot open the record, and the record as a whole is
+//! bound to its key ([`bind`]). Pure functions: the bucket is `super::bucket`, the state
+//! machine that uses them `super::Seal`.
 
 use base64::Engine as _;
 use crypto_secretbox::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -14,16 +14,16 @@ use crypto_secretbox::{Key, Nonce, XSalsa20Poly1305};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{generate_seed, DataKey, Keyring, TransitKey};
 use crate::error::ErrorKind;
+use crate::keys::{generate_seed, DataKey, Keyring, TransitKey};
 
-/// Length of the master key, in bytes.
-pub const MASTER_KEY_LEN: usize = 32;
+/// Length of the database key, in bytes.
+pub const DATABASE_KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VaultError {
+pub enum KeyRecordError {
     #[error("key is too short")]
     KeyTooShort,
     #[error("invalid key: it does not unlock this database")]
@@ -38,47 +38,47 @@ pub enum VaultError {
     BadSplit(String),
     #[error("the stored key record is corrupt: {0}")]
     Corrupt(String),
-    /// The record read is not the one the master key bound: altered (reordered keys, other
+    /// The record read is not the one the database key bound: altered (reordered keys, other
     /// activation times or share checks) or someone else's, or unbound (written before
     /// records were bound).
     #[error("the key record read is not the one this database key sealed: refused")]
     Altered,
 }
 
-impl VaultError {
+impl KeyRecordError {
     /// A short code for the audit trail.
     pub fn code(&self) -> &'static str {
         match self {
-            VaultError::KeyTooShort => "key_too_short",
-            VaultError::WrongKey => "wrong_key",
-            VaultError::Malformed(_) => "malformed_key",
-            VaultError::WrongShares => "wrong_shares",
-            VaultError::BadShare(_) => "bad_share",
-            VaultError::BadSplit(_) => "bad_split",
-            VaultError::Corrupt(_) => "corrupt_record",
-            VaultError::Altered => "altered_record",
+            KeyRecordError::KeyTooShort => "key_too_short",
+            KeyRecordError::WrongKey => "wrong_key",
+            KeyRecordError::Malformed(_) => "malformed_key",
+            KeyRecordError::WrongShares => "wrong_shares",
+            KeyRecordError::BadShare(_) => "bad_share",
+            KeyRecordError::BadSplit(_) => "bad_split",
+            KeyRecordError::Corrupt(_) => "corrupt_record",
+            KeyRecordError::Altered => "altered_record",
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VaultError::WrongKey | VaultError::WrongShares | VaultError::Altered => {
+            KeyRecordError::WrongKey | KeyRecordError::WrongShares | KeyRecordError::Altered => {
                 ErrorKind::Denied
             }
-            VaultError::Corrupt(_) => ErrorKind::Internal,
+            KeyRecordError::Corrupt(_) => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
         }
     }
 }
 
-/// How the master key was split.
+/// How the database key was split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareSpec {
     pub shares: u8,
     pub threshold: u8,
 }
 
-/// A data key's seed, wrapped by the master key.
+/// A data key's seed, wrapped by the database key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WrappedKey {
     /// The key's public key: the id recorded with every value it seals.
@@ -91,9 +91,9 @@ pub struct WrappedKey {
     pub active_from_ms: u64,
 }
 
-/// What the KV holds. Nothing in it opens without the master key.
+/// What the KV holds. Nothing in it opens without the database key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VaultRecord {
+pub struct KeyRecord {
     pub format: u8,
     /// Readable while sealed, so `server_xkey` keeps answering.
     pub transit_public: String,
@@ -110,51 +110,52 @@ pub struct VaultRecord {
     /// Absent in records written before this existed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub share_checks: std::collections::BTreeMap<u8, String>,
-    /// The digest of everything above, wrapped by the master key ([`bind`]): the record is
-    /// read over NATS, and nothing but the master key can tell that its keys' order, their
+    /// The digest of everything above, wrapped by the database key ([`bind`]): the record is
+    /// read over NATS, and nothing but the database key can tell that its keys' order, their
     /// activation times and its share checks are the ones the operators' key sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
 }
 
-/// The digest [`VaultRecord::binding`] wraps: SHA-256 of the record without its binding.
-fn record_digest(record: &VaultRecord) -> Result<String, VaultError> {
+/// The digest [`KeyRecord::binding`] wraps: SHA-256 of the record without its binding.
+fn record_digest(record: &KeyRecord) -> Result<String, KeyRecordError> {
     use sha2::Digest as _;
-    let bare = VaultRecord {
+    let bare = KeyRecord {
         binding: None,
         ..record.clone()
     };
-    let bytes = serde_json::to_vec(&bare).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let bytes = serde_json::to_vec(&bare).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     let mut hash = sha2::Sha256::new();
     hash.update(b"piggybank-key-record-v1\0");
     hash.update(&bytes);
     Ok(data_encoding::HEXLOWER.encode(&hash.finalize()))
 }
 
-/// Bind `record` as it is now to `master`: call after every change to it.
-pub fn bind(record: &mut VaultRecord, master: &MasterKey) -> Result<(), VaultError> {
+/// Bind `record` as it is now to `database_key`: call after every change to it.
+pub fn bind(record: &mut KeyRecord, database_key: &DatabaseKey) -> Result<(), KeyRecordError> {
     let digest = record_digest(record)?;
-    record.binding = Some(master.wrap(digest.as_bytes())?);
+    record.binding = Some(database_key.wrap(digest.as_bytes())?);
     Ok(())
 }
 
-/// Whether `record` is exactly what `master` bound: `wrong` when `master` is not its key.
+/// Whether `record` is exactly what `database_key` bound: `wrong` when it is not the
+/// record's key.
 fn check_binding(
-    record: &VaultRecord,
-    master: &MasterKey,
-    wrong: VaultError,
-) -> Result<(), VaultError> {
+    record: &KeyRecord,
+    database_key: &DatabaseKey,
+    wrong: KeyRecordError,
+) -> Result<(), KeyRecordError> {
     let Some(binding) = &record.binding else {
-        return Err(VaultError::Altered);
+        return Err(KeyRecordError::Altered);
     };
-    match master.unwrap(binding)? {
+    match database_key.unwrap(binding)? {
         Some(digest) if *digest == record_digest(record)? => Ok(()),
-        Some(_) => Err(VaultError::Altered),
+        Some(_) => Err(KeyRecordError::Altered),
         None => Err(wrong),
     }
 }
 
-/// The check value of a share, as [`VaultRecord::share_checks`] holds it.
+/// The check value of a share, as [`KeyRecord::share_checks`] holds it.
 pub fn share_check(share: &[u8]) -> String {
     use sha2::Digest as _;
     data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(share))
@@ -162,7 +163,7 @@ pub fn share_check(share: &[u8]) -> String {
 
 /// Whether `share` (decoded) is one of the shares this record was split into. Records
 /// without checks accept any well-formed share (the combination is still verified).
-pub fn share_is_known(record: &VaultRecord, share: &[u8]) -> bool {
+pub fn share_is_known(record: &KeyRecord, share: &[u8]) -> bool {
     if record.share_checks.is_empty() {
         return true;
     }
@@ -175,10 +176,10 @@ pub fn share_is_known(record: &VaultRecord, share: &[u8]) -> bool {
         .is_some_and(|check| *check == share_check(share))
 }
 
-/// The check values of `shares` (as `MasterKey::split` made them), by x coordinate.
+/// The check values of `shares` (as `DatabaseKey::split` made them), by x coordinate.
 pub fn share_checks(
     shares: &[Zeroizing<String>],
-) -> Result<std::collections::BTreeMap<u8, String>, VaultError> {
+) -> Result<std::collections::BTreeMap<u8, String>, KeyRecordError> {
     shares
         .iter()
         .map(|text| {
@@ -188,41 +189,41 @@ pub fn share_checks(
         .collect()
 }
 
-impl VaultRecord {
+impl KeyRecord {
     pub fn current_key_id(&self) -> Option<&str> {
         self.data_keys.last().map(|k| k.id.as_str())
     }
 }
 
-/// The master key. Zeroized on drop.
-pub struct MasterKey(Zeroizing<[u8; MASTER_KEY_LEN]>);
+/// The database key. Zeroized on drop.
+pub struct DatabaseKey(Zeroizing<[u8; DATABASE_KEY_LEN]>);
 
-impl MasterKey {
+impl DatabaseKey {
     fn generate() -> Self {
-        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        let mut key = Zeroizing::new([0u8; DATABASE_KEY_LEN]);
         key.copy_from_slice(&XSalsa20Poly1305::generate_key(&mut OsRng));
         Self(key)
     }
 
     /// From the base64 text `initialize` returned.
-    pub fn from_base64(text: &str) -> Result<Self, VaultError> {
+    pub fn from_base64(text: &str) -> Result<Self, KeyRecordError> {
         let bytes = Zeroizing::new(
             B64.decode(text.trim())
-                .map_err(|_| VaultError::Malformed("not base64".into()))?,
+                .map_err(|_| KeyRecordError::Malformed("not base64".into()))?,
         );
         Self::from_bytes(&bytes)
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<Self, VaultError> {
-        if bytes.len() < MASTER_KEY_LEN {
-            return Err(VaultError::KeyTooShort);
+    fn from_bytes(bytes: &[u8]) -> Result<Self, KeyRecordError> {
+        if bytes.len() < DATABASE_KEY_LEN {
+            return Err(KeyRecordError::KeyTooShort);
         }
-        if bytes.len() > MASTER_KEY_LEN {
-            return Err(VaultError::Malformed(format!(
-                "expected {MASTER_KEY_LEN} bytes"
+        if bytes.len() > DATABASE_KEY_LEN {
+            return Err(KeyRecordError::Malformed(format!(
+                "expected {DATABASE_KEY_LEN} bytes"
             )));
         }
-        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        let mut key = Zeroizing::new([0u8; DATABASE_KEY_LEN]);
         key.copy_from_slice(bytes);
         Ok(Self(key))
     }
@@ -235,24 +236,24 @@ impl MasterKey {
         XSalsa20Poly1305::new(Key::from_slice(&*self.0))
     }
 
-    fn wrap(&self, secret: &[u8]) -> Result<String, VaultError> {
+    fn wrap(&self, secret: &[u8]) -> Result<String, KeyRecordError> {
         let nonce = XSalsa20Poly1305::generate_nonce(&mut OsRng);
         let sealed = self
             .cipher()
             .encrypt(&nonce, secret)
-            .map_err(|_| VaultError::Corrupt("cannot wrap a key".into()))?;
+            .map_err(|_| KeyRecordError::Corrupt("cannot wrap a key".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(B64.encode(out))
     }
 
-    /// `None` when this master key did not wrap it.
-    fn unwrap(&self, wrapped: &str) -> Result<Option<Zeroizing<String>>, VaultError> {
+    /// `None` when this database key did not wrap it.
+    fn unwrap(&self, wrapped: &str) -> Result<Option<Zeroizing<String>>, KeyRecordError> {
         let bytes = B64
             .decode(wrapped)
-            .map_err(|_| VaultError::Corrupt("wrapped key is not base64".into()))?;
+            .map_err(|_| KeyRecordError::Corrupt("wrapped key is not base64".into()))?;
         if bytes.len() <= NONCE_LEN {
-            return Err(VaultError::Corrupt("wrapped key is too short".into()));
+            return Err(KeyRecordError::Corrupt("wrapped key is too short".into()));
         }
         let (nonce, sealed) = bytes.split_at(NONCE_LEN);
         let Ok(plain) = self.cipher().decrypt(Nonce::from_slice(nonce), sealed) else {
@@ -260,7 +261,7 @@ impl MasterKey {
         };
         let plain = Zeroizing::new(plain);
         let text = std::str::from_utf8(&plain)
-            .map_err(|_| VaultError::Corrupt("unwrapped key is not text".into()))?;
+            .map_err(|_| KeyRecordError::Corrupt("unwrapped key is not text".into()))?;
         Ok(Some(Zeroizing::new(text.to_string())))
     }
 
@@ -278,75 +279,76 @@ impl MasterKey {
 
     /// Rebuild from shares (each as `split` made it). Wrong shares give a wrong key, which
     /// [`open`] then refuses.
-    pub fn combine(shares: &[Zeroizing<Vec<u8>>], threshold: u8) -> Result<Self, VaultError> {
+    pub fn combine(shares: &[Zeroizing<Vec<u8>>], threshold: u8) -> Result<Self, KeyRecordError> {
         let parsed: Vec<sharks::Share> = shares
             .iter()
             .map(|s| {
                 sharks::Share::try_from(s.as_slice())
-                    .map_err(|e| VaultError::BadShare(e.to_string()))
+                    .map_err(|e| KeyRecordError::BadShare(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
         let secret = Zeroizing::new(
             sharks::Sharks(threshold)
                 .recover(parsed.iter())
-                .map_err(|e| VaultError::BadShare(e.to_string()))?,
+                .map_err(|e| KeyRecordError::BadShare(e.to_string()))?,
         );
-        Self::from_bytes(&secret).map_err(|_| VaultError::WrongShares)
+        Self::from_bytes(&secret).map_err(|_| KeyRecordError::WrongShares)
     }
 }
 
 /// Decode one share as the unlock request carries it.
-pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyRecordError> {
     let bytes = Zeroizing::new(
         B64.decode(text.trim())
-            .map_err(|_| VaultError::BadShare("not base64".into()))?,
+            .map_err(|_| KeyRecordError::BadShare("not base64".into()))?,
     );
-    // A share is its x coordinate (never 0) and one byte per byte of the master key.
-    if bytes.len() != MASTER_KEY_LEN + 1 || bytes[0] == 0 {
-        return Err(VaultError::BadShare(format!(
+    // A share is its x coordinate (never 0) and one byte per byte of the database key.
+    if bytes.len() != DATABASE_KEY_LEN + 1 || bytes[0] == 0 {
+        return Err(KeyRecordError::BadShare(format!(
             "expected {} bytes",
-            MASTER_KEY_LEN + 1
+            DATABASE_KEY_LEN + 1
         )));
     }
     Ok(bytes)
 }
 
-/// A new record and its master key. `transit`: the configured transit key, if any (then the
+/// A new record and its database key. `transit`: the configured transit key, if any (then the
 /// record keeps only its public key).
 pub fn initialize(
     transit: Option<&TransitKey>,
     split: Option<ShareSpec>,
     now_ms: u64,
-) -> Result<(VaultRecord, MasterKey), VaultError> {
+) -> Result<(KeyRecord, DatabaseKey), KeyRecordError> {
     if let Some(spec) = split {
         if spec.threshold == 0 || spec.threshold > spec.shares || spec.shares > 16 {
-            return Err(VaultError::BadSplit(
+            return Err(KeyRecordError::BadSplit(
                 "need 1 <= threshold <= shares <= 16".into(),
             ));
         }
     }
-    let master = MasterKey::generate();
+    let database_key = DatabaseKey::generate();
     let data_seed = generate_seed();
     let data_key =
-        DataKey::from_seed(&data_seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+        DataKey::from_seed(&data_seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     let (transit_public, wrapped_transit) = match transit {
         Some(t) => (t.public_key().to_string(), None),
         None => {
             let seed = generate_seed();
-            let t = TransitKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+            let t =
+                TransitKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
             (
                 t.public_key().to_string(),
-                Some(master.wrap(seed.as_bytes())?),
+                Some(database_key.wrap(seed.as_bytes())?),
             )
         }
     };
-    let mut record = VaultRecord {
+    let mut record = KeyRecord {
         format: 1,
         transit_public,
         transit: wrapped_transit,
         data_keys: vec![WrappedKey {
             id: data_key.id().to_string(),
-            wrapped: master.wrap(data_seed.as_bytes())?,
+            wrapped: database_key.wrap(data_seed.as_bytes())?,
             created_ms: now_ms,
             active_from_ms: 0,
         }],
@@ -354,34 +356,34 @@ pub fn initialize(
         share_checks: Default::default(),
         binding: None,
     };
-    bind(&mut record, &master)?;
-    Ok((record, master))
+    bind(&mut record, &database_key)?;
+    Ok((record, database_key))
 }
 
 /// Add a new data key to `record`, active from `active_from_ms`. Returns its id.
 pub fn rotate(
-    record: &mut VaultRecord,
-    master: &MasterKey,
+    record: &mut KeyRecord,
+    database_key: &DatabaseKey,
     now_ms: u64,
     active_from_ms: u64,
-) -> Result<String, VaultError> {
+) -> Result<String, KeyRecordError> {
     // The record was read over NATS: binding what was read would make an altered record
     // (a key dropped, share checks replaced) the operators' own.
-    check_binding(record, master, VaultError::WrongKey)?;
+    check_binding(record, database_key, KeyRecordError::WrongKey)?;
     let seed = generate_seed();
-    let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let key = DataKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
     record.data_keys.push(WrappedKey {
         id: key.id().to_string(),
-        wrapped: master.wrap(seed.as_bytes())?,
+        wrapped: database_key.wrap(seed.as_bytes())?,
         created_ms: now_ms,
         active_from_ms,
     });
-    bind(record, master)?;
+    bind(record, database_key)?;
     Ok(key.id().to_string())
 }
 
 /// When the newest key becomes current, if it is not yet.
-pub fn pending_activation(record: &VaultRecord, now_ms: u64) -> Option<u64> {
+pub fn pending_activation(record: &KeyRecord, now_ms: u64) -> Option<u64> {
     record
         .data_keys
         .last()
@@ -392,25 +394,25 @@ pub fn pending_activation(record: &VaultRecord, now_ms: u64) -> Option<u64> {
 /// Open the record at `now_ms`: the keyring (current: the newest active key; every other
 /// key opens only) and the transit key, if the record holds it.
 pub fn open(
-    record: &VaultRecord,
-    master: &MasterKey,
+    record: &KeyRecord,
+    database_key: &DatabaseKey,
     now_ms: u64,
-) -> Result<(Keyring, Option<TransitKey>), VaultError> {
+) -> Result<(Keyring, Option<TransitKey>), KeyRecordError> {
     let wrong = || {
         if record.split.is_some() {
-            VaultError::WrongShares
+            KeyRecordError::WrongShares
         } else {
-            VaultError::WrongKey
+            KeyRecordError::WrongKey
         }
     };
     // First: the record is read over NATS, where it can be forged or altered.
-    check_binding(record, master, wrong())?;
+    check_binding(record, database_key, wrong())?;
     let mut keys = Vec::with_capacity(record.data_keys.len());
     for wrapped in &record.data_keys {
-        let seed = master.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
-        let key = DataKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+        let seed = database_key.unwrap(&wrapped.wrapped)?.ok_or_else(wrong)?;
+        let key = DataKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?;
         if key.id() != wrapped.id {
-            return Err(VaultError::Corrupt(format!(
+            return Err(KeyRecordError::Corrupt(format!(
                 "key {} has another id",
                 wrapped.id
             )));
@@ -423,15 +425,15 @@ pub fn open(
         .rposition(|k| k.active_from_ms <= now_ms)
         .unwrap_or(0);
     if keys.is_empty() {
-        return Err(VaultError::Corrupt("no data key".into()));
+        return Err(KeyRecordError::Corrupt("no data key".into()));
     }
     let current = keys.remove(active);
     keys.reverse();
     let transit = match &record.transit {
         None => None,
         Some(wrapped) => {
-            let seed = master.unwrap(wrapped)?.ok_or_else(wrong)?;
-            Some(TransitKey::from_seed(&seed).map_err(|e| VaultError::Corrupt(e.to_string()))?)
+            let seed = database_key.unwrap(wrapped)?.ok_or_else(wrong)?;
+            Some(TransitKey::from_seed(&seed).map_err(|e| KeyRecordError::Corrupt(e.to_string()))?)
         }
     };
     Ok((Keyring::new(current, keys), transit))
@@ -443,7 +445,7 @@ mod tests {
 
     #[test]
     fn only_the_shares_of_this_split_pass_the_check() {
-        let (mut record, master) = initialize(
+        let (mut record, database_key) = initialize(
             None,
             Some(ShareSpec {
                 shares: 3,
@@ -452,7 +454,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let shares = master.split(record.split.unwrap());
+        let shares = database_key.split(record.split.unwrap());
         assert!(
             share_is_known(&record, &decode_share(&shares[0]).unwrap()),
             "no checks yet"
@@ -475,49 +477,52 @@ mod tests {
     }
 
     #[test]
-    fn the_master_key_opens_what_initialize_made_and_nothing_else_does() {
-        let (record, master) = initialize(None, None, 1).unwrap();
-        let (keys, transit) = open(&record, &master, 1).unwrap();
+    fn the_database_key_opens_what_initialize_made_and_nothing_else_does() {
+        let (record, database_key) = initialize(None, None, 1).unwrap();
+        let (keys, transit) = open(&record, &database_key, 1).unwrap();
         assert_eq!(Some(keys.current().id()), record.current_key_id());
         assert_eq!(transit.unwrap().public_key(), record.transit_public);
 
-        let again = MasterKey::from_base64(&master.to_base64()).unwrap();
+        let again = DatabaseKey::from_base64(&database_key.to_base64()).unwrap();
         assert!(open(&record, &again, 1).is_ok());
         let (_, other) = initialize(None, None, 1).unwrap();
-        assert_eq!(open(&record, &other, 1).err(), Some(VaultError::WrongKey));
         assert_eq!(
-            MasterKey::from_base64(&B64.encode([1u8; 16])).err(),
-            Some(VaultError::KeyTooShort)
+            open(&record, &other, 1).err(),
+            Some(KeyRecordError::WrongKey)
         );
-        assert!(MasterKey::from_base64("not base64!").is_err());
+        assert_eq!(
+            DatabaseKey::from_base64(&B64.encode([1u8; 16])).err(),
+            Some(KeyRecordError::KeyTooShort)
+        );
+        assert!(DatabaseKey::from_base64("not base64!").is_err());
     }
 
     #[test]
     fn a_rotated_key_becomes_current_at_its_activation_and_old_keys_still_open() {
-        let (mut record, master) = initialize(None, None, 1).unwrap();
+        let (mut record, database_key) = initialize(None, None, 1).unwrap();
         let first = record.current_key_id().unwrap().to_string();
-        let second = rotate(&mut record, &master, 10, 20).unwrap();
+        let second = rotate(&mut record, &database_key, 10, 20).unwrap();
         assert_eq!(pending_activation(&record, 15), Some(20));
-        let (before, _) = open(&record, &master, 15).unwrap();
+        let (before, _) = open(&record, &database_key, 15).unwrap();
         assert_eq!(before.current().id(), first);
         assert!(
             before.get(&second).is_some(),
             "the new key is readable before it is current"
         );
-        let (after, _) = open(&record, &master, 20).unwrap();
+        let (after, _) = open(&record, &database_key, 20).unwrap();
         assert_eq!(after.current().id(), second);
         assert!(after.get(&first).is_some());
         assert_eq!(pending_activation(&record, 20), None);
     }
 
-    /// The record is read over NATS: any change to what the master key bound is refused,
+    /// The record is read over NATS: any change to what the database key bound is refused,
     /// though every wrapped key in it is genuine.
     #[test]
     fn a_record_opens_only_as_it_was_bound() {
-        let (mut record, master) = initialize(None, None, 0).unwrap();
-        rotate(&mut record, &master, 10, 20).unwrap();
-        assert!(open(&record, &master, 30).is_ok());
-        let altered: [fn(&mut VaultRecord); 5] = [
+        let (mut record, database_key) = initialize(None, None, 0).unwrap();
+        rotate(&mut record, &database_key, 10, 20).unwrap();
+        assert!(open(&record, &database_key, 30).is_ok());
+        let altered: [fn(&mut KeyRecord); 5] = [
             |r| r.data_keys.reverse(),
             |r| r.data_keys[1].active_from_ms = 0,
             |r| {
@@ -532,32 +537,32 @@ mod tests {
             let mut forged = record.clone();
             alter(&mut forged);
             assert!(matches!(
-                open(&forged, &master, 30),
-                Err(VaultError::Altered)
+                open(&forged, &database_key, 30),
+                Err(KeyRecordError::Altered)
             ));
         }
         // Nor is an altered record rotated (and so bound) with the real key.
         let mut dropped = record.clone();
         dropped.data_keys.remove(0);
         assert!(matches!(
-            rotate(&mut dropped, &master, 40, 50),
-            Err(VaultError::Altered)
+            rotate(&mut dropped, &database_key, 40, 50),
+            Err(KeyRecordError::Altered)
         ));
         // Another key still reads as a wrong key, not as an altered record.
         let (_, other) = initialize(None, None, 0).unwrap();
         assert!(matches!(
             open(&record, &other, 30),
-            Err(VaultError::WrongKey)
+            Err(KeyRecordError::WrongKey)
         ));
     }
 
     #[test]
     fn a_configured_transit_key_is_not_stored() {
         let transit = TransitKey::from_seed(&generate_seed()).unwrap();
-        let (record, master) = initialize(Some(&transit), None, 1).unwrap();
+        let (record, database_key) = initialize(Some(&transit), None, 1).unwrap();
         assert!(record.transit.is_none());
         assert_eq!(record.transit_public, transit.public_key());
-        assert!(open(&record, &master, 1).unwrap().1.is_none());
+        assert!(open(&record, &database_key, 1).unwrap().1.is_none());
     }
 
     #[test]
@@ -566,20 +571,23 @@ mod tests {
             shares: 5,
             threshold: 3,
         };
-        let (record, master) = initialize(None, Some(spec), 1).unwrap();
-        let shares: Vec<_> = master
+        let (record, database_key) = initialize(None, Some(spec), 1).unwrap();
+        let shares: Vec<_> = database_key
             .split(spec)
             .iter()
             .map(|s| decode_share(s).unwrap())
             .collect();
         for pick in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
             let chosen: Vec<_> = pick.iter().map(|&i| shares[i].clone()).collect();
-            let rebuilt = MasterKey::combine(&chosen, 3).unwrap();
+            let rebuilt = DatabaseKey::combine(&chosen, 3).unwrap();
             assert!(open(&record, &rebuilt, 1).is_ok());
         }
         // K-1 shares rebuild a different key.
-        let two = MasterKey::combine(&shares[..2], 2).unwrap();
-        assert_eq!(open(&record, &two, 1).err(), Some(VaultError::WrongShares));
+        let two = DatabaseKey::combine(&shares[..2], 2).unwrap();
+        assert_eq!(
+            open(&record, &two, 1).err(),
+            Some(KeyRecordError::WrongShares)
+        );
         // Shares of another initialization.
         let (_, other) = initialize(None, Some(spec), 1).unwrap();
         let foreign: Vec<_> = other
@@ -588,10 +596,10 @@ mod tests {
             .take(3)
             .map(|s| decode_share(s).unwrap())
             .collect();
-        let rebuilt = MasterKey::combine(&foreign, 3).unwrap();
+        let rebuilt = DatabaseKey::combine(&foreign, 3).unwrap();
         assert_eq!(
             open(&record, &rebuilt, 1).err(),
-            Some(VaultError::WrongShares)
+            Some(KeyRecordError::WrongShares)
         );
     }
 
