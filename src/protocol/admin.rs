@@ -5,8 +5,8 @@
 //! Mutations without a result answer `ok` (as the sample); queries answer JSON; every error
 //! answers [`Reply::admin_error`]. `put_secret` keeps the sample's `PutSecretResponse` shape.
 //! The two listings answer one page at a time, in name order, with a `next` cursor
-//! (`crate::store::secrets::page_names` is the rule), so a page fits in a default-sized NATS
-//! message (the bound is on `crate::store::secrets::PAGE_MAX`).
+//! (`crate::store::page::page_names` is the rule), so a page fits in a default-sized NATS
+//! message (the bound is on `crate::store::page::PAGE_MAX`).
 
 use std::collections::BTreeSet;
 
