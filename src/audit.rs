@@ -299,7 +299,7 @@ impl Auditor {
         format!("{}-{n}", self.instance_id)
     }
 
-    pub fn is_required(&self) -> bool {
+    pub(crate) fn is_required(&self) -> bool {
         self.writer.as_ref().is_some_and(|w| w.required)
     }
 

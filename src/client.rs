@@ -352,7 +352,7 @@ pub(crate) async fn signed_request(
 /// Read a secret straight from the bucket (in JetStream domain `js_domain`; none: the
 /// account's own) with the data key, bypassing mappings (owning the encryption key means full
 /// trust). This is what the sample's `get` command does.
-pub async fn read_direct(
+pub(crate) async fn read_direct(
     nats: &Client,
     js_domain: Option<&str>,
     bucket: &str,

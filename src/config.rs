@@ -14,34 +14,34 @@ pub const DEFAULT_BACKEND_NAME: &str = "nats-kv";
 /// Default secrets bucket.
 pub const DEFAULT_SECRETS_BUCKET: &str = "WASMCLOUD_SECRETS";
 /// Default number of revisions kept per secret (also the NATS KV maximum).
-pub const DEFAULT_MAX_SECRET_HISTORY: u8 = 64;
+pub(crate) const DEFAULT_MAX_SECRET_HISTORY: u8 = 64;
 /// Default queue group prefix; the group is `{queue_base}.{name}`.
-pub const DEFAULT_QUEUE_BASE: &str = "wasmcloud_secrets";
+pub(crate) const DEFAULT_QUEUE_BASE: &str = "wasmcloud_secrets";
 /// Default NATS address.
-pub const DEFAULT_NATS_ADDRESS: &str = "127.0.0.1:4222";
+pub(crate) const DEFAULT_NATS_ADDRESS: &str = "127.0.0.1:4222";
 /// The only protocol version wasmCloud 1.x hosts speak.
 pub const DEFAULT_API_VERSION: &str = wasmcloud_secrets_types::SECRET_API_VERSION;
 /// Default cap on requests handled at once by one instance (backpressure beyond it); also
 /// what each of its front doors' subscriptions buffers before the client drops requests.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Default cap on a request (subject, reply subject, headers and body) of an operation that
 /// carries no value: a host's `get` (two JWTs and a policy) is a few KiB. Larger ones are
 /// refused before any handler runs. The operations that carry a value (`put_secret`,
 /// `add_mapping`, `remove_mapping`, the API's `post`) take whatever one NATS message carries.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The range `--max-in-flight` (and the provider's `max_in_flight`) may take.
-pub const MAX_IN_FLIGHT_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+pub(crate) const MAX_IN_FLIGHT_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 /// The range `--max-request-bytes` may take: from 1 KiB to NATS's largest max payload.
-pub const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
 /// Default bound on the drain at shutdown, in milliseconds: in-flight requests not answered
 /// by then are abandoned, and the process exits whether or not NATS is still there.
-pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
 /// Default retention of the audit trail: 7 days ...
-pub const DEFAULT_AUDIT_MAX_AGE_SECS: u64 = 7 * 86_400;
+pub(crate) const DEFAULT_AUDIT_MAX_AGE_SECS: u64 = 7 * 86_400;
 /// ... or 256 MiB, whichever comes first (oldest records go first): safe for a laptop.
-pub const DEFAULT_AUDIT_MAX_BYTES: i64 = 256 * 1024 * 1024;
+pub(crate) const DEFAULT_AUDIT_MAX_BYTES: i64 = 256 * 1024 * 1024;
 /// Audit records buffered before they are dropped (or, with `--audit-required`, refused).
-pub const DEFAULT_AUDIT_BUFFER: usize = 8_192;
+pub(crate) const DEFAULT_AUDIT_BUFFER: usize = 8_192;
 
 /// Environment variables (sample-compatible ones first).
 pub mod env {
@@ -61,21 +61,21 @@ pub mod env {
     /// A nats CLI context by name (`~/.config/nats/context/NAME.json`).
     pub const NATS_CONTEXT: &str = "NATS_CONTEXT";
     /// Bound on the drain at shutdown, in milliseconds.
-    pub const DRAIN_TIMEOUT_MS: &str = "DRAIN_TIMEOUT_MS";
+    pub(crate) const DRAIN_TIMEOUT_MS: &str = "DRAIN_TIMEOUT_MS";
     /// Write values in the sample's format (rolling migration).
-    pub const PIGGYBANK_WRITE_LEGACY_FORMAT: &str = "PIGGYBANK_WRITE_LEGACY_FORMAT";
+    pub(crate) const PIGGYBANK_WRITE_LEGACY_FORMAT: &str = "PIGGYBANK_WRITE_LEGACY_FORMAT";
     /// Keep no audit trail.
-    pub const PIGGYBANK_NO_AUDIT: &str = "PIGGYBANK_NO_AUDIT";
+    pub(crate) const PIGGYBANK_NO_AUDIT: &str = "PIGGYBANK_NO_AUDIT";
     /// Refuse requests whose audit record cannot be written.
-    pub const PIGGYBANK_AUDIT_REQUIRED: &str = "PIGGYBANK_AUDIT_REQUIRED";
-    pub const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
-    pub const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
+    pub(crate) const PIGGYBANK_AUDIT_REQUIRED: &str = "PIGGYBANK_AUDIT_REQUIRED";
+    pub(crate) const SECRET_STRING_VALUE: &str = "SECRET_STRING_VALUE";
+    pub(crate) const SECRET_BINARY_FILE: &str = "SECRET_BINARY_FILE";
     pub const TRUSTED_ISSUERS: &str = "TRUSTED_ISSUERS";
     /// Comma-separated subject prefixes replies may go to (default `_INBOX.`).
-    pub const REPLY_PREFIXES: &str = "REPLY_PREFIXES";
+    pub(crate) const REPLY_PREFIXES: &str = "REPLY_PREFIXES";
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
     pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
-    pub const NATS_USER: &str = "NATS_USER";
+    pub(crate) const NATS_USER: &str = "NATS_USER";
     /// The database key: `piggybank unlock` sends it (else a share, else stdin), and
     /// `piggybank run` in sealed mode unlocks itself with it at start (auto-unlock).
     pub const PIGGYBANK_DATABASE_KEY: &str = "PIGGYBANK_DATABASE_KEY";
@@ -89,13 +89,13 @@ pub mod env {
     /// Client commands: a file (mode 0600) holding the admin seed (`--admin-seed-file`).
     pub const PIGGYBANK_ADMIN_SEED_FILE: &str = "PIGGYBANK_ADMIN_SEED_FILE";
     /// `run`: refuse a database key or share sent in clear (`true`/`false`).
-    pub const PIGGYBANK_SEALED_KEYS_ONLY: &str = "PIGGYBANK_SEALED_KEYS_ONLY";
+    pub(crate) const PIGGYBANK_SEALED_KEYS_ONLY: &str = "PIGGYBANK_SEALED_KEYS_ONLY";
     /// Sealed mode: a file (mode 0600) holding the database key, to unlock at start.
-    pub const PIGGYBANK_UNLOCK_KEY_FILE: &str = "PIGGYBANK_UNLOCK_KEY_FILE";
+    pub(crate) const PIGGYBANK_UNLOCK_KEY_FILE: &str = "PIGGYBANK_UNLOCK_KEY_FILE";
 }
 
 /// Name of the mappings bucket for a backend: `SECRETS_{name}_state` (as the sample).
-pub fn mappings_bucket(backend_name: &str) -> String {
+pub(crate) fn mappings_bucket(backend_name: &str) -> String {
     format!("SECRETS_{backend_name}_state")
 }
 
@@ -105,7 +105,7 @@ pub fn vault_bucket(backend_name: &str) -> String {
 }
 
 /// Bucket of accepted admin request nonces, shared by every instance (replay protection).
-pub fn nonces_bucket(backend_name: &str) -> String {
+pub(crate) fn nonces_bucket(backend_name: &str) -> String {
     format!("SECRETS_{backend_name}_nonces")
 }
 
@@ -123,21 +123,21 @@ pub fn subject_prefix(subject_base: &str, api_version: &str, backend_name: &str)
 pub mod ops {
     pub const SERVER_XKEY: &str = "server_xkey";
     pub const GET: &str = "get";
-    pub const PUT_SECRET: &str = "put_secret";
+    pub(crate) const PUT_SECRET: &str = "put_secret";
     pub const DELETE_SECRET: &str = "delete_secret";
-    pub const LIST_SECRETS: &str = "list_secrets";
+    pub(crate) const LIST_SECRETS: &str = "list_secrets";
     pub const ADD_MAPPING: &str = "add_mapping";
-    pub const REMOVE_MAPPING: &str = "remove_mapping";
-    pub const GET_MAPPINGS: &str = "get_mappings";
+    pub(crate) const REMOVE_MAPPING: &str = "remove_mapping";
+    pub(crate) const GET_MAPPINGS: &str = "get_mappings";
 }
 
 /// Headers.
 pub mod headers {
     pub use wasmcloud_secrets_types::{RESPONSE_XKEY, WASMCLOUD_HOST_XKEY};
     /// Set on every admin error reply (NATS micro-service convention): a human message.
-    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+    pub(crate) const SERVICE_ERROR: &str = "Nats-Service-Error";
     /// Set on every admin error reply: an HTTP-like status code.
-    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+    pub(crate) const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
     /// Signed administration (`admin_auth`): the signer's public nkey (`U...`).
     pub const ADMIN_KEY: &str = "Piggybank-Admin-Key";
     /// Signed administration: unix milliseconds when the request was signed.
@@ -157,53 +157,53 @@ pub mod provider {
     /// Friendly name the provider gives its NATS connections and logs.
     pub const NAME: &str = "piggybank-provider";
     /// NATS URL of the secrets connection (default: the lattice's).
-    pub const NATS_URL: &str = "nats_url";
+    pub(crate) const NATS_URL: &str = "nats_url";
     /// Contents of a NATS `.creds` file for the secrets connection (a secret; config accepted).
-    pub const NATS_CREDS: &str = "nats_creds";
-    pub const BACKEND_NAME: &str = "backend_name";
-    pub const SUBJECT_BASE: &str = "subject_base";
-    pub const SECRETS_BUCKET: &str = "secrets_bucket";
-    pub const REPLICAS: &str = "replicas";
+    pub(crate) const NATS_CREDS: &str = "nats_creds";
+    pub(crate) const BACKEND_NAME: &str = "backend_name";
+    pub(crate) const SUBJECT_BASE: &str = "subject_base";
+    pub(crate) const SECRETS_BUCKET: &str = "secrets_bucket";
+    pub(crate) const REPLICAS: &str = "replicas";
     /// Comma-separated account public keys whose entities may read secrets.
     pub const TRUSTED_ISSUERS: &str = "trusted_issuers";
     /// Comma-separated nkey user public keys (`U...`) whose signatures admin operations
     /// must carry (as `run --admin-keys`).
     pub const ADMIN_KEYS: &str = "admin_keys";
     /// `true`: refuse a database key or share sent in clear (as `run --sealed-keys-only`).
-    pub const SEALED_KEYS_ONLY: &str = "sealed_keys_only";
+    pub(crate) const SEALED_KEYS_ONLY: &str = "sealed_keys_only";
     /// Serve the Piggy Bank API under this prefix; also the prefix of the sealed-mode
     /// database operations (default `piggybank`).
     pub const PIGGYBANK_PREFIX: &str = "piggybank_prefix";
     /// `true` accepts the two seeds below as plain config (with a warning).
-    pub const INSECURE_CONFIG_KEYS: &str = "insecure_config_keys";
+    pub(crate) const INSECURE_CONFIG_KEYS: &str = "insecure_config_keys";
     /// The transit xkey seed (a secret).
     pub const TRANSIT_XKEY_SEED: &str = "transit_xkey_seed";
     /// The data (encryption) xkey seed (a secret).
     pub const ENCRYPTION_XKEY_SEED: &str = "encryption_xkey_seed";
     /// Sealed mode: the database key, to unlock at start (a secret; never config).
-    pub const DATABASE_KEY: &str = "database_key";
+    pub(crate) const DATABASE_KEY: &str = "database_key";
     /// Comma-separated seeds of earlier data keys, during a key change (a secret).
     pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "previous_encryption_xkey_seeds";
     /// Longest a wRPC invocation may take, in milliseconds: its parameters must all arrive
     /// within it, and the call must then complete within it.
-    pub const WRPC_CALL_TIMEOUT_MS: &str = "wrpc_call_timeout_ms";
+    pub(crate) const WRPC_CALL_TIMEOUT_MS: &str = "wrpc_call_timeout_ms";
     /// Most requests handled at once, on each front door (protocol, wRPC); also what each of
     /// their subscriptions buffers.
-    pub const MAX_IN_FLIGHT: &str = "max_in_flight";
+    pub(crate) const MAX_IN_FLIGHT: &str = "max_in_flight";
     /// Largest request of an operation that carries no value (as `run --max-request-bytes`).
-    pub const MAX_REQUEST_BYTES: &str = "max_request_bytes";
+    pub(crate) const MAX_REQUEST_BYTES: &str = "max_request_bytes";
     /// Bound on the drain at shutdown, in milliseconds.
-    pub const DRAIN_TIMEOUT_MS: &str = "drain_timeout_ms";
+    pub(crate) const DRAIN_TIMEOUT_MS: &str = "drain_timeout_ms";
     /// Comma-separated subject prefixes replies may go to, besides `_INBOX.`.
-    pub const REPLY_PREFIXES: &str = "reply_prefixes";
+    pub(crate) const REPLY_PREFIXES: &str = "reply_prefixes";
     /// TLS of the secrets connection (HostData carries none): a CA file, a client
     /// certificate and its key (paths on the host, PEM), and TLS before the server's greeting.
-    pub const TLS_CA_FILE: &str = "tls_ca_file";
-    pub const TLS_CERT_FILE: &str = "tls_cert_file";
-    pub const TLS_KEY_FILE: &str = "tls_key_file";
-    pub const TLS_FIRST: &str = "tls_first";
+    pub(crate) const TLS_CA_FILE: &str = "tls_ca_file";
+    pub(crate) const TLS_CERT_FILE: &str = "tls_cert_file";
+    pub(crate) const TLS_KEY_FILE: &str = "tls_key_file";
+    pub(crate) const TLS_FIRST: &str = "tls_first";
     /// The JetStream domain of the provider's buckets (HostData carries none).
-    pub const JS_DOMAIN: &str = "js_domain";
+    pub(crate) const JS_DOMAIN: &str = "js_domain";
     /// Every key the provider reads from its config.
     pub const CONFIG_KEYS: &[&str] = &[
         NATS_URL,
@@ -233,15 +233,15 @@ pub mod provider {
         JS_DOMAIN,
     ];
     /// NATS URL when neither `nats_url` nor the lattice's URL is set (the SDK's default).
-    pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+    pub(crate) const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
     /// Keys of a link's target config (component -> provider), which scopes the component.
     pub mod link {
         /// Names the component may write, map and see start with this (default: all names).
         pub const PREFIX: &str = "prefix";
         /// `true`: the component may only call functions that change nothing.
-        pub const READ_ONLY: &str = "read_only";
-        pub const KEYS: &[&str] = &[PREFIX, READ_ONLY];
+        pub(crate) const READ_ONLY: &str = "read_only";
+        pub(crate) const KEYS: &[&str] = &[PREFIX, READ_ONLY];
     }
 
     /// WIT identity of the admin interface a link must name.

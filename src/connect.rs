@@ -140,7 +140,7 @@ pub async fn connect(
 /// The connection a backend's stores use (KV watches, JetStream, the audit stream): its
 /// inboxes under [`SERVER_INBOX_PREFIX`](crate::reply_policy::SERVER_INBOX_PREFIX), which
 /// the reply policy never answers into, rather than the shared `_INBOX.`.
-pub async fn connect_server(
+pub(crate) async fn connect_server(
     address: &str,
     credentials: Option<&Credentials>,
     tls: &NatsTls,
@@ -160,7 +160,7 @@ pub async fn connect_server(
 /// on the same server, with the same credentials, TLS and inbox prefix
 /// ([`SERVER_INBOX_PREFIX`](crate::reply_policy::SERVER_INBOX_PREFIX)) as
 /// [`connect_server`]'s.
-pub async fn connect_serving(
+pub(crate) async fn connect_serving(
     address: &str,
     credentials: Option<&Credentials>,
     tls: &NatsTls,
@@ -178,7 +178,7 @@ pub async fn connect_serving(
 /// Every NATS connection piggybank makes is made here: credentials, TLS, and the inbox
 /// prefix (`None`: `_INBOX`). An unreadable file, a certificate without its key or a bad
 /// seed fails before connecting, with a message that never holds a secret.
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     address: &str,
     credentials: Option<&Credentials>,
     tls: &NatsTls,
@@ -311,7 +311,7 @@ fn without_userinfo(address: &str) -> String {
 }
 
 /// A credentials file path, as the CLI takes it.
-pub fn credentials_file(path: Option<&Path>) -> Option<Credentials> {
+pub(crate) fn credentials_file(path: Option<&Path>) -> Option<Credentials> {
     path.map(|p| Credentials::File(p.to_path_buf()))
 }
 

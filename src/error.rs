@@ -171,8 +171,11 @@ mod tests {
             let reply = crate::protocol::admin::put_core_error(&e);
             assert_eq!(decided(&reply), decision, "put_secret: {e}");
             let reply = Reply::core_error(&e);
-            let code = crate::protocol::wire::admin_code(&e);
-            assert_eq!(code, kind.status(), "admin: {e}");
+            let code = reply.headers.as_ref().and_then(|h| {
+                h.get(crate::config::headers::SERVICE_ERROR_CODE)
+                    .map(|v| v.as_str().to_string())
+            });
+            assert_eq!(code, Some(kind.status().to_string()), "admin: {e}");
             assert_eq!(decided(&reply), decision, "admin: {e}");
 
             // The database operations.

@@ -98,7 +98,7 @@ pub fn request(front_door: &'static str, operation: &str, outcome: &'static str,
 }
 
 /// Count one request shed (`reason`), at a front door or a connection (`at`).
-pub fn shed(reason: &'static str, at: &'static str) {
+pub(crate) fn shed(reason: &'static str, at: &'static str) {
     instruments().shed.add(
         1,
         &[KeyValue::new("reason", reason), KeyValue::new("at", at)],
@@ -106,7 +106,7 @@ pub fn shed(reason: &'static str, at: &'static str) {
 }
 
 /// Record the lag of one change a loaded mirror applied (`store`: `secrets` or `mappings`).
-pub fn mirror_lag(store: &'static str, seconds: f64) {
+pub(crate) fn mirror_lag(store: &'static str, seconds: f64) {
     instruments()
         .mirror_lag
         .record(seconds, &[KeyValue::new("store", store)]);
@@ -187,11 +187,11 @@ pub fn register(gauges: Gauges) {
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the OTLP metrics exporter: {0}")]
-pub struct MetricsError(String);
+pub(crate) struct MetricsError(String);
 
 /// `piggybank run`: export over OTLP/HTTP when the standard `OTEL_*` environment asks for
 /// it. Returns whether it does. Call before any instrument is used.
-pub fn init_from_env() -> Result<bool, MetricsError> {
+pub(crate) fn init_from_env() -> Result<bool, MetricsError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());

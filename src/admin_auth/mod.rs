@@ -52,18 +52,18 @@ use zeroize::Zeroizing;
 use crate::config::headers;
 
 /// Domain-separation tag: these signatures can never be mistaken for another protocol's.
-pub const DOMAIN: &[u8] = b"piggybank-admin-v2\0";
+pub(crate) const DOMAIN: &[u8] = b"piggybank-admin-v2\0";
 /// How far a request's time may be from the verifier's clock, in the past or the future.
-pub const MAX_SKEW: Duration = Duration::from_secs(30);
+pub(crate) const MAX_SKEW: Duration = Duration::from_secs(30);
 /// How long an accepted nonce is remembered: more than the 60 s window a request can be
 /// valid in (30 s either side), with room for instances' clocks to differ.
-pub const NONCE_TTL: Duration = Duration::from_secs(90);
+pub(crate) const NONCE_TTL: Duration = Duration::from_secs(90);
 /// Random bytes in a nonce (sent as twice as many hex characters).
-pub const NONCE_BYTES: usize = 16;
+pub(crate) const NONCE_BYTES: usize = 16;
 /// The one message of every refusal.
 pub const REFUSED: &str = "admin signature required or invalid";
 /// The message when the nonce store cannot be reached (the request is not served).
-pub const UNCHECKED: &str =
+pub(crate) const UNCHECKED: &str =
     "admin signature could not be checked (replay store unavailable); try again";
 
 /// Whether a backend requires signed administration, as `status` reports it.
@@ -170,7 +170,7 @@ pub enum AdminKeyError {
 /// Parse `--admin-keys`: trimmed, empty entries skipped, duplicates dropped; each must be
 /// a valid nkey *user* public key (`U...`), the key type `nk -gen user` and `nsc` make for
 /// people and tools. Returns the keys in the order given.
-pub fn parse_admin_keys<S: AsRef<str>>(list: &[S]) -> Result<Vec<String>, AdminKeyError> {
+pub(crate) fn parse_admin_keys<S: AsRef<str>>(list: &[S]) -> Result<Vec<String>, AdminKeyError> {
     let mut keys: Vec<String> = Vec::new();
     for key in list
         .iter()
@@ -213,7 +213,7 @@ const SIGNATURE_HEADERS: [&str; 4] = [
 
 /// The bytes an admin signature covers (see the module docs): the subject, the signer, the
 /// time, the nonce, every header but the four signature headers, and the body's digest.
-pub fn signed_bytes(
+pub(crate) fn signed_bytes(
     subject: &str,
     key: &str,
     time_ms: u64,
@@ -307,13 +307,7 @@ impl AdminSigner {
     /// Add the four signature headers to `headers` (replacing any already there), signing
     /// every other header in it: add them all before signing.
     pub fn sign_into(&self, subject: &str, body: &[u8], headers: &mut HeaderMap) {
-        self.sign_at(
-            subject,
-            body,
-            crate::clock::now_ms(),
-            &new_nonce(),
-            headers,
-        );
+        self.sign_at(subject, body, crate::clock::now_ms(), &new_nonce(), headers);
     }
 
     /// Sign with a given time and nonce (tests make old, future and repeated requests).

@@ -71,7 +71,7 @@ impl NonceStore for MemoryNonces {
 
 /// Open the nonce bucket of backend `name`, creating it if missing (servers only): history
 /// 1, entries aged out after [`NONCE_TTL`].
-pub async fn open_nonce_bucket(
+pub(crate) async fn open_nonce_bucket(
     js: &jetstream::Context,
     name: &str,
     replicas: usize,
@@ -100,7 +100,7 @@ pub async fn open_nonce_bucket(
 
 /// Which instances a nonce is unique across.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceScope<'a> {
+pub(crate) enum NonceScope<'a> {
     /// Operations one instance answers: the nonce is accepted once, by any instance.
     Shared,
     /// Operations every instance receives (`lock`): once per instance, this one.
@@ -235,27 +235,9 @@ impl AdminVerifier {
         .await
     }
 
-    /// Check a request that every instance receives (`lock`): `instance` is this one's id.
-    pub async fn verify_on_instance(
-        &self,
-        instance: &str,
-        subject: &str,
-        headers: Option<&HeaderMap>,
-        body: &[u8],
-    ) -> Result<AdminKeyId, AdminRefusal> {
-        self.verify_at(
-            subject,
-            headers,
-            body,
-            NonceScope::Instance(instance),
-            crate::clock::now_ms(),
-        )
-        .await
-    }
-
     /// The whole check, at time `now_ms`. The nonce is recorded last, only when every
     /// other check passed.
-    pub async fn verify_at(
+    pub(crate) async fn verify_at(
         &self,
         subject: &str,
         headers: Option<&HeaderMap>,

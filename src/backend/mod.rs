@@ -17,7 +17,7 @@ use crate::seal::key_record::KeyRecordError;
 use crate::seal::SealError;
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
-pub use crate::store::page::{page_limit, Page, PageRequest};
+pub(crate) use crate::store::page::{page_limit, Page, PageRequest};
 use crate::store::{validate_name, MappingTable, SecretMeta, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -60,7 +60,7 @@ impl AdminSeed {
 
 /// The seed in `path`: its first line that is neither empty nor a `#` comment. Refused
 /// unless only the owner may read and write the file.
-pub fn read_seed_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+pub(crate) fn read_seed_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     super::files::read_private_line(path, "admin seed file")
 }
 

@@ -14,10 +14,10 @@ use zeroize::Zeroizing;
 use anyhow::{bail, Context};
 
 /// The mode of every file piggybank writes a secret or a key to.
-pub const PRIVATE_MODE: u32 = 0o600;
+pub(crate) const PRIVATE_MODE: u32 = 0o600;
 
 /// Write `bytes` to `path`, readable and writable only by its owner, replacing what was there.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut pending = PendingFile::create(path)?;
     pending
         .file
@@ -29,7 +29,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// A new file beside the target, created exclusively with mode 0600, that replaces the
 /// target only when [`PendingFile::persist`] is called; dropped before that, it is removed.
 /// [`write_private`] writes bytes held in memory through it; a backup streams into it.
-pub struct PendingFile {
+pub(crate) struct PendingFile {
     temp: PathBuf,
     target: PathBuf,
     pub file: std::fs::File,
@@ -80,7 +80,7 @@ impl PendingFile {
     }
 
     /// Flush to disk and put the file in place of the target.
-    pub fn persist(mut self) -> anyhow::Result<()> {
+    pub(crate) fn persist(mut self) -> anyhow::Result<()> {
         self.file
             .sync_all()
             .with_context(|| format!("cannot write {}", self.temp.display()))?;
@@ -116,7 +116,7 @@ fn tag() -> u64 {
 /// The first line of `path` that is neither empty nor a `#` comment (a seed, a key).
 /// Refused unless only the owner may read and write the file; `what` names it in errors,
 /// which never show its contents.
-pub fn read_private_line(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
+pub(crate) fn read_private_line(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
     use std::io::Read as _;
     let mut file = std::fs::File::open(path)
         .with_context(|| format!("cannot open the {what} {}", path.display()))?;

@@ -10,8 +10,8 @@ mod conn;
 mod dev;
 mod files;
 mod run;
-pub use conn::{Conn, ConnOptions, Target};
-pub use run::RunArgs;
+pub(crate) use conn::{Conn, ConnOptions, Target};
+pub(crate) use run::RunArgs;
 
 pub(crate) use files::write_private;
 

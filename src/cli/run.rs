@@ -133,7 +133,7 @@ fn max_request_bytes(value: &str) -> Result<usize, String> {
 }
 
 impl RunArgs {
-    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+    pub(crate) fn into_config(self) -> anyhow::Result<RunConfig> {
         let database_key = match (&self.unlock_key_file, &self.database_key) {
             (Some(path), _) => Some(files::read_private_line(path, "unlock key file")?),
             (None, Some(key)) => Some(Zeroizing::new(key.clone())),

@@ -113,7 +113,7 @@ impl RunConfig {
     }
 
     /// Run without ENCRYPTION_XKEY_SEED: Piggy Bank's sealed mode.
-    pub fn is_sealed_mode(&self) -> bool {
+    pub(crate) fn is_sealed_mode(&self) -> bool {
         self.encryption_xkey_seed.trim().is_empty()
     }
 
@@ -129,7 +129,7 @@ impl RunConfig {
     }
 
     /// The configured JetStream domain, if any.
-    pub fn js_domain(&self) -> Option<&str> {
+    pub(crate) fn js_domain(&self) -> Option<&str> {
         self.js_domain.as_deref()
     }
 }

@@ -13,7 +13,7 @@ use nkeys::XKey;
 use zeroize::Zeroizing;
 
 /// Prefix nkeys puts on every sealed box (format version 1).
-pub const XKV1: &[u8] = b"xkv1";
+pub(crate) const XKV1: &[u8] = b"xkv1";
 const NONCE_LEN: usize = 24;
 
 /// Errors about key material. They never contain a seed.
@@ -30,7 +30,10 @@ pub enum KeyError {
 }
 
 /// Parse an xkey seed (`SX...`). `what` names the key in the error ("transit key").
-pub fn xkey_from_seed(seed: &Zeroizing<String>, what: &'static str) -> Result<XKey, KeyError> {
+pub(crate) fn xkey_from_seed(
+    seed: &Zeroizing<String>,
+    what: &'static str,
+) -> Result<XKey, KeyError> {
     XKey::from_seed(seed.trim()).map_err(|_| KeyError::InvalidSeed { what })
 }
 

@@ -220,7 +220,7 @@ fn classify(prefix: &str, msg: &Message) -> Option<(Class, Result<Request, ApiEr
         return None;
     }
     let application = application(prefix, subject).unwrap_or_default();
-    let class = Class::open().from_application(application);
+    let class = Class::open().asked_by(application);
     // By the header alone, as the handler will read it: a `post` whose subject is refused
     // still carries its value.
     let post = msg

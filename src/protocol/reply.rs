@@ -50,12 +50,12 @@ impl Reply {
     }
 
     /// The admin error answering a refusal of the core: its kind's status, its decision.
-    pub fn core_error(err: &BackendError) -> Self {
+    pub(crate) fn core_error(err: &BackendError) -> Self {
         Self::admin_error(err.kind().status(), err.to_string(), Decision::of(err))
     }
 
     /// A request body or subject this door could not use (400).
-    pub fn bad_request(message: impl Into<String>, reason: &'static str) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>, reason: &'static str) -> Self {
         Self::admin_error(400, message, Decision::refused(ErrorKind::Invalid, reason))
     }
 }

@@ -18,7 +18,7 @@ pub enum Operation {
 impl Operation {
     /// Whether it changes or reveals store state, and so must be signed when the backend
     /// runs with `--admin-keys`: all but `server_xkey` and `get`, which hosts use.
-    pub fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         match self {
             Operation::ServerXkey | Operation::Get => false,
             Operation::PutSecret
@@ -32,7 +32,7 @@ impl Operation {
 
     /// Whether its request carries a value or a list of names, and so may be as large as a
     /// NATS message: `put_secret`, `add_mapping` and `remove_mapping`.
-    pub fn carries_value(&self) -> bool {
+    pub(crate) fn carries_value(&self) -> bool {
         match self {
             Operation::PutSecret | Operation::AddMapping(_) | Operation::RemoveMapping(_) => true,
             Operation::ServerXkey
@@ -45,7 +45,7 @@ impl Operation {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubjectError {
+pub(crate) enum SubjectError {
     #[error("subject is outside this backend's prefix")]
     OutsidePrefix,
     #[error("unknown operation {0:?}")]

@@ -62,14 +62,14 @@ pub enum PutSecretError {
 
 /// Body of `delete_secret`.
 #[derive(Serialize, Deserialize, Debug)]
-pub struct DeleteSecretRequest {
+pub(crate) struct DeleteSecretRequest {
     pub key: String,
 }
 
 /// Body of `list_secrets`. Every field is optional, and so is the body: an empty body, or the
 /// older `{"prefix": "..."}`, asks for the first page.
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
-pub struct ListSecretsRequest {
+pub(crate) struct ListSecretsRequest {
     #[serde(default)]
     pub prefix: String,
     /// Most entries in the reply: default [`PAGE_DEFAULT`](crate::store::page::PAGE_DEFAULT)
@@ -96,7 +96,7 @@ pub struct ListSecretsResponse {
 /// Body of `get_mappings.{entity}`: optional, as for `list_secrets` (the sample-era client
 /// sends an empty body and gets the first page).
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
-pub struct GetMappingsRequest {
+pub(crate) struct GetMappingsRequest {
     /// Only names that start with this.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
@@ -134,7 +134,7 @@ pub struct AdminError {
 /// The one mapping from core errors to the protocol's `GetSecretError`: by kind, except
 /// where the sample's wire format names a finer cause (which JWT is invalid, an upstream
 /// error, a decryption error) that hosts report as it is.
-pub fn get_secret_error(err: &BackendError) -> GetSecretError {
+pub(crate) fn get_secret_error(err: &BackendError) -> GetSecretError {
     match err {
         BackendError::Authz(AuthzError::InvalidEntityJwt(m)) => {
             GetSecretError::InvalidEntityJWT(m.clone())
@@ -163,7 +163,7 @@ pub fn get_secret_error(err: &BackendError) -> GetSecretError {
 }
 
 /// The one mapping from core errors to `put_secret` errors: by kind.
-pub fn put_secret_error(err: &BackendError) -> PutSecretError {
+pub(crate) fn put_secret_error(err: &BackendError) -> PutSecretError {
     let message = err.to_string();
     match err.kind() {
         ErrorKind::Invalid => PutSecretError::InvalidName(message),
@@ -173,9 +173,4 @@ pub fn put_secret_error(err: &BackendError) -> PutSecretError {
             PutSecretError::Upstream(message)
         }
     }
-}
-
-/// The one mapping from core errors to admin status codes: the kind's.
-pub fn admin_code(err: &BackendError) -> u16 {
-    err.kind().status()
 }

@@ -34,7 +34,7 @@ use crate::store::{validate_entity, SecretMeta};
 
 /// What the exports need: the core, the links, and what `status` reports.
 #[derive(Clone)]
-pub struct AdminExports {
+pub(crate) struct AdminExports {
     backend: Arc<Backend>,
     links: Arc<Links>,
     nats: async_nats::Client,

@@ -58,7 +58,7 @@ pub enum LinkConfigError {
 
 /// Why a call was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ScopeError {
+pub(crate) enum ScopeError {
     #[error("the call carries no source component id")]
     Anonymous,
     #[error("component {component:?} has no link {link:?} to this provider")]
@@ -126,7 +126,7 @@ impl LinkScope {
     }
 
     /// `name` is inside the scope's folder (every name, for the empty prefix).
-    pub fn allows_name(&self, name: &str) -> Result<(), ScopeError> {
+    pub(crate) fn allows_name(&self, name: &str) -> Result<(), ScopeError> {
         if name.starts_with(&self.prefix) {
             Ok(())
         } else {
@@ -137,7 +137,7 @@ impl LinkScope {
     /// The prefix to list with: the narrower of the caller's and the scope's, when one
     /// contains the other. (The scope's prefix ends with `/`, so `shop` narrows to `shop/`
     /// and `shop2` is out of scope.)
-    pub fn narrow(&self, requested: &str) -> Result<String, ScopeError> {
+    pub(crate) fn narrow(&self, requested: &str) -> Result<String, ScopeError> {
         if requested.starts_with(&self.prefix) {
             Ok(requested.to_string())
         } else if self.prefix.starts_with(requested) {
@@ -157,7 +157,7 @@ impl LinkScope {
 
 /// What a link put did to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     /// The link's scope (or its refusal) is now what the put said, and it was not before.
     Changed,
     /// The table already said the same (or something newer, from the follower).
@@ -185,14 +185,14 @@ struct Table {
 
 /// Links whose target is this provider, by (source component id, link name).
 #[derive(Default)]
-pub struct Links {
+pub(crate) struct Links {
     table: RwLock<Table>,
 }
 
 impl Links {
     /// A put the SDK delivered: a link it did not have (a new link, or one refused or
     /// deleted before). `scope` is the parsed config, or why it was refused.
-    pub fn put_new(
+    pub(crate) fn put_new(
         &self,
         component: &str,
         link_name: &str,
@@ -215,7 +215,7 @@ impl Links {
     }
 
     /// A put seen on the host's link-put subject: every put, in the host's order.
-    pub fn put_followed(
+    pub(crate) fn put_followed(
         &self,
         component: &str,
         link_name: &str,
@@ -260,12 +260,8 @@ impl Links {
             .count()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The scope of a call from `component` over `link_name`, if it may have `access`.
-    pub fn authorize(
+    pub(crate) fn authorize(
         &self,
         component: Option<&str>,
         link_name: &str,
@@ -462,7 +458,7 @@ mod tests {
                     link: "default".into()
                 })
             );
-            assert!(links.is_empty());
+            assert_eq!(links.len(), 0);
             assert_eq!(put(Ok(narrow())), Applied::Changed);
             assert_eq!(
                 links.authorize(Some("app"), "default", Access::Read),

@@ -141,7 +141,7 @@ struct Running {
 
 /// The provider. Cheap to clone: the SDK and the wRPC server each hold one.
 #[derive(Clone)]
-pub struct PiggybankProvider {
+pub(crate) struct PiggybankProvider {
     inner: Arc<Inner>,
 }
 

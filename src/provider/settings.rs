@@ -15,7 +15,7 @@ use crate::config::RunConfig;
 use crate::connect::{Credentials, NatsTls};
 use crate::reply_policy::ReplyPolicy;
 
-pub const DEFAULT_WRPC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_WRPC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of `wrpc_call_timeout_ms`: a host's own default `max_execution_time` is 10 min.
 const WRPC_CALL_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
 /// Most `drain_timeout_ms` may be.
@@ -51,7 +51,7 @@ pub enum SettingsError {
 /// The lattice connection the host gave the provider (HostData), used as the default for
 /// the secrets connection.
 #[derive(Default)]
-pub struct Lattice<'a> {
+pub(crate) struct Lattice<'a> {
     /// The lattice's name (HostData `lattice_rpc_prefix`): wRPC subjects start with it.
     pub name: &'a str,
     pub url: &'a str,
@@ -60,7 +60,7 @@ pub struct Lattice<'a> {
 }
 
 /// What the settings decided, beyond the [`RunConfig`]: things to warn about at start.
-pub struct Settings {
+pub(crate) struct Settings {
     pub run: RunConfig,
     /// Config keys that are not piggybank's (a typo is worth a warning).
     pub unknown_keys: Vec<String>,
@@ -76,7 +76,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_host(
+    pub(crate) fn from_host(
         config: &HashMap<String, String>,
         secrets: &HashMap<String, SecretValue>,
         lattice: &Lattice<'_>,

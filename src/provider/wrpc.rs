@@ -58,11 +58,11 @@ use crate::serve::ServeConnection;
 pub const PROTOCOL: &str = "wrpc.0.0.1";
 /// Largest parameters accepted for one invocation (a secret value is at most one NATS
 /// message, 1 MiB by default, 64 MiB at most).
-pub const MAX_PARAMS_BYTES: usize = 64 << 20;
+pub(crate) const MAX_PARAMS_BYTES: usize = 64 << 20;
 /// The least each subscription of the wRPC connection buffers, whatever `max_in_flight`:
 /// the parts of the largest parameters ([`MAX_PARAMS_BYTES`]) in messages of the default
 /// max payload (1 MiB), which the transport sends without waiting for the reader.
-pub const MIN_BUFFERED_MESSAGES: usize = MAX_PARAMS_BYTES / (1 << 20);
+pub(crate) const MIN_BUFFERED_MESSAGES: usize = MAX_PARAMS_BYTES / (1 << 20);
 /// Messages of results when the server does not say its max payload.
 const FALLBACK_CHUNK: usize = 64 << 10;
 
@@ -72,7 +72,7 @@ pub fn invocation_subject(prefix: &str, instance: &str, func: &str) -> String {
 }
 
 /// Serves exports on its lattice connection under `{lattice}.{provider id}`.
-pub struct WrpcServer {
+pub(crate) struct WrpcServer {
     shared: Arc<Shared>,
     prefix: String,
     queue_group: String,
@@ -244,7 +244,7 @@ impl Shared {
 }
 
 /// One invocation's parameters, complete.
-pub struct Params(Bytes);
+pub(crate) struct Params(Bytes);
 
 impl AsyncRead for Params {
     fn poll_read(
@@ -266,7 +266,7 @@ impl Index<Params> for Params {
 }
 
 /// Writes one invocation's results to `{reply}.results`, and holds its permit.
-pub struct ResultWriter {
+pub(crate) struct ResultWriter {
     nats: async_nats::Client,
     subject: Subject,
     /// Written, not yet published.

@@ -9,7 +9,7 @@ use super::key_record::KeyRecord;
 use crate::store::StoreError;
 
 /// The key of the record in its bucket.
-pub const RECORD_KEY: &str = "keyring";
+pub(crate) const RECORD_KEY: &str = "keyring";
 
 /// The record's bucket.
 #[derive(Clone)]

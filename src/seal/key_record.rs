@@ -18,7 +18,7 @@ use crate::error::ErrorKind;
 use crate::keys::{generate_seed, DataKey, Keyring, TransitKey};
 
 /// Length of the database key, in bytes.
-pub const DATABASE_KEY_LEN: usize = 32;
+pub(crate) const DATABASE_KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -156,14 +156,14 @@ fn check_binding(
 }
 
 /// The check value of a share, as [`KeyRecord::share_checks`] holds it.
-pub fn share_check(share: &[u8]) -> String {
+pub(crate) fn share_check(share: &[u8]) -> String {
     use sha2::Digest as _;
     data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(share))
 }
 
 /// Whether `share` (decoded) is one of the shares this record was split into. Records
 /// without checks accept any well-formed share (the combination is still verified).
-pub fn share_is_known(record: &KeyRecord, share: &[u8]) -> bool {
+pub(crate) fn share_is_known(record: &KeyRecord, share: &[u8]) -> bool {
     if record.share_checks.is_empty() {
         return true;
     }
@@ -190,7 +190,7 @@ pub fn share_checks(
 }
 
 impl KeyRecord {
-    pub fn current_key_id(&self) -> Option<&str> {
+    pub(crate) fn current_key_id(&self) -> Option<&str> {
         self.data_keys.last().map(|k| k.id.as_str())
     }
 }
@@ -206,7 +206,7 @@ impl DatabaseKey {
     }
 
     /// From the base64 text `initialize` returned.
-    pub fn from_base64(text: &str) -> Result<Self, KeyRecordError> {
+    pub(crate) fn from_base64(text: &str) -> Result<Self, KeyRecordError> {
         let bytes = Zeroizing::new(
             B64.decode(text.trim())
                 .map_err(|_| KeyRecordError::Malformed("not base64".into()))?,
@@ -279,7 +279,10 @@ impl DatabaseKey {
 
     /// Rebuild from shares (each as `split` made it). Wrong shares give a wrong key, which
     /// [`open`] then refuses.
-    pub fn combine(shares: &[Zeroizing<Vec<u8>>], threshold: u8) -> Result<Self, KeyRecordError> {
+    pub(crate) fn combine(
+        shares: &[Zeroizing<Vec<u8>>],
+        threshold: u8,
+    ) -> Result<Self, KeyRecordError> {
         let parsed: Vec<sharks::Share> = shares
             .iter()
             .map(|s| {
@@ -297,7 +300,7 @@ impl DatabaseKey {
 }
 
 /// Decode one share as the unlock request carries it.
-pub fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyRecordError> {
+pub(crate) fn decode_share(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyRecordError> {
     let bytes = Zeroizing::new(
         B64.decode(text.trim())
             .map_err(|_| KeyRecordError::BadShare("not base64".into()))?,
@@ -383,7 +386,7 @@ pub fn rotate(
 }
 
 /// When the newest key becomes current, if it is not yet.
-pub fn pending_activation(record: &KeyRecord, now_ms: u64) -> Option<u64> {
+pub(crate) fn pending_activation(record: &KeyRecord, now_ms: u64) -> Option<u64> {
     record
         .data_keys
         .last()

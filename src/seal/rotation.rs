@@ -15,7 +15,7 @@ use crate::store::StoreError;
 
 /// How long after `rotate` its key becomes current: every instance loads it as a readable
 /// key first (they watch the record), so no instance meets a value it cannot open.
-pub const ACTIVATION_DELAY_MS: u64 = 1_000;
+pub(crate) const ACTIVATION_DELAY_MS: u64 = 1_000;
 
 /// A rotation's new key.
 #[derive(Debug, Clone, Serialize)]

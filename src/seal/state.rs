@@ -373,8 +373,7 @@ impl Seal {
                 })
             }
         };
-        let (keys, transit) =
-            key_record::open(&record, &database_key, crate::clock::now_ms())?;
+        let (keys, transit) = key_record::open(&record, &database_key, crate::clock::now_ms())?;
         let transit = transit
             .or_else(|| self.configured_transit.clone())
             .ok_or_else(|| {
@@ -427,7 +426,7 @@ impl Seal {
     /// Auto-unlock at start with the database key this process was given: unseals, or says
     /// why not. A store that is not initialized yet stays sealed (`Ok(false)`); a key that
     /// does not open the record is an error.
-    pub async fn unlock_at_start(
+    pub(crate) async fn unlock_at_start(
         self: &Arc<Self>,
         database_key: &Zeroizing<String>,
     ) -> Result<bool, BackendError> {

@@ -44,9 +44,9 @@ use crate::keys::TransitKey;
 /// The `purpose` of each kind of box sealed from the transit key.
 pub mod purpose {
     /// A status proof ([`super::InstanceClaim`]).
-    pub const UNSEAL_PROOF: &str = "piggybank-unseal-proof-v1";
+    pub(crate) const UNSEAL_PROOF: &str = "piggybank-unseal-proof-v1";
     /// An initialize reply's key material ([`super::SealedInitialize`]).
-    pub const INITIALIZE: &str = "piggybank-initialize-v1";
+    pub(crate) const INITIALIZE: &str = "piggybank-initialize-v1";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,7 +216,7 @@ impl SealedUnlock {
 /// requester's one-time xkey (base64 of the `xkv1` box).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct InstanceClaim {
+pub(crate) struct InstanceClaim {
     pub instance_id: String,
     pub unseal_xkey: String,
 }

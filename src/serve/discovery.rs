@@ -17,7 +17,7 @@ use async_nats::service::{self, endpoint};
 use super::{Endpoint, Reply};
 
 /// The service name every instance answers to.
-pub const SERVICE_NAME: &str = "piggybank";
+pub(crate) const SERVICE_NAME: &str = "piggybank";
 
 const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
 
@@ -29,7 +29,7 @@ struct Counters {
     last_error: Mutex<Option<String>>,
 }
 
-pub struct Discovery {
+pub(crate) struct Discovery {
     id: String,
     started: time::OffsetDateTime,
     endpoints: Vec<endpoint::Info>,

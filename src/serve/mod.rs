@@ -62,7 +62,8 @@ use crate::finish::Finish;
 pub use crate::reply_policy::{ReplyPolicy, ReplyTo, Requester};
 pub(crate) use connection::log_events;
 pub use connection::ServeConnection;
-pub use reply::{Reply, TooLarge, REPLY_TOO_LARGE};
+pub use reply::Reply;
+pub(crate) use reply::{TooLarge, REPLY_TOO_LARGE};
 use shed::{Shed, ShedReason};
 
 /// Who may call a message's operation, decided from its subject before any handler runs.
@@ -111,7 +112,7 @@ impl Class {
     }
 
     /// The request comes from this Piggy Bank API application.
-    pub fn from_application(mut self, application: &str) -> Self {
+    pub(crate) fn asked_by(mut self, application: &str) -> Self {
         self.requester = Requester::Application(application.to_string());
         self
     }
@@ -310,7 +311,10 @@ impl Stream for Tagged {
 }
 
 /// The reply policy for these endpoints: `prefixes`, and every tree they serve.
-pub fn policy_for(endpoints: &[Endpoint], prefixes: &[String]) -> Result<ReplyPolicy, ServeError> {
+pub(crate) fn policy_for(
+    endpoints: &[Endpoint],
+    prefixes: &[String],
+) -> Result<ReplyPolicy, ServeError> {
     let served: Vec<String> = endpoints.iter().map(Endpoint::tree).collect();
     ReplyPolicy::new(prefixes, &served).map_err(ServeError::ReplyPrefixes)
 }

@@ -28,7 +28,7 @@ pub struct Reply {
 
 /// An endpoint's error for a reply too large to send: given the reply that did not fit (its
 /// headers tell, for example, a `get` from an admin reply) and a message saying why.
-pub type TooLarge = fn(&Reply, String) -> Reply;
+pub(crate) type TooLarge = fn(&Reply, String) -> Reply;
 
 impl Reply {
     pub fn plain(payload: impl Into<Bytes>) -> Self {
@@ -39,7 +39,7 @@ impl Reply {
         }
     }
 
-    pub fn with_headers(headers: HeaderMap, payload: impl Into<Bytes>) -> Self {
+    pub(crate) fn with_headers(headers: HeaderMap, payload: impl Into<Bytes>) -> Self {
         Self {
             headers: Some(headers),
             payload: payload.into(),
@@ -54,7 +54,7 @@ impl Reply {
     }
 
     /// Fill in the note's operation (and entity) where the handler left them out.
-    pub fn audited_as(mut self, operation: &str, entity: Option<&str>) -> Self {
+    pub(crate) fn audited_as(mut self, operation: &str, entity: Option<&str>) -> Self {
         let note = self.audit.get_or_insert_with(Default::default);
         note.operation.get_or_insert_with(|| operation.to_string());
         if note.entity.is_none() {
@@ -104,7 +104,7 @@ impl Reply {
 
     /// Bytes this reply counts against the max payload: the payload plus the headers as NATS
     /// encodes them (`NATS/1.0\r\n`, `name: value\r\n` each, and a closing `\r\n`).
-    pub fn wire_size(&self) -> usize {
+    pub(crate) fn wire_size(&self) -> usize {
         let headers = self.headers.as_ref().map_or(0, |h| {
             let lines: usize = h
                 .iter()

@@ -12,7 +12,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a request was shed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShedReason {
+pub(crate) enum ShedReason {
     /// The client dropped it, unanswered: its subscription's buffer was full
     /// ([`super::ServeConnection`]).
     SlowConsumer,
@@ -45,7 +45,7 @@ impl ShedReason {
 }
 
 /// A count of requests shed for one reason, and when it was last logged.
-pub struct Shed {
+pub(crate) struct Shed {
     reason: ShedReason,
     total: AtomicU64,
     /// When the last warning was logged, and the total then.

@@ -19,7 +19,7 @@ const VAULT_DESCRIPTION: &str = "piggybank sealed key record (wrapped keys only)
 /// The buckets of one backend, by name: what a server opens, a backup reads and a restore
 /// writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Buckets {
+pub(crate) struct Buckets {
     /// `-b`: one key per secret, one revision per version.
     pub secrets: String,
     /// `SECRETS_<name>_state`: one key per entity, the names it may read.
@@ -40,7 +40,7 @@ impl Buckets {
     }
 
     /// The secrets bucket, keeping `history` versions of each secret.
-    pub fn secrets_spec(&self, history: i64, replicas: usize) -> BucketSpec {
+    pub(crate) fn secrets_spec(&self, history: i64, replicas: usize) -> BucketSpec {
         BucketSpec {
             name: self.secrets.clone(),
             description: SECRETS_DESCRIPTION,
@@ -50,7 +50,7 @@ impl Buckets {
     }
 
     /// The mappings bucket: only the latest names of an entity matter.
-    pub fn mappings_spec(&self, replicas: usize) -> BucketSpec {
+    pub(crate) fn mappings_spec(&self, replicas: usize) -> BucketSpec {
         BucketSpec {
             name: self.mappings.clone(),
             description: MAPPINGS_DESCRIPTION,
@@ -60,7 +60,7 @@ impl Buckets {
     }
 
     /// Sealed mode's key record bucket: one key, its latest version.
-    pub fn vault_spec(&self, replicas: usize) -> BucketSpec {
+    pub(crate) fn vault_spec(&self, replicas: usize) -> BucketSpec {
         BucketSpec {
             name: self.vault.clone(),
             description: VAULT_DESCRIPTION,
@@ -121,7 +121,10 @@ fn is_missing(e: &jetstream::context::KeyValueError) -> bool {
 
 /// Open the existing bucket `name`; never create it. Client commands open buckets this way,
 /// so a typo in a bucket name is an error that names it, not a new empty bucket.
-pub async fn existing_bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, StoreError> {
+pub(crate) async fn existing_bucket(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<kv::Store, StoreError> {
     match js.get_key_value(name).await {
         Ok(store) => Ok(store),
         Err(e) if is_missing(&e) => Err(StoreError::NoBucket(name.to_string())),
@@ -132,7 +135,7 @@ pub async fn existing_bucket(js: &jetstream::Context, name: &str) -> Result<kv::
 /// Open `spec.name`, creating it if it does not exist: for the servers (`run`, `dev`, the
 /// provider) only. An existing bucket is used as it is (a differing replica count is
 /// reported, not changed).
-pub async fn open_or_create_bucket(
+pub(crate) async fn open_or_create_bucket(
     js: &jetstream::Context,
     spec: &BucketSpec,
 ) -> Result<kv::Store, StoreError> {

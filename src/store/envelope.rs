@@ -91,7 +91,7 @@ pub struct Header {
 
 /// Seal `value` with `key` in the sample's format (`--write-legacy-format`): the bare box,
 /// which a sample instance can open. No kind, no key id, no creation time are recorded.
-pub fn seal_legacy(value: &SecretValue, key: &DataKey) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn seal_legacy(value: &SecretValue, key: &DataKey) -> Result<Vec<u8>, KeyError> {
     key.seal(value.as_bytes())
 }
 

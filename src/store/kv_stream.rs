@@ -23,25 +23,25 @@ const KV_OPERATION: &str = "KV-Operation";
 const IDLE: Duration = Duration::from_secs(30);
 
 /// Whether a KV message is a delete or purge marker.
-pub fn is_deletion(headers: Option<&async_nats::HeaderMap>) -> bool {
+pub(crate) fn is_deletion(headers: Option<&async_nats::HeaderMap>) -> bool {
     headers
         .and_then(|h| h.get(KV_OPERATION))
         .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
 }
 
 /// The subject `key`'s messages are stored under in the bucket `kv`.
-pub fn key_subject(kv: &kv::Store, key: &str) -> String {
+pub(crate) fn key_subject(kv: &kv::Store, key: &str) -> String {
     format!("{}{key}", kv.prefix)
 }
 
 /// The subject a write of `key` to the bucket `kv` goes to, without the JetStream domain's
 /// API prefix that [`KvStream::put_subject`] adds for a bucket in another domain.
-pub fn write_subject(kv: &kv::Store, key: &str) -> String {
+pub(crate) fn write_subject(kv: &kv::Store, key: &str) -> String {
     format!("{}{key}", kv.put_prefix.as_deref().unwrap_or(&kv.prefix))
 }
 
 /// One change to a key: one message of a bucket's stream.
-pub struct Change {
+pub(crate) struct Change {
     pub key: String,
     /// The stream sequence: the key's revision.
     pub revision: u64,
@@ -53,7 +53,7 @@ pub struct Change {
 }
 
 /// One delivered message: where the read stands, and the change it carries.
-pub struct KvMessage {
+pub(crate) struct KvMessage {
     /// The stream sequence.
     pub revision: u64,
     /// Messages the consumer had yet to deliver after this one.
@@ -67,7 +67,7 @@ pub struct KvMessage {
 
 /// Which messages of a bucket [`KvStream::read_existing`] reads.
 #[derive(Debug, Clone, Copy)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Every message still in the stream, in stream order.
     History { headers_only: bool },
     /// The last message of each key.
@@ -76,7 +76,7 @@ pub enum Delivery {
 
 /// A bucket's stream and its key-to-subject mapping.
 #[derive(Clone)]
-pub struct KvStream {
+pub(crate) struct KvStream {
     bucket: String,
     stream: jetstream::stream::Stream,
     stream_name: String,
@@ -107,7 +107,7 @@ impl KvStream {
 
     /// The subject a KV put of `key` goes to, as `kv::Store::put` makes it (through the
     /// domain's API prefix when the bucket is in another JetStream domain).
-    pub fn put_subject(&self, js_domain: Option<&str>, key: &str) -> String {
+    pub(crate) fn put_subject(&self, js_domain: Option<&str>, key: &str) -> String {
         let mut subject = String::new();
         if let Some(domain) = js_domain.map(str::trim).filter(|d| !d.is_empty()) {
             if self.use_jetstream_prefix {
@@ -175,7 +175,7 @@ impl KvStream {
     /// Read the messages of the stream that exist now, in stream order, until `each` breaks.
     /// Writes made after the read starts are not read. Fails when the read delivers nothing
     /// for 30 s.
-    pub async fn read_existing<E: From<StoreError>>(
+    pub(crate) async fn read_existing<E: From<StoreError>>(
         &self,
         client: &async_nats::Client,
         js: &jetstream::Context,

@@ -151,7 +151,7 @@ impl MappingTable {
 
     /// One page of the names `entity` may read (see [`page_names`]): only the page is copied,
     /// however many names the entity has. From the bucket while the mirror loads.
-    pub async fn names_page(
+    pub(crate) async fn names_page(
         &self,
         entity: &str,
         request: &PageRequest<'_>,

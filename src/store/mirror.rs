@@ -39,20 +39,20 @@ use super::kv_stream::KvStream;
 use super::StoreError;
 
 /// Most changes handed to a sink at once (what has already arrived, never waited for).
-pub const BATCH: usize = 1024;
+pub(crate) const BATCH: usize = 1024;
 /// A wait for the load fails once the load has made no progress (no consumer made, no change
 /// applied) for this long.
-pub const STALL: Duration = Duration::from_secs(30);
+pub(crate) const STALL: Duration = Duration::from_secs(30);
 /// Timeout of the mirror's JetStream API requests. Making a consumer that starts at the last
 /// message of every key of a large bucket takes the server seconds (about 1 to 3 s for a
 /// million keys on 2 busy cores), more than async-nats' default of 5 s allows for larger ones.
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub use super::kv_stream::Change;
+pub(crate) use super::kv_stream::Change;
 
 /// What [`insert_if_newer`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Inserted<V> {
+pub(crate) enum Inserted<V> {
     /// The map already held that key at this revision or a later one: nothing changed.
     Stale,
     /// The key was new.
@@ -89,7 +89,7 @@ pub fn insert_if_newer<V>(
 /// 0.05 to 0.1 s for one that starts at the first message), and reading a version that a
 /// later one replaces is harmless ([`insert_if_newer`]), so a bucket with little history is
 /// cheaper read whole.
-pub fn load_policy(messages: u64, keys: u64) -> DeliverPolicy {
+pub(crate) fn load_policy(messages: u64, keys: u64) -> DeliverPolicy {
     if messages <= keys.saturating_add(keys / 4) {
         DeliverPolicy::All
     } else {

@@ -19,10 +19,13 @@ pub mod page;
 pub(crate) mod rekey;
 pub mod secrets;
 
-pub use buckets::{existing_bucket, jetstream, open_or_create_bucket, Bucket, BucketSpec, Buckets};
-pub use mappings::MappingTable;
-pub use mirror::MirrorHandle;
-pub use secrets::{SecretMeta, SecretStore, StoredSecret};
+pub(crate) use buckets::{
+    existing_bucket, jetstream, open_or_create_bucket, Bucket, BucketSpec, Buckets,
+};
+pub(crate) use mappings::MappingTable;
+pub(crate) use mirror::MirrorHandle;
+pub use secrets::SecretMeta;
+pub(crate) use secrets::SecretStore;
 
 use crate::error::ErrorKind;
 
@@ -75,10 +78,10 @@ impl StoreError {
 }
 
 /// Longest secret name accepted (NATS KV keys are subjects; keep them well under limits).
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// Check that `name` is a usable NATS KV key: `[A-Za-z0-9-_/=.]`, no empty `.` token.
-pub fn validate_name(name: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), StoreError> {
     let bad = |why| {
         Err(StoreError::InvalidName {
             name: name.chars().take(MAX_NAME_LEN).collect(),
@@ -104,7 +107,7 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 }
 
 /// Check that `entity` is a public nkey, as a JWT subject is.
-pub fn validate_entity(entity: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_entity(entity: &str) -> Result<(), StoreError> {
     // Only components (module keys, `M...`) and providers (service keys, `V...`) read
     // secrets; any other valid key (an account, a host) could never be served.
     let readable = matches!(entity.as_bytes().first(), Some(b'M' | b'V'));

@@ -27,11 +27,11 @@ pub const PAGE_MAX: usize = 2000;
 /// `limit` was 0: a page holds at least one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("limit must be at least 1 (default {PAGE_DEFAULT}, at most {PAGE_MAX})")]
-pub struct ZeroLimit;
+pub(crate) struct ZeroLimit;
 
 /// The number of entries a page holds for a requested `limit`: [`PAGE_DEFAULT`] when none is
 /// named, at most [`PAGE_MAX`]; 0 is refused.
-pub fn page_limit(requested: Option<u64>) -> Result<usize, ZeroLimit> {
+pub(crate) fn page_limit(requested: Option<u64>) -> Result<usize, ZeroLimit> {
     match requested {
         None => Ok(PAGE_DEFAULT),
         Some(0) => Err(ZeroLimit),
@@ -73,7 +73,7 @@ impl<T> Default for Page<T> {
 /// `request.after`, the first `request.limit` in byte order, and the cursor of the next page
 /// when more remain. A listing is not a snapshot: a name added behind the cursor while a
 /// caller pages is not seen, one added ahead of it is.
-pub fn page_names<'a>(
+pub(crate) fn page_names<'a>(
     names: impl IntoIterator<Item = &'a str>,
     request: &PageRequest<'_>,
 ) -> Page<&'a str> {
@@ -99,7 +99,7 @@ pub fn page_names<'a>(
 
 /// [`page_names`] over a map ordered by name: the same page, found by a range scan, so it
 /// costs the page's size plus the entries `keep` skips, never a pass over every name.
-pub fn page_of_sorted<'a, V>(
+pub(crate) fn page_of_sorted<'a, V>(
     map: &'a BTreeMap<Box<str>, V>,
     request: &PageRequest<'_>,
     keep: impl Fn(&V) -> bool,

@@ -25,7 +25,7 @@ const ATTEMPTS: usize = 50;
 
 /// What a run did. Names (never values) of the secrets it could not re-seal, with why.
 #[derive(Debug, Default)]
-pub struct RekeyReport {
+pub(crate) struct RekeyReport {
     pub total: usize,
     pub resealed: usize,
     pub already_current: usize,

@@ -259,7 +259,7 @@ impl SecretStore {
     }
 
     /// When `name`'s first version was written, for a new version's envelope.
-    pub async fn created_ms(&self, name: &str) -> Result<Option<u64>, StoreError> {
+    pub(crate) async fn created_ms(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let Some(latest) = self.current(name).await? else {
             return Ok(None);
         };
@@ -374,7 +374,7 @@ impl SecretStore {
     /// One page of the live secrets whose name starts with `request.prefix`, in name order,
     /// strictly after `request.after`. Costs the page's own size (the mirror is ordered),
     /// however many secrets there are. Waits for the mirror to be loaded.
-    pub async fn list_page(
+    pub(crate) async fn list_page(
         &self,
         request: &PageRequest<'_>,
     ) -> Result<Page<SecretMeta>, StoreError> {
@@ -402,7 +402,7 @@ impl SecretStore {
     /// Whether any live value was sealed by a data key other than `key_id` (or by the
     /// sample, which names none); `None` until the mirror is loaded. Reads only the
     /// envelopes' headers.
-    pub fn any_sealed_by_another_key(&self, key_id: &str) -> Option<bool> {
+    pub(crate) fn any_sealed_by_another_key(&self, key_id: &str) -> Option<bool> {
         if !self.is_loaded() {
             return None;
         }

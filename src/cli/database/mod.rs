@@ -134,7 +134,7 @@ mod init;
 mod status;
 mod unlock;
 
-pub use init::{init, InitArgs};
+pub(crate) use init::{init, InitArgs};
 pub use status::status;
 use status::*;
 pub use unlock::unlock;
