@@ -539,41 +539,17 @@ async fn seal_errors_and_status_carry_no_key_material() {
     ];
     // Signed, so that each reaches the seal (unsigned, each is refused before it).
     for body in &bodies {
-        if let Some((_, reply)) = ask(
-            &client,
-            &unlock,
-            admin.sign(&unlock, body),
-            body,
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        if let Some((_, reply)) = ask_signed(&client, &admin, &unlock, body).await {
             replies.push(reply.to_string());
         }
     }
     let init = format!("{DB}.initialize");
-    if let Some((_, reply)) = ask(
-        &client,
-        &init,
-        admin.sign(&init, b""),
-        b"",
-        Duration::from_secs(5),
-    )
-    .await
-    {
+    if let Some((_, reply)) = ask_signed(&client, &admin, &init, b"").await {
         replies.push(reply.to_string());
     }
     // Unlock properly (sealed), then status again.
     let body = sealed_unlock_for(&status, &key);
-    let (code, _) = ask(
-        &client,
-        &unlock,
-        admin.sign(&unlock, &body),
-        &body,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let (code, _) = ask_signed(&client, &admin, &unlock, &body).await.unwrap();
     assert_eq!(code, 200);
     replies.push(one_status(&client).await.to_string());
     let forms = [

@@ -16,12 +16,13 @@ use futures::StreamExt as _;
 
 #[tokio::test]
 async fn every_admin_function_works_for_a_linked_component() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
-    let wrpc = provider.wrpc(&client).await;
+    let LinkedProvider {
+        nats: _nats,
+        keys,
+        provider,
+        wrpc,
+        ..
+    } = linked_provider().await;
     let ops = || caller("ops");
 
     let v1 = admin::put_secret(&wrpc, ops(), "db/password", &text_value("hunter2"), None)
@@ -122,12 +123,12 @@ async fn every_admin_function_works_for_a_linked_component() {
 
 #[tokio::test]
 async fn a_secret_put_over_wrpc_is_served_to_hosts_over_the_protocol() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
-    let wrpc = provider.wrpc(&client).await;
+    let LinkedProvider {
+        nats,
+        provider: _provider,
+        wrpc,
+        ..
+    } = linked_provider().await;
 
     let issuer = Issuer::new();
     let (jwt, entity) = issuer.component();
@@ -434,12 +435,13 @@ async fn bad_link_config_is_refused_and_other_links_keep_working() {
 
 #[tokio::test]
 async fn bad_arguments_get_the_typed_error_and_the_provider_keeps_serving() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
-    let wrpc = provider.wrpc(&client).await;
+    let LinkedProvider {
+        nats: _nats,
+        provider,
+        client,
+        wrpc,
+        ..
+    } = linked_provider().await;
     let ops = || caller("ops");
     let too_long = "n".repeat(300);
 
@@ -753,11 +755,12 @@ async fn insecure_config_keys_start_with_a_warning() {
 
 #[tokio::test]
 async fn list_secrets_and_list_mappings_page_with_a_cursor_within_the_scope() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let LinkedProvider {
+        nats: _nats,
+        provider,
+        client,
+        ..
+    } = linked_provider().await;
     provider
         .put_link(&client, &provider.link("shop", &[("prefix", "shop/")]))
         .await;
@@ -896,12 +899,13 @@ async fn wrpc_results_larger_than_the_max_payload_arrive_whole() {
 /// duplicate, so the provider follows the host's link puts itself.
 #[tokio::test]
 async fn changing_a_links_config_in_place_takes_effect() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
-    let wrpc = provider.wrpc(&client).await;
+    let LinkedProvider {
+        nats: _nats,
+        provider,
+        client,
+        wrpc,
+        ..
+    } = linked_provider().await;
     let put = |name: &'static str| {
         let wrpc = wrpc.clone();
         async move {
@@ -971,12 +975,13 @@ async fn changing_a_links_config_in_place_takes_effect() {
 
 #[tokio::test]
 async fn a_refused_link_update_revokes_access_until_a_valid_one() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
-    let wrpc = provider.wrpc(&client).await;
+    let LinkedProvider {
+        nats: _nats,
+        provider,
+        client,
+        wrpc,
+        ..
+    } = linked_provider().await;
 
     // A typo must not leave the old, wider scope in place.
     provider
@@ -1111,11 +1116,12 @@ async fn a_call_whose_parameters_never_complete_is_dropped_and_frees_its_permit(
 /// provider's.
 #[tokio::test]
 async fn thousands_of_calls_each_from_a_new_transport_client_never_hang() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let LinkedProvider {
+        nats: _nats,
+        provider,
+        client,
+        ..
+    } = linked_provider().await;
     let call = |who: String| {
         let (provider, client) = (&provider, &client);
         async move {
@@ -1159,12 +1165,13 @@ async fn thousands_of_calls_each_from_a_new_transport_client_never_hang() {
 /// provider's own subjects) as its reply must make the provider publish nothing there.
 #[tokio::test]
 async fn invocations_with_untrusted_reply_subjects_publish_nothing_and_change_nothing() {
-    let nats = NatsServer::start();
-    let keys = Keys::generate();
-    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
-    let client = nats.client().await;
-    provider.put_link(&client, &provider.link("ops", &[])).await;
-    let wrpc = provider.wrpc(&client).await;
+    let LinkedProvider {
+        nats,
+        provider,
+        client,
+        wrpc,
+        ..
+    } = linked_provider().await;
     let v1 = admin::put_secret(&wrpc, caller("ops"), "shop/db", &text_value("v"), None)
         .await
         .unwrap()

@@ -356,3 +356,29 @@ pub async fn spy_sees(
         }
     }
 }
+
+/// A provider started with keys, the component `ops` linked to it, and the host's NATS and
+/// wRPC clients: where most of the provider's tests start.
+pub struct LinkedProvider {
+    pub nats: NatsServer,
+    pub keys: Keys,
+    pub provider: ProviderProc,
+    pub client: async_nats::Client,
+    pub wrpc: wrpc_transport_nats::Client,
+}
+
+pub async fn linked_provider() -> LinkedProvider {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    LinkedProvider {
+        nats,
+        keys,
+        provider,
+        client,
+        wrpc,
+    }
+}

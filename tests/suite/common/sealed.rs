@@ -67,6 +67,17 @@ pub async fn ask(
     ))
 }
 
+/// As [`ask`], signed by `admin`, waiting 5 s.
+pub async fn ask_signed(
+    client: &async_nats::Client,
+    admin: &AdminSigner,
+    subject: &str,
+    body: &[u8],
+) -> Option<(u16, Value)> {
+    let headers = admin.sign(subject, body);
+    ask(client, subject, headers, body, Duration::from_secs(5)).await
+}
+
 /// `initialize`, signed by `admin`, with the key sealed to a one-time xkey as `piggybank
 /// init` does; returns the database key.
 pub async fn signed_initialize(client: &async_nats::Client, admin: &AdminSigner) -> String {
@@ -110,14 +121,7 @@ pub async fn unlock_with(
     let status = wait_database_instances(&operator, "piggybank", 1).await;
     let subject = format!("{DB}.unlock");
     let body = sealed_unlock_for(&status[0], key);
-    ask(
-        &operator,
-        &subject,
-        admin.sign(&subject, &body),
-        &body,
-        Duration::from_secs(5),
-    )
-    .await
+    ask_signed(&operator, admin, &subject, &body).await
 }
 
 /// Whether `key` unlocks the (one) instance, in a signed unlock.

@@ -206,6 +206,30 @@ async fn key_sealed_to_impostor(
     None
 }
 
+/// Runs the operator's `piggybank unlock -t TRANSIT` while the attacker's `answering` task
+/// interferes, then stops it; asserts that no `unlock` seen on `unlocks` gave the attacker
+/// (`unseal`) a key. Returns the CLI's exit status and stderr.
+async fn unlock_while_answering(
+    nats: &NatsServer,
+    seed: &str,
+    transit: &str,
+    key: &str,
+    unseal: &XKey,
+    mut unlocks: async_nats::Subscriber,
+    answering: tokio::task::JoinHandle<()>,
+) -> (bool, String) {
+    let cli = spawn_unlock(nats, key, seed, &["unlock", "-t", transit]);
+    let stolen = key_sealed_to_impostor(&mut unlocks, unseal).await;
+    let (ok, _, stderr) = cli.await.unwrap();
+    answering.abort();
+    assert!(
+        stolen.is_none(),
+        "the attacker opened a database key (the real one: {}); the CLI said: {stderr}",
+        stolen.as_deref() == Some(key)
+    );
+    (ok, stderr)
+}
+
 /// Attack: `piggybank unlock` asks `status` who the instances are and seals the key to each
 /// one's `unseal_xkey`, trusting every reply it gathers (for 300 ms after the last). The
 /// spy sees the status request and answers it too, into the CLI's inbox, as an instance
@@ -229,7 +253,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
     let attacker = nats.client().await;
     let unseal = XKey::new();
     let mut statuses = attacker.subscribe(format!("{DB}.status")).await.unwrap();
-    let mut unlocks = attacker.subscribe(format!("{DB}.unlock")).await.unwrap();
+    let unlocks = attacker.subscribe(format!("{DB}.unlock")).await.unwrap();
     attacker.flush().await.unwrap();
     let impostor = attacker.clone();
     let fake = impostor_status(&unseal);
@@ -245,15 +269,8 @@ async fn the_cli_unlock_never_hands_the_key_to_an_impostor_instance() {
             }
         }
     });
-    let cli = spawn_unlock(&nats, &key, &seed, &["unlock", "-t", &transit]);
-    let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
-    let (ok, _, stderr) = cli.await.unwrap();
-    answering.abort();
-    assert!(
-        stolen.is_none(),
-        "the attacker opened a database key (the real one: {}); the CLI said: {stderr}",
-        stolen.as_deref() == Some(key.as_str())
-    );
+    let (ok, stderr) =
+        unlock_while_answering(&nats, &seed, &transit, &key, &unseal, unlocks, answering).await;
     // The real instance proved itself and was unlocked; the impostor is named.
     let statuses = wait_database_instances(&operator, "piggybank", 1).await;
     assert_eq!(statuses[0]["sealed"], false, "{statuses:?}: {stderr}");
@@ -337,7 +354,7 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
     let _two = start_backend(&nats, config).await;
     wait_database_instances(&operator, "piggybank", 2).await;
     let mut statuses = attacker.subscribe(format!("{DB}.status")).await.unwrap();
-    let mut unlocks = attacker.subscribe(format!("{DB}.unlock")).await.unwrap();
+    let unlocks = attacker.subscribe(format!("{DB}.unlock")).await.unwrap();
     attacker.flush().await.unwrap();
     let reflector = attacker.clone();
     let answering = tokio::spawn(async move {
@@ -358,15 +375,8 @@ async fn the_cli_unlock_never_hands_the_key_to_an_instance_reflected_through_the
             let _ = reflector.flush().await;
         }
     });
-    let cli = spawn_unlock(&nats, &key, &seed, &["unlock", "-t", &transit]);
-    let stolen = key_sealed_to_impostor(&mut unlocks, &unseal).await;
-    let (_, _, stderr) = cli.await.unwrap();
-    answering.abort();
-    assert!(
-        stolen.is_none(),
-        "the attacker opened a database key (the real one: {}); the CLI said: {stderr}",
-        stolen.as_deref() == Some(key.as_str())
-    );
+    let (_, stderr) =
+        unlock_while_answering(&nats, &seed, &transit, &key, &unseal, unlocks, answering).await;
     let statuses = wait_database_instances(&operator, "piggybank", 2).await;
     assert!(
         statuses.iter().all(|s| s["sealed"] == false),

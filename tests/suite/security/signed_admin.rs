@@ -120,15 +120,9 @@ async fn no_subject_form_gets_an_unsigned_seal_operation_handled() {
     let key = signed_initialize(&operator, &admin).await;
     let clear = json!({ "database_key": key }).to_string();
     let unlock = format!("{DB}.unlock");
-    let (code, _) = ask(
-        &operator,
-        &unlock,
-        admin.sign(&unlock, clear.as_bytes()),
-        clear.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let (code, _) = ask_signed(&operator, &admin, &unlock, clear.as_bytes())
+        .await
+        .unwrap();
     assert_eq!(code, 200);
     let attacker = nats.client().await;
     let stranger = admin_seed().1;
@@ -322,15 +316,7 @@ async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
     let status = one_status(&operator).await;
     let unlock = format!("{DB}.unlock");
     let body = sealed_unlock_for(&status, &key);
-    let (code, reply) = ask(
-        &operator,
-        &unlock,
-        admin.sign(&unlock, &body),
-        &body,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let (code, reply) = ask_signed(&operator, &admin, &unlock, &body).await.unwrap();
     assert_eq!((code, reply["sealed"].clone()), (200, json!(false)));
     assert_eq!(api(&operator, "piggybank.app.x", "post", b"v").await.0, 200);
 
@@ -350,15 +336,7 @@ async fn a_recorded_sealed_unlock_cannot_undo_a_lock() {
     );
 
     let lock = format!("{DB}.lock");
-    let (code, _) = ask(
-        &operator,
-        &lock,
-        admin.sign(&lock, b""),
-        b"",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let (code, _) = ask_signed(&operator, &admin, &lock, b"").await.unwrap();
     assert_eq!(code, 200);
     assert_eq!(one_status(&operator).await["sealed"], json!(true));
 
