@@ -388,7 +388,8 @@ async fn bad_admin_requests_get_status_codes_and_write_nothing() {
     h.still_serving_unchanged().await;
 }
 
-/// Defect 4: a malformed `WasmCloud-Host-Xkey` header panicked the only request loop.
+/// A malformed `WasmCloud-Host-Xkey` header gets an `InvalidXKey` error, and the service keeps
+/// serving (in the sample backend it panicked the only request loop).
 #[tokio::test]
 async fn malformed_xkey_header_gets_an_error_and_the_service_keeps_serving() {
     let nats = NatsServer::start();

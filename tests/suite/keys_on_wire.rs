@@ -3,7 +3,8 @@
 //! shares, each with two instances; no byte string of the key or of any share appears in
 //! any message (subject, headers or payload), raw, base64 (standard or URL-safe, with or
 //! without padding) or hex (either case). A control message carrying a key in clear proves
-//! the search finds one.
+//! the search finds one. No reply of the seal carries key material either: not `status`,
+//! `unlock`, nor any of their errors, whatever a request sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

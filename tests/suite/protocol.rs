@@ -313,7 +313,8 @@ async fn unmapped_gets_unauthorized_whether_or_not_the_secret_exists() {
     assert!(a.contains("unauthorized"));
 }
 
-/// Defect 2: binary secrets were returned still encrypted.
+/// Binary secrets come back as they were put, byte for byte (the sample backend returned
+/// them still encrypted).
 #[tokio::test]
 async fn binary_secrets_come_back_byte_exact() {
     let Deployed {
@@ -343,7 +344,8 @@ async fn binary_secrets_come_back_byte_exact() {
     assert_eq!(got.binary_secret.as_deref(), Some(&[][..]));
 }
 
-/// Defect 3: the kind was not stored, so UTF-8 binary data came back as a string.
+/// A secret comes back as the kind it was put as: UTF-8 bytes stay binary (the sample backend
+/// stored no kind, and guessed).
 #[tokio::test]
 async fn the_kind_is_recorded_never_guessed() {
     let Deployed {
@@ -374,7 +376,8 @@ async fn the_kind_is_recorded_never_guessed() {
     assert_eq!(s.binary_secret, None);
 }
 
-/// Defect 8: a deleted secret gave a decryption error instead of "not found".
+/// A deleted secret is "not found", in its latest version and every older one (the sample
+/// backend answered a decryption error).
 #[tokio::test]
 async fn a_deleted_secret_is_not_found_in_every_version() {
     let Deployed {
@@ -413,7 +416,7 @@ async fn a_deleted_secret_is_not_found_in_every_version() {
     assert_eq!(back.string_secret.as_deref(), Some("back"));
 }
 
-/// Defect 9: `policy` was ignored; a malformed policy is now refused.
+/// A malformed `policy` is refused with a policy error (the sample backend ignored it).
 #[tokio::test]
 async fn a_malformed_policy_is_a_policy_error() {
     let Deployed {

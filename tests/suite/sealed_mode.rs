@@ -1,6 +1,8 @@
 //! Piggy Bank's sealed mode: a store run without `ENCRYPTION_XKEY_SEED` starts sealed, is
 //! initialized (its key shown once, whole or as Shamir shares), unlocked and locked over
-//! NATS on `piggybank.database.*`, and serves nothing while sealed.
+//! NATS on `piggybank.database.*`, and serves nothing while sealed. `rotate` makes a new
+//! data key and re-seals every value, losing nothing under load or to a kill, and reaches
+//! every instance.
 
 use crate::common::*;
 use base64::Engine as _;

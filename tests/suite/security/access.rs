@@ -5,7 +5,8 @@
 use crate::common::sealed::*;
 use crate::common::*;
 
-/// Defect 1: remove_mapping was a no-op, so access could never be revoked.
+/// A removed mapping revokes access at once (the sample backend's `remove_mapping` was a
+/// no-op).
 #[tokio::test]
 async fn remove_mapping_revokes_access_at_once() {
     let Deployed {
