@@ -187,12 +187,21 @@ fn spawn_unlock(
     spawn_cli(nats, &env, args)
 }
 
-/// Opens the key `piggybank unlock` sealed to the impostor, from the unlock requests seen.
+/// What the test publishes on `unlock` once the CLI has exited: everything the CLI sent
+/// reached the server before, so the spy sees this after all of it (the backend refuses it:
+/// it is not signed).
+const END_OF_CLI: &[u8] = b"end of the CLI's unlocks";
+
+/// Opens the key `piggybank unlock` sealed to the impostor, from the unlock requests seen
+/// before [`END_OF_CLI`] (or before none has come for 15 s).
 async fn key_sealed_to_impostor(
     unlocks: &mut async_nats::Subscriber,
     unseal: &XKey,
 ) -> Option<String> {
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(15), unlocks.next()).await {
+        if msg.payload.as_ref() == END_OF_CLI {
+            break;
+        }
         let Ok(body) = serde_json::from_slice::<SealedUnlock>(&msg.payload) else {
             continue;
         };
@@ -218,10 +227,17 @@ async fn unlock_while_answering(
     mut unlocks: async_nats::Subscriber,
     answering: tokio::task::JoinHandle<()>,
 ) -> (bool, String) {
-    let cli = spawn_unlock(nats, key, seed, &["unlock", "-t", transit]);
-    let stolen = key_sealed_to_impostor(&mut unlocks, unseal).await;
-    let (ok, _, stderr) = cli.await.unwrap();
+    let (ok, _, stderr) = spawn_unlock(nats, key, seed, &["unlock", "-t", transit])
+        .await
+        .unwrap();
     answering.abort();
+    let marker = nats.client().await;
+    marker
+        .publish(format!("{DB}.unlock"), END_OF_CLI.into())
+        .await
+        .unwrap();
+    marker.flush().await.unwrap();
+    let stolen = key_sealed_to_impostor(&mut unlocks, unseal).await;
     assert!(
         stolen.is_none(),
         "the attacker opened a database key (the real one: {}); the CLI said: {stderr}",
