@@ -1,0 +1,316 @@
+//! The Piggy Bank API for plain NATS services, on a nats-server run with the README's
+//! permission layout (`examples/piggybank-api/nats-server.conf`): each application reads and
+//! writes its own secrets and is refused another's; the same secret is served to wasmCloud.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::*;
+use async_nats::HeaderMap;
+
+const CONF: &str = "examples/piggybank-api/nats-server.conf";
+
+fn nats_with_permissions() -> NatsServer {
+    NatsServer::start_with_config(&Path::new(env!("CARGO_MANIFEST_DIR")).join(CONF))
+}
+
+/// A client for `user` (password `<user>-test`), replies on its own inbox prefix.
+async fn app(nats: &NatsServer, user: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), format!("{user}-test"))
+        .custom_inbox_prefix(format!("_INBOX_{user}"))
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(nats.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+}
+
+/// (Status, body) of one API request.
+async fn call(
+    client: &async_nats::Client,
+    subject: &str,
+    method: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let mut headers = HeaderMap::new();
+    headers.insert("method", method);
+    for (k, v) in extra {
+        headers.insert(*k, *v);
+    }
+    let reply = client
+        .request_with_headers(subject.to_string(), headers, body.to_vec().into())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Status"))
+        .and_then(|s| s.as_str().parse().ok())
+        .ok_or("reply without a Status header")?;
+    Ok((status, reply.payload.to_vec()))
+}
+
+async fn backend_on(nats: &NatsServer, keys: &Keys) -> Running {
+    let mut config = config(nats, keys);
+    config.nats_credentials = Some(piggybank::connect::Credentials::UserPassword {
+        user: "piggybank".into(),
+        password: "piggybank-test".to_string().into(),
+    });
+    config.piggybank_prefix = Some("piggybank".into());
+    // The applications' own inbox prefixes: replies go nowhere else.
+    config.reply_prefixes = vec!["_INBOX_billing".into(), "_INBOX_shipping".into()];
+    start_backend_as(nats, config, "piggybank", "piggybank-test").await
+}
+
+/// An admin client and a host-side secrets client, connected as the backend's own user
+/// (the applications' users may not reach the protocol subjects).
+async fn as_the_backend_user(
+    nats: &NatsServer,
+) -> (
+    piggybank::client::AdminClient,
+    wasmcloud_secrets_client::Client,
+) {
+    let backend_user = async_nats::ConnectOptions::with_user_and_password(
+        "piggybank".into(),
+        "piggybank-test".into(),
+    )
+    .connect(nats.url())
+    .await
+    .unwrap();
+    let admin = admin(backend_user.clone());
+    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", backend_user)
+        .await
+        .unwrap();
+    (admin, host)
+}
+
+#[tokio::test]
+async fn each_application_reads_its_own_secrets_and_is_refused_anothers() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let _backend = backend_on(&nats, &keys).await;
+    let billing = app(&nats, "billing").await;
+    let shipping = app(&nats, "shipping").await;
+
+    let (status, body) = call(
+        &billing,
+        "piggybank.billing.stripe-key",
+        "post",
+        &[],
+        b"sk_live_1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, value) = call(&billing, "piggybank.billing.stripe-key", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!((status, value.as_slice()), (200, b"sk_live_1".as_slice()));
+    call(
+        &shipping,
+        "piggybank.shipping.label-token",
+        "post",
+        &[],
+        b"lbl",
+    )
+    .await
+    .unwrap();
+
+    // Another application's subject: the server refuses the publish; nothing comes back.
+    let refused = call(&shipping, "piggybank.billing.stripe-key", "get", &[], b"").await;
+    assert!(
+        refused.is_err(),
+        "shipping read billing's secret: {refused:?}"
+    );
+    // Nor can it listen to billing's replies.
+    let mut snoop = shipping.subscribe("_INBOX_billing.>").await.unwrap();
+    shipping.flush().await.unwrap();
+    call(&billing, "piggybank.billing.stripe-key", "get", &[], b"")
+        .await
+        .unwrap();
+    let overheard = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures::StreamExt::next(&mut snoop),
+    )
+    .await;
+    assert!(
+        !matches!(overheard, Ok(Some(_))),
+        "shipping overheard billing's reply"
+    );
+
+    // Delete, then 404.
+    let (status, _) = call(&billing, "piggybank.billing.stripe-key", "delete", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = call(&billing, "piggybank.billing.stripe-key", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("not found"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_status_and_a_json_error() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let _backend = backend_on(&nats, &keys).await;
+    let billing = app(&nats, "billing").await;
+    for (method, extra, body, status) in [
+        ("put", vec![], b"x".to_vec(), 400),
+        ("post", vec![("kind", "weird")], b"x".to_vec(), 400),
+        ("post", vec![("kind", "string")], vec![0xff, 0xfe], 400),
+        ("get", vec![], vec![], 404),
+    ] {
+        let (got, body) = call(&billing, "piggybank.billing.x", method, &extra, &body)
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{method} {extra:?}");
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(error["error"].is_string(), "{error}");
+    }
+    // `kind: binary` stores even UTF-8 payloads as bytes, and they come back byte for byte.
+    let bytes = *b"plain text stored as bytes";
+    let (status, _) = call(
+        &billing,
+        "piggybank.billing.blob",
+        "post",
+        &[("kind", "binary")],
+        &bytes,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let (_, value) = call(&billing, "piggybank.billing.blob", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(value, bytes);
+}
+
+#[tokio::test]
+async fn a_secret_posted_by_a_service_is_served_to_a_mapped_component() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let _backend = backend_on(&nats, &keys).await;
+    let billing = app(&nats, "billing").await;
+    call(
+        &billing,
+        "piggybank.billing.db-password",
+        "post",
+        &[],
+        b"hunter2",
+    )
+    .await
+    .unwrap();
+
+    let (admin, host) = as_the_backend_user(&nats).await;
+    let (jwt, entity) = Issuer::new().component();
+    admin
+        .add_mapping(&entity, &names(&["billing/db-password"]))
+        .await
+        .unwrap();
+    let secret = host_get(&host, request("billing/db-password", &jwt))
+        .await
+        .unwrap();
+    assert_eq!(secret.string_secret.as_deref(), Some("hunter2"));
+}
+
+#[tokio::test]
+async fn piggybank_run_serves_the_api_with_a_user_and_password() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let child = std::process::Command::new(piggybank_bin())
+        .args([
+            "run",
+            "--piggybank-prefix",
+            "piggybank",
+            "--nats-user",
+            "piggybank",
+            "--reply-prefixes",
+            "_INBOX_billing,_INBOX_shipping",
+        ])
+        .env("NATS_PASSWORD", "piggybank-test")
+        .env("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())
+        .env("TRANSIT_XKEY_SEED", keys.transit.as_str())
+        .env("NATS_ADDRESS", nats.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _run = Proc { child };
+    let billing = app(&nats, "billing").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = call(&billing, "piggybank.billing.k", "post", &[], b"v").await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, value) = call(&billing, "piggybank.billing.k", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!((status, value.as_slice()), (200, b"v".as_slice()));
+}
+
+/// Random bytes (xorshift seeded from the clock), with one byte that is never UTF-8.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut out: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    out[len / 2] = 0xff;
+    out
+}
+
+#[tokio::test]
+async fn a_post_of_raw_bytes_with_only_a_method_is_stored_byte_exact_and_served_as_binary() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let _backend = backend_on(&nats, &keys).await;
+    let billing = app(&nats, "billing").await;
+    let value = random_bytes(4096);
+    assert!(std::str::from_utf8(&value).is_err());
+
+    // What Piggy Bank's own clients send: the value, and the method header, nothing else.
+    let (status, body) = call(&billing, "piggybank.billing.cert", "post", &[], &value)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, got) = call(&billing, "piggybank.billing.cert", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(got == value, "the bytes came back changed");
+
+    // The same secret, to a mapped component, through the wasmCloud protocol.
+    let (admin, host) = as_the_backend_user(&nats).await;
+    let (jwt, entity) = Issuer::new().component();
+    admin
+        .add_mapping(&entity, &names(&["billing/cert"]))
+        .await
+        .unwrap();
+    let listed = admin.list_secrets("billing/cert").await.unwrap();
+    assert_eq!(serde_json::to_value(listed[0].kind).unwrap(), "binary");
+    let secret = host_get(&host, request("billing/cert", &jwt))
+        .await
+        .unwrap();
+    assert_eq!(secret.string_secret, None);
+    assert!(secret.binary_secret.as_deref() == Some(value.as_slice()));
+}
