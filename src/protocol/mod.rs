@@ -131,8 +131,17 @@ async fn handle(
         .audited_as(name, entity.as_deref())
 }
 
-/// The operation's name and entity, as the audit trail records them.
+/// The operation's name and entity, as the audit trail records them: the entity only if it
+/// is an entity key (the subject's token is the requester's text).
 pub(crate) fn audit_name(op: &Operation) -> (&'static str, Option<&str>) {
+    let (name, entity) = operation_and_entity(op);
+    (
+        name,
+        entity.filter(|e| crate::store::validate_entity(e).is_ok()),
+    )
+}
+
+fn operation_and_entity(op: &Operation) -> (&'static str, Option<&str>) {
     use crate::config::ops;
     match op {
         Operation::ServerXkey => (ops::SERVER_XKEY, None),

@@ -193,20 +193,39 @@ pub async fn post(client: &async_nats::Client, name: &str, value: &[u8]) -> bool
     matches!(r, Some((200, _)))
 }
 
-/// The lines `piggybank audit` prints (stdout and stderr) after one unsigned Piggy Bank API
-/// `get` on `subject` (whose name holds `QUIET`), against a sealed, signed backend. Checks
-/// the positive control: the request was answered, and its record listed.
-pub async fn audit_lines_after_a_get_on(subject: &str) -> Vec<String> {
+/// The lines `piggybank audit` prints (stdout and stderr) when the trail holds a record
+/// whose secret is `secret` (which holds `QUIET`), against a sealed, signed backend. The
+/// record is published on the audit subjects, as any account user who may publish there can
+/// (docs/security.md, "Known and left"): piggybank itself puts no more of a requester's text
+/// on a record than a valid name (`security::doors`). Checks the positive control: the record
+/// is listed.
+pub async fn audit_lines_with_a_record_naming(secret: &str) -> Vec<String> {
     let nats = NatsServer::start();
     let (_, admin) = admin_seed();
     let _backend = super::start_backend(&nats, sealed_signed_config(&nats, &admin)).await;
-    let attacker = nats.client().await;
-    let mut h = HeaderMap::new();
-    h.insert("method", "get");
-    let answered = ask(&attacker, subject, h, b"", Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let record = json!({
+        "time_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        "request_id": "forged-1",
+        "instance_id": "forged",
+        "front_door": "api",
+        "operation": "get",
+        "secret": secret,
+        "outcome": "denied",
+        "reason": "not_found",
+    });
+    js.publish(
+        "$PIGGYBANK.AUDIT.nats-kv.denied.api",
+        serde_json::to_vec(&record).unwrap().into(),
+    )
+    .await
+    .expect("published")
+    .await
+    .expect("the audit stream stores it");
     let (ok, stdout, stderr) = run_cli(&nats, &[], &["audit"]).await;
-    assert!(answered.is_some(), "the API did not answer");
     assert!(ok && stdout.contains("QUIET"), "{stdout}\n{stderr}");
     stdout
         .lines()

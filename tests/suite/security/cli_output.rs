@@ -76,20 +76,18 @@ async fn the_cli_never_prints_control_characters_from_an_answer() {
     );
 }
 
-/// Attack: send one Piggy Bank API request (no signature needed; NATS subjects may hold any byte
-/// but whitespace) on `piggybank.billing.<ESC]0;...BEL ESC[2J ESC[1A ...>`. The API records it in
-/// the audit trail (`secret` is the subject's name, as sent, before the name is checked), and
-/// `piggybank audit` prints each record's fields verbatim: the operator's terminal title is set,
-/// the screen cleared, lines overwritten (a fake "no denied gets" line can hide the records before
-/// it). `cli::printable` was applied to status, unlock and init, not to `audit`, `list` or
-/// `mappings` (whose answers anyone can forge). Impact: operator deception while reviewing the
+/// Attack: put a record whose secret holds `ESC]0;...BEL ESC[2J ESC[1A` in the audit trail (any
+/// account user who may publish on the audit subjects can; piggybank's own records carry no
+/// more of a request's text than a valid name). `piggybank audit` printing it verbatim would set
+/// the operator's terminal title, clear the screen and overwrite lines (a fake "no denied
+/// gets" line can hide the records before it). Impact: operator deception while reviewing the
 /// trail.
 ///
 /// Safe: `audit`, `list` and `mappings` print through `cli::printable`.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_audit_listing_never_prints_control_characters_from_a_request() {
-    let subject = "piggybank.billing.\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[1AQUIET";
-    let lines = audit_lines_after_a_get_on(subject).await;
+async fn the_audit_listing_never_prints_control_characters_from_a_record() {
+    let secret = "billing/\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[1AQUIET";
+    let lines = audit_lines_with_a_record_naming(secret).await;
     let controls: Vec<&String> = lines
         .iter()
         .filter(|l| l.chars().any(|c| c.is_control()))
@@ -113,21 +111,20 @@ fn is_deceptive(c: char) -> bool {
     )
 }
 
-/// Attack: one Piggy Bank API request on `piggybank.billing.<name>` where the name holds U+202E
-/// RIGHT-TO-LEFT OVERRIDE (NATS subjects may hold any byte but whitespace). The request is audited
-/// with that name, and `piggybank audit` prints it through `cli::printable`, which escapes
-/// `char::is_control` (C0, DEL, C1) only: the override goes to the terminal as is, and a terminal
-/// with bidi support (VTE, Konsole, mlterm) shows the rest of the line reversed: the record of a
-/// denied `get` of `billing/db-prod` can read as anything the attacker spelled backwards, and the
-/// fields after it (outcome, entity) are reordered. The same goes for `list`, `mappings`, `status`
-/// instance names and the keys an unpinned `init` shows. Impact: operator deception while reading
-/// the trail.
+/// Attack: a record in the trail whose secret holds U+202E RIGHT-TO-LEFT OVERRIDE (put there as
+/// above). Were `piggybank audit` to print it through an escape of `char::is_control` (C0, DEL,
+/// C1) only, the override would go to the terminal as is, and a terminal with bidi support (VTE,
+/// Konsole, mlterm) would show the rest of the line reversed: the record of a denied `get` of
+/// `billing/db-prod` could read as anything the attacker spelled backwards, and the fields after
+/// it (outcome, entity) would be reordered. The same goes for `list`, `mappings`, `status`
+/// instance names and the keys an unpinned `init` shows. Impact: operator deception while
+/// reading the trail.
 ///
 /// Safe: `printable` escapes Unicode's format characters and the separators too.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_audit_listing_never_prints_bidi_overrides_from_a_request() {
-    let subject = "piggybank.billing.QUIET\u{202e}dorp-bd\u{200b}";
-    let lines = audit_lines_after_a_get_on(subject).await;
+async fn the_audit_listing_never_prints_bidi_overrides_from_a_record() {
+    let secret = "billing/QUIET\u{202e}dorp-bd\u{200b}";
+    let lines = audit_lines_with_a_record_naming(secret).await;
     let deceptive: Vec<&String> = lines
         .iter()
         .filter(|l| l.chars().any(is_deceptive))
