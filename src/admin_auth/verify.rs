@@ -70,32 +70,14 @@ impl NonceStore for MemoryNonces {
 }
 
 /// Open the nonce bucket of backend `name`, creating it if missing (servers only): history
-/// 1, entries aged out after [`NONCE_TTL`].
+/// 1, entries aged out after [`NONCE_TTL`] ([`crate::store::buckets`] holds its spec).
 pub(crate) async fn open_nonce_bucket(
     js: &jetstream::Context,
     name: &str,
     replicas: usize,
 ) -> Result<kv::Store, StoreError> {
-    let bucket = crate::config::nonces_bucket(name);
-    match crate::store::existing_bucket(js, &bucket).await {
-        Err(StoreError::NoBucket(_)) => {}
-        other => return other,
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            description: "piggybank admin request nonces (replay protection)".into(),
-            history: 1,
-            max_age: NONCE_TTL,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another instance created it first.
-        Err(_) => crate::store::existing_bucket(js, &bucket).await,
-    }
+    let spec = crate::store::buckets::nonces_spec(name, NONCE_TTL, replicas);
+    crate::store::open_or_create_bucket(js, &spec).await
 }
 
 /// Which instances a nonce is unique across.

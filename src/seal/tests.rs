@@ -22,6 +22,8 @@ fn spec(name: &str, history: i64) -> BucketSpec {
         description: "seal unit test",
         history,
         replicas: 1,
+        max_age: std::time::Duration::ZERO,
+        compression: true,
     }
 }
 

@@ -3,8 +3,9 @@
 //! create the buckets they serve from; `restore` creates the ones it fills, alike; every
 //! client command opens existing buckets only, so a typo is an error, never a new bucket.
 //!
-//! The names' formats are wire names, kept with the others in [`crate::config`]; the nonce
-//! bucket of signed administration is `admin_auth`'s own (it expires its entries).
+//! The names' formats are wire names, kept with the others in [`crate::config`].
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
@@ -15,6 +16,7 @@ use crate::config;
 const SECRETS_DESCRIPTION: &str = "piggybank secrets (sealed values)";
 const MAPPINGS_DESCRIPTION: &str = "piggybank entity-to-secret mappings";
 const VAULT_DESCRIPTION: &str = "piggybank sealed key record (wrapped keys only)";
+const NONCES_DESCRIPTION: &str = "piggybank admin request nonces (replay protection)";
 
 /// The buckets of one backend, by name: what a server opens, a backup reads and a restore
 /// writes.
@@ -46,6 +48,8 @@ impl Buckets {
             description: SECRETS_DESCRIPTION,
             history,
             replicas,
+            max_age: Duration::ZERO,
+            compression: true,
         }
     }
 
@@ -56,6 +60,8 @@ impl Buckets {
             description: MAPPINGS_DESCRIPTION,
             history: 1,
             replicas,
+            max_age: Duration::ZERO,
+            compression: true,
         }
     }
 
@@ -66,7 +72,22 @@ impl Buckets {
             description: VAULT_DESCRIPTION,
             history: 1,
             replicas,
+            max_age: Duration::ZERO,
+            compression: true,
         }
+    }
+}
+
+/// The nonce bucket of signed administration (`SECRETS_<name>_nonces`): one key per accepted
+/// nonce, aged out after `ttl`, longer than a signed request can be valid.
+pub(crate) fn nonces_spec(backend_name: &str, ttl: Duration, replicas: usize) -> BucketSpec {
+    BucketSpec {
+        name: config::nonces_bucket(backend_name),
+        description: NONCES_DESCRIPTION,
+        history: 1,
+        replicas,
+        max_age: ttl,
+        compression: false,
     }
 }
 
@@ -77,6 +98,9 @@ pub struct BucketSpec {
     pub description: &'static str,
     pub history: i64,
     pub replicas: usize,
+    /// How long an entry is kept; zero: for ever.
+    pub max_age: Duration,
+    pub compression: bool,
 }
 
 /// The one way piggybank makes a JetStream context: in the JetStream domain `domain` when one
@@ -157,7 +181,8 @@ pub(crate) async fn open_or_create_bucket(
                     description: spec.description.to_string(),
                     history: spec.history,
                     num_replicas: spec.replicas,
-                    compression: true,
+                    max_age: spec.max_age,
+                    compression: spec.compression,
                     ..Default::default()
                 })
                 .await;
@@ -184,6 +209,12 @@ mod tests {
         let secrets = buckets.secrets_spec(64, 3);
         assert_eq!((secrets.history, secrets.replicas), (64, 3));
         assert_eq!(buckets.mappings_spec(3).history, 1);
+        let nonces = nonces_spec("nats-kv", Duration::from_secs(90), 3);
+        assert_eq!(nonces.name, "SECRETS_nats-kv_nonces");
+        assert_eq!(
+            (nonces.max_age, nonces.history),
+            (Duration::from_secs(90), 1)
+        );
         assert_eq!(buckets.vault_spec(1).name, "SECRETS_nats-kv_vault");
     }
 }
