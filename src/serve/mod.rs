@@ -2,17 +2,20 @@
 //! operations), the database operations and the Piggy Bank API.
 //!
 //! What holds for every request holds here, once:
-//! - **Signed administration.** Every endpoint classifies each message by its subject (and,
-//!   for the API, its `method` header) alone ([`Class`]): not this endpoint's (no reply), and
-//!   otherwise its [`Access`]: open, or an admin operation. When the
+//! - **One parse.** Each endpoint's [`Door`] parses and classifies a message once, by its
+//!   subject (and, for the API, its `method` header) alone ([`Class`]): not this door's (no
+//!   reply), or its [`Access`], size and requester, with the parsed operation, which the
+//!   loop hands to the door's handler or to its refusal: what is checked is what runs.
+//! - **Signed administration.** An admin operation's class says so. When the
 //!   backend runs with `--admin-keys`, the loop checks an admin operation's signature before
 //!   its handler runs, and answers a refusal in the endpoint's format; a handler never sees
 //!   an unsigned admin request, and an endpoint cannot be built without saying which of its
 //!   operations are admin ones.
 //! - **Audit.** Every answered request is one record ([`crate::audit`]): what the handler
-//!   noted on its [`Reply`], completed here with the request id, the front door and the
+//!   noted on its [`Reply`] (its decision among it), finished by the one finishing step
+//!   (`crate::finish`, shared with the WIT door) with the request id, the front door and the
 //!   admin key that signed it. With `--audit-required`, a reply whose record is not
-//!   acknowledged is replaced by the endpoint's "unavailable" refusal.
+//!   acknowledged is replaced by the door's "unavailable" refusal.
 //! - **Reply subjects.** A request is handled only if its reply subject is admitted by the
 //!   [`ReplyPolicy`] for its [`Requester`] (trusted reply prefixes, and for a Piggy Bank API
 //!   application only `_INBOX.` and its own; never `$...`, never inside a served tree, which
@@ -35,8 +38,8 @@
 //!   [`ServeConfig::drain_timeout`], whichever comes first: whether NATS is still there or
 //!   not, stopping never takes longer. What was abandoned is logged.
 //!
-//! Handlers are plain async functions of the message that return a [`Reply`] (or `None` to
-//! leave the message to another endpoint); they never publish.
+//! Handlers are plain async functions of the parsed operation and the message that return a
+//! [`Reply`] (or `None` to leave the message to another instance); they never publish.
 
 mod connection;
 mod discovery;
