@@ -18,7 +18,7 @@ use async_nats::Message;
 use futures::future::BoxFuture;
 
 use crate::admin_auth::{AdminRefusal, Signed};
-use crate::backend::{Backend, MappingChange};
+use crate::backend::{Backend, MappingChange, Unsealed};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::serve::{Class, Door, Endpoint, LoopRefusal};
@@ -163,7 +163,6 @@ async fn answer(
     let headers = msg.headers.as_ref();
     let payload = &msg.payload;
     let operation = match operation {
-        Ok(Operation::ServerXkey) => return server_xkey(backend),
         Ok(operation) => operation,
         Err(e @ SubjectError::UnknownOperation(_)) => {
             return Reply::admin_error(
@@ -174,31 +173,40 @@ async fn answer(
         }
         Err(e) => return Reply::bad_request(e.to_string(), "invalid_subject"),
     };
-    // A get opens its request first, so that a refusal while sealed names the secret.
-    if let Operation::Get = operation {
-        return get::handle(backend, headers, payload).await;
-    }
-    let store = match backend.unsealed() {
-        Ok(store) => store,
-        Err(e) => {
-            return match operation {
-                Operation::PutSecret => admin::put_core_error(&e),
-                _ => Reply::core_error(&e),
-            }
-        }
-    };
     match operation {
         Operation::ServerXkey => server_xkey(backend),
+        // A get opens its request before it asks for the store, so that a refusal while
+        // sealed names the secret.
         Operation::Get => get::handle(backend, headers, payload).await,
-        Operation::PutSecret => admin::put_secret(&store, headers, payload).await,
-        Operation::DeleteSecret => admin::delete_secret(&store, payload).await,
-        Operation::ListSecrets => admin::list_secrets(&store, payload).await,
+        admin_operation => match backend.unsealed() {
+            Ok(store) => administer(&store, admin_operation, headers, payload).await,
+            Err(e) if admin_operation == Operation::PutSecret => admin::put_core_error(&e),
+            Err(e) => Reply::core_error(&e),
+        },
+    }
+}
+
+/// An admin operation, on the unsealed store.
+async fn administer(
+    store: &Unsealed<'_>,
+    operation: Operation,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Reply {
+    match operation {
+        Operation::PutSecret => admin::put_secret(store, headers, payload).await,
+        Operation::DeleteSecret => admin::delete_secret(store, payload).await,
+        Operation::ListSecrets => admin::list_secrets(store, payload).await,
         Operation::AddMapping(entity) => {
-            admin::update_mapping(&store, MappingChange::Add, &entity, payload).await
+            admin::update_mapping(store, MappingChange::Add, &entity, payload).await
         }
         Operation::RemoveMapping(entity) => {
-            admin::update_mapping(&store, MappingChange::Remove, &entity, payload).await
+            admin::update_mapping(store, MappingChange::Remove, &entity, payload).await
         }
-        Operation::GetMappings(entity) => admin::get_mappings(&store, &entity, payload).await,
+        Operation::GetMappings(entity) => admin::get_mappings(store, &entity, payload).await,
+        // Answered before the store is asked for (`answer`).
+        Operation::ServerXkey | Operation::Get => {
+            Reply::bad_request("not an admin operation", "invalid_subject")
+        }
     }
 }
