@@ -195,8 +195,7 @@ impl Door for DatabaseDoor {
     }
 
     fn refuse(&self, request: &DatabaseRequest, _: &Message, refused: &LoopRefusal) -> Reply {
-        let body = serde_json::json!({ "error": refused.to_string() });
-        crate::piggybank_api::reply(refused.code(), body.to_string().into_bytes())
+        crate::piggybank_api::error(refused.code(), refused)
             .audited_as(operation_name(request.op), None)
     }
 
@@ -364,7 +363,5 @@ fn to_json(value: impl serde::Serialize) -> Result<serde_json::Value, BackendErr
 
 /// A database operation the core refused: its status, its message, its own decision.
 pub(crate) fn error_reply(e: &BackendError, note: AuditNote) -> Reply {
-    let body = serde_json::json!({ "error": e.to_string() }).to_string();
-    crate::piggybank_api::reply(e.kind().status(), body.into_bytes())
-        .audited(note.decided(Decision::of(e)))
+    crate::piggybank_api::error(e.kind().status(), e).audited(note.decided(Decision::of(e)))
 }

@@ -201,8 +201,7 @@ impl Door for ApiDoor {
     }
 
     fn refuse(&self, _: &Self::Op, _: &Message, refused: &LoopRefusal) -> Reply {
-        let body = serde_json::json!({ "error": refused.to_string() });
-        reply(refused.code(), body.to_string().into_bytes())
+        error(refused.code(), refused)
     }
 
     fn too_large(reply: &Reply, message: String) -> Reply {
@@ -303,8 +302,13 @@ fn posted_value(kind: Option<&str>, payload: &[u8]) -> Result<SecretValue, ApiEr
 
 /// An API error: its status, `{"error": ...}`, and what was decided.
 pub(crate) fn error_reply(e: &ApiError, note: AuditNote) -> Reply {
-    let body = serde_json::json!({ "error": e.to_string() }).to_string();
-    reply(e.status(), body.into_bytes()).audited(note.decided(e.decision()))
+    error(e.status(), e).audited(note.decided(e.decision()))
+}
+
+/// The error reply of the API and the database operations: `Status` and `{"error": ...}`.
+pub(crate) fn error(status: u16, message: impl std::fmt::Display) -> Reply {
+    let body = serde_json::json!({ "error": message.to_string() }).to_string();
+    reply(status, body.into_bytes())
 }
 
 pub(crate) fn reply(status: u16, payload: Vec<u8>) -> Reply {
@@ -315,8 +319,7 @@ pub(crate) fn reply(status: u16, payload: Vec<u8>) -> Reply {
 
 /// The API's error for a reply too large to send (database operations included): `413`.
 pub fn too_large(_: &Reply, message: String) -> Reply {
-    let body = serde_json::json!({ "error": message }).to_string();
-    reply(413, body.into_bytes())
+    error(413, message)
 }
 
 /// The one mapping from core errors to API errors: by kind. Messages name keys, never
