@@ -21,7 +21,11 @@ use std::sync::{Arc, RwLock};
 use crate::error::ErrorKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use wascap::jwt::{validate_token, CapabilityProvider, Claims, Component, Host, WascapEntity};
+use wascap::jwt::{
+    validate_token, CapabilityProvider, Claims, Component, Host as HostClaims, WascapEntity,
+};
+
+use crate::store::EntityKey;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthzError {
@@ -52,9 +56,18 @@ impl AuthzError {
 /// The verified identity of a requesting component or provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entity {
-    /// The JWT subject: the key mappings are looked up by.
-    pub subject: String,
+    /// The JWT subject, checked as a component or provider key: the key mappings are looked
+    /// up by. A JWT whose subject is anything else (a wildcard, a dotted text, another kind
+    /// of key) is refused here, before any lookup.
+    pub subject: EntityKey,
     pub issuer: String,
+}
+
+/// A verified host JWT: what it claims (see `verify_host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The host's key, as its JWT claims.
+    pub subject: String,
 }
 
 /// Verifies JWTs and applies the trusted-issuer list.
@@ -62,8 +75,8 @@ pub struct Entity {
 pub struct Authorizer {
     /// `None`: any issuer with a valid signature is accepted (logged once at start).
     trusted_issuers: Option<HashSet<String>>,
-    hosts: Arc<VerifiedTokens>,
-    entities: Arc<VerifiedTokens>,
+    hosts: Arc<VerifiedTokens<Host>>,
+    entities: Arc<VerifiedTokens<Entity>>,
 }
 
 /// Most tokens remembered at once (per kind); beyond it expired entries are dropped first,
@@ -75,23 +88,33 @@ const VERIFIED_TOKENS: usize = 8_192;
 const MAX_REMEMBERED_TOKEN: usize = 4_096;
 
 /// Tokens whose signature and dates verified, by their exact text, until they expire.
-#[derive(Debug, Default)]
-pub struct VerifiedTokens {
-    map: RwLock<HashMap<String, Verified>>,
+#[derive(Debug)]
+pub struct VerifiedTokens<T> {
+    map: RwLock<HashMap<String, Verified<T>>>,
     /// Lookups answered from the map, and lookups that were not (metrics).
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
-struct Verified {
-    entity: Entity,
+struct Verified<T> {
+    entity: T,
     /// `exp` (seconds since the epoch); `None`: the token never expires.
     expires: Option<u64>,
 }
 
-impl VerifiedTokens {
-    fn get(&self, token: &str, now: u64) -> Option<Entity> {
+impl<T> Default for VerifiedTokens<T> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+            hits: AtomicU64::default(),
+            misses: AtomicU64::default(),
+        }
+    }
+}
+
+impl<T: Clone> VerifiedTokens<T> {
+    fn get(&self, token: &str, now: u64) -> Option<T> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let found = map
             .get(token)
@@ -106,7 +129,7 @@ impl VerifiedTokens {
         found
     }
 
-    fn insert(&self, token: &str, entity: Entity, expires: Option<u64>, now: u64) {
+    fn insert(&self, token: &str, entity: T, expires: Option<u64>, now: u64) {
         if token.len() > MAX_REMEMBERED_TOKEN {
             return;
         }
@@ -118,6 +141,14 @@ impl VerifiedTokens {
             }
         }
         map.insert(token.to_string(), Verified { entity, expires });
+    }
+
+    /// Lookups answered from the map, and lookups that were not.
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -150,18 +181,17 @@ impl Authorizer {
     }
 
     /// Verify a host JWT; returns the host (its subject is the host's key).
-    pub fn verify_host(&self, jwt: &str) -> Result<Entity, AuthzError> {
+    pub fn verify_host(&self, jwt: &str) -> Result<Host, AuthzError> {
         let now = now_secs();
         if let Some(host) = self.hosts.get(jwt, now) {
             return Ok(host);
         }
-        let claims = verify::<Host>(jwt).map_err(AuthzError::InvalidHostJwt)?;
-        let entity = Entity {
+        let claims = verify::<HostClaims>(jwt).map_err(AuthzError::InvalidHostJwt)?;
+        let host = Host {
             subject: claims.subject,
-            issuer: claims.issuer,
         };
-        self.hosts.insert(jwt, entity.clone(), claims.expires, now);
-        Ok(entity)
+        self.hosts.insert(jwt, host.clone(), claims.expires, now);
+        Ok(host)
     }
 
     /// Verify a component or provider JWT and its issuer.
@@ -178,6 +208,9 @@ impl Authorizer {
                 Err(_) => return Err(AuthzError::InvalidEntityJwt(component_err)),
             },
         };
+        let subject = EntityKey::parse(&subject).map_err(|_| {
+            AuthzError::InvalidEntityJwt("its subject is not a component or provider key".into())
+        })?;
         let entity = Entity { subject, issuer };
         self.check_issuer(&entity)?;
         // Only trusted entities are remembered: nobody else can fill the cache.
@@ -196,13 +229,7 @@ impl Authorizer {
 
     /// JWT checks answered from the caches, and checks that were not: (hits, misses).
     pub fn cache_counts(&self) -> (u64, u64) {
-        let count = |t: &VerifiedTokens| {
-            (
-                t.hits.load(Ordering::Relaxed),
-                t.misses.load(Ordering::Relaxed),
-            )
-        };
-        let (hosts, entities) = (count(&self.hosts), count(&self.entities));
+        let (hosts, entities) = (self.hosts.counts(), self.entities.counts());
         (hosts.0 + entities.0, hosts.1 + entities.1)
     }
 
@@ -289,7 +316,7 @@ mod tests {
         let account = nkeys::KeyPair::new_account();
         let (jwt, subject) = component(&account, None);
         let auth = Authorizer::new(&[]).unwrap();
-        assert_eq!(auth.verify_entity(&jwt).unwrap().subject, subject);
+        assert_eq!(auth.verify_entity(&jwt).unwrap().subject.as_str(), subject);
 
         let service = nkeys::KeyPair::new_service();
         let provider = Claims::<CapabilityProvider>::new(
@@ -304,7 +331,7 @@ mod tests {
         .encode(&account)
         .unwrap();
         assert_eq!(
-            auth.verify_entity(&provider).unwrap().subject,
+            auth.verify_entity(&provider).unwrap().subject.as_str(),
             service.public_key()
         );
     }
@@ -341,10 +368,13 @@ mod tests {
         let exp = now_secs() + 1;
         let (jwt, subject) = component(&account, Some(exp));
         let auth = Authorizer::new(&[]).unwrap();
-        assert_eq!(auth.verify_entity(&jwt).unwrap().subject, subject);
+        assert_eq!(auth.verify_entity(&jwt).unwrap().subject.as_str(), subject);
         assert_eq!(auth.verified_tokens().1, 1);
         // Served from memory while valid...
-        assert_eq!(auth.entities.get(&jwt, exp - 1).unwrap().subject, subject);
+        assert_eq!(
+            auth.entities.get(&jwt, exp - 1).unwrap().subject.as_str(),
+            subject
+        );
         // ...never at or after `exp`; and then the real check refuses it.
         assert!(auth.entities.get(&jwt, exp).is_none());
         while now_secs() <= exp {
@@ -385,7 +415,7 @@ mod tests {
     fn oversized_tokens_are_verified_but_never_remembered() {
         let cache = VerifiedTokens::default();
         let entity = Entity {
-            subject: "M".into(),
+            subject: EntityKey::parse(&nkeys::KeyPair::new_module().public_key()).unwrap(),
             issuer: "A".into(),
         };
         cache.insert(
@@ -403,7 +433,7 @@ mod tests {
     fn the_cache_is_bounded() {
         let cache = VerifiedTokens::default();
         let entity = Entity {
-            subject: "M".into(),
+            subject: EntityKey::parse(&nkeys::KeyPair::new_module().public_key()).unwrap(),
             issuer: "A".into(),
         };
         for i in 0..VERIFIED_TOKENS + 10 {

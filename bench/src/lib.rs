@@ -623,12 +623,13 @@ async fn revocation(config: &RunConfig, caller: &Caller, trials: usize) -> anyho
     b.loaded().await?;
     // Both instances run with ENCRYPTION_XKEY_SEED: they are never sealed.
     let (a, b) = (a.unsealed()?, b.unsealed()?);
+    let entity = piggybank::store::EntityKey::parse(&caller.entity)?;
     for _ in 0..trials {
         a.put("bench/revoked", &value, None).await?;
         a.update_mapping(&caller.entity, MappingChange::Add, &names)
             .await?;
         wait_until(|| {
-            b.mappings().allows(&caller.entity, "bench/revoked")
+            b.mappings().allows(&entity, "bench/revoked")
                 && b.secrets().latest("bench/revoked").is_some()
         })
         .await?;
@@ -636,8 +637,8 @@ async fn revocation(config: &RunConfig, caller: &Caller, trials: usize) -> anyho
         a.update_mapping(&caller.entity, MappingChange::Remove, &names)
             .await?;
         let removed = Instant::now();
-        at_once += u32::from(!a.mappings().allows(&caller.entity, "bench/revoked"));
-        wait_until(|| !b.mappings().allows(&caller.entity, "bench/revoked")).await?;
+        at_once += u32::from(!a.mappings().allows(&entity, "bench/revoked"));
+        wait_until(|| !b.mappings().allows(&entity, "bench/revoked")).await?;
         mapping.push(removed.elapsed());
 
         a.delete("bench/revoked").await?;

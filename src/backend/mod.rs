@@ -18,7 +18,7 @@ use crate::seal::SealError;
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
 pub(crate) use crate::store::page::{page_limit, Page, PageRequest};
-use crate::store::{validate_name, MappingTable, SecretMeta, SecretStore, StoreError};
+use crate::store::{validate_name, EntityKey, MappingTable, SecretMeta, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -404,7 +404,8 @@ impl Unsealed<'_> {
         entity: &str,
         request: &PageRequest<'_>,
     ) -> Result<Page<String>, BackendError> {
-        Ok(self.mappings().names_page(entity, request).await?)
+        let entity = EntityKey::parse(entity)?;
+        Ok(self.mappings().names_page(&entity, request).await?)
     }
 
     /// Authorize and serve a read. No NATS I/O unless an older version is requested, or the
@@ -419,7 +420,7 @@ impl Unsealed<'_> {
         authz::check_policy(req.policy)?;
         who.host = Some(backend.authorizer.verify_host(req.host_jwt)?.subject);
         let entity = backend.authorizer.verify_entity(req.entity_jwt)?;
-        who.entity = Some(entity.subject.clone());
+        who.entity = Some(entity.subject.to_string());
         if !backend.mappings.permits(&entity.subject, req.key).await? {
             return Err(AuthzError::NotMapped.into());
         }
@@ -490,7 +491,8 @@ impl Unsealed<'_> {
         change: MappingChange,
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, BackendError> {
-        Ok(self.mappings().update(entity, change, names).await?)
+        let entity = EntityKey::parse(entity)?;
+        Ok(self.mappings().update(&entity, change, names).await?)
     }
 
     /// Metadata of one secret.

@@ -198,7 +198,7 @@ impl BodyCheck {
                 Ok(Entry::Version { secret, value })
             }
             Line::Mapping { entity, names } => {
-                store::validate_entity(&entity).map_err(|e| e.to_string())?;
+                store::EntityKey::parse(&entity).map_err(|e| e.to_string())?;
                 for name in &names {
                     store::validate_name(name).map_err(|e| e.to_string())?;
                 }

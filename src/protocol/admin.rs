@@ -25,7 +25,6 @@ use crate::backend::{page_limit, BackendError, MappingChange, PageRequest, Unsea
 use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::store::envelope::SecretValue;
-use crate::store::validate_entity;
 
 /// A `put_secret` refusal in the sample's `PutSecretResponse`, noted with what was decided.
 fn put_error(e: PutSecretError, decided: Decision) -> Reply {
@@ -222,7 +221,6 @@ pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) ->
             payload,
             r#"an empty body or {"prefix": TEXT, "limit": N, "after": NAME}"#,
         )?;
-        validate_entity(entity).map_err(|e| Reply::core_error(&e.into()))?;
         let limit = limit(request.limit)?;
         let request = PageRequest {
             prefix: &request.prefix,

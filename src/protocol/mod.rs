@@ -137,7 +137,7 @@ pub(crate) fn audit_name(op: &Operation) -> (&'static str, Option<&str>) {
     let (name, entity) = operation_and_entity(op);
     (
         name,
-        entity.filter(|e| crate::store::validate_entity(e).is_ok()),
+        entity.filter(|e| crate::store::EntityKey::parse(e).is_ok()),
     )
 }
 

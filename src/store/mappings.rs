@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::kv_stream;
 use super::mirror::{self, Change, MirrorHandle};
 use super::page::{page_names, Page, PageRequest};
-use super::{validate_entity, validate_name, Bucket, StoreError};
+use super::{validate_name, Bucket, EntityKey, StoreError};
 
 /// Attempts at a compare-and-set before giving up with `Contention`.
 const CAS_ATTEMPTS: usize = 32;
@@ -112,28 +112,29 @@ impl MappingTable {
 
     /// Whether `entity` may read `name`, from memory; no I/O. `false` until the mirror is
     /// loaded (see [`MappingTable::permits`]).
-    pub fn allows(&self, entity: &str, name: &str) -> bool {
+    pub fn allows(&self, entity: &EntityKey, name: &str) -> bool {
         if !self.is_loaded() {
             return false;
         }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        map.get(entity)
+        map.get(entity.as_str())
             .is_some_and(|(_, names)| names.contains(name))
     }
 
     /// Whether `entity` may read `name`: from memory once the mirror is loaded, before that
     /// from the entity's mapping in the bucket (one read of its last message, on the stream's
     /// leader).
-    pub async fn permits(&self, entity: &str, name: &str) -> Result<bool, StoreError> {
+    pub async fn permits(&self, entity: &EntityKey, name: &str) -> Result<bool, StoreError> {
         if self.is_loaded() {
             return Ok(self.allows(entity, name));
         }
         Ok(self.stored(entity).await?.contains(name))
     }
 
-    /// The names the bucket grants `entity` now, read from the stream's leader.
-    async fn stored(&self, entity: &str) -> Result<HashSet<String>, StoreError> {
-        let subject = kv_stream::key_subject(&self.kv, entity);
+    /// The names the bucket grants `entity` now, read from the stream's leader. The subject
+    /// names one entity's key: an [`EntityKey`] holds no wildcard.
+    async fn stored(&self, entity: &EntityKey) -> Result<HashSet<String>, StoreError> {
+        let subject = kv_stream::key_subject(&self.kv, entity.as_str());
         match self
             .kv
             .stream
@@ -141,7 +142,7 @@ impl MappingTable {
             .await
         {
             Ok(message) if kv_stream::is_deletion(Some(&message.headers)) => Ok(HashSet::new()),
-            Ok(message) => Ok(granted(entity, Some(&message.payload))),
+            Ok(message) => Ok(granted(entity.as_str(), Some(&message.payload))),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(HashSet::new())
             }
@@ -153,7 +154,7 @@ impl MappingTable {
     /// however many names the entity has. From the bucket while the mirror loads.
     pub(crate) async fn names_page(
         &self,
-        entity: &str,
+        entity: &EntityKey,
         request: &PageRequest<'_>,
     ) -> Result<Page<String>, StoreError> {
         let page = |names: &HashSet<String>| {
@@ -168,7 +169,7 @@ impl MappingTable {
         }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
         Ok(map
-            .get(entity)
+            .get(entity.as_str())
             .map(|(_, names)| page(names))
             .unwrap_or_default())
     }
@@ -196,11 +197,11 @@ impl MappingTable {
     /// Returns the entity's resulting set of names.
     pub async fn update(
         &self,
-        entity: &str,
+        entity: &EntityKey,
         change: MappingChange,
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, StoreError> {
-        validate_entity(entity)?;
+        let entity = entity.as_str();
         for name in names {
             validate_name(name)?;
         }

@@ -106,16 +106,35 @@ pub(crate) fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Check that `entity` is a public nkey, as a JWT subject is.
-pub(crate) fn validate_entity(entity: &str) -> Result<(), StoreError> {
-    // Only components (module keys, `M...`) and providers (service keys, `V...`) read
-    // secrets; any other valid key (an account, a host) could never be served.
-    let readable = matches!(entity.as_bytes().first(), Some(b'M' | b'V'));
-    match nkeys::KeyPair::from_public_key(entity) {
-        Ok(_) if readable => Ok(()),
-        _ => Err(StoreError::InvalidEntity(
-            entity.chars().take(MAX_NAME_LEN).collect(),
-        )),
+/// A component's (`M...`) or provider's (`V...`) public key, checked as an nkey: the only
+/// key a mapping is stored under or looked up by. A JWT subject, an admin request's entity
+/// and a backup's mapping each become one through [`EntityKey::parse`], so no wildcard
+/// (`>`, `*`), dotted text or key of another kind ever reaches a KV subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey(Box<str>);
+
+impl EntityKey {
+    pub fn parse(entity: &str) -> Result<Self, StoreError> {
+        // Only components (module keys, `M...`) and providers (service keys, `V...`) read
+        // secrets; any other valid key (an account, a host) could never be served. A valid
+        // nkey is base32 with a checksum: no `.`, `*` or `>` can be in one.
+        let readable = matches!(entity.as_bytes().first(), Some(b'M' | b'V'));
+        match nkeys::KeyPair::from_public_key(entity) {
+            Ok(_) if readable => Ok(Self(entity.into())),
+            _ => Err(StoreError::InvalidEntity(
+                entity.chars().take(MAX_NAME_LEN).collect(),
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -126,16 +145,20 @@ mod tests {
     #[test]
     fn only_component_and_provider_keys_are_entities() {
         use nkeys::KeyPair;
-        assert!(validate_entity(&KeyPair::new_module().public_key()).is_ok());
-        assert!(validate_entity(&KeyPair::new_service().public_key()).is_ok());
+        assert!(EntityKey::parse(&KeyPair::new_module().public_key()).is_ok());
+        assert!(EntityKey::parse(&KeyPair::new_service().public_key()).is_ok());
         for other in [
             KeyPair::new_account().public_key(),
             KeyPair::new_server().public_key(),
             KeyPair::new_user().public_key(),
             "MNOTAKEY".to_string(),
             String::new(),
+            ">".to_string(),
+            "*".to_string(),
+            "M.>".to_string(),
+            format!("{}.x", KeyPair::new_module().public_key()),
         ] {
-            assert!(validate_entity(&other).is_err(), "{other}");
+            assert!(EntityKey::parse(&other).is_err(), "{other}");
         }
     }
 
@@ -162,9 +185,9 @@ mod tests {
     #[test]
     fn entities_must_be_public_nkeys() {
         let module = nkeys::KeyPair::new_module().public_key();
-        assert!(validate_entity(&module).is_ok());
-        assert!(validate_entity("not-a-key").is_err());
+        assert!(EntityKey::parse(&module).is_ok());
+        assert!(EntityKey::parse("not-a-key").is_err());
         let seed = nkeys::KeyPair::new_module().seed().unwrap();
-        assert!(validate_entity(&seed).is_err());
+        assert!(EntityKey::parse(&seed).is_err());
     }
 }

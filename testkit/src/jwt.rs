@@ -55,6 +55,24 @@ impl Issuer {
         (claims.encode(&self.account).unwrap(), module.public_key())
     }
 
+    /// A component JWT whose subject is `subject`, whatever it is (a wildcard, a key with
+    /// dots): what an attacker who holds any account key can sign.
+    pub fn component_with_subject(&self, subject: &str) -> String {
+        let claims = Claims::<Component>::with_dates(
+            "forged-component".into(),
+            self.account.public_key(),
+            subject.into(),
+            None,
+            None,
+            None,
+            false,
+            None,
+            None,
+            None,
+        );
+        claims.encode(&self.account).unwrap()
+    }
+
     /// A provider JWT: returns (jwt, subject).
     pub fn provider(&self) -> (String, String) {
         let service = KeyPair::new_service();

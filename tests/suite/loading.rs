@@ -75,7 +75,8 @@ async fn serve(config: RunConfig) -> Serving {
         (
             backend.is_loaded(),
             store.secrets().latest(name).is_some(),
-            store.mappings().allows(entity, name),
+            piggybank::store::EntityKey::parse(entity)
+                .is_ok_and(|entity| store.mappings().allows(&entity, name)),
         )
     });
     let (stop, stopped) = oneshot::channel::<()>();
