@@ -21,7 +21,7 @@ use crate::piggybank_api;
 use crate::protocol;
 use crate::seal::{RecordStore, Seal};
 use crate::serve::{Endpoint, ServeConfig, ServeConnection, ServeError};
-use crate::store::{Bucket, Buckets, MappingTable, SecretStore, StoreError};
+use crate::store::{owner, Bucket, Buckets, MappingTable, SecretStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -64,30 +64,36 @@ pub async fn open_backend(
     let authorizer = Authorizer::new(&config.trusted_issuers)?;
     let buckets = Buckets::of(&config.name, &config.secrets_bucket);
     let history = i64::from(config.max_secret_history);
+    // Sealed mode has no keyring until it is unlocked.
+    let keys = match config.is_sealed_mode() {
+        true => None,
+        false => Some(keyring(
+            &config.encryption_xkey_seed,
+            &config.previous_encryption_xkey_seeds,
+        )?),
+    };
     let secrets = SecretStore::open(
         client,
         config.js_domain(),
         Bucket::CreateIfMissing(&buckets.secrets_spec(history, config.replicas)),
     )
     .await?;
+    let js = crate::store::jetstream(client, config.js_domain());
+    owner::claim(&js, &buckets.secrets, &owner_claim(config, keys.as_ref())).await?;
     let mappings = MappingTable::open(
         client,
         config.js_domain(),
         Bucket::CreateIfMissing(&buckets.mappings_spec(config.replicas)),
     )
     .await?;
-    if config.is_sealed_mode() {
+    let Some(keys) = keys else {
         let backend = Backend::sealed(secrets, mappings, authorizer);
         return Ok(match configured_transit(config)? {
             Some(transit) => backend.with_configured_transit(transit),
             None => backend,
         });
-    }
+    };
     let transit = TransitKey::from_seed(&config.transit_xkey_seed)?;
-    let keys = keyring(
-        &config.encryption_xkey_seed,
-        &config.previous_encryption_xkey_seeds,
-    )?;
     if config.write_legacy_format {
         tracing::warn!(
             "--write-legacy-format: values are written in the sample's format, so sample \
@@ -97,6 +103,28 @@ pub async fn open_backend(
     }
     Ok(Backend::new(transit, keys, secrets, mappings, authorizer)
         .with_legacy_writes(config.write_legacy_format))
+}
+
+/// What this instance is, for the one-store-one-key check ([`owner`]): its backend name and
+/// data key (keyed mode: the current key's id; sealed mode: the backend's key record), and
+/// the keys a rekey may move the store from.
+fn owner_claim(config: &RunConfig, keys: Option<&Keyring>) -> owner::Claim {
+    let data_key = keys.map_or(owner::SEALED.to_string(), |k| k.current().id().to_string());
+    let previous = keys
+        .map(|k| {
+            k.keys()
+                .map(|key| key.id().to_string())
+                .filter(|id| *id != data_key)
+                .collect()
+        })
+        .unwrap_or_default();
+    owner::Claim {
+        owner: owner::Owner {
+            backend: config.name.clone(),
+            data_key,
+        },
+        previous,
+    }
 }
 
 /// The transit key given by TRANSIT_XKEY_SEED, if any (optional in sealed mode).

@@ -60,6 +60,8 @@ impl BackendError {
             BackendError::Store(StoreError::AlreadyExists(_)) => "already_exists",
             BackendError::Store(StoreError::Corrupt { .. }) => "corrupt",
             BackendError::Store(StoreError::NoBucket(_)) => "no_bucket",
+            BackendError::Store(StoreError::Misconfigured { .. }) => "misconfigured_bucket",
+            BackendError::Store(StoreError::OwnedByAnother { .. }) => "owned_by_another",
             BackendError::Store(StoreError::Upstream(_)) => "upstream",
             BackendError::Envelope(_) => "undecryptable",
             BackendError::InvalidVersion(_) => "invalid_version",

@@ -410,6 +410,14 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
             report.failed.len()
         );
     }
+    // Every value is under the current key now: it is the store's key (one store, one key).
+    let previous: Vec<String> = keys
+        .keys()
+        .map(|k| k.id().to_string())
+        .filter(|id| id != keys.current().id())
+        .collect();
+    let js = crate::store::jetstream(&nats, js_domain.as_deref());
+    crate::store::owner::rekeyed(&js, &args.secrets_bucket, keys.current().id(), &previous).await?;
     Ok(())
 }
 

@@ -156,15 +156,68 @@ pub(crate) async fn existing_bucket(
     }
 }
 
+/// What in an existing bucket's stream config is not what piggybank (or the sample, through
+/// the same client library) configures, and would let someone change what it reads without
+/// writing through it: entries brought in from elsewhere (`sources`, `mirror`), other
+/// subjects, copies republished elsewhere, messages deleted out of the history (a deleted
+/// revocation brings the grant before it back), entries aged out early (a nonce aged out
+/// early is a replay), or old entries evicted silently. History, replicas, compression and
+/// the description are the operator's to choose, and are not checked.
+pub(crate) fn misconfigured(spec: &BucketSpec, config: &jetstream::stream::Config) -> Vec<String> {
+    let mut found = Vec::new();
+    let subjects = [format!("$KV.{}.>", spec.name)];
+    if config.subjects != subjects {
+        found.push(format!(
+            "subjects {:?} (expected {:?})",
+            config.subjects, subjects
+        ));
+    }
+    if config.mirror.is_some() {
+        found.push("a mirror".to_string());
+    }
+    if config.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        found.push("sources".to_string());
+    }
+    if config.republish.is_some() {
+        found.push("a republish".to_string());
+    }
+    if !config.deny_delete {
+        found.push("deny_delete is off".to_string());
+    }
+    let ages_too_early = if spec.max_age.is_zero() {
+        !config.max_age.is_zero()
+    } else {
+        config.max_age.is_zero() || config.max_age < spec.max_age
+    };
+    if ages_too_early {
+        found.push(format!(
+            "max_age {:?} (expected {:?})",
+            config.max_age, spec.max_age
+        ));
+    }
+    if config.discard != jetstream::stream::DiscardPolicy::New {
+        found.push("discard policy is not `new`".to_string());
+    }
+    found
+}
+
 /// Open `spec.name`, creating it if it does not exist: for the servers (`run`, `dev`, the
-/// provider) only. An existing bucket is used as it is (a differing replica count is
-/// reported, not changed).
+/// provider) only. An existing bucket is checked ([`misconfigured`]): one whose stream config
+/// was changed is refused, naming what changed. Otherwise it is used as it is (a differing
+/// replica count is reported, not changed).
 pub(crate) async fn open_or_create_bucket(
     js: &jetstream::Context,
     spec: &BucketSpec,
 ) -> Result<kv::Store, StoreError> {
     match existing_bucket(js, &spec.name).await {
         Ok(store) => {
+            let found = misconfigured(spec, &store.stream.cached_info().config);
+            if !found.is_empty() {
+                return Err(StoreError::Misconfigured {
+                    bucket: spec.name.clone(),
+                    what: found.join(", "),
+                });
+            }
             let replicas = store.stream.cached_info().config.num_replicas;
             if replicas != spec.replicas {
                 tracing::warn!(

@@ -15,6 +15,7 @@ pub mod envelope;
 pub(crate) mod kv_stream;
 pub(crate) mod mappings;
 pub(crate) mod mirror;
+pub mod owner;
 pub mod page;
 pub(crate) mod rekey;
 pub mod secrets;
@@ -51,6 +52,21 @@ pub enum StoreError {
     #[error("stored data for {key:?} is corrupt: {why}")]
     Corrupt { key: String, why: String },
     #[error(
+        "KV bucket {bucket:?} was changed outside piggybank ({what}); refusing to serve from \
+         it: restore its config (see docs/operations.md, \"Buckets\"), or check who changed it"
+    )]
+    Misconfigured { bucket: String, what: String },
+    #[error(
+        "KV bucket {bucket:?} belongs to {owner}; this instance is {this}: one store has one \
+         key (check -n, -b and ENCRYPTION_XKEY_SEED; a rekey runs with the old key in \
+         PREVIOUS_ENCRYPTION_XKEY_SEEDS)"
+    )]
+    OwnedByAnother {
+        bucket: String,
+        owner: String,
+        this: String,
+    },
+    #[error(
         "KV bucket {0:?} does not exist: check the bucket and backend names (only `run`, \
          `dev` and the provider create buckets)"
     )]
@@ -67,7 +83,8 @@ impl StoreError {
             StoreError::VersionConflict { .. }
             | StoreError::Contention(_)
             | StoreError::AlreadyExists(_) => ErrorKind::Conflict,
-            StoreError::Corrupt { .. } => ErrorKind::Internal,
+            StoreError::Corrupt { .. } | StoreError::Misconfigured { .. } => ErrorKind::Internal,
+            StoreError::OwnedByAnother { .. } => ErrorKind::Conflict,
             StoreError::NoBucket(_) | StoreError::Upstream(_) => ErrorKind::Unavailable,
         }
     }

@@ -283,7 +283,15 @@ async fn a_jetstream_domain_is_used_for_every_bucket() {
 
     // Sealed mode's key record and signed administration's nonces: in the domain too.
     let admin = nkeys::KeyPair::new_user().public_key();
-    let mut sealed = args(&["-n", "sealed", "--admin-keys", &admin]);
+    // Its own secrets bucket: the default one is the keyed store's (one store, one key).
+    let mut sealed = args(&[
+        "-n",
+        "sealed",
+        "-b",
+        "SEALED_SECRETS",
+        "--admin-keys",
+        &admin,
+    ]);
     sealed.extend_from_slice(&domain);
     let _sealed = spawn_run(&sealed, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);

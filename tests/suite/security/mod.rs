@@ -14,3 +14,4 @@ mod forged_records;
 mod init_unlock;
 mod reply_subjects;
 mod signed_admin;
+mod store_identity;
