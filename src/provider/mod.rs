@@ -597,6 +597,7 @@ pub async fn run(
         policy,
         running.max_in_flight,
         running.wrpc_call_timeout,
+        wrpc::params_limit(running.nats.server_info().max_payload),
     );
     let invocations = bindings::serve(&server, running.exports.clone())
         .await

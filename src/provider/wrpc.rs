@@ -27,8 +27,10 @@
 //!   within the limit, or it is dropped (logged at warn, without values). The caller's results stream is then ended
 //!   at once (an empty message), so it fails fast instead of waiting for its own timeout.
 //!   The provider's serve loop applies the same limit to the handler and the results.
-//! - **Whole parameters.** Parameters are collected (at most [`MAX_PARAMS_BYTES`]) before
-//!   the handler runs. The admin interface has no `stream` or `future` types, so there are
+//! - **Whole parameters.** Parameters are collected before the handler runs, at most what
+//!   the stores' server takes in one message plus room for names ([`params_limit`]): a
+//!   larger call could only be refused after it was held in memory, so it is dropped as its
+//!   parts arrive. The admin interface has no `stream` or `future` types, so there are
 //!   no nested parameter or result paths; serving a function that needs them fails at start.
 //!
 //! The wire protocol (`wrpc.0.0.1`), as a wrpc-transport-nats client speaks it: the caller
@@ -63,6 +65,17 @@ pub(crate) const MAX_PARAMS_BYTES: usize = 64 << 20;
 /// the parts of the largest parameters ([`MAX_PARAMS_BYTES`]) in messages of the default
 /// max payload (1 MiB), which the transport sends without waiting for the reader.
 pub(crate) const MIN_BUFFERED_MESSAGES: usize = MAX_PARAMS_BYTES / (1 << 20);
+/// Room for the parameters other than a value: names, an entity key, a version.
+const PARAMS_BESIDES_A_VALUE: usize = 64 << 10;
+
+/// The largest parameters worth collecting when the stores' server takes messages of at most
+/// `max_payload` bytes: a value larger than that could never be stored.
+pub(crate) fn params_limit(max_payload: usize) -> usize {
+    max_payload
+        .saturating_add(PARAMS_BESIDES_A_VALUE)
+        .min(MAX_PARAMS_BYTES)
+}
+
 /// Messages of results when the server does not say its max payload.
 const FALLBACK_CHUNK: usize = 64 << 10;
 
@@ -85,6 +98,8 @@ struct Shared {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     limit: Duration,
+    /// Largest parameters collected ([`params_limit`]).
+    max_params: usize,
 }
 
 impl WrpcServer {
@@ -95,6 +110,7 @@ impl WrpcServer {
         policy: ReplyPolicy,
         max_in_flight: usize,
         limit: Duration,
+        max_params: usize,
     ) -> Self {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
@@ -104,6 +120,7 @@ impl WrpcServer {
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
                 limit,
+                max_params,
             }),
             queue_group: prefix.clone(),
             prefix,
@@ -223,10 +240,10 @@ impl Shared {
                     return None;
                 }
                 Some(part) if part.payload.is_empty() => break,
-                Some(part) if received.len() + part.payload.len() > MAX_PARAMS_BYTES => {
+                Some(part) if received.len() + part.payload.len() > self.max_params => {
                     tracing::warn!(
                         invocation = name,
-                        max_bytes = MAX_PARAMS_BYTES,
+                        max_bytes = self.max_params,
                         "wRPC invocation dropped: parameters too large"
                     );
                     return None;

@@ -61,8 +61,10 @@ async fn instances_given_the_key_unlock_themselves_and_a_restart_needs_no_operat
     let dir = tempfile::tempdir().unwrap();
     let file = key_file(dir.path(), &key, 0o600);
     let file_arg = file.to_str().unwrap();
-    let _a = spawn_sealed_run(&nats, &["--unlock-key-file", file_arg]);
-    let mut b = spawn_sealed_run(&nats, &["--unlock-key-file", file_arg]);
+    // Each instance's log, printed if a get fails (a get was lost once, in a full run).
+    let logs = ["a", "b", "b-restarted"].map(|n| dir.path().join(format!("{n}.log")));
+    let _a = spawn_sealed_run_logged(&nats, &["--unlock-key-file", file_arg], &logs[0]);
+    let mut b = spawn_sealed_run_logged(&nats, &["--unlock-key-file", file_arg], &logs[1]);
     wait_unsealed(&nats, 2).await;
 
     let admin = admin(nats.client().await);
@@ -94,7 +96,11 @@ async fn instances_given_the_key_unlock_themselves_and_a_restart_needs_no_operat
                     Ok(s) if s.string_secret.as_deref() == Some("hunter2") => {}
                     other => {
                         let at = gets.load(Ordering::Relaxed);
-                        eprintln!("get {at} failed: {:?}", other.map(|_| "another value"));
+                        let when = time::OffsetDateTime::now_utc();
+                        eprintln!(
+                            "get {at} failed at {when}: {:?}",
+                            other.map(|_| "another value")
+                        );
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -108,7 +114,7 @@ async fn instances_given_the_key_unlock_themselves_and_a_restart_needs_no_operat
         Some(0)
     );
     let restarted = Instant::now();
-    let _b = spawn_sealed_run(&nats, &["--unlock-key-file", file_arg]);
+    let _b = spawn_sealed_run_logged(&nats, &["--unlock-key-file", file_arg], &logs[2]);
     wait_unsealed(&nats, 2).await;
     let restart_to_serving = restarted.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -116,6 +122,12 @@ async fn instances_given_the_key_unlock_themselves_and_a_restart_needs_no_operat
     load.await.unwrap();
     let (gets, failed) = (gets.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("restart to serving, unlocked: {restart_to_serving:?}; {gets} gets, {failed} failed");
+    if failed > 0 {
+        for log in &logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            eprintln!("==== {} ====\n{text}", log.display());
+        }
+    }
     assert!(gets > 20, "the load ran: {gets} gets");
     assert_eq!(failed, 0, "the other instance serves while one restarts");
 

@@ -895,6 +895,52 @@ async fn wrpc_results_larger_than_the_max_payload_arrive_whole() {
     );
 }
 
+/// A WIT call's parameters are held in memory until they are whole, so they are bounded by
+/// what the stores' server could store (its max payload, plus room for names), not by the
+/// 64 MiB a NATS message may be at most: a larger call is dropped as its parts arrive, and
+/// the caller fails at once. A call within the bound (positive control) is answered.
+#[tokio::test]
+async fn wit_parameters_larger_than_the_server_could_store_are_dropped_as_they_arrive() {
+    let nats = nats_with_max_payload(16 * 1024);
+    let keys = Keys::generate();
+    let provider = ProviderProc::start(&nats, Setup::with_keys(&keys)).await;
+    let client = nats.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+
+    let within = "n".repeat(40 * 1024);
+    let answered = tokio::time::timeout(
+        Duration::from_secs(20),
+        admin::describe_secret(&wrpc, caller("ops"), &within),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap();
+    assert!(
+        matches!(answered, Err(Error::InvalidArgument(_))),
+        "{answered:?}"
+    );
+
+    // 16 KiB + 64 KiB is the bound: 200 KiB is dropped.
+    let beyond = "n".repeat(200 * 1024);
+    let dropped = tokio::time::timeout(
+        Duration::from_secs(20),
+        admin::describe_secret(&wrpc, caller("ops"), &beyond),
+    )
+    .await
+    .expect("the caller fails at once, not at its own timeout");
+    assert!(dropped.is_err(), "{dropped:?}");
+    eventually("the provider logs the drop with its bound", || async {
+        provider
+            .stderr()
+            .contains("wRPC invocation dropped: parameters too large")
+            && provider
+                .stderr()
+                .contains(&format!("max_bytes={}", 16 * 1024 + 64 * 1024))
+    })
+    .await;
+}
+
 /// The host forwards a put for an existing link whose config changed; the SDK drops it as a
 /// duplicate, so the provider follows the host's link puts itself.
 #[tokio::test]

@@ -447,6 +447,21 @@ pub fn cli_code(
 
 /// Spawn `piggybank run` in sealed mode (no seeds at all) against `nats`.
 pub fn spawn_sealed_run(nats: &NatsServer, extra: &[&str]) -> Proc {
+    sealed_run(nats, extra, Stdio::null())
+}
+
+/// Spawn `piggybank run` in sealed mode, its log (debug) appended to `log`: for a test that
+/// prints what each instance did when it fails.
+pub fn spawn_sealed_run_logged(nats: &NatsServer, extra: &[&str], log: &Path) -> Proc {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the instance's log");
+    sealed_run(nats, extra, Stdio::from(file))
+}
+
+fn sealed_run(nats: &NatsServer, extra: &[&str], stderr: Stdio) -> Proc {
     let child = Command::new(piggybank_bin())
         .arg("run")
         .args(extra)
@@ -454,8 +469,9 @@ pub fn spawn_sealed_run(nats: &NatsServer, extra: &[&str]) -> Proc {
         .env_remove("TRANSIT_XKEY_SEED")
         .env_remove("PIGGYBANK_PREFIX")
         .env("NATS_ADDRESS", nats.url())
+        .env("RUST_LOG", "piggybank=debug,async_nats=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn piggybank run");
     Proc { child }
