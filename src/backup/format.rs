@@ -437,9 +437,9 @@ mod tests {
     /// A small backup: two versions of one secret, one of another, one mapping.
     fn small_backup() -> Vec<u8> {
         let key = crate::keys::DataKey::from_seed(&crate::keys::generate_seed()).unwrap();
-        let sealed = |text: &str| {
+        let sealed = |secret: &str, text: &str| {
             let value = envelope::SecretValue::String(Zeroizing::new(text.to_string()));
-            b64(&envelope::seal(&value, &key, 1).unwrap())
+            b64(&envelope::seal(&value, secret, &key, 1).unwrap())
         };
         let mut out = Cursor::new(Vec::new());
         let mut body = BodyWriter::start(&mut out).unwrap();
@@ -448,7 +448,7 @@ mod tests {
                 secret: secret.into(),
                 revision,
                 written_ms: 5,
-                value: sealed(text),
+                value: sealed(secret, text),
             })
             .unwrap();
         }
@@ -539,7 +539,7 @@ mod tests {
     fn each_line_is_checked_on_its_own_and_against_the_lines_before_it() {
         let key = crate::keys::DataKey::from_seed(&crate::keys::generate_seed()).unwrap();
         let value = envelope::SecretValue::String(Zeroizing::new("x".to_string()));
-        let sealed = b64(&envelope::seal(&value, &key, 1).unwrap());
+        let sealed = b64(&envelope::seal(&value, "db", &key, 1).unwrap());
         let version = |secret: &str, revision: u64| {
             format!(
                 r#"{{"type":"version","secret":"{secret}","revision":{revision},"written_ms":1,"value":"{sealed}"}}"#
