@@ -1,10 +1,13 @@
 //! Backup and restore: `piggybank backup --out FILE` writes every kept version of every
 //! secret (still sealed), the mappings and the sealed key record to one 0600 file with a
-//! header and a checksum; `piggybank restore FILE` checks all of it before writing anything,
-//! into empty buckets only unless `--force`. A restored store serves what it served, to the
-//! entities it served it to, and a sealed one unlocks with its old key.
+//! header, a checksum and an admin key's signature; `piggybank restore FILE` checks all of it
+//! (the signature against the trusted admin keys, and every value's size against the
+//! target's limits) before writing anything, into empty buckets only unless `--force`. A
+//! restored store serves what it served, to the entities it served it to, and a sealed one
+//! unlocks with its old key.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -16,21 +19,47 @@ const SECRETS: &str = "WASMCLOUD_SECRETS";
 const MAPPINGS: &str = "SECRETS_nats-kv_state";
 const VAULT: &str = "SECRETS_nats-kv_vault";
 
-/// `piggybank backup --out FILE`; returns its stdout.
+/// The operators' admin key's seed: backups are signed with it, and restore trusts its
+/// public key.
+fn operator_seed() -> &'static str {
+    static SEED: OnceLock<String> = OnceLock::new();
+    SEED.get_or_init(|| {
+        let seed = piggybank::admin_auth::AdminSigner::generate_seed();
+        seed.to_string()
+    })
+}
+
+/// `piggybank backup --out FILE`, signed by the operator; returns its stdout.
 fn backup(nats: &NatsServer, file: &Path) -> String {
-    let (ok, out, err) = cli(nats, &["backup", "--out", path(file)], None, &[]);
+    let env = [("PIGGYBANK_ADMIN_SEED", operator_seed())];
+    let (ok, out, err) = cli(nats, &["backup", "--out", path(file)], None, &env);
     assert!(ok, "backup failed: {err}");
     String::from_utf8(out).unwrap()
 }
 
-/// `piggybank restore [--force] FILE`; returns (success, stdout, stderr).
+/// The operator's public key, as `ADMIN_KEYS` lists it.
+fn operator_key() -> String {
+    piggybank::admin_auth::AdminSigner::from_seed(operator_seed())
+        .unwrap()
+        .public_key()
+        .to_string()
+}
+
+/// `piggybank restore [--force] FILE`, trusting the operator's key; returns (success,
+/// stdout, stderr).
 fn restore(nats: &NatsServer, file: &Path, force: bool) -> (bool, String, String) {
     let mut args = vec!["restore"];
     if force {
         args.push("--force");
     }
     args.push(path(file));
-    let (ok, out, err) = cli(nats, &args, None, &[]);
+    restore_with(nats, &args, &[("ADMIN_KEYS", &operator_key())])
+}
+
+/// `piggybank` with `args` (a restore) and `env`, nothing else; returns (success, stdout,
+/// stderr).
+fn restore_with(nats: &NatsServer, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let (ok, out, err) = cli(nats, args, None, env);
     (ok, String::from_utf8(out).unwrap(), err)
 }
 
@@ -199,7 +228,8 @@ async fn a_restored_store_serves_every_secret_and_version_to_its_mapped_entities
     assert_eq!(left.len(), 1, "only the backup is in the directory");
     let h = header(&file);
     assert_eq!(h["format"], "piggybank-backup");
-    assert_eq!(h["version"], 1);
+    assert_eq!(h["version"], 2);
+    assert_eq!(h["signer"], operator_key().as_str());
     assert_eq!(h["backend"], "nats-kv");
     assert_eq!(
         (
