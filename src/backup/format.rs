@@ -141,7 +141,7 @@ fn authenticate(header: &Header, trust: Trust<'_>) -> Result<Option<String>, Bac
     if keys.is_empty() {
         return Err(BackupError::NoTrustedKeys { signer });
     }
-    if !keys.iter().any(|k| *k == signer) {
+    if !keys.contains(&signer) {
         return Err(BackupError::UntrustedSigner { signer });
     }
     let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
