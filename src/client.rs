@@ -372,6 +372,6 @@ pub(crate) async fn read_direct(
     .map_err(|e| read(&e))?
     .filter(|e| e.operation == jetstream::kv::Operation::Put)
     .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
-    let value = envelope::open(&entry.value, keys).map_err(|e| read(&e))?;
+    let value = envelope::open(&entry.value, name, keys).map_err(|e| read(&e))?;
     Ok((entry.revision, value))
 }

@@ -121,6 +121,7 @@ mod tests {
                 EnvelopeError::UnknownKey("k".into()).into(),
                 ErrorKind::Internal,
             ),
+            (EnvelopeError::WrongName.into(), ErrorKind::Internal),
         ]
     }
 

@@ -308,12 +308,19 @@ async fn backup_and_restore(
         std::process::id(),
         config.secrets_bucket
     ));
+    // Backups are signed by an admin key, and restore trusts it.
+    let admin_seed = piggybank::admin_auth::AdminSigner::generate_seed();
+    let admin_key = piggybank::admin_auth::AdminSigner::from_seed(&admin_seed)?
+        .public_key()
+        .to_string();
     let run = |args: Vec<String>| {
         let mut command = tokio::process::Command::new(piggybank);
         command
             .args(&args)
             .args(["--nats-address", &config.nats_address])
             .env_remove("NATS_CONTEXT")
+            .env(env::PIGGYBANK_ADMIN_SEED, admin_seed.as_str())
+            .env(env::ADMIN_KEYS, &admin_key)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

@@ -63,6 +63,7 @@ impl BackendError {
             BackendError::Store(StoreError::Misconfigured { .. }) => "misconfigured_bucket",
             BackendError::Store(StoreError::OwnedByAnother { .. }) => "owned_by_another",
             BackendError::Store(StoreError::Upstream(_)) => "upstream",
+            BackendError::Envelope(EnvelopeError::WrongName) => "wrong_name",
             BackendError::Envelope(_) => "undecryptable",
             BackendError::InvalidVersion(_) => "invalid_version",
             BackendError::MissingField(_) => "missing_field",
@@ -437,7 +438,7 @@ impl Unsealed<'_> {
             }
         }
         .ok_or_else(not_found)?;
-        let value = envelope::open(&stored.sealed, &self.keys)?;
+        let value = envelope::open(&stored.sealed, req.key, &self.keys)?;
         let value = match req.field {
             Some(field) if !field.is_empty() => select_field(&value, field)?,
             _ => value,
@@ -457,7 +458,7 @@ impl Unsealed<'_> {
             .current(name)
             .await?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        Ok(envelope::open(&stored.sealed, &self.keys)?)
+        Ok(envelope::open(&stored.sealed, name, &self.keys)?)
     }
 
     /// Store a new version of `name`. `expected` is a compare-and-set on the current version
@@ -476,7 +477,7 @@ impl Unsealed<'_> {
             .unwrap_or_else(crate::clock::now_ms);
         let sealed = match self.backend.legacy_writes {
             true => envelope::seal_legacy(value, self.keys.current()),
-            false => envelope::seal(value, self.keys.current(), created),
+            false => envelope::seal(value, name, self.keys.current(), created),
         }
         .map_err(EnvelopeError::from)?;
         Ok(self.secrets().put(name, sealed, expected).await?)

@@ -2,7 +2,7 @@
 //! reserved header ([`BodyWriter`]), checking a file whole ([`VerifiedBackup::open`]), and
 //! decoding its lines one by one ([`BodyCheck`]). Pure: no NATS, so every rule is unit-tested.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! ```text
 //! header line   one JSON object (`Header`), padded with spaces to HEADER_WIDTH bytes, then "\n"
@@ -20,6 +20,21 @@
 //! only ever added to it). The header counts the body and carries its length and SHA-256;
 //! the writer streams the body and fills the padded header in at the end, so a backup of
 //! any size needs memory only for the names, never the values.
+//!
+//! # Authentication
+//!
+//! The header is signed by an admin key (`signer`, a user nkey; `signature`, ed25519 over
+//! [`SIGNATURE_DOMAIN`] followed by the header's JSON without its `signature` field, as
+//! [`Header`] serializes it). The header holds the body's length and SHA-256, so the
+//! signature covers every byte that restore reads. Someone who can edit the file but holds
+//! no admin seed cannot make a file that verifies: recomputing the checksum changes the
+//! header, which no longer matches its signature. [`VerifiedBackup::open`] checks the
+//! signature, and that its signer is one of the admin keys the operator trusts
+//! ([`Trust`]), before it reads the body. Version 1 (before signatures) is read only when
+//! the operator accepts an unauthenticated file ([`Trust::Unauthenticated`]).
+//!
+//! A signature says who made the file, not when: an admin's older backup verifies as well
+//! as their latest (restore refuses buckets that hold anything, unless forced).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -28,13 +43,19 @@ use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
 use super::BackupError;
+use crate::admin_auth::{self, AdminSigner};
 use crate::seal::key_record::KeyRecord;
 use crate::store::{self, envelope};
 
 /// The `format` every backup's header names.
 pub const FORMAT: &str = "piggybank-backup";
-/// The version of the format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the format this code writes (and reads).
+pub const FORMAT_VERSION: u32 = 2;
+/// The version before headers were signed: read only from an unauthenticated source.
+pub const FORMAT_VERSION_UNSIGNED: u32 = 1;
+/// The tag a header's signed bytes start with: no admin request's signature (nor any other
+/// document's) can be taken for a backup's.
+pub const SIGNATURE_DOMAIN: &[u8] = b"piggybank-backup-v2\0";
 /// The header line's width, newline included: the writer reserves it before the body and
 /// fills it in once the counts and the checksum are known. Readers read one line, whatever
 /// its width.
@@ -73,6 +94,64 @@ pub struct Header {
     pub body_bytes: u64,
     /// SHA-256 of the body, lowercase hex.
     pub body_sha256: String,
+    /// The admin key that signed this header (a user public key, `U...`); absent in
+    /// version 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signer: String,
+    /// The signer's ed25519 signature of the header (module docs), base64url without
+    /// padding; absent in version 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signature: String,
+}
+
+impl Header {
+    /// The bytes the signature covers: the header as it serializes without its signature.
+    fn signed_bytes(&self) -> Result<Vec<u8>, BackupError> {
+        let unsigned = Header {
+            signature: String::new(),
+            ..self.clone()
+        };
+        Ok(serde_json::to_vec(&unsigned).map_err(std::io::Error::other)?)
+    }
+}
+
+/// Whose signature a backup must carry for restore to read it.
+#[derive(Debug, Clone, Copy)]
+pub enum Trust<'a> {
+    /// Signed by one of these admin keys (user public keys, as `run --admin-keys` has them).
+    AdminKeys(&'a [String]),
+    /// The operator vouches for the file (`restore --unauthenticated`): a version 1 file is
+    /// read, and a version 2 file's signer is not checked.
+    Unauthenticated,
+}
+
+/// Check `header`'s signature against `trust`; returns the signer it verified, if any.
+fn authenticate(header: &Header, trust: Trust<'_>) -> Result<Option<String>, BackupError> {
+    let keys = match trust {
+        Trust::Unauthenticated => return Ok(None),
+        Trust::AdminKeys(keys) => keys,
+    };
+    if header.version == FORMAT_VERSION_UNSIGNED {
+        return Err(BackupError::Unauthenticated);
+    }
+    if header.signer.is_empty() || header.signature.is_empty() {
+        return Err(BackupError::BadSignature);
+    }
+    let signer = header.signer.clone();
+    if keys.is_empty() {
+        return Err(BackupError::NoTrustedKeys { signer });
+    }
+    if !keys.contains(&signer) {
+        return Err(BackupError::UntrustedSigner { signer });
+    }
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&header.signature)
+        .map_err(|_| BackupError::BadSignature)?;
+    let signed = header.signed_bytes()?;
+    if !admin_auth::verify_document(&signer, SIGNATURE_DOMAIN, &signed, &signature) {
+        return Err(BackupError::BadSignature);
+    }
+    Ok(Some(signer))
 }
 
 /// One line of the body.
@@ -128,10 +207,19 @@ impl<W: Write + Seek> BodyWriter<W> {
         Ok(())
     }
 
-    /// Fill the header in with the body's length and checksum.
-    pub(super) fn finish(self, mut header: Header) -> Result<Header, BackupError> {
+    /// Fill the header in with the body's length and checksum, signed by `signer`.
+    pub(super) fn finish(
+        self,
+        mut header: Header,
+        signer: &AdminSigner,
+    ) -> Result<Header, BackupError> {
+        header.version = FORMAT_VERSION;
         header.body_bytes = self.bytes;
         header.body_sha256 = data_encoding::HEXLOWER.encode(&self.hasher.finalize());
+        header.signer = signer.public_key().to_string();
+        header.signature = String::new();
+        let signature = signer.sign_document(SIGNATURE_DOMAIN, &header.signed_bytes()?);
+        header.signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
         let text = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
         if text.len() >= HEADER_WIDTH {
             return Err(BackupError::HeaderTooLong);
@@ -152,15 +240,60 @@ pub(super) enum Entry {
         secret: String,
         value: Vec<u8>,
     },
+    /// An entity and the value restore writes for it ([`mapping_value`]).
     Mapping {
         entity: String,
-        names: Vec<String>,
+        value: Vec<u8>,
     },
     /// Written before the body is read again (see [`BodyCheck::key_record`]).
     KeyRecord,
 }
 
-/// Checks body lines one by one, and counts them.
+/// One value restore will write, by its size: the largest of its kind in a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LargestValue {
+    /// What it is, for an error message: "a version of secret \"db\"".
+    pub what: String,
+    /// Its line in the file.
+    pub line: u64,
+    /// The bytes restore writes for it (the message's payload).
+    pub bytes: u64,
+}
+
+/// The largest value of each kind (versions, mappings, the key record): restore checks them
+/// against the target server's limits before it writes anything.
+#[derive(Debug, Clone, Default)]
+pub struct Largest {
+    pub version: Option<LargestValue>,
+    pub mapping: Option<LargestValue>,
+    pub key_record: Option<LargestValue>,
+}
+
+impl Largest {
+    fn note(
+        slot: &mut Option<LargestValue>,
+        line: u64,
+        bytes: usize,
+        what: impl FnOnce() -> String,
+    ) {
+        let bytes = bytes as u64;
+        if slot.as_ref().is_none_or(|largest| bytes > largest.bytes) {
+            *slot = Some(LargestValue {
+                what: what(),
+                line,
+                bytes,
+            });
+        }
+    }
+}
+
+/// The payload restore writes for a mapping: its names as a sorted JSON array.
+pub(super) fn mapping_value(names: &[String]) -> Result<Vec<u8>, String> {
+    let names: std::collections::BTreeSet<&String> = names.iter().collect();
+    serde_json::to_vec(&names).map_err(|e| e.to_string())
+}
+
+/// Checks body lines one by one, counts them, and notes the largest values.
 #[derive(Default)]
 pub(super) struct BodyCheck {
     /// Per secret: the last revision seen (versions must come in order) and how many.
@@ -168,10 +301,12 @@ pub(super) struct BodyCheck {
     entities: HashSet<String>,
     versions: u64,
     key_record: Option<Vec<u8>>,
+    pub(super) largest: Largest,
 }
 
 impl BodyCheck {
-    pub(super) fn line(&mut self, text: &[u8]) -> Result<Entry, String> {
+    /// Check line `number` of the file, `text`.
+    pub(super) fn line(&mut self, number: u64, text: &[u8]) -> Result<Entry, String> {
         let line: Line = serde_json::from_slice(text).map_err(|e| e.to_string())?;
         let decode = |value: &str| {
             base64::engine::general_purpose::STANDARD
@@ -195,6 +330,9 @@ impl BodyCheck {
                 *last = revision;
                 *count += 1;
                 self.versions += 1;
+                Largest::note(&mut self.largest.version, number, value.len(), || {
+                    format!("a version of secret {secret:?}")
+                });
                 Ok(Entry::Version { secret, value })
             }
             Line::Mapping { entity, names } => {
@@ -205,7 +343,11 @@ impl BodyCheck {
                 if !self.entities.insert(entity.clone()) {
                     return Err(format!("entity {entity} is mapped twice"));
                 }
-                Ok(Entry::Mapping { entity, names })
+                let value = mapping_value(&names)?;
+                Largest::note(&mut self.largest.mapping, number, value.len(), || {
+                    format!("the mapping of entity {entity}")
+                });
+                Ok(Entry::Mapping { entity, value })
             }
             Line::KeyRecord { value } => {
                 if self.key_record.is_some() {
@@ -214,6 +356,9 @@ impl BodyCheck {
                 let value = decode(&value)?;
                 serde_json::from_slice::<KeyRecord>(&value)
                     .map_err(|e| format!("the key record is not one: {e}"))?;
+                Largest::note(&mut self.largest.key_record, number, value.len(), || {
+                    "the key record".to_string()
+                });
                 self.key_record = Some(value);
                 Ok(Entry::KeyRecord)
             }
@@ -246,7 +391,7 @@ fn read_header(input: &mut impl BufRead) -> Result<(Header, u64), BackupError> {
         )));
     }
     match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(v) if v == u64::from(FORMAT_VERSION) || v == u64::from(FORMAT_VERSION_UNSIGNED) => {}
         Some(found) => return Err(BackupError::UnsupportedVersion { found }),
         None => return Err(BackupError::NotABackup("its header has no version".into())),
     }
@@ -338,21 +483,27 @@ pub struct VerifiedBackup<R> {
     pub(super) key_record: Option<Vec<u8>>,
     /// Most versions any one secret has: the history a secrets bucket needs.
     pub(super) max_versions: u64,
+    /// The largest value of each kind: restore checks them against the target's limits.
+    pub(super) largest: Largest,
+    /// The admin key whose signature verified (`None`: not checked, [`Trust::Unauthenticated`]).
+    pub(super) signed_by: Option<String>,
     pub(super) file: R,
 }
 
 impl<R: Read + Seek> VerifiedBackup<R> {
-    /// Check the whole file: its header, then its body's length and SHA-256 against the
-    /// header, then every line (names, entities, base64, envelopes, the key record, each
+    /// Check the whole file: its header and the header's signature against `trust`, then
+    /// its body's length and SHA-256 against the header, then every line (names, entities, base64, envelopes, the key record, each
     /// secret's versions in order), then the counts.
-    pub fn open(mut file: R) -> Result<Self, BackupError> {
+    pub fn open(mut file: R, trust: Trust<'_>) -> Result<Self, BackupError> {
         file.seek(SeekFrom::Start(0))?;
         let mut input = BufReader::with_capacity(1 << 20, &mut file);
         let (header, body_start) = read_header(&mut input)?;
+        // First: a body is worth reading only behind a header that is the signer's.
+        let signed_by = authenticate(&header, trust)?;
         let mut check = BodyCheck::default();
         let (bytes, sha, problem) = read_body(&mut input, |number, line| {
             check
-                .line(line)
+                .line(number, line)
                 .map(drop)
                 .map_err(|why| BackupError::Corrupt { line: number, why })
         })?;
@@ -400,6 +551,8 @@ impl<R: Read + Seek> VerifiedBackup<R> {
         Ok(Self {
             max_versions: check.max_versions(),
             key_record: check.key_record,
+            largest: check.largest,
+            signed_by,
             header,
             body_start,
             file,
@@ -408,6 +561,11 @@ impl<R: Read + Seek> VerifiedBackup<R> {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The admin key whose signature verified; `None` when restore was told not to check.
+    pub fn signed_by(&self) -> Option<&str> {
+        self.signed_by.as_deref()
     }
 }
 
@@ -431,15 +589,30 @@ mod tests {
             key_record,
             body_bytes: 0,
             body_sha256: String::new(),
+            signer: String::new(),
+            signature: String::new(),
         }
     }
 
+    /// The admin key the tests' backups are signed with.
+    fn signer() -> AdminSigner {
+        AdminSigner::from_seed(&AdminSigner::generate_seed()).unwrap()
+    }
+
+    fn open_trusting(
+        bytes: Vec<u8>,
+        signer: &AdminSigner,
+    ) -> Result<VerifiedBackup<Cursor<Vec<u8>>>, BackupError> {
+        let keys = [signer.public_key().to_string()];
+        VerifiedBackup::open(Cursor::new(bytes), Trust::AdminKeys(&keys))
+    }
+
     /// A small backup: two versions of one secret, one of another, one mapping.
-    fn small_backup() -> Vec<u8> {
+    fn small_backup(signer: &AdminSigner) -> Vec<u8> {
         let key = crate::keys::DataKey::from_seed(&crate::keys::generate_seed()).unwrap();
-        let sealed = |text: &str| {
+        let sealed = |secret: &str, text: &str| {
             let value = envelope::SecretValue::String(Zeroizing::new(text.to_string()));
-            b64(&envelope::seal(&value, &key, 1).unwrap())
+            b64(&envelope::seal(&value, secret, &key, 1).unwrap())
         };
         let mut out = Cursor::new(Vec::new());
         let mut body = BodyWriter::start(&mut out).unwrap();
@@ -448,7 +621,7 @@ mod tests {
                 secret: secret.into(),
                 revision,
                 written_ms: 5,
-                value: sealed(text),
+                value: sealed(secret, text),
             })
             .unwrap();
         }
@@ -457,30 +630,140 @@ mod tests {
             names: vec!["api".into(), "db".into()],
         })
         .unwrap();
-        body.finish(header(2, 3, 1, false)).unwrap();
+        body.finish(header(2, 3, 1, false), signer).unwrap();
         out.into_inner()
     }
 
     #[test]
     fn a_backup_verifies_with_its_header_padded_to_a_fixed_width() {
-        let bytes = small_backup();
+        let signer = signer();
+        let bytes = small_backup(&signer);
         assert_eq!(bytes[HEADER_WIDTH - 1], b'\n');
-        let verified = VerifiedBackup::open(Cursor::new(bytes)).unwrap();
+        let verified = open_trusting(bytes, &signer).unwrap();
         let header = verified.header();
         assert_eq!(
             (header.secrets, header.versions, header.mappings),
             (2, 3, 1)
         );
+        assert_eq!(header.version, FORMAT_VERSION);
+        assert_eq!(verified.signed_by(), Some(signer.public_key()));
         assert_eq!(verified.max_versions, 2);
     }
 
     #[test]
+    fn a_header_changed_after_signing_is_refused() {
+        let signer = signer();
+        let bytes = small_backup(&signer);
+        let end = bytes.iter().position(|b| *b == b' ').unwrap();
+        // Every byte of the header's JSON, changed: never a backup that verifies.
+        for at in 0..end {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x01;
+            assert!(open_trusting(flipped, &signer).is_err(), "byte {at}");
+        }
+        // The issue's tamper: change the body, recompute its length and checksum.
+        let mut header: Header = serde_json::from_slice(&bytes[..end]).unwrap();
+        let mut body = bytes[HEADER_WIDTH..].to_vec();
+        body.extend_from_slice(b"{\"type\":\"mapping\",\"entity\":\"x\",\"names\":[]}\n");
+        header.body_bytes = body.len() as u64;
+        header.body_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&body));
+        header.mappings += 1;
+        let mut tampered = serde_json::to_vec(&header).unwrap();
+        tampered.resize(HEADER_WIDTH - 1, b' ');
+        tampered.push(b'\n');
+        tampered.extend_from_slice(&body);
+        assert!(matches!(
+            open_trusting(tampered, &signer).err(),
+            Some(BackupError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_backup_needs_a_trusted_signer_unless_the_operator_vouches_for_it() {
+        let signer = signer();
+        let bytes = small_backup(&signer);
+        let other = [self::signer().public_key().to_string()];
+        let open = |trust| VerifiedBackup::open(Cursor::new(bytes.clone()), trust).err();
+        assert!(matches!(
+            open(Trust::AdminKeys(&other)),
+            Some(BackupError::UntrustedSigner { signer: s }) if s == signer.public_key()
+        ));
+        assert!(matches!(
+            open(Trust::AdminKeys(&[])),
+            Some(BackupError::NoTrustedKeys { .. })
+        ));
+        let verified = VerifiedBackup::open(Cursor::new(bytes.clone()), Trust::Unauthenticated);
+        assert_eq!(verified.unwrap().signed_by(), None);
+        // A signature made for an admin request is not a backup's (other domain tag).
+        let mut header: Header =
+            serde_json::from_slice(&bytes[..bytes.iter().position(|b| *b == b' ').unwrap()])
+                .unwrap();
+        let request = signer.sign("x", &header.signed_bytes().unwrap());
+        header.signature = request
+            .get(crate::config::headers::ADMIN_SIGNATURE)
+            .unwrap()
+            .to_string();
+        assert!(!admin_auth::verify_document(
+            signer.public_key(),
+            SIGNATURE_DOMAIN,
+            &header.signed_bytes().unwrap(),
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&header.signature)
+                .unwrap()
+        ));
+    }
+
+    #[test]
+    fn a_version_1_backup_is_read_only_unauthenticated() {
+        let signer = signer();
+        let bytes = small_backup(&signer);
+        let end = bytes.iter().position(|b| *b == b' ').unwrap();
+        let mut header: Header = serde_json::from_slice(&bytes[..end]).unwrap();
+        header.version = FORMAT_VERSION_UNSIGNED;
+        header.signer.clear();
+        header.signature.clear();
+        let mut old = serde_json::to_vec(&header).unwrap();
+        assert!(!contains(&old, b"signer") && !contains(&old, b"signature"));
+        old.resize(HEADER_WIDTH - 1, b' ');
+        old.push(b'\n');
+        old.extend_from_slice(&bytes[HEADER_WIDTH..]);
+        assert!(matches!(
+            open_trusting(old.clone(), &signer).err(),
+            Some(BackupError::Unauthenticated)
+        ));
+        let verified = VerifiedBackup::open(Cursor::new(old), Trust::Unauthenticated).unwrap();
+        assert_eq!(verified.header().secrets, 2);
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn the_largest_value_of_each_kind_is_noted_with_its_line() {
+        let signer = signer();
+        let verified = open_trusting(small_backup(&signer), &signer).unwrap();
+        let largest = &verified.largest;
+        let version = largest.version.as_ref().unwrap();
+        // "three" is the longest value: the third version, on line 4.
+        assert_eq!(version.what, "a version of secret \"db\"");
+        assert_eq!(version.line, 4);
+        let mapping = largest.mapping.as_ref().unwrap();
+        assert_eq!(
+            (mapping.line, mapping.bytes),
+            (5, br#"["api","db"]"#.len() as u64)
+        );
+        assert!(largest.key_record.is_none());
+    }
+
+    #[test]
     fn every_flipped_body_byte_and_every_cut_is_refused() {
-        let bytes = small_backup();
+        let signer = signer();
+        let bytes = small_backup(&signer);
         for at in HEADER_WIDTH..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[at] ^= 0x01;
-            match VerifiedBackup::open(Cursor::new(flipped)) {
+            match open_trusting(flipped, &signer) {
                 Err(BackupError::Checksum { .. }) => {}
                 Err(other) => panic!("byte {at}: {other}"),
                 Ok(_) => panic!("byte {at} flipped, and the backup verified"),
@@ -488,7 +771,7 @@ mod tests {
         }
         for len in 0..bytes.len() {
             let cut = bytes[..len].to_vec();
-            let refused = VerifiedBackup::open(Cursor::new(cut));
+            let refused = open_trusting(cut, &signer);
             assert!(
                 matches!(
                     refused,
@@ -503,8 +786,9 @@ mod tests {
     fn a_body_whose_counts_disagree_with_its_header_is_refused() {
         let mut out = Cursor::new(Vec::new());
         let body = BodyWriter::start(&mut out).unwrap();
-        body.finish(header(1, 1, 0, false)).unwrap();
-        let refused = VerifiedBackup::open(Cursor::new(out.into_inner()));
+        let signer = signer();
+        body.finish(header(1, 1, 0, false), &signer).unwrap();
+        let refused = open_trusting(out.into_inner(), &signer);
         assert!(
             matches!(
                 refused,
@@ -520,7 +804,9 @@ mod tests {
 
     #[test]
     fn other_files_and_other_versions_are_named_as_such() {
-        let refused = |bytes: &[u8]| VerifiedBackup::open(Cursor::new(bytes.to_vec())).err();
+        let refused = |bytes: &[u8]| {
+            VerifiedBackup::open(Cursor::new(bytes.to_vec()), Trust::Unauthenticated).err()
+        };
         assert!(matches!(
             refused(b"{\"format\":\"tar\"}\n"),
             Some(BackupError::NotABackup(_))
@@ -530,8 +816,8 @@ mod tests {
             Some(BackupError::NotABackup(_))
         ));
         assert!(matches!(
-            refused(b"{\"format\":\"piggybank-backup\",\"version\":2}\n"),
-            Some(BackupError::UnsupportedVersion { found: 2 })
+            refused(b"{\"format\":\"piggybank-backup\",\"version\":3}\n"),
+            Some(BackupError::UnsupportedVersion { found: 3 })
         ));
     }
 
@@ -539,7 +825,7 @@ mod tests {
     fn each_line_is_checked_on_its_own_and_against_the_lines_before_it() {
         let key = crate::keys::DataKey::from_seed(&crate::keys::generate_seed()).unwrap();
         let value = envelope::SecretValue::String(Zeroizing::new("x".to_string()));
-        let sealed = b64(&envelope::seal(&value, &key, 1).unwrap());
+        let sealed = b64(&envelope::seal(&value, "db", &key, 1).unwrap());
         let version = |secret: &str, revision: u64| {
             format!(
                 r#"{{"type":"version","secret":"{secret}","revision":{revision},"written_ms":1,"value":"{sealed}"}}"#
@@ -548,29 +834,29 @@ mod tests {
         let entity = nkeys::KeyPair::new_module().public_key();
         let mapping = format!(r#"{{"type":"mapping","entity":"{entity}","names":["db"]}}"#);
         let mut check = BodyCheck::default();
-        assert!(check.line(version("db", 3).as_bytes()).is_ok());
-        assert!(check.line(version("api", 1).as_bytes()).is_ok());
+        assert!(check.line(2, version("db", 3).as_bytes()).is_ok());
+        assert!(check.line(2, version("api", 1).as_bytes()).is_ok());
         // A secret's versions come oldest first, and a name must be a key.
-        assert!(check.line(version("db", 3).as_bytes()).is_err());
-        assert!(check.line(version("db", 2).as_bytes()).is_err());
-        assert!(check.line(version("a b", 4).as_bytes()).is_err());
-        assert!(check.line(version("db", 4).as_bytes()).is_ok());
+        assert!(check.line(2, version("db", 3).as_bytes()).is_err());
+        assert!(check.line(2, version("db", 2).as_bytes()).is_err());
+        assert!(check.line(2, version("a b", 4).as_bytes()).is_err());
+        assert!(check.line(2, version("db", 4).as_bytes()).is_ok());
         assert_eq!((check.versions, check.max_versions()), (3, 2));
         // A value that is not base64, or not an envelope.
         let not_base64 =
             r#"{"type":"version","secret":"x","revision":1,"written_ms":1,"value":"*"}"#;
-        assert!(check.line(not_base64.as_bytes()).is_err());
+        assert!(check.line(2, not_base64.as_bytes()).is_err());
         let not_sealed =
             r#"{"type":"version","secret":"x","revision":1,"written_ms":1,"value":"aGk="}"#;
-        assert!(check.line(not_sealed.as_bytes()).is_err());
+        assert!(check.line(2, not_sealed.as_bytes()).is_err());
         // An entity is mapped once, and is a public nkey.
-        assert!(check.line(mapping.as_bytes()).is_ok());
-        assert!(check.line(mapping.as_bytes()).is_err());
+        assert!(check.line(2, mapping.as_bytes()).is_ok());
+        assert!(check.line(2, mapping.as_bytes()).is_err());
         let bad_entity = r#"{"type":"mapping","entity":"SOMEONE","names":["db"]}"#;
-        assert!(check.line(bad_entity.as_bytes()).is_err());
+        assert!(check.line(2, bad_entity.as_bytes()).is_err());
         // The key record must be one.
         assert!(check
-            .line(br#"{"type":"key_record","value":"e30="}"#)
+            .line(2, br#"{"type":"key_record","value":"e30="}"#)
             .is_err());
         assert!(check.key_record.is_none());
     }
@@ -581,7 +867,10 @@ mod tests {
         let body = BodyWriter::start(&mut out).unwrap();
         let mut long = header(0, 0, 0, false);
         long.backend = "n".repeat(HEADER_WIDTH);
-        assert!(matches!(body.finish(long), Err(BackupError::HeaderTooLong)));
+        assert!(matches!(
+            body.finish(long, &signer()),
+            Err(BackupError::HeaderTooLong)
+        ));
     }
 
     #[test]

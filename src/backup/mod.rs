@@ -4,9 +4,14 @@
 //! The file's format is [`format`]'s; this module reads the buckets and writes them back.
 //!
 //! # Invariants
-//! - `restore` writes nothing until the whole file is verified ([`VerifiedBackup::open`]:
-//!   header, length, checksum, every line, counts), and nothing into a bucket that holds
-//!   anything, unless forced.
+//! - A backup is signed by an admin key ([`format`]); `restore` reads only a
+//!   [`VerifiedBackup`], which exists only once its signature verified against the admin
+//!   keys the operator trusts (or the operator said not to check), and the whole file is
+//!   checked (header, length, checksum, every line, counts).
+//! - `restore` writes nothing until every check has passed: the file's, then the target's
+//!   (buckets that hold anything, unless forced; a history too short; every value against
+//!   the server's `max_payload` and each bucket's max value size), so a restore that
+//!   cannot finish does not start.
 //! - A secret's versions are written in their order, so its latest version stays the latest.
 //!   KV revisions cannot be chosen: a restored version gets a new revision.
 
@@ -19,8 +24,13 @@ use std::ops::ControlFlow;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
+use format::Largest;
 use format::{b64, BodyCheck, BodyLines, BodyWriter, Entry, Line};
-pub use format::{Header, VerifiedBackup, FORMAT, FORMAT_VERSION, HEADER_WIDTH};
+pub use format::{
+    Header, Trust, VerifiedBackup, FORMAT, FORMAT_VERSION, FORMAT_VERSION_UNSIGNED, HEADER_WIDTH,
+};
+
+use crate::admin_auth::AdminSigner;
 
 use crate::clock;
 use crate::config;
@@ -42,9 +52,43 @@ pub enum BackupError {
     #[error("not a piggybank backup: {0}")]
     NotABackup(String),
     #[error(
-        "the backup is in format version {found}; this piggybank reads version {FORMAT_VERSION}"
+        "the backup is in format version {found}; this piggybank reads versions \
+         {FORMAT_VERSION_UNSIGNED} and {FORMAT_VERSION}"
     )]
     UnsupportedVersion { found: u64 },
+    #[error(
+        "the backup is in format version {FORMAT_VERSION_UNSIGNED}, which is not signed: \
+         whoever could write the file could have changed it unseen; restore it only if you \
+         know where it has been, with --unauthenticated"
+    )]
+    Unauthenticated,
+    #[error(
+        "the backup is signed by admin key {signer}; give the admin keys to trust \
+         (--admin-keys or ADMIN_KEYS, as the backend runs with them) so that restore can \
+         verify it"
+    )]
+    NoTrustedKeys { signer: String },
+    #[error(
+        "the backup is signed by {signer:?}, which is not one of the trusted admin keys \
+         (--admin-keys / ADMIN_KEYS)"
+    )]
+    UntrustedSigner { signer: String },
+    #[error(
+        "the backup's signature does not verify: its header was changed after it was signed \
+         (or the signature is damaged)"
+    )]
+    BadSignature,
+    #[error(
+        "{what} (line {line}) is {bytes} bytes, more than {limit} bytes, the most {limited_by} \
+         accepts"
+    )]
+    TooLarge {
+        what: String,
+        line: u64,
+        bytes: u64,
+        limit: u64,
+        limited_by: String,
+    },
     #[error(
         "the backup is truncated: its header announces a body of {expected} bytes, the file \
          holds {found}"
@@ -118,14 +162,15 @@ struct KeyState {
     written: bool,
 }
 
-/// Write a backup of `buckets` to `out`, from its start; `progress` gets the number of
-/// versions written so far. Reads the buckets directly: no key is needed, and nothing is
-/// decrypted. Returns the header written.
+/// Write a backup of `buckets` to `out`, from its start, its header signed by `signer`;
+/// `progress` gets the number of versions written so far. Reads the buckets directly: no
+/// data key is needed, and nothing is decrypted. Returns the header written.
 pub async fn backup<W: Write + Seek>(
     client: &async_nats::Client,
     js_domain: Option<&str>,
     buckets: &Buckets,
     backend_name: &str,
+    signer: &AdminSigner,
     out: W,
     mut progress: impl FnMut(u64),
 ) -> Result<Header, BackupError> {
@@ -150,6 +195,8 @@ pub async fn backup<W: Write + Seek>(
         key_record: false,
         body_bytes: 0,
         body_sha256: String::new(),
+        signer: String::new(),
+        signature: String::new(),
     };
 
     // Pass 1, headers only: which secrets are live, and since which revision (a purge
@@ -240,7 +287,7 @@ pub async fn backup<W: Write + Seek>(
             header.key_record = true;
         }
     }
-    body.finish(header)
+    body.finish(header, signer)
 }
 
 /// Where and how to restore.
@@ -311,10 +358,63 @@ async fn ensure(
     Ok(store::open_or_create_bucket(js, spec).await?)
 }
 
+/// The most bytes one value written to the bucket `name` may have: the connection's
+/// `max_payload` (a larger publish is refused, and closes the connection), and the bucket's
+/// max value size when it exists and has one (a bucket restore creates has none). Returns
+/// the limit and what sets it.
+fn value_limit(max_payload: usize, name: &str, bucket: Option<&kv::Store>) -> (u64, String) {
+    let payload = match max_payload {
+        0 => u64::MAX,
+        n => n as u64,
+    };
+    let mut limit = (payload, "the server's max_payload".to_string());
+    if let Some(kv) = bucket {
+        let max_value = kv.stream.cached_info().config.max_message_size;
+        if let Ok(max_value) = u64::try_from(max_value) {
+            if max_value > 0 && max_value < limit.0 {
+                limit = (max_value, format!("bucket {name:?}'s max value size"));
+            }
+        }
+    }
+    limit
+}
+
+/// Refuse the whole backup if any value it holds is larger than what the target accepts
+/// for it, naming the largest such value (see [`value_limit`]).
+fn check_sizes(
+    largest: &Largest,
+    max_payload: usize,
+    buckets: [(&str, Option<&kv::Store>); 3],
+) -> Result<(), BackupError> {
+    let [secrets, mappings, vault] = buckets;
+    let kinds = [
+        (&largest.version, secrets),
+        (&largest.mapping, mappings),
+        (&largest.key_record, vault),
+    ];
+    for (value, (name, bucket)) in kinds {
+        let Some(value) = value else {
+            continue;
+        };
+        let (limit, limited_by) = value_limit(max_payload, name, bucket);
+        if value.bytes > limit {
+            return Err(BackupError::TooLarge {
+                what: value.what.clone(),
+                line: value.line,
+                bytes: value.bytes,
+                limit,
+                limited_by,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Load a verified backup into `destination`'s buckets, creating the missing ones as `run`
-/// does ([`Buckets`]). Refuses (before writing anything) buckets that hold anything unless forced, and a
-/// secrets bucket that keeps fewer versions than the backup has. Writes the key record
-/// first, then every version in the backup's order (so each secret's latest stays its
+/// does ([`Buckets`]). Refuses, before creating or writing anything: buckets that hold
+/// anything unless forced, a secrets bucket that keeps fewer versions than the backup has,
+/// and a backup holding a value larger than the server or its bucket accepts (the largest
+/// is named). Writes the key record first, then every version in the backup's order (so each secret's latest stays its
 /// latest), then the mappings. `progress` gets (entries written, entries in all).
 pub async fn restore<R: Read + Seek>(
     client: &async_nats::Client,
@@ -328,6 +428,8 @@ pub async fn restore<R: Read + Seek>(
         body_start,
         key_record,
         max_versions,
+        largest,
+        signed_by: _,
         mut file,
     } = backup;
     let buckets = &destination.buckets;
@@ -371,6 +473,15 @@ pub async fn restore<R: Read + Seek>(
             });
         }
     }
+    check_sizes(
+        &largest,
+        client.server_info().max_payload,
+        [
+            (&secrets_spec.name, found_secrets.as_ref()),
+            (&mappings_spec.name, found_mappings.as_ref()),
+            (&buckets.vault, found_vault.as_ref()),
+        ],
+    )?;
 
     let mut created = Vec::new();
     let secrets = KvStream::of(&ensure(&js, &secrets_spec, found_secrets, &mut created).await?);
@@ -410,15 +521,11 @@ pub async fn restore<R: Read + Seek>(
         .map_err(|e| partial(written, e.to_string()))?
     {
         let entry = check
-            .line(line)
+            .line(number, line)
             .map_err(|why| partial(written, format!("line {number}: {why}")))?;
         let (subject, value) = match entry {
             Entry::Version { secret, value } => (secrets.put_subject(js_domain, &secret), value),
-            Entry::Mapping { entity, names } => {
-                let names: BTreeSet<String> = names.into_iter().collect();
-                let value = serde_json::to_vec(&names).map_err(upstream)?;
-                (mappings.put_subject(js_domain, &entity), value)
-            }
+            Entry::Mapping { entity, value } => (mappings.put_subject(js_domain, &entity), value),
             Entry::KeyRecord => continue,
         };
         let ack = js

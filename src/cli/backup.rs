@@ -1,6 +1,11 @@
 //! `backup` and `restore`: the buckets of one backend to one file and back (`crate::backup`
 //! has the format). Both open the buckets directly, as `get` and `rekey` do: they need NATS
-//! permissions on the buckets, not an admin signature, and no key.
+//! permissions on the buckets, and no data key.
+//!
+//! A backup is signed with an admin key (`PIGGYBANK_ADMIN_SEED` or `--admin-seed-file`, as
+//! signed admin requests are), and `restore` reads only a file signed by one of the admin
+//! keys it is given (`--admin-keys`, env `ADMIN_KEYS`: the list the backend runs with), or
+//! any file with `--unauthenticated`, which it says on stderr.
 //!
 //! The backup goes to a new file beside FILE, created exclusively with mode 0600 (as
 //! `files::write_private` does), which replaces FILE by `rename` only once it is complete:
@@ -14,10 +19,12 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
+use super::admin_seed::AdminSeed;
 use super::files::PendingFile;
 use super::Conn;
-use crate::backup::{self, Destination, VerifiedBackup};
-use crate::config;
+use crate::admin_auth::parse_admin_keys;
+use crate::backup::{self, Destination, Trust, VerifiedBackup};
+use crate::config::{self, env};
 use crate::store::Buckets;
 
 #[derive(Args)]
@@ -31,6 +38,9 @@ pub struct BackupArgs {
     /// The KV bucket secrets are stored in
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
     pub secrets_bucket: String,
+    /// The admin key the backup is signed with (required)
+    #[command(flatten)]
+    pub admin_seed: AdminSeed,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -57,12 +67,28 @@ pub struct RestoreArgs {
     /// newer versions, mapped entities get the backup's names, the key record is replaced
     #[arg(long)]
     pub force: bool,
+    /// Admin public keys (U..., comma-separated) whose signature on a backup is trusted: the
+    /// backend's --admin-keys
+    #[arg(long, env = env::ADMIN_KEYS, value_delimiter = ',')]
+    pub admin_keys: Vec<String>,
+    /// Restore a backup whose signer is not checked, or one made before backups were
+    /// signed (format version 1): only a file you know has not been changed
+    #[arg(long)]
+    pub unauthenticated: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
 
 /// `backup --out FILE`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let Some(signer) = args.admin_seed.signer()? else {
+        anyhow::bail!(
+            "a backup is signed with an admin key, so that restore can tell it was not \
+             changed: set {} or --admin-seed-file to an admin nkey seed (SU...; its public \
+             key goes in the backend's --admin-keys and restore's)",
+            env::PIGGYBANK_ADMIN_SEED
+        );
+    };
     let (nats, js_domain) = args.conn.connect_jetstream("piggybank backup").await?;
     let buckets = Buckets::of(&args.backend_name, &args.secrets_bucket);
     let started = Instant::now();
@@ -72,6 +98,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         js_domain.as_deref(),
         &buckets,
         &args.backend_name,
+        &signer,
         &mut file.file,
         |versions| {
             if versions % 10_000 == 0 {
@@ -83,14 +110,15 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     file.persist()?;
     let size = std::fs::metadata(&args.out).map_or(0, |m| m.len());
     println!(
-        "backup: {} secrets ({} versions), {} mappings, key record: {}; {} bytes in {:.1} s \
-         -> {}",
+        "backup: {} secrets ({} versions), {} mappings, key record: {}; {} bytes in {:.1} s, \
+         signed by {} -> {}",
         header.secrets,
         header.versions,
         header.mappings,
         if header.key_record { "yes" } else { "no" },
         size,
         started.elapsed().as_secs_f64(),
+        header.signer,
         args.out.display()
     );
     Ok(())
@@ -101,13 +129,24 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let file =
         File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
-    let verified = VerifiedBackup::open(file).with_context(|| {
+    let admin_keys = parse_admin_keys(&args.admin_keys)?;
+    let trust = match args.unauthenticated {
+        true => Trust::Unauthenticated,
+        false => Trust::AdminKeys(&admin_keys),
+    };
+    let verified = VerifiedBackup::open(file, trust).with_context(|| {
         format!(
             "{} cannot be restored; nothing was written",
             args.file.display()
         )
     })?;
     let header = verified.header().clone();
+    if verified.signed_by().is_none() {
+        eprintln!(
+            "warning: --unauthenticated: the backup's signer was not checked; restoring what \
+             the file says"
+        );
+    }
     if header.backend != args.backend_name || header.secrets_bucket != args.secrets_bucket {
         eprintln!(
             "note: the backup is of backend {:?} (secrets bucket {:?}); restoring into backend \

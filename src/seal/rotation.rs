@@ -157,7 +157,7 @@ impl Seal {
         };
         let current = store.keys().current().id().to_string();
         // Which values are stale is known once the mirror holds them all: check again then.
-        let Some(stale) = store.secrets().any_sealed_by_another_key(&current) else {
+        let Some(stale) = store.secrets().any_needing_reseal(&current) else {
             let this = Arc::clone(self);
             let later = async move {
                 let loaded = match this.backend.unsealed() {

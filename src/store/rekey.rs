@@ -1,10 +1,10 @@
-//! Re-seal every secret with the keyring's current data key, online.
+//! Re-seal every secret with the keyring's current data key, bound to its name, online.
 //!
 //! Each secret whose latest version was sealed by another key (or by the sample, which
-//! recorded none) is opened and written back as a new version with compare-and-set on the
-//! revision it read. A concurrent write wins: the rewrite is retried on what was written
-//! (which, from an instance with the same current key, needs nothing). Running it again is
-//! the resume: values already under the current key are skipped.
+//! recorded none), or is not bound to its name (written before names were bound), is opened
+//! and written back, bound, as a new version with compare-and-set on the revision it read.
+//! A concurrent write wins: the rewrite is retried on what was written (which, from an
+//! instance with the same current key, needs nothing). Running it again is the resume: values already bound and under the current key are skipped.
 //!
 //! Older versions in the history keep the key they were sealed with; once the old key is
 //! dropped they can no longer be read.
@@ -86,10 +86,10 @@ async fn reseal(store: &SecretStore, keys: &Keyring, name: &str) -> Outcome {
             Ok((header, _)) => header,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        if header.key_id.as_deref() == Some(current) {
+        if !header.needs_reseal(current) {
             return Outcome::Current;
         }
-        let value = match envelope::open(&latest.sealed, keys) {
+        let value = match envelope::open(&latest.sealed, name, keys) {
             Ok(value) => value,
             Err(EnvelopeError::UnknownKey(kid)) => {
                 return Outcome::Failed(format!(
@@ -100,7 +100,7 @@ async fn reseal(store: &SecretStore, keys: &Keyring, name: &str) -> Outcome {
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         let created = header.created_ms.unwrap_or_else(now_ms);
-        let sealed = match envelope::seal(&value, keys.current(), created) {
+        let sealed = match envelope::seal(&value, name, keys.current(), created) {
             Ok(sealed) => sealed,
             Err(e) => return Outcome::Failed(e.to_string()),
         };

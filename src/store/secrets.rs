@@ -399,18 +399,17 @@ impl SecretStore {
             .map(|latest| meta(name, latest.revision, latest.updated, &latest.sealed)))
     }
 
-    /// Whether any live value was sealed by a data key other than `key_id` (or by the
-    /// sample, which names none); `None` until the mirror is loaded. Reads only the
-    /// envelopes' headers.
-    pub(crate) fn any_sealed_by_another_key(&self, key_id: &str) -> Option<bool> {
+    /// Whether any live value needs a rekey: sealed by a data key other than `key_id` (or by
+    /// the sample, which names none), or not bound to its name; `None` until the mirror is
+    /// loaded. Reads only the envelopes' headers.
+    pub(crate) fn any_needing_reseal(&self, key_id: &str) -> Option<bool> {
         if !self.is_loaded() {
             return None;
         }
         let mirror = self.read();
         Some(mirror.map.values().any(|(_, cached)| {
             cached.sealed.as_deref().is_some_and(|sealed| {
-                let header = envelope::parse(sealed).ok().map(|(h, _)| h);
-                header.and_then(|h| h.key_id).as_deref() != Some(key_id)
+                envelope::parse(sealed).map_or(true, |(h, _)| h.needs_reseal(key_id))
             })
         }))
     }

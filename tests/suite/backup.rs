@@ -1,10 +1,13 @@
 //! Backup and restore: `piggybank backup --out FILE` writes every kept version of every
 //! secret (still sealed), the mappings and the sealed key record to one 0600 file with a
-//! header and a checksum; `piggybank restore FILE` checks all of it before writing anything,
-//! into empty buckets only unless `--force`. A restored store serves what it served, to the
-//! entities it served it to, and a sealed one unlocks with its old key.
+//! header, a checksum and an admin key's signature; `piggybank restore FILE` checks all of it
+//! (the signature against the trusted admin keys, and every value's size against the
+//! target's limits) before writing anything, into empty buckets only unless `--force`. A
+//! restored store serves what it served, to the entities it served it to, and a sealed one
+//! unlocks with its old key.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -16,21 +19,47 @@ const SECRETS: &str = "WASMCLOUD_SECRETS";
 const MAPPINGS: &str = "SECRETS_nats-kv_state";
 const VAULT: &str = "SECRETS_nats-kv_vault";
 
-/// `piggybank backup --out FILE`; returns its stdout.
+/// The operators' admin key's seed: backups are signed with it, and restore trusts its
+/// public key.
+fn operator_seed() -> &'static str {
+    static SEED: OnceLock<String> = OnceLock::new();
+    SEED.get_or_init(|| {
+        let seed = piggybank::admin_auth::AdminSigner::generate_seed();
+        seed.to_string()
+    })
+}
+
+/// `piggybank backup --out FILE`, signed by the operator; returns its stdout.
 fn backup(nats: &NatsServer, file: &Path) -> String {
-    let (ok, out, err) = cli(nats, &["backup", "--out", path(file)], None, &[]);
+    let env = [("PIGGYBANK_ADMIN_SEED", operator_seed())];
+    let (ok, out, err) = cli(nats, &["backup", "--out", path(file)], None, &env);
     assert!(ok, "backup failed: {err}");
     String::from_utf8(out).unwrap()
 }
 
-/// `piggybank restore [--force] FILE`; returns (success, stdout, stderr).
+/// The operator's public key, as `ADMIN_KEYS` lists it.
+fn operator_key() -> String {
+    piggybank::admin_auth::AdminSigner::from_seed(operator_seed())
+        .unwrap()
+        .public_key()
+        .to_string()
+}
+
+/// `piggybank restore [--force] FILE`, trusting the operator's key; returns (success,
+/// stdout, stderr).
 fn restore(nats: &NatsServer, file: &Path, force: bool) -> (bool, String, String) {
     let mut args = vec!["restore"];
     if force {
         args.push("--force");
     }
     args.push(path(file));
-    let (ok, out, err) = cli(nats, &args, None, &[]);
+    restore_with(nats, &args, &[("ADMIN_KEYS", &operator_key())])
+}
+
+/// `piggybank` with `args` (a restore) and `env`, nothing else; returns (success, stdout,
+/// stderr).
+fn restore_with(nats: &NatsServer, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let (ok, out, err) = cli(nats, args, None, env);
     (ok, String::from_utf8(out).unwrap(), err)
 }
 
@@ -199,7 +228,8 @@ async fn a_restored_store_serves_every_secret_and_version_to_its_mapped_entities
     assert_eq!(left.len(), 1, "only the backup is in the directory");
     let h = header(&file);
     assert_eq!(h["format"], "piggybank-backup");
-    assert_eq!(h["version"], 1);
+    assert_eq!(h["version"], 2);
+    assert_eq!(h["signer"], operator_key().as_str());
     assert_eq!(h["backend"], "nats-kv");
     assert_eq!(
         (
@@ -604,4 +634,245 @@ async fn backup_and_restore_of_2000_secrets() {
 #[ignore = "100,000 secrets, timed: make backup-bench"]
 async fn backup_and_restore_of_100000_secrets_timed() {
     round_trip(100_000).await;
+}
+
+/// Rewrite the backup `from` into `to` as an attacker with the file (but no admin seed)
+/// can: `edit` changes the header and the body's lines, then the body's length and SHA-256
+/// are recomputed into the header, which is padded to its width as the writer does.
+fn rewrite(from: &Path, to: &Path, edit: impl FnOnce(&mut Value, &mut Vec<Value>)) {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(from).unwrap();
+    let width = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut header: Value = serde_json::from_slice(&bytes[..width]).unwrap();
+    let mut lines: Vec<Value> = bytes[width..]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    edit(&mut header, &mut lines);
+    let mut body = Vec::new();
+    for line in &lines {
+        body.extend_from_slice(&serde_json::to_vec(line).unwrap());
+        body.push(b'\n');
+    }
+    header["body_bytes"] = body.len().into();
+    header["body_sha256"] = data_encoding::HEXLOWER
+        .encode(&sha2::Sha256::digest(&body))
+        .into();
+    let mut out = serde_json::to_vec(&header).unwrap();
+    out.resize(width - 1, b' ');
+    out.push(b'\n');
+    out.extend_from_slice(&body);
+    std::fs::write(to, out).unwrap();
+}
+
+/// The backup tamper: copy `prod/db`'s sealed value over `public/motd`'s and add
+/// `prod/db` to the attacker's mapping, recomputing the hash and length. Refused, and
+/// nothing is written; the untouched backup restores (positive control), and the tamper is
+/// a real one: restored without authentication, it would give the attacker `prod/db`
+/// (second control). The moved value itself does not open under its new name (bound names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_changed_by_someone_without_an_admin_seed_is_refused_and_nothing_is_written() {
+    let Deployed {
+        nats,
+        keys,
+        backend: _backend,
+        admin,
+    } = deployed().await;
+    admin
+        .put_secret("prod/db", text("PROD-DB-PASSWORD"), None, None)
+        .await
+        .unwrap();
+    admin
+        .put_secret("public/motd", text("hello"), None, None)
+        .await
+        .unwrap();
+    let (attacker_jwt, attacker) = Issuer::new().component();
+    admin
+        .add_mapping(&attacker, &names(&["public/motd"]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("piggybank.backup");
+    backup(&nats, &file);
+
+    let tampered = dir.path().join("tampered.backup");
+    rewrite(&file, &tampered, |header, lines| {
+        let value_of = |lines: &[Value], name: &str| {
+            lines
+                .iter()
+                .find(|l| l["type"] == "version" && l["secret"] == name)
+                .map(|l| l["value"].clone())
+                .unwrap()
+        };
+        let prod = value_of(lines, "prod/db");
+        for line in lines.iter_mut() {
+            if line["type"] == "version" && line["secret"] == "public/motd" {
+                line["value"] = prod.clone();
+            }
+            if line["type"] == "mapping" && line["entity"] == attacker.as_str() {
+                line["names"] = serde_json::json!(["prod/db", "public/motd"]);
+            }
+        }
+        assert_eq!(header["mappings"], 1);
+    });
+
+    let fresh = NatsServer::start();
+    let (ok, out, err) = restore(&fresh, &tampered, false);
+    assert!(!ok, "the tampered backup was restored: {out}");
+    assert!(
+        err.contains("signature does not verify") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert!(buckets(&fresh).await.is_empty(), "a bucket was created");
+
+    // Positive control: the file as the operator made it restores and serves.
+    let (ok, _, err) = restore(&fresh, &file, false);
+    assert!(ok, "{err}");
+    let _restored = start_backend(&fresh, config(&fresh, &keys)).await;
+    let host = host_client(&fresh).await;
+    assert_eq!(
+        served(&host, "public/motd", &attacker_jwt, None).await,
+        string("hello")
+    );
+    let refused = served(&host, "prod/db", &attacker_jwt, None).await;
+    assert!(refused.unwrap_err().contains("unauthorized"));
+
+    // Second control: the same tampered file, restored on the operator's word alone
+    // (--unauthenticated), does grant the attacker prod/db: only the signature stops it.
+    // The moved value does not open under public/motd: names are bound.
+    let unchecked = NatsServer::start();
+    let args = ["restore", "--unauthenticated", path(&tampered)];
+    let (ok, _, err) = restore_with(&unchecked, &args, &[]);
+    assert!(ok, "{err}");
+    assert!(err.contains("signer was not checked"), "{err}");
+    let _unchecked = start_backend(&unchecked, config(&unchecked, &keys)).await;
+    let host = host_client(&unchecked).await;
+    assert_eq!(
+        served(&host, "prod/db", &attacker_jwt, None).await,
+        string("PROD-DB-PASSWORD"),
+        "the tamper would have worked"
+    );
+    let moved = served(&host, "public/motd", &attacker_jwt, None).await;
+    let moved = moved.unwrap_err();
+    assert!(
+        moved.contains("sealed for another secret's name"),
+        "{moved}"
+    );
+}
+
+/// A backup is only as good as its signer: one signed by a key restore was not told to
+/// trust, or checked against no key, is refused; so is a backup of the format before
+/// signatures (version 1) unless the operator vouches for it with `--unauthenticated`. And
+/// `backup` without an admin seed makes no file.
+#[tokio::test]
+async fn restore_reads_only_backups_signed_by_a_trusted_admin_key_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (deployed, file) = backed_up(dir.path()).await;
+    let fresh = NatsServer::start();
+    let file_arg = path(&file);
+
+    let (ok, _, err) = restore_with(&fresh, &["restore", file_arg], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("signed by admin key {}", operator_key()))
+            && err.contains("--admin-keys"),
+        "{err}"
+    );
+    let stranger = piggybank::admin_auth::AdminSigner::from_seed(
+        &piggybank::admin_auth::AdminSigner::generate_seed(),
+    )
+    .unwrap();
+    let trusted = [("ADMIN_KEYS", stranger.public_key())];
+    let (ok, _, err) = restore_with(&fresh, &["restore", file_arg], &trusted);
+    assert!(!ok);
+    assert!(err.contains("not one of the trusted admin keys"), "{err}");
+
+    // Version 1: the same body, under a header with no signature.
+    let old = dir.path().join("v1.backup");
+    rewrite(&file, &old, |header, _| {
+        let fields = header.as_object_mut().unwrap();
+        fields.remove("signer");
+        fields.remove("signature");
+        fields.insert("version".into(), 1.into());
+    });
+    let (ok, _, err) = restore(&fresh, &old, false);
+    assert!(!ok);
+    assert!(
+        err.contains("version 1") && err.contains("--unauthenticated"),
+        "{err}"
+    );
+    assert!(buckets(&fresh).await.is_empty(), "a bucket was created");
+    let args = ["restore", "--unauthenticated", path(&old)];
+    let (ok, out, err) = restore_with(&fresh, &args, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 secrets (3 versions), 1 mappings"), "{out}");
+
+    // No seed, no backup.
+    let unsigned = dir.path().join("unsigned.backup");
+    let (ok, _, err) = cli(
+        &deployed.nats,
+        &["backup", "--out", path(&unsigned)],
+        None,
+        &[],
+    );
+    assert!(!ok && err.contains("PIGGYBANK_ADMIN_SEED"), "{err}");
+    assert!(!unsigned.exists());
+}
+
+/// A backup holding a value larger than the target server accepts (2 MiB against a 1 MiB
+/// `max_payload`) is refused whole, naming the entry, before anything is written (it used
+/// to stop part way, after the entries before it). The same file restores into a server
+/// that accepts the value (positive control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_a_value_too_large_for_the_target_is_refused_whole() {
+    let big = nats_with_max_payload(4 << 20);
+    let keys = Keys::generate();
+    let backend = start_backend(&big, config(&big, &keys)).await;
+    let mut secrets: Vec<_> = (0..5)
+        .map(|i| (format!("small/{i}"), text(&format!("value-{i}"))))
+        .collect();
+    let large = "x".repeat(2 << 20);
+    secrets.push(("huge".to_string(), text(&large)));
+    secrets.push(("small/last".to_string(), text("last")));
+    seed_secrets(&big, &keys, secrets, 1).await;
+    backend.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("piggybank.backup");
+    let out = backup(&big, &file);
+    assert!(out.contains("7 secrets (7 versions)"), "{out}");
+
+    let small = nats_with_max_payload(1 << 20);
+    let (ok, out, err) = restore(&small, &file, false);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("a version of secret \"huge\"")
+            && err.contains("max_payload")
+            && err.contains(&(1u64 << 20).to_string()),
+        "{err}"
+    );
+    assert!(buckets(&small).await.is_empty(), "something was written");
+
+    // A bucket's own max value size counts too, where it is smaller than max_payload.
+    let js = async_nats::jetstream::new(small.client().await);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: SECRETS.into(),
+        history: 64,
+        max_value_size: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ok, _, err) = restore(&small, &file, false);
+    assert!(!ok);
+    assert!(
+        err.contains("a version of secret \"huge\"") && err.contains("max value size"),
+        "{err}"
+    );
+    assert_eq!(buckets(&small).await, [SECRETS], "nothing else was created");
+
+    let roomy = nats_with_max_payload(4 << 20);
+    let (ok, out, err) = restore(&roomy, &file, false);
+    assert!(ok, "{err}");
+    assert!(out.contains("7 secrets (7 versions)"), "{out}");
 }

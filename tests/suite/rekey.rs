@@ -178,3 +178,112 @@ async fn rekey_without_the_old_key_reports_and_changes_nothing() {
         );
     }
 }
+
+/// A value in the format piggybank wrote before names were bound (`pgb1`): the header, then
+/// the data key's box of (kind | value), with no name in it.
+fn unbound_envelope(encryption: &str, value: &str) -> Vec<u8> {
+    let seed = zeroize::Zeroizing::new(encryption.to_string());
+    let key = piggybank::keys::DataKey::from_seed(&seed).unwrap();
+    let mut inner = vec![1u8]; // kind: string
+    inner.extend_from_slice(value.as_bytes());
+    let mut stored = b"pgb1\x01".to_vec();
+    stored.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+    stored.push(u8::try_from(key.id().len()).unwrap());
+    stored.extend_from_slice(key.id().as_bytes());
+    stored.extend_from_slice(&key.seal(&inner).unwrap());
+    stored
+}
+
+/// Whether `name`'s latest stored value is bound to its name.
+async fn bound(bucket: &jetstream::kv::Store, name: &str) -> bool {
+    let stored = bucket.get(name).await.unwrap().unwrap();
+    piggybank::store::envelope::parse(&stored).unwrap().0.bound
+}
+
+/// Values written before names were bound (piggybank's `pgb1`, and the sample's format) keep
+/// opening, and `rekey` with the same key rewrites them bound, so that afterwards no unbound
+/// value is left to move; their unbound older versions still open (`--secret-version`).
+#[tokio::test]
+async fn an_unbound_value_keeps_opening_and_rekey_binds_it() {
+    let Deployed {
+        nats,
+        keys,
+        backend: _backend,
+        admin,
+    } = deployed().await;
+    let js = jetstream::new(nats.client().await);
+    let bucket = js.get_key_value("WASMCLOUD_SECRETS").await.unwrap();
+    let old_revision = bucket
+        .put(
+            "old/db",
+            unbound_envelope(&keys.encryption, "old-value").into(),
+        )
+        .await
+        .unwrap();
+    let sample_key = XKey::from_seed(&keys.encryption).unwrap();
+    let sample = sample_key.seal(b"sample-value", &sample_key).unwrap();
+    bucket.put("old/sample", sample.into()).await.unwrap();
+    admin
+        .put_secret("new/db", text("new-value"), None, None)
+        .await
+        .unwrap();
+    admin
+        .put_secret("other", text("other-value"), None, None)
+        .await
+        .unwrap();
+    let (jwt, entity) = Issuer::new().component();
+    let all = ["old/db", "old/sample", "new/db", "other"];
+    admin.add_mapping(&entity, &names(&all)).await.unwrap();
+    wait_listed(&admin, "old/", 2).await;
+    assert!(!bound(&bucket, "old/db").await && !bound(&bucket, "old/sample").await);
+    assert!(bound(&bucket, "new/db").await, "new writes are bound");
+
+    let host = host_client(&nats).await;
+    let expected = [
+        ("old/db", "old-value"),
+        ("old/sample", "sample-value"),
+        ("new/db", "new-value"),
+        ("other", "other-value"),
+    ];
+    for (name, value) in expected {
+        let secret = host_get(&host, request(name, &jwt)).await.unwrap();
+        assert_eq!(secret.string_secret.as_deref(), Some(value), "{name}");
+    }
+
+    let (ok, out, err) = rekey(&nats, &keys.encryption, "").await;
+    assert!(ok, "rekey failed: {out}\n{err}");
+    assert!(
+        out.contains(" 2 re-sealed") && out.contains(" 2 already under it"),
+        "{out}"
+    );
+    for name in all {
+        assert!(bound(&bucket, name).await, "{name} is still unbound");
+    }
+    for (name, value) in expected {
+        let secret = host_get(&host, request(name, &jwt)).await.unwrap();
+        assert_eq!(secret.string_secret.as_deref(), Some(value), "{name}");
+    }
+    // The unbound version in the history still opens by its version.
+    let mut old = request("old/db", &jwt);
+    old.version = Some(old_revision.to_string());
+    let secret = host_get(&host, old).await.unwrap();
+    assert_eq!(secret.string_secret.as_deref(), Some("old-value"));
+
+    // And the rekeyed value is bound: moved over another name, it no longer opens.
+    let rekeyed = bucket.get("old/db").await.unwrap().unwrap();
+    bucket.put("other", rekeyed).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let refusal = loop {
+        match host_get(&host, request("other", &jwt)).await {
+            Err(refusal) => break refusal,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(s) => panic!("the moved value was served: {:?}", s.string_secret),
+        }
+    };
+    assert!(
+        refusal.contains("sealed for another secret's name"),
+        "{refusal}"
+    );
+}

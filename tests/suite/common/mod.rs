@@ -540,7 +540,8 @@ pub async fn seed_secrets(
     let created = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp() * 1000).unwrap();
     futures::stream::iter(secrets)
         .map(|(name, value)| {
-            let sealed = piggybank::store::envelope::seal(&value, &data_key, created).unwrap();
+            let sealed =
+                piggybank::store::envelope::seal(&value, &name, &data_key, created).unwrap();
             let kv = kv.clone();
             async move {
                 kv.put(name.as_str(), sealed.into())

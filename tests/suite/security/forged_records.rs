@@ -84,7 +84,10 @@ async fn a_forged_key_record_cannot_unseal_the_store_with_an_attackers_keys() {
     if posted.0 == 200 {
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), stored.next()).await
         {
-            if let Ok(value) = piggybank::store::envelope::open(&msg.payload, &attacker_keys) {
+            // The secret's name is the KV key: the subject after `$KV.<bucket>.`.
+            let name = msg.subject.splitn(3, '.').nth(2).unwrap_or_default();
+            if let Ok(value) = piggybank::store::envelope::open(&msg.payload, name, &attacker_keys)
+            {
                 read_back = Some(String::from_utf8_lossy(value.as_bytes()).to_string());
                 break;
             }
@@ -237,7 +240,10 @@ async fn forged_record_unlock(nats: &NatsServer, victim: &Value, transit_public:
         }
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), stored.next()).await
         {
-            if let Ok(value) = piggybank::store::envelope::open(&msg.payload, &attacker_keys) {
+            // The secret's name is the KV key: the subject after `$KV.<bucket>.`.
+            let name = msg.subject.splitn(3, '.').nth(2).unwrap_or_default();
+            if let Ok(value) = piggybank::store::envelope::open(&msg.payload, name, &attacker_keys)
+            {
                 read_back = Some(String::from_utf8_lossy(value.as_bytes()).to_string());
                 break;
             }

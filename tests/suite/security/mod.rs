@@ -12,6 +12,7 @@ mod doors;
 mod floods;
 mod forged_records;
 mod init_unlock;
+mod moved_values;
 mod reply_subjects;
 mod signed_admin;
 mod store_identity;
