@@ -26,11 +26,19 @@
 //!   than `max_request_bytes` is never handled: its body is dropped as soon as it is read,
 //!   and the endpoint's refusal answers it ([`LoopRefusal::TooLarge`]: 413, audited); these
 //!   are counted and logged at warn at most every 10 s.
-//! - **Backpressure, in bounded memory.** At most `max_in_flight` requests are handled at
-//!   once, across every endpoint; beyond that the receive loop waits and messages queue in
-//!   the subscriptions. These live on a [`ServeConnection`], whose subscriptions buffer at
-//!   most `max_in_flight` messages each: the client drops the rest (counted, logged at most
-//!   every 10 s).
+//! - **Fair serving.** Each subscription has an intake task of its own ([`intake`]) that
+//!   refuses a hostile reply subject before anything else (the cheapest path) and hands each
+//!   class of traffic to a lane of its own ([`lanes`]): one per endpoint for its open
+//!   operations, one for every door's admin operations, one for the loop's own refusals and
+//!   one for `$SRV` discovery (paced). A lane has its own permits (`max_in_flight` for an
+//!   endpoint, fewer for the others) and a bounded queue; when it is full its requests are
+//!   shed, counted, and nothing another lane needs is taken. Side traffic (discovery, the
+//!   database operations, the API) subscribes on a connection of its own
+//!   ([`ServeConnection::side`]), so its backlog waits in its own server-side buffer.
+//! - **Bounded memory.** The subscriptions live on a [`ServeConnection`], whose
+//!   subscriptions buffer at most `max_in_flight` messages each: the client drops the rest.
+//!   Every request shed is counted by reason ([`ShedCounts`]: metric, `status`) and logged
+//!   at most every 10 s per reason.
 //! - **Replies that fit.** [`Reply::send`] replaces a reply that would exceed the max payload
 //!   with the endpoint's own "too large" error.
 //! - **Draining, bounded.** On shutdown every subscription is drained, buffered messages are
