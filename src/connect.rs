@@ -175,6 +175,35 @@ pub(crate) async fn connect_serving(
         .map_err(|e| connect_error(address, tls, e))
 }
 
+/// [`connect_serving`], plus a second connection for side traffic (discovery, the database
+/// operations, the API: [`ServeConnection::side`]), named `<client_name> (side)`, so that a
+/// flood of it waits in its own server-side buffer, not in front of the hosts' gets.
+pub(crate) async fn connect_serving_with_side(
+    address: &str,
+    credentials: Option<&Credentials>,
+    tls: &NatsTls,
+    client_name: &str,
+    inbox_prefix: Option<&str>,
+    capacity: usize,
+) -> Result<ServeConnection, ConnectError> {
+    let connection = connect_serving(
+        address,
+        credentials,
+        tls,
+        client_name,
+        inbox_prefix,
+        capacity,
+        "serving",
+    )
+    .await?;
+    let side_name = format!("{client_name} (side)");
+    let options = options(address, credentials, tls, &side_name, inbox_prefix).await?;
+    connection
+        .with_side(address, options, "serving-side")
+        .await
+        .map_err(|e| connect_error(address, tls, e))
+}
+
 /// Every NATS connection piggybank makes is made here: credentials, TLS, and the inbox
 /// prefix (`None`: `_INBOX`). An unreadable file, a certificate without its key or a bad
 /// seed fails before connecting, with a message that never holds a secret.

@@ -223,6 +223,8 @@ pub struct DatabaseApi {
     auditor: Arc<Auditor>,
     /// Whether admin operations must be signed (reported by `status`; the serve loop checks).
     admin: AdminMode,
+    /// For `status`: what the serve loop shed, by reason.
+    shed: Option<Arc<crate::serve::ShedCounts>>,
     /// When the deprecated subjects were last warned about (at most once a minute).
     alias_warned: Mutex<Option<std::time::Instant>>,
 }
@@ -233,8 +235,15 @@ impl DatabaseApi {
             seal,
             auditor,
             admin,
+            shed: None,
             alias_warned: Mutex::default(),
         }
+    }
+
+    /// Report what the serve loop sheds (`shed` in `status`).
+    pub fn with_shed(mut self, shed: Arc<crate::serve::ShedCounts>) -> Self {
+        self.shed = Some(shed);
+        self
     }
 
     pub fn seal(&self) -> &Arc<Seal> {
@@ -296,6 +305,7 @@ impl DatabaseApi {
         let mut report = self.seal.report(requester.map(|x| x.as_str())).await?;
         report.admin = Some(self.admin);
         report.audit_dropped = Some(self.auditor.dropped());
+        report.shed = self.shed.as_ref().map(|shed| shed.by_reason());
         to_json(report)
     }
 

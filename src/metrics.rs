@@ -13,7 +13,9 @@
 //! - `piggybank.request.duration` (histogram, seconds): by `front_door`;
 //! - `piggybank.requests.shed` (counter): requests not handled, by `reason` (`slow_consumer`:
 //!   dropped unanswered by the NATS client, a subscription's buffer being full;
-//!   `too_large`: refused for their size) and `at` (the front door, or the connection);
+//!   `refused_reply`: dropped for a reply subject the reply policy refuses; `too_large`:
+//!   refused for their size; `lane_full`: dropped because their lane was full) and `at` (the
+//!   front door or lane, or the connection);
 //! - `piggybank.sealed` (gauge): 1 while sealed;
 //! - `piggybank.audit.dropped` (gauge): audit records lost so far;
 //! - `piggybank.jwt_cache.hits` and `piggybank.jwt_cache.misses` (gauges): JWT checks answered

@@ -14,7 +14,7 @@ use crate::authz::{Authorizer, AuthzError};
 use crate::backend::Backend;
 use crate::config;
 pub use crate::config::RunConfig;
-use crate::connect::{connect_server, connect_serving, ConnectError};
+use crate::connect::{connect_server, connect_serving_with_side, ConnectError};
 use crate::database::{self, DatabaseApi};
 use crate::keys::{DataKey, KeyError, Keyring, TransitKey};
 use crate::piggybank_api;
@@ -253,14 +253,13 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         &format!("piggybank {}", config.name),
     )
     .await?;
-    let serving = connect_serving(
+    let serving = connect_serving_with_side(
         &config.nats_address,
         config.nats_credentials.as_ref(),
         &config.nats_tls,
         &format!("piggybank {} (serving)", config.name),
         Some(crate::reply_policy::SERVER_INBOX_PREFIX),
         config.max_in_flight,
-        "serving",
     )
     .await?;
     let backend = Arc::new(open_backend(&client, config).await?);
@@ -304,7 +303,10 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         )
         .await?,
     );
-    let database = Arc::new(DatabaseApi::new(seal, admin_mode, Arc::clone(&auditor)));
+    let database = Arc::new(
+        DatabaseApi::new(seal, admin_mode, Arc::clone(&auditor))
+            .with_shed(Arc::clone(serving.shed())),
+    );
     crate::metrics::register(crate::metrics::Gauges {
         sealed: {
             let backend = Arc::clone(&backend);
@@ -365,18 +367,21 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
         config.subject_prefix(),
         queue_group.clone(),
     )];
-    endpoints.extend(database::endpoints(
-        Arc::clone(&started.database),
-        config.database_prefix(),
-        &config.name,
-        &queue_group,
-    ));
-    if let Some(prefix) = &config.piggybank_prefix {
-        endpoints.push(piggybank_api::endpoint(
-            Arc::clone(&started.backend),
-            prefix,
+    // Side traffic: on a connection and in lanes apart from the hosts' (crate::serve).
+    endpoints.extend(
+        database::endpoints(
+            Arc::clone(&started.database),
+            config.database_prefix(),
+            &config.name,
             &queue_group,
-        ));
+        )
+        .into_iter()
+        .map(Endpoint::on_side),
+    );
+    if let Some(prefix) = &config.piggybank_prefix {
+        endpoints.push(
+            piggybank_api::endpoint(Arc::clone(&started.backend), prefix, &queue_group).on_side(),
+        );
     }
     endpoints
 }

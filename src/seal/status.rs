@@ -56,6 +56,11 @@ pub struct StatusReport {
     /// Filled in by the front door; absent from older backends.
     #[serde(default)]
     pub audit_dropped: Option<u64>,
+    /// Requests this instance's front doors shed since start, by reason (`refused_reply`,
+    /// `too_large`, `lane_full`, `slow_consumer`; see `serve::ShedCounts`). Filled in by the
+    /// front door; absent from older backends.
+    #[serde(default)]
+    pub shed: Option<std::collections::BTreeMap<String, u64>>,
     /// Whether this instance's in-memory mirrors hold both buckets whole. `false` while
     /// their initial load runs: gets are then answered from the buckets themselves, listings
     /// wait, and `secrets` and `mapped_entities` count what has arrived so far. Absent from
@@ -111,6 +116,7 @@ impl Seal {
             unseal_xkey: Some(unseal_xkey),
             unseal_proof,
             audit_dropped: None,
+            shed: None,
             loaded: Some(self.backend.is_loaded()),
             mirror_pending: Some(self.backend.mirrors().iter().map(|m| m.pending()).sum()),
         };

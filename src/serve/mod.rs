@@ -26,11 +26,19 @@
 //!   than `max_request_bytes` is never handled: its body is dropped as soon as it is read,
 //!   and the endpoint's refusal answers it ([`LoopRefusal::TooLarge`]: 413, audited); these
 //!   are counted and logged at warn at most every 10 s.
-//! - **Backpressure, in bounded memory.** At most `max_in_flight` requests are handled at
-//!   once, across every endpoint; beyond that the receive loop waits and messages queue in
-//!   the subscriptions. These live on a [`ServeConnection`], whose subscriptions buffer at
-//!   most `max_in_flight` messages each: the client drops the rest (counted, logged at most
-//!   every 10 s).
+//! - **Fair serving.** Each subscription has an intake task of its own ([`intake`]) that
+//!   refuses a hostile reply subject before anything else (the cheapest path) and hands each
+//!   class of traffic to a lane of its own ([`lanes`]): one per endpoint for its open
+//!   operations, one for every door's admin operations, one for the loop's own refusals and
+//!   one for `$SRV` discovery (paced). A lane has its own permits (`max_in_flight` for an
+//!   endpoint, fewer for the others) and a bounded queue; when it is full its requests are
+//!   shed, counted, and nothing another lane needs is taken. Side traffic (discovery, the
+//!   database operations, the API) subscribes on a connection of its own
+//!   ([`ServeConnection::side`]), so its backlog waits in its own server-side buffer.
+//! - **Bounded memory.** The subscriptions live on a [`ServeConnection`], whose
+//!   subscriptions buffer at most `max_in_flight` messages each: the client drops the rest.
+//!   Every request shed is counted by reason ([`ShedCounts`]: metric, `status`) and logged
+//!   at most every 10 s per reason.
 //! - **Replies that fit.** [`Reply::send`] replaces a reply that would exceed the max payload
 //!   with the endpoint's own "too large" error.
 //! - **Draining, bounded.** On shutdown every subscription is drained, buffered messages are
@@ -43,31 +51,31 @@
 
 mod connection;
 mod discovery;
+mod intake;
+mod lanes;
 mod reply;
 mod shed;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use async_nats::{Client, Message};
 use futures::future::BoxFuture;
-use futures::stream::{SelectAll, Stream, StreamExt};
-use tokio::sync::Semaphore;
+use futures::stream::StreamExt;
 
 pub use crate::admin_auth::Signed;
 use crate::admin_auth::{AdminRefusal, AdminVerifier};
 use crate::audit::Auditor;
 use crate::decision::Decision;
 use crate::error::ErrorKind;
-use crate::finish::Finish;
 pub use crate::reply_policy::{ReplyPolicy, ReplyTo, Requester};
 pub(crate) use connection::log_events;
 pub use connection::ServeConnection;
+use intake::{Intake, LanePlan, Lanes, Source};
+use lanes::InFlight;
 pub use reply::Reply;
 pub(crate) use reply::{TooLarge, REPLY_TOO_LARGE};
-use shed::{Shed, ShedReason};
+pub use shed::ShedCounts;
 
 /// Who may call a message's operation, decided from its subject before any handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +221,8 @@ pub struct Endpoint {
     pub subject: String,
     /// `Some`: one instance of the group receives each message; `None`: every instance.
     pub queue_group: Option<String>,
+    /// Whether it is side traffic, served on the side connection ([`ServeConnection::side`]).
+    side: bool,
     classify: Classify,
     too_large: TooLarge,
 }
@@ -238,8 +248,24 @@ impl Endpoint {
             name,
             subject,
             queue_group,
+            side: false,
             classify,
             too_large: D::too_large,
+        }
+    }
+
+    /// Serve this endpoint on the side connection: its floods wait in a server-side buffer
+    /// of their own, not in front of the hosts' gets.
+    pub fn on_side(mut self) -> Self {
+        self.side = true;
+        self
+    }
+
+    /// The connection this endpoint subscribes and replies on.
+    fn client<'a>(&self, connection: &'a ServeConnection) -> &'a Client {
+        match self.side {
+            true => connection.side(),
+            false => connection.client(),
         }
     }
 
@@ -295,24 +321,6 @@ fn refused_reply(msg: &Message, refuse: &Refuse, refused: &LoopRefusal) -> Reply
 /// Time given to the last flush when the drain deadline has already passed.
 const FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// A subscription tagged with the index of its endpoint.
-struct Tagged {
-    endpoint: usize,
-    subscription: async_nats::Subscriber,
-}
-
-impl Stream for Tagged {
-    type Item = (usize, Message);
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let endpoint = this.endpoint;
-        this.subscription
-            .poll_next_unpin(cx)
-            .map(|m| m.map(|m| (endpoint, m)))
-    }
-}
-
 /// The reply policy for these endpoints: `prefixes`, and every tree they serve.
 pub(crate) fn policy_for(
     endpoints: &[Endpoint],
@@ -322,6 +330,52 @@ pub(crate) fn policy_for(
     ReplyPolicy::new(prefixes, &served).map_err(ServeError::ReplyPrefixes)
 }
 
+/// Subscribe to `subject` (in `queue_group`, if any).
+async fn subscribe(
+    client: &Client,
+    subject: &str,
+    queue_group: Option<&String>,
+) -> Result<async_nats::Subscriber, ServeError> {
+    let subscribed = match queue_group {
+        Some(group) => {
+            client
+                .queue_subscribe(subject.to_string(), group.clone())
+                .await
+        }
+        None => client.subscribe(subject.to_string()).await,
+    };
+    subscribed.map_err(|source| ServeError::Subscribe {
+        subject: subject.to_string(),
+        source,
+    })
+}
+
+/// One subscription's intake task: take each message as it comes until the subscription
+/// ends; at `stop`, drain it (what it has received is still taken).
+async fn run_intake(
+    intake: Arc<Intake>,
+    source: Source,
+    mut subscription: async_nats::Subscriber,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                if let Err(e) = subscription.drain().await {
+                    tracing::warn!(error = %e, "drain failed");
+                }
+            }
+            next = subscription.next() => match next {
+                Some(msg) => intake.take(source, msg),
+                None => break,
+            },
+        }
+    }
+}
+
 /// Serve `endpoints` on `connection` until `shutdown` completes; then drain and return.
 pub async fn serve(
     connection: ServeConnection,
@@ -329,199 +383,120 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let client: Client = connection.client().clone();
-    let policy = Arc::new(policy_for(&endpoints, &config.reply_prefixes)?);
-    let too_large_requests = Shed::new(ShedReason::TooLarge);
-    let mut messages = SelectAll::new();
+    let policy = policy_for(&endpoints, &config.reply_prefixes)?;
+    let mut subscriptions = Vec::new();
     for (index, endpoint) in endpoints.iter().enumerate() {
-        let subject = endpoint.subject.clone();
-        let subscribed = match &endpoint.queue_group {
-            Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
-            None => client.subscribe(subject.clone()).await,
-        };
-        let subscription =
-            subscribed.map_err(|source| ServeError::Subscribe { subject, source })?;
+        let on = endpoint.client(&connection);
+        let subscription = subscribe(on, &endpoint.subject, endpoint.queue_group.as_ref()).await?;
         tracing::info!(
             endpoint = endpoint.name,
             subject = %endpoint.subject,
             queue = endpoint.queue_group.as_deref().unwrap_or("(every instance)"),
             "serving"
         );
-        messages.push(Tagged {
-            endpoint: index,
-            subscription,
-        });
+        subscriptions.push((Source::Endpoint(index), subscription));
     }
-    // Service discovery: tagged past the endpoints; every instance answers.
+    // Service discovery: every instance answers.
     let discovery = Arc::new(discovery::Discovery::new(&config.instance_id, &endpoints));
     for subject in discovery.subjects() {
-        let subscription = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| ServeError::Subscribe { subject, source })?;
-        messages.push(Tagged {
-            endpoint: endpoints.len(),
-            subscription,
+        let subscription = subscribe(connection.side(), &subject, None).await?;
+        subscriptions.push((Source::Discovery, subscription));
+    }
+    // Each class of traffic in a lane of its own (`lanes`), each run by its runner.
+    let mut runners = Vec::new();
+    let mut add_lane = |name: &'static str, bounds| {
+        let (lane, runner) = lanes::lane(name, bounds);
+        runners.push(runner);
+        lane
+    };
+    let lanes = Lanes {
+        endpoints: endpoints
+            .iter()
+            .map(|e| add_lane(e.name, LanePlan::endpoint(config.max_in_flight)))
+            .collect(),
+        admin: add_lane("admin", LanePlan::admin(config.max_in_flight)),
+        refused: add_lane("refused", LanePlan::refused(config.max_in_flight)),
+        discovery: add_lane("discovery", LanePlan::discovery()),
+    };
+    let (runners, in_flight): (Vec<_>, Vec<_>) =
+        runners.into_iter().map(lanes::LaneRunner::start).unzip();
+    let intake = Arc::new(Intake {
+        endpoints,
+        policy,
+        lanes,
+        shed: Arc::clone(connection.shed()),
+        connection: connection.clone(),
+        instance: config.instance_id.as_str().into(),
+        discovery,
+        config: config.clone(),
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let intakes: Vec<_> = subscriptions
+        .into_iter()
+        .map(|(source, subscription)| {
+            tokio::spawn(run_intake(
+                Arc::clone(&intake),
+                source,
+                subscription,
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    // The lanes end with the last intake: only the intake tasks hold them from here on.
+    drop(intake);
+    let aborts: Vec<_> = intakes.iter().map(|t| t.abort_handle()).collect();
+    let all_intakes = futures::future::join_all(intakes);
+    tokio::pin!(all_intakes);
+    // Every subscription may end first (the connection closed for good): nothing to drain.
+    let ended = tokio::select! {
+        () = shutdown => false,
+        _ = &mut all_intakes => true,
+    };
+    tracing::info!("shutting down: draining in-flight requests");
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    // A drain is a command to the connection, answered at once even with NATS gone; the
+    // subscriptions then end once the server has confirmed it.
+    let _ = stop.send(true);
+    // The connection completes a drain when it next hears from the server: when idle, at its
+    // next ping, a minute away. A message to itself, on a subject of its own, makes it hear
+    // now, whoever else listens (a request could be held up by any subscriber that never
+    // answers).
+    for client in [connection.client(), connection.side()] {
+        let (client, timeout) = (client.clone(), config.drain_timeout);
+        tokio::spawn(async move {
+            let subject = client.new_inbox();
+            let nudge = async {
+                let mut echo = client.subscribe(subject.clone()).await.ok()?;
+                client.publish(subject, bytes::Bytes::new()).await.ok()?;
+                echo.next().await
+            };
+            let _ = tokio::time::timeout(timeout, nudge).await;
         });
     }
-    let max = config
-        .max_in_flight
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let permits = Arc::new(Semaphore::new(max));
-    let instance: Arc<str> = config.instance_id.as_str().into();
-    tokio::pin!(shutdown);
-    // Set at shutdown: the drain ends there, finished or not.
-    let deadline = tokio::time::sleep(std::time::Duration::from_secs(365 * 86_400));
-    tokio::pin!(deadline);
-    let mut draining = false;
-    let mut drained = true;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut shutdown, if !draining => {
-                draining = true;
-                deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + config.drain_timeout);
-                tracing::info!("shutting down: draining in-flight requests");
-                // A drain is a command to the connection, answered at once even with NATS
-                // gone; the subscriptions then end once the server has confirmed it.
-                for tagged in messages.iter_mut() {
-                    if let Err(e) = tagged.subscription.drain().await {
-                        tracing::warn!(error = %e, "drain failed");
-                    }
-                }
-                // The connection completes a drain when it next hears from the server: when
-                // idle, at its next ping, a minute away. A message to itself, on a subject of
-                // its own, makes it hear now, whoever else listens (a request could be held
-                // up by any subscriber that never answers).
-                let (client, timeout) = (client.clone(), config.drain_timeout);
-                tokio::spawn(async move {
-                    let subject = client.new_inbox();
-                    let nudge = async {
-                        let mut echo = client.subscribe(subject.clone()).await.ok()?;
-                        client.publish(subject, bytes::Bytes::new()).await.ok()?;
-                        echo.next().await
-                    };
-                    let _ = tokio::time::timeout(timeout, nudge).await;
-                });
-                continue;
-            }
-            () = &mut deadline, if draining => {
-                drained = false;
-                break;
-            }
-            next = messages.next() => next,
-        };
-        let Some((index, msg)) = next else { break };
-        let Some(endpoint) = endpoints.get(index) else {
-            if let (Some(reply_to), Some(reply)) = (
-                policy.admit("discovery", msg.reply.as_ref()),
-                discovery.answer(msg.subject.as_str()),
-            ) {
-                reply
-                    .send(&client, reply_to, |r, _| Reply::plain(r.payload.clone()))
-                    .await;
-            }
-            continue;
-        };
-        let Some(Classified {
-            class,
-            handle,
-            refuse,
-        }) = (endpoint.classify)(&msg)
-        else {
-            continue;
-        };
-        let Some(reply_to) = policy.admit_as(endpoint.name, msg.reply.as_ref(), &class.requester)
-        else {
-            continue;
-        };
-        // Its body goes before it waits for a permit: a flood of large requests holds no
-        // more than their subjects, and each is refused without reaching a handler.
-        let (msg, oversized) = match class.body {
-            Body::Small if msg.length > config.max_request_bytes => {
-                too_large_requests.add(endpoint.name);
-                let refused = LoopRefusal::TooLarge {
-                    size: msg.length,
-                    limit: config.max_request_bytes,
-                };
-                let stripped = Message {
-                    payload: bytes::Bytes::new(),
-                    headers: None,
-                    ..msg
-                };
-                (stripped, Some(refused))
-            }
-            _ => (msg, None),
-        };
-        let access = class.access;
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        let (client, too_large) = (client.clone(), endpoint.too_large);
-        let admin = match access {
-            Access::Admin(signed) => config.admin.clone().map(|verifier| (verifier, signed)),
-            Access::Open => None,
-        };
-        let instance = Arc::clone(&instance);
-        let (auditor, front_door) = (Arc::clone(&config.auditor), endpoint.name);
-        let request_id = auditor.request_id();
-        let span = tracing::info_span!("request", %request_id, front_door);
-        let discovery = Arc::clone(&discovery);
-        let received = std::time::Instant::now();
-        let work = async move {
-            // Kept only when a refusal may have to replace the reply after the handler ran.
-            let kept = auditor.is_required().then(|| msg.clone());
-            let mut admin_key = None;
-            let reply = match (oversized, admin) {
-                (Some(refused), _) => Some(refused_reply(&msg, &*refuse, &refused)),
-                (None, Some((verifier, signed))) => {
-                    match verifier.check(&msg, signed, &instance).await {
-                        Ok(key) => {
-                            admin_key = Some(key.0);
-                            handle(msg).await
-                        }
-                        Err(refused) => Some(refused_reply(&msg, &*refuse, &refused.into())),
-                    }
-                }
-                (None, None) => handle(msg).await,
-            };
-            // One record per answered request, after what it decided; nothing is sent
-            // before it is recorded (and, with --audit-required, acknowledged).
-            if let Some(reply) = reply {
-                let mut reply = reply.fit(client.server_info().max_payload, too_large);
-                let note = reply.audit.take().map(|note| *note).unwrap_or_default();
-                let elapsed = received.elapsed();
-                discovery.count(index, elapsed, note.decision().reason());
-                let finish = Finish {
-                    auditor: &auditor,
-                    front_door,
-                    request_id,
-                    admin_key,
-                    elapsed,
-                };
-                if finish.finish(note).await.is_err() {
-                    if let Some(msg) = &kept {
-                        let unavailable = AdminRefusal::Unavailable("audit trail".into());
-                        reply = refused_reply(msg, &*refuse, &unavailable.into());
-                    }
-                }
-                reply.send(&client, reply_to, too_large).await;
-            }
-            drop(permit);
-        };
-        tokio::spawn(tracing::Instrument::instrument(work, span));
-    }
-    // Wait for every in-flight request to reply, until the deadline.
-    let deadline = deadline.deadline();
-    let finished = tokio::time::timeout_at(deadline, permits.acquire_many(max as u32))
+    // Every subscription drained and every message taken, then every queued request
+    // started, then every started request answered: until the deadline.
+    let drained = ended
+        || tokio::time::timeout_at(deadline, &mut all_intakes)
+            .await
+            .is_ok();
+    let started = drained
+        && tokio::time::timeout_at(deadline, futures::future::join_all(runners))
+            .await
+            .is_ok();
+    let finished = started
+        && tokio::time::timeout_at(
+            deadline,
+            futures::future::join_all(in_flight.iter().map(InFlight::finished)),
+        )
         .await
         .is_ok();
-    let abandoned = max - permits.available_permits();
+    for task in &aborts {
+        task.abort();
+    }
+    let abandoned: usize = in_flight.iter().map(InFlight::running).sum();
     let flushed = tokio::time::timeout_at(
         deadline.max(tokio::time::Instant::now() + FLUSH_GRACE),
-        client.flush(),
+        futures::future::try_join(connection.client().flush(), connection.side().flush()),
     )
     .await
     .is_ok_and(|r| r.is_ok());
@@ -537,7 +512,7 @@ pub async fn serve(
         tracing::info!("drained: every request received was answered");
     } else {
         tracing::warn!(
-            abandoned_in_flight = if finished { 0 } else { abandoned },
+            abandoned_in_flight = abandoned,
             subscriptions_drained = drained,
             replies_flushed = flushed,
             "stopped at the drain timeout: requests not yet answered were abandoned"

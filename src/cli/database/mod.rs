@@ -378,6 +378,7 @@ mod tests {
             unseal_xkey: None,
             unseal_proof: None,
             audit_dropped: None,
+            shed: None,
             loaded: Some(true),
             mirror_pending: Some(0),
         };

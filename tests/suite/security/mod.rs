@@ -9,6 +9,7 @@
 mod access;
 mod cli_output;
 mod doors;
+mod fairness;
 mod floods;
 mod forged_records;
 mod init_unlock;
