@@ -1324,13 +1324,21 @@ async fn the_provider_exports_metrics_for_wit_calls_and_gets_over_otlp() {
     let client = nats.client().await;
     provider.put_link(&client, &provider.link("ops", &[])).await;
     let wrpc = provider.wrpc(&client).await;
-    admin::put_secret(&wrpc, caller("ops"), "db", &text_value("v"), None)
+    provider
+        .within(
+            "put_secret",
+            admin::put_secret(&wrpc, caller("ops"), "db", &text_value("v"), None),
+        )
         .await
         .unwrap()
         .unwrap();
     // A refused call: a name the link's scope does not cover is still a WIT call.
     let (_, component) = Issuer::new().component();
-    let refused = admin::add_mapping(&wrpc, caller("nobody"), &component, &["db"])
+    let refused = provider
+        .within(
+            "add_mapping",
+            admin::add_mapping(&wrpc, caller("nobody"), &component, &["db"]),
+        )
         .await
         .unwrap();
     assert!(

@@ -178,6 +178,18 @@ impl ProviderProc {
         serde_json::from_slice(&reply.payload).ok()
     }
 
+    /// `call`, which must finish within 20 s; otherwise the test fails naming `what`, with
+    /// the provider's log (a wRPC call has no deadline of its own: one hung once).
+    pub async fn within<T>(&self, what: &str, call: impl std::future::Future<Output = T>) -> T {
+        match tokio::time::timeout(Duration::from_secs(20), call).await {
+            Ok(done) => done,
+            Err(_) => panic!(
+                "{what}: no answer in 20 s; the provider's log:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
     pub fn link(&self, component: &str, config: &[(&str, &str)]) -> InterfaceLinkDefinition {
         link_to(&self.provider_id, component, config)
     }
@@ -187,7 +199,11 @@ impl ProviderProc {
         self.publish_link(nats, link).await;
         let wrpc = self.wrpc(nats).await;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while admin::status(&wrpc, caller(&link.source_id))
+        while self
+            .within(
+                "status, after a link put",
+                admin::status(&wrpc, caller(&link.source_id)),
+            )
             .await
             .unwrap()
             .is_err()
