@@ -280,6 +280,11 @@ impl DatabaseApi {
             )),
         };
         let note = AuditNote::operation(operation_name(op));
+        // `status` reveals nothing a requester may not know: an open read, not a decision.
+        let note = match op {
+            Ok(DatabaseOp::Status) => note.public_read(),
+            _ => note,
+        };
         Some(match result {
             Ok(body) => crate::piggybank_api::reply(200, body.to_string().into_bytes())
                 .audited(note.allowed()),
@@ -296,6 +301,7 @@ impl DatabaseApi {
         let mut report = self.seal.report(requester.map(|x| x.as_str())).await?;
         report.admin = Some(self.admin);
         report.audit_dropped = Some(self.auditor.dropped());
+        report.audit = self.auditor.status();
         to_json(report)
     }
 
