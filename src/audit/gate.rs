@@ -118,7 +118,7 @@ impl RefusalGate {
                 ..AuditRecord::default()
             })
             .collect();
-        summaries.sort_by(|a, b| b.count.cmp(&a.count));
+        summaries.sort_by_key(|s| std::cmp::Reverse(s.count));
         summaries
     }
 }

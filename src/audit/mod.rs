@@ -297,6 +297,11 @@ pub struct AuditStatus {
     pub max_age_secs: u64,
     pub max_bytes: i64,
     pub refusals_max_bytes: i64,
+    /// By trail (`decisions`, `refusals`): the chain sequence of this instance's last
+    /// record the stream acknowledged. `--verify` reads `status` before the streams, so a
+    /// chain that ends before it lost its last records.
+    #[serde(default)]
+    pub acknowledged_seq: std::collections::BTreeMap<Trail, u64>,
     /// What is wrong with the streams, as last checked: empty when both are the ones this
     /// instance configured. With `required`, a problem with the decisions stream refuses
     /// every request.
@@ -313,6 +318,16 @@ struct Counters {
     /// Records handed to the writer, and those it is done with (written or dropped).
     queued: AtomicU64,
     finished: AtomicU64,
+    /// By trail: the chain sequence of the last record acknowledged.
+    acknowledged_seq: [AtomicU64; 2],
+}
+
+/// A trail's index in per-trail arrays (`Trail::ALL`'s order).
+fn trail_index(trail: Trail) -> usize {
+    match trail {
+        Trail::Decisions => 0,
+        Trail::Refusals => 1,
+    }
 }
 
 /// Writes records. Cheap to share.
@@ -443,6 +458,14 @@ impl Auditor {
             max_age_secs: writer.config.max_age.as_secs(),
             max_bytes: writer.config.max_bytes,
             refusals_max_bytes: writer.config.refusals_max_bytes,
+            acknowledged_seq: Trail::ALL
+                .iter()
+                .map(|t| {
+                    let seq =
+                        self.counters.acknowledged_seq[trail_index(*t)].load(Ordering::Relaxed);
+                    (*t, seq)
+                })
+                .collect(),
             problems: writer.health.problems(),
         })
     }

@@ -29,7 +29,7 @@ use super::AuditNote;
 use crate::decision::Decision;
 
 /// Which trail a record belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trail {
     Decisions,

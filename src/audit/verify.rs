@@ -75,6 +75,13 @@ pub enum Finding {
         first_seq: u64,
         prev_time_ms: u64,
     },
+    /// A running instance's chain ends before the last record it says was acknowledged.
+    MissingTail {
+        trail: Trail,
+        key: String,
+        last_seen: u64,
+        acknowledged: u64,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -124,6 +131,18 @@ impl fmt::Display for Finding {
                 "{}: {key}'s record {seq} comes after its record {after} (reordered or repeated)",
                 trail.as_str()
             ),
+            Finding::MissingTail {
+                trail,
+                key,
+                last_seen,
+                acknowledged,
+            } => write!(
+                f,
+                "{}: {key}'s records {} to {acknowledged} are missing: the instance says they \
+                 were acknowledged",
+                trail.as_str(),
+                last_seen + 1
+            ),
             Finding::BrokenLink { trail, key, seq } => write!(
                 f,
                 "{}: {key}'s record {seq} does not link to the record before it",
@@ -163,6 +182,9 @@ pub struct Expect<'a> {
     pub now_ms: u64,
     /// The trail's retention (its stream's `max_age`); `None`: unlimited.
     pub max_age_ms: Option<u64>,
+    /// Running instances' keys, and the last sequence each says the stream acknowledged
+    /// (read before the stream).
+    pub acknowledged: &'a BTreeMap<String, u64>,
 }
 
 /// Where a chain stands while the trail is read.
@@ -264,6 +286,19 @@ pub fn verify(expect: &Expect<'_>, messages: &[StoredMessage]) -> Verified {
             }
         }
     }
+    for (key, acknowledged) in expect.acknowledged {
+        let last_seen = chains.get(key).map_or(0, |c| c.seq);
+        // The refusal trail evicts its oldest records: only a chain seen at all is judged.
+        let judged = trail == Trail::Decisions || chains.contains_key(key);
+        if judged && last_seen < *acknowledged {
+            verified.findings.push(Finding::MissingTail {
+                trail,
+                key: key.clone(),
+                last_seen,
+                acknowledged: *acknowledged,
+            });
+        }
+    }
     verified.chains = chains.len();
     verified.findings.extend(
         unknown
@@ -355,6 +390,7 @@ mod tests {
             known_keys: &known,
             now_ms: 2_000,
             max_age_ms: Some(60_000),
+            acknowledged: &BTreeMap::new(),
         };
         verify(&expect, messages).findings
     }
@@ -383,6 +419,40 @@ mod tests {
             judge(&key, &messages)[..],
             [Finding::MissingHead { first_seq: 3, .. }]
         ));
+    }
+
+    #[test]
+    fn records_removed_from_the_end_are_found_against_what_the_instance_acknowledged() {
+        let (key, mut messages) = trail(6);
+        messages.truncate(4);
+        let known = HashSet::from([key.public().to_string()]);
+        let acknowledged = BTreeMap::from([(key.public().to_string(), 6)]);
+        let expect = Expect {
+            trail: Trail::Decisions,
+            root: ROOT,
+            known_keys: &known,
+            now_ms: 2_000,
+            max_age_ms: Some(60_000),
+            acknowledged: &acknowledged,
+        };
+        assert!(matches!(
+            verify(&expect, &messages).findings[..],
+            [Finding::MissingTail {
+                last_seen: 4,
+                acknowledged: 6,
+                ..
+            }]
+        ));
+        // Positive control: the whole chain passes.
+        let (key, messages) = trail(6);
+        let known = HashSet::from([key.public().to_string()]);
+        let acknowledged = BTreeMap::from([(key.public().to_string(), 6)]);
+        let expect = Expect {
+            acknowledged: &acknowledged,
+            known_keys: &known,
+            ..expect
+        };
+        assert_eq!(verify(&expect, &messages).findings, vec![]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{Chain, InstanceKey};
 use super::gate::{RefusalGate, WINDOW};
 use super::health::Health;
-use super::{AuditRecord, Counters, Trail};
+use super::{trail_index, AuditRecord, Counters, Trail};
 use crate::clock::now_ms;
 
 /// A record and, with `--audit-required`, where to say whether it was acknowledged.
@@ -163,10 +163,7 @@ impl WriterTask {
     /// within the server's max payload.
     async fn publish(&mut self, trail: Trail, batch: Vec<Queued>, pending: &mut Pending) {
         let max_payload = self.client.server_info().max_payload.max(1);
-        let slot = match trail {
-            Trail::Decisions => 0,
-            Trail::Refusals => 1,
-        };
+        let slot = trail_index(trail);
         for (subject, group) in by_subject(batch, |r| {
             trail.subject(&self.root, r.outcome.as_str(), &r.front_door)
         }) {
@@ -193,6 +190,7 @@ impl WriterTask {
                 message.body.extend_from_slice(&line);
                 message.body.push(b'\n');
                 message.count += 1;
+                message.last_seq = self.chains[slot].seq();
                 message.acks.extend(queued.acked);
             }
             if message.count > 0 {
@@ -210,14 +208,16 @@ impl WriterTask {
     }
 
     async fn send(&self, trail: Trail, subject: String, message: Message, pending: &mut Pending) {
-        let expected = self.streams[match trail {
-            Trail::Decisions => 0,
-            Trail::Refusals => 1,
-        }]
-        .clone();
-        let Message { body, count, acks } = message;
+        let expected = self.streams[trail_index(trail)].clone();
+        let Message {
+            body,
+            count,
+            acks,
+            last_seq,
+        } = message;
         let publish = self.js.publish(subject, body.into()).await;
         let health = Arc::clone(&self.health);
+        let counters = Arc::clone(&self.counters);
         pending.push(Box::pin(async move {
             let ok = match publish {
                 Ok(ack) => match tokio::time::timeout(ACK_TIMEOUT, ack).await {
@@ -230,6 +230,10 @@ impl WriterTask {
                 },
                 Err(_) => false,
             };
+            if ok {
+                counters.acknowledged_seq[trail_index(trail)]
+                    .fetch_max(last_seq, Ordering::Relaxed);
+            }
             for acked in acks {
                 let _ = acked.send(ok);
             }
@@ -243,6 +247,8 @@ impl WriterTask {
 struct Message {
     body: Vec<u8>,
     count: u64,
+    /// The chain sequence of its last record.
+    last_seq: u64,
     acks: Vec<oneshot::Sender<bool>>,
 }
 

@@ -265,7 +265,14 @@ async fn verify(
                 .map(|p| verify::Finding::Stream(p).to_string()),
         );
         let messages = read_all(&stream, info.state.messages).await?;
-        let max_age_ms = (!configured.0.is_zero()).then(|| configured.0.as_millis() as u64);
+        let max_age_ms = (!configured.0.is_zero()).then_some(configured.0.as_millis() as u64);
+        let acknowledged: std::collections::BTreeMap<String, u64> = statuses
+            .iter()
+            .map(|s| {
+                let seq = s.acknowledged_seq.get(&trail).copied().unwrap_or(0);
+                (s.instance_key.clone(), seq)
+            })
+            .collect();
         let verified = verify::verify(
             &verify::Expect {
                 trail,
@@ -273,6 +280,7 @@ async fn verify(
                 known_keys: &known,
                 now_ms,
                 max_age_ms,
+                acknowledged: &acknowledged,
             },
             &messages,
         );
