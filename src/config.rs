@@ -36,10 +36,14 @@ pub(crate) const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024
 /// Default bound on the drain at shutdown, in milliseconds: in-flight requests not answered
 /// by then are abandoned, and the process exits whether or not NATS is still there.
 pub(crate) const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
-/// Default retention of the audit trail: 7 days ...
+/// Default retention of both audit trails: 7 days. The decisions trail also keeps at most
+/// 256 MiB; once full it refuses new records (never evicts), and `--audit-required` then
+/// refuses requests: safe for a laptop, size it for production.
 pub(crate) const DEFAULT_AUDIT_MAX_AGE_SECS: u64 = 7 * 86_400;
-/// ... or 256 MiB, whichever comes first (oldest records go first): safe for a laptop.
 pub(crate) const DEFAULT_AUDIT_MAX_BYTES: i64 = 256 * 1024 * 1024;
+/// Default size of the refusal trail (refusals and open reads, summarised beyond a rate);
+/// once full, its oldest records go.
+pub(crate) const DEFAULT_AUDIT_REFUSALS_MAX_BYTES: i64 = 64 * 1024 * 1024;
 /// Audit records buffered before they are dropped (or, with `--audit-required`, refused).
 pub(crate) const DEFAULT_AUDIT_BUFFER: usize = 8_192;
 

@@ -289,6 +289,11 @@ impl DatabaseApi {
             )),
         };
         let note = AuditNote::operation(operation_name(op));
+        // `status` reveals nothing a requester may not know: an open read, not a decision.
+        let note = match op {
+            Ok(DatabaseOp::Status) => note.public_read(),
+            _ => note,
+        };
         Some(match result {
             Ok(body) => crate::piggybank_api::reply(200, body.to_string().into_bytes())
                 .audited(note.allowed()),
@@ -306,6 +311,7 @@ impl DatabaseApi {
         report.admin = Some(self.admin);
         report.audit_dropped = Some(self.auditor.dropped());
         report.shed = self.shed.as_ref().map(|shed| shed.by_reason());
+        report.audit = self.auditor.status();
         to_json(report)
     }
 

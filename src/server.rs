@@ -39,6 +39,8 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     AdminKeys(#[from] crate::admin_auth::AdminKeyError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The current data key and the previous ones, from their seeds.
@@ -294,15 +296,33 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
             Arc::new(Seal::keyed(Arc::clone(&backend)))
         }
     };
-    let auditor = Arc::new(
-        Auditor::start(
-            &crate::store::jetstream(&client, config.js_domain()),
-            &config.name,
-            seal.instance_id(),
-            &config.audit,
-        )
-        .await?,
-    );
+    // The audit writer has a connection of its own: nothing it publishes can break the
+    // one the mirrors and the nonce store share.
+    let audit_client = match config.audit.enabled {
+        true => Some(
+            connect_server(
+                &config.nats_address,
+                config.nats_credentials.as_ref(),
+                &config.nats_tls,
+                &format!("piggybank {} (audit)", config.name),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let auditor = Arc::new(match audit_client {
+        Some(audit_client) => {
+            Auditor::start(
+                audit_client,
+                config.js_domain(),
+                &config.name,
+                seal.instance_id(),
+                &config.audit,
+            )
+            .await?
+        }
+        None => Auditor::disabled(seal.instance_id()),
+    });
     let database = Arc::new(
         DatabaseApi::new(seal, admin_mode, Arc::clone(&auditor))
             .with_shed(Arc::clone(serving.shed())),
@@ -341,6 +361,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         mode = %database.seal().mode(),
         instance_id = %database.seal().instance_id(),
         server_xkey = %backend.transit_public().unwrap_or_default(),
+        audit_key = %auditor.instance_key().unwrap_or("-"),
         sealed = backend.is_sealed(),
         loaded = backend.is_loaded(),
         startup_ms = started.elapsed().as_millis() as u64,

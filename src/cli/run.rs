@@ -95,12 +95,18 @@ pub struct RunArgs {
     /// unaudited
     #[arg(long, env = env::PIGGYBANK_AUDIT_REQUIRED, conflicts_with = "no_audit")]
     pub audit_required: bool,
-    /// Audit records are kept at most this many seconds (default 7 days)
+    /// Audit records (both trails) are kept at most this many seconds (default 7 days)
     #[arg(long, default_value_t = config::DEFAULT_AUDIT_MAX_AGE_SECS)]
     pub audit_max_age_secs: u64,
-    /// Audit records are kept up to this many bytes; the oldest go first (default 256 MiB)
+    /// Size of the decisions trail (allowed accesses, admin changes); once full, new records
+    /// are refused and never an old one evicted, so --audit-required refuses requests
+    /// (default 256 MiB)
     #[arg(long, default_value_t = config::DEFAULT_AUDIT_MAX_BYTES)]
     pub audit_max_bytes: i64,
+    /// Size of the refusal trail (refused requests and open reads, summarised beyond 100 a
+    /// second); once full, its oldest records go (default 64 MiB)
+    #[arg(long, default_value_t = config::DEFAULT_AUDIT_REFUSALS_MAX_BYTES)]
+    pub audit_refusals_max_bytes: i64,
     /// Replicas of the audit stream (default: --replicas)
     #[arg(long)]
     pub audit_replicas: Option<usize>,
@@ -182,6 +188,7 @@ impl RunArgs {
             required: self.audit_required,
             max_age: std::time::Duration::from_secs(self.audit_max_age_secs),
             max_bytes: self.audit_max_bytes,
+            refusals_max_bytes: self.audit_refusals_max_bytes,
             replicas: self.audit_replicas.unwrap_or(self.replicas),
             ..Default::default()
         };

@@ -18,6 +18,7 @@ use async_nats::Message;
 use futures::future::BoxFuture;
 
 use crate::admin_auth::{AdminRefusal, Signed};
+use crate::audit::AuditNote;
 use crate::backend::{Backend, MappingChange, Unsealed};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
@@ -28,7 +29,8 @@ use subject::{Operation, SubjectError};
 /// The transit public key: answered while sealed too, once known (hosts cache it).
 fn server_xkey(backend: &Backend) -> Reply {
     match backend.transit_public() {
-        Some(public) => Reply::plain(public),
+        // Anyone may know it: an open read, not a decision (`audit::Trail::of`).
+        Some(public) => Reply::plain(public).audited(AuditNote::default().allowed().public_read()),
         None => Reply::admin_error(
             423,
             "the store is not initialized: no transit key yet (piggybank init)",

@@ -61,6 +61,11 @@ pub struct StatusReport {
     /// front door; absent from older backends.
     #[serde(default)]
     pub shed: Option<std::collections::BTreeMap<String, u64>>,
+    /// The audit trail of this instance: its signing key, counts, retention and whether its
+    /// streams are the ones it configured. Filled in by the front door; absent when auditing
+    /// is off, and from older backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditStatus>,
     /// Whether this instance's in-memory mirrors hold both buckets whole. `false` while
     /// their initial load runs: gets are then answered from the buckets themselves, listings
     /// wait, and `secrets` and `mapped_entities` count what has arrived so far. Absent from
@@ -117,6 +122,7 @@ impl Seal {
             unseal_proof,
             audit_dropped: None,
             shed: None,
+            audit: None,
             loaded: Some(self.backend.is_loaded()),
             mirror_pending: Some(self.backend.mirrors().iter().map(|m| m.pending()).sum()),
         };

@@ -11,15 +11,20 @@ use piggybank::audit::{AuditRecord, Outcome};
 use serde_json::Value;
 
 const STREAM: &str = "PIGGYBANK_AUDIT_nats-kv";
+const REFUSALS: &str = "PIGGYBANK_AUDIT_REFUSALS_nats-kv";
 
-/// Every record on the stream, with its raw bytes.
+/// Every record on both trails, with its raw bytes.
 async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
+    let mut out = stream_records(nats, STREAM).await;
+    out.extend(stream_records(nats, REFUSALS).await);
+    out
+}
+
+/// Every record on one stream, with its raw bytes.
+async fn stream_records(nats: &NatsServer, name: &str) -> Vec<(AuditRecord, Vec<u8>)> {
     use async_nats::jetstream::consumer::pull::OrderedConfig;
     let js = async_nats::jetstream::new(nats.client().await);
-    let mut stream = js
-        .get_stream(STREAM)
-        .await
-        .expect("the audit stream exists");
+    let mut stream = js.get_stream(name).await.expect("the audit stream exists");
     let count = stream.info().await.unwrap().state.messages;
     let consumer = stream
         .create_consumer(OrderedConfig::default())

@@ -13,6 +13,7 @@ mod common;
 mod admin_auth;
 mod audit;
 mod audit_decisions;
+mod audit_integrity;
 mod auto_unlock;
 mod availability;
 mod backup;

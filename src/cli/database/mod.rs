@@ -135,6 +135,8 @@ mod status;
 mod unlock;
 
 pub(crate) use init::{init, InitArgs};
+/// `piggybank audit --verify` asks every instance for its audit key the same way.
+pub(super) use status::gather;
 pub use status::status;
 use status::*;
 pub use unlock::unlock;
@@ -379,6 +381,7 @@ mod tests {
             unseal_proof: None,
             audit_dropped: None,
             shed: None,
+            audit: None,
             loaded: Some(true),
             mirror_pending: Some(0),
         };

@@ -43,7 +43,7 @@ pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
 /// none has come for `QUIET` (or `MAX_REPLIES` came). Fails when nothing answers:
 /// after `NO_RESPONDERS_GRACE` on NATS's `no responders` (unless a real reply comes
 /// meanwhile: anyone can forge one), after `FIRST_REPLY` otherwise.
-pub(super) async fn gather(
+pub(in crate::cli) async fn gather(
     nats: &async_nats::Client,
     subject: &str,
     headers: HeaderMap,
