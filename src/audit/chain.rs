@@ -72,7 +72,9 @@ impl InstanceKey {
 }
 
 /// An ed25519 public key written as nkeys writes a server key: base32 (no padding) of the
-/// prefix byte, the key, and the CRC-16 (XMODEM, little-endian) of both.
+/// prefix byte, the key, and the CRC-16 (XMODEM, little-endian) of both. Written here
+/// because nkeys 0.4 encodes a public key only from a `KeyPair`, which keeps an unwiped copy
+/// of the seed; what it writes is read back with nkeys (`check_signature`, and a unit test).
 fn encode_server_public(key: &[u8; 32]) -> String {
     let mut raw = Vec::with_capacity(35);
     raw.push(SERVER_PUBLIC_PREFIX);

@@ -320,6 +320,8 @@ fn refused_reply(msg: &Message, refuse: &Refuse, refused: &LoopRefusal) -> Reply
 
 /// Time given to the last flush when the drain deadline has already passed.
 const FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a draining loop has its connections hear from the server (see `serve`).
+const NUDGE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The reply policy for these endpoints: `prefixes`, and every tree they serve.
 pub(crate) fn policy_for(
@@ -460,25 +462,38 @@ pub async fn serve(
     // The connection completes a drain when it next hears from the server: when idle, at its
     // next ping, a minute away. A message to itself, on a subject of its own, makes it hear
     // now, whoever else listens (a request could be held up by any subscriber that never
-    // answers).
-    for client in [connection.client(), connection.side()] {
-        let (client, timeout) = (client.clone(), config.drain_timeout);
-        tokio::spawn(async move {
-            let subject = client.new_inbox();
-            let nudge = async {
-                let mut echo = client.subscribe(subject.clone()).await.ok()?;
-                client.publish(subject, bytes::Bytes::new()).await.ok()?;
-                echo.next().await
-            };
-            let _ = tokio::time::timeout(timeout, nudge).await;
-        });
-    }
+    // answers). Each intake sends its drain on its own task, so the nudge repeats until the
+    // drain is over: one sent before the last drain would leave that one to the next ping.
+    let nudges: Vec<_> = [connection.client(), connection.side()]
+        .into_iter()
+        .map(|client| {
+            let (client, timeout) = (client.clone(), config.drain_timeout);
+            tokio::spawn(async move {
+                let subject = client.new_inbox();
+                let nudge = async {
+                    let mut echo = client.subscribe(subject.clone()).await.ok()?;
+                    loop {
+                        client
+                            .publish(subject.clone(), bytes::Bytes::new())
+                            .await
+                            .ok()?;
+                        echo.next().await?;
+                        tokio::time::sleep(NUDGE_EVERY).await;
+                    }
+                };
+                let _: Option<()> = tokio::time::timeout(timeout, nudge).await.ok().flatten();
+            })
+        })
+        .collect();
     // Every subscription drained and every message taken, then every queued request
     // started, then every started request answered: until the deadline.
     let drained = ended
         || tokio::time::timeout_at(deadline, &mut all_intakes)
             .await
             .is_ok();
+    for nudge in &nudges {
+        nudge.abort();
+    }
     let started = drained
         && tokio::time::timeout_at(deadline, futures::future::join_all(runners))
             .await

