@@ -9,6 +9,7 @@
 //!   keep working (the writer's batches fit, on a connection of its own).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -110,14 +111,15 @@ async fn settled(nats: &NatsServer, entity: &str, gets: usize) {
 async fn a_refusal_flood_cannot_evict_the_records_of_allowed_gets() {
     let nats = NatsServer::start();
     let keys = Keys::generate();
-    // A deliberately small trail: 1 MiB of decisions, 256 KiB of refusals.
+    // A deliberately small trail: 256 KiB of decisions, 256 KiB of refusals. (On one trail
+    // of 256 KiB, as before the two, the flood below evicts the first allowed gets' records.)
     let (_run, jwt, component) = serving(
         &nats,
         &keys,
         &[
             "--audit-required",
             "--audit-max-bytes",
-            "1048576",
+            "262144",
             "--audit-refusals-max-bytes",
             "262144",
         ],
@@ -137,15 +139,20 @@ async fn a_refusal_flood_cannot_evict_the_records_of_allowed_gets() {
         }
     }
     assert_eq!(refused, 100, "the huge-key gets were not all refused");
+    // In rounds the backend can take (a flood it sheds unread records nothing): each refused
+    // request is a record of a few hundred bytes, 20,000 of them far more than a trail holds.
     let flooder = nats.client().await;
     let inbox = flooder.new_inbox();
-    for _ in 0..20_000 {
-        flooder
-            .publish_with_reply(GET, inbox.clone(), bytes::Bytes::new())
-            .await
-            .unwrap();
+    for _ in 0..40 {
+        for _ in 0..500 {
+            flooder
+                .publish_with_reply(GET, inbox.clone(), bytes::Bytes::new())
+                .await
+                .unwrap();
+        }
+        flooder.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    flooder.flush().await.unwrap();
     // Served after the flood too (once the backlog is answered): the decisions trail still
     // takes records.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -446,25 +453,33 @@ async fn on_a_small_max_payload_every_served_get_is_recorded_and_signed_puts_wor
     let run = spawn_run(&nats, &keys, &["--admin-keys", &public]);
     wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.nats-kv").await;
     let admin = admin(nats.client().await).with_signer(Some(signer));
-    admin.put_secret("db", text("v"), None, None).await.unwrap();
+    // A long name makes each record large: what is buffered at once outgrows 16 KiB.
+    let name = format!("apps/{}", "n".repeat(240));
+    admin
+        .put_secret(&name, text("v"), None, None)
+        .await
+        .unwrap();
     let (jwt, component) = Issuer::new().component();
     admin
-        .add_mapping(&component, &names(&["db"]))
+        .add_mapping(&component, &names(&[name.as_str()]))
         .await
         .unwrap();
     let until = Instant::now() + Duration::from_secs(3);
     let mut hosts = Vec::new();
     for _ in 0..4 {
-        let (host, jwt) = (host_client(&nats).await, jwt.clone());
-        hosts.push(tokio::spawn(async move {
-            let mut served = 0usize;
-            while Instant::now() < until {
-                if host_get(&host, request("db", &jwt)).await.is_ok() {
-                    served += 1;
+        let host = Arc::new(host_client(&nats).await);
+        for _ in 0..4 {
+            let (host, jwt, name) = (Arc::clone(&host), jwt.clone(), name.clone());
+            hosts.push(tokio::spawn(async move {
+                let mut served = 0usize;
+                while Instant::now() < until {
+                    if host_get(&host, request(&name, &jwt)).await.is_ok() {
+                        served += 1;
+                    }
                 }
-            }
-            served
-        }));
+                served
+            }));
+        }
     }
     let mut served = 0;
     for host in hosts {

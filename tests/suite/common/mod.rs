@@ -184,8 +184,12 @@ pub async fn host_get(
         .map_err(|e| e.to_string())
 }
 
+/// The `piggybank` binary under test: this build's, or the one `PIGGYBANK_TEST_BIN` names, to
+/// check that a regression test fails on an older build (docs/testing.md).
 pub fn piggybank_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_piggybank"))
+    std::env::var_os("PIGGYBANK_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_piggybank")))
 }
 
 pub fn assert_private_file(path: &Path) {
