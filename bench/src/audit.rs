@@ -164,6 +164,53 @@ impl AuditProbe {
     }
 }
 
+/// What the audit writer spends on one core: linking a record into its chain (serializing
+/// and digesting it), and signing (once per message it publishes, on its last record).
+pub fn print_sealing_cost() -> anyhow::Result<()> {
+    use piggybank::audit::chain::{sign, Chain, InstanceKey};
+    use piggybank::audit::{AuditRecord, Trail};
+    let key = InstanceKey::generate()?;
+    let mut chain = Chain::new(Trail::Decisions);
+    let record = AuditRecord {
+        time_ms: 1_700_000_000_000,
+        request_id: "NAY2537EL4FQ-123456".into(),
+        instance_id: "NAY2537EL4FQ".into(),
+        front_door: "protocol".into(),
+        operation: "get".into(),
+        secret: Some("shop/db-password".into()),
+        version: Some(3),
+        entity: Some(nkeys::KeyPair::new_module().public_key()),
+        host: Some(nkeys::KeyPair::new_server().public_key()),
+        ..AuditRecord::default()
+    };
+    let n = 20_000u32;
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for _ in 0..n {
+        let linked = chain.link(record.clone(), &key)?;
+        last = Some(serde_json::to_vec(&linked)?.len());
+        std::hint::black_box(&linked);
+    }
+    let link = started.elapsed() / n;
+    let linked = chain.link(record.clone(), &key)?;
+    let signatures = 2_000u32;
+    let started = std::time::Instant::now();
+    let mut signed_len = 0;
+    for _ in 0..signatures {
+        signed_len = sign(linked.clone(), &key)?.len();
+    }
+    let signing = started.elapsed() / signatures;
+    println!(
+        "audit writer, one core: linking {:.1} µs/record ({} bytes), signing {:.1} µs/message \
+         ({} bytes signed); one signature per message",
+        link.as_secs_f64() * 1e6,
+        last.unwrap_or(0),
+        signing.as_secs_f64() * 1e6,
+        signed_len
+    );
+    Ok(())
+}
+
 /// The table's header.
 pub fn print_header(stream: &str) {
     println!(

@@ -330,6 +330,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             for (c, stats, phase) in &audited {
                 audit::print_row(*c, stats, phase);
             }
+            audit::print_sealing_cost()?;
         }
         None => println!(
             "audit trail: no stream {} (the backend runs with --no-audit?)",

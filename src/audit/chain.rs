@@ -5,16 +5,23 @@
 //!   in `status` (`audit.instance_key`) and on every record (`instance_key`).
 //! - **The chain** ([`Chain`]): one per instance and trail. Each record carries its sequence
 //!   in the chain (`seq`, from 1), the previous record's digest (`prev`) and time
-//!   (`prev_time_ms`), and a signature (`sig`) over its canonical bytes. A record removed,
-//!   added, reordered or changed is then visible to `piggybank audit --verify`
-//!   ([`super::verify`]), without any secret: only public keys are needed.
+//!   (`prev_time_ms`). A record removed, added, reordered or changed is then visible to
+//!   `piggybank audit --verify` ([`super::verify`]), without any secret: only public keys
+//!   are needed.
+//! - **One signature per message.** The last record of each message the writer publishes
+//!   carries a signature (`sig`) over its canonical bytes; the records before it carry
+//!   none. The signed record names its predecessor's digest, which names its own, so one
+//!   signature covers every record back to the previous signed one: signing costs one
+//!   ed25519 signature per message, not per record (a busy instance writes tens of records
+//!   per message). A record is authentic when a valid signature follows it in its chain with
+//!   no break between.
 //!
-//! Canonical bytes (what is signed): [`SIGNED_PREFIX`], then the record as JSON without
-//! `sig`: fields in the order [`AuditRecord`] declares them, absent optional fields left
-//! out, no whitespace (serde_json's compact form). A verifier re-serializes the record it
-//! read, so only what the record type holds is covered, and an unknown field is ignored.
-//! The digest (`prev` of the next record) is the SHA-256, hex, of the record as JSON with
-//! its `sig`, in the same form.
+//! Canonical bytes (what is signed, and what is digested): [`SIGNED_PREFIX`], then the record
+//! as JSON without `sig`: fields in the order [`AuditRecord`] declares them, absent optional
+//! fields left out, no whitespace (serde_json's compact form). A verifier re-serializes the
+//! record it read, so only what the record type holds is covered, and an unknown field is
+//! ignored. The digest (`prev` of the next record) is the SHA-256, hex, of the canonical
+//! bytes: a signature added to the last record of a message changes no link.
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
 use sha2::{Digest as _, Sha256};
@@ -108,11 +115,13 @@ pub fn canonical_bytes(record: &AuditRecord) -> Result<Vec<u8>, serde_json::Erro
     Ok(bytes)
 }
 
-/// The digest the next record names as `prev`: SHA-256 (hex) of the record with its
-/// signature.
+/// The digest the next record names as `prev`: SHA-256 (hex) of its canonical bytes.
 pub fn digest(record: &AuditRecord) -> Result<String, serde_json::Error> {
-    let bytes = serde_json::to_vec(record)?;
-    Ok(data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes)))
+    Ok(digest_of(&canonical_bytes(record)?))
+}
+
+fn digest_of(canonical: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(&Sha256::digest(canonical))
 }
 
 /// Why a record's signature does not hold.
@@ -182,28 +191,43 @@ impl Chain {
         self.seq
     }
 
-    /// Link `record` to the chain and sign it: the line to write (JSON, no newline). The
-    /// caller writes lines in the order they were sealed.
-    pub fn seal(
+    /// Link `record` to the chain: the record to write, unsigned. The caller writes records
+    /// in the order they were linked, and signs the last of each message ([`sign`]).
+    pub fn link(
         &mut self,
         mut record: AuditRecord,
         key: &InstanceKey,
-    ) -> Result<Vec<u8>, ChainError> {
+    ) -> Result<AuditRecord, ChainError> {
         record.trail = Some(self.trail);
         record.instance_key = Some(key.public().to_string());
         record.seq = Some(self.seq + 1);
         record.prev = self.prev.clone();
         record.prev_time_ms = self.prev_time_ms;
         record.sig = None;
-        let signature = key.sign(&canonical_bytes(&record)?);
-        record.sig = Some(signature);
-        let line = serde_json::to_vec(&record)?;
+        let canonical = canonical_bytes(&record)?;
         self.seq += 1;
-        self.prev = Some(data_encoding::HEXLOWER.encode(&Sha256::digest(&line)));
+        self.prev = Some(digest_of(&canonical));
         self.prev_time_ms = Some(record.time_ms);
-        Ok(line)
+        Ok(record)
+    }
+
+    /// Link `record` and sign it: the line to write (JSON, no newline). For a record that is
+    /// a message of its own.
+    pub fn seal(&mut self, record: AuditRecord, key: &InstanceKey) -> Result<Vec<u8>, ChainError> {
+        let record = self.link(record, key)?;
+        sign(record, key)
     }
 }
+
+/// Sign a linked record (the last of its message): the line to write (JSON, no newline).
+pub fn sign(mut record: AuditRecord, key: &InstanceKey) -> Result<Vec<u8>, ChainError> {
+    record.sig = None;
+    record.sig = Some(key.sign(&canonical_bytes(&record)?));
+    Ok(serde_json::to_vec(&record)?)
+}
+
+/// Room a signature takes in a record's line: `,"sig":"` and 86 base64url characters.
+pub const SIGNATURE_BYTES: usize = 96;
 
 #[cfg(test)]
 mod tests {

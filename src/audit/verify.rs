@@ -2,8 +2,10 @@
 //! stream order), the instance keys to trust and the retention, every finding.
 //!
 //! What is found, per instance chain ([`super::chain`]):
-//! - a **forged** record: unsigned, or its signature is not its instance key's, or it is
-//!   on another trail's stream or subject than the one it names;
+//! - a **forged** record: its signature is not its instance key's; or it is unsigned and
+//!   no valid signature follows it in its chain before a break (each message's last record
+//!   signs every record back to the previous signed one, [`super::chain`]); or it is on
+//!   another trail's stream or subject than the one it names;
 //! - an **unknown key**: a chain whose key is not among the trusted instance keys;
 //! - a **gap**: sequence numbers missing between two records (removed records; also what a
 //!   record the instance failed to write leaves, which its `status` counts as dropped);
@@ -191,6 +193,22 @@ pub struct Expect<'a> {
 struct ChainState {
     seq: u64,
     digest: Option<String>,
+    /// Unsigned records since its last signed one (their messages' stream sequences): a
+    /// valid signature further on, with no break, covers them.
+    unsigned: Vec<u64>,
+}
+
+impl ChainState {
+    /// The chain breaks here: what was waiting for a signature never gets one.
+    fn break_off(&mut self, trail: Trail, findings: &mut Vec<Finding>) {
+        for stream_seq in self.unsigned.drain(..) {
+            findings.push(Finding::Forged {
+                trail,
+                stream_seq,
+                why: "unsigned, and its chain breaks before a signed record".into(),
+            });
+        }
+    }
 }
 
 /// Judge `messages`, one trail's stream in stream order.
@@ -218,9 +236,12 @@ pub fn verify(expect: &Expect<'_>, messages: &[StoredMessage]) -> Verified {
                 stream_seq: message.stream_seq,
                 why,
             };
-            if let Err(bad) = check_signature(&record) {
-                verified.findings.push(forged(bad.as_str().into()));
-                continue;
+            let signed = record.sig.is_some();
+            if signed {
+                if let Err(bad) = check_signature(&record) {
+                    verified.findings.push(forged(bad.as_str().into()));
+                    continue;
+                }
             }
             let expected_subject =
                 trail.subject(expect.root, record.outcome.as_str(), &record.front_door);
@@ -243,18 +264,16 @@ pub fn verify(expect: &Expect<'_>, messages: &[StoredMessage]) -> Verified {
             let Ok(this_digest) = digest(&record) else {
                 continue;
             };
-            match chains.get_mut(&key) {
+            let state = match chains.get_mut(&key) {
                 None => {
                     if seq != 1 {
                         check_head(expect, &record, &key, seq, &mut verified.findings);
                     }
-                    chains.insert(
-                        key,
-                        ChainState {
-                            seq,
-                            digest: Some(this_digest),
-                        },
-                    );
+                    chains.entry(key).or_insert(ChainState {
+                        seq,
+                        digest: Some(this_digest),
+                        unsigned: Vec::new(),
+                    })
                 }
                 Some(state) => {
                     if seq <= state.seq {
@@ -264,6 +283,12 @@ pub fn verify(expect: &Expect<'_>, messages: &[StoredMessage]) -> Verified {
                             seq,
                             after: state.seq,
                         });
+                        state.break_off(trail, &mut verified.findings);
+                        if !signed {
+                            verified
+                                .findings
+                                .push(forged("unsigned, and out of its chain's order".into()));
+                        }
                         continue;
                     }
                     if seq > state.seq + 1 {
@@ -273,17 +298,34 @@ pub fn verify(expect: &Expect<'_>, messages: &[StoredMessage]) -> Verified {
                             missing_from: state.seq + 1,
                             missing_to: seq - 1,
                         });
+                        state.break_off(trail, &mut verified.findings);
                     } else if record.prev != state.digest {
                         verified.findings.push(Finding::BrokenLink {
                             trail,
                             key: key.clone(),
                             seq,
                         });
+                        state.break_off(trail, &mut verified.findings);
                     }
                     state.seq = seq;
                     state.digest = Some(this_digest);
+                    state
                 }
+            };
+            match signed {
+                // Valid (checked above): it covers every unsigned record before it.
+                true => state.unsigned.clear(),
+                false => state.unsigned.push(message.stream_seq),
             }
+        }
+    }
+    for state in chains.values_mut() {
+        for stream_seq in state.unsigned.drain(..) {
+            verified.findings.push(Finding::Forged {
+                trail,
+                stream_seq,
+                why: "unsigned, and no signed record follows it".into(),
+            });
         }
     }
     for (key, acknowledged) in expect.acknowledged {
@@ -399,6 +441,83 @@ mod tests {
     fn an_untouched_chain_has_no_finding() {
         let (key, messages) = trail(6);
         assert_eq!(judge(&key, &messages), vec![]);
+    }
+
+    /// A message as the writer makes it: every record linked, only the last signed.
+    fn message_of(
+        chain: &mut Chain,
+        key: &InstanceKey,
+        ops: &[&str],
+        stream_seq: u64,
+    ) -> StoredMessage {
+        let mut payload = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let record = AuditRecord {
+                time_ms: 1_000,
+                operation: (*op).into(),
+                front_door: "protocol".into(),
+                outcome: Outcome::Allowed,
+                ..AuditRecord::default()
+            };
+            let linked = chain.link(record, key).unwrap();
+            let line = match i + 1 == ops.len() {
+                true => crate::audit::chain::sign(linked, key).unwrap(),
+                false => serde_json::to_vec(&linked).unwrap(),
+            };
+            payload.extend_from_slice(&line);
+            payload.push(b'\n');
+        }
+        StoredMessage {
+            stream_seq,
+            subject: Trail::Decisions.subject(ROOT, "allowed", "protocol"),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn one_signature_per_message_covers_every_record_before_it() {
+        let key = InstanceKey::generate().unwrap();
+        let mut chain = Chain::new(Trail::Decisions);
+        let messages = vec![
+            message_of(&mut chain, &key, &["get", "get", "get"], 1),
+            message_of(&mut chain, &key, &["add_mapping", "get"], 2),
+        ];
+        assert_eq!(judge(&key, &messages), vec![]);
+
+        // An unsigned record that links correctly, appended after the last signed one.
+        let mut tail = messages.clone();
+        tail.push(message_of(&mut chain.clone(), &key, &["get"], 3));
+        let mut payload = tail[2].payload.to_vec();
+        let mut record: AuditRecord = serde_json::from_slice(payload.trim_ascii_end()).unwrap();
+        record.sig = None;
+        payload = serde_json::to_vec(&record).unwrap();
+        tail[2].payload = payload.into();
+        assert!(matches!(
+            judge(&key, &tail)[..],
+            [Finding::Forged { stream_seq: 3, .. }]
+        ));
+
+        // A record of a message changed: the signature that covers it no longer holds, so
+        // the record after it does not link, and it is left unsigned.
+        let mut changed = messages.clone();
+        let text = String::from_utf8(changed[0].payload.to_vec()).unwrap();
+        changed[0].payload = text
+            .replacen("\"get\"", "\"put_secret\"", 1)
+            .into_bytes()
+            .into();
+        let findings = judge(&key, &changed);
+        assert!(
+            findings
+                .iter()
+                .any(|f| matches!(f, Finding::BrokenLink { seq: 2, .. })),
+            "{findings:?}"
+        );
+        assert!(
+            findings
+                .iter()
+                .any(|f| matches!(f, Finding::Forged { stream_seq: 1, .. })),
+            "{findings:?}"
+        );
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //!   subject (JSON lines, [`super::records`] reads them back), each at most the
 //!   connection's `max_payload` (a larger publish would make the server close the
 //!   connection), and at most [`MAX_BATCH_RECORDS`] records.
-//! - **Chained in publish order.** A record is sealed into its trail's chain just before it
-//!   is added to the message that carries it, so the chain's order is the stream's.
+//! - **Chained in publish order.** A record is linked into its trail's chain just before it
+//!   is added to the message that carries it, so the chain's order is the stream's; the last
+//!   record of each message is signed as the message is sent, which covers the whole
+//!   message ([`super::chain`]).
 //! - **Acknowledged by the right stream.** An acknowledgement naming another stream counts
 //!   as a failure and is reported ([`super::health::Health::foreign_ack`]).
 //! - **Summaries.** Every [`super::gate::WINDOW`] the refusal gate's closed window becomes
@@ -22,7 +24,7 @@ use async_nats::jetstream;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 
-use super::chain::{Chain, InstanceKey};
+use super::chain::{sign, Chain, InstanceKey, SIGNATURE_BYTES};
 use super::gate::{RefusalGate, WINDOW};
 use super::health::Health;
 use super::{trail_index, AuditRecord, Counters, Trail};
@@ -159,8 +161,9 @@ impl WriterTask {
         self.publish(Trail::Refusals, batch, pending).await;
     }
 
-    /// Seal `batch` into `trail`'s chain and publish it, one message per subject, each
-    /// within the server's max payload.
+    /// Link `batch` into `trail`'s chain and publish it, one message per subject, each
+    /// within the server's max payload, each signed once: by its last record's signature
+    /// (see [`super::chain`]).
     async fn publish(&mut self, trail: Trail, batch: Vec<Queued>, pending: &mut Pending) {
         let max_payload = self.client.server_info().max_payload.max(1);
         let slot = trail_index(trail);
@@ -170,27 +173,27 @@ impl WriterTask {
             let mut message = Message::default();
             for queued in group {
                 let before = self.chains[slot].clone();
-                let line = match self.chains[slot].seal(queued.record, &self.key) {
-                    Ok(line) => line,
-                    Err(_) => {
-                        self.refuse(queued.acked);
-                        continue;
-                    }
+                let linked = self.chains[slot]
+                    .link(queued.record, &self.key)
+                    .and_then(|record| Ok((serde_json::to_vec(&record)?, record)));
+                let Ok((line, record)) = linked else {
+                    self.chains[slot] = before;
+                    self.refuse(queued.acked);
+                    continue;
                 };
-                if line.len() + 1 > max_payload {
+                // Each line may be the one that carries the message's signature.
+                let room = line.len() + SIGNATURE_BYTES + 1;
+                if room > max_payload {
                     // Never fits: dropped, and its place in the chain given back.
                     self.chains[slot] = before;
                     self.refuse(queued.acked);
                     continue;
                 }
-                if message.body.len() + line.len() + 1 > max_payload {
+                if message.len() + room > max_payload {
                     let full = std::mem::take(&mut message);
                     self.send(trail, subject.clone(), full, pending).await;
                 }
-                message.body.extend_from_slice(&line);
-                message.body.push(b'\n');
-                message.count += 1;
-                message.last_seq = self.chains[slot].seq();
+                message.push(line, record, self.chains[slot].seq());
                 message.acks.extend(queued.acked);
             }
             if message.count > 0 {
@@ -209,12 +212,16 @@ impl WriterTask {
 
     async fn send(&self, trail: Trail, subject: String, message: Message, pending: &mut Pending) {
         let expected = self.streams[trail_index(trail)].clone();
-        let Message {
-            body,
-            count,
-            acks,
-            last_seq,
-        } = message;
+        let (body, count, acks, last_seq) = match message.signed(&self.key) {
+            Ok(signed) => signed,
+            Err(acks) => {
+                // Unsigned records are written never: refused as any unwritable record.
+                for acked in acks {
+                    self.refuse(Some(acked));
+                }
+                return;
+            }
+        };
         let publish = self.js.publish(subject, body.into()).await;
         let health = Arc::clone(&self.health);
         let counters = Arc::clone(&self.counters);
@@ -245,11 +252,62 @@ impl WriterTask {
 /// One message being filled.
 #[derive(Default)]
 struct Message {
+    /// The lines of every record but the last, each with its newline.
     body: Vec<u8>,
+    /// The last record, linked, and its line unsigned: signed when the message is sent.
+    last: Option<(AuditRecord, Vec<u8>)>,
     count: u64,
     /// The chain sequence of its last record.
     last_seq: u64,
     acks: Vec<oneshot::Sender<bool>>,
+}
+
+impl Message {
+    /// Its size once the last record is signed.
+    fn len(&self) -> usize {
+        self.body.len()
+            + self
+                .last
+                .as_ref()
+                .map_or(0, |(_, line)| line.len() + SIGNATURE_BYTES + 1)
+    }
+
+    /// Add a linked record and its line, unsigned.
+    fn push(&mut self, line: Vec<u8>, record: AuditRecord, seq: u64) {
+        if let Some((_, previous)) = self.last.replace((record, line)) {
+            self.body.extend_from_slice(&previous);
+            self.body.push(b'\n');
+        }
+        self.count += 1;
+        self.last_seq = seq;
+    }
+
+    /// The body with its last record signed: (body, records, acknowledgements, last
+    /// sequence); or, if it cannot be signed, the acknowledgements to refuse.
+    #[allow(clippy::type_complexity)]
+    fn signed(
+        self,
+        key: &InstanceKey,
+    ) -> Result<(Vec<u8>, u64, Vec<oneshot::Sender<bool>>, u64), Vec<oneshot::Sender<bool>>> {
+        let Message {
+            mut body,
+            last,
+            count,
+            last_seq,
+            acks,
+            ..
+        } = self;
+        if let Some((last, _)) = last {
+            match sign(last, key) {
+                Ok(line) => {
+                    body.extend_from_slice(&line);
+                    body.push(b'\n');
+                }
+                Err(_) => return Err(acks),
+            }
+        }
+        Ok((body, count, acks, last_seq))
+    }
 }
 
 /// `first` and what else is buffered (at most [`MAX_BATCH_RECORDS`]). Without
