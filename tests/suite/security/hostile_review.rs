@@ -290,3 +290,110 @@ async fn a_decisions_stream_that_acknowledges_nothing_is_found() {
     assert!(!served_after, "a get was served unacknowledged under --audit-required");
     assert!(!ok, "verify reports a no_ack trail clean: {out}");
 }
+
+/// The attacker's move of `prod/db`'s stored value over `public/motd` (which their component
+/// is mapped to), after `rewrite` of its clear header. Returns what the attacker's component
+/// is then served under `public/motd` (or the refusal), and the owner's control read.
+async fn moved_with_rewritten_header(
+    rewrite: fn(&[u8]) -> Vec<u8>,
+) -> (Result<Option<String>, String>, Option<String>) {
+    let Deployed {
+        nats,
+        keys: _,
+        backend: _backend,
+        admin,
+    } = deployed().await;
+    admin
+        .put_secret("prod/db", text("PROD-DB-PASSWORD"), None, None)
+        .await
+        .unwrap();
+    admin
+        .put_secret("public/motd", text("hello"), None, None)
+        .await
+        .unwrap();
+    let issuer = Issuer::new();
+    let (attacker_jwt, attacker) = issuer.component();
+    let (owner_jwt, owner) = issuer.component();
+    admin
+        .add_mapping(&attacker, &names(&["public/motd"]))
+        .await
+        .unwrap();
+    admin
+        .add_mapping(&owner, &names(&["prod/db"]))
+        .await
+        .unwrap();
+    let host = host_client(&nats).await;
+    let owners = host_get(&host, request("prod/db", &owner_jwt))
+        .await
+        .unwrap()
+        .string_secret;
+    let js = jetstream::new(nats.client().await);
+    let bucket = js.get_key_value("WASMCLOUD_SECRETS").await.unwrap();
+    let sealed = bucket.get("prod/db").await.unwrap().unwrap();
+    assert!(sealed.starts_with(b"pgb2"), "the value is bound (pgb2)");
+    bucket
+        .put("public/motd", rewrite(&sealed).into())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = host_get(&host, request("public/motd", &attacker_jwt))
+            .await
+            .map(|s| s.string_secret);
+        if answer.as_ref().ok().and_then(|s| s.as_deref()) != Some("hello")
+            || Instant::now() > deadline
+        {
+            return (answer, owners);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Attack (target 2): the envelope's magic is in clear and not authenticated. Rewrite a
+/// bound value's `pgb2` to `pgb1` and copy it to another name: `open` reads it as an unbound
+/// value (which opens under any name), skips the kind byte and serves `name_len | name |
+/// value` as the value.
+///
+/// Safe: the moved value is refused (as the straight copy is), never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a pgb2 value relabelled pgb1 (magic in clear, unauthenticated) opens under any name: the secret is served to whoever is mapped to the name it was copied to"]
+async fn a_bound_value_relabelled_unbound_does_not_open_under_another_name() {
+    let (answer, owners) = moved_with_rewritten_header(|sealed| {
+        let mut v = sealed.to_vec();
+        v[..4].copy_from_slice(b"pgb1");
+        v
+    })
+    .await;
+    assert_eq!(owners.as_deref(), Some("PROD-DB-PASSWORD"), "control");
+    match answer {
+        Ok(served) => panic!(
+            "the relabelled value was served under public/motd: {:?}",
+            served.map(|s| s.escape_debug().to_string())
+        ),
+        Err(refusal) => eprintln!("refused: {refusal}"),
+    }
+}
+
+/// Attack (target 2): strip the bound envelope's header, leaving its bare `xkv1` box: the
+/// sample's format, which names no name and opens under any. The box holds
+/// `kind | name_len | name | value`, valid UTF-8 for a text secret, so it is served as the
+/// sample's string.
+///
+/// Safe: the moved value is refused, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a pgb2 value with its header stripped (the sample's bare xkv1 box) opens under any name: the secret is served under the name it was copied to"]
+async fn a_bound_value_stripped_to_the_samples_format_does_not_open_under_another_name() {
+    let (answer, owners) = moved_with_rewritten_header(|sealed| {
+        let kid_len = sealed[13] as usize;
+        sealed[14 + kid_len..].to_vec()
+    })
+    .await;
+    assert_eq!(owners.as_deref(), Some("PROD-DB-PASSWORD"), "control");
+    match answer {
+        Ok(served) => panic!(
+            "the stripped value was served under public/motd: {:?}",
+            served.map(|s| s.escape_debug().to_string())
+        ),
+        Err(refusal) => eprintln!("refused: {refusal}"),
+    }
+}
