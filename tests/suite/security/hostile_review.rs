@@ -397,3 +397,126 @@ async fn a_bound_value_stripped_to_the_samples_format_does_not_open_under_anothe
         Err(refusal) => eprintln!("refused: {refusal}"),
     }
 }
+
+/// Publish `subject` with `reply` as fast as one client can, on a thread of its own, until
+/// `stop`; returns how many were published.
+fn flooder(
+    url: String,
+    subject: String,
+    reply: String,
+    body: Vec<u8>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client
+                    .publish_with_reply(subject.clone(), reply.clone(), body.clone().into())
+                    .await;
+                sent += 1;
+                if sent % 1000 == 0 {
+                    let _ = client.flush().await;
+                }
+            }
+            sent
+        })
+    })
+}
+
+/// The gets 4 hosts complete in 2.5 s while one client floods `subject`.
+async fn host_gets_while_flooding(
+    nats: &NatsServer,
+    hosts: &[Arc<wasmcloud_secrets_client::Client>],
+    jwt: &str,
+    subject: &str,
+    reply: &str,
+    body: &[u8],
+) -> u64 {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = flooder(
+        nats.url(),
+        subject.into(),
+        reply.into(),
+        body.to_vec(),
+        Arc::clone(&stop),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut tasks = Vec::new();
+    for host in hosts {
+        let (host, jwt, served) = (Arc::clone(host), jwt.to_string(), Arc::clone(&served));
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let get = host_get(&host, request("db", &jwt));
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), get).await {
+                    if Instant::now() < until {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let published = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        .await
+        .unwrap();
+    let gets = served.load(Ordering::Relaxed);
+    eprintln!("flood {subject:<45} published {published:>8}, host gets {gets:>6}");
+    // Let the backlog drain before the next measurement.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gets
+}
+
+/// Attack (target 5): floods beyond the documented one (the hosts' own `get` subject):
+/// `server_xkey` (an open read every host makes once; it writes a refusal-trail record),
+/// the database `status` (open, answered with a sealed proof by every instance), the Piggy
+/// Bank API, and `$SRV.STATS`. Safe: under each, hosts keep at least half the gets they
+/// complete under a control flood on an unserved subject.
+///
+/// Measured (debug build, 2 shared cores): control 985; `server_xkey` 0; database `status`
+/// 110; API `piggybank.app.x` 162; `$SRV.STATS` 361.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a server_xkey flood starves hosts completely (0 of 985: same subscription and lane as get), and status / API / $SRV.STATS floods leave them 11-37%"]
+async fn floods_on_other_open_subjects_leave_hosts_half_their_throughput() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let (_run, _operator, jwt, _component) = operators_backend(
+        &nats,
+        &keys,
+        &["--audit-required", "--piggybank-prefix", "piggybank"],
+    )
+    .await;
+    let mut hosts = Vec::new();
+    for _ in 0..4 {
+        let host = Arc::new(host_client(&nats).await);
+        host_get(&host, request("db", &jwt)).await.unwrap();
+        hosts.push(host);
+    }
+    let inbox = "_INBOX.flood.x";
+    let control = host_gets_while_flooding(&nats, &hosts, &jwt, "unserved.x", inbox, b"").await;
+    assert!(control >= 20, "control: {control}");
+    let floods: [(&str, &[u8]); 4] = [
+        ("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", b""),
+        ("piggybank.database.nats-kv.status", b""),
+        ("piggybank.app.x", b""),
+        ("$SRV.STATS", b""),
+    ];
+    let mut starved = Vec::new();
+    for (subject, body) in floods {
+        let gets = host_gets_while_flooding(&nats, &hosts, &jwt, subject, inbox, body).await;
+        if gets * 2 < control {
+            starved.push(format!("{subject}: {gets} of {control}"));
+        }
+    }
+    assert!(starved.is_empty(), "starved: {starved:?}");
+}
