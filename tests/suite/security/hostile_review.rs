@@ -664,3 +664,34 @@ async fn restore_into_a_bucket_too_small_in_total_writes_nothing() {
         "restore wrote {stored} of 8 secrets (ok={ok}): {err}"
     );
 }
+
+/// Check (target 4): an account user with the JetStream API rewrites the secrets bucket's
+/// owner metadata; the legitimate instance then refuses to start. Expected (fail closed);
+/// this test only confirms it, for the report's note that the docs do not say an owner
+/// record can be forged this way. It asserts the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_owner_record_stops_the_legitimate_instance_at_start() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    let mut run = spawn_run(&nats, &keys, &[]);
+    wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.nats-kv").await;
+    run.signal(libc::SIGTERM);
+    assert!(run.wait_exit(Duration::from_secs(10)).is_some());
+    let js = jetstream::new(nats.client().await);
+    let mut config = js
+        .get_stream("KV_WASMCLOUD_SECRETS")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    eprintln!("metadata: {:?}", config.metadata);
+    config
+        .metadata
+        .insert("piggybank.data_key".into(), "XFORGEDBYANATTACKER".into());
+    js.update_stream(config).await.unwrap();
+    let mut again = spawn_run(&nats, &keys, &[]);
+    let exit = again.wait_exit(Duration::from_secs(10));
+    eprintln!("second start: {exit:?}");
+    assert!(exit.is_some_and(|s| !s.success()), "it served a store whose owner record names another key");
+}
