@@ -695,3 +695,45 @@ async fn a_forged_owner_record_stops_the_legitimate_instance_at_start() {
     eprintln!("second start: {exit:?}");
     assert!(exit.is_some_and(|s| !s.success()), "it served a store whose owner record names another key");
 }
+
+/// Attack (target 5): a flood running while the operator stops an instance. Safe: SIGTERM
+/// ends it within `--drain-timeout-ms` (here 2000) plus a margin, whatever the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_does_not_hold_up_the_drain_beyond_its_timeout() {
+    let floods: [(&str, &str); 3] = [
+        ("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", "_INBOX.flood.x"),
+        ("wasmcloud.secrets.v1alpha1.nats-kv.get", "_INBOX.flood.x"),
+        ("$SRV.PING", "_INBOX.flood.x"),
+    ];
+    let mut slow = Vec::new();
+    for (subject, reply) in floods {
+        let nats = NatsServer::start();
+        let keys = Keys::generate();
+        let (run, _operator, _jwt, _component) = operators_backend(
+            &nats,
+            &keys,
+            &["--audit-required", "--drain-timeout-ms", "2000"],
+        )
+        .await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = flooder(nats.url(), subject.into(), reply.into(), vec![], Arc::clone(&stop));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut run = run;
+        let asked = Instant::now();
+        run.signal(libc::SIGTERM);
+        let exited = tokio::task::spawn_blocking(move || {
+            let e = run.wait_exit(Duration::from_secs(30));
+            (e, run)
+        })
+        .await
+        .unwrap();
+        let took = asked.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || flood.join()).await;
+        eprintln!("drain under a {subject} flood: {took:?}, exit {:?}", exited.0);
+        if exited.0.is_none() || took > Duration::from_millis(4000) {
+            slow.push(format!("{subject}: {took:?} ({:?})", exited.0));
+        }
+    }
+    assert!(slow.is_empty(), "drains beyond the timeout: {slow:?}");
+}
