@@ -17,3 +17,4 @@ mod moved_values;
 mod reply_subjects;
 mod signed_admin;
 mod store_identity;
+mod hostile_review;
