@@ -170,7 +170,7 @@ impl Authorizer {
             let ok = nkeys::KeyPair::from_public_key(key)
                 .is_ok_and(|kp| kp.key_pair_type() == nkeys::KeyPairType::Account);
             if !ok {
-                return Err(AuthzError::BadTrustedIssuer(key.to_string()));
+                return Err(AuthzError::BadTrustedIssuer(crate::keys::shown_key(key)));
             }
             set.insert(key.to_string());
         }

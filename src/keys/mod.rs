@@ -37,6 +37,16 @@ pub(crate) fn xkey_from_seed(
     XKey::from_seed(seed.trim()).map_err(|_| KeyError::InvalidSeed { what })
 }
 
+/// How an error shows a key someone gave: never a seed (nkeys seeds start with `S`), and at
+/// most 60 characters of anything else. Every error that repeats a given key uses it.
+pub(crate) fn shown_key(given: &str) -> String {
+    let given = given.trim();
+    if given.starts_with('S') {
+        return "<a seed (S...), not shown: give the public key>".to_string();
+    }
+    given.chars().take(60).collect()
+}
+
 /// A freshly generated xkey seed, for `dev` and tests.
 pub fn generate_seed() -> Zeroizing<String> {
     // `seed()` only fails on a public-only key; a new key always has its private half.

@@ -558,7 +558,6 @@ fn piggybank_output(nats: &NatsServer, args: &[&str], env: &[(&str, &str)]) -> S
 /// seed with one character changed. Safe: no output contains the seed, nor any 20-character
 /// run of it. (`HOSTILE_DUMP=dir` keeps each case's output.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect (low): run --trusted-issuers SA... echoes the account seed in its error (--admin-keys takes care not to)"]
 async fn a_misplaced_or_mistyped_seed_is_never_echoed() {
     let nats = NatsServer::start();
     let user = nkeys::KeyPair::new_user().seed().unwrap();
