@@ -246,6 +246,18 @@ impl TrailStream {
             self.deny_removal.to_string(),
             actual.deny_purge.to_string(),
         );
+        // A stream that acknowledges nothing: every record waits for an ack that never comes.
+        wrong("no_ack", "false".into(), actual.no_ack.to_string());
+        // A sealed stream can be neither written nor aged out.
+        wrong("sealed", "false".into(), actual.sealed.to_string());
+        wrong(
+            "republish",
+            "none".into(),
+            actual
+                .republish
+                .as_ref()
+                .map_or("none".into(), |r| format!("{} -> {}", r.source, r.destination)),
+        );
         wrong(
             "subject_transform",
             "none".into(),
@@ -292,6 +304,18 @@ mod tests {
             "{:?}",
             spec.problems(&shrunk)
         );
+        for changed in [
+            stream::Config {
+                no_ack: true,
+                ..spec.config()
+            },
+            stream::Config {
+                sealed: true,
+                ..spec.config()
+            },
+        ] {
+            assert_eq!(spec.problems(&changed).len(), 1, "{changed:?}");
+        }
         let mut sourced = spec.config();
         sourced.sources = Some(vec![stream::Source {
             name: "FORGED".into(),

@@ -264,7 +264,6 @@ async fn a_sealed_decisions_stream_is_found() {
 /// `--audit-required` every request is refused (fail closed, fine), but `status` shows no
 /// problem and `--verify` reports the trail clean, so the operator is not told why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect (low): a decisions stream switched to no_ack is in neither status problems nor audit --verify; under --audit-required every request is refused with no cause named"]
 async fn a_decisions_stream_that_acknowledges_nothing_is_found() {
     let nats = NatsServer::start();
     let keys = Keys::generate();
