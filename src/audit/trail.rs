@@ -253,10 +253,9 @@ impl TrailStream {
         wrong(
             "republish",
             "none".into(),
-            actual
-                .republish
-                .as_ref()
-                .map_or("none".into(), |r| format!("{} -> {}", r.source, r.destination)),
+            actual.republish.as_ref().map_or("none".into(), |r| {
+                format!("{} -> {}", r.source, r.destination)
+            }),
         );
         wrong(
             "subject_transform",

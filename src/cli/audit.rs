@@ -222,6 +222,14 @@ async fn verify(
                 .iter()
                 .map(|p| format!("instance {} reports: {p}", status.instance_key)),
         );
+        // Lost records leave no gap when nothing is written after them (a full trail).
+        if status.dropped > 0 {
+            findings.push(format!(
+                "instance {} lost {} record(s) since it started (not buffered, or not \
+                 acknowledged): they are in no trail",
+                status.instance_key, status.dropped
+            ));
+        }
     }
     let root = audit::subject_root(&args.backend_name);
     let now_ms = crate::clock::now_ms();
