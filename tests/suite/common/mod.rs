@@ -99,7 +99,8 @@ pub async fn start_backend_as(
     start_backend_with(&client, config).await
 }
 
-async fn start_backend_with(client: &async_nats::Client, config: RunConfig) -> Running {
+/// Start a backend, and wait until `client` gets its `server_xkey` answered.
+pub async fn start_backend_with(client: &async_nats::Client, config: RunConfig) -> Running {
     let prefix = config.subject_prefix();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(piggybank::server::run(config, async {

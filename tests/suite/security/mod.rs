@@ -14,6 +14,7 @@ mod floods;
 mod forged_records;
 mod init_unlock;
 mod moved_values;
+mod nats_layout;
 mod reply_subjects;
 mod signed_admin;
 mod store_identity;
