@@ -387,6 +387,45 @@ impl Deployment {
         out.push_str("  ]\n}\n");
         out
     }
+
+    /// The same users for an operator/JWT deployment: one `nsc add user` per role, with the
+    /// same allow and deny lists (nsc makes each user's keys; `nsc generate creds` then
+    /// writes the `.creds` file `--nats-creds-file` reads). `$ACCOUNT` names the account
+    /// piggybank's streams live in.
+    pub fn nsc_script(&self) -> String {
+        let mut out = format!(
+            "#!/bin/sh\n\
+             # Written by `piggybank nats-config`: the NATS layout of backend {:?} as nsc users,\n\
+             # for an operator/JWT setup. Run: ACCOUNT=<account> sh nsc-users.sh; then\n\
+             # nsc push (or your resolver's update), and nsc generate creds -a \"$ACCOUNT\" -n <user>.\n\
+             set -eu\n: \"${{ACCOUNT:?set ACCOUNT to the account piggybank's streams live in}}\"\n",
+            self.backend_name
+        );
+        for role in self.roles() {
+            let p = self.permissions(&role);
+            let name = format!("piggybank-{}-{}", self.backend_name, role.file_stem());
+            let _ = write!(
+                out,
+                "\n# {}\nnsc add user -a \"$ACCOUNT\" --name {name}",
+                role.describe()
+            );
+            for (flag, list) in [
+                ("--allow-pub", &p.publish_allow),
+                ("--deny-pub", &p.publish_deny),
+                ("--allow-sub", &p.subscribe_allow),
+                ("--deny-sub", &p.subscribe_deny),
+            ] {
+                if !list.is_empty() {
+                    let _ = write!(out, " \\\n  {flag} '{}'", list.join(","));
+                }
+            }
+            if p.allow_responses {
+                out.push_str(" \\\n  --allow-pub-response");
+            }
+            out.push('\n');
+        }
+        out
+    }
 }
 
 /// The server config that includes the layout: JetStream syncs every write to disk before it
@@ -551,6 +590,24 @@ mod tests {
         // The reply policy accepts them (no overlap with what piggybank serves).
         let served = [d.protocol(), d.piggybank_prefix.clone()];
         crate::reply_policy::ReplyPolicy::new(&d.reply_prefixes(), &served).unwrap();
+    }
+
+    #[test]
+    fn the_nsc_script_gives_each_user_the_same_lists_in_single_quotes() {
+        let d = deployment(&["shop"]);
+        let script = d.nsc_script();
+        for role in d.roles() {
+            let p = d.permissions(&role);
+            assert!(script.contains(&format!("--name piggybank-nats-kv-{}", role.file_stem())));
+            assert!(script.contains(&format!("--allow-pub '{}'", p.publish_allow.join(","))));
+        }
+        // `$KV...` stays literal in the shell: every list is single-quoted, and none holds one.
+        assert!(!d
+            .roles()
+            .iter()
+            .flat_map(|r| d.permissions(r).publish_allow)
+            .any(|s| s.contains('\'') || s.contains(',')));
+        assert_eq!(script.matches("--allow-pub-response").count(), 1);
     }
 
     #[test]

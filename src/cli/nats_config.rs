@@ -1,9 +1,10 @@
 //! `piggybank nats-config`: writes the least-privilege NATS layout of one deployment
 //! ([`crate::nats_layout`]) into a directory: one nkey seed file per role (mode 0600, kept
 //! when it exists, so running it again with one more `--app` changes no other user), the
-//! `authorization` block (`auth.conf`) and a server config that includes it with
-//! `jetstream { sync_interval: always }` (`nats-server.conf`). Prints who may do what; never
-//! a seed.
+//! `authorization` block (`auth.conf`), a server config that includes it with
+//! `jetstream { sync_interval: always }` (`nats-server.conf`), and the same users as `nsc`
+//! commands for an operator/JWT setup (`nsc-users.sh`). Prints who may do what; never a
+//! seed.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,8 @@ use crate::nats_layout::{self, Deployment, Role};
 pub(crate) const AUTHORIZATION_FILE: &str = "auth.conf";
 /// The server config that includes it.
 pub(crate) const SERVER_CONFIG_FILE: &str = "nats-server.conf";
+/// The same users as nsc commands, for an operator/JWT setup.
+pub(crate) const NSC_SCRIPT_FILE: &str = "nsc-users.sh";
 
 #[derive(Args)]
 pub struct NatsConfigArgs {
@@ -93,6 +96,9 @@ pub(crate) fn write_layout(dir: &Path, deployment: Deployment) -> anyhow::Result
         nats_layout::server_config(AUTHORIZATION_FILE, ""),
     )
     .with_context(|| format!("cannot write {}", server_config.display()))?;
+    let nsc = dir.join(NSC_SCRIPT_FILE);
+    std::fs::write(&nsc, deployment.nsc_script())
+        .with_context(|| format!("cannot write {}", nsc.display()))?;
     Ok(WrittenLayout {
         deployment,
         users,
@@ -159,7 +165,8 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
          Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} piggybank ...\n\
          Applications: connect with their seed and the inbox prefix _INBOX_<app>.\n\
          No user but the backend may create, update, purge or delete a stream; the admin may\n\
-         only create the buckets restore fills. See docs/nats-layout.md.\n",
+         only create the buckets restore fills. With an operator/JWT setup: nsc-users.sh makes\n\
+         the same users. See docs/nats-layout.md.\n",
         d.backend_name,
         d.subject_base,
         d.secrets_bucket,

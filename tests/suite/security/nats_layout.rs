@@ -658,3 +658,70 @@ async fn a_captured_signed_add_mapping_cannot_be_replayed_by_a_host_or_an_applic
     assert!(refusal.to_lowercase().contains("unauthorized"), "{refusal}");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The cost of `jetstream { sync_interval: always }` (the generated server config) to
+/// piggybank's writes: `put_secret` latency one at a time, and throughput from 8 writers at
+/// once, on a server with it and one with nats-server's default (sync every 2 minutes).
+/// A measurement, not a check: `cargo test --release --test suite
+/// security::nats_layout::put_secret_cost_of_syncing_every_write -- --ignored --nocapture`;
+/// the figures are in docs/nats-layout.md.
+#[tokio::test]
+#[ignore = "a measurement (docs/nats-layout.md), not a check"]
+async fn put_secret_cost_of_syncing_every_write() {
+    const SEQUENTIAL: usize = 300;
+    const WRITERS: usize = 8;
+    const EACH: usize = 100;
+    for (label, jetstream) in [
+        ("default (sync every 2 min)", ""),
+        (
+            "sync_interval: always",
+            "jetstream { sync_interval: always }\n",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nats-server.conf");
+        std::fs::write(&conf, jetstream).unwrap();
+        let nats = NatsServer::start_with_config(&conf);
+        let keys = Keys::generate();
+        let _backend = start_backend(&nats, config(&nats, &keys)).await;
+        let client = admin(nats.client().await);
+        let transit = nkeys::XKey::from_public_key(&keys.transit_public()).unwrap();
+        let mut latencies = Vec::with_capacity(SEQUENTIAL);
+        for i in 0..SEQUENTIAL {
+            let started = Instant::now();
+            client
+                .put_secret(&format!("s{i}"), text("value"), None, Some(&transit))
+                .await
+                .unwrap();
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        let started = Instant::now();
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let client = admin(nats.client().await);
+            let transit = nkeys::XKey::from_public_key(&keys.transit_public()).unwrap();
+            writers.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    client
+                        .put_secret(&format!("w{w}-{i}"), text("value"), None, Some(&transit))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        println!(
+            "{label}: put_secret one at a time p50 {:?} p99 {:?}; {} writers: {:.0} puts/s",
+            at(0.5),
+            at(0.99),
+            WRITERS,
+            (WRITERS * EACH) as f64 / elapsed.as_secs_f64()
+        );
+    }
+}
