@@ -4,13 +4,14 @@
 //! Roles: the **backend** (its service subjects and queue groups, its buckets and streams
 //! through the JetStream API, its own inbox, the audit stream, `$SRV`); the **host** (only
 //! `server_xkey` and `get` of the named backend, replies on `_INBOX.`); the **admin** (the
-//! admin and database operations, status, audit and bucket reads, the writes `restore` and
-//! `rekey` make, replies on an inbox of its own); and one role per **Piggy Bank API
-//! application** (its own `<prefix>.<application>.>`, replies on `_INBOX_<application>.`).
+//! admin and database operations, status, audit and bucket reads, replies on an inbox of its
+//! own; no bucket writes, which would bypass `--admin-keys`: `restore` and `rekey` run as the
+//! backend); and one role per **Piggy Bank API application** (its own
+//! `<prefix>.<application>.>`, replies on `_INBOX_<application>.`).
 //!
 //! Invariants, which `tests/suite/security/nats_layout.rs` checks against a real server:
-//! - Only the backend may purge, update or delete piggybank's streams, or create any stream
-//!   at all apart from the admin's bucket creation for `restore`. A stream create names only
+//! - Only the backend may write piggybank's buckets, purge, update or delete its streams, or
+//!   create any stream at all. A stream create names only
 //!   the stream, not its subjects or sources, so whoever may create streams can capture
 //!   piggybank's subjects: the host and applications get no `STREAM.CREATE`, `UPDATE`,
 //!   `DELETE` or `PURGE` at all, and an explicit deny of them, which stays in force when an
@@ -270,7 +271,6 @@ impl Deployment {
 
     fn admin(&self) -> Permissions {
         let b = self.buckets();
-        let stored = [b.secrets, b.mappings, b.vault];
         let mut publish = vec![
             format!("{}.>", self.protocol()),
             format!(
@@ -281,13 +281,9 @@ impl Deployment {
             "$SRV.>".into(),
             format!("{JS_API}.INFO"),
         ];
-        // `restore` and `rekey` write the buckets' values; `restore` creates missing buckets
-        // (a create of an existing stream with another config fails).
-        for bucket in &stored {
-            publish.push(format!("$KV.{bucket}.>"));
-            publish.push(format!("{JS_API}.STREAM.CREATE.{}", kv_stream(bucket)));
-        }
-        for stream in stored
+        // Reads only: a user who may write the mappings bucket grants access without an admin
+        // signature, so `restore` and `rekey`, which write the buckets, run as the backend.
+        for stream in [b.secrets, b.mappings, b.vault]
             .iter()
             .map(|b| kv_stream(b))
             .chain([self.audit_stream()])
@@ -318,8 +314,7 @@ impl Deployment {
         }
     }
 
-    /// What no role but the backend's (and, for reads and restore, the admin's) may publish
-    /// to: denied explicitly to the host and applications, so that it stays denied when an
+    /// What no role but the backend's (and, for reads, the admin's) may publish to: denied explicitly to the host and applications, so that it stays denied when an
     /// operator adds a lattice's allow list to those users.
     fn protected_publish(&self) -> Vec<String> {
         let mut deny: Vec<String> = self
@@ -567,7 +562,8 @@ mod tests {
         }
         let admin = d.permissions(&Role::Admin);
         for allowed in &admin.publish_allow {
-            for verb in ["PURGE", "UPDATE", "DELETE", "*"] {
+            assert!(!allowed.starts_with("$KV"), "the admin may {allowed}");
+            for verb in ["CREATE", "PURGE", "UPDATE", "DELETE", "*"] {
                 assert!(
                     !allowed.contains(&format!("STREAM.{verb}.")),
                     "the admin may {allowed}"

@@ -164,15 +164,18 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
          --reply-prefixes {}\n\
          Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} piggybank ...\n\
          Applications: connect with their seed and the inbox prefix _INBOX_<app>.\n\
-         No user but the backend may create, update, purge or delete a stream; the admin may\n\
-         only create the buckets restore fills. With an operator/JWT setup: nsc-users.sh makes\n\
-         the same users. See docs/nats-layout.md.\n",
+         restore and rekey write the buckets: run them as the backend role\n  \
+         (NATS_NKEY=<backend seed file> NATS_INBOX_PREFIX={}.cli).\n\
+         No user but the backend may write the buckets or create, update, purge or delete a\n\
+         stream. With an operator/JWT setup: nsc-users.sh makes the same users.\n\
+         See docs/nats-layout.md.\n",
         d.backend_name,
         d.subject_base,
         d.secrets_bucket,
         d.piggybank_prefix,
         d.reply_prefixes().join(","),
         nats_layout::admin_inbox_prefix(&d.backend_name),
+        crate::reply_policy::SERVER_INBOX_PREFIX,
     ));
     out
 }

@@ -335,6 +335,59 @@ async fn hosts_and_applications_cannot_write_piggybanks_buckets_or_call_their_st
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Attack: someone holding the admin role's NATS user but no admin signing key, with
+/// `--admin-keys` set, writes a mapping straight into the mappings bucket (or the key record,
+/// or purges a bucket's stream) instead of sending a signed `add_mapping`. Safe: the server
+/// refuses every write, and the entity maps to nothing. Control: the admin role's reads
+/// work (the secrets stream's info), and a signed `add_mapping` through it grants access.
+#[tokio::test]
+async fn the_admin_role_cannot_write_the_buckets_around_signed_administration() {
+    let (_, signer) = admin_seed();
+    let layout = Layout::start(&[], vec![signer.public_key().to_string()]).await;
+    let admin = layout.admin().await;
+    let operator = AdminClient::new(
+        admin.client.clone(),
+        DEFAULT_SUBJECT_BASE,
+        "v1alpha1",
+        "nats-kv",
+    )
+    .with_signer(Some(signer));
+    operator
+        .put_secret("db_password", text("s3cr3t"), None, None)
+        .await
+        .unwrap();
+    let (_, entity) = Issuer::new().component();
+    let mut failures = Vec::new();
+    for subject in [
+        format!("$KV.SECRETS_nats-kv_state.{entity}"),
+        "$KV.SECRETS_nats-kv_vault.keyring".to_string(),
+        "$KV.WASMCLOUD_SECRETS.db_password".to_string(),
+        format!("$JS.API.STREAM.PURGE.{SECRETS_STREAM}"),
+        "$JS.API.STREAM.PURGE.KV_SECRETS_nats-kv_nonces".to_string(),
+        format!("$JS.API.STREAM.MSG.DELETE.{SECRETS_STREAM}"),
+    ] {
+        failures.extend(
+            admin
+                .refused_request(&subject, HeaderMap::new(), br#"["db_password"]"#)
+                .await,
+        );
+    }
+    assert!(
+        operator.get_mappings(&entity).await.unwrap().is_empty(),
+        "a bucket write granted access"
+    );
+    assert!(stream_messages(&admin, SECRETS_STREAM).await > 0);
+    operator
+        .add_mapping(&entity, &names(&["db_password"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        operator.get_mappings(&entity).await.unwrap(),
+        vec!["db_password"]
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// Attack: a host's or an application's user publishes into the backend's own inbox (a
 /// forged JetStream acknowledgement) or into the audit trail (a forged record). Safe: the
 /// server refuses both; a spy connected as the backend role on `_PIGGYBANK_INBOX.>` sees
