@@ -192,3 +192,49 @@ impl Target {
         .with_signer(signer))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn options(nkey: Option<&str>, inbox: Option<&str>) -> ConnOptions {
+        ConnOptions {
+            nats_nkey: nkey.map(PathBuf::from),
+            nats_inbox_prefix: inbox.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_nkey_file_is_the_credentials_and_one_given_with_a_creds_file_is_refused() {
+        let target = options(Some("/roles/admin.nk"), None)
+            .resolve(None, None)
+            .unwrap();
+        assert!(matches!(
+            target.credentials,
+            Some(connect::Credentials::NkeyFile(ref p)) if p == Path::new("/roles/admin.nk")
+        ));
+        let both = options(Some("/roles/admin.nk"), None)
+            .resolve(None, Some(connect::Credentials::File("/x.creds".into())));
+        let err = both.err().expect("two credentials are refused").to_string();
+        assert!(err.contains("--nats-nkey"), "{err}");
+    }
+
+    #[test]
+    fn the_inbox_prefix_flag_is_used_and_must_be_a_subject_without_wildcards() {
+        let target = options(None, Some("_PIGGYBANK_ADMIN_INBOX.nats-kv"))
+            .resolve(None, None)
+            .unwrap();
+        assert_eq!(
+            target.inbox_prefix.as_deref(),
+            Some("_PIGGYBANK_ADMIN_INBOX.nats-kv")
+        );
+        for bad in ["_INBOX.*", "a..b", "a >", ">"] {
+            assert!(
+                options(None, Some(bad)).resolve(None, None).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
