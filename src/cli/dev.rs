@@ -236,12 +236,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
            piggybank list\n  \
            piggybank get db_password\n  \
            piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n\n\
-         NATS runs the least-privilege layout of {layout_dir} (see its auth.conf): keys.env \
-         connects the CLI as the admin role. A host connects as the host role (publish on \
-         server_xkey and get only, replies on _INBOX.>): user nkey {host_key}, seed file \
-         {host_seed}; wasmCloud 1.x hosts take a user JWT and seed, so give that user these \
-         permissions (docs/nats-layout.md). Hosts: wasmcloud --secrets-topic wasmcloud.secrets \
-         (backend name: nats-kv). Ctrl-C stops both.\n",
+         NATS runs the least-privilege layout in {layout_dir} (auth.conf): keys.env makes the \
+         CLI its admin role.\n\
+         Hosts connect as the host role (server_xkey and get only, replies on _INBOX.>):\n  \
+           user nkey {host_key}, seed file {host_seed}\n  \
+           wasmCloud 1.x hosts take a user JWT and seed: give their user these permissions \
+         (docs/nats-layout.md)\n\
+         Hosts: wasmcloud --secrets-topic wasmcloud.secrets (backend name: nats-kv). Ctrl-C stops both.\n",
         dir = args.dir.display(),
         keys = keys_path.display(),
         admin_key = admin.public_key(),
