@@ -54,6 +54,10 @@ pub mod env {
     pub const PREVIOUS_ENCRYPTION_XKEY_SEEDS: &str = "PREVIOUS_ENCRYPTION_XKEY_SEEDS";
     pub const TRANSIT_XKEY_SEED: &str = "TRANSIT_XKEY_SEED";
     pub const NATS_CREDSFILE: &str = "NATS_CREDSFILE";
+    /// A file holding a user nkey seed to connect with (the nats CLI's `--nkey`).
+    pub const NATS_NKEY: &str = "NATS_NKEY";
+    /// The inbox prefix of a client command's replies (the nats CLI's `--inbox-prefix`).
+    pub const NATS_INBOX_PREFIX: &str = "NATS_INBOX_PREFIX";
     /// TLS on the NATS connection, by the names the nats CLI reads: the CA file, the client
     /// certificate and its key (files, PEM), and TLS before the server's greeting.
     pub const NATS_CA: &str = "NATS_CA";

@@ -48,6 +48,8 @@
 //!   interface over wRPC (front door), and the same protocol server.
 //! - [`client`]: admin client used by the CLI and tests.
 //! - `nats_context`: the nats CLI's context files, which `--context` reads.
+//! - [`nats_layout`]: the least-privilege NATS layout (a user per role and its permissions)
+//!   that `piggybank nats-config` writes and `piggybank dev` runs.
 //! - [`cli`]: the `piggybank` command line (flags -> library calls).
 //!
 //! The benchmark (`bench/`) and the test kit (`testkit/`: one nats-server fixture, one JWT
@@ -64,6 +66,7 @@ pub mod config;
 pub mod connect;
 pub mod keys;
 pub mod metrics;
+pub mod nats_layout;
 pub mod protocol;
 pub mod provider;
 pub mod seal;

@@ -76,6 +76,14 @@ pub struct ConnOptions {
     /// $XDG_CONFIG_HOME): its url, credentials, TLS and JetStream domain; flags win over it
     #[arg(long, env = env::NATS_CONTEXT, value_name = "NAME")]
     pub context: Option<String>,
+    /// A file holding the user nkey seed to connect with (as `nats --nkey`; the roles'
+    /// files that `piggybank nats-config` writes)
+    #[arg(long, env = env::NATS_NKEY, value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// The inbox prefix of a client command's replies (as `nats --inbox-prefix`; the
+    /// backend keeps its own)
+    #[arg(long, env = env::NATS_INBOX_PREFIX, value_name = "PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
 }
 
 /// Where and how to connect, once flags and the context are merged.
@@ -120,6 +128,27 @@ impl ConnOptions {
                 bail!("JetStream domain {domain:?} is invalid: use letters, digits, '-' and '_'");
             }
         }
+        // One way to authenticate: two given at once is a mistake, not a preference.
+        let nkey = self.nats_nkey.clone().map(connect::Credentials::NkeyFile);
+        let credentials = match (credentials, nkey) {
+            (Some(_), Some(_)) => bail!(
+                "give one of --nats-nkey (NATS_NKEY) and --nats-creds-file or --nats-user, not both"
+            ),
+            (explicit, nkey) => explicit.or(nkey),
+        };
+        let inbox_prefix = self
+            .nats_inbox_prefix
+            .clone()
+            .filter(|p| !p.trim().is_empty())
+            .or_else(|| text(context.and_then(|c| c.inbox_prefix())));
+        if let Some(prefix) = &inbox_prefix {
+            let literal = prefix.split('.').all(|t| {
+                !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace)
+            });
+            if !literal {
+                bail!("inbox prefix {prefix:?} is not a subject without wildcards");
+            }
+        }
         Ok(NatsTarget {
             address: address
                 .or_else(|| text(context.and_then(|c| c.url())))
@@ -127,7 +156,7 @@ impl ConnOptions {
             credentials: credentials.or_else(|| context.and_then(|c| c.credentials())),
             tls: flags_tls.or(context.map(|c| c.tls()).unwrap_or_default()),
             js_domain,
-            inbox_prefix: text(context.and_then(|c| c.inbox_prefix())),
+            inbox_prefix,
         })
     }
 }
@@ -161,5 +190,51 @@ impl Target {
             &self.backend_name,
         )
         .with_signer(signer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn options(nkey: Option<&str>, inbox: Option<&str>) -> ConnOptions {
+        ConnOptions {
+            nats_nkey: nkey.map(PathBuf::from),
+            nats_inbox_prefix: inbox.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_nkey_file_is_the_credentials_and_one_given_with_a_creds_file_is_refused() {
+        let target = options(Some("/roles/admin.nk"), None)
+            .resolve(None, None)
+            .unwrap();
+        assert!(matches!(
+            target.credentials,
+            Some(connect::Credentials::NkeyFile(ref p)) if p == Path::new("/roles/admin.nk")
+        ));
+        let both = options(Some("/roles/admin.nk"), None)
+            .resolve(None, Some(connect::Credentials::File("/x.creds".into())));
+        let err = both.err().expect("two credentials are refused").to_string();
+        assert!(err.contains("--nats-nkey"), "{err}");
+    }
+
+    #[test]
+    fn the_inbox_prefix_flag_is_used_and_must_be_a_subject_without_wildcards() {
+        let target = options(None, Some("_PIGGYBANK_ADMIN_INBOX.nats-kv"))
+            .resolve(None, None)
+            .unwrap();
+        assert_eq!(
+            target.inbox_prefix.as_deref(),
+            Some("_PIGGYBANK_ADMIN_INBOX.nats-kv")
+        );
+        for bad in ["_INBOX.*", "a..b", "a >", ">"] {
+            assert!(
+                options(None, Some(bad)).resolve(None, None).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -8,7 +8,13 @@
 //! `{dir}/admin.seed` (mode 0600), the backend accepts only its signature on admin
 //! operations, and `keys.env` sets `PIGGYBANK_ADMIN_SEED_FILE` to that file, so client
 //! commands run from a shell that sourced it sign their requests. (The seed has a file of
-//! its own, which `--admin-seed-file` reads, rather than a line in `keys.env`.) `nats-server` runs in its own
+//! its own, which `--admin-seed-file` reads, rather than a line in `keys.env`.)
+//!
+//! NATS runs the least-privilege layout `piggybank nats-config` writes (`{dir}/nats/`: a
+//! seed per role, `auth.conf`, `nats-server.conf` with `sync_interval: always`): no client
+//! connects without a role's nkey. The backend connects as the backend role, `keys.env`
+//! points client commands at the admin role (`NATS_NKEY`, `NATS_INBOX_PREFIX`), and the host
+//! role's key is printed for hosts. `nats-server` runs in its own
 //! process group with its data under `{dir}/jetstream`, and is stopped after the backend has
 //! drained, on Ctrl-C or SIGTERM.
 
@@ -19,9 +25,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use zeroize::Zeroizing;
 
+use super::nats_config::{write_layout, WrittenLayout};
 use crate::admin_auth::AdminSigner;
-use crate::config::env;
+use crate::config::{self, env};
+use crate::connect::Credentials;
 use crate::keys::generate_seed;
+use crate::nats_layout::{self, Deployment, Role};
 use crate::server::{self, RunConfig};
 
 #[derive(Args)]
@@ -35,6 +44,21 @@ pub struct DevArgs {
     /// The nats-server executable
     #[arg(long, default_value = "nats-server")]
     pub nats_server_bin: PathBuf,
+}
+
+/// Where in `--dir` the NATS layout (seeds, auth.conf, nats-server.conf) is kept.
+const LAYOUT_DIR: &str = "nats";
+
+/// The deployment dev runs: every default, the API on, no application.
+fn default_deployment() -> anyhow::Result<Deployment> {
+    Ok(Deployment::new(
+        config::DEFAULT_SUBJECT_BASE,
+        config::DEFAULT_API_VERSION,
+        config::DEFAULT_BACKEND_NAME,
+        config::DEFAULT_SECRETS_BUCKET,
+        crate::piggybank_api::DEFAULT_PREFIX,
+        &[],
+    )?)
 }
 
 struct Keys {
@@ -78,6 +102,7 @@ fn load_or_create_keys(
     path: &Path,
     admin_seed_file: &Path,
     nats_address: &str,
+    layout: &WrittenLayout,
 ) -> anyhow::Result<Keys> {
     let keys = if path.exists() {
         let text = Zeroizing::new(
@@ -100,10 +125,14 @@ fn load_or_create_keys(
             encryption: generate_seed(),
         }
     };
+    let admin_nkey = layout
+        .seed_file(&Role::Admin)
+        .context("the layout has an admin role")?;
     let body = Zeroizing::new(format!(
         "# piggybank dev: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.\n\
          # Load it with: set -a; . {path}; set +a\n\
-         {}={}\n{}={}\n{}={}\n{}={nats_address}\n",
+         # NATS_NKEY and NATS_INBOX_PREFIX connect client commands as the admin role.\n\
+         {}={}\n{}={}\n{}={}\n{}={nats_address}\n{}={}\n{}={}\n",
         env::TRANSIT_XKEY_SEED,
         keys.transit.as_str(),
         env::ENCRYPTION_XKEY_SEED,
@@ -111,13 +140,19 @@ fn load_or_create_keys(
         env::PIGGYBANK_ADMIN_SEED_FILE,
         shell_word(&admin_seed_file.display().to_string()),
         env::NATS_ADDRESS,
+        env::NATS_NKEY,
+        shell_word(&admin_nkey.display().to_string()),
+        env::NATS_INBOX_PREFIX,
+        shell_word(&nats_layout::admin_inbox_prefix(
+            &layout.deployment.backend_name
+        )),
         path = path.display(),
     ));
     super::write_private(path, body.as_bytes())?;
     Ok(keys)
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -151,11 +186,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin_seed_path = std::path::absolute(args.dir.join("admin.seed"))
         .context("cannot resolve the admin seed file's path")?;
     let admin = load_or_create_admin_key(&admin_seed_path)?;
-    let keys = load_or_create_keys(&keys_path, &admin_seed_path, &address)?;
+    // The least-privilege layout, as `piggybank nats-config` writes it: the server runs it,
+    // the backend connects as the backend role, keys.env points the CLI at the admin role.
+    let layout = write_layout(&args.dir.join(LAYOUT_DIR), default_deployment()?)?;
+    let keys = load_or_create_keys(&keys_path, &admin_seed_path, &address, &layout)?;
     let log_path = args.dir.join("nats-server.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut nats = tokio::process::Command::new(&args.nats_server_bin)
+        .arg("-c")
+        .arg(&layout.server_config)
         .args(["-js", "-a", "127.0.0.1", "-p", &args.nats_port.to_string(), "-sd"])
         .arg(args.dir.join("jetstream"))
         .stdout(log.try_clone()?)
@@ -175,6 +215,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     config.nats_address = address.clone();
     config.piggybank_prefix = Some(crate::piggybank_api::DEFAULT_PREFIX.to_string());
     config.admin_keys = vec![admin.public_key().to_string()];
+    let backend_nkey = layout
+        .seed_file(&Role::Backend)
+        .context("the layout has a backend role")?;
+    config.nats_credentials = Some(Credentials::NkeyFile(backend_nkey.to_path_buf()));
+    config.reply_prefixes = layout.deployment.reply_prefixes();
     // Dev trusts any issuer; the warning in the log says how to change that.
     // The directory of this very binary, so the hint works however it was built.
     let bin_dir = std::env::current_exe()
@@ -191,11 +236,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
            piggybank list\n  \
            piggybank get db_password\n  \
            piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n\n\
+         NATS runs the least-privilege layout in {layout_dir} (auth.conf): keys.env makes the \
+         CLI its admin role.\n\
+         Hosts connect as the host role (server_xkey and get only, replies on _INBOX.>):\n  \
+           user nkey {host_key}, seed file {host_seed}\n  \
+           wasmCloud 1.x hosts take a user JWT and seed: give their user these permissions \
+         (docs/nats-layout.md)\n\
          Hosts: wasmcloud --secrets-topic wasmcloud.secrets (backend name: nats-kv). Ctrl-C stops both.\n",
         dir = args.dir.display(),
         keys = keys_path.display(),
         admin_key = admin.public_key(),
         admin_seed = admin_seed_path.display(),
+        layout_dir = args.dir.join(LAYOUT_DIR).display(),
+        host_key = layout.public_key(&Role::Host).unwrap_or_default(),
+        host_seed = layout
+            .seed_file(&Role::Host)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     );
 
     let result = tokio::select! {

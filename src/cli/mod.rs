@@ -9,6 +9,7 @@ pub use database::printable;
 mod conn;
 mod dev;
 mod files;
+mod nats_config;
 mod run;
 pub(crate) use conn::{Conn, ConnOptions, Target};
 pub(crate) use run::RunArgs;
@@ -88,6 +89,9 @@ pub enum Command {
     Restore(backup::RestoreArgs),
     /// List and follow the audit trail: who read or changed what, and when
     Audit(audit::AuditArgs),
+    /// Write the least-privilege NATS layout of a deployment: a seed per role and the
+    /// nats-server authorization
+    NatsConfig(nats_config::NatsConfigArgs),
 }
 
 #[derive(Args)]
@@ -225,6 +229,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::NatsConfig(args) => nats_config::run(args),
         Command::Init(args) => database::init(args).await,
         Command::Unlock(args) => database::unlock(args).await,
         Command::Lock(args) => database::lock(args).await,

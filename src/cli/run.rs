@@ -166,7 +166,7 @@ impl RunArgs {
         let nats = self.conn_options.resolve(self.nats_address, credentials)?;
         if nats.inbox_prefix.is_some() {
             tracing::info!(
-                "the context's inbox_prefix is for client connections: the backend's own \
+                "the inbox prefix (--nats-inbox-prefix, or the context's) is for client connections: the backend's own \
                  connection keeps {}",
                 crate::reply_policy::SERVER_INBOX_PREFIX
             );

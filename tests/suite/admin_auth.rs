@@ -749,7 +749,7 @@ async fn dev_makes_an_admin_key_turns_the_check_on_and_points_keys_env_at_it() {
     let address = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(client) = async_nats::connect(&address).await {
+        if let Ok(client) = connect_dev_role(&address, &data, "host").await {
             let asked = client.request(subject("server_xkey"), "".into());
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
                 break;
@@ -774,11 +774,23 @@ async fn dev_makes_an_admin_key_turns_the_check_on_and_points_keys_env_at_it() {
     assert_eq!(std::path::Path::new(named), seed_file);
     assert!(!keys_env.contains(&seed), "the seed stays in its own file");
 
-    let env = [("NATS_ADDRESS", address.as_str())];
-    let (ok, _, _) = cli_at(&env, &["put", "d", "--string", "v"], None);
-    assert!(!ok, "dev turned the check on");
+    // As keys.env sets it: the admin role of dev's NATS layout.
+    let [(nkey, nkey_file), (inbox, inbox_prefix)] = dev_admin_env(&data);
     let env = [
         ("NATS_ADDRESS", address.as_str()),
+        (nkey, nkey_file.as_str()),
+        (inbox, inbox_prefix.as_str()),
+    ];
+    let (ok, _, err) = cli_at(&env, &["put", "d", "--string", "v"], None);
+    assert!(!ok, "dev turned the check on");
+    assert!(
+        err.contains("401") || err.contains("sign"),
+        "refused unsigned: {err}"
+    );
+    let env = [
+        ("NATS_ADDRESS", address.as_str()),
+        (nkey, nkey_file.as_str()),
+        (inbox, inbox_prefix.as_str()),
         ("PIGGYBANK_ADMIN_SEED_FILE", named),
     ];
     let (ok, _, err) = cli_at(&env, &["put", "d", "--string", "v"], None);

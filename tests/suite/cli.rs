@@ -216,7 +216,7 @@ async fn dev_runs_nats_and_the_backend_and_reuses_keys_and_data() {
             .spawn()
             .unwrap(),
     };
-    let fake_nats = NatsServerAddr(port);
+    let fake_nats = NatsServerAddr(port, data.clone());
 
     let mut dev = spawn_dev();
     fake_nats.wait().await;
@@ -242,14 +242,20 @@ async fn dev_runs_nats_and_the_backend_and_reuses_keys_and_data() {
     // Seeds are never printed: look for the real ones (a pattern such as
     // "SX" also matches random temp paths).
     let admin_seed_text = std::fs::read_to_string(&admin_seed).unwrap();
+    // The roles' nkey seeds of dev's NATS layout, too.
+    let role_seeds: String = ["backend", "host", "admin"]
+        .iter()
+        .map(|r| std::fs::read_to_string(data.join(format!("nats/{r}.nk"))).unwrap())
+        .collect();
     let seeds: Vec<&str> = keys_text
         .lines()
         .filter_map(|l| l.split_once('=').map(|(_, v)| v.trim()))
         .chain(admin_seed_text.lines().map(str::trim))
+        .chain(role_seeds.lines().map(str::trim))
         .filter(|v| v.starts_with('S') && v.len() == 58)
         .collect();
     assert!(
-        seeds.len() >= 3,
+        seeds.len() >= 6,
         "keys.env and admin.seed hold seeds: {seeds:?}"
     );
     for seed in seeds {
@@ -279,14 +285,22 @@ async fn dev_runs_nats_and_the_backend_and_reuses_keys_and_data() {
         .success());
 }
 
-/// A NATS address whose server this test did not start (`dev` starts it).
-struct NatsServerAddr(u16);
+/// A NATS address whose server this test did not start (`dev` starts it, with its NATS
+/// layout in `<dir>/nats`: the test waits as the host role, and the CLI runs as the admin
+/// role, as `keys.env` sets it).
+struct NatsServerAddr(u16, std::path::PathBuf);
 
 impl NatsServerAddr {
     async fn wait(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
-            if let Ok(client) = async_nats::connect(format!("127.0.0.1:{}", self.0)).await {
+            let seed = std::fs::read_to_string(self.1.join("nats/host.nk")).unwrap_or_default();
+            let seed = seed
+                .lines()
+                .find(|l| l.starts_with("SU"))
+                .unwrap_or_default();
+            let host = async_nats::ConnectOptions::with_nkey(seed.to_string());
+            if let Ok(client) = host.connect(format!("127.0.0.1:{}", self.0)).await {
                 let asked =
                     client.request("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", "".into());
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
@@ -302,6 +316,8 @@ impl NatsServerAddr {
         let out = std::process::Command::new(piggybank_bin())
             .args(args)
             .env("NATS_ADDRESS", format!("127.0.0.1:{}", self.0))
+            .env("NATS_NKEY", self.1.join("nats/admin.nk"))
+            .env("NATS_INBOX_PREFIX", "_PIGGYBANK_ADMIN_INBOX.nats-kv")
             .envs(env.iter().copied())
             .output()
             .unwrap();

@@ -2,6 +2,8 @@
 //! target, in its own process group, as a terminal runs it), then the second terminal's
 //! block exactly as the README prints it, then Ctrl-C to the whole `make`. Afterwards
 //! nothing it started may be left: no `piggybank dev`, no `nats-server`, the port free.
+//! Dev's NATS runs the least-privilege layout: a client without a role's nkey is refused,
+//! the README's block works as the admin role, and the host role reaches `server_xkey`.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt as _;
@@ -81,7 +83,17 @@ impl Drop for MakeDev {
     }
 }
 
-fn wait_ready(port: u16, make: &mut MakeDev, log: &Path) {
+/// Connect to dev's NATS as the host role (the seed file dev writes into its layout).
+async fn connect_as_host(port: u16, dev_dir: &Path) -> Option<async_nats::Client> {
+    let seed = std::fs::read_to_string(dev_dir.join("nats/host.nk")).ok()?;
+    let seed = seed.lines().find(|l| l.starts_with("SU"))?.to_string();
+    async_nats::ConnectOptions::with_nkey(seed)
+        .connect(format!("127.0.0.1:{port}"))
+        .await
+        .ok()
+}
+
+fn wait_ready(port: u16, make: &mut MakeDev, log: &Path, dev_dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = make.child.try_wait() {
@@ -98,7 +110,7 @@ fn wait_ready(port: u16, make: &mut MakeDev, log: &Path) {
                 .build()
                 .unwrap();
             let answered = rt.block_on(async {
-                let Ok(client) = async_nats::connect(format!("127.0.0.1:{port}")).await else {
+                let Some(client) = connect_as_host(port, dev_dir).await else {
                     return false;
                 };
                 let asked =
@@ -160,7 +172,28 @@ fn the_readme_quickstart_runs_as_written_and_ctrl_c_stops_everything() {
             .spawn()
             .expect("make is installed"),
     };
-    wait_ready(port, &mut make, &log_path);
+    wait_ready(port, &mut make, &log_path, &dev_dir);
+
+    // The layout is on: a client without a role's nkey is refused at connect.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let anonymous = rt.block_on(async {
+        let connect = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(format!("127.0.0.1:{port}"));
+        tokio::time::timeout(Duration::from_secs(5), connect).await
+    });
+    let refusal = match anonymous {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => panic!("dev's NATS accepts a client with no nkey"),
+        Err(_) => panic!("dev's NATS neither accepted nor refused a client with no nkey"),
+    };
+    assert!(
+        refusal.to_lowercase().contains("authorization"),
+        "refused for its missing credentials: {refusal}"
+    );
 
     // The second terminal: the README's block, exactly, from the checkout's directory.
     let shell = Command::new("bash")
@@ -200,6 +233,13 @@ fn the_readme_quickstart_runs_as_written_and_ctrl_c_stops_everything() {
         .collect();
     assert_eq!(seeds.len(), 2, "keys.env holds both seeds");
     assert!(keys_env.contains(&format!("NATS_ADDRESS=127.0.0.1:{port}")));
+    assert!(
+        keys_env.contains("NATS_NKEY=") && keys_env.contains("/nats/admin.nk"),
+        "keys.env connects the CLI as the admin role: {keys_env}"
+    );
+    for role in ["backend", "host", "admin"] {
+        assert_private_file(&dev_dir.join(format!("nats/{role}.nk")));
+    }
     for seed in &seeds {
         assert!(
             !stdout.contains(seed) && !stderr.contains(seed),

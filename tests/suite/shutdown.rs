@@ -177,7 +177,7 @@ async fn dev_stops_promptly_on_sigterm() {
     let url = format!("nats://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let client = loop {
-        if let Ok(c) = async_nats::connect(&url).await {
+        if let Ok(c) = connect_dev_role(&url, dir.path(), "host").await {
             break c;
         }
         assert!(Instant::now() < deadline, "dev did not start NATS");

@@ -99,7 +99,8 @@ pub async fn start_backend_as(
     start_backend_with(&client, config).await
 }
 
-async fn start_backend_with(client: &async_nats::Client, config: RunConfig) -> Running {
+/// Start a backend, and wait until `client` gets its `server_xkey` answered.
+pub async fn start_backend_with(client: &async_nats::Client, config: RunConfig) -> Running {
     let prefix = config.subject_prefix();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(piggybank::server::run(config, async {
@@ -722,4 +723,35 @@ pub async fn wait_for_export(received: &Received, wanted: &[&str], within: Durat
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Connect to the NATS server of a `piggybank dev` run whose data is in `dir`, as `role` of
+/// its NATS layout (the seed file `dir/nats/<role>.nk`): dev's server refuses anyone else.
+pub async fn connect_dev_role(
+    address: &str,
+    dir: &Path,
+    role: &str,
+) -> Result<async_nats::Client, String> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("nats/{role}.nk"))).map_err(|e| e.to_string())?;
+    let seed = text
+        .lines()
+        .find(|l| l.starts_with("SU"))
+        .ok_or("no seed")?
+        .to_string();
+    async_nats::ConnectOptions::with_nkey(seed)
+        .connect(address)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What `keys.env` of a dev run in `dir` sets to make the CLI its admin role.
+pub fn dev_admin_env(dir: &Path) -> [(&'static str, String); 2] {
+    [
+        ("NATS_NKEY", dir.join("nats/admin.nk").display().to_string()),
+        (
+            "NATS_INBOX_PREFIX",
+            piggybank::nats_layout::admin_inbox_prefix("nats-kv"),
+        ),
+    ]
 }

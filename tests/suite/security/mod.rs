@@ -15,6 +15,7 @@ mod forged_records;
 mod hostile_review;
 mod init_unlock;
 mod moved_values;
+mod nats_layout;
 mod reply_subjects;
 mod signed_admin;
 mod store_identity;

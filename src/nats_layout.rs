@@ -1,0 +1,616 @@
+//! The least-privilege NATS layout of one piggybank deployment: which NATS user (role) may
+//! publish and subscribe where, as a nats-server `authorization` block.
+//!
+//! Roles: the **backend** (its service subjects and queue groups, its buckets and streams
+//! through the JetStream API, its own inbox, the audit stream, `$SRV`); the **host** (only
+//! `server_xkey` and `get` of the named backend, replies on `_INBOX.`); the **admin** (the
+//! admin and database operations, status, audit and bucket reads, replies on an inbox of its
+//! own; no bucket writes, which would bypass `--admin-keys`: `restore` and `rekey` run as the
+//! backend); and one role per **Piggy Bank API application** (its own
+//! `<prefix>.<application>.>`, replies on `_INBOX_<application>.`).
+//!
+//! Invariants, which `tests/suite/security/nats_layout.rs` checks against a real server:
+//! - Only the backend may write piggybank's buckets, purge, update or delete its streams, or
+//!   create any stream at all. A stream create names only
+//!   the stream, not its subjects or sources, so whoever may create streams can capture
+//!   piggybank's subjects: the host and applications get no `STREAM.CREATE`, `UPDATE`,
+//!   `DELETE` or `PURGE` at all, and an explicit deny of them, which stays in force when an
+//!   operator merges a lattice's own allow list into those users (deny wins in NATS).
+//! - Every name comes from where the code defines it ([`crate::config`], [`crate::audit`],
+//!   [`crate::store::buckets`], [`crate::reply_policy`]): the layout cannot name a bucket or
+//!   a subject the backend does not use.
+//!
+//! Pure: it renders text. Writing the seed files is the CLI's (`piggybank nats-config`).
+
+use std::fmt::Write as _;
+
+use crate::config;
+use crate::reply_policy::{APPLICATION_REPLY_PREFIX, DEFAULT_REPLY_PREFIX, SERVER_INBOX_PREFIX};
+use crate::store::buckets::Buckets;
+
+/// The JetStream API of the account's own JetStream (no domain).
+const JS_API: &str = "$JS.API";
+
+/// The inbox prefix of the admin role of backend `name`: replies to the operators stay out
+/// of the shared `_INBOX.`, which every host reads.
+pub fn admin_inbox_prefix(backend_name: &str) -> String {
+    format!("_PIGGYBANK_ADMIN_INBOX.{backend_name}")
+}
+
+/// The inbox prefix of Piggy Bank API application `app` (the form the reply policy binds to
+/// that application).
+pub fn application_inbox_prefix(app: &str) -> String {
+    format!("{APPLICATION_REPLY_PREFIX}{app}")
+}
+
+/// A layout that cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("application name {0:?} is not one subject token (letters, digits, '-', '_')")]
+    BadApplication(String),
+    #[error("application {0:?} is reserved")]
+    ReservedApplication(String),
+    #[error("application {0:?} is given twice")]
+    DuplicateApplication(String),
+    #[error("{what} {value:?} is not a subject without wildcards")]
+    BadName { what: &'static str, value: String },
+}
+
+/// One NATS user of the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Backend,
+    Host,
+    Admin,
+    Application(String),
+}
+
+impl Role {
+    /// The stem of its seed file (`backend.nk`, `app-shop.nk`).
+    pub fn file_stem(&self) -> String {
+        match self {
+            Role::Backend => "backend".into(),
+            Role::Host => "host".into(),
+            Role::Admin => "admin".into(),
+            Role::Application(app) => format!("app-{app}"),
+        }
+    }
+
+    /// What it is for, in a few words (the summary and the config's comments).
+    pub fn describe(&self) -> String {
+        match self {
+            Role::Backend => "the backend (piggybank run / dev / the provider)".into(),
+            Role::Host => "wasmCloud hosts: server_xkey and get only".into(),
+            Role::Admin => "operators: the piggybank CLI (admin, database, audit, backup)".into(),
+            Role::Application(app) => format!("Piggy Bank API application {app:?}"),
+        }
+    }
+}
+
+/// What one role may do. Deny wins over allow (NATS's rule).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish_allow: Vec<String>,
+    pub publish_deny: Vec<String>,
+    pub subscribe_allow: Vec<String>,
+    pub subscribe_deny: Vec<String>,
+    /// May publish to the reply subject of a message it received (once each).
+    pub allow_responses: bool,
+}
+
+/// The names of one deployment: everything the layout is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub subject_base: String,
+    pub api_version: String,
+    pub backend_name: String,
+    pub secrets_bucket: String,
+    /// The Piggy Bank API's and the database operations' prefix (`piggybank`).
+    pub piggybank_prefix: String,
+    pub applications: Vec<String>,
+}
+
+impl Deployment {
+    /// Check the names: each application one token, not reserved, given once.
+    pub fn new(
+        subject_base: &str,
+        api_version: &str,
+        backend_name: &str,
+        secrets_bucket: &str,
+        piggybank_prefix: &str,
+        applications: &[String],
+    ) -> Result<Self, LayoutError> {
+        for (what, value) in [
+            ("subject base", subject_base),
+            ("api version", api_version),
+            ("piggybank prefix", piggybank_prefix),
+        ] {
+            if !literal_subject(value) {
+                return Err(LayoutError::BadName {
+                    what,
+                    value: value.into(),
+                });
+            }
+        }
+        for (what, value) in [("backend name", backend_name), ("bucket", secrets_bucket)] {
+            if !token(value) {
+                return Err(LayoutError::BadName {
+                    what,
+                    value: value.into(),
+                });
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for app in applications {
+            if !token(app) {
+                return Err(LayoutError::BadApplication(app.clone()));
+            }
+            if crate::piggybank_api::RESERVED_APPLICATIONS.contains(&app.as_str()) {
+                return Err(LayoutError::ReservedApplication(app.clone()));
+            }
+            if seen.contains(app) {
+                return Err(LayoutError::DuplicateApplication(app.clone()));
+            }
+            seen.push(app.clone());
+        }
+        Ok(Self {
+            subject_base: subject_base.into(),
+            api_version: api_version.into(),
+            backend_name: backend_name.into(),
+            secrets_bucket: secrets_bucket.into(),
+            piggybank_prefix: piggybank_prefix.into(),
+            applications: seen,
+        })
+    }
+
+    /// Every role: backend, host, admin, then the applications in the order given.
+    pub fn roles(&self) -> Vec<Role> {
+        let mut roles = vec![Role::Backend, Role::Host, Role::Admin];
+        roles.extend(self.applications.iter().cloned().map(Role::Application));
+        roles
+    }
+
+    /// `{base}.{api_version}.{name}`.
+    fn protocol(&self) -> String {
+        config::subject_prefix(&self.subject_base, &self.api_version, &self.backend_name)
+    }
+
+    fn buckets(&self) -> Buckets {
+        Buckets::of(&self.backend_name, &self.secrets_bucket)
+    }
+
+    /// Every bucket the backend opens: secrets, mappings, the key record, the nonces.
+    fn all_buckets(&self) -> Vec<String> {
+        let b = self.buckets();
+        vec![
+            b.secrets,
+            b.mappings,
+            b.vault,
+            config::nonces_bucket(&self.backend_name),
+        ]
+    }
+
+    /// The audit stream's name.
+    fn audit_stream(&self) -> String {
+        crate::audit::stream_name(&self.backend_name)
+    }
+
+    /// Every stream of the deployment: the buckets' and the audit trail's.
+    pub fn streams(&self) -> Vec<String> {
+        let mut streams: Vec<String> = self.all_buckets().iter().map(|b| kv_stream(b)).collect();
+        streams.push(self.audit_stream());
+        streams
+    }
+
+    /// The reply prefixes the backend must trust besides `_INBOX.` (`run --reply-prefixes`):
+    /// the admin's inbox and each application's.
+    pub fn reply_prefixes(&self) -> Vec<String> {
+        let mut prefixes = vec![admin_inbox_prefix(&self.backend_name)];
+        prefixes.extend(
+            self.applications
+                .iter()
+                .map(|a| application_inbox_prefix(a)),
+        );
+        prefixes
+    }
+
+    pub fn permissions(&self, role: &Role) -> Permissions {
+        match role {
+            Role::Backend => self.backend(),
+            Role::Host => self.host(),
+            Role::Admin => self.admin(),
+            Role::Application(app) => self.application(app),
+        }
+    }
+
+    fn backend(&self) -> Permissions {
+        let mut publish: Vec<String> = self
+            .all_buckets()
+            .iter()
+            .map(|b| format!("$KV.{b}.>"))
+            .collect();
+        publish.push(format!(
+            "{}.>",
+            crate::audit::subject_root(&self.backend_name)
+        ));
+        publish.push(format!("{JS_API}.INFO"));
+        for stream in self.streams() {
+            publish.extend(stream_owner_api(&stream));
+        }
+        Permissions {
+            publish_allow: publish,
+            subscribe_allow: vec![
+                format!("{}.>", self.protocol()),
+                format!("{}.>", self.piggybank_prefix),
+                "$SRV.>".into(),
+                format!("{SERVER_INBOX_PREFIX}.>"),
+            ],
+            // Replies, `$SRV` answers and JetStream flow control: only to messages it got.
+            allow_responses: true,
+            ..Default::default()
+        }
+    }
+
+    fn host(&self) -> Permissions {
+        let protocol = self.protocol();
+        Permissions {
+            publish_allow: vec![
+                format!("{protocol}.{}", config::ops::SERVER_XKEY),
+                format!("{protocol}.{}", config::ops::GET),
+            ],
+            publish_deny: [
+                self.protected_publish(),
+                vec![format!("{}.>", self.piggybank_prefix)],
+            ]
+            .concat(),
+            subscribe_allow: vec![format!("{DEFAULT_REPLY_PREFIX}>")],
+            subscribe_deny: self.protected_subscribe(),
+            allow_responses: false,
+        }
+    }
+
+    fn admin(&self) -> Permissions {
+        let b = self.buckets();
+        let mut publish = vec![
+            format!("{}.>", self.protocol()),
+            format!(
+                "{}.>",
+                crate::database::subject(&self.piggybank_prefix, &self.backend_name, "")
+                    .trim_end_matches('.')
+            ),
+            "$SRV.>".into(),
+            format!("{JS_API}.INFO"),
+        ];
+        // Reads only: a user who may write the mappings bucket grants access without an admin
+        // signature, so `restore` and `rekey`, which write the buckets, run as the backend.
+        for stream in [b.secrets, b.mappings, b.vault]
+            .iter()
+            .map(|b| kv_stream(b))
+            .chain([self.audit_stream()])
+        {
+            publish.extend(stream_reader_api(&stream));
+        }
+        Permissions {
+            publish_allow: publish,
+            subscribe_allow: vec![format!("{}.>", admin_inbox_prefix(&self.backend_name))],
+            ..Default::default()
+        }
+    }
+
+    fn application(&self, app: &str) -> Permissions {
+        Permissions {
+            publish_allow: vec![format!("{}.{app}.>", self.piggybank_prefix)],
+            publish_deny: [
+                self.protected_publish(),
+                vec![
+                    format!("{}.>", self.protocol()),
+                    format!("{}.database.>", self.piggybank_prefix),
+                ],
+            ]
+            .concat(),
+            subscribe_allow: vec![format!("{}.>", application_inbox_prefix(app))],
+            subscribe_deny: self.protected_subscribe(),
+            allow_responses: false,
+        }
+    }
+
+    /// What no role but the backend's (and, for reads, the admin's) may publish to: denied explicitly to the host and applications, so that it stays denied when an
+    /// operator adds a lattice's allow list to those users.
+    fn protected_publish(&self) -> Vec<String> {
+        let mut deny: Vec<String> = self
+            .all_buckets()
+            .iter()
+            .map(|b| format!("$KV.{b}.>"))
+            .collect();
+        deny.extend([
+            format!("{}.>", crate::audit::subject_root(&self.backend_name)),
+            format!("{SERVER_INBOX_PREFIX}.>"),
+            format!("{}.>", admin_inbox_prefix(&self.backend_name)),
+            "$SRV.>".into(),
+        ]);
+        // No stream may be created, changed, emptied or removed: a create names the stream
+        // only, so it could capture or source piggybank's subjects under any name.
+        for verb in ["CREATE", "UPDATE", "DELETE", "PURGE"] {
+            deny.push(format!("{JS_API}.STREAM.{verb}.>"));
+        }
+        for stream in self.streams() {
+            deny.extend(stream_owner_api(&stream));
+        }
+        deny
+    }
+
+    fn protected_subscribe(&self) -> Vec<String> {
+        let mut deny = vec![
+            format!("{}.>", self.protocol()),
+            format!("{}.>", self.piggybank_prefix),
+            format!("{SERVER_INBOX_PREFIX}.>"),
+            format!("{}.>", admin_inbox_prefix(&self.backend_name)),
+            format!("{}.>", crate::audit::subject_root(&self.backend_name)),
+            "$SRV.>".into(),
+        ];
+        deny.extend(self.all_buckets().iter().map(|b| format!("$KV.{b}.>")));
+        deny
+    }
+
+    /// The nats-server `authorization` block: one nkey user per role, `users` pairing each
+    /// role with its user's public key (`U...`).
+    pub fn authorization(&self, users: &[(Role, String)]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# The NATS layout of piggybank backend {:?} (subjects {}.>, bucket {}),\n\
+             # written by `piggybank nats-config`. Include it in the nats-server config.\n\
+             # Each user is an nkey: the seed stays in its role's file, the server holds\n\
+             # only the public key.",
+            self.backend_name,
+            self.protocol(),
+            self.secrets_bucket,
+        );
+        out.push_str("authorization {\n  users = [\n");
+        for (role, public_key) in users {
+            let p = self.permissions(role);
+            let _ = writeln!(out, "    # {}", role.describe());
+            let _ = writeln!(out, "    {{\n      nkey: {}", quoted(public_key));
+            out.push_str("      permissions: {\n");
+            write_direction(&mut out, "publish", &p.publish_allow, &p.publish_deny);
+            write_direction(&mut out, "subscribe", &p.subscribe_allow, &p.subscribe_deny);
+            if p.allow_responses {
+                out.push_str("        allow_responses: true\n");
+            }
+            out.push_str("      }\n    }\n");
+        }
+        out.push_str("  ]\n}\n");
+        out
+    }
+
+    /// The same users for an operator/JWT deployment: one `nsc add user` per role, with the
+    /// same allow and deny lists (nsc makes each user's keys; `nsc generate creds` then
+    /// writes the `.creds` file `--nats-creds-file` reads). `$ACCOUNT` names the account
+    /// piggybank's streams live in.
+    pub fn nsc_script(&self) -> String {
+        let mut out = format!(
+            "#!/bin/sh\n\
+             # Written by `piggybank nats-config`: the NATS layout of backend {:?} as nsc users,\n\
+             # for an operator/JWT setup. Run: ACCOUNT=<account> sh nsc-users.sh; then\n\
+             # nsc push (or your resolver's update), and nsc generate creds -a \"$ACCOUNT\" -n <user>.\n\
+             set -eu\n: \"${{ACCOUNT:?set ACCOUNT to the account piggybank's streams live in}}\"\n",
+            self.backend_name
+        );
+        for role in self.roles() {
+            let p = self.permissions(&role);
+            let name = format!("piggybank-{}-{}", self.backend_name, role.file_stem());
+            let _ = write!(
+                out,
+                "\n# {}\nnsc add user -a \"$ACCOUNT\" --name {name}",
+                role.describe()
+            );
+            for (flag, list) in [
+                ("--allow-pub", &p.publish_allow),
+                ("--deny-pub", &p.publish_deny),
+                ("--allow-sub", &p.subscribe_allow),
+                ("--deny-sub", &p.subscribe_deny),
+            ] {
+                if !list.is_empty() {
+                    let _ = write!(out, " \\\n  {flag} '{}'", list.join(","));
+                }
+            }
+            if p.allow_responses {
+                out.push_str(" \\\n  --allow-pub-response");
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The server config that includes the layout: JetStream syncs every write to disk before it
+/// acknowledges it (see docs/nats-layout.md for why and what it costs).
+pub fn server_config(authorization_file: &str, extra: &str) -> String {
+    format!(
+        "# Written by `piggybank nats-config`: JetStream with every write synced before it is\n\
+         # acknowledged (an acknowledged revocation survives a power loss), and the layout.\n\
+         {extra}jetstream {{\n  sync_interval: always\n}}\n\
+         include {}\n",
+        quoted(authorization_file)
+    )
+}
+
+fn write_direction(out: &mut String, name: &str, allow: &[String], deny: &[String]) {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|s| quoted(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = write!(out, "        {name}: {{ allow: [{}]", list(allow));
+    if !deny.is_empty() {
+        let _ = write!(out, ", deny: [{}]", list(deny));
+    }
+    out.push_str(" }\n");
+}
+
+/// A string in the config's syntax: JSON's quoting, which nats-server reads literally (no
+/// `$variable` is expanded inside quotes).
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// The stream of a KV bucket.
+fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// Everything the JetStream API does on `stream`: the owner's rights.
+fn stream_owner_api(stream: &str) -> Vec<String> {
+    vec![
+        format!("{JS_API}.STREAM.*.{stream}"),
+        format!("{JS_API}.STREAM.MSG.*.{stream}"),
+        format!("{JS_API}.CONSUMER.*.{stream}"),
+        format!("{JS_API}.CONSUMER.*.{stream}.>"),
+        format!("{JS_API}.CONSUMER.*.*.{stream}.>"),
+        format!("{JS_API}.DIRECT.GET.{stream}"),
+        format!("{JS_API}.DIRECT.GET.{stream}.>"),
+        format!("$JS.ACK.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// Reading `stream`: its info, single messages, and consumers of one's own (ephemeral or
+/// ordered, as KV watches, `get`, `backup` and `audit` make them).
+fn stream_reader_api(stream: &str) -> Vec<String> {
+    vec![
+        format!("{JS_API}.STREAM.INFO.{stream}"),
+        format!("{JS_API}.STREAM.MSG.GET.{stream}"),
+        format!("{JS_API}.DIRECT.GET.{stream}"),
+        format!("{JS_API}.DIRECT.GET.{stream}.>"),
+        format!("{JS_API}.CONSUMER.CREATE.{stream}"),
+        format!("{JS_API}.CONSUMER.CREATE.{stream}.>"),
+        format!("{JS_API}.CONSUMER.INFO.{stream}.>"),
+        format!("{JS_API}.CONSUMER.DELETE.{stream}.>"),
+        format!("{JS_API}.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.ACK.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// One subject token: letters, digits, `-`, `_`.
+fn token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A subject of such tokens.
+fn literal_subject(s: &str) -> bool {
+    s.split('.').all(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(apps: &[&str]) -> Deployment {
+        let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+        Deployment::new(
+            config::DEFAULT_SUBJECT_BASE,
+            config::DEFAULT_API_VERSION,
+            config::DEFAULT_BACKEND_NAME,
+            config::DEFAULT_SECRETS_BUCKET,
+            crate::piggybank_api::DEFAULT_PREFIX,
+            &apps,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn applications_must_be_single_unreserved_tokens_given_once() {
+        let make = |apps: &[&str]| {
+            let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+            Deployment::new("a", "v1", "n", "B", "piggybank", &apps)
+        };
+        assert!(make(&["shop", "billing-2"]).is_ok());
+        assert!(matches!(
+            make(&["a.b"]),
+            Err(LayoutError::BadApplication(_))
+        ));
+        assert!(matches!(make(&["*"]), Err(LayoutError::BadApplication(_))));
+        assert!(matches!(
+            make(&["database"]),
+            Err(LayoutError::ReservedApplication(_))
+        ));
+        assert!(matches!(
+            make(&["x", "x"]),
+            Err(LayoutError::DuplicateApplication(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_backend_may_change_streams_or_write_buckets() {
+        let d = deployment(&["shop"]);
+        for role in [Role::Host, Role::Application("shop".into())] {
+            let p = d.permissions(&role);
+            for allowed in &p.publish_allow {
+                assert!(
+                    !allowed.starts_with("$JS") && !allowed.starts_with("$KV"),
+                    "{role:?} may publish {allowed}"
+                );
+            }
+            for verb in ["CREATE", "UPDATE", "DELETE", "PURGE"] {
+                assert!(p.publish_deny.contains(&format!("$JS.API.STREAM.{verb}.>")));
+            }
+        }
+        let admin = d.permissions(&Role::Admin);
+        for allowed in &admin.publish_allow {
+            assert!(!allowed.starts_with("$KV"), "the admin may {allowed}");
+            for verb in ["CREATE", "PURGE", "UPDATE", "DELETE", "*"] {
+                assert!(
+                    !allowed.contains(&format!("STREAM.{verb}.")),
+                    "the admin may {allowed}"
+                );
+            }
+        }
+        assert!(d
+            .permissions(&Role::Backend)
+            .publish_allow
+            .contains(&"$KV.WASMCLOUD_SECRETS.>".to_string()));
+    }
+
+    #[test]
+    fn the_backend_trusts_the_admin_and_application_inboxes() {
+        let d = deployment(&["shop"]);
+        assert_eq!(
+            d.reply_prefixes(),
+            vec!["_PIGGYBANK_ADMIN_INBOX.nats-kv", "_INBOX_shop"]
+        );
+        // The reply policy accepts them (no overlap with what piggybank serves).
+        let served = [d.protocol(), d.piggybank_prefix.clone()];
+        crate::reply_policy::ReplyPolicy::new(&d.reply_prefixes(), &served).unwrap();
+    }
+
+    #[test]
+    fn the_nsc_script_gives_each_user_the_same_lists_in_single_quotes() {
+        let d = deployment(&["shop"]);
+        let script = d.nsc_script();
+        for role in d.roles() {
+            let p = d.permissions(&role);
+            assert!(script.contains(&format!("--name piggybank-nats-kv-{}", role.file_stem())));
+            assert!(script.contains(&format!("--allow-pub '{}'", p.publish_allow.join(","))));
+        }
+        // `$KV...` stays literal in the shell: every list is single-quoted, and none holds one.
+        assert!(!d
+            .roles()
+            .iter()
+            .flat_map(|r| d.permissions(r).publish_allow)
+            .any(|s| s.contains('\'') || s.contains(',')));
+        assert_eq!(script.matches("--allow-pub-response").count(), 1);
+    }
+
+    #[test]
+    fn the_authorization_quotes_every_subject() {
+        let d = deployment(&[]);
+        let text = d.authorization(&[(Role::Host, "UABC".into())]);
+        assert!(text.contains(r#"allow: ["wasmcloud.secrets.v1alpha1.nats-kv.server_xkey""#));
+        assert!(text.contains(r#""$KV.WASMCLOUD_SECRETS.>""#), "{text}");
+    }
+}
