@@ -190,15 +190,18 @@ impl Deployment {
         ]
     }
 
-    /// The audit stream's name.
-    fn audit_stream(&self) -> String {
-        crate::audit::stream_name(&self.backend_name)
+    /// The audit trails' streams (`audit::Trail::ALL`).
+    fn audit_streams(&self) -> Vec<String> {
+        crate::audit::Trail::ALL
+            .iter()
+            .map(|trail| trail.stream_name(&self.backend_name))
+            .collect()
     }
 
-    /// Every stream of the deployment: the buckets' and the audit trail's.
+    /// Every stream of the deployment: the buckets' and the audit trails'.
     pub fn streams(&self) -> Vec<String> {
         let mut streams: Vec<String> = self.all_buckets().iter().map(|b| kv_stream(b)).collect();
-        streams.push(self.audit_stream());
+        streams.extend(self.audit_streams());
         streams
     }
 
@@ -286,7 +289,7 @@ impl Deployment {
         for stream in [b.secrets, b.mappings, b.vault]
             .iter()
             .map(|b| kv_stream(b))
-            .chain([self.audit_stream()])
+            .chain(self.audit_streams())
         {
             publish.extend(stream_reader_api(&stream));
         }

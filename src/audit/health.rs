@@ -32,15 +32,12 @@ pub type Created = time::OffsetDateTime;
 pub struct Health {
     /// By trail (`Trail::ALL`'s order): the config check's findings, and a foreign
     /// acknowledgement (sticky).
-    checked: Mutex<[Vec<String>; 2]>,
-    foreign_ack: Mutex<[Option<String>; 2]>,
+    checked: Mutex<[Vec<String>; 3]>,
+    foreign_ack: Mutex<[Option<String>; 3]>,
 }
 
 fn index(trail: Trail) -> usize {
-    match trail {
-        Trail::Decisions => 0,
-        Trail::Refusals => 1,
-    }
+    trail.index()
 }
 
 impl Health {
@@ -63,9 +60,10 @@ impl Health {
             .collect()
     }
 
-    /// Whether `--audit-required` must refuse: the decisions stream is not as configured.
-    pub fn refuses(&self) -> bool {
-        let i = index(Trail::Decisions);
+    /// Whether `--audit-required` must refuse a record for `trail`: its stream is not as
+    /// configured.
+    pub fn refuses(&self, trail: Trail) -> bool {
+        let i = index(trail);
         !self.checked.lock().unwrap_or_else(|p| p.into_inner())[i].is_empty()
             || self.foreign_ack.lock().unwrap_or_else(|p| p.into_inner())[i].is_some()
     }

@@ -246,7 +246,7 @@ impl AuditConfig {
     /// The stream `trail` must be, for backend `name`.
     pub fn stream(&self, trail: Trail, name: &str) -> TrailStream {
         let max_bytes = match trail {
-            Trail::Decisions => self.max_bytes,
+            Trail::Decisions | Trail::Admin => self.max_bytes,
             Trail::Refusals => self.refusals_max_bytes,
         };
         TrailStream::new(trail, name, self.max_age, max_bytes, self.replicas)
@@ -319,15 +319,12 @@ struct Counters {
     queued: AtomicU64,
     finished: AtomicU64,
     /// By trail: the chain sequence of the last record acknowledged.
-    acknowledged_seq: [AtomicU64; 2],
+    acknowledged_seq: [AtomicU64; 3],
 }
 
 /// A trail's index in per-trail arrays (`Trail::ALL`'s order).
 fn trail_index(trail: Trail) -> usize {
-    match trail {
-        Trail::Decisions => 0,
-        Trail::Refusals => 1,
-    }
+    trail.index()
 }
 
 /// Writes records. Cheap to share.
@@ -342,6 +339,8 @@ pub struct Auditor {
 struct Writer {
     decisions: mpsc::Sender<writer::Queued>,
     refusals: mpsc::Sender<writer::Queued>,
+    /// Its own buffer too: a flood of reads fills the decisions' buffer, never this one.
+    admin: mpsc::Sender<writer::Queued>,
     gate: Arc<std::sync::Mutex<gate::RefusalGate>>,
     health: Arc<Health>,
     instance_key: String,
@@ -385,6 +384,7 @@ impl Auditor {
         let gate = Arc::<std::sync::Mutex<gate::RefusalGate>>::default();
         let (decisions, decisions_rx) = mpsc::channel(config.buffer.max(1));
         let (refusals, refusals_rx) = mpsc::channel(config.buffer.max(1));
+        let (admin, admin_rx) = mpsc::channel(config.buffer.max(1));
         tokio::spawn(health::watch(
             js.clone(),
             configured.clone(),
@@ -405,7 +405,7 @@ impl Auditor {
             Arc::clone(&gate),
             instance_id.to_string(),
         );
-        tokio::spawn(task.run(decisions_rx, refusals_rx));
+        tokio::spawn(task.run(admin_rx, decisions_rx, refusals_rx));
         Ok(Self {
             instance_id: instance_id.to_string(),
             next_id: AtomicU64::new(0),
@@ -413,6 +413,7 @@ impl Auditor {
             writer: Some(Writer {
                 decisions,
                 refusals,
+                admin,
                 gate,
                 health,
                 instance_key,
@@ -540,16 +541,20 @@ impl Auditor {
             self.enqueue(&writer.refusals, record, None);
             return Ok(());
         }
-        if required && writer.health.refuses() {
+        let (trail, buffer) = match record.trail {
+            Some(Trail::Admin) => (Trail::Admin, &writer.admin),
+            _ => (Trail::Decisions, &writer.decisions),
+        };
+        if required && writer.health.refuses(trail) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(AuditUnavailable);
         }
         if !required {
-            self.enqueue(&writer.decisions, record, None);
+            self.enqueue(buffer, record, None);
             return Ok(());
         }
         let (acked, ack) = tokio::sync::oneshot::channel();
-        if !self.enqueue(&writer.decisions, record, Some(acked)) {
+        if !self.enqueue(buffer, record, Some(acked)) {
             return Err(AuditUnavailable);
         }
         match ack.await {

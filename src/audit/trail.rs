@@ -1,11 +1,16 @@
-//! The two trails, and the one rule that says which record goes where.
+//! The three trails, and the one rule that says which record goes where.
 //!
+//! - **Admin** (`PIGGYBANK_AUDIT_ADMIN_<name>`, subjects `$PIGGYBANK.AUDIT.<name>.admin.
+//!   <outcome>.<front door>`): every request signed by an admin key, whatever its outcome.
+//!   Only a holder of an admin seed can add to it, so no flood of reads or refusals can keep
+//!   an admin change from being recorded. Discard **new**.
 //! - **Decisions** (`PIGGYBANK_AUDIT_<name>`, subjects `$PIGGYBANK.AUDIT.<name>.<outcome>.
-//!   <front door>`): every allowed access to the store (a get served, a secret written,
-//!   listed or deleted, a mapping changed, a database operation done) and every request
-//!   signed by an admin key, whatever its outcome. Discard **new**: when the stream is full,
-//!   a record is refused, never an older one evicted, and `--audit-required` then refuses
-//!   the request.
+//!   <front door>`): every other allowed access to the store (a get served, a secret written,
+//!   listed or deleted, a mapping changed, a database operation done). Discard **new**: when
+//!   the stream is full, a record is refused, never an older one evicted, and
+//!   `--audit-required` then refuses the request. Whoever may make allowed requests (a
+//!   component's JWT is public) can fill it: only NATS permissions bound who may
+//!   ([docs/nats-layout.md]).
 //! - **Refusals** (`PIGGYBANK_AUDIT_REFUSALS_<name>`, subjects `$PIGGYBANK.AUDIT.<name>.
 //!   refused.<outcome>.<front door>`): what anyone on the bus can cause at will without a
 //!   key: requests refused or failed before an admin signature vouched for them (bad
@@ -34,16 +39,17 @@ use crate::decision::Decision;
 pub enum Trail {
     Decisions,
     Refusals,
+    Admin,
 }
 
 impl Trail {
-    pub const ALL: [Trail; 2] = [Trail::Decisions, Trail::Refusals];
+    pub const ALL: [Trail; 3] = [Trail::Decisions, Trail::Refusals, Trail::Admin];
 
-    /// The one rule: a request signed by an admin key, or an allowed access, is a decision;
-    /// anything else anyone could send at will is a refusal.
+    /// The one rule: a request signed by an admin key goes to the admin trail; an allowed
+    /// access is a decision; anything else anyone could send at will is a refusal.
     pub(crate) fn of(note: &AuditNote, admin_key: Option<&str>) -> Trail {
         if admin_key.is_some() {
-            return Trail::Decisions;
+            return Trail::Admin;
         }
         match note.decision() {
             Decision::Allowed if !note.public_read => Trail::Decisions,
@@ -55,7 +61,23 @@ impl Trail {
         match self {
             Trail::Decisions => "decisions",
             Trail::Refusals => "refusals",
+            Trail::Admin => "admin",
         }
+    }
+
+    /// Its place in per-trail arrays (`ALL`'s order).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Trail::Decisions => 0,
+            Trail::Refusals => 1,
+            Trail::Admin => 2,
+        }
+    }
+
+    /// Whether the trail keeps every record it takes (discard new): what is missing from it
+    /// was removed, not evicted.
+    pub fn keeps_all(self) -> bool {
+        self.discard() == DiscardPolicy::New
     }
 
     /// The stream of this trail for backend `name`.
@@ -63,6 +85,7 @@ impl Trail {
         match self {
             Trail::Decisions => format!("PIGGYBANK_AUDIT_{name}"),
             Trail::Refusals => format!("PIGGYBANK_AUDIT_REFUSALS_{name}"),
+            Trail::Admin => format!("PIGGYBANK_AUDIT_ADMIN_{name}"),
         }
     }
 
@@ -72,6 +95,7 @@ impl Trail {
         match self {
             Trail::Decisions => format!("{root}.{outcome}.{front_door}"),
             Trail::Refusals => format!("{root}.{REFUSED_TOKEN}.{outcome}.{front_door}"),
+            Trail::Admin => format!("{root}.{ADMIN_TOKEN}.{outcome}.{front_door}"),
         }
     }
 
@@ -83,19 +107,21 @@ impl Trail {
                 .map(|o| format!("{root}.{o}.>"))
                 .collect(),
             Trail::Refusals => vec![format!("{root}.{REFUSED_TOKEN}.>")],
+            Trail::Admin => vec![format!("{root}.{ADMIN_TOKEN}.>")],
         }
     }
 
     fn discard(self) -> DiscardPolicy {
         match self {
-            Trail::Decisions => DiscardPolicy::New,
+            Trail::Decisions | Trail::Admin => DiscardPolicy::New,
             Trail::Refusals => DiscardPolicy::Old,
         }
     }
 }
 
-/// The subject token under which refusals live (never an outcome).
+/// The subject tokens under which refusals and admin records live (never an outcome).
 const REFUSED_TOKEN: &str = "refused";
+const ADMIN_TOKEN: &str = "admin";
 
 /// The stream a trail must be: its config, as this instance set it.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +168,11 @@ impl TrailStream {
                 }
                 Trail::Refusals => {
                     "piggybank audit trail: refusals and open reads (signed, chained, summarised)"
+                        .into()
+                }
+                Trail::Admin => {
+                    "piggybank audit trail: requests signed by an admin key (signed, chained; \
+                     full: refuse)"
                         .into()
                 }
             }),
@@ -330,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn only_allowed_accesses_and_signed_requests_are_decisions() {
+    fn signed_requests_go_to_the_admin_trail_and_allowed_accesses_are_decisions() {
         let allowed = AuditNote::operation("get").allowed();
         let refused =
             AuditNote::operation("get").decided(Decision::refused(ErrorKind::Denied, "not_mapped"));
@@ -338,21 +369,26 @@ mod tests {
         assert_eq!(Trail::of(&allowed, None), Trail::Decisions);
         assert_eq!(Trail::of(&refused, None), Trail::Refusals);
         assert_eq!(Trail::of(&public, None), Trail::Refusals);
-        assert_eq!(Trail::of(&refused, Some("U...")), Trail::Decisions);
+        assert_eq!(Trail::of(&refused, Some("U...")), Trail::Admin);
+        assert_eq!(Trail::of(&allowed, Some("U...")), Trail::Admin);
     }
 
     #[test]
-    fn the_two_trails_subjects_do_not_overlap() {
+    fn each_trails_subjects_are_captured_by_its_stream_alone() {
         let root = "$PIGGYBANK.AUDIT.nats-kv";
-        let refused = Trail::Refusals.subject(root, "denied", "protocol");
-        let decided = Trail::Decisions.subject(root, "denied", "protocol");
         let captures = |trail: Trail, subject: &str| {
             trail
                 .stream_subjects(root)
                 .iter()
                 .any(|s| subject.starts_with(s.trim_end_matches('>')))
         };
-        assert!(captures(Trail::Refusals, &refused) && !captures(Trail::Decisions, &refused));
-        assert!(captures(Trail::Decisions, &decided) && !captures(Trail::Refusals, &decided));
+        for trail in Trail::ALL {
+            for outcome in ["allowed", "denied", "error"] {
+                let subject = trail.subject(root, outcome, "protocol");
+                for other in Trail::ALL {
+                    assert_eq!(captures(other, &subject), other == trail, "{subject}");
+                }
+            }
+        }
     }
 }

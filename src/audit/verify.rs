@@ -331,7 +331,7 @@ pub fn verify(expect: &Expect<'_>, messages: &[StoredMessage]) -> Verified {
     for (key, acknowledged) in expect.acknowledged {
         let last_seen = chains.get(key).map_or(0, |c| c.seq);
         // The refusal trail evicts its oldest records: only a chain seen at all is judged.
-        let judged = trail == Trail::Decisions || chains.contains_key(key);
+        let judged = trail.keeps_all() || chains.contains_key(key);
         if judged && last_seen < *acknowledged {
             verified.findings.push(Finding::MissingTail {
                 trail,
@@ -363,7 +363,7 @@ fn check_head(
     first_seq: u64,
     findings: &mut Vec<Finding>,
 ) {
-    if expect.trail != Trail::Decisions {
+    if !expect.trail.keeps_all() {
         return;
     }
     let (Some(prev_time_ms), Some(max_age_ms)) = (record.prev_time_ms, expect.max_age_ms) else {

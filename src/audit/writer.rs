@@ -52,7 +52,7 @@ pub(super) struct WriterTask {
     root: String,
     /// Each trail's stream name and chain, in `Trail::ALL`'s order.
     streams: Vec<String>,
-    chains: [Chain; 2],
+    chains: [Chain; 3],
     counters: Arc<Counters>,
     health: Arc<Health>,
     gate: Arc<Mutex<RefusalGate>>,
@@ -80,7 +80,7 @@ impl WriterTask {
             key,
             root,
             streams,
-            chains: [Chain::new(Trail::Decisions), Chain::new(Trail::Refusals)],
+            chains: Trail::ALL.map(Chain::new),
             counters,
             health,
             gate,
@@ -100,17 +100,25 @@ impl WriterTask {
 
     pub async fn run(
         mut self,
+        mut admin: mpsc::Receiver<Queued>,
         mut decisions: mpsc::Receiver<Queued>,
         mut refusals: mpsc::Receiver<Queued>,
     ) {
         let mut pending: Pending = FuturesUnordered::new();
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut decisions_open, mut refusals_open) = (true, true);
-        while decisions_open || refusals_open {
+        let (mut admin_open, mut decisions_open, mut refusals_open) = (true, true, true);
+        while admin_open || decisions_open || refusals_open {
             let room = pending.len() < MAX_PENDING_ACKS;
             tokio::select! {
                 biased;
+                queued = admin.recv(), if admin_open && room => match queued {
+                    Some(first) => {
+                        let batch = gather(first, &mut admin).await;
+                        self.publish(Trail::Admin, batch, &mut pending).await;
+                    }
+                    None => admin_open = false,
+                },
                 queued = decisions.recv(), if decisions_open && room => match queued {
                     Some(first) => {
                         let batch = gather(first, &mut decisions).await;

@@ -61,6 +61,7 @@ pub struct AuditArgs {
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TrailArg {
     All,
+    Admin,
     Decisions,
     Refusals,
 }
@@ -69,6 +70,7 @@ impl TrailArg {
     fn trails(self) -> Vec<Trail> {
         match self {
             TrailArg::All => Trail::ALL.to_vec(),
+            TrailArg::Admin => vec![Trail::Admin],
             TrailArg::Decisions => vec![Trail::Decisions],
             TrailArg::Refusals => vec![Trail::Refusals],
         }
@@ -255,7 +257,7 @@ async fn verify(
                 .first()
                 .map_or((info.config.max_age, info.config.max_bytes), |s| {
                     let max_bytes = match trail {
-                        Trail::Decisions => s.max_bytes,
+                        Trail::Decisions | Trail::Admin => s.max_bytes,
                         Trail::Refusals => s.refusals_max_bytes,
                     };
                     (Duration::from_secs(s.max_age_secs), max_bytes)

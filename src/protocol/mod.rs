@@ -93,9 +93,8 @@ fn refusal(op: Option<&Operation>, refused: &LoopRefusal) -> Reply {
         Some(Operation::PutSecret) => {
             let error = match refused {
                 LoopRefusal::Admin(AdminRefusal::Refused(_)) => PutSecretError::InvalidHeaders,
-                LoopRefusal::Admin(AdminRefusal::Unavailable(_)) => {
-                    PutSecretError::Upstream(refused.to_string())
-                }
+                LoopRefusal::Admin(AdminRefusal::Unavailable(_))
+                | LoopRefusal::AuditUnavailable => PutSecretError::Upstream(refused.to_string()),
                 LoopRefusal::TooLarge { .. } => PutSecretError::InvalidPayload,
             };
             Reply::json(&PutSecretResponse {

@@ -31,7 +31,6 @@ use super::{
     refused_reply, Access, Body, Classified, Endpoint, LoopRefusal, Reply, ReplyPolicy, Requester,
     ServeConfig, ServeConnection,
 };
-use crate::admin_auth::AdminRefusal;
 use crate::finish::Finish;
 
 /// Where a message came from: an endpoint's subscription (by index) or discovery's.
@@ -242,8 +241,7 @@ impl Intake {
                 };
                 if finish.finish(note).await.is_err() {
                     if let Some(msg) = &kept {
-                        let unavailable = AdminRefusal::Unavailable("audit trail".into());
-                        reply = refused_reply(msg, &*refuse, &unavailable.into());
+                        reply = refused_reply(msg, &*refuse, &LoopRefusal::AuditUnavailable);
                     }
                 }
                 reply.send(&client, reply_to, too_large).await;

@@ -152,6 +152,13 @@ pub enum LoopRefusal {
          may take (--max-request-bytes)"
     )]
     TooLarge { size: usize, limit: usize },
+    /// With `--audit-required`: the request's record could not be written.
+    #[error(
+        "refused: this request's audit record could not be written (the trail is full or \
+         unreachable; `piggybank status` says which), and --audit-required serves nothing \
+         unrecorded. A change it asked for may be applied already: check before retrying"
+    )]
+    AuditUnavailable,
 }
 
 impl LoopRefusal {
@@ -167,6 +174,9 @@ impl LoopRefusal {
             LoopRefusal::TooLarge { .. } => {
                 Decision::refused(ErrorKind::Invalid, "request_too_large")
             }
+            LoopRefusal::AuditUnavailable => {
+                Decision::refused(ErrorKind::Unavailable, "audit_unavailable")
+            }
         }
     }
 
@@ -175,6 +185,7 @@ impl LoopRefusal {
         match self {
             LoopRefusal::Admin(refused) => refused.code(),
             LoopRefusal::TooLarge { .. } => 413,
+            LoopRefusal::AuditUnavailable => 503,
         }
     }
 }
