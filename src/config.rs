@@ -212,8 +212,22 @@ pub mod provider {
     pub(crate) const TLS_FIRST: &str = "tls_first";
     /// The JetStream domain of the provider's buckets (HostData carries none).
     pub(crate) const JS_DOMAIN: &str = "js_domain";
+    /// The audit trail, as `run`'s flags of the same names: every instance of a backend must
+    /// run with the same, since each sets the trails' streams to its own at start.
+    pub(crate) const NO_AUDIT: &str = "no_audit";
+    pub(crate) const AUDIT_REQUIRED: &str = "audit_required";
+    pub(crate) const AUDIT_MAX_AGE_SECS: &str = "audit_max_age_secs";
+    pub(crate) const AUDIT_MAX_BYTES: &str = "audit_max_bytes";
+    pub(crate) const AUDIT_REFUSALS_MAX_BYTES: &str = "audit_refusals_max_bytes";
+    pub(crate) const AUDIT_REPLICAS: &str = "audit_replicas";
     /// Every key the provider reads from its config.
     pub const CONFIG_KEYS: &[&str] = &[
+        NO_AUDIT,
+        AUDIT_REQUIRED,
+        AUDIT_MAX_AGE_SECS,
+        AUDIT_MAX_BYTES,
+        AUDIT_REFUSALS_MAX_BYTES,
+        AUDIT_REPLICAS,
         NATS_URL,
         NATS_CREDS,
         BACKEND_NAME,

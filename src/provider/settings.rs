@@ -144,6 +144,40 @@ impl Settings {
                 _ => return Err(invalid(keys::REPLICAS, v, "expected 1 to 5")),
             };
         }
+        run.audit.enabled = !parse_bool(config, keys::NO_AUDIT)?.unwrap_or(false);
+        run.audit.required = parse_bool(config, keys::AUDIT_REQUIRED)?.unwrap_or(false);
+        if run.audit.required && !run.audit.enabled {
+            return Err(invalid(
+                keys::AUDIT_REQUIRED,
+                "true".into(),
+                "audit_required needs the audit trail (no_audit is true)",
+            ));
+        }
+        let positive = |key: &'static str| -> Result<Option<u64>, SettingsError> {
+            text(key)
+                .map(|v| match v.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(invalid(key, v, "expected a positive whole number")),
+                })
+                .transpose()
+        };
+        if let Some(secs) = positive(keys::AUDIT_MAX_AGE_SECS)? {
+            run.audit.max_age = Duration::from_secs(secs);
+        }
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(n) = positive(keys::AUDIT_MAX_BYTES)? {
+            run.audit.max_bytes = bytes(n);
+        }
+        if let Some(n) = positive(keys::AUDIT_REFUSALS_MAX_BYTES)? {
+            run.audit.refusals_max_bytes = bytes(n);
+        }
+        run.audit.replicas = match text(keys::AUDIT_REPLICAS) {
+            None => run.replicas,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=5).contains(&n) => n,
+                _ => return Err(invalid(keys::AUDIT_REPLICAS, v, "expected 1 to 5")),
+            },
+        };
         if let Some(v) = text(keys::PIGGYBANK_PREFIX).filter(|v| !v.is_empty()) {
             run.piggybank_prefix = Some(subject(keys::PIGGYBANK_PREFIX, v)?);
         }
