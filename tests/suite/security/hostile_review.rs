@@ -145,7 +145,14 @@ async fn a_flood_of_allowed_gets_cannot_stop_the_recording_of_other_accesses() {
     }
     eprintln!("allowed gets flooded: {flooded}; host refused after {host_refused_at:?}");
     // Control that the flood reached the decisions trail as allowed accesses.
-    let info = js.get_stream(DECISIONS).await.unwrap().info().await.unwrap().clone();
+    let info = js
+        .get_stream(DECISIONS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
     eprintln!(
         "decisions stream: {} messages, {} bytes of {}",
         info.state.messages, info.state.bytes, info.config.max_bytes
@@ -173,7 +180,10 @@ async fn a_flood_of_allowed_gets_cannot_stop_the_recording_of_other_accesses() {
     eprintln!(
         "host after: {host_after:?}\nput: {put:?}\napplied: {applied}\nput records: \
          {puts_recorded}\naudit status: {}",
-        statuses.first().map(|s| s["audit"].to_string()).unwrap_or_default()
+        statuses
+            .first()
+            .map(|s| s["audit"].to_string())
+            .unwrap_or_default()
     );
     let _ = component;
     let mut broken = Vec::new();
@@ -185,7 +195,10 @@ async fn a_flood_of_allowed_gets_cannot_stop_the_recording_of_other_accesses() {
             "the operator's signed put_secret was applied and never recorded (answered {put:?})"
         ));
     }
-    assert!(broken.is_empty(), "after a flood of allowed gets: {broken:#?}");
+    assert!(
+        broken.is_empty(),
+        "after a flood of allowed gets: {broken:#?}"
+    );
 }
 
 /// Attack (target 1, `--verify`): the same flood of allowed gets, on an operator's backend
@@ -255,8 +268,14 @@ async fn a_sealed_decisions_stream_is_found() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = database_statuses(&nats.client().await, "piggybank").await;
     let (ok, out) = verify(&nats);
-    eprintln!("served after: {served_after}\nstatus: {}\nverify: {ok}: {out}", status[0]["audit"]);
-    assert!(!served_after, "a get was served on a sealed trail under --audit-required");
+    eprintln!(
+        "served after: {served_after}\nstatus: {}\nverify: {ok}: {out}",
+        status[0]["audit"]
+    );
+    assert!(
+        !served_after,
+        "a get was served on a sealed trail under --audit-required"
+    );
     assert!(!ok, "verify reports a sealed trail clean: {out}");
 }
 
@@ -286,8 +305,14 @@ async fn a_decisions_stream_that_acknowledges_nothing_is_found() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = database_statuses(&nats.client().await, "piggybank").await;
     let (ok, out) = verify(&nats);
-    eprintln!("served after: {served_after}\nstatus: {}\nverify: {ok}: {out}", status[0]["audit"]);
-    assert!(!served_after, "a get was served unacknowledged under --audit-required");
+    eprintln!(
+        "served after: {served_after}\nstatus: {}\nverify: {ok}: {out}",
+        status[0]["audit"]
+    );
+    assert!(
+        !served_after,
+        "a get was served unacknowledged under --audit-required"
+    );
     assert!(!ok, "verify reports a no_ack trail clean: {out}");
 }
 
@@ -571,24 +596,92 @@ async fn a_misplaced_or_mistyped_seed_is_never_echoed() {
     let typo = String::from_utf8(typo).unwrap();
     let transit = nkeys::XKey::new().seed().unwrap();
     let previous = format!("{xkey2},{typo}");
-    let cases: Vec<(String, Vec<&str>, Vec<(&str, &str)>)> = vec![
-        (user.clone(), vec!["run"], vec![("ENCRYPTION_XKEY_SEED", &user), ("TRANSIT_XKEY_SEED", &transit)]),
-        (typo.clone(), vec!["run"], vec![("ENCRYPTION_XKEY_SEED", &typo), ("TRANSIT_XKEY_SEED", &transit)]),
-        (typo.clone(), vec!["run"], vec![("ENCRYPTION_XKEY_SEED", &xkey), ("TRANSIT_XKEY_SEED", &typo)]),
-        (typo.clone(), vec!["run"], vec![("ENCRYPTION_XKEY_SEED", &xkey), ("TRANSIT_XKEY_SEED", &transit), ("PREVIOUS_ENCRYPTION_XKEY_SEEDS", &previous)]),
-        (account.clone(), vec!["run", "--trusted-issuers", &account], vec![("ENCRYPTION_XKEY_SEED", &xkey), ("TRANSIT_XKEY_SEED", &transit)]),
-        (user.clone(), vec!["run", "--admin-keys", &user], vec![("ENCRYPTION_XKEY_SEED", &xkey), ("TRANSIT_XKEY_SEED", &transit)]),
-        (xkey.clone(), vec!["audit", "--verify", "--instance-key", &xkey], vec![]),
-        (user.clone(), vec!["restore", "/nonexistent", "--admin-keys", &user], vec![]),
-        (account.clone(), vec!["list"], vec![("PIGGYBANK_ADMIN_SEED", &account)]),
-        (xkey.clone(), vec!["get", "db"], vec![("ENCRYPTION_XKEY_SEED", &typo)]),
-        (typo.clone(), vec!["get", "db"], vec![("ENCRYPTION_XKEY_SEED", &typo)]),
+    // (the seed that must not be echoed, the arguments, the environment)
+    type Case<'a> = (String, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (
+            user.clone(),
+            vec!["run"],
+            vec![
+                ("ENCRYPTION_XKEY_SEED", &user),
+                ("TRANSIT_XKEY_SEED", &transit),
+            ],
+        ),
+        (
+            typo.clone(),
+            vec!["run"],
+            vec![
+                ("ENCRYPTION_XKEY_SEED", &typo),
+                ("TRANSIT_XKEY_SEED", &transit),
+            ],
+        ),
+        (
+            typo.clone(),
+            vec!["run"],
+            vec![
+                ("ENCRYPTION_XKEY_SEED", &xkey),
+                ("TRANSIT_XKEY_SEED", &typo),
+            ],
+        ),
+        (
+            typo.clone(),
+            vec!["run"],
+            vec![
+                ("ENCRYPTION_XKEY_SEED", &xkey),
+                ("TRANSIT_XKEY_SEED", &transit),
+                ("PREVIOUS_ENCRYPTION_XKEY_SEEDS", &previous),
+            ],
+        ),
+        (
+            account.clone(),
+            vec!["run", "--trusted-issuers", &account],
+            vec![
+                ("ENCRYPTION_XKEY_SEED", &xkey),
+                ("TRANSIT_XKEY_SEED", &transit),
+            ],
+        ),
+        (
+            user.clone(),
+            vec!["run", "--admin-keys", &user],
+            vec![
+                ("ENCRYPTION_XKEY_SEED", &xkey),
+                ("TRANSIT_XKEY_SEED", &transit),
+            ],
+        ),
+        (
+            xkey.clone(),
+            vec!["audit", "--verify", "--instance-key", &xkey],
+            vec![],
+        ),
+        (
+            user.clone(),
+            vec!["restore", "/nonexistent", "--admin-keys", &user],
+            vec![],
+        ),
+        (
+            account.clone(),
+            vec!["list"],
+            vec![("PIGGYBANK_ADMIN_SEED", &account)],
+        ),
+        (
+            xkey.clone(),
+            vec!["get", "db"],
+            vec![("ENCRYPTION_XKEY_SEED", &typo)],
+        ),
+        (
+            typo.clone(),
+            vec!["get", "db"],
+            vec![("ENCRYPTION_XKEY_SEED", &typo)],
+        ),
     ];
     let mut leaked = Vec::new();
     for (i, (seed, args, env)) in cases.iter().enumerate() {
         let out = piggybank_output(&nats, args, env);
         if let Some(dir) = std::env::var_os("HOSTILE_DUMP") {
-            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("case{i}.txt")), &out);
+            let _ = std::fs::write(
+                std::path::Path::new(&dir).join(format!("case{i}.txt")),
+                &out,
+            );
         }
         let runs = (0..=seed.len() - 20).any(|i| out.contains(&seed[i..i + 20]));
         eprintln!("{args:?}: {}", out.lines().last().unwrap_or(""));
@@ -694,7 +787,10 @@ async fn a_forged_owner_record_stops_the_legitimate_instance_at_start() {
     let mut again = spawn_run(&nats, &keys, &[]);
     let exit = again.wait_exit(Duration::from_secs(10));
     eprintln!("second start: {exit:?}");
-    assert!(exit.is_some_and(|s| !s.success()), "it served a store whose owner record names another key");
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "it served a store whose owner record names another key"
+    );
 }
 
 /// Attack (target 5): a flood running while the operator stops an instance. Safe: SIGTERM
@@ -702,7 +798,10 @@ async fn a_forged_owner_record_stops_the_legitimate_instance_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_does_not_hold_up_the_drain_beyond_its_timeout() {
     let floods: [(&str, &str); 3] = [
-        ("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", "_INBOX.flood.x"),
+        (
+            "wasmcloud.secrets.v1alpha1.nats-kv.server_xkey",
+            "_INBOX.flood.x",
+        ),
         ("wasmcloud.secrets.v1alpha1.nats-kv.get", "_INBOX.flood.x"),
         ("$SRV.PING", "_INBOX.flood.x"),
     ];
@@ -717,7 +816,13 @@ async fn a_flood_does_not_hold_up_the_drain_beyond_its_timeout() {
         )
         .await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flood = flooder(nats.url(), subject.into(), reply.into(), vec![], Arc::clone(&stop));
+        let flood = flooder(
+            nats.url(),
+            subject.into(),
+            reply.into(),
+            vec![],
+            Arc::clone(&stop),
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut run = run;
         let asked = Instant::now();
@@ -731,7 +836,10 @@ async fn a_flood_does_not_hold_up_the_drain_beyond_its_timeout() {
         let took = asked.elapsed();
         stop.store(true, Ordering::Relaxed);
         let _ = tokio::task::spawn_blocking(move || flood.join()).await;
-        eprintln!("drain under a {subject} flood: {took:?}, exit {:?}", exited.0);
+        eprintln!(
+            "drain under a {subject} flood: {took:?}, exit {:?}",
+            exited.0
+        );
         if exited.0.is_none() || took > Duration::from_millis(4000) {
             slow.push(format!("{subject}: {took:?} ({:?})", exited.0));
         }
@@ -800,6 +908,12 @@ async fn an_api_application_cannot_fill_the_decisions_trail_and_stop_the_hosts()
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = host_get(&host, request("db", &jwt)).await.map(|_| ());
-    eprintln!("application reads served: {reads} in {:?}; host after: {after:?}", started.elapsed());
-    assert!(after.is_ok(), "after {reads} reads by an API application: {after:?}");
+    eprintln!(
+        "application reads served: {reads} in {:?}; host after: {after:?}",
+        started.elapsed()
+    );
+    assert!(
+        after.is_ok(),
+        "after {reads} reads by an API application: {after:?}"
+    );
 }
