@@ -698,7 +698,6 @@ async fn a_misplaced_or_mistyped_seed_is_never_echoed() {
 ///
 /// Safe: the restore is refused whole (nothing written), or it writes everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: restore does not check the target bucket's total max_bytes: it stops part way with some secrets written"]
 async fn restore_into_a_bucket_too_small_in_total_writes_nothing() {
     let nats = NatsServer::start();
     let keys = Keys::generate();
