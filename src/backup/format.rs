@@ -45,6 +45,7 @@ use sha2::{Digest as _, Sha256};
 use super::BackupError;
 use crate::admin_auth::{self, AdminSigner};
 use crate::seal::key_record::KeyRecord;
+use crate::seal::RECORD_KEY;
 use crate::store::{self, envelope};
 
 /// The `format` every backup's header names.
@@ -287,6 +288,31 @@ impl Largest {
     }
 }
 
+/// The messages restore writes into one bucket, in all: checked against the bucket's total
+/// limits (`max_msgs`, `max_bytes`) before anything is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Total {
+    pub messages: u64,
+    /// The payloads and keys of those messages (a key is part of the message's subject).
+    pub bytes: u64,
+}
+
+impl Total {
+    fn add(&mut self, key: &str, payload: usize) {
+        self.messages += 1;
+        self.bytes += (key.len() + payload) as u64;
+    }
+}
+
+/// What restore writes of each kind: the versions into the secrets bucket, the mappings into
+/// the mappings bucket, the key record into the vault bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub versions: Total,
+    pub mappings: Total,
+    pub key_record: Total,
+}
+
 /// The payload restore writes for a mapping: its names as a sorted JSON array.
 pub(super) fn mapping_value(names: &[String]) -> Result<Vec<u8>, String> {
     let names: std::collections::BTreeSet<&String> = names.iter().collect();
@@ -302,6 +328,7 @@ pub(super) struct BodyCheck {
     versions: u64,
     key_record: Option<Vec<u8>>,
     pub(super) largest: Largest,
+    pub(super) totals: Totals,
 }
 
 impl BodyCheck {
@@ -333,6 +360,7 @@ impl BodyCheck {
                 Largest::note(&mut self.largest.version, number, value.len(), || {
                     format!("a version of secret {secret:?}")
                 });
+                self.totals.versions.add(&secret, value.len());
                 Ok(Entry::Version { secret, value })
             }
             Line::Mapping { entity, names } => {
@@ -347,6 +375,7 @@ impl BodyCheck {
                 Largest::note(&mut self.largest.mapping, number, value.len(), || {
                     format!("the mapping of entity {entity}")
                 });
+                self.totals.mappings.add(&entity, value.len());
                 Ok(Entry::Mapping { entity, value })
             }
             Line::KeyRecord { value } => {
@@ -359,6 +388,7 @@ impl BodyCheck {
                 Largest::note(&mut self.largest.key_record, number, value.len(), || {
                     "the key record".to_string()
                 });
+                self.totals.key_record.add(RECORD_KEY, value.len());
                 self.key_record = Some(value);
                 Ok(Entry::KeyRecord)
             }
@@ -485,6 +515,8 @@ pub struct VerifiedBackup<R> {
     pub(super) max_versions: u64,
     /// The largest value of each kind: restore checks them against the target's limits.
     pub(super) largest: Largest,
+    /// All restore writes of each kind: checked against the target buckets' total limits.
+    pub(super) totals: Totals,
     /// The admin key whose signature verified (`None`: not checked, [`Trust::Unauthenticated`]).
     pub(super) signed_by: Option<String>,
     pub(super) file: R,
@@ -552,6 +584,7 @@ impl<R: Read + Seek> VerifiedBackup<R> {
             max_versions: check.max_versions(),
             key_record: check.key_record,
             largest: check.largest,
+            totals: check.totals,
             signed_by,
             header,
             body_start,
@@ -754,6 +787,30 @@ mod tests {
             (5, br#"["api","db"]"#.len() as u64)
         );
         assert!(largest.key_record.is_none());
+    }
+
+    #[test]
+    fn the_total_of_each_kind_counts_every_message_with_its_key() {
+        let signer = signer();
+        let bytes = small_backup(&signer);
+        let verified = open_trusting(bytes, &signer).unwrap();
+        let totals = &verified.totals;
+        // Three versions: their secrets' names and their envelopes, whatever their size.
+        let Largest { version, .. } = &verified.largest;
+        assert_eq!(totals.versions.messages, 3);
+        let names = ("db".len() + "api".len() + "db".len()) as u64;
+        assert!(totals.versions.bytes > names + 3 * 40);
+        assert!(totals.versions.bytes <= names + 3 * version.as_ref().unwrap().bytes);
+        // One mapping: the entity's key (56 characters) and its JSON names.
+        let mapping = br#"["api","db"]"#.len() as u64;
+        assert_eq!(
+            totals.mappings,
+            Total {
+                messages: 1,
+                bytes: 56 + mapping
+            }
+        );
+        assert_eq!(totals.key_record, Total::default());
     }
 
     #[test]

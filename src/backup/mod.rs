@@ -10,7 +10,8 @@
 //!   checked (header, length, checksum, every line, counts).
 //! - `restore` writes nothing until every check has passed: the file's, then the target's
 //!   (buckets that hold anything, unless forced; a history too short; every value against
-//!   the server's `max_payload` and each bucket's max value size), so a restore that
+//!   the server's `max_payload` and each bucket's max value size; all of what goes into each
+//!   existing bucket against its stream's `max_msgs` and `max_bytes`), so a restore that
 //!   cannot finish does not start.
 //! - A secret's versions are written in their order, so its latest version stays the latest.
 //!   KV revisions cannot be chosen: a restored version gets a new revision.
@@ -24,11 +25,11 @@ use std::ops::ControlFlow;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
-use format::Largest;
 use format::{b64, BodyCheck, BodyLines, BodyWriter, Entry, Line};
 pub use format::{
     Header, Trust, VerifiedBackup, FORMAT, FORMAT_VERSION, FORMAT_VERSION_UNSIGNED, HEADER_WIDTH,
 };
+use format::{Largest, Total, Totals};
 
 use crate::admin_auth::AdminSigner;
 
@@ -88,6 +89,23 @@ pub enum BackupError {
         bytes: u64,
         limit: u64,
         limited_by: String,
+    },
+    #[error(
+        "bucket {bucket:?} is too small for the backup: restore would store {need} {unit} in \
+         it{estimate} beside the {held} it holds, and its {limit_name} is {limit}; nothing was \
+         written: raise the limit (nats stream edit KV_{bucket}), or delete the bucket so that \
+         restore creates it"
+    )]
+    BucketTooSmall {
+        bucket: String,
+        /// `max_bytes` or `max_msgs`.
+        limit_name: &'static str,
+        limit: u64,
+        need: u64,
+        held: u64,
+        unit: &'static str,
+        /// How `need` was counted (for bytes: an estimate of what the stream counts).
+        estimate: String,
     },
     #[error(
         "the backup is truncated: its header announces a body of {expected} bytes, the file \
@@ -410,11 +428,76 @@ fn check_sizes(
     Ok(())
 }
 
+/// Bytes a stream counts against its `max_bytes` for each message beside the message's
+/// subject and payload: nats-server's file store counts a record as its length (4),
+/// sequence (8), timestamp (8) and subject length (2), the subject, the payload and a hash
+/// (8) (`fileStoreMsgSize`; the memory store counts 16, so this overestimates there).
+const STORED_OVERHEAD: u64 = 22 + 8;
+/// Headers on a message restore writes through the KV API rather than a bare publish: the
+/// key record's `create` sends `Nats-Expected-Last-Subject-Sequence` (the stream counts a
+/// header's length, 4 bytes, and its text), rounded up. Bare publishes carry none.
+const KV_API_HEADERS: u64 = 64;
+
+/// Refuse the whole backup if any existing target bucket cannot hold all of what restore
+/// writes into it, beside what it holds already (with `--force`), by its stream's
+/// `max_msgs` or `max_bytes` (whatever its discard policy: with `new` the writes would stop
+/// part way, with `old` the first restored versions would be evicted by the last). A bucket
+/// restore creates has neither limit. The bytes are an estimate of what the stream counts
+/// ([`STORED_OVERHEAD`]), rounded up; with `--force`, what per-secret history would evict
+/// is not subtracted, so a forced restore into a nearly full bucket may be refused when it
+/// would have fitted. The server refuses a message when the stream's bytes plus its
+/// payload reach `max_bytes`, so the total must stay below it.
+fn check_totals(buckets: [(Option<&kv::Store>, Total, u64); 3]) -> Result<(), BackupError> {
+    for (bucket, total, headers) in buckets {
+        let Some(kv) = bucket.filter(|_| total.messages > 0) else {
+            continue;
+        };
+        let info = kv.stream.cached_info();
+        let (config, state) = (&info.config, &info.state);
+        if let Ok(limit) = u64::try_from(config.max_messages) {
+            if limit > 0 && state.messages.saturating_add(total.messages) > limit {
+                return Err(BackupError::BucketTooSmall {
+                    bucket: kv.name.clone(),
+                    limit_name: "max_msgs",
+                    limit,
+                    need: total.messages,
+                    held: state.messages,
+                    unit: "messages",
+                    estimate: String::new(),
+                });
+            }
+        }
+        if let Ok(limit) = u64::try_from(config.max_bytes) {
+            // The subject of every message: "$KV." bucket "." key (the key is in `bytes`).
+            let per_message = STORED_OVERHEAD + headers + 5 + kv.name.len() as u64;
+            let need = total
+                .bytes
+                .saturating_add(total.messages.saturating_mul(per_message));
+            if limit > 0 && state.bytes.saturating_add(need) >= limit {
+                return Err(BackupError::BucketTooSmall {
+                    bucket: kv.name.clone(),
+                    limit_name: "max_bytes",
+                    limit,
+                    need,
+                    held: state.bytes,
+                    unit: "bytes",
+                    estimate: format!(
+                        " ({} messages: their keys and values, {} bytes, and \
+                         {per_message} bytes each of subject and record overhead)",
+                        total.messages, total.bytes
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Load a verified backup into `destination`'s buckets, creating the missing ones as `run`
 /// does ([`Buckets`]). Refuses, before creating or writing anything: buckets that hold
 /// anything unless forced, a secrets bucket that keeps fewer versions than the backup has,
-/// and a backup holding a value larger than the server or its bucket accepts (the largest
-/// is named). Writes the key record first, then every version in the backup's order (so each secret's latest stays its
+/// a backup holding a value larger than the server or its bucket accepts (the largest
+/// is named), and a backup an existing bucket cannot hold in all ([`check_totals`]). Writes the key record first, then every version in the backup's order (so each secret's latest stays its
 /// latest), then the mappings. `progress` gets (entries written, entries in all).
 pub async fn restore<R: Read + Seek>(
     client: &async_nats::Client,
@@ -429,6 +512,7 @@ pub async fn restore<R: Read + Seek>(
         key_record,
         max_versions,
         largest,
+        totals,
         signed_by: _,
         mut file,
     } = backup;
@@ -482,6 +566,16 @@ pub async fn restore<R: Read + Seek>(
             (&buckets.vault, found_vault.as_ref()),
         ],
     )?;
+    let Totals {
+        versions,
+        mappings,
+        key_record: record,
+    } = totals;
+    check_totals([
+        (found_secrets.as_ref(), versions, 0),
+        (found_mappings.as_ref(), mappings, 0),
+        (found_vault.as_ref(), record, KV_API_HEADERS),
+    ])?;
 
     let mut created = Vec::new();
     let secrets = KvStream::of(&ensure(&js, &secrets_spec, found_secrets, &mut created).await?);

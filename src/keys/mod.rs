@@ -8,13 +8,19 @@
 //!   box both zeroize themselves; our own copies are `Zeroizing`).
 
 use crypto_box::aead::{Aead, AeadCore};
-use crypto_box::{Nonce, SalsaBox};
+use crypto_box::SalsaBox;
+use crypto_secretbox::{KeyInit as _, XSalsa20Poly1305};
 use nkeys::XKey;
-use zeroize::Zeroizing;
+use salsa20::cipher::consts::{U10, U24};
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Prefix nkeys puts on every sealed box (format version 1).
 pub(crate) const XKV1: &[u8] = b"xkv1";
 const NONCE_LEN: usize = 24;
+/// HSalsa20 input that derives a data key's name-bound key from its secret: a label of its
+/// own, so the derived key is independent of the key the nkeys box agrees (HSalsa20 of the
+/// x25519 output with a zero input).
+const NAME_BOUND_LABEL: &[u8; 16] = b"pgb2 name-bound\0";
 
 /// Errors about key material. They never contain a seed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,14 +117,24 @@ pub fn seal_to(plaintext: &[u8], recipient: &XKey) -> Result<(Vec<u8>, String), 
     Ok((sealed, one_time.public_key()))
 }
 
-/// A data key: seals values at rest, to itself, in the nkeys `xkv1` box format.
+/// A data key: seals values at rest. It holds two keys, and neither opens what the other
+/// sealed:
 ///
-/// The x25519 agreement of the key with itself is computed once, at construction, so opening
-/// a stored value costs one symmetric decryption instead of a scalar multiplication. The bytes
-/// are identical to `XKey::seal(v, self)`, which is what the sample backend stored.
+/// - the nkeys `xkv1` box of the key to itself ([`DataKey::seal`], [`DataKey::open`]): the
+///   bytes are identical to `XKey::seal(v, self)`, which is what the sample backend stored,
+///   and what piggybank's unbound (`pgb1`) values hold;
+/// - the name-bound key ([`DataKey::seal_bound`], [`DataKey::open_bound`]): XSalsa20-Poly1305
+///   under HSalsa20(data key's secret, [`NAME_BOUND_LABEL`]), for values whose box holds their
+///   secret's name (`pgb2`). Because it is another key, a bound box relabelled or stripped to
+///   an unbound format does not open, and an unbound box relabelled bound does not either:
+///   which check applies is decided by the key that opens the box, not by the clear header.
+///
+/// Both are computed once, at construction, so opening a stored value costs one symmetric
+/// decryption instead of a scalar multiplication. Both zeroize their key on drop.
 pub struct DataKey {
     id: String,
     sealer: SalsaBox,
+    bound_sealer: XSalsa20Poly1305,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -140,11 +156,18 @@ impl DataKey {
         let bytes = nkeys_private_bytes(&raw).ok_or(KeyError::InvalidSeed {
             what: "encryption key",
         })?;
+        let mut bound_key = salsa20::hsalsa::<U10>(
+            salsa20::Key::from_slice(&*bytes),
+            salsa20::cipher::generic_array::GenericArray::from_slice(NAME_BOUND_LABEL),
+        );
+        let bound_sealer = XSalsa20Poly1305::new(&bound_key);
+        bound_key.zeroize();
         let secret = crypto_box::SecretKey::from(*bytes);
         let public = secret.public_key();
         Ok(Self {
             id: key.public_key(),
             sealer: SalsaBox::new(&public, &secret),
+            bound_sealer,
         })
     }
 
@@ -153,30 +176,60 @@ impl DataKey {
         &self.id
     }
 
+    /// Seal in the nkeys box of the key to itself (`xkv1 | nonce | ciphertext`): the sample's
+    /// format, and the box of unbound (`pgb1`) values.
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let nonce = SalsaBox::generate_nonce(&mut crypto_box::aead::OsRng);
-        let ciphertext = self
-            .sealer
-            .encrypt(&nonce, plaintext)
-            .map_err(|_| KeyError::Seal)?;
-        let mut out = Vec::with_capacity(XKV1.len() + NONCE_LEN + ciphertext.len());
-        out.extend_from_slice(XKV1);
-        out.extend_from_slice(nonce.as_slice());
-        out.extend_from_slice(&ciphertext);
-        Ok(out)
+        seal_with(&self.sealer, XKV1, plaintext)
     }
 
+    /// Open what [`DataKey::seal`] sealed (or the sample, with this key).
     pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let body = sealed.strip_prefix(XKV1).ok_or(KeyError::Open)?;
-        if body.len() <= NONCE_LEN {
-            return Err(KeyError::Open);
-        }
-        let (nonce, ciphertext) = body.split_at(NONCE_LEN);
-        self.sealer
-            .decrypt(Nonce::from_slice(nonce), ciphertext)
-            .map(Zeroizing::new)
-            .map_err(|_| KeyError::Open)
+        open_with(&self.sealer, body)
     }
+
+    /// Seal with the name-bound key (`nonce | ciphertext`): only for plaintexts that hold
+    /// their secret's name, which the caller checks on open.
+    pub(crate) fn seal_bound(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        seal_with(&self.bound_sealer, &[], plaintext)
+    }
+
+    /// Open what [`DataKey::seal_bound`] sealed; nothing [`DataKey::seal`] sealed opens here.
+    pub(crate) fn open_bound(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        open_with(&self.bound_sealer, sealed)
+    }
+}
+
+/// `prefix | nonce | ciphertext`, with a fresh random nonce.
+fn seal_with<C: Aead + AeadCore<NonceSize = U24>>(
+    cipher: &C,
+    prefix: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, KeyError> {
+    let nonce = C::generate_nonce(&mut crypto_box::aead::OsRng);
+    let ciphertext = cipher
+        .encrypt(&nonce, plaintext)
+        .map_err(|_| KeyError::Seal)?;
+    let mut out = Vec::with_capacity(prefix.len() + nonce.len() + ciphertext.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(nonce.as_slice());
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
+/// Open `nonce | ciphertext`.
+fn open_with<C: Aead + AeadCore<NonceSize = U24>>(
+    cipher: &C,
+    body: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    if body.len() <= NONCE_LEN {
+        return Err(KeyError::Open);
+    }
+    let (nonce, ciphertext) = body.split_at(NONCE_LEN);
+    cipher
+        .decrypt(crypto_box::aead::Nonce::<C>::from_slice(nonce), ciphertext)
+        .map(Zeroizing::new)
+        .map_err(|_| KeyError::Open)
 }
 
 /// Decode an nkey-encoded curve private key (`P...`) into its 32 raw bytes.

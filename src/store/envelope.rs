@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! bound (v2):      "pgb2" | kind: u8 | created_ms: u64 BE | kid_len: u8 | kid | box
-//!                  box = xkv1 box, sealed by the data key `kid` to itself, of
-//!                        (kind: u8 | name_len: u8 | name | value)
+//!                  box = nonce (24) | XSalsa20-Poly1305 ciphertext, under the name-bound key
+//!                        of data key `kid`, of (kind: u8 | name_len: u8 | name | value)
 //! unbound (v1):    "pgb1" | kind: u8 | created_ms: u64 BE | kid_len: u8 | kid | box
-//!                  box = xkv1 box of (kind: u8 | value)
-//! sample (legacy): box of (value)   -- starts with "xkv1"; no kind, no key id, no name
+//!                  box = xkv1 box, sealed by the data key `kid` to itself, of (kind: u8 | value)
+//! sample (legacy): xkv1 box of (value)   -- no kind, no key id, no name
 //! ```
 //!
 //! Every value piggybank writes is bound (v2) to the name of the secret it is stored under:
@@ -19,6 +19,13 @@
 //! plaintext, which authenticates it the same way. [`seal`] and [`open`] take the name: no
 //! caller can seal or open a value without saying which secret it is.
 //!
+//! The header is in clear, so it cannot be what decides whether the name is checked. Bound
+//! boxes are sealed with a key of their own, derived from the data key with a label
+//! ([`DataKey`](crate::keys::DataKey)): a bound box relabelled `pgb1`, or stripped to the
+//! sample's bare box, is tried with the unbound key and does not open; an unbound box
+//! relabelled `pgb2` does not open with the bound key. So a value opens without a name check
+//! only if it was sealed unbound, by construction, whatever its header says.
+//!
 //! Unbound envelopes (v1, and the sample's format) keep opening under any name: they were
 //! written before names were bound, or for a sample instance to read
 //! (`--write-legacy-format`), which knows no other format. `rekey` (and sealed mode's
@@ -26,8 +33,9 @@
 //!
 //! The kind is in clear (so `list_secrets` can report it without decrypting) and repeated
 //! inside the box; opening checks that both agree, so a flipped kind byte is detected. The key
-//! id names the data key that sealed the value, so keys can be rotated online. `created_ms` is
-//! when the secret's first version was written (metadata only, not authenticated).
+//! id names the data key that sealed the value, so keys can be rotated online (a changed key
+//! id names a key whose box does not open). `created_ms` is when the secret's first version
+//! was written (metadata only, not authenticated).
 
 use zeroize::Zeroizing;
 
@@ -149,7 +157,7 @@ pub fn seal(
     inner.push(name_len);
     inner.extend_from_slice(name.as_bytes());
     inner.extend_from_slice(value.as_bytes());
-    let sealed = key.seal(&inner)?;
+    let sealed = key.seal_bound(&inner)?;
 
     let kid = key.id().as_bytes();
     let kid_len = u8::try_from(kid.len()).map_err(|_| KeyError::Seal)?;
@@ -235,10 +243,17 @@ pub fn parse(stored: &[u8]) -> Result<(Header, &[u8]), EnvelopeError> {
 pub fn open(stored: &[u8], name: &str, keys: &Keyring) -> Result<SecretValue, EnvelopeError> {
     let (header, sealed) = parse(stored)?;
     let mut plain = match &header.key_id {
-        Some(kid) => keys
-            .get(kid)
-            .ok_or_else(|| EnvelopeError::UnknownKey(kid.clone()))?
-            .open(sealed)?,
+        Some(kid) => {
+            let key = keys
+                .get(kid)
+                .ok_or_else(|| EnvelopeError::UnknownKey(kid.clone()))?;
+            // The header only says which key to try: a box sealed with the other one does
+            // not open, so a relabelled header cannot skip the name check.
+            match header.bound {
+                true => key.open_bound(sealed)?,
+                false => key.open(sealed)?,
+            }
+        }
         None => keys
             .keys()
             .find_map(|key| key.open(sealed).ok())
@@ -454,13 +469,80 @@ mod tests {
         assert!(!header.needs_reseal(other.current().id()));
     }
 
+    /// The clear header decides nothing: relabelled, stripped or re-pointed, a bound value
+    /// does not open under another name, and an unbound one does not pass as bound.
+    #[test]
+    fn a_rewritten_header_does_not_skip_the_name_check() {
+        let (x, k) = key();
+        let value = SecretValue::String(Zeroizing::new("PROD-DB-PASSWORD".into()));
+        let bound = seal(&value, "prod/db", k.current(), 0).unwrap();
+        let kid_len = usize::from(bound[13]);
+
+        // pgb2 relabelled pgb1: tried with the unbound key, which did not seal it.
+        let mut relabelled = bound.clone();
+        relabelled[..4].copy_from_slice(b"pgb1");
+        assert_eq!(
+            open(&relabelled, "public/motd", &k).err(),
+            Some(EnvelopeError::Key(KeyError::Open))
+        );
+        assert!(open(&relabelled, "prod/db", &k).is_err());
+
+        // Stripped to its box, with or without the sample's "xkv1" in front: not a box any
+        // key of the ring opens as the sample's.
+        let stripped = bound[14 + kid_len..].to_vec();
+        assert!(open(&stripped, "public/motd", &k).is_err());
+        let mut as_sample = XKV1.to_vec();
+        as_sample.extend_from_slice(&stripped);
+        assert_eq!(
+            open(&as_sample, "public/motd", &k).err(),
+            Some(EnvelopeError::Key(KeyError::Open))
+        );
+        // Nor does the bound key open what the sample sealed with the same data key.
+        assert_eq!(
+            k.current()
+                .open_bound(&x.seal(b"\x01\x07public/motdv", &x).unwrap()[4..]),
+            Err(KeyError::Open)
+        );
+
+        // An unbound value relabelled pgb2: the bound key did not seal it.
+        let v1 = seal_unbound(&value, k.current(), 0).unwrap();
+        let mut promoted = v1.clone();
+        promoted[..4].copy_from_slice(b"pgb2");
+        assert_eq!(
+            open(&promoted, "prod/db", &k).err(),
+            Some(EnvelopeError::Key(KeyError::Open))
+        );
+
+        // The same bytes untouched open under their own name (the control).
+        assert!(
+            matches!(open(&bound, "prod/db", &k), Ok(SecretValue::String(v)) if v.as_str() == "PROD-DB-PASSWORD")
+        );
+        assert!(open(&v1, "public/motd", &k).is_ok());
+    }
+
+    /// The name-bound key is a function of the data key alone: another instance with the same
+    /// seed opens what this one sealed, and another seed does not.
+    #[test]
+    fn the_name_bound_key_is_derived_from_the_data_key() {
+        let x = XKey::new();
+        let value = SecretValue::Binary(Zeroizing::new(vec![9; 40]));
+        let sealed = seal(&value, "n", &DataKey::from_xkey(&x).unwrap(), 0).unwrap();
+        let again = Keyring::from(DataKey::from_xkey(&x).unwrap());
+        assert!(
+            matches!(open(&sealed, "n", &again), Ok(SecretValue::Binary(v)) if v.as_slice() == [9; 40])
+        );
+        let other = DataKey::from_xkey(&XKey::new()).unwrap();
+        let (_, sealed_box) = parse(&sealed).unwrap();
+        assert_eq!(other.open_bound(sealed_box).err(), Some(KeyError::Open));
+    }
+
     #[test]
     fn a_bound_box_with_a_cut_name_is_malformed() {
         // A box whose content claims a name longer than itself (made with the key, so only
         // a bug could write it) is refused as malformed, not read past its end.
         let (_, k) = key();
         let inner = [1u8, 200, b'a'];
-        let sealed = k.current().seal(&inner).unwrap();
+        let sealed = k.current().seal_bound(&inner).unwrap();
         let kid = k.current().id().as_bytes();
         let mut stored = b"pgb2\x01".to_vec();
         stored.extend_from_slice(&[0; 8]);

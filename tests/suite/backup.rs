@@ -1,8 +1,8 @@
 //! Backup and restore: `piggybank backup --out FILE` writes every kept version of every
 //! secret (still sealed), the mappings and the sealed key record to one 0600 file with a
 //! header, a checksum and an admin key's signature; `piggybank restore FILE` checks all of it
-//! (the signature against the trusted admin keys, and every value's size against the
-//! target's limits) before writing anything, into empty buckets only unless `--force`. A
+//! (the signature against the trusted admin keys, every value's size and each bucket's total
+//! against the target's limits) before writing anything, into empty buckets only unless `--force`. A
 //! restored store serves what it served, to the entities it served it to, and a sealed one
 //! unlocks with its old key.
 
@@ -875,4 +875,100 @@ async fn a_backup_with_a_value_too_large_for_the_target_is_refused_whole() {
     let (ok, out, err) = restore(&roomy, &file, false);
     assert!(ok, "{err}");
     assert!(out.contains("7 secrets (7 versions)"), "{out}");
+}
+
+/// The stored state of the secrets bucket: (messages, bytes).
+async fn secrets_state(nats: &NatsServer) -> (u64, u64) {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut stream = js.get_stream(format!("KV_{SECRETS}")).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    (state.messages, state.bytes)
+}
+
+/// Delete every bucket on the server.
+async fn clear(nats: &NatsServer) {
+    let names = buckets(nats).await;
+    delete_buckets(nats, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
+
+/// An empty secrets bucket with these stream limits (0: none), uncompressed.
+async fn secrets_bucket_limited(nats: &NatsServer, max_bytes: i64, max_messages: i64) {
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: SECRETS.into(),
+        history: 64,
+        max_bytes: if max_bytes > 0 { max_bytes } else { -1 },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    if max_messages > 0 {
+        let mut stream = js.get_stream(format!("KV_{SECRETS}")).await.unwrap();
+        let mut config = stream.info().await.unwrap().config.clone();
+        config.max_messages = max_messages;
+        js.update_stream(config).await.unwrap();
+    }
+}
+
+/// A bucket that exists with a total limit (`max_bytes`, `max_msgs`: the operator's to set,
+/// and anyone's with the JetStream API) too small for all the backup puts in it: refused
+/// before anything is written, naming the bucket, the need and the limit. The controls: the
+/// same file restores into buckets one byte, and no message, larger than it needs, so the
+/// estimate of what the stream counts is the stream's own count.
+#[tokio::test]
+async fn a_backup_an_existing_bucket_cannot_hold_in_all_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_deployed, file) = backed_up(dir.path()).await;
+    let target = NatsServer::start();
+
+    // What the versions take in a bucket with no limits: the stream's own count.
+    secrets_bucket_limited(&target, 0, 0).await;
+    let (ok, _, err) = restore(&target, &file, false);
+    assert!(ok, "{err}");
+    let (messages, bytes) = secrets_state(&target).await;
+    assert_eq!(messages, 3);
+    clear(&target).await;
+
+    // Too small in bytes: refused whole.
+    let limit = i64::try_from(bytes / 2).unwrap();
+    secrets_bucket_limited(&target, limit, 0).await;
+    let (ok, out, err) = restore(&target, &file, false);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&format!("bucket {SECRETS:?} is too small"))
+            && err.contains(&format!("its max_bytes is {limit}"))
+            && err.contains(&format!("store {bytes} bytes"))
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(
+        secrets_state(&target).await,
+        (0, 0),
+        "a version was written"
+    );
+    assert_eq!(buckets(&target).await, [SECRETS], "a bucket was created");
+    clear(&target).await;
+
+    // Too few messages: refused whole.
+    secrets_bucket_limited(&target, 0, 2).await;
+    let (ok, _, err) = restore(&target, &file, false);
+    assert!(!ok);
+    assert!(
+        err.contains("store 3 messages") && err.contains("its max_msgs is 2"),
+        "{err}"
+    );
+    assert_eq!(
+        secrets_state(&target).await,
+        (0, 0),
+        "a version was written"
+    );
+    clear(&target).await;
+
+    // Just large enough: everything is written.
+    let limit = i64::try_from(bytes + 1).unwrap();
+    secrets_bucket_limited(&target, limit, 3).await;
+    let (ok, out, err) = restore(&target, &file, false);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 secrets (3 versions), 1 mappings"), "{out}");
+    assert_eq!(secrets_state(&target).await, (3, bytes));
 }
