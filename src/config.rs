@@ -5,6 +5,7 @@
 //! backend `secrets-nats-kv` so that existing deployments switch by changing the binary name.
 
 mod run;
+pub use crate::piggybank_api::access::{ApiAccess, ApiShare};
 pub use run::{ConfigError, RunConfig};
 
 /// Default subject prefix hosts are started with (`--secrets-topic`).
@@ -75,6 +76,8 @@ pub mod env {
     pub(crate) const REPLY_PREFIXES: &str = "REPLY_PREFIXES";
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
     pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
+    /// Piggy Bank API applications that may only read (comma-separated).
+    pub(crate) const PIGGYBANK_READ_ONLY_APPS: &str = "PIGGYBANK_READ_ONLY_APPS";
     pub(crate) const NATS_USER: &str = "NATS_USER";
     /// The database key: `piggybank unlock` sends it (else a share, else stdin), and
     /// `piggybank run` in sealed mode unlocks itself with it at start (auto-unlock).

@@ -380,7 +380,13 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
     );
     if let Some(prefix) = &config.piggybank_prefix {
         endpoints.push(
-            piggybank_api::endpoint(Arc::clone(&started.backend), prefix, &queue_group).on_side(),
+            piggybank_api::endpoint(
+                Arc::clone(&started.backend),
+                prefix,
+                &queue_group,
+                config.piggybank_access.clone(),
+            )
+            .on_side(),
         );
     }
     endpoints

@@ -18,7 +18,9 @@ use crate::seal::SealError;
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
 pub(crate) use crate::store::page::{page_limit, Page, PageRequest};
-use crate::store::{validate_name, EntityKey, MappingTable, SecretMeta, SecretStore, StoreError};
+use crate::store::{
+    is_api_name, validate_name, EntityKey, MappingTable, SecretMeta, SecretStore, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -424,7 +426,8 @@ impl Unsealed<'_> {
         who.host = Some(backend.authorizer.verify_host(req.host_jwt)?.subject);
         let entity = backend.authorizer.verify_entity(req.entity_jwt)?;
         who.entity = Some(entity.subject.to_string());
-        if !backend.mappings.permits(&entity.subject, req.key).await? {
+        // The API's own names are never served to a component, whatever a mapping says.
+        if is_api_name(req.key) || !backend.mappings.permits(&entity.subject, req.key).await? {
             return Err(AuthzError::NotMapped.into());
         }
         let not_found = || StoreError::NotFound(req.key.to_string());

@@ -117,6 +117,15 @@ pub struct RunArgs {
     /// Also serve the Piggy Bank API for plain NATS services under this prefix (`piggybank`)
     #[arg(long, env = env::PIGGYBANK_PREFIX)]
     pub piggybank_prefix: Option<String>,
+    /// Share a protocol secret with a Piggy Bank API application, read-only unless `:rw`
+    /// (repeatable): `shop=shop/db-password` is `piggybank.shop.db-password`. Without it the
+    /// API reaches only its own names (`_api/<app>/<name>`), never what components read
+    #[arg(long = "share-with-api", value_name = "APP=SECRET[:rw]")]
+    pub share_with_api: Vec<crate::config::ApiShare>,
+    /// Piggy Bank API applications that may only `get` (comma-separated): their secrets are
+    /// written by signed admin commands only (`put _api/<app>/<name>`)
+    #[arg(long, env = env::PIGGYBANK_READ_ONLY_APPS, value_delimiter = ',')]
+    pub read_only_apps: Vec<String>,
 }
 
 /// `--max-request-bytes`: a number of bytes in [`config::MAX_REQUEST_BYTES_RANGE`].
@@ -187,6 +196,9 @@ impl RunArgs {
         };
         c.reply_prefixes = self.reply_prefixes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
+        c.piggybank_access =
+            crate::config::ApiAccess::new(&self.share_with_api, &self.read_only_apps)
+                .map_err(anyhow::Error::msg)?;
         c.database_key = database_key;
         Ok(c)
     }

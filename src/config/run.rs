@@ -59,6 +59,10 @@ pub struct RunConfig {
     pub reply_prefixes: Vec<String>,
     /// Serve the Piggy Bank API under this prefix (`piggybank`); `None`: not served.
     pub piggybank_prefix: Option<String>,
+    /// What the API's applications may reach beyond their own names: protocol secrets the
+    /// operator shared (`--share-with-api`), and applications that may only read
+    /// (`--read-only-apps`).
+    pub piggybank_access: crate::piggybank_api::access::ApiAccess,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -109,6 +113,7 @@ impl RunConfig {
             audit: AuditConfig::default(),
             reply_prefixes: Vec::new(),
             piggybank_prefix: None,
+            piggybank_access: Default::default(),
         }
     }
 

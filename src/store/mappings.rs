@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::kv_stream;
 use super::mirror::{self, Change, MirrorHandle};
 use super::page::{page_names, Page, PageRequest};
-use super::{validate_name, Bucket, EntityKey, StoreError};
+use super::{validate_grantable, Bucket, EntityKey, StoreError};
 
 /// Attempts at a compare-and-set before giving up with `Contention`.
 const CAS_ATTEMPTS: usize = 32;
@@ -203,7 +203,7 @@ impl MappingTable {
     ) -> Result<Vec<String>, StoreError> {
         let entity = entity.as_str();
         for name in names {
-            validate_name(name)?;
+            validate_grantable(name)?;
         }
         for _ in 0..CAS_ATTEMPTS {
             let current = self.kv.entry(entity).await.map_err(StoreError::upstream)?;

@@ -123,6 +123,31 @@ pub(crate) fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The namespace of the Piggy Bank API's own names: `_api/<application>/<name>`. The
+/// wasmCloud protocol never serves a name in it to a component, and no grant may name one
+/// ([`validate_grantable`]): what a service may write through the API is never what a
+/// component reads, unless the operator shares a protocol secret with the API.
+pub(crate) const API_NAMESPACE: &str = "_api/";
+
+/// Whether `name` is one of the Piggy Bank API's own names (see [`API_NAMESPACE`]).
+pub(crate) fn is_api_name(name: &str) -> bool {
+    name.starts_with(API_NAMESPACE)
+}
+
+/// Check a name a grant (a mapping of an entity or an application) may give: a valid name,
+/// outside the API's namespace.
+pub(crate) fn validate_grantable(name: &str) -> Result<(), StoreError> {
+    validate_name(name)?;
+    if is_api_name(name) {
+        return Err(StoreError::InvalidName {
+            name: name.to_string(),
+            why: "names under _api/ are the Piggy Bank API's own: share a protocol secret with \
+                  the API instead (--share-with-api)",
+        });
+    }
+    Ok(())
+}
+
 /// A component's (`M...`) or provider's (`V...`) public key, checked as an nkey: the only
 /// key a mapping is stored under or looked up by. A JWT subject, an admin request's entity
 /// and a backup's mapping each become one through [`EntityKey::parse`], so no wildcard

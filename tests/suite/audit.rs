@@ -121,7 +121,7 @@ async fn every_decision_is_one_record_and_no_record_holds_a_value() {
     assert_eq!(mapped.entity.as_deref(), Some(component.as_str()));
     find("list_secrets", Outcome::Allowed, None);
     find("delete_secret", Outcome::Allowed, Some("cert"));
-    let api = find("post", Outcome::Allowed, Some("billing/token"));
+    let api = find("post", Outcome::Allowed, Some("_api/billing/token"));
     assert_eq!(
         (api.front_door.as_str(), api.application.as_deref()),
         ("api", Some("billing"))
