@@ -138,10 +138,34 @@ impl ApiAccess {
             }
             read_only.insert(app.to_string());
         }
+        // What a read-only application serves is written by admins only: so it may be
+        // answered in any application's inbox (`is_read_only`). A secret it shares may not
+        // be writable by another application.
+        for share in shares.iter().filter(|s| read_only.contains(&s.application)) {
+            if let Some(writer) = shares
+                .iter()
+                .filter(|other| !read_only.contains(&other.application))
+                .find(|other| other.writable && other.secret == share.secret)
+            {
+                return Err(format!(
+                    "--share-with-api: {} is shared with the read-only application {} and \
+                     writable by {}: a read-only application serves only what admins write",
+                    share.secret, share.application, writer.application
+                ));
+            }
+        }
         Ok(Self {
             shares: by_name,
             read_only,
         })
+    }
+
+    /// Whether `application` may only read (`--read-only-apps`): everything it serves was
+    /// written by signed admin commands, so its requests are answered in any trusted reply
+    /// namespace, as a host's are (every service reads it from its own inbox, and is told
+    /// there that it may not write).
+    pub fn is_read_only(&self, application: &str) -> bool {
+        self.read_only.contains(application)
     }
 
     /// The store key `application`'s `name` stands for, and whether the application may
@@ -173,11 +197,9 @@ impl Target {
         match method {
             Method::Get => Ok(()),
             Method::Post | Method::Delete if self.writable => Ok(()),
-            Method::Post | Method::Delete => Err(ApiError::ReadOnly(format!(
-                "{} is read-only for this application: it is written by signed admin \
-                 commands only",
-                self.key
-            ))),
+            Method::Post | Method::Delete => Err(ApiError::ReadOnly(
+                "read-only for this application: written by signed admin commands only".into(),
+            )),
         }
     }
 }
@@ -259,5 +281,9 @@ mod tests {
         assert!(ApiAccess::new(&[share("shop=shop/x"), share("shop=x")], &[]).is_err());
         assert!(ApiAccess::new(&[], &["a.b".to_string()]).is_err());
         assert!(ApiAccess::new(&[], &["global".to_string(), " ".to_string()]).is_ok());
+        // A read-only application serves only what admins write.
+        let global = ["global".to_string()];
+        assert!(ApiAccess::new(&[share("global=ca"), share("shop=ca:rw")], &global).is_err());
+        assert!(ApiAccess::new(&[share("global=ca"), share("shop=ca")], &global).is_ok());
     }
 }

@@ -199,7 +199,7 @@ impl Door for ApiDoor {
     type Op = Result<Request, ApiError>;
 
     fn classify(&self, msg: &Message) -> Option<(Class, Self::Op)> {
-        classify(&self.prefix, msg)
+        classify(&self.prefix, &self.access, msg)
     }
 
     fn handle(
@@ -221,15 +221,25 @@ impl Door for ApiDoor {
 
 /// Parse and classify a request, once: never the reserved applications' (no reply); a
 /// `post` carries a value; and the request comes from the application its subject names, so
-/// that it is answered only in that application's reply namespaces.
-fn classify(prefix: &str, msg: &Message) -> Option<(Class, Result<Request, ApiError>)> {
+/// that it is answered only in that application's reply namespaces. Except a request of a
+/// read-only application ([`access::ApiAccess::is_read_only`]) that parses: what it returns
+/// only admins wrote (or it is an error), and every service reads it, each from its own
+/// inbox.
+fn classify(
+    prefix: &str,
+    access: &access::ApiAccess,
+    msg: &Message,
+) -> Option<(Class, Result<Request, ApiError>)> {
     let subject = msg.subject.as_str();
     let request = parse(prefix, subject, msg.headers.as_ref());
     if let Err(ApiError::Reserved(_)) = request {
         return None;
     }
     let application = application(prefix, subject).unwrap_or_default();
-    let class = Class::open().asked_by(application);
+    let class = match &request {
+        Ok(r) if access.is_read_only(&r.application) => Class::open(),
+        _ => Class::open().asked_by(application),
+    };
     // By the header alone, as the handler will read it: a `post` whose subject is refused
     // still carries its value.
     let post = msg
@@ -426,7 +436,7 @@ mod tests {
     }
 
     fn classify(prefix: &str, msg: &Message) -> Option<Class> {
-        super::classify(prefix, msg).map(|(class, _)| class)
+        super::classify(prefix, &access::ApiAccess::default(), msg).map(|(class, _)| class)
     }
 
     #[test]
@@ -451,6 +461,30 @@ mod tests {
                 "{subject}"
             );
         }
+    }
+
+    #[test]
+    fn a_read_only_applications_requests_are_answered_like_a_hosts() {
+        use crate::serve::Requester;
+        let access = access::ApiAccess::new(&[], &["global".to_string()]).unwrap();
+        let class = |subject: &str, method: &str| {
+            super::classify("piggybank", &access, &message(subject, Some(method)))
+                .unwrap()
+                .0
+                .requester
+        };
+        for method in ["get", "post", "delete"] {
+            assert_eq!(class("piggybank.global.ca", method), Requester::Any);
+        }
+        // A request that does not parse is answered as its application's.
+        assert_eq!(
+            class("piggybank.global.ca", "nope"),
+            Requester::Application("global".into())
+        );
+        assert_eq!(
+            class("piggybank.shop.ca", "get"),
+            Requester::Application("shop".into())
+        );
     }
 
     #[test]

@@ -600,3 +600,57 @@ async fn status_and_discovery_reveal_counts_and_reason_codes_never_names_or_valu
     assert_eq!(api["num_requests"], 2, "{api}");
     assert_eq!(api["last_error"], "0:not_found", "{api}");
 }
+
+/// Piggy Bank's `global` application, which every service may read (`shipping` may publish
+/// on `piggybank.global.>` in the layout): run with `--read-only-apps global`, a service
+/// gets its secrets, from its own inbox, but cannot post or delete one; a signed admin
+/// writes them. Without the flag the service's post overwrote the admin's value.
+#[tokio::test]
+async fn a_service_reads_a_global_secret_but_cannot_post_or_delete_it() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let signer = admin_seed().1;
+    let public = signer.public_key().to_string();
+    let _backend = backend_with(&nats, &keys, move |c| {
+        c.admin_keys = vec![public];
+        c.piggybank_access =
+            piggybank::config::ApiAccess::new(&[], &["global".to_string()]).unwrap();
+    })
+    .await;
+    let (admin, _) = as_the_backend_user(&nats).await;
+    let admin = admin.with_signer(Some(signer));
+    admin
+        .put_secret("_api/global/tls-ca", text("ca-v1"), None, None)
+        .await
+        .unwrap();
+    let shipping = app(&nats, "shipping").await;
+    let get = |client| async move {
+        call(client, "piggybank.global.tls-ca", "get", &[], b"")
+            .await
+            .unwrap()
+    };
+    assert_eq!(get(&shipping).await, (200, b"ca-v1".to_vec()));
+    for method in ["post", "delete"] {
+        let (status, body) = call(&shipping, "piggybank.global.tls-ca", method, &[], b"forged")
+            .await
+            .unwrap();
+        assert_eq!(status, 403, "{method}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, _) = call(
+        &shipping,
+        "piggybank.global.new-name",
+        "post",
+        &[],
+        b"forged",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+    assert_eq!(get(&shipping).await, (200, b"ca-v1".to_vec()));
+    // Control: a signed admin writes it, and the service reads the new value.
+    admin
+        .put_secret("_api/global/tls-ca", text("ca-v2"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(get(&shipping).await, (200, b"ca-v2".to_vec()));
+}
