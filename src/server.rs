@@ -403,6 +403,7 @@ pub async fn serve(
         max_in_flight: config.max_in_flight,
         max_request_bytes: config.max_request_bytes,
         reply_prefixes: config.reply_prefixes.clone(),
+        app_inboxes: config.app_inboxes.clone(),
         admin: started.admin.clone(),
         instance_id: started.database.seal().instance_id().to_string(),
         drain_timeout: config.drain_timeout,

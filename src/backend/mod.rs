@@ -56,6 +56,7 @@ impl BackendError {
             BackendError::Authz(AuthzError::BadTrustedIssuer(_)) => "bad_trusted_issuer",
             BackendError::Store(StoreError::InvalidName { .. }) => "invalid_name",
             BackendError::Store(StoreError::InvalidEntity(_)) => "invalid_entity",
+            BackendError::Store(StoreError::InvalidApplication(_)) => "invalid_application",
             BackendError::Store(StoreError::NotFound(_)) => "not_found",
             BackendError::Store(StoreError::VersionConflict { .. }) => "version_conflict",
             BackendError::Store(StoreError::Contention(_)) => "contention",

@@ -126,6 +126,11 @@ pub struct RunArgs {
     /// written by signed admin commands only (`put _api/<app>/<name>`)
     #[arg(long, env = env::PIGGYBANK_READ_ONLY_APPS, value_delimiter = ',')]
     pub read_only_apps: Vec<String>,
+    /// Bind an inbox prefix to a Piggy Bank API application (repeatable, or comma-separated
+    /// in the env var): `foo=foo.secrets` answers `foo`'s requests under `foo.secrets.`, and
+    /// no other application's there
+    #[arg(long = "app-inbox", env = env::PIGGYBANK_APP_INBOXES, value_delimiter = ',', value_name = "APP=PREFIX")]
+    pub app_inboxes: Vec<crate::config::AppInbox>,
 }
 
 /// `--max-request-bytes`: a number of bytes in [`config::MAX_REQUEST_BYTES_RANGE`].
@@ -195,6 +200,7 @@ impl RunArgs {
             ..Default::default()
         };
         c.reply_prefixes = self.reply_prefixes;
+        c.app_inboxes = self.app_inboxes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
         c.piggybank_access =
             crate::config::ApiAccess::new(&self.share_with_api, &self.read_only_apps)

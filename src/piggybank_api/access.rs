@@ -21,16 +21,13 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
-use crate::store::{validate_name, API_NAMESPACE};
+use crate::store::{validate_name, ApplicationName, API_NAMESPACE};
 
 use super::{ApiError, Method};
 
-/// Whether `application` is a valid API application name: ASCII letters, digits, `-`, `_`.
+/// Whether `application` is a valid application name ([`ApplicationName`]).
 pub fn valid_application(application: &str) -> bool {
-    !application.is_empty()
-        && application
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    ApplicationName::parse(application).is_ok()
 }
 
 /// The store key of an application's own name: `_api/<application>/<name>`.

@@ -654,3 +654,108 @@ async fn a_service_reads_a_global_secret_but_cannot_post_or_delete_it() {
         .unwrap();
     assert_eq!(get(&shipping).await, (200, b"ca-v2".to_vec()));
 }
+
+/// Piggy Bank's own inbox layout: application `foo` receives on `foo.secrets.>` (its
+/// client's inbox prefix). `piggybank run --app-inbox foo=foo.secrets` answers foo there,
+/// and answers no other application there: billing's request aimed at foo's inbox gets no
+/// answer, is counted in `status` (`shed.refused_reply`) and logged at warn. Before, foo got
+/// no answer at all, even with `foo.secrets` in `--reply-prefixes`.
+#[tokio::test]
+async fn an_application_is_answered_in_the_inbox_bound_to_it_and_no_other_is() {
+    let nats = nats_with_permissions();
+    let keys = Keys::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let child = std::process::Command::new(piggybank_bin())
+        .args([
+            "run",
+            "--piggybank-prefix",
+            "piggybank",
+            "--nats-user",
+            "piggybank",
+            "--reply-prefixes",
+            "_INBOX_billing",
+            "--app-inbox",
+            "foo=foo.secrets",
+        ])
+        .env("NATS_PASSWORD", "piggybank-test")
+        .env("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())
+        .env("TRANSIT_XKEY_SEED", keys.transit.as_str())
+        .env("NATS_ADDRESS", nats.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _run = Proc { child };
+    let foo = async_nats::ConnectOptions::with_user_and_password("foo".into(), "foo-test".into())
+        .custom_inbox_prefix("foo.secrets")
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        call(&foo, "piggybank.foo.token", "post", &[], b"foo-value").await,
+        Ok((200, _))
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "foo was never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, value) = call(&foo, "piggybank.foo.token", "get", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!((status, value.as_slice()), (200, b"foo-value".as_slice()));
+
+    // billing aims its own stored bytes at a pending request in foo's inbox.
+    let billing = app(&nats, "billing").await;
+    call(
+        &billing,
+        "piggybank.billing.k",
+        "post",
+        &[],
+        b"billing-bytes",
+    )
+    .await
+    .unwrap();
+    let mut foo_inbox = foo.subscribe("foo.secrets.>").await.unwrap();
+    foo.flush().await.unwrap();
+    let mut get = HeaderMap::new();
+    get.insert("method", "get");
+    billing
+        .publish_with_reply_and_headers(
+            "piggybank.billing.k",
+            "foo.secrets.pending.1",
+            get,
+            "".into(),
+        )
+        .await
+        .unwrap();
+    billing.flush().await.unwrap();
+    let delivered = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures::StreamExt::next(&mut foo_inbox),
+    )
+    .await;
+    assert!(
+        !matches!(delivered, Ok(Some(_))),
+        "billing's request was answered in foo's inbox"
+    );
+    let backend_user = async_nats::ConnectOptions::with_user_and_password(
+        "piggybank".into(),
+        "piggybank-test".into(),
+    )
+    .connect(nats.url())
+    .await
+    .unwrap();
+    let statuses = database_statuses(&backend_user, "piggybank").await;
+    assert_eq!(statuses[0]["shed"]["refused_reply"], 1, "{}", statuses[0]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("refused_reply"),
+        "no warning: {text}"
+    );
+    assert!(!text.contains("billing-bytes") && !text.contains("foo.secrets.pending"));
+}
