@@ -135,6 +135,10 @@ pub mod ops {
     pub const ADD_MAPPING: &str = "add_mapping";
     pub(crate) const REMOVE_MAPPING: &str = "remove_mapping";
     pub(crate) const GET_MAPPINGS: &str = "get_mappings";
+    /// Grants to a wadm application: `{op}.{application}`.
+    pub const ADD_APP_MAPPING: &str = "add_app_mapping";
+    pub(crate) const REMOVE_APP_MAPPING: &str = "remove_app_mapping";
+    pub(crate) const GET_APP_MAPPINGS: &str = "get_app_mappings";
 }
 
 /// Headers.

@@ -23,6 +23,7 @@ pub mod secrets;
 pub(crate) use buckets::{
     existing_bucket, jetstream, open_or_create_bucket, Bucket, BucketSpec, Buckets,
 };
+pub use mappings::Grantee;
 pub(crate) use mappings::MappingTable;
 pub(crate) use mirror::MirrorHandle;
 pub use secrets::SecretMeta;

@@ -220,7 +220,7 @@ async fn a_restored_store_serves_every_secret_and_version_to_its_mapped_entities
     let file = dir.path().join("piggybank.backup");
     let out = backup(&nats, &file);
     assert!(
-        out.contains("3 secrets (6 versions), 2 mappings, key record: no"),
+        out.contains("3 secrets (6 versions), 2 mappings, 0 application grants, key record: no"),
         "{out}"
     );
     assert_private_file(&file);
@@ -366,7 +366,7 @@ async fn a_restored_sealed_store_unlocks_with_its_old_key_and_serves() {
     let file = dir.path().join("sealed.backup");
     let out = backup(&nats, &file);
     assert!(
-        out.contains("2 secrets (3 versions), 1 mappings, key record: yes"),
+        out.contains("2 secrets (3 versions), 1 mappings, 0 application grants, key record: yes"),
         "{out}"
     );
     assert_eq!(header(&file)["key_record"], true);

@@ -381,7 +381,12 @@ fn the_piggy_bank_api_keys_are_read_and_checked() {
         &lattice(),
     )
     .unwrap();
-    let inboxes: Vec<_> = s.run.app_inboxes.iter().map(|i| i.prefix.as_str()).collect();
+    let inboxes: Vec<_> = s
+        .run
+        .app_inboxes
+        .iter()
+        .map(|i| i.prefix.as_str())
+        .collect();
     assert_eq!(inboxes, ["foo.secrets.", "bar.in."]);
     assert!(s.run.piggybank_access.is_read_only("global"));
     assert_eq!(s.run.piggybank_access.resolve("shop", "db").key, "shop/db");
