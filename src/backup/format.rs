@@ -676,6 +676,37 @@ mod tests {
     }
 
     #[test]
+    fn a_header_without_application_grants_signs_the_bytes_it_always_did() {
+        let h = header(1, 1, 1, false);
+        let text = String::from_utf8(h.signed_bytes().unwrap()).unwrap();
+        assert!(!text.contains("app_mappings"), "{text}");
+        let with = Header {
+            app_mappings: 2,
+            ..h
+        };
+        let text = String::from_utf8(with.signed_bytes().unwrap()).unwrap();
+        assert!(text.contains(r#""app_mappings":2"#), "{text}");
+    }
+
+    #[test]
+    fn an_application_grant_line_is_checked() {
+        let mut check = BodyCheck::default();
+        let ok = br#"{"type":"app_mapping","application":"shop","names":["db"]}"#;
+        match check.line(1, ok) {
+            Ok(Entry::Mapping { entity, .. }) => assert_eq!(entity, "app.shop"),
+            _ => panic!("an application grant"),
+        }
+        assert!(check.line(2, ok).is_err(), "granted twice");
+        for bad in [
+            r#"{"type":"app_mapping","application":"a.b","names":["db"]}"#,
+            r#"{"type":"app_mapping","application":">","names":["db"]}"#,
+            r#"{"type":"app_mapping","application":"x","names":["_api/x/y"]}"#,
+        ] {
+            assert!(check.line(3, bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_backup_verifies_with_its_header_padded_to_a_fixed_width() {
         let signer = signer();
         let bytes = small_backup(&signer);

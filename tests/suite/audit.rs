@@ -13,7 +13,7 @@ use serde_json::Value;
 const STREAM: &str = "PIGGYBANK_AUDIT_nats-kv";
 
 /// Every record on the stream, with its raw bytes.
-async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
+pub(crate) async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
     use async_nats::jetstream::consumer::pull::OrderedConfig;
     let js = async_nats::jetstream::new(nats.client().await);
     let mut stream = js
