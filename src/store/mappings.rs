@@ -169,17 +169,17 @@ impl MappingTable {
     /// Whether `entity` may read `name`, from memory; no I/O. `false` until the mirror is
     /// loaded (see [`MappingTable::permits`]).
     pub fn allows(&self, entity: &EntityKey, name: &str) -> bool {
-        self.grants(&entity.as_str().to_string(), name)
+        self.grants(entity.as_str(), name)
     }
 
     /// Whether the grant stored under `kv_key` gives `name`, from memory; `false` until the
     /// mirror is loaded.
-    fn grants(&self, kv_key: &String, name: &str) -> bool {
+    fn grants(&self, kv_key: &str, name: &str) -> bool {
         if !self.is_loaded() {
             return false;
         }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        map.get(kv_key.as_str())
+        map.get(kv_key)
             .is_some_and(|(_, names)| names.contains(name))
     }
 
