@@ -380,7 +380,7 @@ impl BodyCheck {
                     format!("the grants of application {application}")
                 });
                 Ok(Entry::Mapping {
-                    entity: grantee.kv_key(),
+                    entity: grantee.kv_key().into_owned(),
                     value,
                 })
             }

@@ -94,11 +94,12 @@ impl Grantee {
         Ok(Grantee::Application(ApplicationName::parse(name)?))
     }
 
-    /// Its key in the bucket: the entity's key, or `app.<application>`.
-    pub fn kv_key(&self) -> String {
+    /// Its key in the bucket: the entity's key (borrowed: the get path allocates nothing
+    /// for it), or `app.<application>`.
+    pub fn kv_key(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Grantee::Entity(entity) => entity.as_str().to_string(),
-            Grantee::Application(app) => format!("{APPLICATION_KEY_PREFIX}{app}"),
+            Grantee::Entity(entity) => std::borrow::Cow::Borrowed(entity.as_str()),
+            Grantee::Application(app) => format!("{APPLICATION_KEY_PREFIX}{app}").into(),
         }
     }
 
@@ -231,7 +232,7 @@ impl MappingTable {
         }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
         Ok(map
-            .get(grantee.kv_key().as_str())
+            .get(grantee.kv_key().as_ref())
             .map(|(_, names)| page(names))
             .unwrap_or_default())
     }
@@ -266,7 +267,7 @@ impl MappingTable {
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, StoreError> {
         let key = grantee.kv_key();
-        let entity = key.as_str();
+        let entity: &str = &key;
         for name in names {
             validate_grantable(name)?;
         }
