@@ -323,3 +323,23 @@ impl MappingTable {
         Err(StoreError::Contention(entity.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_key_is_read_back_as_exactly_one_kind_of_grantee() {
+        let key = nkeys::KeyPair::new_module().public_key();
+        let entity = Grantee::entity(&key).unwrap();
+        // An application may be named like an entity key: its bucket key is another.
+        let app = Grantee::application(&key).unwrap();
+        assert_ne!(entity.kv_key(), app.kv_key());
+        assert_eq!(Grantee::from_kv_key(&entity.kv_key()), Some(entity));
+        assert_eq!(Grantee::from_kv_key(&app.kv_key()), Some(app));
+        for neither in ["app.", "app.a.b", "app.>", "shop", ">", "M.x"] {
+            assert_eq!(Grantee::from_kv_key(neither), None, "{neither}");
+        }
+        assert!(Grantee::application("app.x").is_err());
+    }
+}
