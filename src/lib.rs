@@ -10,8 +10,9 @@
 //!   on drop.
 //! - [`store`]: `buckets`, each bucket's name, spec and creation; `kv_stream`, the one
 //!   ordered read of a bucket (the mirror's and backup's) and its key/subject mapping;
-//!   `SecretStore` and `MappingTable` (grants to entities and applications) on JetStream KV, mirrored in memory; `page`, the paging
-//!   rule of every listing; `envelope`, the at-rest format (and the sample's, read in place);
+//!   `SecretStore` and `MappingTable` (grants to entities and applications) on JetStream KV,
+//!   mirrored in memory; `page`, the paging rule of every listing; `envelope`, the at-rest
+//!   format (and the sample's, read in place);
 //!   `rekey`, online re-sealing with the current key.
 //! - `backup`: backup and restore of a backend's buckets; `backup::format`, the file format,
 //!   pure.
