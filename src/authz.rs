@@ -5,7 +5,14 @@
 //!    create at start, so its issuer is not a trust anchor;
 //! 2. the entity JWT (component or provider claims) verifies the same way;
 //! 3. when trusted issuers are configured, the entity JWT's issuer is one of them;
-//! 4. the entity's subject is mapped to the secret name ([`crate::store::MappingTable`]).
+//! 4. the secret is granted: to the entity's subject, or to the wadm application the host
+//!    names in `context.application.name` ([`crate::store::MappingTable`], [`Grantee`]);
+//! 5. the manifest's policy properties ([`Policy`]) do not narrow that grant away. They may
+//!    narrow a grant, never widen it.
+//!
+//! The application name is the host's claim, not signed: whoever may publish on the `get`
+//! subject may name any application (as they may present any component's public JWT). A
+//! grant by application is as strong as the NATS permissions on that subject.
 //!
 //! An unmapped entity is `Unauthorized` whether or not the secret exists: no existence oracle.
 //!
@@ -25,6 +32,7 @@ use wascap::jwt::{
     validate_token, CapabilityProvider, Claims, Component, Host as HostClaims, WascapEntity,
 };
 
+use crate::store::mappings::Grantee;
 use crate::store::EntityKey;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -259,14 +267,54 @@ where
     Claims::<T>::decode(jwt).map_err(|e| e.to_string())
 }
 
+/// Which kind of grant a policy lets serve a get (property `grant`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GrantKinds {
+    /// Either (the default).
+    #[default]
+    Any,
+    /// `"entity"`: only a mapping of the entity's key.
+    Entity,
+    /// `"application"`: only a grant to the application.
+    Application,
+}
+
+/// The properties piggybank honours in a manifest's secrets policy; each only narrows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `application`: the get is refused unless `context.application.name` is this.
+    pub application: Option<String>,
+    /// `grant`: which kind of grant may serve it.
+    pub grant: GrantKinds,
+}
+
+impl Policy {
+    /// Whether a grant to `grantee` may serve a get from `application` under this policy.
+    pub fn admits(&self, grantee: &Grantee, application: Option<&str>) -> bool {
+        let application_ok = match &self.application {
+            Some(required) => application == Some(required.as_str()),
+            None => true,
+        };
+        let kind_ok = matches!(
+            (self.grant, grantee),
+            (GrantKinds::Any, _)
+                | (GrantKinds::Entity, Grantee::Entity(_))
+                | (GrantKinds::Application, Grantee::Application(_))
+        );
+        application_ok && kind_ok
+    }
+}
+
 /// The policy wadm passes in `context.application.policy`: a JSON string
 /// `{"type":"properties.secret.wasmcloud.dev/v1alpha1","properties":{...}}`.
 ///
 /// Piggybank validates its shape (malformed JSON, a wrong `type` or non-object `properties`
-/// is a `PolicyError`) and honours no property yet: access is decided by mappings alone.
-pub fn check_policy(policy: &str) -> Result<(), AuthzError> {
+/// is a `PolicyError`) and honours two properties, which only narrow ([`Policy`]):
+/// `application` (a string) and `grant` (`"entity"`, `"application"` or `"any"`); a wrong
+/// type for either is a `PolicyError`. Other properties are ignored.
+pub fn parse_policy(policy: &str) -> Result<Policy, AuthzError> {
     if policy.trim().is_empty() {
-        return Ok(());
+        return Ok(Policy::default());
     }
     let value: serde_json::Value =
         serde_json::from_str(policy).map_err(|e| AuthzError::Policy(e.to_string()))?;
@@ -281,12 +329,35 @@ pub fn check_policy(policy: &str) -> Result<(), AuthzError> {
             )));
         }
     }
-    match obj.get("properties") {
-        None | Some(serde_json::Value::Object(_)) => Ok(()),
-        Some(_) => Err(AuthzError::Policy(
-            "properties must be a JSON object".into(),
-        )),
-    }
+    let properties = match obj.get("properties") {
+        None => return Ok(Policy::default()),
+        Some(serde_json::Value::Object(properties)) => properties,
+        Some(_) => {
+            return Err(AuthzError::Policy(
+                "properties must be a JSON object".into(),
+            ))
+        }
+    };
+    let application = match properties.get("application") {
+        None => None,
+        Some(serde_json::Value::String(app)) => Some(app.clone()),
+        Some(_) => {
+            return Err(AuthzError::Policy(
+                "property application must be a string".into(),
+            ))
+        }
+    };
+    let grant = match properties.get("grant").map(|g| g.as_str()) {
+        None | Some(Some("any")) => GrantKinds::Any,
+        Some(Some("entity")) => GrantKinds::Entity,
+        Some(Some("application")) => GrantKinds::Application,
+        Some(_) => {
+            return Err(AuthzError::Policy(
+                "property grant must be \"entity\", \"application\" or \"any\"".into(),
+            ))
+        }
+    };
+    Ok(Policy { application, grant })
 }
 
 #[cfg(test)]
@@ -454,14 +525,33 @@ mod tests {
 
     #[test]
     fn policy_shape_is_checked() {
-        assert!(check_policy("").is_ok());
-        assert!(check_policy(
+        assert!(parse_policy("").is_ok());
+        assert!(parse_policy(
             r#"{"type":"properties.secret.wasmcloud.dev/v1alpha1","properties":{"a":1}}"#
         )
         .is_ok());
-        assert!(check_policy("{not json").is_err());
-        assert!(check_policy(r#"{"type":"other"}"#).is_err());
-        assert!(check_policy(r#"{"properties":[]}"#).is_err());
-        assert!(check_policy("[]").is_err());
+        assert!(parse_policy("{not json").is_err());
+        assert!(parse_policy(r#"{"type":"other"}"#).is_err());
+        assert!(parse_policy(r#"{"properties":[]}"#).is_err());
+        assert!(parse_policy("[]").is_err());
+        assert!(parse_policy(r#"{"properties":{"application":1}}"#).is_err());
+        assert!(parse_policy(r#"{"properties":{"grant":"everyone"}}"#).is_err());
+    }
+
+    #[test]
+    fn policy_properties_only_narrow_a_grant() {
+        let entity = Grantee::entity(&nkeys::KeyPair::new_module().public_key()).unwrap();
+        let app = Grantee::application("shop").unwrap();
+        let open = parse_policy(r#"{"properties":{"other":"x"}}"#).unwrap();
+        assert!(open.admits(&entity, None) && open.admits(&app, Some("shop")));
+        let only_shop = parse_policy(r#"{"properties":{"application":"shop"}}"#).unwrap();
+        assert!(only_shop.admits(&app, Some("shop")));
+        assert!(only_shop.admits(&entity, Some("shop")));
+        assert!(!only_shop.admits(&entity, Some("other")));
+        assert!(!only_shop.admits(&entity, None));
+        let by_key = parse_policy(r#"{"properties":{"grant":"entity"}}"#).unwrap();
+        assert!(by_key.admits(&entity, Some("shop")) && !by_key.admits(&app, Some("shop")));
+        let by_app = parse_policy(r#"{"properties":{"grant":"application"}}"#).unwrap();
+        assert!(!by_app.admits(&entity, Some("shop")) && by_app.admits(&app, Some("shop")));
     }
 }

@@ -241,6 +241,41 @@ impl AdminClient {
         self.expect_ok(subject, body).await
     }
 
+    /// Grant `names` to the wadm application `application` (any entity a host says is part
+    /// of it may read them).
+    pub async fn add_app_mapping(
+        &self,
+        application: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(names).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let subject = format!("{}.{application}", self.subject(ops::ADD_APP_MAPPING));
+        self.expect_ok(subject, body).await
+    }
+
+    pub async fn remove_app_mapping(
+        &self,
+        application: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(names).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let subject = format!("{}.{application}", self.subject(ops::REMOVE_APP_MAPPING));
+        self.expect_ok(subject, body).await
+    }
+
+    /// Every name granted to the application, in name order: every page.
+    pub async fn get_app_mappings(&self, application: &str) -> Result<Vec<String>, ClientError> {
+        let subject = format!("{}.{application}", self.subject(ops::GET_APP_MAPPINGS));
+        all_pages(|after, limit| {
+            let subject = subject.clone();
+            async move {
+                let page = self.grants_page(subject, after.as_deref(), limit).await?;
+                Ok((page.secrets, page.next, String::clone))
+            }
+        })
+        .await
+    }
+
     /// One page of the names `entity` may read, strictly after `after`, at most `limit`.
     pub async fn get_mappings_page(
         &self,
@@ -249,6 +284,16 @@ impl AdminClient {
         limit: Option<u64>,
     ) -> Result<MappingsResponse, ClientError> {
         let subject = format!("{}.{entity}", self.subject(ops::GET_MAPPINGS));
+        self.grants_page(subject, after, limit).await
+    }
+
+    /// One page of a `get_mappings` or `get_app_mappings` subject.
+    async fn grants_page(
+        &self,
+        subject: String,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<MappingsResponse, ClientError> {
         // The first page with the default limit is asked with an empty body, as the sample-era
         // client did, so this works against backends that take no body.
         let body = if after.is_none() && limit.is_none() {

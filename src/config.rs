@@ -5,6 +5,8 @@
 //! backend `secrets-nats-kv` so that existing deployments switch by changing the binary name.
 
 mod run;
+pub use crate::piggybank_api::access::{ApiAccess, ApiShare};
+pub use crate::reply_policy::AppInbox;
 pub use run::{ConfigError, RunConfig};
 
 /// Default subject prefix hosts are started with (`--secrets-topic`).
@@ -83,6 +85,10 @@ pub mod env {
     pub(crate) const REPLY_PREFIXES: &str = "REPLY_PREFIXES";
     pub const NATS_ADDRESS: &str = "NATS_ADDRESS";
     pub const PIGGYBANK_PREFIX: &str = "PIGGYBANK_PREFIX";
+    /// Piggy Bank API applications that may only read (comma-separated).
+    pub(crate) const PIGGYBANK_READ_ONLY_APPS: &str = "PIGGYBANK_READ_ONLY_APPS";
+    /// Inboxes bound to Piggy Bank API applications (`APP=PREFIX`, comma-separated).
+    pub(crate) const PIGGYBANK_APP_INBOXES: &str = "PIGGYBANK_APP_INBOXES";
     pub(crate) const NATS_USER: &str = "NATS_USER";
     /// The database key: `piggybank unlock` sends it (else a share, else stdin), and
     /// `piggybank run` in sealed mode unlocks itself with it at start (auto-unlock).
@@ -137,6 +143,10 @@ pub mod ops {
     pub const ADD_MAPPING: &str = "add_mapping";
     pub(crate) const REMOVE_MAPPING: &str = "remove_mapping";
     pub(crate) const GET_MAPPINGS: &str = "get_mappings";
+    /// Grants to a wadm application: `{op}.{application}`.
+    pub const ADD_APP_MAPPING: &str = "add_app_mapping";
+    pub(crate) const REMOVE_APP_MAPPING: &str = "remove_app_mapping";
+    pub(crate) const GET_APP_MAPPINGS: &str = "get_app_mappings";
 }
 
 /// Headers.
@@ -204,6 +214,15 @@ pub mod provider {
     pub(crate) const DRAIN_TIMEOUT_MS: &str = "drain_timeout_ms";
     /// Comma-separated subject prefixes replies may go to, besides `_INBOX.`.
     pub(crate) const REPLY_PREFIXES: &str = "reply_prefixes";
+    /// Comma-separated `APP=PREFIX`: inboxes bound to Piggy Bank API applications (as `run
+    /// --app-inbox`).
+    pub(crate) const APP_INBOXES: &str = "app_inboxes";
+    /// Comma-separated `APP=SECRET[:rw]`: protocol secrets shared with Piggy Bank API
+    /// applications (as `run --share-with-api`).
+    pub(crate) const SHARE_WITH_API: &str = "share_with_api";
+    /// Comma-separated Piggy Bank API applications that may only read (as `run
+    /// --read-only-apps`).
+    pub(crate) const READ_ONLY_APPS: &str = "read_only_apps";
     /// TLS of the secrets connection (HostData carries none): a CA file, a client
     /// certificate and its key (paths on the host, PEM), and TLS before the server's greeting.
     pub(crate) const TLS_CA_FILE: &str = "tls_ca_file";
@@ -246,6 +265,9 @@ pub mod provider {
         MAX_IN_FLIGHT,
         MAX_REQUEST_BYTES,
         REPLY_PREFIXES,
+        APP_INBOXES,
+        SHARE_WITH_API,
+        READ_ONLY_APPS,
         DRAIN_TIMEOUT_MS,
         DATABASE_KEY,
         TLS_CA_FILE,

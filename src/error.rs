@@ -53,7 +53,7 @@ mod tests {
     use crate::authz::AuthzError;
     use crate::backend::BackendError;
     use crate::decision::Decision;
-    use crate::provider::bindings::exports::piggybank::secrets::admin::Error as WitError;
+    use crate::provider::bindings::exports::piggybank::secrets0_2_0::admin::Error as WitError;
     use crate::seal::key_record::KeyRecordError;
     use crate::seal::SealError;
     use crate::serve::Reply;

@@ -10,8 +10,9 @@
 //!   on drop.
 //! - [`store`]: `buckets`, each bucket's name, spec and creation; `kv_stream`, the one
 //!   ordered read of a bucket (the mirror's and backup's) and its key/subject mapping;
-//!   `SecretStore` and `MappingTable` on JetStream KV, mirrored in memory; `page`, the paging
-//!   rule of every listing; `envelope`, the at-rest format (and the sample's, read in place);
+//!   `SecretStore` and `MappingTable` (grants to entities and applications) on JetStream KV,
+//!   mirrored in memory; `page`, the paging rule of every listing; `envelope`, the at-rest
+//!   format (and the sample's, read in place);
 //!   `rekey`, online re-sealing with the current key.
 //! - `backup`: backup and restore of a backend's buckets; `backup::format`, the file format,
 //!   pure.
@@ -38,7 +39,8 @@
 //!   connection of its own with bounded buffers, requests and replies that fit, draining).
 //! - [`protocol`]: the wasmCloud secrets protocol front door (`{base}.v1alpha1.{name}.>`).
 //! - `piggybank_api`: the Piggy Bank front door for plain NATS services
-//!   (`piggybank.<application>.<name>`).
+//!   (`piggybank.<application>.<name>`); `access`, what an application reaches (its own
+//!   `_api/` names, shares, read-only applications).
 //! - `database`: the seal's front door, the database operations
 //!   (`piggybank.database.<name>.<op>`).
 //! - [`server`]: `run(config, shutdown)`: validate, connect, open stores, assemble the front

@@ -21,6 +21,15 @@
 //! database operations, discovery, wRPC) answer in every trusted namespace: their callers are
 //! hosts and operators, and an application's NATS permissions keep it off their subjects.
 //!
+//! An operator may also bind any prefix to an application ([`AppInbox`], `--app-inbox
+//! foo=foo.secrets`): Piggy Bank's own layout gives each application an inbox such as
+//! `foo.secrets.>`. A bound prefix is trusted, and belongs to that application exactly as
+//! `_INBOX_<application>.` does; two applications' inboxes may not overlap.
+//!
+//! A request refused for its reply subject gets no answer: the serve loop counts it
+//! (`refused_reply` in `status` and the metric `piggybank.requests.shed`) and logs it at warn,
+//! at most every 10 s.
+//!
 //! This holds by construction: the only way to publish a reply is [`ReplyTo`], and the
 //! only way to make a `ReplyTo` is [`ReplyPolicy::admit`].
 
@@ -45,6 +54,37 @@ pub const SERVER_INBOX_PREFIX: &str = "_PIGGYBANK_INBOX";
 
 /// Refused reply subjects are logged at most this often (with the count since the last log).
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// `--app-inbox APP=PREFIX`: replies to application `APP`'s Piggy Bank API requests may go
+/// under `PREFIX.`, and no other application's may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppInbox {
+    pub application: String,
+    /// Ends with `.`.
+    pub prefix: String,
+}
+
+impl std::str::FromStr for AppInbox {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (application, prefix) = s
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected APP=PREFIX, e.g. foo=foo.secrets"))?;
+        crate::store::ApplicationName::parse(application).map_err(|e| e.to_string())?;
+        let prefix = prefix.trim_end_matches('.');
+        if prefix.starts_with('$') || !valid_subject(prefix) {
+            return Err(format!(
+                "{s:?}: the inbox must be a subject prefix without wildcards, not $..."
+            ));
+        }
+        Ok(Self {
+            application: application.to_string(),
+            prefix: format!("{prefix}."),
+        })
+    }
+}
 
 /// A reply subject that [`ReplyPolicy::admit`] accepted. It cannot be made any other way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +138,13 @@ struct Namespace {
 }
 
 impl Namespace {
+    fn owned(inbox: &AppInbox) -> Self {
+        Self {
+            prefix: inbox.prefix.clone(),
+            owner: Some(inbox.application.clone()),
+        }
+    }
+
     fn new(prefix: String) -> Self {
         let owner = prefix
             .strip_prefix(APPLICATION_REPLY_PREFIX)
@@ -144,6 +191,16 @@ impl ReplyPolicy {
     /// `_INBOX_billing.>`).
     /// `served`: every subject prefix piggybank subscribes under.
     pub fn new(prefixes: &[String], served: &[String]) -> Result<Self, String> {
+        Self::with_app_inboxes(prefixes, &[], served)
+    }
+
+    /// [`Self::new`], with inboxes bound to applications (`--app-inbox`): trusted, and each
+    /// its application's alone. A prefix also in `prefixes` is the application's.
+    pub fn with_app_inboxes(
+        prefixes: &[String],
+        inboxes: &[AppInbox],
+        served: &[String],
+    ) -> Result<Self, String> {
         let mut trusted = vec![DEFAULT_REPLY_PREFIX.to_string()];
         for p in prefixes.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
             let p = if p.ends_with('.') {
@@ -172,8 +229,40 @@ impl ReplyPolicy {
                 ));
             }
         }
+        let mut namespaces: Vec<Namespace> = inboxes.iter().map(Namespace::owned).collect();
+        namespaces.extend(
+            trusted
+                .into_iter()
+                .filter(|p| inboxes.iter().all(|i| &i.prefix != p))
+                .map(Namespace::new),
+        );
+        // No two applications' inboxes overlap, nor one the shared `_INBOX.`: a subject
+        // inside both would be answered for either.
+        for (i, a) in namespaces.iter().enumerate() {
+            let tree = |n: &Namespace| n.prefix[..n.prefix.len() - 1].to_string();
+            for b in &namespaces[i + 1..] {
+                let shared = |n: &Namespace| n.prefix == DEFAULT_REPLY_PREFIX;
+                let claimed = (a.owner.is_some() || shared(a)) && (b.owner.is_some() || shared(b));
+                let overlap = within(&tree(a), &tree(b)) || within(&tree(b), &tree(a));
+                if claimed && overlap && a.owner != b.owner {
+                    return Err(format!(
+                        "inboxes {:?} and {:?} overlap: an application's inbox must be its own",
+                        a.prefix, b.prefix
+                    ));
+                }
+            }
+            if a.owner.is_some() {
+                let t = tree(a);
+                if served.iter().any(|s| within(&t, s) || within(s, &t)) {
+                    return Err(format!(
+                        "inbox {:?} overlaps a subject tree piggybank serves",
+                        a.prefix
+                    ));
+                }
+            }
+        }
         Ok(Self {
-            namespaces: trusted.into_iter().map(Namespace::new).collect(),
+            namespaces,
             served,
             refused: AtomicU64::new(0),
             last_warning: Mutex::new(None),
@@ -415,6 +504,73 @@ mod tests {
             "_INBOX_team.ops.a",
         ] {
             assert_eq!(check(&p, s), Ok(()), "{s}");
+        }
+    }
+
+    fn inbox(s: &str) -> AppInbox {
+        s.parse().unwrap()
+    }
+
+    fn bound(inboxes: &[&str], prefixes: &[&str]) -> Result<ReplyPolicy, String> {
+        let inboxes: Vec<AppInbox> = inboxes.iter().map(|s| inbox(s)).collect();
+        let prefixes: Vec<String> = prefixes.iter().map(|s| s.to_string()).collect();
+        ReplyPolicy::with_app_inboxes(&prefixes, &inboxes, &["piggybank".into()])
+    }
+
+    #[test]
+    fn an_inbox_bound_to_an_application_answers_it_and_no_other() {
+        let p = bound(&["foo=foo.secrets", "bar=bar.in."], &["_INBOX_shop"]).unwrap();
+        assert_eq!(check_for(&p, "foo", "foo.secrets.abc.1"), Ok(()));
+        assert_eq!(check_for(&p, "bar", "bar.in.1"), Ok(()));
+        for (app, s) in [
+            ("bar", "foo.secrets.abc.1"),
+            ("shop", "foo.secrets.abc.1"),
+            ("foo", "bar.in.1"),
+            ("foo", "_INBOX_shop.1"),
+        ] {
+            assert_eq!(
+                check_for(&p, app, s),
+                Err(Refused::NotTheApplications),
+                "{app} {s}"
+            );
+        }
+        // Hosts and operators are answered there too; outside every inbox, nobody.
+        assert_eq!(check(&p, "foo.secrets.1"), Ok(()));
+        assert_eq!(check_for(&p, "foo", "foo.other.1"), Err(Refused::Untrusted));
+        // The same prefix in --reply-prefixes stays the application's.
+        let p = bound(&["foo=foo.secrets"], &["foo.secrets"]).unwrap();
+        assert_eq!(
+            check_for(&p, "bar", "foo.secrets.1"),
+            Err(Refused::NotTheApplications)
+        );
+    }
+
+    #[test]
+    fn overlapping_or_unsafe_inboxes_are_refused_at_start() {
+        for (inboxes, prefixes) in [
+            (vec!["foo=a.b", "bar=a"], vec![]),
+            (vec!["foo=a", "bar=a"], vec![]),
+            (vec!["foo=_INBOX.foo"], vec![]),
+            (vec!["foo=_INBOX_bar.x"], vec!["_INBOX_bar"]),
+            (vec!["foo=piggybank.foo"], vec![]),
+            (vec!["foo=_PIGGYBANK_INBOX.x"], vec![]),
+        ] {
+            assert!(
+                bound(&inboxes, &prefixes).is_err(),
+                "{inboxes:?} {prefixes:?}"
+            );
+        }
+        assert!(bound(&["foo=a.b", "foo=a.c"], &["a"]).is_ok());
+        for bad in [
+            "foo",
+            "=x",
+            "fo.o=x",
+            "foo=$KV.x",
+            "foo=a.*",
+            "foo=a..b",
+            "foo=",
+        ] {
+            assert!(bad.parse::<AppInbox>().is_err(), "{bad}");
         }
     }
 }

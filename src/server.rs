@@ -401,7 +401,13 @@ pub fn endpoints(started: &Started, config: &RunConfig) -> Vec<Endpoint> {
     );
     if let Some(prefix) = &config.piggybank_prefix {
         endpoints.push(
-            piggybank_api::endpoint(Arc::clone(&started.backend), prefix, &queue_group).on_side(),
+            piggybank_api::endpoint(
+                Arc::clone(&started.backend),
+                prefix,
+                &queue_group,
+                config.piggybank_access.clone(),
+            )
+            .on_side(),
         );
     }
     endpoints
@@ -418,6 +424,7 @@ pub async fn serve(
         max_in_flight: config.max_in_flight,
         max_request_bytes: config.max_request_bytes,
         reply_prefixes: config.reply_prefixes.clone(),
+        app_inboxes: config.app_inboxes.clone(),
         admin: started.admin.clone(),
         instance_id: started.database.seal().instance_id().to_string(),
         drain_timeout: config.drain_timeout,

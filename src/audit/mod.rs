@@ -110,9 +110,14 @@ pub struct AuditRecord {
     pub admin_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkRef>,
-    /// The Piggy Bank API's application.
+    /// The Piggy Bank API's application, or the wadm application a host's `get` named
+    /// (`context.application.name`, a claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
+    /// What granted an allowed `get`: `entity` (a mapping of its key) or `application` (a
+    /// grant to the application it named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_by: Option<String>,
     /// The host key (`N...`) the request's host JWT names, once its signature verified. A
     /// claim: a wasmCloud 1.x host signs its own JWT with an account key it makes at start,
     /// so no trust anchor can check it.
@@ -161,6 +166,8 @@ pub struct AuditNote {
     pub entity: Option<String>,
     pub link: Option<LinkRef>,
     pub application: Option<String>,
+    /// What granted an allowed `get` (`entity` or `application`).
+    pub granted_by: Option<String>,
     pub host: Option<String>,
     /// What was decided; `None` until a handler says (a reply without one was served).
     pub decision: Option<Decision>,
@@ -511,6 +518,7 @@ impl Auditor {
             admin_key,
             link: note.link,
             application: note.application,
+            granted_by: note.granted_by,
             host: note.host,
             outcome: decision.outcome(),
             reason: decision.reason().map(str::to_string),

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
-use crate::authz::{self, Authorizer, AuthzError};
+use crate::authz::{self, Authorizer, AuthzError, Policy};
 use crate::error::ErrorKind;
 use crate::keys::{Keyring, TransitKey};
 use crate::seal::key_record::KeyRecordError;
@@ -18,7 +18,10 @@ use crate::seal::SealError;
 use crate::store::envelope::{self, EnvelopeError, SecretValue};
 pub use crate::store::mappings::MappingChange;
 pub(crate) use crate::store::page::{page_limit, Page, PageRequest};
-use crate::store::{validate_name, EntityKey, MappingTable, SecretMeta, SecretStore, StoreError};
+use crate::store::{
+    is_api_name, validate_name, ApplicationName, EntityKey, Grantee, MappingTable, SecretMeta,
+    SecretStore, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -54,6 +57,7 @@ impl BackendError {
             BackendError::Authz(AuthzError::BadTrustedIssuer(_)) => "bad_trusted_issuer",
             BackendError::Store(StoreError::InvalidName { .. }) => "invalid_name",
             BackendError::Store(StoreError::InvalidEntity(_)) => "invalid_entity",
+            BackendError::Store(StoreError::InvalidApplication(_)) => "invalid_application",
             BackendError::Store(StoreError::NotFound(_)) => "not_found",
             BackendError::Store(StoreError::VersionConflict { .. }) => "version_conflict",
             BackendError::Store(StoreError::Contention(_)) => "contention",
@@ -106,6 +110,9 @@ pub struct ReadRequest<'a> {
     pub entity_jwt: &'a str,
     pub host_jwt: &'a str,
     pub policy: &'a str,
+    /// `context.application.name`: the wadm application the host says the entity is part
+    /// of. A claim: it grants only what was granted to that application.
+    pub application: Option<&'a str>,
 }
 
 /// Who asked, as far as it was verified: filled in by [`Unsealed::read`] as each JWT
@@ -114,6 +121,10 @@ pub struct ReadRequest<'a> {
 pub struct Who {
     pub entity: Option<String>,
     pub host: Option<String>,
+    /// The application the request named, if it is an application name.
+    pub application: Option<String>,
+    /// Which grant allowed the read: `entity` or `application`.
+    pub granted_by: Option<&'static str>,
 }
 
 /// A secret as served: its version and its (decrypted) value.
@@ -407,8 +418,45 @@ impl Unsealed<'_> {
         entity: &str,
         request: &PageRequest<'_>,
     ) -> Result<Page<String>, BackendError> {
-        let entity = EntityKey::parse(entity)?;
-        Ok(self.mappings().names_page(&entity, request).await?)
+        self.grant_page(&Grantee::entity(entity)?, request).await
+    }
+
+    /// One page of the names granted to `grantee` (an entity or an application).
+    pub async fn grant_page(
+        &self,
+        grantee: &Grantee,
+        request: &PageRequest<'_>,
+    ) -> Result<Page<String>, BackendError> {
+        Ok(self.mappings().names_page(grantee, request).await?)
+    }
+
+    /// Which grant gives `entity`, asked for by `application`, the secret `key` under
+    /// `policy`: the entity's mapping first, then the application's (a second lookup in
+    /// memory, made only when the first grants nothing). The API's own names are never
+    /// served to a component, whatever a grant says. The one place a get is authorized.
+    async fn grant_for(
+        &self,
+        entity: &EntityKey,
+        application: Option<&ApplicationName>,
+        policy: &Policy,
+        key: &str,
+    ) -> Result<&'static str, BackendError> {
+        if is_api_name(key) {
+            return Err(AuthzError::NotMapped.into());
+        }
+        let named = application.map(ApplicationName::as_str);
+        let candidates = [
+            Some((Grantee::Entity(entity.clone()), "entity")),
+            application.map(|app| (Grantee::Application(app.clone()), "application")),
+        ];
+        for (grantee, kind) in candidates.into_iter().flatten() {
+            if policy.admits(&grantee, named)
+                && self.backend.mappings.permits(&grantee, key).await?
+            {
+                return Ok(kind);
+            }
+        }
+        Err(AuthzError::NotMapped.into())
     }
 
     /// Authorize and serve a read. No NATS I/O unless an older version is requested, or the
@@ -420,13 +468,17 @@ impl Unsealed<'_> {
     ) -> Result<ServedSecret, BackendError> {
         let backend = self.backend;
         validate_name(req.key)?;
-        authz::check_policy(req.policy)?;
+        let policy = authz::parse_policy(req.policy)?;
+        // A name that is not an application name names no application: it grants nothing.
+        let application = req.application.and_then(|a| ApplicationName::parse(a).ok());
+        who.application = application.as_ref().map(ToString::to_string);
         who.host = Some(backend.authorizer.verify_host(req.host_jwt)?.subject);
         let entity = backend.authorizer.verify_entity(req.entity_jwt)?;
         who.entity = Some(entity.subject.to_string());
-        if !backend.mappings.permits(&entity.subject, req.key).await? {
-            return Err(AuthzError::NotMapped.into());
-        }
+        let granted_by = self
+            .grant_for(&entity.subject, application.as_ref(), &policy, req.key)
+            .await?;
+        who.granted_by = Some(granted_by);
         let not_found = || StoreError::NotFound(req.key.to_string());
         let stored = match req.version.filter(|v| !v.is_empty()) {
             None => backend.secrets.current(req.key).await?,
@@ -494,8 +546,19 @@ impl Unsealed<'_> {
         change: MappingChange,
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, BackendError> {
-        let entity = EntityKey::parse(entity)?;
-        Ok(self.mappings().update(&entity, change, names).await?)
+        self.update_grant(&Grantee::entity(entity)?, change, names)
+            .await
+    }
+
+    /// Add or remove `names` for `grantee` (an entity or an application); returns its
+    /// resulting names.
+    pub async fn update_grant(
+        &self,
+        grantee: &Grantee,
+        change: MappingChange,
+        names: &BTreeSet<String>,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(self.mappings().update(grantee, change, names).await?)
     }
 
     /// Metadata of one secret.

@@ -9,13 +9,15 @@
 //! body          JSON lines, one `Line` each, every one ending with "\n":
 //!   {"type":"version","secret":NAME,"revision":N,"written_ms":MS,"value":BASE64}
 //!   {"type":"mapping","entity":KEY,"names":[NAME,...]}
+//!   {"type":"app_mapping","application":NAME,"names":[NAME,...]}
 //!   {"type":"key_record","value":BASE64}
 //! ```
 //!
 //! `value` is the bytes the bucket holds, in standard base64: a version's sealed envelope
 //! (`store::envelope`), the key record's JSON (keys wrapped by the database key). So the file
 //! holds no plaintext and making it needs no key. Versions come in the source stream's order
-//! (each secret's versions oldest first), then the mappings, then the key record, which is
+//! (each secret's versions oldest first), then the mappings (of entities and of wadm
+//! applications, in the bucket's order), then the key record, which is
 //! read last so that it holds every data key a value in the file was sealed with (keys are
 //! only ever added to it). The header counts the body and carries its length and SHA-256;
 //! the writer streams the body and fills the padded header in at the end, so a backup of
@@ -89,6 +91,10 @@ pub struct Header {
     pub versions: u64,
     /// Mapping lines (entities) in the body.
     pub mappings: u64,
+    /// Grants to wadm applications (`app_mapping` lines) in the body. Absent when none, so
+    /// that a header written before them signs the same bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub app_mappings: u64,
     /// Whether the body holds sealed mode's key record.
     pub key_record: bool,
     /// Length of the body in bytes: a shorter file was truncated.
@@ -155,6 +161,10 @@ fn authenticate(header: &Header, trust: Trust<'_>) -> Result<Option<String>, Bac
     Ok(Some(signer))
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One line of the body.
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -170,6 +180,11 @@ pub(super) enum Line {
     },
     /// The secrets one entity may read.
     Mapping { entity: String, names: Vec<String> },
+    /// The secrets granted to one wadm application.
+    AppMapping {
+        application: String,
+        names: Vec<String>,
+    },
     /// Sealed mode's key record, as stored (wrapped keys only).
     KeyRecord { value: String },
 }
@@ -241,7 +256,8 @@ pub(super) enum Entry {
         secret: String,
         value: Vec<u8>,
     },
-    /// An entity and the value restore writes for it ([`mapping_value`]).
+    /// A grant's key in the mappings bucket (an entity's, or an application's
+    /// `app.<name>`) and the value restore writes for it ([`mapping_value`]).
     Mapping {
         entity: String,
         value: Vec<u8>,
@@ -325,6 +341,7 @@ pub(super) struct BodyCheck {
     /// Per secret: the last revision seen (versions must come in order) and how many.
     secrets: HashMap<String, (u64, u64)>,
     entities: HashSet<String>,
+    applications: HashSet<String>,
     versions: u64,
     key_record: Option<Vec<u8>>,
     pub(super) largest: Largest,
@@ -377,6 +394,24 @@ impl BodyCheck {
                 });
                 self.totals.mappings.add(&entity, value.len());
                 Ok(Entry::Mapping { entity, value })
+            }
+            Line::AppMapping { application, names } => {
+                let grantee =
+                    store::Grantee::application(&application).map_err(|e| e.to_string())?;
+                for name in &names {
+                    store::validate_grantable(name).map_err(|e| e.to_string())?;
+                }
+                if !self.applications.insert(application.clone()) {
+                    return Err(format!("application {application} is granted twice"));
+                }
+                let value = mapping_value(&names)?;
+                Largest::note(&mut self.largest.mapping, number, value.len(), || {
+                    format!("the grants of application {application}")
+                });
+                Ok(Entry::Mapping {
+                    entity: grantee.kv_key().into_owned(),
+                    value,
+                })
             }
             Line::KeyRecord { value } => {
                 if self.key_record.is_some() {
@@ -566,6 +601,11 @@ impl<R: Read + Seek> VerifiedBackup<R> {
             ("versions", header.versions, check.versions),
             ("mappings", header.mappings, check.entities.len() as u64),
             (
+                "application grants",
+                header.app_mappings,
+                check.applications.len() as u64,
+            ),
+            (
                 "key records",
                 u64::from(header.key_record),
                 u64::from(check.key_record.is_some()),
@@ -619,6 +659,7 @@ mod tests {
             secrets,
             versions,
             mappings,
+            app_mappings: 0,
             key_record,
             body_bytes: 0,
             body_sha256: String::new(),
@@ -665,6 +706,37 @@ mod tests {
         .unwrap();
         body.finish(header(2, 3, 1, false), signer).unwrap();
         out.into_inner()
+    }
+
+    #[test]
+    fn a_header_without_application_grants_signs_the_bytes_it_always_did() {
+        let h = header(1, 1, 1, false);
+        let text = String::from_utf8(h.signed_bytes().unwrap()).unwrap();
+        assert!(!text.contains("app_mappings"), "{text}");
+        let with = Header {
+            app_mappings: 2,
+            ..h
+        };
+        let text = String::from_utf8(with.signed_bytes().unwrap()).unwrap();
+        assert!(text.contains(r#""app_mappings":2"#), "{text}");
+    }
+
+    #[test]
+    fn an_application_grant_line_is_checked() {
+        let mut check = BodyCheck::default();
+        let ok = br#"{"type":"app_mapping","application":"shop","names":["db"]}"#;
+        match check.line(1, ok) {
+            Ok(Entry::Mapping { entity, .. }) => assert_eq!(entity, "app.shop"),
+            _ => panic!("an application grant"),
+        }
+        assert!(check.line(2, ok).is_err(), "granted twice");
+        for bad in [
+            r#"{"type":"app_mapping","application":"a.b","names":["db"]}"#,
+            r#"{"type":"app_mapping","application":">","names":["db"]}"#,
+            r#"{"type":"app_mapping","application":"x","names":["_api/x/y"]}"#,
+        ] {
+            assert!(check.line(3, bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

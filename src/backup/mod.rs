@@ -210,6 +210,7 @@ pub async fn backup<W: Write + Seek>(
         secrets: 0,
         versions: 0,
         mappings: 0,
+        app_mappings: 0,
         key_record: false,
         body_bytes: 0,
         body_sha256: String::new(),
@@ -279,11 +280,24 @@ pub async fn backup<W: Write + Seek>(
                     key: m.key.clone(),
                     why: format!("not a JSON array of names: {e}"),
                 })?;
-            body.line(&Line::Mapping {
-                entity: m.key,
-                names: names.into_iter().collect(),
-            })?;
-            header.mappings += 1;
+            let names = names.into_iter().collect();
+            match store::Grantee::from_kv_key(&m.key) {
+                Some(store::Grantee::Application(application)) => {
+                    body.line(&Line::AppMapping {
+                        application: application.to_string(),
+                        names,
+                    })?;
+                    header.app_mappings += 1;
+                }
+                // An entity's, or a key that is neither (restore refuses it, by name).
+                _ => {
+                    body.line(&Line::Mapping {
+                        entity: m.key,
+                        names,
+                    })?;
+                    header.mappings += 1;
+                }
+            }
             Ok(ControlFlow::Continue(()))
         })
         .await?;
@@ -327,6 +341,8 @@ pub struct Restored {
     pub secrets: u64,
     pub versions: u64,
     pub mappings: u64,
+    /// Grants to wadm applications written.
+    pub app_mappings: u64,
     pub key_record: bool,
     /// The buckets restore created (the others existed).
     pub created: Vec<String>,
@@ -599,7 +615,7 @@ pub async fn restore<R: Read + Seek>(
     // Versions and mappings, in the file's order, WINDOW writes in flight. One connection
     // publishes them in order and the stream stores them in that order, so each secret's
     // versions keep theirs.
-    let total = header.versions + header.mappings;
+    let total = header.versions + header.mappings + header.app_mappings;
     let mut written = 0u64;
     let partial = |written: u64, why: String| BackupError::Partial {
         written,
@@ -650,6 +666,7 @@ pub async fn restore<R: Read + Seek>(
         secrets: header.secrets,
         versions: header.versions,
         mappings: header.mappings,
+        app_mappings: header.app_mappings,
         key_record: key_record.is_some(),
         created,
     })

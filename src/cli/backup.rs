@@ -110,11 +110,12 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     file.persist()?;
     let size = std::fs::metadata(&args.out).map_or(0, |m| m.len());
     println!(
-        "backup: {} secrets ({} versions), {} mappings, key record: {}; {} bytes in {:.1} s, \
-         signed by {} -> {}",
+        "backup: {} secrets ({} versions), {} mappings, {} application grants, key record: {}; \
+         {} bytes in {:.1} s, signed by {} -> {}",
         header.secrets,
         header.versions,
         header.mappings,
+        header.app_mappings,
         if header.key_record { "yes" } else { "no" },
         size,
         started.elapsed().as_secs_f64(),
@@ -174,11 +175,12 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "restore: {} secrets ({} versions), {} mappings, key record: {}; in {:.1} s (backup \
-         made {}){}",
+        "restore: {} secrets ({} versions), {} mappings, {} application grants, key record: {}; \
+         in {:.1} s (backup made {}){}",
         restored.secrets,
         restored.versions,
         restored.mappings,
+        restored.app_mappings,
         if restored.key_record { "yes" } else { "no" },
         started.elapsed().as_secs_f64(),
         header.created_at,

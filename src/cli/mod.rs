@@ -64,11 +64,12 @@ pub enum Command {
     Delete(NameArgs),
     /// List secrets (metadata only, never values)
     List(ListArgs),
-    /// Allow an entity (component or provider public key) to read secrets
+    /// Allow an entity (component or provider public key), or a wadm application
+    /// (--application), to read secrets
     AddMapping(MappingArgs),
-    /// Revoke an entity's access to secrets
+    /// Revoke an entity's (or an application's) access to secrets
     RemoveMapping(MappingArgs),
-    /// Show the secrets an entity may read
+    /// Show the secrets an entity (or an application) may read
     Mappings(EntityArgs),
     /// Initialize a sealed store: prints its key (or shares) once
     Init(database::InitArgs),
@@ -184,7 +185,15 @@ pub struct ListArgs {
 #[derive(Args)]
 pub struct MappingArgs {
     /// The public key of the component (M...) or provider (V...)
-    pub public_key: String,
+    #[arg(
+        required_unless_present = "application",
+        conflicts_with = "application"
+    )]
+    pub public_key: Option<String>,
+    /// A wadm application (its manifest's name), instead of a key: every component and
+    /// provider a host says is part of it may read the secrets
+    #[arg(long)]
+    pub application: Option<String>,
     /// A secret name; repeat for several
     #[arg(long = "secret", required = true)]
     pub secrets: Vec<String>,
@@ -195,7 +204,14 @@ pub struct MappingArgs {
 #[derive(Args)]
 pub struct EntityArgs {
     /// The public key of the component (M...) or provider (V...)
-    pub public_key: String,
+    #[arg(
+        required_unless_present = "application",
+        conflicts_with = "application"
+    )]
+    pub public_key: Option<String>,
+    /// A wadm application (its manifest's name), instead of a key
+    #[arg(long)]
+    pub application: Option<String>,
     /// Print one JSON array of names instead of one name per line
     #[arg(long)]
     pub json: bool,
@@ -250,30 +266,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::AddMapping(args) => {
             let names: BTreeSet<String> = args.secrets.iter().cloned().collect();
             let client = args.target.client().await?;
-            client.add_mapping(&args.public_key, &names).await?;
-            println!(
-                "Public key '{}' can now access secrets: {:?}",
-                args.public_key, names
-            );
+            match (&args.application, &args.public_key) {
+                (Some(app), _) => {
+                    client.add_app_mapping(app, &names).await?;
+                    println!(
+                        "Application '{}' can now access secrets: {names:?}",
+                        printable(app)
+                    );
+                }
+                (None, key) => {
+                    let key = key.as_deref().unwrap_or_default();
+                    client.add_mapping(key, &names).await?;
+                    println!("Public key '{key}' can now access secrets: {names:?}");
+                }
+            }
             Ok(())
         }
         Command::RemoveMapping(args) => {
             let names: BTreeSet<String> = args.secrets.iter().cloned().collect();
             let client = args.target.client().await?;
-            client.remove_mapping(&args.public_key, &names).await?;
-            println!(
-                "Public key '{}' no longer has access to secrets: {:?}",
-                args.public_key, names
-            );
+            match (&args.application, &args.public_key) {
+                (Some(app), _) => {
+                    client.remove_app_mapping(app, &names).await?;
+                    println!(
+                        "Application '{}' no longer has access to secrets: {names:?}",
+                        printable(app)
+                    );
+                }
+                (None, key) => {
+                    let key = key.as_deref().unwrap_or_default();
+                    client.remove_mapping(key, &names).await?;
+                    println!("Public key '{key}' no longer has access to secrets: {names:?}");
+                }
+            }
             Ok(())
         }
         Command::Mappings(args) => {
-            let names = args
-                .target
-                .client()
-                .await?
-                .get_mappings(&args.public_key)
-                .await?;
+            let client = args.target.client().await?;
+            let names = match (&args.application, &args.public_key) {
+                (Some(app), _) => client.get_app_mappings(app).await?,
+                (None, key) => {
+                    client
+                        .get_mappings(key.as_deref().unwrap_or_default())
+                        .await?
+                }
+            };
             if args.json {
                 println!("{}", serde_json::to_string(&names)?);
             } else {

@@ -123,6 +123,20 @@ pub struct RunArgs {
     /// Also serve the Piggy Bank API for plain NATS services under this prefix (`piggybank`)
     #[arg(long, env = env::PIGGYBANK_PREFIX)]
     pub piggybank_prefix: Option<String>,
+    /// Share a protocol secret with a Piggy Bank API application, read-only unless `:rw`
+    /// (repeatable): `shop=shop/db-password` is `piggybank.shop.db-password`. Without it the
+    /// API reaches only its own names (`_api/<app>/<name>`), never what components read
+    #[arg(long = "share-with-api", value_name = "APP=SECRET[:rw]")]
+    pub share_with_api: Vec<crate::config::ApiShare>,
+    /// Piggy Bank API applications that may only `get` (comma-separated): their secrets are
+    /// written by signed admin commands only (`put _api/<app>/<name>`)
+    #[arg(long, env = env::PIGGYBANK_READ_ONLY_APPS, value_delimiter = ',')]
+    pub read_only_apps: Vec<String>,
+    /// Bind an inbox prefix to a Piggy Bank API application (repeatable, or comma-separated
+    /// in the env var): `foo=foo.secrets` answers `foo`'s requests under `foo.secrets.`, and
+    /// no other application's there
+    #[arg(long = "app-inbox", env = env::PIGGYBANK_APP_INBOXES, value_delimiter = ',', value_name = "APP=PREFIX")]
+    pub app_inboxes: Vec<crate::config::AppInbox>,
 }
 
 /// `--max-request-bytes`: a number of bytes in [`config::MAX_REQUEST_BYTES_RANGE`].
@@ -193,7 +207,11 @@ impl RunArgs {
             ..Default::default()
         };
         c.reply_prefixes = self.reply_prefixes;
+        c.app_inboxes = self.app_inboxes;
         c.piggybank_prefix = self.piggybank_prefix.filter(|p| !p.trim().is_empty());
+        c.piggybank_access =
+            crate::config::ApiAccess::new(&self.share_with_api, &self.read_only_apps)
+                .map_err(anyhow::Error::msg)?;
         c.database_key = database_key;
         Ok(c)
     }

@@ -57,8 +57,15 @@ pub struct RunConfig {
     /// Trusted reply prefixes besides `_INBOX.`: replies go only to subjects under them
     /// (see `crate::reply_policy`).
     pub reply_prefixes: Vec<String>,
+    /// Inboxes bound to a Piggy Bank API application (`--app-inbox foo=foo.secrets`): that
+    /// application's requests are answered there, and no other's.
+    pub app_inboxes: Vec<crate::reply_policy::AppInbox>,
     /// Serve the Piggy Bank API under this prefix (`piggybank`); `None`: not served.
     pub piggybank_prefix: Option<String>,
+    /// What the API's applications may reach beyond their own names: protocol secrets the
+    /// operator shared (`--share-with-api`), and applications that may only read
+    /// (`--read-only-apps`).
+    pub piggybank_access: crate::piggybank_api::access::ApiAccess,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -108,7 +115,9 @@ impl RunConfig {
             write_legacy_format: false,
             audit: AuditConfig::default(),
             reply_prefixes: Vec::new(),
+            app_inboxes: Vec::new(),
             piggybank_prefix: None,
+            piggybank_access: Default::default(),
         }
     }
 

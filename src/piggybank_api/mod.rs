@@ -7,8 +7,10 @@
 //! The reserved application `database` is never answered here: the sealed-mode operations own
 //! those subjects. Refusing another application is the NATS server's job (permissions).
 //!
-//! The secret lives in the same store the wasmCloud protocol serves, under the key
-//! `<application>/<name>`, so it can also be mapped to wasmCloud entities.
+//! The secret lives in the same store the wasmCloud protocol serves, but in a namespace of
+//! its own that the protocol never serves to a component (`_api/<application>/<name>`): what
+//! an application may reach is decided once, in [`access`] (its own names, what the operator
+//! shared with it, read-only applications).
 //!
 //! Authorization is NATS's: an application may publish only on `{prefix}.<application>.>`
 //! and receive replies only on its own inbox prefix (README, "Piggy Bank API"). The backend
@@ -17,6 +19,8 @@
 //! (`_INBOX.`, and `_INBOX_<application>.` when trusted: the door's classification,
 //! `crate::reply_policy::Requester`), so that no application can have its stored bytes
 //! delivered into another's inbox.
+
+pub mod access;
 
 use std::sync::Arc;
 
@@ -68,8 +72,9 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
-    /// `<application>/<name>`: the key in the store.
-    pub key: String,
+    pub application: String,
+    /// The name within the application (it may contain dots).
+    pub name: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -78,6 +83,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("application {0:?} is reserved")]
     Reserved(String),
+    /// A `post` or `delete` of a name the application may only read.
+    #[error("{0}")]
+    ReadOnly(String),
     /// The core's error: its kind gives the status.
     /// The core refused it: its decision, and its message.
     #[error("{message}")]
@@ -88,7 +96,7 @@ impl ApiError {
     pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
-            ApiError::Reserved(_) => 403,
+            ApiError::Reserved(_) | ApiError::ReadOnly(_) => 403,
             ApiError::Core { decision, .. } => decision.kind().map_or(500, ErrorKind::status),
         }
     }
@@ -99,13 +107,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => Decision::refused(ErrorKind::Invalid, "invalid_request"),
             ApiError::Reserved(_) => Decision::refused(ErrorKind::Denied, "reserved"),
+            ApiError::ReadOnly(_) => Decision::refused(ErrorKind::Denied, "read_only"),
             ApiError::Core { decision, .. } => *decision,
         }
     }
-}
-
-pub fn store_key(application: &str, name: &str) -> String {
-    format!("{application}/{name}")
 }
 
 /// The application a subject names: the token after `{prefix}.`, as sent (valid or not).
@@ -139,11 +144,7 @@ pub fn parse(
     let (application, name) = rest
         .split_once('.')
         .ok_or_else(|| bad("expected <prefix>.<application>.<name>; the name is empty"))?;
-    let app_ok = !application.is_empty()
-        && application
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !app_ok {
+    if !access::valid_application(application) {
         return Err(bad("the application must be letters, digits, '-' or '_'"));
     }
     if name.is_empty() {
@@ -165,15 +166,23 @@ pub fn parse(
     };
     Ok(Request {
         method,
-        key: store_key(application, name),
+        application: application.to_string(),
+        name: name.to_string(),
     })
 }
 
-/// The Piggy Bank API door of `backend`, on `{prefix}.>` in `{queue_group}.piggybank`.
-pub(crate) fn endpoint(backend: Arc<Backend>, prefix: &str, queue_group: &str) -> Endpoint {
+/// The Piggy Bank API door of `backend`, on `{prefix}.>` in `{queue_group}.piggybank`, with
+/// what each application may reach (`access`).
+pub(crate) fn endpoint(
+    backend: Arc<Backend>,
+    prefix: &str,
+    queue_group: &str,
+    access: access::ApiAccess,
+) -> Endpoint {
     let door = Arc::new(ApiDoor {
         backend,
         prefix: prefix.to_string(),
+        access,
     });
     let group = format!("{queue_group}.piggybank");
     Endpoint::new("api", format!("{prefix}.>"), Some(group), door)
@@ -182,6 +191,7 @@ pub(crate) fn endpoint(backend: Arc<Backend>, prefix: &str, queue_group: &str) -
 struct ApiDoor {
     backend: Arc<Backend>,
     prefix: String,
+    access: access::ApiAccess,
 }
 
 impl Door for ApiDoor {
@@ -189,7 +199,7 @@ impl Door for ApiDoor {
     type Op = Result<Request, ApiError>;
 
     fn classify(&self, msg: &Message) -> Option<(Class, Self::Op)> {
-        classify(&self.prefix, msg)
+        classify(&self.prefix, &self.access, msg)
     }
 
     fn handle(
@@ -197,7 +207,7 @@ impl Door for ApiDoor {
         request: Self::Op,
         msg: Message,
     ) -> BoxFuture<'static, Option<Reply>> {
-        Box::pin(async move { Some(handle(&self.backend, request, &msg).await) })
+        Box::pin(async move { Some(handle(&self.backend, &self.access, request, &msg).await) })
     }
 
     fn refuse(&self, _: &Self::Op, _: &Message, refused: &LoopRefusal) -> Reply {
@@ -211,15 +221,25 @@ impl Door for ApiDoor {
 
 /// Parse and classify a request, once: never the reserved applications' (no reply); a
 /// `post` carries a value; and the request comes from the application its subject names, so
-/// that it is answered only in that application's reply namespaces.
-fn classify(prefix: &str, msg: &Message) -> Option<(Class, Result<Request, ApiError>)> {
+/// that it is answered only in that application's reply namespaces. Except a request of a
+/// read-only application ([`access::ApiAccess::is_read_only`]) that parses: what it returns
+/// only admins wrote (or it is an error), and every service reads it, each from its own
+/// inbox.
+fn classify(
+    prefix: &str,
+    access: &access::ApiAccess,
+    msg: &Message,
+) -> Option<(Class, Result<Request, ApiError>)> {
     let subject = msg.subject.as_str();
     let request = parse(prefix, subject, msg.headers.as_ref());
     if let Err(ApiError::Reserved(_)) = request {
         return None;
     }
     let application = application(prefix, subject).unwrap_or_default();
-    let class = Class::open().asked_by(application);
+    let class = match &request {
+        Ok(r) if access.is_read_only(&r.application) => Class::open(),
+        _ => Class::open().asked_by(application),
+    };
     // By the header alone, as the handler will read it: a `post` whose subject is refused
     // still carries its value.
     let post = msg
@@ -231,17 +251,25 @@ fn classify(prefix: &str, msg: &Message) -> Option<(Class, Result<Request, ApiEr
 }
 
 /// Answer one parsed request.
-async fn handle(backend: &Backend, request: Result<Request, ApiError>, msg: &Message) -> Reply {
+async fn handle(
+    backend: &Backend,
+    access: &access::ApiAccess,
+    request: Result<Request, ApiError>,
+    msg: &Message,
+) -> Reply {
     let mut note = AuditNote::default();
-    if let Ok(request) = &request {
+    let target = request.and_then(|request| {
         note.operation = Some(request.method.as_str().to_string());
-        note.application = request.key.split('/').next().map(str::to_string);
+        note.application = Some(request.application.clone());
+        let target = access.resolve(&request.application, &request.name);
         // Named on the record only if it is a name (the subject is the requester's text).
-        if crate::store::validate_name(&request.key).is_ok() {
-            note.secret = Some(request.key.clone());
+        if crate::store::validate_name(&target.key).is_ok() {
+            note.secret = Some(target.key.clone());
         }
-    }
-    match respond(backend, request, msg).await {
+        target.permits(request.method)?;
+        Ok((request.method, target))
+    });
+    match respond(backend, target, msg).await {
         Ok((payload, status)) => reply(status, payload).audited(note.allowed()),
         Err(e) => error_reply(&e, note),
     }
@@ -249,15 +277,15 @@ async fn handle(backend: &Backend, request: Result<Request, ApiError>, msg: &Mes
 
 async fn respond(
     backend: &Backend,
-    request: Result<Request, ApiError>,
+    target: Result<(Method, access::Target), ApiError>,
     msg: &Message,
 ) -> Result<(Vec<u8>, u16), ApiError> {
-    let request = request?;
+    let (method, target) = target?;
     // Every method reads or changes the store: none is answered while sealed.
     let store = backend.unsealed().map_err(api_error)?;
-    match request.method {
+    match method {
         Method::Get => {
-            let value = store.value(&request.key).await.map_err(api_error)?;
+            let value = store.value(&target.key).await.map_err(api_error)?;
             Ok((value.as_bytes().to_vec(), 200))
         }
         Method::Post => {
@@ -268,13 +296,13 @@ async fn respond(
                 .map(|v| v.as_str().to_ascii_lowercase());
             let value = posted_value(kind.as_deref(), &msg.payload)?;
             let version = store
-                .put(&request.key, &value, None)
+                .put(&target.key, &value, None)
                 .await
                 .map_err(api_error)?;
             Ok((format!(r#"{{"version":{version}}}"#).into_bytes(), 200))
         }
         Method::Delete => {
-            store.delete(&request.key).await.map_err(api_error)?;
+            store.delete(&target.key).await.map_err(api_error)?;
             Ok((Vec::new(), 200))
         }
     }
@@ -342,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn subjects_map_to_application_scoped_keys() {
+    fn subjects_name_an_application_and_a_name_in_it() {
         let r = parse(
             "piggybank",
             "piggybank.billing.db.password",
@@ -352,7 +380,8 @@ mod tests {
             r.unwrap(),
             Request {
                 method: Method::Get,
-                key: "billing/db.password".into()
+                application: "billing".into(),
+                name: "db.password".into()
             }
         );
         let r = parse(
@@ -361,7 +390,10 @@ mod tests {
             with_method("post").as_ref(),
         )
         .unwrap();
-        assert_eq!((r.method, r.key.as_str()), (Method::Post, "shop/token"));
+        assert_eq!(
+            (r.method, r.application.as_str(), r.name.as_str()),
+            (Method::Post, "shop", "token")
+        );
     }
 
     #[test]
@@ -404,7 +436,7 @@ mod tests {
     }
 
     fn classify(prefix: &str, msg: &Message) -> Option<Class> {
-        super::classify(prefix, msg).map(|(class, _)| class)
+        super::classify(prefix, &access::ApiAccess::default(), msg).map(|(class, _)| class)
     }
 
     #[test]
@@ -429,6 +461,30 @@ mod tests {
                 "{subject}"
             );
         }
+    }
+
+    #[test]
+    fn a_read_only_applications_requests_are_answered_like_a_hosts() {
+        use crate::serve::Requester;
+        let access = access::ApiAccess::new(&[], &["global".to_string()]).unwrap();
+        let class = |subject: &str, method: &str| {
+            super::classify("piggybank", &access, &message(subject, Some(method)))
+                .unwrap()
+                .0
+                .requester
+        };
+        for method in ["get", "post", "delete"] {
+            assert_eq!(class("piggybank.global.ca", method), Requester::Any);
+        }
+        // A request that does not parse is answered as its application's.
+        assert_eq!(
+            class("piggybank.global.ca", "nope"),
+            Requester::Application("global".into())
+        );
+        assert_eq!(
+            class("piggybank.shop.ca", "get"),
+            Requester::Application("shop".into())
+        );
     }
 
     #[test]

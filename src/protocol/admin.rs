@@ -25,6 +25,7 @@ use crate::backend::{page_limit, BackendError, MappingChange, PageRequest, Unsea
 use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::store::envelope::SecretValue;
+use crate::store::{Grantee, StoreError};
 
 /// A `put_secret` refusal in the sample's `PutSecretResponse`, noted with what was decided.
 fn put_error(e: PutSecretError, decided: Decision) -> Reply {
@@ -193,29 +194,52 @@ fn mapping_names(payload: &[u8]) -> Result<BTreeSet<String>, Reply> {
     Ok(names.into_iter().collect())
 }
 
-/// `add_mapping.{entity}` and `remove_mapping.{entity}`.
+/// `add_mapping.{entity}` and `remove_mapping.{entity}`; `add_app_mapping.{application}`
+/// and `remove_app_mapping.{application}`. `grantee` is the subject's last token, checked.
 pub async fn update_mapping(
     store: &Unsealed<'_>,
     change: MappingChange,
-    entity: &str,
+    grantee: Result<Grantee, StoreError>,
     payload: &[u8],
 ) -> Reply {
+    let grantee = match grantee {
+        Ok(grantee) => grantee,
+        Err(e) => return Reply::core_error(&e.into()),
+    };
     let names = match mapping_names(payload) {
         Ok(n) => n,
         Err(reply) => return reply,
     };
-    match store.update_mapping(entity, change, &names).await {
+    let reply = match store.update_grant(&grantee, change, &names).await {
         Ok(_) => {
-            tracing::info!(entity, ?change, secrets = ?names, "mapping updated");
+            tracing::info!(%grantee, ?change, secrets = ?names, "mapping updated");
             Reply::ok()
         }
         Err(e) => Reply::core_error(&e),
-    }
+    };
+    naming_application(reply, &grantee)
 }
 
-/// `get_mappings.{entity}`: one page of the names the entity may read (see
-/// [`GetMappingsRequest`]).
-pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) -> Reply {
+/// Name a grant's application in the reply's audit note (an entity is named by the door).
+fn naming_application(mut reply: Reply, grantee: &Grantee) -> Reply {
+    if let Grantee::Application(app) = grantee {
+        let note = reply.audit.get_or_insert_with(Default::default);
+        note.application = Some(app.to_string());
+    }
+    reply
+}
+
+/// `get_mappings.{entity}` or `get_app_mappings.{application}`: one page of the names
+/// granted (see [`GetMappingsRequest`]).
+pub async fn get_mappings(
+    store: &Unsealed<'_>,
+    grantee: Result<Grantee, StoreError>,
+    payload: &[u8],
+) -> Reply {
+    let grantee = match grantee {
+        Ok(grantee) => grantee,
+        Err(e) => return Reply::core_error(&e.into()),
+    };
     let page = async {
         let request = optional_body::<GetMappingsRequest>(
             payload,
@@ -228,16 +252,22 @@ pub async fn get_mappings(store: &Unsealed<'_>, entity: &str, payload: &[u8]) ->
             limit,
         };
         store
-            .mapping_page(entity, &request)
+            .grant_page(&grantee, &request)
             .await
             .map_err(|e| Reply::core_error(&e))
     };
-    match page.await {
+    let (entity, application) = match &grantee {
+        Grantee::Entity(entity) => (entity.to_string(), None),
+        Grantee::Application(app) => (String::new(), Some(app.to_string())),
+    };
+    let reply = match page.await {
         Ok(page) => Reply::json(&MappingsResponse {
-            entity: entity.to_string(),
+            entity,
+            application,
             secrets: page.items,
             next: page.next,
         }),
         Err(reply) => reply,
-    }
+    };
+    naming_application(reply, &grantee)
 }

@@ -133,11 +133,14 @@ async fn respond(
         entity_jwt: &request.context.entity_jwt,
         host_jwt: &request.context.host_jwt,
         policy: &request.context.application.policy,
+        application: request.context.application.name.as_deref(),
     };
     let mut who = Who::default();
     let served = store.read(&read, &mut who).await;
     note.entity = who.entity;
     note.host = who.host;
+    note.application = who.application;
+    note.granted_by = who.granted_by.map(str::to_string);
     let served = served.map_err(|e| {
         tracing::debug!(key = %request.key, error = %e, "get refused");
         Refused::by_core(&e)

@@ -23,6 +23,7 @@ use crate::backend::{Backend, MappingChange, Unsealed};
 use crate::decision::Decision;
 use crate::error::ErrorKind;
 use crate::serve::{Class, Door, Endpoint, LoopRefusal};
+use crate::store::Grantee;
 use reply::Reply;
 use subject::{Operation, SubjectError};
 
@@ -153,6 +154,9 @@ fn operation_and_entity(op: &Operation) -> (&'static str, Option<&str>) {
         Operation::AddMapping(e) => (ops::ADD_MAPPING, Some(e)),
         Operation::RemoveMapping(e) => (ops::REMOVE_MAPPING, Some(e)),
         Operation::GetMappings(e) => (ops::GET_MAPPINGS, Some(e)),
+        Operation::AddAppMapping(_) => (ops::ADD_APP_MAPPING, None),
+        Operation::RemoveAppMapping(_) => (ops::REMOVE_APP_MAPPING, None),
+        Operation::GetAppMappings(_) => (ops::GET_APP_MAPPINGS, None),
     }
 }
 
@@ -199,12 +203,27 @@ async fn administer(
         Operation::DeleteSecret => admin::delete_secret(store, payload).await,
         Operation::ListSecrets => admin::list_secrets(store, payload).await,
         Operation::AddMapping(entity) => {
-            admin::update_mapping(store, MappingChange::Add, &entity, payload).await
+            admin::update_mapping(store, MappingChange::Add, Grantee::entity(&entity), payload)
+                .await
         }
         Operation::RemoveMapping(entity) => {
-            admin::update_mapping(store, MappingChange::Remove, &entity, payload).await
+            let grantee = Grantee::entity(&entity);
+            admin::update_mapping(store, MappingChange::Remove, grantee, payload).await
         }
-        Operation::GetMappings(entity) => admin::get_mappings(store, &entity, payload).await,
+        Operation::GetMappings(entity) => {
+            admin::get_mappings(store, Grantee::entity(&entity), payload).await
+        }
+        Operation::AddAppMapping(app) => {
+            let grantee = Grantee::application(&app);
+            admin::update_mapping(store, MappingChange::Add, grantee, payload).await
+        }
+        Operation::RemoveAppMapping(app) => {
+            let grantee = Grantee::application(&app);
+            admin::update_mapping(store, MappingChange::Remove, grantee, payload).await
+        }
+        Operation::GetAppMappings(app) => {
+            admin::get_mappings(store, Grantee::application(&app), payload).await
+        }
         // Answered before the store is asked for (`answer`).
         Operation::ServerXkey | Operation::Get => {
             Reply::bad_request("not an admin operation", "invalid_subject")

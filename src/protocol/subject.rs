@@ -13,6 +13,10 @@ pub enum Operation {
     AddMapping(String),
     RemoveMapping(String),
     GetMappings(String),
+    /// Grants to a wadm application, by its name (the last subject token).
+    AddAppMapping(String),
+    RemoveAppMapping(String),
+    GetAppMappings(String),
 }
 
 impl Operation {
@@ -26,7 +30,10 @@ impl Operation {
             | Operation::ListSecrets
             | Operation::AddMapping(_)
             | Operation::RemoveMapping(_)
-            | Operation::GetMappings(_) => true,
+            | Operation::GetMappings(_)
+            | Operation::AddAppMapping(_)
+            | Operation::RemoveAppMapping(_)
+            | Operation::GetAppMappings(_) => true,
         }
     }
 
@@ -34,12 +41,17 @@ impl Operation {
     /// NATS message: `put_secret`, `add_mapping` and `remove_mapping`.
     pub(crate) fn carries_value(&self) -> bool {
         match self {
-            Operation::PutSecret | Operation::AddMapping(_) | Operation::RemoveMapping(_) => true,
+            Operation::PutSecret
+            | Operation::AddMapping(_)
+            | Operation::RemoveMapping(_)
+            | Operation::AddAppMapping(_)
+            | Operation::RemoveAppMapping(_) => true,
             Operation::ServerXkey
             | Operation::Get
             | Operation::DeleteSecret
             | Operation::ListSecrets
-            | Operation::GetMappings(_) => false,
+            | Operation::GetMappings(_)
+            | Operation::GetAppMappings(_) => false,
         }
     }
 }
@@ -83,6 +95,11 @@ pub fn parse(prefix: &str, subject: &str) -> Result<Operation, SubjectError> {
         ops::ADD_MAPPING => with_entity(ops::ADD_MAPPING, Operation::AddMapping),
         ops::REMOVE_MAPPING => with_entity(ops::REMOVE_MAPPING, Operation::RemoveMapping),
         ops::GET_MAPPINGS => with_entity(ops::GET_MAPPINGS, Operation::GetMappings),
+        ops::ADD_APP_MAPPING => with_entity(ops::ADD_APP_MAPPING, Operation::AddAppMapping),
+        ops::REMOVE_APP_MAPPING => {
+            with_entity(ops::REMOVE_APP_MAPPING, Operation::RemoveAppMapping)
+        }
+        ops::GET_APP_MAPPINGS => with_entity(ops::GET_APP_MAPPINGS, Operation::GetAppMappings),
         other => Err(SubjectError::UnknownOperation(other.to_string())),
     }
 }
@@ -112,6 +129,18 @@ mod tests {
         assert_eq!(
             parse(P, &s("get_mappings.VXYZ")),
             Ok(Operation::GetMappings("VXYZ".into()))
+        );
+        assert_eq!(
+            parse(P, &s("add_app_mapping.shop")),
+            Ok(Operation::AddAppMapping("shop".into()))
+        );
+        assert_eq!(
+            parse(P, &s("remove_app_mapping.shop")),
+            Ok(Operation::RemoveAppMapping("shop".into()))
+        );
+        assert_eq!(
+            parse(P, &s("get_app_mappings.shop")),
+            Ok(Operation::GetAppMappings("shop".into()))
         );
     }
 

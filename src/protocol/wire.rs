@@ -112,7 +112,11 @@ pub(crate) struct GetMappingsRequest {
 /// answer `ok`, as the sample's).
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct MappingsResponse {
+    /// The entity (`get_mappings`); empty for an application's grants.
     pub entity: String,
+    /// The application (`get_app_mappings`); absent for an entity's mappings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
     pub secrets: Vec<String>,
     /// As [`ListSecretsResponse::next`].
     #[serde(default)]

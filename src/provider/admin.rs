@@ -1,5 +1,9 @@
 //! The `piggybank:secrets/admin` front door: WIT calls over wRPC -> the core.
 //!
+//! Two versions are served: `admin@0.2.0` (the [`Handler`] below) and `admin@0.3.0`, which
+//! uses 0.2.0's types and adds grants to wadm applications; its shared functions are the
+//! 0.2.0 ones, called as they are.
+//!
 //! Each function authorizes the caller by its link ([`Links`]), checks names against the link's
 //! scope, calls [`Backend`], and maps errors to the WIT `error` variant in one function
 //! (`wit_error`). Handlers never return a transport error for a bad argument: every refusal
@@ -18,10 +22,11 @@ use std::sync::Arc;
 use wasmcloud_provider_sdk::Context;
 use zeroize::Zeroizing;
 
-use super::bindings::exports::piggybank::secrets::admin::{
+use super::bindings::exports::piggybank::secrets0_2_0::admin::{
     Error, Handler, NamePage, SecretInfo, SecretKind, SecretPage, SecretValue as WitValue,
     StoreStatus,
 };
+use super::bindings::exports::piggybank::secrets0_3_0::admin::Handler as HandlerV3;
 use super::links::{Access, LinkScope, Links, ScopeError};
 use crate::audit::{AuditNote, Auditor, LinkRef};
 use crate::backend::{page_limit, Backend, BackendError, MappingChange, PageRequest};
@@ -30,7 +35,7 @@ use crate::error::ErrorKind;
 use crate::finish::Finish;
 use crate::server::RunConfig;
 use crate::store::envelope::{SecretKind as StoredKind, SecretValue};
-use crate::store::SecretMeta;
+use crate::store::{Grantee, SecretMeta, StoreError};
 
 /// What the exports need: the core, the links, and what `status` reports.
 #[derive(Clone)]
@@ -48,6 +53,7 @@ pub(crate) struct AdminExports {
 struct About<'a> {
     secret: Option<&'a str>,
     entity: Option<&'a str>,
+    application: Option<&'a str>,
 }
 
 impl AdminExports {
@@ -92,6 +98,7 @@ impl AdminExports {
         let mut note = AuditNote::operation(operation);
         note.secret = about.secret.map(str::to_string);
         note.entity = about.entity.map(str::to_string);
+        note.application = about.application.map(str::to_string);
         note.link = cx.as_ref().map(|c| LinkRef {
             source_id: c.component.clone().unwrap_or_default(),
             name: c.link_name().to_string(),
@@ -140,7 +147,7 @@ impl AdminExports {
     async fn mapping(
         &self,
         cx: &Option<Context>,
-        entity: &str,
+        grantee: Result<Grantee, StoreError>,
         names: Vec<String>,
         change: MappingChange,
     ) -> Result<Vec<String>, Refusal> {
@@ -148,13 +155,41 @@ impl AdminExports {
         if names.is_empty() {
             return Err(Refusal::invalid("names must not be empty", "invalid_body"));
         }
+        let grantee = grantee.map_err(|e| Refusal::from(BackendError::from(e)))?;
         let names: BTreeSet<String> = names.into_iter().collect();
         let all = self
             .store()?
-            .update_mapping(entity, change, &names)
+            .update_grant(&grantee, change, &names)
             .await
             .map_err(Refusal::from)?;
         Ok(within(&scope, all))
+    }
+
+    /// One page of the names granted to `grantee`, within the caller's scope.
+    async fn grants_page(
+        &self,
+        cx: &Option<Context>,
+        grantee: Result<Grantee, StoreError>,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<NamePage, Refusal> {
+        let scope = self.authorize(cx, Access::Read)?;
+        let grantee = grantee.map_err(|e| Refusal::from(BackendError::from(e)))?;
+        // The scope is a name prefix, so paging within it is paging with that prefix.
+        let request = PageRequest {
+            prefix: &scope.prefix,
+            after: after.as_deref(),
+            limit: wit_limit(limit)?,
+        };
+        let store = self.store()?;
+        let page = store
+            .grant_page(&grantee, &request)
+            .await
+            .map_err(Refusal::from)?;
+        Ok(NamePage {
+            names: page.items,
+            next: page.next,
+        })
     }
 }
 
@@ -257,7 +292,7 @@ impl Handler<Option<Context>> for AdminExports {
             entity: Some(&entity),
             ..About::default()
         };
-        let result = self.mapping(&cx, &entity, names, MappingChange::Add);
+        let result = self.mapping(&cx, Grantee::entity(&entity), names, MappingChange::Add);
         Ok(self.audited(&cx, "add_mapping", about, result).await)
     }
 
@@ -271,7 +306,7 @@ impl Handler<Option<Context>> for AdminExports {
             entity: Some(&entity),
             ..About::default()
         };
-        let result = self.mapping(&cx, &entity, names, MappingChange::Remove);
+        let result = self.mapping(&cx, Grantee::entity(&entity), names, MappingChange::Remove);
         Ok(self.audited(&cx, "remove_mapping", about, result).await)
     }
 
@@ -282,24 +317,7 @@ impl Handler<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<NamePage, Error>> {
-        let listed = async {
-            let scope = self.authorize(&cx, Access::Read)?;
-            // The scope is a name prefix, so paging within it is paging with that prefix.
-            let request = PageRequest {
-                prefix: &scope.prefix,
-                after: after.as_deref(),
-                limit: wit_limit(limit)?,
-            };
-            let store = self.store()?;
-            let page = store
-                .mapping_page(&entity, &request)
-                .await
-                .map_err(Refusal::from)?;
-            Ok(NamePage {
-                names: page.items,
-                next: page.next,
-            })
-        };
+        let listed = self.grants_page(&cx, Grantee::entity(&entity), after, limit);
         let about = About {
             entity: Some(&entity),
             ..About::default()
@@ -324,6 +342,122 @@ impl Handler<Option<Context>> for AdminExports {
             })
         };
         Ok(self.audited(&cx, "status", About::default(), status).await)
+    }
+}
+
+/// `admin@0.3.0`: 0.2.0's functions, and grants to wadm applications.
+impl HandlerV3<Option<Context>> for AdminExports {
+    async fn put_secret(
+        &self,
+        cx: Option<Context>,
+        name: String,
+        value: WitValue,
+        expected_version: Option<u64>,
+    ) -> anyhow::Result<Result<u64, Error>> {
+        Handler::put_secret(self, cx, name, value, expected_version).await
+    }
+
+    async fn delete_secret(
+        &self,
+        cx: Option<Context>,
+        name: String,
+    ) -> anyhow::Result<Result<(), Error>> {
+        Handler::delete_secret(self, cx, name).await
+    }
+
+    async fn list_secrets(
+        &self,
+        cx: Option<Context>,
+        prefix: String,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Result<SecretPage, Error>> {
+        Handler::list_secrets(self, cx, prefix, after, limit).await
+    }
+
+    async fn describe_secret(
+        &self,
+        cx: Option<Context>,
+        name: String,
+    ) -> anyhow::Result<Result<SecretInfo, Error>> {
+        Handler::describe_secret(self, cx, name).await
+    }
+
+    async fn add_mapping(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+        names: Vec<String>,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        Handler::add_mapping(self, cx, entity, names).await
+    }
+
+    async fn remove_mapping(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+        names: Vec<String>,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        Handler::remove_mapping(self, cx, entity, names).await
+    }
+
+    async fn list_mappings(
+        &self,
+        cx: Option<Context>,
+        entity: String,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Result<NamePage, Error>> {
+        Handler::list_mappings(self, cx, entity, after, limit).await
+    }
+
+    async fn status(&self, cx: Option<Context>) -> anyhow::Result<Result<StoreStatus, Error>> {
+        Handler::status(self, cx).await
+    }
+
+    async fn add_app_mapping(
+        &self,
+        cx: Option<Context>,
+        application: String,
+        names: Vec<String>,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        let about = About {
+            application: Some(application.as_str()).filter(|a| Grantee::application(a).is_ok()),
+            ..About::default()
+        };
+        let grantee = Grantee::application(&application);
+        let result = self.mapping(&cx, grantee, names, MappingChange::Add);
+        Ok(self.audited(&cx, "add_app_mapping", about, result).await)
+    }
+
+    async fn remove_app_mapping(
+        &self,
+        cx: Option<Context>,
+        application: String,
+        names: Vec<String>,
+    ) -> anyhow::Result<Result<Vec<String>, Error>> {
+        let about = About {
+            application: Some(application.as_str()).filter(|a| Grantee::application(a).is_ok()),
+            ..About::default()
+        };
+        let grantee = Grantee::application(&application);
+        let result = self.mapping(&cx, grantee, names, MappingChange::Remove);
+        Ok(self.audited(&cx, "remove_app_mapping", about, result).await)
+    }
+
+    async fn list_app_mappings(
+        &self,
+        cx: Option<Context>,
+        application: String,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Result<NamePage, Error>> {
+        let about = About {
+            application: Some(application.as_str()).filter(|a| Grantee::application(a).is_ok()),
+            ..About::default()
+        };
+        let listed = self.grants_page(&cx, Grantee::application(&application), after, limit);
+        Ok(self.audited(&cx, "list_app_mappings", about, listed).await)
     }
 }
 

@@ -50,7 +50,7 @@ use wrpc::WrpcServer;
 
 /// Generated from `wit/world.wit` (world `provider`).
 pub mod bindings {
-    wit_bindgen_wrpc::generate!({ world: "provider", path: "wit" });
+    wit_bindgen_wrpc::generate!({ world: "provider", path: "wit", generate_all });
 }
 
 /// Longest the provider waits at shutdown for NATS to take what it has published.

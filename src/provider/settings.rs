@@ -46,6 +46,8 @@ pub enum SettingsError {
     },
     #[error("config \"reply_prefixes\" is invalid: {0}")]
     ReplyPrefixes(String),
+    #[error("config {0:?} is invalid: {1}")]
+    Api(&'static str, String),
 }
 
 /// The lattice connection the host gave the provider (HostData), used as the default for
@@ -243,6 +245,26 @@ impl Settings {
         if let Some(v) = text(keys::REPLY_PREFIXES) {
             run.reply_prefixes = list(&v);
         }
+        if let Some(v) = text(keys::APP_INBOXES) {
+            run.app_inboxes = list(&v)
+                .iter()
+                .map(|i| i.parse())
+                .collect::<Result<_, String>>()
+                .map_err(|why| SettingsError::Api(keys::APP_INBOXES, why))?;
+        }
+        let shares = match text(keys::SHARE_WITH_API) {
+            Some(v) => list(&v)
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|why| SettingsError::Api(keys::SHARE_WITH_API, why))?,
+            None => Vec::new(),
+        };
+        let read_only = text(keys::READ_ONLY_APPS)
+            .map(|v| list(&v))
+            .unwrap_or_default();
+        run.piggybank_access = crate::config::ApiAccess::new(&shares, &read_only)
+            .map_err(|why| SettingsError::Api(keys::SHARE_WITH_API, why))?;
         if let Some(v) = text(keys::DRAIN_TIMEOUT_MS) {
             run.drain_timeout = match v.parse::<u64>() {
                 Ok(ms) if ms <= DRAIN_TIMEOUT_MAX_MS => Duration::from_millis(ms),

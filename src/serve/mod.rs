@@ -296,7 +296,7 @@ pub enum ServeError {
         subject: String,
         source: async_nats::SubscribeError,
     },
-    #[error("invalid --reply-prefixes: {0}")]
+    #[error("invalid --reply-prefixes or --app-inbox: {0}")]
     ReplyPrefixes(String),
 }
 
@@ -311,6 +311,9 @@ pub struct ServeConfig {
     pub max_request_bytes: usize,
     /// Trusted reply prefixes besides `_INBOX.`.
     pub reply_prefixes: Vec<String>,
+    /// Inboxes bound to a Piggy Bank API application (`--app-inbox`): trusted, and that
+    /// application's alone.
+    pub app_inboxes: Vec<crate::reply_policy::AppInbox>,
     /// Checks admin signatures (`--admin-keys`); `None`: admin operations are unauthenticated.
     pub admin: Option<Arc<AdminVerifier>>,
     /// This instance's id: the nonce scope of operations every instance answers.
@@ -338,9 +341,10 @@ const NUDGE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 pub(crate) fn policy_for(
     endpoints: &[Endpoint],
     prefixes: &[String],
+    app_inboxes: &[crate::reply_policy::AppInbox],
 ) -> Result<ReplyPolicy, ServeError> {
     let served: Vec<String> = endpoints.iter().map(Endpoint::tree).collect();
-    ReplyPolicy::new(prefixes, &served).map_err(ServeError::ReplyPrefixes)
+    ReplyPolicy::with_app_inboxes(prefixes, app_inboxes, &served).map_err(ServeError::ReplyPrefixes)
 }
 
 /// Subscribe to `subject` (in `queue_group`, if any).
@@ -396,7 +400,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let policy = policy_for(&endpoints, &config.reply_prefixes)?;
+    let policy = policy_for(&endpoints, &config.reply_prefixes, &config.app_inboxes)?;
     let mut subscriptions = Vec::new();
     for (index, endpoint) in endpoints.iter().enumerate() {
         let on = endpoint.client(&connection);

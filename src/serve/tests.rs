@@ -61,6 +61,7 @@ fn config(max_in_flight: usize, admin: Option<Arc<AdminVerifier>>) -> ServeConfi
         max_in_flight,
         max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
         reply_prefixes: Vec::new(),
+        app_inboxes: Vec::new(),
         admin,
         instance_id: "test".into(),
         drain_timeout: Duration::from_secs(5),

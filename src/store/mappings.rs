@@ -1,7 +1,11 @@
-//! `MappingTable`: which secrets each entity may read.
+//! `MappingTable`: which secrets each entity, and each wadm application, may read.
 //!
-//! Bucket `SECRETS_{name}_state`, key = entity public key (a JWT subject), value = JSON array
-//! of secret names: the sample backend's format, so its data is served unchanged.
+//! Bucket `SECRETS_{name}_state`, value = JSON array of secret names. The key is a
+//! [`Grantee`]'s: an entity's public key (a JWT subject; the sample backend's format, so its
+//! data is served unchanged), or `app.<application>` for a grant to a wadm application. The
+//! two never collide, by construction: an entity key is a checked nkey (base32, no `.`), and
+//! an application key always has a `.` after `app`; [`Grantee::from_kv_key`] reads a key
+//! back as exactly one of them.
 //!
 //! Reads come from memory once the mirror is loaded. While it loads, the mirror may still
 //! hold a grant that was revoked since, so [`MappingTable::permits`] reads the entity's
@@ -20,7 +24,7 @@ use bytes::Bytes;
 use super::kv_stream;
 use super::mirror::{self, Change, MirrorHandle};
 use super::page::{page_names, Page, PageRequest};
-use super::{validate_name, Bucket, EntityKey, StoreError};
+use super::{validate_grantable, ApplicationName, Bucket, EntityKey, StoreError};
 
 /// Attempts at a compare-and-set before giving up with `Contention`.
 const CAS_ATTEMPTS: usize = 32;
@@ -69,6 +73,59 @@ fn apply(cache: &Cache, changes: Vec<Change>) {
     }
 }
 
+/// The first token of an application grant's key: `app.<application>`.
+pub(crate) const APPLICATION_KEY_PREFIX: &str = "app.";
+
+/// Who a grant is to: an entity (by its key) or a wadm application (by its name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Grantee {
+    Entity(EntityKey),
+    Application(ApplicationName),
+}
+
+impl Grantee {
+    /// An entity, from its public key (checked).
+    pub fn entity(key: &str) -> Result<Self, StoreError> {
+        Ok(Grantee::Entity(EntityKey::parse(key)?))
+    }
+
+    /// A wadm application, from its name (checked).
+    pub fn application(name: &str) -> Result<Self, StoreError> {
+        Ok(Grantee::Application(ApplicationName::parse(name)?))
+    }
+
+    /// Its key in the bucket: the entity's key (borrowed: the get path allocates nothing
+    /// for it), or `app.<application>`.
+    pub fn kv_key(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Grantee::Entity(entity) => std::borrow::Cow::Borrowed(entity.as_str()),
+            Grantee::Application(app) => format!("{APPLICATION_KEY_PREFIX}{app}").into(),
+        }
+    }
+
+    /// Read a bucket key back: `None` for a key that is neither (it grants nothing).
+    pub fn from_kv_key(key: &str) -> Option<Self> {
+        match key.strip_prefix(APPLICATION_KEY_PREFIX) {
+            Some(app) => ApplicationName::parse(app).ok().map(Grantee::Application),
+            None => EntityKey::parse(key).ok().map(Grantee::Entity),
+        }
+    }
+
+    /// Whether it is an entity (for counting mapped entities).
+    fn is_entity_key(key: &str) -> bool {
+        !key.starts_with(APPLICATION_KEY_PREFIX)
+    }
+}
+
+impl std::fmt::Display for Grantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Grantee::Entity(entity) => write!(f, "entity {entity}"),
+            Grantee::Application(app) => write!(f, "application {app}"),
+        }
+    }
+}
+
 /// The kind of change an update makes to an entity's set of names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MappingChange {
@@ -113,28 +170,34 @@ impl MappingTable {
     /// Whether `entity` may read `name`, from memory; no I/O. `false` until the mirror is
     /// loaded (see [`MappingTable::permits`]).
     pub fn allows(&self, entity: &EntityKey, name: &str) -> bool {
+        self.grants(entity.as_str(), name)
+    }
+
+    /// Whether the grant stored under `kv_key` gives `name`, from memory; `false` until the
+    /// mirror is loaded.
+    fn grants(&self, kv_key: &str, name: &str) -> bool {
         if !self.is_loaded() {
             return false;
         }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        map.get(entity.as_str())
+        map.get(kv_key)
             .is_some_and(|(_, names)| names.contains(name))
     }
 
-    /// Whether `entity` may read `name`: from memory once the mirror is loaded, before that
-    /// from the entity's mapping in the bucket (one read of its last message, on the stream's
-    /// leader).
-    pub async fn permits(&self, entity: &EntityKey, name: &str) -> Result<bool, StoreError> {
+    /// Whether `grantee` may read `name`: from memory once the mirror is loaded, before that
+    /// from its grant in the bucket (one read of its last message, on the stream's leader).
+    pub async fn permits(&self, grantee: &Grantee, name: &str) -> Result<bool, StoreError> {
         if self.is_loaded() {
-            return Ok(self.allows(entity, name));
+            return Ok(self.grants(&grantee.kv_key(), name));
         }
-        Ok(self.stored(entity).await?.contains(name))
+        Ok(self.stored(grantee).await?.contains(name))
     }
 
-    /// The names the bucket grants `entity` now, read from the stream's leader. The subject
-    /// names one entity's key: an [`EntityKey`] holds no wildcard.
-    async fn stored(&self, entity: &EntityKey) -> Result<HashSet<String>, StoreError> {
-        let subject = kv_stream::key_subject(&self.kv, entity.as_str());
+    /// The names the bucket grants `grantee` now, read from the stream's leader. The subject
+    /// names one key: an [`EntityKey`] and an [`ApplicationName`] hold no wildcard.
+    async fn stored(&self, grantee: &Grantee) -> Result<HashSet<String>, StoreError> {
+        let key = grantee.kv_key();
+        let subject = kv_stream::key_subject(&self.kv, &key);
         match self
             .kv
             .stream
@@ -142,7 +205,7 @@ impl MappingTable {
             .await
         {
             Ok(message) if kv_stream::is_deletion(Some(&message.headers)) => Ok(HashSet::new()),
-            Ok(message) => Ok(granted(entity.as_str(), Some(&message.payload))),
+            Ok(message) => Ok(granted(&key, Some(&message.payload))),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(HashSet::new())
             }
@@ -150,11 +213,11 @@ impl MappingTable {
         }
     }
 
-    /// One page of the names `entity` may read (see [`page_names`]): only the page is copied,
-    /// however many names the entity has. From the bucket while the mirror loads.
+    /// One page of the names `grantee` may read (see [`page_names`]): only the page is
+    /// copied, however many names it has. From the bucket while the mirror loads.
     pub(crate) async fn names_page(
         &self,
-        entity: &EntityKey,
+        grantee: &Grantee,
         request: &PageRequest<'_>,
     ) -> Result<Page<String>, StoreError> {
         let page = |names: &HashSet<String>| {
@@ -165,11 +228,11 @@ impl MappingTable {
             }
         };
         if !self.is_loaded() {
-            return Ok(page(&self.stored(entity).await?));
+            return Ok(page(&self.stored(grantee).await?));
         }
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
         Ok(map
-            .get(entity.as_str())
+            .get(grantee.kv_key().as_ref())
             .map(|(_, names)| page(names))
             .unwrap_or_default())
     }
@@ -186,24 +249,27 @@ impl MappingTable {
     /// Number of entities with at least one mapping (so far, while the mirror loads).
     pub fn len(&self) -> usize {
         let map = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|(_, names)| !names.is_empty()).count()
+        map.iter()
+            .filter(|(key, (_, names))| Grantee::is_entity_key(key) && !names.is_empty())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Add or remove `names` for `entity`, atomically with respect to other writers.
-    /// Returns the entity's resulting set of names.
+    /// Add or remove `names` for `grantee`, atomically with respect to other writers.
+    /// Returns its resulting set of names.
     pub async fn update(
         &self,
-        entity: &EntityKey,
+        grantee: &Grantee,
         change: MappingChange,
         names: &BTreeSet<String>,
     ) -> Result<Vec<String>, StoreError> {
-        let entity = entity.as_str();
+        let key = grantee.kv_key();
+        let entity: &str = &key;
         for name in names {
-            validate_name(name)?;
+            validate_grantable(name)?;
         }
         for _ in 0..CAS_ATTEMPTS {
             let current = self.kv.entry(entity).await.map_err(StoreError::upstream)?;
@@ -255,5 +321,25 @@ impl MappingTable {
             }
         }
         Err(StoreError::Contention(entity.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_key_is_read_back_as_exactly_one_kind_of_grantee() {
+        let key = nkeys::KeyPair::new_module().public_key();
+        let entity = Grantee::entity(&key).unwrap();
+        // An application may be named like an entity key: its bucket key is another.
+        let app = Grantee::application(&key).unwrap();
+        assert_ne!(entity.kv_key(), app.kv_key());
+        assert_eq!(Grantee::from_kv_key(&entity.kv_key()), Some(entity));
+        assert_eq!(Grantee::from_kv_key(&app.kv_key()), Some(app));
+        for neither in ["app.", "app.a.b", "app.>", "shop", ">", "M.x"] {
+            assert_eq!(Grantee::from_kv_key(neither), None, "{neither}");
+        }
+        assert!(Grantee::application("app.x").is_err());
     }
 }

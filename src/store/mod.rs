@@ -23,6 +23,7 @@ pub mod secrets;
 pub(crate) use buckets::{
     existing_bucket, jetstream, open_or_create_bucket, Bucket, BucketSpec, Buckets,
 };
+pub use mappings::Grantee;
 pub(crate) use mappings::MappingTable;
 pub(crate) use mirror::MirrorHandle;
 pub use secrets::SecretMeta;
@@ -37,6 +38,11 @@ pub enum StoreError {
     InvalidName { name: String, why: &'static str },
     #[error("invalid entity {0:?}: expected a public nkey (component M..., provider V...)")]
     InvalidEntity(String),
+    #[error(
+        "invalid application {0:?}: 1 to 128 ASCII letters, digits, '-' or '_' (a wadm \
+         manifest name)"
+    )]
+    InvalidApplication(String),
     #[error("secret {0:?} not found")]
     NotFound(String),
     #[error("version conflict on {name:?}: expected revision {expected}, current is {current}")]
@@ -78,7 +84,9 @@ pub enum StoreError {
 impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::InvalidName { .. } | StoreError::InvalidEntity(_) => ErrorKind::Invalid,
+            StoreError::InvalidName { .. }
+            | StoreError::InvalidEntity(_)
+            | StoreError::InvalidApplication(_) => ErrorKind::Invalid,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::VersionConflict { .. }
             | StoreError::Contention(_)
@@ -121,6 +129,68 @@ pub(crate) fn validate_name(name: &str) -> Result<(), StoreError> {
         return bad("it may not start or end with '.', nor contain '..'");
     }
     Ok(())
+}
+
+/// The namespace of the Piggy Bank API's own names: `_api/<application>/<name>`. The
+/// wasmCloud protocol never serves a name in it to a component, and no grant may name one
+/// ([`validate_grantable`]): what a service may write through the API is never what a
+/// component reads, unless the operator shares a protocol secret with the API.
+pub(crate) const API_NAMESPACE: &str = "_api/";
+
+/// Whether `name` is one of the Piggy Bank API's own names (see [`API_NAMESPACE`]).
+pub(crate) fn is_api_name(name: &str) -> bool {
+    name.starts_with(API_NAMESPACE)
+}
+
+/// Check a name a grant (a mapping of an entity or an application) may give: a valid name,
+/// outside the API's namespace.
+pub(crate) fn validate_grantable(name: &str) -> Result<(), StoreError> {
+    validate_name(name)?;
+    if is_api_name(name) {
+        return Err(StoreError::InvalidName {
+            name: name.to_string(),
+            why: "names under _api/ are the Piggy Bank API's own: share a protocol secret with \
+                  the API instead (--share-with-api)",
+        });
+    }
+    Ok(())
+}
+
+/// Longest application name accepted (a wadm manifest's name, a Piggy Bank API application).
+pub(crate) const MAX_APPLICATION_LEN: usize = 128;
+
+/// An application's name, checked: 1 to 128 ASCII letters, digits, `-` or `_`. A wadm
+/// manifest's name (`context.application.name`) and a Piggy Bank API application are both
+/// one. wadm allows any Unicode word character; NATS subjects and KV keys take ASCII only, so
+/// a name outside ASCII cannot be granted (and is refused, never mangled). No `.`, `*`, `>`
+/// or `/` can be in one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApplicationName(Box<str>);
+
+impl ApplicationName {
+    pub fn parse(name: &str) -> Result<Self, StoreError> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_APPLICATION_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        match ok {
+            true => Ok(Self(name.into())),
+            false => Err(StoreError::InvalidApplication(
+                name.chars().take(MAX_APPLICATION_LEN).collect(),
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ApplicationName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A component's (`M...`) or provider's (`V...`) public key, checked as an nkey: the only
@@ -196,6 +266,16 @@ mod tests {
             &"x".repeat(256),
         ] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn application_names_are_ascii_words() {
+        for ok in ["shop", "my-app_2", "A", &"a".repeat(128)] {
+            assert!(ApplicationName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a.b", "a/b", "*", ">", "a b", "café", &"a".repeat(129)] {
+            assert!(ApplicationName::parse(bad).is_err(), "{bad}");
         }
     }
 

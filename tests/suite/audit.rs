@@ -14,7 +14,7 @@ const STREAM: &str = "PIGGYBANK_AUDIT_nats-kv";
 const REFUSALS: &str = "PIGGYBANK_AUDIT_REFUSALS_nats-kv";
 
 /// Every record on both trails, with its raw bytes.
-async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
+pub(crate) async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
     let mut out = stream_records(nats, STREAM).await;
     out.extend(stream_records(nats, REFUSALS).await);
     out
@@ -126,7 +126,7 @@ async fn every_decision_is_one_record_and_no_record_holds_a_value() {
     assert_eq!(mapped.entity.as_deref(), Some(component.as_str()));
     find("list_secrets", Outcome::Allowed, None);
     find("delete_secret", Outcome::Allowed, Some("cert"));
-    let api = find("post", Outcome::Allowed, Some("billing/token"));
+    let api = find("post", Outcome::Allowed, Some("_api/billing/token"));
     assert_eq!(
         (api.front_door.as_str(), api.application.as_deref()),
         ("api", Some("billing"))

@@ -220,7 +220,7 @@ async fn a_restored_store_serves_every_secret_and_version_to_its_mapped_entities
     let file = dir.path().join("piggybank.backup");
     let out = backup(&nats, &file);
     assert!(
-        out.contains("3 secrets (6 versions), 2 mappings, key record: no"),
+        out.contains("3 secrets (6 versions), 2 mappings, 0 application grants, key record: no"),
         "{out}"
     );
     assert_private_file(&file);
@@ -366,7 +366,7 @@ async fn a_restored_sealed_store_unlocks_with_its_old_key_and_serves() {
     let file = dir.path().join("sealed.backup");
     let out = backup(&nats, &file);
     assert!(
-        out.contains("2 secrets (3 versions), 1 mappings, key record: yes"),
+        out.contains("2 secrets (3 versions), 1 mappings, 0 application grants, key record: yes"),
         "{out}"
     );
     assert_eq!(header(&file)["key_record"], true);
@@ -971,4 +971,61 @@ async fn a_backup_an_existing_bucket_cannot_hold_in_all_is_refused_whole() {
     assert!(ok, "{err}");
     assert!(out.contains("2 secrets (3 versions), 1 mappings"), "{out}");
     assert_eq!(secrets_state(&target).await, (3, bytes));
+}
+
+/// Grants to wadm applications are backed up (`app_mapping` lines) and restored into the
+/// mappings bucket, where they serve the application again and no other.
+#[tokio::test]
+async fn application_grants_survive_backup_and_restore() {
+    let Deployed {
+        nats,
+        keys,
+        backend,
+        admin,
+    } = deployed().await;
+    admin
+        .put_secret("db", text("pw"), None, None)
+        .await
+        .unwrap();
+    admin
+        .put_secret("key-only", text("k"), None, None)
+        .await
+        .unwrap();
+    admin
+        .add_app_mapping("shop", &names(&["db"]))
+        .await
+        .unwrap();
+    let (entity_jwt, entity) = Issuer::new().component();
+    admin
+        .add_mapping(&entity, &names(&["key-only"]))
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("piggybank.backup");
+    let out = backup(&nats, &file);
+    assert!(out.contains("1 mappings, 1 application grants"), "{out}");
+    assert_eq!(header(&file)["app_mappings"], 1);
+
+    backend.stop().await;
+    delete_buckets(&nats, &[SECRETS, MAPPINGS]).await;
+    let (ok, out, err) = restore(&nats, &file, false);
+    assert!(ok, "restore failed: {err}");
+    assert!(out.contains("1 mappings, 1 application grants"), "{out}");
+    let _backend = start_backend(&nats, config(&nats, &keys)).await;
+    let host = host_client(&nats).await;
+    let (jwt, _) = Issuer::new().component();
+    let in_app = |app: &str| {
+        let mut req = request("db", &jwt);
+        req.context.application.name = Some(app.into());
+        req
+    };
+    let got = host_get(&host, in_app("shop")).await.unwrap();
+    assert_eq!(got.string_secret.as_deref(), Some("pw"));
+    assert!(host_get(&host, in_app("billing")).await.is_err());
+    assert_eq!(admin.get_app_mappings("shop").await.unwrap(), ["db"]);
+    let got = host_get(&host, request("key-only", &entity_jwt))
+        .await
+        .unwrap();
+    assert_eq!(got.string_secret.as_deref(), Some("k"));
 }

@@ -11,6 +11,7 @@
 mod common;
 
 mod admin_auth;
+mod app_grants;
 mod audit;
 mod audit_decisions;
 mod audit_integrity;

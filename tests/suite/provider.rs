@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::provider::bindings::piggybank::secrets::admin::{
+use crate::common::provider::bindings::piggybank::secrets0_2_0::admin::{
     self, Error, SecretKind, SecretValue as WitValue,
 };
 use crate::common::provider::*;
@@ -1453,4 +1453,57 @@ async fn a_wit_calls_logs_and_its_audit_record_share_a_request_id() {
         async move { said }
     })
     .await;
+}
+
+/// `admin@0.3.0` grants secrets to a wadm application (and a host's get naming it is then
+/// served), next to `admin@0.2.0`, which components built before it still call.
+#[tokio::test]
+async fn grants_by_application_over_admin_0_3_0_while_0_2_0_is_still_served() {
+    use crate::common::provider::admin_v3;
+    let LinkedProvider {
+        nats,
+        wrpc,
+        provider,
+        ..
+    } = linked_provider().await;
+    let ops = || caller("ops");
+    let put = admin_v3::put_secret(&wrpc, ops(), "shop/db", &text_value("pw"), None).await;
+    assert!(matches!(put, Ok(Ok(_))), "{put:?}: {}", provider.stderr());
+    let granted = admin_v3::add_app_mapping(&wrpc, ops(), "shop", &["shop/db"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(granted, ["shop/db"]);
+    let page = admin_v3::list_app_mappings(&wrpc, ops(), "shop", None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.names, ["shop/db"]);
+    let bad = admin_v3::add_app_mapping(&wrpc, ops(), "a.b", &["shop/db"])
+        .await
+        .unwrap();
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+
+    let host = host_client(&nats).await;
+    let (jwt, entity) = Issuer::new().component();
+    let in_shop = |jwt: &str| {
+        let mut req = request("shop/db", jwt);
+        req.context.application.name = Some("shop".into());
+        req
+    };
+    let got = host_get(&host, in_shop(&jwt)).await.unwrap();
+    assert_eq!(got.string_secret.as_deref(), Some("pw"));
+    // The same store through admin@0.2.0: the entity itself is mapped to nothing.
+    let mapped = admin::list_mappings(&wrpc, ops(), &entity, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(mapped.names.is_empty());
+
+    let left = admin_v3::remove_app_mapping(&wrpc, ops(), "shop", &["shop/db"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(left.is_empty());
+    assert!(host_get(&host, in_shop(&jwt)).await.is_err());
 }

@@ -20,7 +20,8 @@ use wasi::http::types::{
 
 wit_bindgen::generate!({ world: "admin-component", path: "wit", generate_all });
 
-use piggybank::secrets::admin::{self, Error, SecretKind, SecretValue};
+// `secrets0_2_0`: the vendored package also holds admin@0.3.0, so bindings carry versions.
+use piggybank::secrets0_2_0::admin::{self, Error, SecretKind, SecretValue};
 
 struct Component;
 

@@ -368,3 +368,34 @@ fn creds_in_config_are_accepted_and_flagged() {
         Some(Credentials::Contents(_))
     ));
 }
+
+#[test]
+fn the_piggy_bank_api_keys_are_read_and_checked() {
+    let s = Settings::from_host(
+        &map(&[
+            (keys::APP_INBOXES, "foo=foo.secrets, bar=bar.in"),
+            (keys::SHARE_WITH_API, "shop=shop/db:rw"),
+            (keys::READ_ONLY_APPS, "global"),
+        ]),
+        &HashMap::new(),
+        &lattice(),
+    )
+    .unwrap();
+    let inboxes: Vec<_> = s
+        .run
+        .app_inboxes
+        .iter()
+        .map(|i| i.prefix.as_str())
+        .collect();
+    assert_eq!(inboxes, ["foo.secrets.", "bar.in."]);
+    assert!(s.run.piggybank_access.is_read_only("global"));
+    assert_eq!(s.run.piggybank_access.resolve("shop", "db").key, "shop/db");
+    for (key, bad) in [
+        (keys::APP_INBOXES, "foo"),
+        (keys::SHARE_WITH_API, "shop=_api/x"),
+        (keys::READ_ONLY_APPS, "a.b"),
+    ] {
+        let refused = Settings::from_host(&map(&[(key, bad)]), &HashMap::new(), &lattice());
+        assert!(refused.is_err(), "{key}={bad}");
+    }
+}

@@ -17,9 +17,11 @@ use wasmcloud_provider_sdk::{HealthCheckResponse, HostData, InterfaceLinkDefinit
 use super::{unique_name, Keys, NatsServer, Proc};
 
 pub mod bindings {
-    wit_bindgen_wrpc::generate!({ world: "admin-client", path: "wit" });
+    wit_bindgen_wrpc::generate!({ world: "admin-client", path: "wit", generate_all });
 }
-use bindings::piggybank::secrets::admin::{self, SecretValue as WitValue};
+// admin@0.2.0, as the components built before 0.3.0 call it; `admin_v3` is 0.3.0.
+use bindings::piggybank::secrets0_2_0::admin::{self, SecretValue as WitValue};
+pub use bindings::piggybank::secrets0_3_0::admin as admin_v3;
 
 /// How the provider is started: its config and secrets, as a host would pass them.
 pub struct Setup {

@@ -138,10 +138,10 @@ async fn an_application_cannot_reach_another_applications_key() {
     let admin = admin(client.clone());
     for meta in admin.list_secrets("").await.unwrap() {
         assert!(
-            meta.name == "billing/db"
-                || meta.name.starts_with("shop/")
-                || meta.name.starts_with("DATABASE/"),
-            "a key outside shop/: {}",
+            meta.name == "_api/billing/db"
+                || meta.name.starts_with("_api/shop/")
+                || meta.name.starts_with("_api/DATABASE/"),
+            "a key outside _api/shop/: {}",
             meta.name
         );
     }

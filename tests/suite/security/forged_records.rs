@@ -311,7 +311,7 @@ async fn a_forged_record_cannot_roll_a_signed_unlock_back_to_an_old_data_key() {
     assert_eq!(code, 200, "{rotated}");
     let newest = rotated["key_id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sealed_by(&js, "billing/db").await.as_deref() != Some(newest.as_str()) {
+    while sealed_by(&js, "_api/billing/db").await.as_deref() != Some(newest.as_str()) {
         assert!(
             std::time::Instant::now() < deadline,
             "never re-sealed under the new key"
@@ -368,9 +368,9 @@ async fn a_forged_record_cannot_roll_a_signed_unlock_back_to_an_old_data_key() {
         // Also safe, if it opened: new values are sealed under the newest key.
         Some((200, _)) => {
             assert!(post(&operator, "probe", b"new").await);
-            let probe_by = sealed_by(&js, "billing/probe").await;
+            let probe_by = sealed_by(&js, "_api/billing/probe").await;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let db_by = sealed_by(&js, "billing/db").await;
+            let db_by = sealed_by(&js, "_api/billing/db").await;
             assert_eq!(
                 probe_by.as_deref(),
                 Some(newest.as_str()),
