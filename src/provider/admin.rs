@@ -421,11 +421,10 @@ impl HandlerV3<Option<Context>> for AdminExports {
         application: String,
         names: Vec<String>,
     ) -> anyhow::Result<Result<Vec<String>, Error>> {
-        let about = About {
-            application: Some(application.as_str()).filter(|a| Grantee::application(a).is_ok()),
-            ..About::default()
-        };
-        let grantee = Grantee::application(&application);
+        let (about, grantee) = (
+            about_application(&application),
+            Grantee::application(&application),
+        );
         let result = self.mapping(&cx, grantee, names, MappingChange::Add);
         Ok(self.audited(&cx, "add_app_mapping", about, result).await)
     }
@@ -436,11 +435,10 @@ impl HandlerV3<Option<Context>> for AdminExports {
         application: String,
         names: Vec<String>,
     ) -> anyhow::Result<Result<Vec<String>, Error>> {
-        let about = About {
-            application: Some(application.as_str()).filter(|a| Grantee::application(a).is_ok()),
-            ..About::default()
-        };
-        let grantee = Grantee::application(&application);
+        let (about, grantee) = (
+            about_application(&application),
+            Grantee::application(&application),
+        );
         let result = self.mapping(&cx, grantee, names, MappingChange::Remove);
         Ok(self.audited(&cx, "remove_app_mapping", about, result).await)
     }
@@ -452,10 +450,7 @@ impl HandlerV3<Option<Context>> for AdminExports {
         after: Option<String>,
         limit: Option<u32>,
     ) -> anyhow::Result<Result<NamePage, Error>> {
-        let about = About {
-            application: Some(application.as_str()).filter(|a| Grantee::application(a).is_ok()),
-            ..About::default()
-        };
+        let about = about_application(&application);
         let listed = self.grants_page(&cx, Grantee::application(&application), after, limit);
         Ok(self.audited(&cx, "list_app_mappings", about, listed).await)
     }
@@ -536,5 +531,14 @@ pub(crate) fn wit_error(err: BackendError) -> Error {
         ErrorKind::Conflict => Error::VersionConflict(message),
         ErrorKind::Sealed => Error::Sealed(message),
         ErrorKind::Unavailable | ErrorKind::Internal => Error::Unavailable(message),
+    }
+}
+
+/// What a call about `application` records of it: its name only if it is a valid one (the
+/// argument is the caller's text).
+fn about_application(application: &str) -> About<'_> {
+    About {
+        application: Some(application).filter(|a| Grantee::application(a).is_ok()),
+        ..About::default()
     }
 }
