@@ -162,18 +162,72 @@ pub(super) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-async fn wait_for_port(port: u16, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+/// What dev says when its port is taken: the second `dev` on a machine meets this first.
+fn port_in_use(port: u16) -> String {
+    format!(
+        "port {port} is in use: pass `--nats-port` (another port) to run a second store, \
+         or stop what listens there"
+    )
+}
+
+/// A name for this run's nats-server that no other server has: dev checks that the server
+/// answering on its port announces it, so it never connects to another store's NATS.
+fn unique_server_name() -> String {
+    let mut bytes = [0u8; 8];
+    // Without randomness the name is still this process's: pid and time.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("piggybank-dev-{hex}")
+}
+
+/// The `server_name` of the NATS server listening on `127.0.0.1:port`, from the INFO line
+/// it greets every client with; `None` if it does not greet within a second.
+async fn greeting_server_name(port: u16) -> Option<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    let read = reader.read_line(&mut line);
+    tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()?
+        .ok()?;
+    let info: serde_json::Value = serde_json::from_str(line.strip_prefix("INFO ")?.trim()).ok()?;
+    Some(info["server_name"].as_str().unwrap_or_default().to_string())
+}
+
+/// Wait until the nats-server dev started (`child`, named `name`) is the one listening on
+/// `port`. Fails as soon as another server answers there, or `child` exits (its port was
+/// taken): dev must never connect to another store's NATS.
+async fn wait_for_own_server(
+    port: u16,
+    name: &str,
+    child: &mut tokio::process::Child,
+    log: &Path,
+) -> anyhow::Result<()> {
     for _ in 0..100 {
         if let Some(status) = child.try_wait()? {
-            bail!("nats-server exited at start ({status}); is port {port} free? see its log");
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("address already in use") {
+                bail!(port_in_use(port));
+            }
+            bail!(
+                "nats-server exited at start ({status}); see {}",
+                log.display()
+            );
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
+        match greeting_server_name(port).await {
+            Some(answered) if answered == name => return Ok(()),
+            Some(_) => bail!(port_in_use(port)),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("nats-server did not listen on 127.0.0.1:{port} within 10 s")
 }
@@ -190,13 +244,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // the backend connects as the backend role, keys.env points the CLI at the admin role.
     let layout = write_layout(&args.dir.join(LAYOUT_DIR), default_deployment()?)?;
     let keys = load_or_create_keys(&keys_path, &admin_seed_path, &address, &layout)?;
+    // A port already taken is said plainly before anything starts; a race to it is caught
+    // below, by the server's name.
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", args.nats_port)) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            bail!(port_in_use(args.nats_port));
+        }
+    }
+    let server_name = unique_server_name();
     let log_path = args.dir.join("nats-server.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut nats = tokio::process::Command::new(&args.nats_server_bin)
         .arg("-c")
         .arg(&layout.server_config)
-        .args(["-js", "-a", "127.0.0.1", "-p", &args.nats_port.to_string(), "-sd"])
+        .args(["-js", "-a", "127.0.0.1", "-p", &args.nats_port.to_string()])
+        .args(["--server_name", &server_name, "-sd"])
         .arg(args.dir.join("jetstream"))
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -209,7 +272,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 args.nats_server_bin.display()
             )
         })?;
-    wait_for_port(args.nats_port, &mut nats).await?;
+    if let Err(e) = wait_for_own_server(args.nats_port, &server_name, &mut nats, &log_path).await {
+        stop(&mut nats).await;
+        return Err(e);
+    }
 
     let mut config = RunConfig::new(keys.encryption, keys.transit);
     config.nats_address = address.clone();

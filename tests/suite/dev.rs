@@ -1,0 +1,152 @@
+//! `piggybank dev` past the quickstart: a second `dev` never joins another store's NATS,
+//! `dev --sealed` prints a walkthrough that runs exactly as printed, and `keygen` makes the
+//! keys a deployment needs without printing a seed where it does not belong.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `piggybank dev --dir DIR --nats-port PORT`, with these extra args, stdout and stderr piped.
+fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    Proc {
+        child: Command::new(piggybank_bin())
+            .args(["dev", "--dir", dir.to_str().unwrap()])
+            .args(["--nats-port", &port.to_string()])
+            .args(extra)
+            .env_remove("ENCRYPTION_XKEY_SEED")
+            .env_remove("TRANSIT_XKEY_SEED")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn piggybank dev"),
+    }
+}
+
+/// Wait for `dev` to exit (it must, within 20 s) and return (success, stdout, stderr).
+fn finished(mut dev: Proc) -> (bool, String, String) {
+    let status = dev
+        .wait_exit(Duration::from_secs(20))
+        .expect("dev exits on its own");
+    let mut out = String::new();
+    let mut err = String::new();
+    std::io::Read::read_to_string(dev.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(dev.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.success(), out, err)
+}
+
+/// The streams on `nats`: a backend that connected there made its buckets.
+async fn streams(nats: &NatsServer) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.stream_names().try_collect().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_second_dev_on_a_taken_port_exits_and_never_serves_there() {
+    // Another store's NATS (anonymous, so a backend that connected would be let in).
+    let other = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = finished(spawn_dev(&dir.path().join("second"), other.port, &[]));
+    assert!(!ok, "dev exited 0 on a taken port: {out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "port {} is in use: pass `--nats-port`",
+            other.port
+        )),
+        "{err}"
+    );
+    assert!(!out.contains("NATS on"), "dev claimed the port: {out}");
+    // It never served there: no backend of it made buckets or answered server_xkey.
+    assert_eq!(streams(&other).await, Vec::<String>::new());
+    let client = other.client().await;
+    let asked = client.request("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", "".into());
+    assert!(
+        !matches!(
+            tokio::time::timeout(Duration::from_secs(1), asked).await,
+            Ok(Ok(_))
+        ),
+        "something serves on the other store's NATS"
+    );
+}
+
+/// Wait until dev's backend answers `server_xkey` on `port`, asked as the host role of the
+/// NATS layout dev wrote into `dir`.
+pub(crate) async fn serving(port: u16, dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let seed = std::fs::read_to_string(dir.join("nats/host.nk")).unwrap_or_default();
+        let seed = seed
+            .lines()
+            .find(|l| l.starts_with("SU"))
+            .unwrap_or_default();
+        let host = async_nats::ConnectOptions::with_nkey(seed.to_string());
+        if let Ok(client) = host.connect(format!("127.0.0.1:{port}")).await {
+            let asked = client.request("wasmcloud.secrets.v1alpha1.nats-kv.server_xkey", "".into());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("dev's backend did not come up on port {port}");
+}
+
+/// A nats-server wrapper: runs the real one with `extra` appended to dev's arguments.
+fn wrapper(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nexec nats-server \"$@\" {extra}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn dev_connects_only_to_the_nats_server_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server on dev's port is not the one dev started (another name): dev refuses it.
+    let renamed = wrapper(dir.path(), "renamed", "--server_name someone-else");
+    let port = free_port();
+    let dev = spawn_dev(
+        &dir.path().join("a"),
+        port,
+        &["--nats-server-bin", renamed.to_str().unwrap()],
+    );
+    let (ok, out, err) = finished(dev);
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("port {port} is in use: pass `--nats-port`")),
+        "{err}"
+    );
+    assert!(!out.contains("NATS on"), "{out}");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "dev stopped the server it started"
+    );
+
+    // Control: the same wrapper without the rename serves.
+    let same = wrapper(dir.path(), "same", "");
+    let port = free_port();
+    let mut dev = spawn_dev(
+        &dir.path().join("b"),
+        port,
+        &["--nats-server-bin", same.to_str().unwrap()],
+    );
+    let mut stdout = std::io::BufReader::new(dev.child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("NATS on"), "{first}");
+    serving(port, &dir.path().join("b")).await;
+    dev.signal(libc::SIGTERM);
+    assert!(dev
+        .wait_exit(Duration::from_secs(15))
+        .expect("dev stops on SIGTERM")
+        .success());
+}
