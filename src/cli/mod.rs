@@ -124,9 +124,9 @@ pub enum Kind {
 pub struct GetArgs {
     /// The name of the secret
     pub name: String,
-    /// The data key seed the backend runs with
+    /// The data key seed the backend runs with (required: get reads the bucket directly)
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
-    pub encryption_xkey_seed: String,
+    pub encryption_xkey_seed: Option<String>,
     /// Seeds of earlier data keys (comma-separated), to read what they sealed
     #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
     pub previous_encryption_xkey_seeds: Vec<String>,
@@ -426,11 +426,21 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `get` says without a data key: which flag and env var, and where a dev store keeps it.
+fn missing_data_key() -> String {
+    format!(
+        "get reads the bucket directly and needs the data key: pass -e/--encryption-xkey-seed \
+         or set {} (a `piggybank dev` store keeps it in .piggybank/keys.env: load it with \
+         `set -a; . .piggybank/keys.env; set +a`)",
+        env::ENCRYPTION_XKEY_SEED
+    )
+}
+
 async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let keys = server::keyring(
-        &Zeroizing::new(args.encryption_xkey_seed),
-        &zeroized(args.previous_encryption_xkey_seeds),
-    )?;
+    let Some(seed) = args.encryption_xkey_seed.map(Zeroizing::new) else {
+        bail!(missing_data_key());
+    };
+    let keys = server::keyring(&seed, &zeroized(args.previous_encryption_xkey_seeds))?;
     let (nats, js_domain) = args.conn.connect_jetstream("piggybank cli").await?;
     let (_, value) = client::read_direct(
         &nats,
