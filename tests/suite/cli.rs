@@ -482,3 +482,29 @@ fn get_without_a_data_key_names_its_env_var_and_keys_env_and_never_echoes_a_seed
         );
     }
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // `run` against nothing: it logs its warnings, then fails to connect.
+    let out = std::process::Command::new(piggybank_bin())
+        .args(["run", "--nats-address", "127.0.0.1:1"])
+        .env(
+            "ENCRYPTION_XKEY_SEED",
+            piggybank::keys::generate_seed().as_str(),
+        )
+        .env(
+            "TRANSIT_XKEY_SEED",
+            piggybank::keys::generate_seed().as_str(),
+        )
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARN"), "it logged: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "escape codes in a piped log: {err:?}"
+    );
+}

@@ -696,3 +696,38 @@ async fn a_rotation_on_one_instance_reaches_the_others_with_no_failed_read() {
         host_get(&host, request(name, &jwt)).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_uninitialized_store_does_not_log_its_key_record_watch_ending() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("run.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _run = Proc {
+        child: std::process::Command::new(piggybank_bin())
+            .arg("run")
+            .env_remove("ENCRYPTION_XKEY_SEED")
+            .env_remove("RUST_LOG")
+            .env(
+                "TRANSIT_XKEY_SEED",
+                piggybank::keys::generate_seed().as_str(),
+            )
+            .env("NATS_ADDRESS", nats.url())
+            .env("PIGGYBANK_PREFIX", "piggybank")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.nats-kv").await;
+    // The watch of a store with no record ended at once, and was resubscribed (and logged)
+    // every 500 ms.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("NATS connected"),
+        "the log is captured: {text}"
+    );
+    let ended = text.matches("the key record watch ended").count();
+    assert_eq!(ended, 0, "{text}");
+}

@@ -163,15 +163,25 @@ pub async fn rotate(args: DatabaseArgs) -> anyhow::Result<()> {
             aligned(&[
                 ("New data key", text(&reply["key_id"])),
                 ("Key version", text(&reply["key_version"])),
-                (
-                    "Current from",
-                    format!("{} (unix ms)", reply["active_from_ms"])
-                ),
+                ("Current from", rfc3339_ms(&reply["active_from_ms"])),
             ])
         );
         println!("Every value is re-sealed with it in the background: see `piggybank status`.");
     }
     Ok(())
+}
+
+/// A time in unix milliseconds as RFC 3339 (UTC); the number as it came when it is none.
+fn rfc3339_ms(value: &serde_json::Value) -> String {
+    let time = value
+        .as_u64()
+        .and_then(|ms| i128::from(ms).checked_mul(1_000_000))
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    time.unwrap_or_else(|| value.to_string())
 }
 
 /// The text of `no responders`: nothing subscribes the subject.
@@ -319,6 +329,13 @@ fn unprintable(c: char) -> bool {
 mod tests {
     use super::unlock::UnlockField;
     use super::*;
+
+    #[test]
+    fn rotate_prints_its_time_as_rfc3339() {
+        let ms = serde_json::json!(1_796_477_690_209u64);
+        assert_eq!(rfc3339_ms(&ms), "2026-12-05T13:34:50.209Z");
+        assert_eq!(rfc3339_ms(&serde_json::json!("x")), "\"x\"");
+    }
 
     #[test]
     fn printable_escapes_controls_and_invisible_format_characters() {
