@@ -17,6 +17,12 @@
 //! role's key is printed for hosts. `nats-server` runs in its own
 //! process group with its data under `{dir}/jetstream`, and is stopped after the backend has
 //! drained, on Ctrl-C or SIGTERM.
+//!
+//! `dev --sealed` runs a sealed store instead (no `ENCRYPTION_XKEY_SEED`; a transit key in
+//! `keys.env`, so `init` and `unlock` can pin it), in a directory of its own
+//! (`.piggybank-sealed`: a keyed store's bucket is not a sealed store's), and prints a
+//! walkthrough (init with shares, unlock with two, put, list, lock, status) that
+//! `tests/suite/dev.rs` runs line by line exactly as printed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,9 +41,14 @@ use crate::server::{self, RunConfig};
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Where NATS data and the keys file live
-    #[arg(long, default_value = ".piggybank")]
-    pub dir: PathBuf,
+    /// Where NATS data and the keys file live [default: .piggybank, or .piggybank-sealed
+    /// with --sealed]
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Run a sealed store (no data key in keys.env: initialize and unlock it over NATS), and
+    /// print a walkthrough of sealed mode
+    #[arg(long)]
+    pub sealed: bool,
     /// Loopback port for the local NATS server
     #[arg(long, default_value_t = 4222)]
     pub nats_port: u16,
@@ -61,9 +72,19 @@ fn default_deployment() -> anyhow::Result<Deployment> {
     )?)
 }
 
+/// The keys of a dev store: a sealed one has no data key (its key record holds it).
 struct Keys {
     transit: Zeroizing<String>,
-    encryption: Zeroizing<String>,
+    encryption: Option<Zeroizing<String>>,
+}
+
+/// Where dev keeps its files when `--dir` is not given.
+fn default_dir(sealed: bool) -> PathBuf {
+    PathBuf::from(if sealed {
+        ".piggybank-sealed"
+    } else {
+        ".piggybank"
+    })
 }
 
 /// The admin key of `{dir}/admin.seed`, made (mode 0600) if the file does not exist.
@@ -95,48 +116,79 @@ fn shell_word(value: &str) -> String {
     }
 }
 
-/// Load the keys from `keys.env`, or make fresh ones; then (re)write the file with them,
-/// the admin seed file's path and the NATS address of this run, so that sourcing it is all
-/// a shell needs.
+/// Load the keys from `keys.env`, or make fresh ones (no data key when `sealed`); then
+/// (re)write the file with them, the admin seed file's path and the NATS address of this
+/// run, so that sourcing it is all a shell needs. A directory of the other mode is refused:
+/// a keyed store's values cannot be read by a sealed one, nor the reverse.
 fn load_or_create_keys(
     path: &Path,
+    sealed: bool,
     admin_seed_file: &Path,
     nats_address: &str,
     layout: &WrittenLayout,
 ) -> anyhow::Result<Keys> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     let keys = if path.exists() {
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?,
         );
-        let find = |name: &str| -> anyhow::Result<Zeroizing<String>> {
+        let find = |name: &str| -> Option<Zeroizing<String>> {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
                 .map(|v| Zeroizing::new(v.trim().to_string()))
-                .with_context(|| format!("{} has no {name}", path.display()))
         };
+        let transit = find(env::TRANSIT_XKEY_SEED)
+            .with_context(|| format!("{} has no {}", path.display(), env::TRANSIT_XKEY_SEED))?;
+        let encryption = find(env::ENCRYPTION_XKEY_SEED);
+        match (sealed, encryption.is_some()) {
+            (true, true) => bail!(
+                "{} holds a keyed dev store (its keys.env has {}): a sealed store needs a \
+                 directory of its own: run `piggybank dev --sealed` without --dir (it uses \
+                 {}), or pass another --dir",
+                dir.display(),
+                env::ENCRYPTION_XKEY_SEED,
+                default_dir(true).display()
+            ),
+            (false, false) => bail!(
+                "{} holds a sealed dev store: run `piggybank dev --sealed --dir {}`",
+                dir.display(),
+                shell_word(&dir.display().to_string())
+            ),
+            _ => {}
+        }
         Keys {
-            transit: find(env::TRANSIT_XKEY_SEED)?,
-            encryption: find(env::ENCRYPTION_XKEY_SEED)?,
+            transit,
+            encryption,
         }
     } else {
         Keys {
             transit: generate_seed(),
-            encryption: generate_seed(),
+            encryption: (!sealed).then(generate_seed),
         }
     };
     let admin_nkey = layout
         .seed_file(&Role::Admin)
         .context("the layout has an admin role")?;
+    let encryption_line = match &keys.encryption {
+        Some(seed) => Zeroizing::new(format!("{}={}\n", env::ENCRYPTION_XKEY_SEED, seed.as_str())),
+        None => Zeroizing::new(String::new()),
+    };
+    let warning = match sealed {
+        false => "# piggybank dev: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.",
+        true => {
+            "# piggybank dev --sealed: the data key lives in the store's key record, opened \
+                 by the database key `piggybank init` shows once."
+        }
+    };
     let body = Zeroizing::new(format!(
-        "# piggybank dev: losing ENCRYPTION_XKEY_SEED loses every secret stored with it.\n\
+        "{warning}\n\
          # Load it with: set -a; . {path}; set +a\n\
          # NATS_NKEY and NATS_INBOX_PREFIX connect client commands as the admin role.\n\
-         {}={}\n{}={}\n{}={}\n{}={nats_address}\n{}={}\n{}={}\n",
+         {}={}\n{}{}={}\n{}={nats_address}\n{}={}\n{}={}\n",
         env::TRANSIT_XKEY_SEED,
         keys.transit.as_str(),
-        env::ENCRYPTION_XKEY_SEED,
-        keys.encryption.as_str(),
+        encryption_line.as_str(),
         env::PIGGYBANK_ADMIN_SEED_FILE,
         shell_word(&admin_seed_file.display().to_string()),
         env::NATS_ADDRESS,
@@ -146,7 +198,7 @@ fn load_or_create_keys(
         shell_word(&nats_layout::admin_inbox_prefix(
             &layout.deployment.backend_name
         )),
-        path = path.display(),
+        path = shell_word(&path.display().to_string()),
     ));
     super::write_private(path, body.as_bytes())?;
     Ok(keys)
@@ -233,17 +285,19 @@ async fn wait_for_own_server(
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    create_private_dir(&args.dir)?;
-    let keys_path = args.dir.join("keys.env");
+    let dir = args.dir.clone().unwrap_or_else(|| default_dir(args.sealed));
+    create_private_dir(&dir)?;
+    let keys_path = dir.join("keys.env");
     let address = format!("127.0.0.1:{}", args.nats_port);
     // Absolute, so the env file works from any directory.
-    let admin_seed_path = std::path::absolute(args.dir.join("admin.seed"))
+    let admin_seed_path = std::path::absolute(dir.join("admin.seed"))
         .context("cannot resolve the admin seed file's path")?;
     let admin = load_or_create_admin_key(&admin_seed_path)?;
     // The least-privilege layout, as `piggybank nats-config` writes it: the server runs it,
     // the backend connects as the backend role, keys.env points the CLI at the admin role.
-    let layout = write_layout(&args.dir.join(LAYOUT_DIR), default_deployment()?)?;
-    let keys = load_or_create_keys(&keys_path, &admin_seed_path, &address, &layout)?;
+    let layout = write_layout(&dir.join(LAYOUT_DIR), default_deployment()?)?;
+    let keys = load_or_create_keys(&keys_path, args.sealed, &admin_seed_path, &address, &layout)?;
+    let transit_public = crate::keys::xkey_from_seed(&keys.transit, "transit key")?.public_key();
     // A port already taken is said plainly before anything starts; a race to it is caught
     // below, by the server's name.
     if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", args.nats_port)) {
@@ -252,7 +306,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     let server_name = unique_server_name();
-    let log_path = args.dir.join("nats-server.log");
+    let log_path = dir.join("nats-server.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut nats = tokio::process::Command::new(&args.nats_server_bin)
@@ -260,7 +314,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .arg(&layout.server_config)
         .args(["-js", "-a", "127.0.0.1", "-p", &args.nats_port.to_string()])
         .args(["--server_name", &server_name, "-sd"])
-        .arg(args.dir.join("jetstream"))
+        .arg(dir.join("jetstream"))
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
@@ -277,7 +331,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Err(e);
     }
 
-    let mut config = RunConfig::new(keys.encryption, keys.transit);
+    let mut config = RunConfig::new(keys.encryption.unwrap_or_default(), keys.transit);
     config.nats_address = address.clone();
     config.piggybank_prefix = Some(crate::piggybank_api::DEFAULT_PREFIX.to_string());
     config.admin_keys = vec![admin.public_key().to_string()];
@@ -292,16 +346,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .map_or_else(|| "target/debug".to_string(), |d| d.display().to_string());
+    let paths = Paths {
+        bin_dir,
+        dir: dir.display().to_string(),
+        keys: keys_path.display().to_string(),
+    };
+    let walkthrough = match args.sealed {
+        false => keyed_walkthrough(&paths),
+        true => sealed_walkthrough(&paths, &transit_public),
+    };
     println!(
-        "piggybank dev: NATS on {address} (data in {dir}), keys in {keys}; admin requests \
-         must be signed by {admin_key} (seed file {admin_seed})\n\n\
-         Try it, in another shell:\n  \
-           export PATH=\"{bin_dir}:$PATH\"\n  \
-           set -a; . {keys}; set +a\n  \
-           echo -n 's3cr3t' | piggybank put db_password\n  \
-           piggybank list\n  \
-           piggybank get db_password\n  \
-           piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n\n\
+        "piggybank dev{sealed}: NATS on {address} (data in {dir}), keys in {keys}; admin \
+         requests must be signed by {admin_key} (seed file {admin_seed})\n\n\
+         {walkthrough}\n\
          NATS runs the least-privilege layout in {layout_dir} (auth.conf): keys.env makes the \
          CLI its admin role.\n\
          Hosts connect as the host role (server_xkey and get only, replies on _INBOX.>):\n  \
@@ -309,11 +366,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
            wasmCloud 1.x hosts take a user JWT and seed: give their user these permissions \
          (docs/nats-layout.md)\n\
          Hosts: wasmcloud --secrets-topic wasmcloud.secrets (backend name: nats-kv). Ctrl-C stops both.\n",
-        dir = args.dir.display(),
+        sealed = if args.sealed { " --sealed" } else { "" },
+        dir = dir.display(),
         keys = keys_path.display(),
         admin_key = admin.public_key(),
         admin_seed = admin_seed_path.display(),
-        layout_dir = args.dir.join(LAYOUT_DIR).display(),
+        layout_dir = dir.join(LAYOUT_DIR).display(),
         host_key = layout.public_key(&Role::Host).unwrap_or_default(),
         host_seed = layout
             .seed_file(&Role::Host)
@@ -327,6 +385,56 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     stop(&mut nats).await;
     result
+}
+
+/// Where the walkthroughs point: this binary's directory, dev's and its keys file.
+struct Paths {
+    bin_dir: String,
+    dir: String,
+    keys: String,
+}
+
+/// The keyed store's "Try it" block (the README's Quickstart runs it as its own).
+fn keyed_walkthrough(p: &Paths) -> String {
+    format!(
+        "Try it, in another shell:\n  \
+           export PATH=\"{bin_dir}:$PATH\"\n  \
+           set -a; . {keys}; set +a\n  \
+           echo -n 's3cr3t' | piggybank put db_password\n  \
+           piggybank list\n  \
+           piggybank get db_password\n  \
+           piggybank add-mapping <COMPONENT_PUBLIC_KEY> --secret db_password\n",
+        bin_dir = p.bin_dir,
+        keys = p.keys,
+    )
+}
+
+/// The sealed store's "Try it" block: every line runs as printed, in order, from a shell in
+/// the directory dev was started in (a test does exactly that). `init` and `unlock` pin the
+/// transit key with `-t`; the shares go to a file in dev's directory (mode 0700).
+fn sealed_walkthrough(p: &Paths, transit_public: &str) -> String {
+    let init = format!("{}/init.txt", p.dir);
+    let init = shell_word(&init);
+    format!(
+        "The store is sealed and not initialized. Its transit key (server_xkey), which init \
+         and unlock pin with -t: {transit_public}\n\n\
+         Try it, in another shell:\n  \
+           export PATH=\"{bin_dir}:$PATH\"\n  \
+           set -a; . {keys}; set +a\n  \
+           piggybank init --shares 3 --threshold 2 -t {transit_public} > {init}\n  \
+           sed -n 's/^Share 1: //p' {init} | piggybank unlock -t {transit_public}\n  \
+           sed -n 's/^Share 2: //p' {init} | piggybank unlock -t {transit_public}\n  \
+           printf %s 's3cr3t' | piggybank put db_password\n  \
+           piggybank list\n  \
+           piggybank lock\n  \
+           piggybank status  # exits 2: sealed\n\n\
+         {init} holds the three shares (any two unlock): keep each with a different person in \
+         a real store. Reading a value back from the CLI (`piggybank get`) needs the data key, \
+         which a sealed store keeps in its key record: hosts read through the backend \
+         (docs/sealed-mode.md).\n",
+        bin_dir = p.bin_dir,
+        keys = shell_word(&p.keys),
+    )
 }
 
 /// Ask nats-server to stop (SIGTERM), then kill it if it lingers.

@@ -235,3 +235,102 @@ fn make_installs_nats_server_into_a_venv_without_root_or_a_system_pip() {
         "{text}"
     );
 }
+
+/// The lines of the block under "Try it, in another shell:" in dev's output, unindented.
+fn try_it_block(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Try it"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Read dev's stdout up to its last line (which says how to stop it).
+fn read_banner(dev: &mut Proc) -> String {
+    let stdout = dev.child.stdout.take().unwrap();
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        text.push_str(&line);
+        if n == 0 || line.contains("Ctrl-C stops both") {
+            return text;
+        }
+    }
+}
+
+#[tokio::test]
+async fn dev_sealed_prints_a_walkthrough_that_runs_exactly_as_printed() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("sealed");
+    let port = free_port();
+    let mut dev = spawn_dev(&dir, port, &["--sealed"]);
+    let banner = read_banner(&mut dev);
+    serving(port, &dir).await;
+    let keys_env = std::fs::read_to_string(dir.join("keys.env")).unwrap();
+    assert!(
+        !keys_env.contains("ENCRYPTION_XKEY_SEED"),
+        "a sealed store's keys.env holds no data key: {keys_env}"
+    );
+    let transit_seed = keys_env
+        .lines()
+        .find_map(|l| l.strip_prefix("TRANSIT_XKEY_SEED="))
+        .expect("keys.env holds the transit key");
+    assert!(!banner.contains(transit_seed), "a seed was printed");
+
+    let block = try_it_block(&banner);
+    let (setup, commands): (Vec<&String>, Vec<&String>) = block
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .partition(|l| l.starts_with("export ") || l.starts_with("set -a"));
+    assert_eq!(setup.len(), 2, "PATH and keys.env: {block:?}");
+    let setup: Vec<&str> = setup.iter().map(|s| s.as_str()).collect();
+    let mut outputs = Vec::new();
+    for line in &commands {
+        let script = format!("{}\n{line}\n", setup.join("\n"));
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(work.path())
+            .env_remove("ENCRYPTION_XKEY_SEED")
+            .env_remove("TRANSIT_XKEY_SEED")
+            .env_remove("NATS_ADDRESS")
+            .env_remove("PIGGYBANK_ADMIN_SEED")
+            .env_remove("PIGGYBANK_DATABASE_KEY")
+            .env_remove("PIGGYBANK_SHARE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let expected = if line.contains("# exits 2") { 2 } else { 0 };
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "`{line}` as printed:\n{stdout}\n{stderr}"
+        );
+        outputs.push((line.to_string(), stdout));
+    }
+    let output_of = |start: &str| -> Vec<&String> {
+        outputs
+            .iter()
+            .filter(|(l, _)| l.contains(start))
+            .map(|(_, o)| o)
+            .collect()
+    };
+    let unlocks = output_of("piggybank unlock");
+    assert_eq!(unlocks.len(), 2, "two shares: {block:?}");
+    assert!(unlocks[0].contains("Share accepted"), "{}", unlocks[0]);
+    assert!(unlocks[1].contains("Unsealed"), "{}", unlocks[1]);
+    assert!(output_of("piggybank list")[0].contains("db_password"));
+    let status = output_of("piggybank status")[0];
+    assert!(status.contains("Sealed:          true"), "{status}");
+
+    dev.signal(libc::SIGTERM);
+    assert!(dev
+        .wait_exit(Duration::from_secs(15))
+        .expect("dev stops on SIGTERM")
+        .success());
+}
