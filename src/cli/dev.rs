@@ -105,7 +105,7 @@ fn load_or_create_admin_key(path: &Path) -> anyhow::Result<AdminSigner> {
 
 /// `value` as one word for a shell that sources an env file: as it is when it is plain,
 /// else single-quoted.
-fn shell_word(value: &str) -> String {
+pub(in crate::cli) fn shell_word(value: &str) -> String {
     let plain = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '+'));

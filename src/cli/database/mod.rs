@@ -130,6 +130,7 @@ impl Pin {
     }
 }
 
+mod hint;
 mod init;
 mod status;
 mod unlock;
@@ -412,7 +413,11 @@ mod tests {
         let mut answers = Answers::default();
         answers.reports.push(report("AAA", Mode::Keyed, false));
         assert_eq!(answers.exit_code(), 0);
-        let text = answers.to_text(subject);
+        let hints = Hints {
+            init: "piggybank init -n x".into(),
+            unlock: "piggybank unlock -n x".into(),
+        };
+        let text = answers.to_text(subject, &hints);
         assert!(text.contains("Instance AAA\n"), "{text}");
         assert!(text.contains("  Mode:            keyed\n"), "{text}");
         assert!(text.contains("  Mapped entities: 3\n"), "{text}");
@@ -422,8 +427,16 @@ mod tests {
 
         answers.reports.push(report("BBB", Mode::Sealed, true));
         assert_eq!(answers.exit_code(), 2);
-        let text = answers.to_text(subject);
+        let hints = Hints {
+            init: "piggybank init -n x".into(),
+            unlock: "piggybank unlock -n x".into(),
+        };
+        let text = answers.to_text(subject, &hints);
         assert!(text.contains("2 instances answered") && text.contains("1 of them sealed"));
+        assert!(
+            text.contains("unlock it with `piggybank unlock -n x`"),
+            "{text}"
+        );
         assert_eq!(answers.to_json(subject)["sealed"], true);
 
         answers.reports.remove(1);
