@@ -9,6 +9,7 @@ pub use database::printable;
 mod conn;
 mod dev;
 mod files;
+mod keygen;
 mod nats_config;
 mod run;
 pub(crate) use conn::{Conn, ConnOptions, Target};
@@ -56,6 +57,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a local NATS server and the backend, with generated keys kept in --dir
     Dev(dev::DevArgs),
+    /// Make a key: a transit or data key seed (SX...), or an admin key (SU...)
+    Keygen(keygen::KeygenArgs),
     /// Put a secret (value from --string, --binary FILE, or stdin)
     Put(PutArgs),
     /// Get a secret, reading the bucket directly with the encryption key
@@ -225,6 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init_metrics();
             dev::run(args).await
         }
+        Command::Keygen(args) => keygen::run(args),
         Command::Rekey(args) => rekey(args).await,
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args).await,

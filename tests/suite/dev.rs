@@ -334,3 +334,59 @@ async fn dev_sealed_prints_a_walkthrough_that_runs_exactly_as_printed() {
         .expect("dev stops on SIGTERM")
         .success());
 }
+
+#[test]
+fn keygen_makes_seeds_writes_them_0600_and_never_logs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, prefix, public_prefix) in [
+        ("transit", "SX", 'X'),
+        ("data", "SX", 'X'),
+        ("admin", "SU", 'U'),
+    ] {
+        // To a file: the seed there (0600), the public key on stdout, no seed elsewhere.
+        let file = dir.path().join(format!("{kind}.seed"));
+        let out = Command::new(piggybank_bin())
+            .args(["keygen", kind, "--out", file.to_str().unwrap()])
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert_private_file(&file);
+        let seed = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        assert!(
+            seed.starts_with(prefix) && seed.len() == 58,
+            "{kind}: {seed}"
+        );
+        let public = stdout.trim();
+        assert!(public.starts_with(public_prefix), "{kind}: {stdout}");
+        let derived = match kind {
+            "admin" => nkeys::KeyPair::from_seed(&seed).unwrap().public_key(),
+            _ => nkeys::XKey::from_seed(&seed).unwrap().public_key(),
+        };
+        assert_eq!(public, derived, "the public key is the seed's");
+        assert!(
+            !stdout.contains(&seed) && !stderr.contains(&seed),
+            "{kind}: the seed was printed"
+        );
+        // An existing file is never overwritten.
+        let again = Command::new(piggybank_bin())
+            .args(["keygen", kind, "--out", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), seed, "kept");
+    }
+    // Without --out: the seed on stdout (a fresh one each time), nothing of it on stderr.
+    let out = Command::new(piggybank_bin())
+        .args(["keygen", "transit"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let seed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(nkeys::XKey::from_seed(&seed).is_ok(), "{seed}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&seed));
+}
