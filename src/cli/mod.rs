@@ -9,6 +9,7 @@ pub use database::printable;
 mod conn;
 mod dev;
 mod files;
+mod keygen;
 mod nats_config;
 mod run;
 pub(crate) use conn::{Conn, ConnOptions, Target};
@@ -56,6 +57,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a local NATS server and the backend, with generated keys kept in --dir
     Dev(dev::DevArgs),
+    /// Make a key: a transit or data key seed (SX...), or an admin key (SU...)
+    Keygen(keygen::KeygenArgs),
     /// Put a secret (value from --string, --binary FILE, or stdin)
     Put(PutArgs),
     /// Get a secret, reading the bucket directly with the encryption key
@@ -125,9 +128,9 @@ pub enum Kind {
 pub struct GetArgs {
     /// The name of the secret
     pub name: String,
-    /// The data key seed the backend runs with
+    /// The data key seed the backend runs with (required: get reads the bucket directly)
     #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
-    pub encryption_xkey_seed: String,
+    pub encryption_xkey_seed: Option<String>,
     /// Seeds of earlier data keys (comma-separated), to read what they sealed
     #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
     pub previous_encryption_xkey_seeds: Vec<String>,
@@ -241,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init_metrics();
             dev::run(args).await
         }
+        Command::Keygen(args) => keygen::run(args),
         Command::Rekey(args) => rekey(args).await,
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args).await,
@@ -463,11 +467,21 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `get` says without a data key: which flag and env var, and where a dev store keeps it.
+fn missing_data_key() -> String {
+    format!(
+        "get reads the bucket directly and needs the data key: pass -e/--encryption-xkey-seed \
+         or set {} (a `piggybank dev` store keeps it in .piggybank/keys.env: load it with \
+         `set -a; . .piggybank/keys.env; set +a`)",
+        env::ENCRYPTION_XKEY_SEED
+    )
+}
+
 async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let keys = server::keyring(
-        &Zeroizing::new(args.encryption_xkey_seed),
-        &zeroized(args.previous_encryption_xkey_seeds),
-    )?;
+    let Some(seed) = args.encryption_xkey_seed.map(Zeroizing::new) else {
+        bail!(missing_data_key());
+    };
+    let keys = server::keyring(&seed, &zeroized(args.previous_encryption_xkey_seeds))?;
     let (nats, js_domain) = args.conn.connect_jetstream("piggybank cli").await?;
     let (_, value) = client::read_direct(
         &nats,

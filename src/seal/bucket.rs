@@ -76,10 +76,21 @@ impl RecordStore {
         Ok(())
     }
 
-    /// Follow the record: the current entry first, then every change.
+    /// Follow the record: the current entry first, then every change. When there is no
+    /// record yet, the stream ends at once (async-nats ends a history watch with nothing to
+    /// deliver): follow it with [`RecordStore::watch_changes`] then.
     pub async fn watch(&self) -> Result<kv::Watch, StoreError> {
         self.kv
             .watch_with_history(RECORD_KEY)
+            .await
+            .map_err(StoreError::upstream)
+    }
+
+    /// Follow the record's changes from now on (no current entry): a stream that stays open
+    /// while there is no record.
+    pub async fn watch_changes(&self) -> Result<kv::Watch, StoreError> {
+        self.kv
+            .watch(RECORD_KEY)
             .await
             .map_err(StoreError::upstream)
     }

@@ -17,6 +17,11 @@ use crate::store::StoreError;
 /// key first (they watch the record), so no instance meets a value it cannot open.
 pub(crate) const ACTIVATION_DELAY_MS: u64 = 1_000;
 
+/// The first wait before the record watch is resubscribed; it doubles up to
+/// [`WATCH_RETRY_MAX`] while the watch keeps ending.
+const WATCH_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A rotation's new key.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rotated {
@@ -48,7 +53,10 @@ impl Seal {
     /// Follow the record: when another instance rotates, load the new key (if unlocked).
     /// The first subscription fails the start; later ones are retried for ever, and each
     /// starts with the current record, so a change missed while resubscribing is loaded
-    /// then. Keyed mode has no record: nothing to follow.
+    /// then. Before `initialize` there is no record, and a history watch ends at once: the
+    /// record's changes are followed instead, without a resubscription (or a log line) every
+    /// 500 ms. A watch that keeps ending is logged once and retried with a doubling wait.
+    /// Keyed mode has no record: nothing to follow.
     pub async fn watch(self: &Arc<Self>) -> Result<(), StoreError> {
         use futures::StreamExt as _;
         let Some(record) = &self.record else {
@@ -58,9 +66,17 @@ impl Seal {
         let (record, this) = (record.clone(), Arc::downgrade(self));
         tokio::spawn(async move {
             let mut updates = Some(first);
+            // Consecutive watches that ended: the first is logged, and each waits twice as
+            // long as the one before (up to WATCH_RETRY_MAX), so a NATS outage is one line.
+            let mut ended = 0u32;
+            // Whether `updates` follows changes only (no record when it was made).
+            let mut changes_only = false;
             loop {
                 if let Some(mut stream) = updates.take() {
+                    let mut delivered = false;
                     while let Some(update) = stream.next().await {
+                        delivered = true;
+                        ended = 0;
                         if let Err(e) = update {
                             // The watch's consumer recovers by itself; keep following it.
                             tracing::warn!(error = %e, "key record watch error");
@@ -73,15 +89,48 @@ impl Seal {
                             tracing::warn!(error = %e, "cannot load the changed key record");
                         }
                     }
+                    if !delivered && !changes_only {
+                        // No record yet (not initialized): async-nats ends a watch with
+                        // nothing to deliver at once. Follow changes instead, which waits.
+                        match record.watch_changes().await {
+                            Ok(changes) => {
+                                updates = Some(changes);
+                                changes_only = true;
+                                // A record written before that subscription: load it now.
+                                if let (Ok(Some(_)), Some(seal)) =
+                                    (record.entry().await, this.upgrade())
+                                {
+                                    if let Err(e) = seal.reload().await {
+                                        tracing::warn!(error = %e, "cannot load the key record");
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "cannot watch the key record"),
+                        }
+                    }
                 }
                 if this.strong_count() == 0 {
                     return;
                 }
-                tracing::warn!("the key record watch ended; resubscribing");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let wait = WATCH_RETRY
+                    .saturating_mul(2u32.saturating_pow(ended))
+                    .min(WATCH_RETRY_MAX);
+                match ended {
+                    0 => tracing::warn!("the key record watch ended; resubscribing"),
+                    _ => tracing::debug!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "the key record watch ended again"
+                    ),
+                }
+                ended = ended.saturating_add(1);
+                tokio::time::sleep(wait).await;
                 match record.watch().await {
-                    Ok(stream) => updates = Some(stream),
-                    Err(e) => tracing::warn!(error = %e, "cannot watch the key record yet"),
+                    Ok(stream) => {
+                        updates = Some(stream);
+                        changes_only = false;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot watch the key record yet"),
                 }
             }
         });

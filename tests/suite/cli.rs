@@ -420,3 +420,91 @@ async fn get_to_a_file_leaves_it_mode_0600_whatever_was_there() {
     );
     assert!(!ok && err.contains("directory"), "{err}");
 }
+
+#[tokio::test]
+async fn get_prints_only_the_value_of_the_version_asked_and_states_the_name_rule() {
+    let (nats, keys, _backend) = setup();
+    ready(&nats).await;
+    let enc = [("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())];
+    for (name, value) in [("a", "one"), ("b", "other"), ("a", "three")] {
+        let (ok, _, err) = cli(&nats, &["put", name, "--string", value], None, &[]);
+        assert!(ok, "{err}");
+    }
+    // Control: version 1 of `a` is its value, and only that.
+    let (ok, out, err) = cli(&nats, &["get", "a", "--secret-version", "1"], None, &enc);
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8(out).unwrap(), "one\n");
+    // Revision 2 is `b`'s: no version of `a`, and nothing on stdout (async-nats 0.39's KV
+    // read printed `subject mismatch $KV...` there).
+    let (ok, out, err) = cli(&nats, &["get", "a", "--secret-version", "2"], None, &enc);
+    assert!(!ok, "revision 2 is b's");
+    assert_eq!(String::from_utf8_lossy(&out), "", "stdout: only values");
+    assert!(err.contains("not found"), "{err}");
+
+    // A bad name: `get` states the rule, as `put` does.
+    let rule = "may not start or end with '.', nor contain '..'";
+    let (ok, _, put_err) = cli(&nats, &["put", "bad..name", "--string", "x"], None, &[]);
+    assert!(!ok && put_err.contains(rule), "{put_err}");
+    let (ok, out, err) = cli(&nats, &["get", "bad..name"], None, &enc);
+    assert!(!ok && err.contains(rule), "{err}");
+    assert!(out.is_empty());
+}
+
+#[test]
+fn get_without_a_data_key_names_its_env_var_and_keys_env_and_never_echoes_a_seed() {
+    let (ok, _, err) = cli_at(&[("NATS_ADDRESS", "127.0.0.1:1")], &["get", "x"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("ENCRYPTION_XKEY_SEED") && err.contains("keys.env"),
+        "{err}"
+    );
+    // Usage errors with seeds in the environment: the seeds stay out of the message.
+    let seed = piggybank::keys::generate_seed();
+    for args in [
+        &["get"][..],
+        &["get", "a", "b"],
+        &["put"],
+        &["rekey", "--bogus"],
+    ] {
+        let (ok, out, err) = cli_at(
+            &[
+                ("ENCRYPTION_XKEY_SEED", seed.as_str()),
+                ("TRANSIT_XKEY_SEED", seed.as_str()),
+            ],
+            args,
+            None,
+        );
+        assert!(!ok, "{args:?}");
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            !err.contains(seed.as_str()) && !out.contains(seed.as_str()),
+            "{args:?} echoed a seed: {err}"
+        );
+    }
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // `run` against nothing: it logs its warnings, then fails to connect.
+    let out = std::process::Command::new(piggybank_bin())
+        .args(["run", "--nats-address", "127.0.0.1:1"])
+        .env(
+            "ENCRYPTION_XKEY_SEED",
+            piggybank::keys::generate_seed().as_str(),
+        )
+        .env(
+            "TRANSIT_XKEY_SEED",
+            piggybank::keys::generate_seed().as_str(),
+        )
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARN"), "it logged: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "escape codes in a piped log: {err:?}"
+    );
+}

@@ -21,6 +21,7 @@ mod backup;
 mod bad_input;
 mod cli;
 mod deploy;
+mod dev;
 mod discovery;
 mod docs;
 mod keys_on_wire;

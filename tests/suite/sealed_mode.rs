@@ -696,3 +696,128 @@ async fn a_rotation_on_one_instance_reaches_the_others_with_no_failed_read() {
         host_get(&host, request(name, &jwt)).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_uninitialized_store_does_not_log_its_key_record_watch_ending() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("run.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _run = Proc {
+        child: std::process::Command::new(piggybank_bin())
+            .arg("run")
+            .env_remove("ENCRYPTION_XKEY_SEED")
+            .env_remove("RUST_LOG")
+            .env(
+                "TRANSIT_XKEY_SEED",
+                piggybank::keys::generate_seed().as_str(),
+            )
+            .env("NATS_ADDRESS", nats.url())
+            .env("PIGGYBANK_PREFIX", "piggybank")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    wait_for_backend(&nats, "wasmcloud.secrets.v1alpha1.nats-kv").await;
+    // The watch of a store with no record ended at once, and was resubscribed (and logged)
+    // every 500 ms.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("NATS connected"),
+        "the log is captured: {text}"
+    );
+    let ended = text.matches("the key record watch ended").count();
+    assert_eq!(ended, 0, "{text}");
+}
+
+/// Run `line` through `sh` as a shell with `piggybank` on its PATH and `env` set.
+fn sh(line: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let bin_dir = piggybank_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", line])
+        .env("PATH", path)
+        .env_remove("ENCRYPTION_XKEY_SEED")
+        .env_remove("TRANSIT_XKEY_SEED")
+        .env_remove("PIGGYBANK_DATABASE_KEY")
+        .env_remove("PIGGYBANK_SHARE")
+        .env_remove("PIGGYBANK_PREFIX")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The commands a text quotes (between backticks) that start with `piggybank <op>`.
+fn quoted(text: &str, op: &str) -> String {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .find(|c| c.starts_with(&format!("piggybank {op}")))
+        .unwrap_or_else(|| panic!("no `piggybank {op}` hint in: {text}"))
+        .to_string()
+}
+
+// Multi-threaded: the CLI runs blocking while the backend serves in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_init_hints_run_as_printed_and_rotate_prints_rfc3339() {
+    let nats = NatsServer::start();
+    let mut config = sealed_config(&nats, "sealed1", "piggybank");
+    config.transit_xkey_seed = piggybank::keys::generate_seed();
+    let _backend = start_backend(&nats, config).await;
+    let url = nats.url();
+    let env = [("NATS_ADDRESS", url.as_str())];
+
+    // status names the backend (-n) it was asked about, and pins its transit key.
+    let (ok, status, err) = cli(&nats, &["status", "-n", "sealed1"], None, &[]);
+    assert!(!ok, "sealed: exit 2");
+    assert!(err.is_empty(), "{err}");
+    let status = String::from_utf8(status).unwrap();
+    let init = quoted(&status, "init");
+    assert!(
+        init.contains("-n sealed1") && init.contains("-t X"),
+        "{init}"
+    );
+    let (ok, out, err) = sh(&init, &env);
+    assert!(ok, "`{init}` as printed: {out}\n{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Database key: "))
+        .unwrap_or_else(|| panic!("init shows the key: {out}"));
+
+    // init's hint unlocks it, as printed.
+    let unlock = quoted(&err, "unlock");
+    let (ok, out, err) = sh(&unlock, &[env[0], ("PIGGYBANK_DATABASE_KEY", key)]);
+    assert!(ok, "`{unlock}` as printed: {out}\n{err}");
+    assert!(out.contains("Unsealed"), "{out}");
+
+    // rotate says when its key becomes current in RFC 3339, not unix milliseconds.
+    let (ok, out, err) = cli(&nats, &["rotate", "-n", "sealed1"], None, &[]);
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    let from = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Current from:"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim();
+    // YYYY-MM-DDTHH:MM:SS[.fraction]Z
+    let shape: String = from
+        .chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert!(
+        shape.starts_with("dddd-dd-ddTdd:dd:dd") && shape.ends_with('Z'),
+        "{from}"
+    );
+}

@@ -77,10 +77,17 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
             answers.keys.len()
         );
     }
+    let unlock = super::hint::command("unlock", &super::hint::Pin::of(pin.as_deref()));
+    let how = match args.threshold {
+        Some(k) => format!("give it any {k} of the shares, one `{unlock}` each"),
+        None => format!("give it the key: `{unlock}`"),
+    };
     eprintln!(
         "Keep the key (or the shares, apart) somewhere safe: it is shown only once, and \
-         without it nothing in the store can be read. The store stays sealed until \
-         `piggybank unlock`."
+         without it nothing in the store can be read. The store stays sealed until you \
+         {how} (on stdin, or in {} or {}).",
+        env::PIGGYBANK_DATABASE_KEY,
+        env::PIGGYBANK_SHARE
     );
     Ok(())
 }

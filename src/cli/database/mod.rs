@@ -130,6 +130,7 @@ impl Pin {
     }
 }
 
+mod hint;
 mod init;
 mod status;
 mod unlock;
@@ -163,15 +164,25 @@ pub async fn rotate(args: DatabaseArgs) -> anyhow::Result<()> {
             aligned(&[
                 ("New data key", text(&reply["key_id"])),
                 ("Key version", text(&reply["key_version"])),
-                (
-                    "Current from",
-                    format!("{} (unix ms)", reply["active_from_ms"])
-                ),
+                ("Current from", rfc3339_ms(&reply["active_from_ms"])),
             ])
         );
         println!("Every value is re-sealed with it in the background: see `piggybank status`.");
     }
     Ok(())
+}
+
+/// A time in unix milliseconds as RFC 3339 (UTC); the number as it came when it is none.
+fn rfc3339_ms(value: &serde_json::Value) -> String {
+    let time = value
+        .as_u64()
+        .and_then(|ms| i128::from(ms).checked_mul(1_000_000))
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    time.unwrap_or_else(|| value.to_string())
 }
 
 /// The text of `no responders`: nothing subscribes the subject.
@@ -321,6 +332,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rotate_prints_its_time_as_rfc3339() {
+        let ms = serde_json::json!(1_796_477_690_209u64);
+        assert_eq!(rfc3339_ms(&ms), "2026-12-05T13:34:50.209Z");
+        assert_eq!(rfc3339_ms(&serde_json::json!("x")), "\"x\"");
+    }
+
+    #[test]
     fn printable_escapes_controls_and_invisible_format_characters() {
         assert!(matches!(
             printable("plain text: ok"),
@@ -395,7 +413,11 @@ mod tests {
         let mut answers = Answers::default();
         answers.reports.push(report("AAA", Mode::Keyed, false));
         assert_eq!(answers.exit_code(), 0);
-        let text = answers.to_text(subject);
+        let hints = Hints {
+            init: "piggybank init -n x".into(),
+            unlock: "piggybank unlock -n x".into(),
+        };
+        let text = answers.to_text(subject, &hints);
         assert!(text.contains("Instance AAA\n"), "{text}");
         assert!(text.contains("  Mode:            keyed\n"), "{text}");
         assert!(text.contains("  Mapped entities: 3\n"), "{text}");
@@ -405,8 +427,16 @@ mod tests {
 
         answers.reports.push(report("BBB", Mode::Sealed, true));
         assert_eq!(answers.exit_code(), 2);
-        let text = answers.to_text(subject);
+        let hints = Hints {
+            init: "piggybank init -n x".into(),
+            unlock: "piggybank unlock -n x".into(),
+        };
+        let text = answers.to_text(subject, &hints);
         assert!(text.contains("2 instances answered") && text.contains("1 of them sealed"));
+        assert!(
+            text.contains("unlock it with `piggybank unlock -n x`"),
+            "{text}"
+        );
         assert_eq!(answers.to_json(subject)["sealed"], true);
 
         answers.reports.remove(1);

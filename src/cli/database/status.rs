@@ -6,7 +6,14 @@ use super::*;
 pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
     let nats = args.conn.connect("piggybank cli").await?;
     let subject = args.subject("status");
-    let replies = gather(&nats, &subject, HeaderMap::new()).await?;
+    // Instances that hold the transit key prove it to this one-time key: the hints pin it.
+    let one_time = XKey::new();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        config::headers::REQUESTER_XKEY,
+        one_time.public_key().as_str(),
+    );
+    let replies = gather(&nats, &subject, headers).await?;
     let mut answers = Answers::default();
     for reply in &replies {
         let (status, value) = decode(reply);
@@ -31,7 +38,12 @@ pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{:#}", answers.to_json(&subject));
     } else {
-        print!("{}", answers.to_text(&subject));
+        let pin = answers.pin(&one_time);
+        let hints = Hints {
+            init: super::hint::command("init", &pin),
+            unlock: super::hint::command("unlock", &pin),
+        };
+        print!("{}", answers.to_text(&subject, &hints));
     }
     for error in &answers.errors {
         eprintln!("error: {}", printable(error));
@@ -103,6 +115,12 @@ pub(super) async fn publish_gathering(
     Ok(replies)
 }
 
+/// The commands `status` suggests, as they must be typed.
+pub(super) struct Hints {
+    pub(super) init: String,
+    pub(super) unlock: String,
+}
+
 /// What the instances answered to `status`.
 #[derive(Default)]
 pub(super) struct Answers {
@@ -128,6 +146,32 @@ impl Answers {
         }
     }
 
+    /// How `init` and `unlock` should pin the transit key: the one in this shell's
+    /// TRANSIT_XKEY_SEED; else the server_xkey every instance proved it holds (to
+    /// `one_time`); else none can be pinned (instances run without TRANSIT_XKEY_SEED).
+    pub(super) fn pin(&self, one_time: &XKey) -> super::hint::Pin {
+        use super::hint::Pin;
+        if let Ok(seed) = std::env::var(env::TRANSIT_XKEY_SEED) {
+            if let Ok(key) = crate::cli::transit_xkey(&Zeroizing::new(seed)) {
+                return Pin::Key(key.public_key());
+            }
+        }
+        let proven: Vec<&str> = self
+            .reports
+            .iter()
+            .filter_map(|(r, _)| {
+                let key = r.server_xkey.as_deref()?;
+                super::unlock::proven(r, one_time, key).ok().map(|()| key)
+            })
+            .collect();
+        match proven.first() {
+            Some(key) if proven.len() == self.reports.len() && proven.iter().all(|k| k == key) => {
+                Pin::Key(key.to_string())
+            }
+            _ => Pin::Unverified,
+        }
+    }
+
     pub(super) fn to_json(&self, subject: &str) -> serde_json::Value {
         serde_json::json!({
             "subject": subject,
@@ -138,7 +182,7 @@ impl Answers {
     }
 
     /// One block of aligned `key: value` lines per instance, then a summary line.
-    pub(super) fn to_text(&self, subject: &str) -> String {
+    pub(super) fn to_text(&self, subject: &str, hints: &Hints) -> String {
         let mut out = String::new();
         for (r, _) in &self.reports {
             let mut lines = vec![
@@ -208,9 +252,16 @@ impl Answers {
         let n = self.reports.len();
         let instances = if n == 1 { "instance" } else { "instances" };
         let next = if self.reports.iter().any(|(r, _)| !r.initialized) {
-            "initialize it with `piggybank init`, then unlock it with `piggybank unlock`"
+            format!(
+                "initialize it with `{}`, then unlock it with `{}` (the key or a share on \
+                 stdin)",
+                hints.init, hints.unlock
+            )
         } else {
-            "unlock it with `piggybank unlock`"
+            format!(
+                "unlock it with `{}` (the key or a share on stdin)",
+                hints.unlock
+            )
         };
         let state = match self.sealed() {
             0 if self.errors.is_empty() => "unsealed".to_string(),

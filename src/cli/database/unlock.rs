@@ -13,6 +13,7 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
          as an instance. With the transit key, the key goes only to instances that prove \
          they hold it.",
     )?;
+    let next = super::hint::command("unlock", &super::hint::Pin::of(pin.as_deref()));
     let args = args.db;
     let signer = args.admin.signer()?;
     let nats = args.conn.connect("piggybank cli").await?;
@@ -90,7 +91,8 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
                     println!("{prefix}Unsealed: the store is unlocked.");
                 } else {
                     println!(
-                        "{prefix}Share accepted: {} of {} given; the store is still sealed.",
+                        "{prefix}Share accepted: {} of {} given; the store is still sealed: \
+                         give the next share with `{next}`.",
                         reply["progress"], reply["threshold"]
                     );
                 }
