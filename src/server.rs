@@ -203,6 +203,8 @@ pub struct Started {
     pub admin: Option<Arc<AdminVerifier>>,
     /// The audit trail (a disabled one when `--no-audit`).
     pub auditor: Arc<Auditor>,
+    /// When `start` began: "piggybank ready" reports the time to serving.
+    pub started_at: Instant,
 }
 
 /// Log "piggybank loaded" once both mirrors hold their whole bucket. It looks every 10 ms
@@ -229,9 +231,10 @@ fn log_when_loaded(backend: std::sync::Weak<Backend>, started: Instant) {
     });
 }
 
-/// Connect, open both buckets and build the core. Logs "piggybank ready" with the startup
-/// time: from then on every request is answered, gets from the buckets themselves until the
-/// mirrors hold them whole ("piggybank loaded"), listings once they do.
+/// Connect, open both buckets and build the core. [`serve`] logs "piggybank ready" with the
+/// startup time once its subscriptions exist: from then on every request is answered, gets
+/// from the buckets themselves until the mirrors hold them whole ("piggybank loaded"),
+/// listings once they do.
 pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
     let started = Instant::now();
     if config.trusted_issuers.iter().all(|k| k.trim().is_empty()) {
@@ -355,18 +358,6 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
             })
         },
     });
-    // Ready: gets are answered from here on, from the buckets until the mirrors are loaded.
-    tracing::info!(
-        backend = %config.name,
-        mode = %database.seal().mode(),
-        instance_id = %database.seal().instance_id(),
-        server_xkey = %backend.transit_public().unwrap_or_default(),
-        audit_key = %auditor.instance_key().unwrap_or("-"),
-        sealed = backend.is_sealed(),
-        loaded = backend.is_loaded(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        "piggybank ready"
-    );
     log_when_loaded(Arc::downgrade(&backend), started);
     Ok(Started {
         client,
@@ -375,6 +366,7 @@ pub async fn start(config: &RunConfig) -> Result<Started, ServerError> {
         database,
         admin,
         auditor,
+        started_at: started,
     })
 }
 
@@ -429,10 +421,36 @@ pub async fn serve(
         instance_id: started.database.seal().instance_id().to_string(),
         drain_timeout: config.drain_timeout,
         auditor: Arc::clone(&started.auditor),
+        on_serving: Some(ready_log(&started, config)),
     };
     crate::serve::serve(started.serving.clone(), endpoints, serve_config, shutdown).await?;
     tracing::info!("piggybank stopped");
     Ok(())
+}
+
+/// "piggybank ready", once every front door is subscribed: gets are answered from then on,
+/// from the buckets until the mirrors are loaded. (Logged before the subscriptions existed, a
+/// client that waited for it could find no responder.)
+fn ready_log(started: &Started, config: &RunConfig) -> Arc<dyn Fn() + Send + Sync> {
+    let (backend, database, auditor) = (
+        Arc::clone(&started.backend),
+        Arc::clone(&started.database),
+        Arc::clone(&started.auditor),
+    );
+    let (name, began) = (config.name.clone(), started.started_at);
+    Arc::new(move || {
+        tracing::info!(
+            backend = %name,
+            mode = %database.seal().mode(),
+            instance_id = %database.seal().instance_id(),
+            server_xkey = %backend.transit_public().unwrap_or_default(),
+            audit_key = %auditor.instance_key().unwrap_or("-"),
+            sealed = backend.is_sealed(),
+            loaded = backend.is_loaded(),
+            startup_ms = began.elapsed().as_millis() as u64,
+            "piggybank ready"
+        );
+    })
 }
 
 /// Run the backend until `shutdown` completes; then drain and return.

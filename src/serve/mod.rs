@@ -322,6 +322,9 @@ pub struct ServeConfig {
     pub drain_timeout: std::time::Duration,
     /// Records every answered request (a disabled one records nothing).
     pub auditor: Arc<Auditor>,
+    /// Called once every subscription exists and its intake runs: the moment requests are
+    /// answered (the server logs "piggybank ready" there).
+    pub on_serving: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The door's answer to a refused request, with the loop's decision in its audit note.
@@ -461,6 +464,12 @@ pub async fn serve(
         .collect();
     // The lanes end with the last intake: only the intake tasks hold them from here on.
     drop(intake);
+    if let Some(on_serving) = &config.on_serving {
+        // A flush is a ping the server answers after it has taken every subscription before
+        // it: from the answer on, a request finds a responder.
+        let _ = futures::future::join(connection.client().flush(), connection.side().flush()).await;
+        on_serving();
+    }
     let aborts: Vec<_> = intakes.iter().map(|t| t.abort_handle()).collect();
     let all_intakes = futures::future::join_all(intakes);
     tokio::pin!(all_intakes);

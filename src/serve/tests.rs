@@ -66,6 +66,7 @@ fn config(max_in_flight: usize, admin: Option<Arc<AdminVerifier>>) -> ServeConfi
         instance_id: "test".into(),
         drain_timeout: Duration::from_secs(5),
         auditor: Arc::new(crate::audit::Auditor::disabled("test")),
+        on_serving: None,
     }
 }
 
