@@ -425,7 +425,10 @@ async fn refusals_are_never_published_to_a_hostile_reply_subject() {
     }
     attacker.flush().await.unwrap();
     let mut landed = Vec::new();
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), seen.next()).await {
+    // For 2 s after the last publish: the bus is never quiet (the audit checks its streams
+    // every second), so waiting for a second of silence could wait for ever.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, seen.next()).await {
         // The attacker's own requests carry a reply subject; a reply carries none.
         if msg.reply.is_none() && hostile.iter().any(|h| msg.subject.as_str() == h) {
             landed.push(msg.subject.to_string());
