@@ -439,6 +439,7 @@ fn sealed_walkthrough(p: &Paths, transit_public: &str) -> String {
 
 /// Ask nats-server to stop (SIGTERM), then kill it if it lingers.
 async fn stop(child: &mut tokio::process::Child) {
+    let asked = std::time::Instant::now();
     #[cfg(unix)]
     if let Some(pid) = child.id() {
         // SAFETY: plain kill(2) on the pid of a child we spawned and have not reaped.
@@ -452,4 +453,8 @@ async fn stop(child: &mut tokio::process::Child) {
     {
         let _ = child.kill().await;
     }
+    tracing::info!(
+        took_ms = asked.elapsed().as_millis() as u64,
+        "nats-server stopped"
+    );
 }
