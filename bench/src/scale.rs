@@ -179,15 +179,20 @@ async fn measure(
         .context("cannot start piggybank run")?;
     let stderr = child.stderr.take().context("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
+    // A small store may be loaded before it serves: "loaded" can come before "ready".
+    let mut loaded_first = None;
     let startup_ms = loop {
         let event = next_event(&mut lines).await?;
+        if event["fields"]["message"] == "piggybank loaded" {
+            loaded_first = event["fields"]["loaded_ms"].as_u64();
+        }
         if event["fields"]["message"] == "piggybank ready" {
             break event["fields"]["startup_ms"].as_u64().unwrap_or_default();
         }
     };
     let ready = started.elapsed();
     // Keep reading its log (so it never blocks on a full pipe), and tell when it is loaded.
-    let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(None::<u64>);
+    let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(loaded_first);
     tokio::spawn(async move {
         while let Ok(event) = next_event(&mut lines).await {
             if event["fields"]["message"] == "piggybank loaded" {
