@@ -465,25 +465,28 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 pub const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(250);
 
 /// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    // The handlers are installed here, when this is called, not when the future is first
+    // polled: a SIGTERM that comes while the backend starts is then a shutdown, not the
+    // default action, which kills the process (a `dev` stopped right after it answered
+    // exited by the signal, once).
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Ok(mut term), Ok(mut interrupt)) = handlers {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -249,3 +249,24 @@ async fn a_subscriber_on_everything_does_not_slow_the_drain() {
         "idle stops with a spy on `>` (drain timeout 4 s): {took:?}"
     );
 }
+
+/// A SIGTERM that comes while `run` is still starting (connecting, opening the buckets) is a
+/// shutdown, not the signal's default action: the handler is installed before the start, so
+/// the instance exits with 0 instead of being killed by the signal (a `dev` stopped just
+/// after it answered was, once).
+#[tokio::test]
+async fn a_sigterm_during_the_start_is_a_clean_shutdown() {
+    let nats = NatsServer::start();
+    let keys = Keys::generate();
+    for delay_ms in [5, 20, 60] {
+        let mut run = spawn_run(&nats, &keys, &[]);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        run.signal(libc::SIGTERM);
+        let status = run.wait_exit(Duration::from_secs(10)).expect("run exited");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM {delay_ms} ms after the spawn: {status:?}"
+        );
+    }
+}
