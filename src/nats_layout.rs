@@ -25,7 +25,9 @@
 use std::fmt::Write as _;
 
 use crate::config;
-use crate::reply_policy::{APPLICATION_REPLY_PREFIX, DEFAULT_REPLY_PREFIX, SERVER_INBOX_PREFIX};
+use crate::reply_policy::{
+    AppInbox, APPLICATION_REPLY_PREFIX, DEFAULT_REPLY_PREFIX, SERVER_INBOX_PREFIX,
+};
 use crate::store::buckets::Buckets;
 
 /// The JetStream API of the account's own JetStream (no domain).
@@ -54,6 +56,16 @@ pub enum LayoutError {
     DuplicateApplication(String),
     #[error("{what} {value:?} is not a subject without wildcards")]
     BadName { what: &'static str, value: String },
+    #[error("--app-inbox {0}=...: {0:?} is not an application of the layout (add --app {0})")]
+    InboxOfUnknownApplication(String),
+    #[error("--app-inbox: {0}")]
+    InboxesRefused(String),
+    #[error("--app-inbox {application}={prefix}: {why}")]
+    BadInbox {
+        application: String,
+        prefix: String,
+        why: String,
+    },
 }
 
 /// One NATS user of the layout.
@@ -108,6 +120,9 @@ pub struct Deployment {
     /// The Piggy Bank API's and the database operations' prefix (`piggybank`).
     pub piggybank_prefix: String,
     pub applications: Vec<String>,
+    /// Inboxes of any name bound to applications (`--app-inbox foo=foo.secrets`): the
+    /// application may receive there too, and the backend must run with the same bindings.
+    pub app_inboxes: Vec<AppInbox>,
 }
 
 impl Deployment {
@@ -160,7 +175,60 @@ impl Deployment {
             secrets_bucket: secrets_bucket.into(),
             piggybank_prefix: piggybank_prefix.into(),
             applications: seen,
+            app_inboxes: Vec::new(),
         })
+    }
+
+    /// Bind inboxes of any name to applications of the layout. Each must be an application's
+    /// own: the backend's reply policy must accept the bindings (no overlap with another
+    /// application's inbox, the shared `_INBOX.` or what piggybank serves), and no inbox may
+    /// reach into a tree the layout keeps from applications (the admin's inbox, the audit
+    /// trail, the buckets), which the application would then be allowed to read.
+    pub fn with_app_inboxes(mut self, inboxes: Vec<AppInbox>) -> Result<Self, LayoutError> {
+        let bad = |inbox: &AppInbox, why: String| LayoutError::BadInbox {
+            application: inbox.application.clone(),
+            prefix: inbox.prefix.trim_end_matches('.').to_string(),
+            why,
+        };
+        for inbox in &inboxes {
+            if !self.applications.contains(&inbox.application) {
+                return Err(LayoutError::InboxOfUnknownApplication(
+                    inbox.application.clone(),
+                ));
+            }
+            let tree = inbox.prefix.trim_end_matches('.');
+            if tree.starts_with('$')
+                || !tree
+                    .split('.')
+                    .all(|t| !t.is_empty() && t != "*" && t != ">")
+            {
+                return Err(bad(
+                    inbox,
+                    "not a subject prefix without wildcards, not $...".into(),
+                ));
+            }
+            let kept = self.protected_subscribe();
+            if let Some(kept) = kept
+                .iter()
+                .map(|k| k.trim_end_matches(".>"))
+                .find(|k| within(tree, k) || within(k, tree))
+            {
+                return Err(bad(
+                    inbox,
+                    format!("it overlaps {kept}.>, kept from applications"),
+                ));
+            }
+        }
+        let served = [self.protocol(), self.piggybank_prefix.clone()];
+        if let Err(why) = crate::reply_policy::ReplyPolicy::with_app_inboxes(
+            &self.reply_prefixes(),
+            &inboxes,
+            &served,
+        ) {
+            return Err(LayoutError::InboxesRefused(why));
+        }
+        self.app_inboxes = inboxes;
+        Ok(self)
     }
 
     /// Every role: backend, host, admin, then the applications in the order given.
@@ -311,7 +379,14 @@ impl Deployment {
                 ],
             ]
             .concat(),
-            subscribe_allow: vec![format!("{}.>", application_inbox_prefix(app))],
+            subscribe_allow: std::iter::once(format!("{}.>", application_inbox_prefix(app)))
+                .chain(
+                    self.app_inboxes
+                        .iter()
+                        .filter(|inbox| inbox.application == app)
+                        .map(|inbox| format!("{}>", inbox.prefix)),
+                )
+                .collect(),
             subscribe_deny: self.protected_subscribe(),
             allow_responses: false,
         }
@@ -509,6 +584,11 @@ fn literal_subject(s: &str) -> bool {
     s.split('.').all(token)
 }
 
+/// Whether subject tree `inner` lies inside (or is) tree `outer`, token by token.
+fn within(inner: &str, outer: &str) -> bool {
+    inner == outer || inner.starts_with(&format!("{outer}."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +687,61 @@ mod tests {
             .flat_map(|r| d.permissions(r).publish_allow)
             .any(|s| s.contains('\'') || s.contains(',')));
         assert_eq!(script.matches("--allow-pub-response").count(), 1);
+    }
+
+    fn inbox(s: &str) -> AppInbox {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_inbox_bound_to_an_application_is_its_own_to_receive_on() {
+        let d = deployment(&["foo", "bar"])
+            .with_app_inboxes(vec![inbox("foo=foo.secrets")])
+            .unwrap();
+        let foo = d.permissions(&Role::Application("foo".into()));
+        assert_eq!(foo.subscribe_allow, ["_INBOX_foo.>", "foo.secrets.>"]);
+        let bar = d.permissions(&Role::Application("bar".into()));
+        assert_eq!(bar.subscribe_allow, ["_INBOX_bar.>"]);
+    }
+
+    #[test]
+    fn an_inbox_is_refused_unless_it_is_one_applications_alone() {
+        let bind = |apps: &[&str], inboxes: &[&str]| {
+            deployment(apps).with_app_inboxes(inboxes.iter().map(|i| inbox(i)).collect())
+        };
+        assert!(matches!(
+            bind(&["foo"], &["bar=bar.secrets"]),
+            Err(LayoutError::InboxOfUnknownApplication(_))
+        ));
+        // Trees the layout keeps from applications: the admin's inbox, the audit trail,
+        // the buckets, the backend's own inbox, what piggybank serves.
+        for kept in [
+            "foo=_PIGGYBANK_ADMIN_INBOX.nats-kv",
+            "foo=_PIGGYBANK_ADMIN_INBOX",
+            "foo=_PIGGYBANK_INBOX.x",
+            "foo=piggybank.foo",
+            "foo=wasmcloud.secrets",
+        ] {
+            assert!(
+                matches!(bind(&["foo"], &[kept]), Err(LayoutError::BadInbox { .. })),
+                "{kept}"
+            );
+        }
+        // Another application's inbox, or the hosts' shared one.
+        for overlap in [
+            &["foo=_INBOX_bar"][..],
+            &["foo=_INBOX.foo"],
+            &["foo=a.b", "bar=a"],
+        ] {
+            assert!(
+                matches!(
+                    bind(&["foo", "bar"], overlap),
+                    Err(LayoutError::InboxesRefused(_) | LayoutError::BadInbox { .. })
+                ),
+                "{overlap:?}"
+            );
+        }
+        assert!(bind(&["foo", "bar"], &["foo=a.foo", "bar=a.bar"]).is_ok());
     }
 
     #[test]

@@ -229,6 +229,18 @@ impl ReplyPolicy {
                 ));
             }
         }
+        // `_INBOX_<application>.` is that application's by name: binding it to another
+        // would hand one application's replies to the other.
+        for inbox in inboxes {
+            if let Some(owner) = Namespace::new(inbox.prefix.clone()).owner {
+                if owner != inbox.application {
+                    return Err(format!(
+                        "inbox {:?} is application {owner:?}'s by its name; it cannot be bound to {:?}",
+                        inbox.prefix, inbox.application
+                    ));
+                }
+            }
+        }
         let mut namespaces: Vec<Namespace> = inboxes.iter().map(Namespace::owned).collect();
         namespaces.extend(
             trusted
@@ -552,6 +564,9 @@ mod tests {
             (vec!["foo=a", "bar=a"], vec![]),
             (vec!["foo=_INBOX.foo"], vec![]),
             (vec!["foo=_INBOX_bar.x"], vec!["_INBOX_bar"]),
+            // `_INBOX_bar.` is bar's by name, trusted or not.
+            (vec!["foo=_INBOX_bar"], vec!["_INBOX_bar"]),
+            (vec!["foo=_INBOX_bar"], vec![]),
             (vec!["foo=piggybank.foo"], vec![]),
             (vec!["foo=_PIGGYBANK_INBOX.x"], vec![]),
         ] {

@@ -47,6 +47,10 @@ pub struct NatsConfigArgs {
     /// several
     #[arg(long = "app", value_name = "NAME")]
     pub apps: Vec<String>,
+    /// Bind an inbox of any name to an application (`foo=foo.secrets`): it may receive
+    /// there too, as the backend's `--app-inbox` answers it there; repeat for several
+    #[arg(long = "app-inbox", value_name = "APP=PREFIX")]
+    pub app_inboxes: Vec<crate::config::AppInbox>,
 }
 
 /// A layout written to a directory.
@@ -134,7 +138,8 @@ pub(crate) fn run(args: NatsConfigArgs) -> anyhow::Result<()> {
         &args.secrets_bucket,
         &args.piggybank_prefix,
         &args.apps,
-    )?;
+    )?
+    .with_app_inboxes(args.app_inboxes)?;
     let layout = write_layout(&args.dir, deployment)?;
     print!("{}", summary(&layout));
     Ok(())
@@ -158,12 +163,24 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
     }
     let backend = layout.seed_file(&Role::Backend).map(Path::display);
     let backend = backend.map(|p| p.to_string()).unwrap_or_default();
+    let app_inboxes: String = d
+        .app_inboxes
+        .iter()
+        .map(|i| {
+            format!(
+                " \\\n    --app-inbox {}={}",
+                i.application,
+                i.prefix.trim_end_matches('.')
+            )
+        })
+        .collect();
     out.push_str(&format!(
         "\nRun the backend as its role, answering the admin's and the applications' inboxes:\n  \
          piggybank run -n {} -s {} -b {} --piggybank-prefix {} --nats-nkey {backend} \\\n    \
-         --reply-prefixes {}\n\
+         --reply-prefixes {}{app_inboxes}\n\
          Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} piggybank ...\n\
-         Applications: connect with their seed and the inbox prefix _INBOX_<app>.\n\
+         Applications: connect with their seed and the inbox prefix _INBOX_<app> (or the one\n\
+         bound to them with --app-inbox).\n\
          restore and rekey write the buckets: run them as the backend role\n  \
          (NATS_NKEY=<backend seed file> NATS_INBOX_PREFIX={}.cli).\n\
          No user but the backend may write the buckets or create, update, purge or delete a\n\

@@ -44,14 +44,30 @@ impl Layout {
     /// `piggybank nats-config` with `apps`, nats-server with its config, the backend as the
     /// backend role (requiring `admin_keys`' signatures when given).
     async fn start(apps: &[&str], admin_keys: Vec<String>) -> Layout {
+        Self::start_with(apps, &[], admin_keys).await
+    }
+
+    /// [`Self::start`], with inboxes bound to applications (`--app-inbox APP=PREFIX`, given
+    /// to nats-config and to the backend alike).
+    async fn start_with(apps: &[&str], inboxes: &[&str], admin_keys: Vec<String>) -> Layout {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(piggybank_bin());
         command.arg("nats-config").arg("--dir").arg(dir.path());
         for app in apps {
             command.args(["--app", app]);
         }
+        for inbox in inboxes {
+            command.args(["--app-inbox", inbox]);
+        }
         let out = command.output().unwrap();
         assert!(out.status.success(), "{out:?}");
+        let summary = String::from_utf8_lossy(&out.stdout);
+        for inbox in inboxes {
+            assert!(
+                summary.contains(&format!("--app-inbox {inbox}")),
+                "the printed run command lacks --app-inbox {inbox}: {summary}"
+            );
+        }
         let nats = NatsServer::start_with_config(&dir.path().join("nats-server.conf"));
         let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
         let deployment = Deployment::new(
@@ -69,6 +85,7 @@ impl Layout {
         ));
         c.piggybank_prefix = Some("piggybank".into());
         c.reply_prefixes = deployment.reply_prefixes();
+        c.app_inboxes = inboxes.iter().map(|i| i.parse().unwrap()).collect();
         c.admin_keys = admin_keys;
         let mut layout = Layout {
             dir,
@@ -568,6 +585,54 @@ async fn an_application_reaches_neither_another_applications_subjects_nor_its_in
         .await
         .expect("billing reads its own secret");
     assert_eq!(&reply.payload[..], b"mine");
+    nothing_received(&mut subs, &mut failures).await;
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Piggy Bank's own inbox layout under the generated permissions: `nats-config --app-inbox
+/// foo=foo.secrets` lets `foo` receive on `foo.secrets.>`, and nobody else. Attack:
+/// application `bar` subscribes to foo's inbox, and aims a request's reply at it. Safe: the
+/// server refuses bar's subscription, and the backend answers nothing into foo's inbox for
+/// bar. Control: foo, connected with its seed and `foo.secrets` as inbox prefix, posts and
+/// reads its secret.
+#[tokio::test]
+async fn an_inbox_bound_to_an_application_is_its_own_under_the_layout() {
+    let layout = Layout::start_with(&["foo", "bar"], &["foo=foo.secrets"], vec![]).await;
+    let foo = layout.connect("app-foo", Some("foo.secrets".into())).await;
+    let bar = layout.app("bar").await;
+    assert_eq!(
+        api(&foo.client, "piggybank.foo.token", "post", b"foo-value").await,
+        Ok(200),
+        "foo is answered in its bound inbox"
+    );
+    let mut get = HeaderMap::new();
+    get.insert("method", "get");
+    let reply = foo
+        .client
+        .request_with_headers("piggybank.foo.token", get.clone(), "".into())
+        .await
+        .expect("foo reads its own secret");
+    assert_eq!(&reply.payload[..], b"foo-value");
+    assert!(foo.errors.lock().unwrap().is_empty());
+
+    let mut failures = Vec::new();
+    let mut subs = vec![
+        bar.refused_subscription("foo.secrets.>", None, &mut failures)
+            .await,
+    ];
+    let mut foo_inbox = foo.client.subscribe("foo.secrets.pending").await.unwrap();
+    foo.client.flush().await.unwrap();
+    bar.client
+        .publish_with_reply_and_headers("piggybank.bar.k", "foo.secrets.pending", get, "".into())
+        .await
+        .unwrap();
+    bar.client.flush().await.unwrap();
+    if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), foo_inbox.next()).await
+    {
+        failures.push(format!(
+            "bar's request was answered in foo's inbox: {msg:?}"
+        ));
+    }
     nothing_received(&mut subs, &mut failures).await;
     assert!(failures.is_empty(), "{failures:#?}");
 }
