@@ -178,6 +178,9 @@ pub mod provider {
     pub(crate) const NATS_URL: &str = "nats_url";
     /// Contents of a NATS `.creds` file for the secrets connection (a secret; config accepted).
     pub(crate) const NATS_CREDS: &str = "nats_creds";
+    /// A user nkey seed (`SU...`) for the secrets connection, as `piggybank nats-config`
+    /// writes for the backend role (a secret; never config).
+    pub(crate) const NATS_NKEY: &str = "nats_nkey";
     pub(crate) const BACKEND_NAME: &str = "backend_name";
     pub(crate) const SUBJECT_BASE: &str = "subject_base";
     pub(crate) const SECRETS_BUCKET: &str = "secrets_bucket";
@@ -249,6 +252,7 @@ pub mod provider {
         AUDIT_REPLICAS,
         NATS_URL,
         NATS_CREDS,
+        NATS_NKEY,
         BACKEND_NAME,
         SUBJECT_BASE,
         SECRETS_BUCKET,

@@ -101,6 +101,8 @@ pub enum Credentials {
     /// A file holding a user nkey seed (a NATS context's `nkey`), for servers configured
     /// with `nkey` users.
     NkeyFile(PathBuf),
+    /// A user nkey seed itself (the provider receives the backend role's as a secret).
+    Nkey(Zeroizing<String>),
     /// A token (a NATS context's `token`), for servers configured with one.
     Token(Zeroizing<String>),
 }
@@ -115,6 +117,7 @@ impl std::fmt::Debug for Credentials {
             }
             Credentials::UserJwt { .. } => f.write_str("UserJwt(<redacted>)"),
             Credentials::NkeyFile(path) => f.debug_tuple("NkeyFile").field(path).finish(),
+            Credentials::Nkey(_) => f.write_str("Nkey(<redacted>)"),
             Credentials::Token(_) => f.write_str("Token(<redacted>)"),
         }
     }
@@ -267,6 +270,11 @@ async fn options(
         Some(Credentials::NkeyFile(path)) => {
             let seed = read_nkey_seed(path).map_err(err)?;
             options = async_nats::ConnectOptions::with_nkey(seed.to_string());
+        }
+        Some(Credentials::Nkey(seed)) => {
+            nkeys::KeyPair::from_seed(seed.trim())
+                .map_err(|_| err("the nkey is not a valid user nkey seed (SU...)".into()))?;
+            options = async_nats::ConnectOptions::with_nkey(seed.trim().to_string());
         }
         Some(Credentials::Token(token)) => {
             options = async_nats::ConnectOptions::with_token(token.to_string());

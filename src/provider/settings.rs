@@ -36,6 +36,8 @@ pub enum SettingsError {
          read; pass it as a secret, or set insecure_config_keys = true"
     )]
     KeyInConfig(&'static str),
+    #[error("give one of the secrets \"nats_creds\" and \"nats_nkey\", not both")]
+    TwoCredentials,
     #[error("secret {0:?} must be text, not bytes")]
     NotText(&'static str),
     #[error("config {key:?} = {value:?} is invalid: {why}")]
@@ -297,14 +299,22 @@ impl Settings {
                 .get(keys::NATS_CREDS)
                 .map(|c| Zeroizing::new(c.clone()))
         });
-        run.nats_credentials = match (creds, &explicit_url) {
-            (Some(contents), _) => Some(Credentials::Contents(contents)),
+        let nkey = secret_text(secrets, keys::NATS_NKEY)?;
+        if nkey.is_none() && config.contains_key(keys::NATS_NKEY) {
+            return Err(SettingsError::KeyInConfig(keys::NATS_NKEY));
+        }
+        run.nats_credentials = match (creds, nkey, &explicit_url) {
+            (Some(_), Some(_), _) => return Err(SettingsError::TwoCredentials),
+            (None, Some(seed), _) => Some(Credentials::Nkey(seed)),
+            (Some(contents), None, _) => Some(Credentials::Contents(contents)),
             // On the lattice's own server, use the lattice's credentials too.
-            (None, None) if !lattice.user_jwt.trim().is_empty() => Some(Credentials::UserJwt {
-                jwt: lattice.user_jwt.trim().to_string(),
-                seed: Zeroizing::new(lattice.user_seed.trim().to_string()),
-            }),
-            (None, _) => None,
+            (None, None, None) if !lattice.user_jwt.trim().is_empty() => {
+                Some(Credentials::UserJwt {
+                    jwt: lattice.user_jwt.trim().to_string(),
+                    seed: Zeroizing::new(lattice.user_seed.trim().to_string()),
+                })
+            }
+            (None, None, _) => None,
         };
         run.nats_address = match explicit_url {
             Some(url) => url,

@@ -1412,6 +1412,85 @@ async fn the_secrets_connection_uses_tls_with_a_client_certificate_from_config()
     .await;
 }
 
+/// Under the layout `piggybank nats-config` writes, the provider connects as the backend
+/// role with that role's seed, given as the secret `nats_nkey`, and serves a host connected
+/// as the host role. Without it the server refuses the provider, which stops with one line
+/// saying so (the layout is what denies it: the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_connects_as_the_backend_role_with_an_nkey_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(piggybank_bin())
+        .arg("nats-config")
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let secure = NatsServer::start_with_config(&dir.path().join("nats-server.conf"));
+    let lattice = NatsServer::start();
+    let seed_of = |role: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{role}.nk")))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("SU"))
+            .unwrap()
+            .to_string()
+    };
+    let keys = Keys::generate();
+    let mut setup = Setup::with_keys(&keys).config("nats_url", &secure.url());
+    setup.secrets.insert(
+        "nats_nkey".into(),
+        wasmcloud_provider_sdk::core::secrets::SecretValue::String(seed_of("backend")),
+    );
+    let provider = ProviderProc::start(&lattice, setup).await;
+    assert!(!provider.stderr().contains(&seed_of("backend")));
+    let client = lattice.client().await;
+    provider.put_link(&client, &provider.link("ops", &[])).await;
+    let wrpc = provider.wrpc(&client).await;
+    admin::put_secret(
+        &wrpc,
+        caller("ops"),
+        "db",
+        &text_value("as-the-backend"),
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (jwt, component) = Issuer::new().component();
+    admin::add_mapping(&wrpc, caller("ops"), &component, &["db"])
+        .await
+        .unwrap()
+        .unwrap();
+    let host_nats = async_nats::ConnectOptions::with_nkey(seed_of("host"))
+        .connect(secure.url())
+        .await
+        .expect("the host role connects");
+    let host = wasmcloud_secrets_client::Client::new("nats-kv", "wasmcloud.secrets", host_nats)
+        .await
+        .expect("secrets client as the host role");
+    let secret = host_get(&host, request("db", &jwt)).await.unwrap();
+    assert_eq!(secret.string_secret.as_deref(), Some("as-the-backend"));
+
+    // Control: without the seed, the layout's server refuses the provider.
+    let setup = Setup::with_keys(&keys).config("nats_url", &secure.url());
+    let (host_data, _) = host_data(&lattice.url(), &unique_name("lattice"), setup);
+    let (mut proc, stderr) = spawn_with_stdin(&encode(&host_data));
+    let status = proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("the provider stops");
+    assert!(!status.success());
+    eventually("the reason on stderr", || {
+        let said = stderr
+            .lock()
+            .unwrap()
+            .to_lowercase()
+            .contains("authorization");
+        async move { said }
+    })
+    .await;
+}
+
 /// A WIT call's log lines carry the request id its audit record carries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wit_calls_logs_and_its_audit_record_share_a_request_id() {

@@ -399,3 +399,26 @@ fn the_piggy_bank_api_keys_are_read_and_checked() {
         assert!(refused.is_err(), "{key}={bad}");
     }
 }
+
+/// The backend role's seed that `piggybank nats-config` writes is the provider's NATS
+/// identity under the generated layout: a secret only, and one way to authenticate.
+#[test]
+fn an_nkey_seed_is_taken_from_a_secret_only_and_never_with_creds() {
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let mut secrets = seeds();
+    secrets.insert(keys::NATS_NKEY.into(), SecretValue::String(seed.clone()));
+    let s = Settings::from_host(&map(&[]), &secrets, &lattice()).unwrap();
+    assert!(matches!(s.run.nats_credentials, Some(Credentials::Nkey(_))));
+    assert!(!format!("{:?}", s.run.nats_credentials).contains(&seed));
+
+    let in_config = Settings::from_host(&map(&[(keys::NATS_NKEY, &seed)]), &seeds(), &lattice());
+    assert_eq!(
+        in_config.err(),
+        Some(SettingsError::KeyInConfig(keys::NATS_NKEY))
+    );
+    secrets.insert(keys::NATS_CREDS.into(), SecretValue::String("creds".into()));
+    assert_eq!(
+        Settings::from_host(&map(&[]), &secrets, &lattice()).err(),
+        Some(SettingsError::TwoCredentials)
+    );
+}
