@@ -97,7 +97,21 @@ pub struct BenchArgs {
     /// (shows that signed administration leaves the get path alone)
     #[arg(long, conflicts_with = "nats_address")]
     pub admin_keys: bool,
+    /// How the benchmark's component is granted its secret: by its key, or by the wadm
+    /// application its host names (`bench`), to compare the two paths of a get
+    #[arg(long, value_enum, default_value = "key")]
+    pub grant: Grant,
 }
+
+/// How a get is allowed: the entity's own grant, or its application's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Grant {
+    Key,
+    Application,
+}
+
+/// The application every benchmark get names (`context.application.name`).
+const APPLICATION: &str = "bench";
 
 /// The secret every get asks for, and the value it holds (the size of a typical password).
 const SECRET: &str = "bench/secret";
@@ -133,7 +147,7 @@ impl Caller {
                 entity_jwt: self.entity_jwt.clone(),
                 host_jwt: self.host_jwt.clone(),
                 application: Application {
-                    name: Some("bench".into()),
+                    name: Some(APPLICATION.into()),
                     policy: format!(
                         r#"{{"type":"{}","properties":{{}}}}"#,
                         wasmcloud_secrets_types::SECRET_POLICY_PROPERTIES_TYPE
@@ -233,9 +247,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .put_secret(SECRET, value, None, None)
         .await
         .context("cannot put the benchmark's secret (is the backend running?)")?;
-    admin
-        .add_mapping(&caller.entity, &BTreeSet::from([SECRET.to_string()]))
-        .await?;
+    let granted = BTreeSet::from([SECRET.to_string()]);
+    match args.grant {
+        Grant::Key => admin.add_mapping(&caller.entity, &granted).await?,
+        Grant::Application => admin.add_app_mapping(APPLICATION, &granted).await?,
+    }
 
     // The limits, served from this process.
     let floor_response = serde_json::to_vec(&SecretResponse {
@@ -278,7 +294,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!(
         "piggybank-bench: NATS {nats_url}, {}; {:.1} s per point after {:.1} s warm-up; \
-         request {request_size} B, reply {reply_size} B",
+         request {request_size} B, reply {reply_size} B; granted by {:?}",
         if args.nats_address.is_some() {
             format!("backend {:?} (external)", args.backend_name)
         } else if args.admin_keys {
@@ -288,6 +304,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         duration.as_secs_f64(),
         warmup.as_secs_f64(),
+        args.grant,
     );
     println!(
         "{:<8} {:>4} {:>10} {:>9} {:>9} {:>8} {:>7}",
