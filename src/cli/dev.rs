@@ -55,20 +55,24 @@ pub struct DevArgs {
     /// The nats-server executable
     #[arg(long, default_value = "nats-server")]
     pub nats_server_bin: PathBuf,
+    /// A Piggy Bank API application: a NATS user of its own in the layout, and a walkthrough
+    /// of the API with the nats CLI; repeat for several
+    #[arg(long = "app", value_name = "NAME")]
+    pub apps: Vec<String>,
 }
 
 /// Where in `--dir` the NATS layout (seeds, auth.conf, nats-server.conf) is kept.
 const LAYOUT_DIR: &str = "nats";
 
-/// The deployment dev runs: every default, the API on, no application.
-fn default_deployment() -> anyhow::Result<Deployment> {
+/// The deployment dev runs: every default, the API on, and the applications asked for.
+fn default_deployment(apps: &[String]) -> anyhow::Result<Deployment> {
     Ok(Deployment::new(
         config::DEFAULT_SUBJECT_BASE,
         config::DEFAULT_API_VERSION,
         config::DEFAULT_BACKEND_NAME,
         config::DEFAULT_SECRETS_BUCKET,
         crate::piggybank_api::DEFAULT_PREFIX,
-        &[],
+        apps,
     )?)
 }
 
@@ -295,7 +299,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin = load_or_create_admin_key(&admin_seed_path)?;
     // The least-privilege layout, as `piggybank nats-config` writes it: the server runs it,
     // the backend connects as the backend role, keys.env points the CLI at the admin role.
-    let layout = write_layout(&dir.join(LAYOUT_DIR), default_deployment()?)?;
+    let layout = write_layout(&dir.join(LAYOUT_DIR), default_deployment(&args.apps)?)?;
     let keys = load_or_create_keys(&keys_path, args.sealed, &admin_seed_path, &address, &layout)?;
     let transit_public = crate::keys::xkey_from_seed(&keys.transit, "transit key")?.public_key();
     // A port already taken is said plainly before anything starts; a race to it is caught
@@ -351,10 +355,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         dir: dir.display().to_string(),
         keys: keys_path.display().to_string(),
     };
-    let walkthrough = match args.sealed {
+    let mut walkthrough = match args.sealed {
         false => keyed_walkthrough(&paths),
         true => sealed_walkthrough(&paths, &transit_public),
     };
+    for app in &layout.deployment.applications {
+        let seed = layout.seed_file(&Role::Application(app.clone()));
+        walkthrough.push_str(&api_walkthrough(
+            &address,
+            app,
+            seed.unwrap_or(Path::new("")),
+        ));
+    }
     println!(
         "piggybank dev{sealed}: NATS on {address} (data in {dir}), keys in {keys}; admin \
          requests must be signed by {admin_key} (seed file {admin_seed})\n\n\
@@ -434,6 +446,27 @@ fn sealed_walkthrough(p: &Paths, transit_public: &str) -> String {
          (docs/sealed-mode.md).\n",
         bin_dir = p.bin_dir,
         keys = shell_word(&p.keys),
+    )
+}
+
+/// A Piggy Bank API application's walkthrough with the nats CLI, connected as its role: its
+/// nkey and its own inbox prefix. Every `nats` line runs as printed, in order (a test sends
+/// the same requests). Its names are its own (`_api/<app>/`), apart from what components read.
+fn api_walkthrough(address: &str, app: &str, seed_file: &Path) -> String {
+    let nats = format!(
+        "nats --server {address} --nkey {} --inbox-prefix {}",
+        shell_word(&seed_file.display().to_string()),
+        nats_layout::application_inbox_prefix(app)
+    );
+    let subject = format!("{}.{app}.api_token", crate::piggybank_api::DEFAULT_PREFIX);
+    format!(
+        "\nPiggy Bank API, as application {app} (the nats CLI, natscli), in another shell:\n  \
+           {nats} req -H method:post {subject} 'tok3n'\n  \
+           {nats} req -H method:get {subject} ''\n  \
+           {nats} req -H method:delete {subject} ''\n  \
+           {nats} req -H method:get {subject} ''  # 404: deleted\n\
+         Its names are its own: a component's secrets are not reachable from {app} unless an \
+         operator shares them (docs/piggybank-api.md).\n"
     )
 }
 

@@ -390,3 +390,129 @@ fn keygen_makes_seeds_writes_them_0600_and_never_logs_them() {
     assert!(nkeys::XKey::from_seed(&seed).is_ok(), "{seed}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains(&seed));
 }
+
+/// `line` split as sh splits it: words, single quotes, and a `#` word ending the command.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                word.get_or_insert_with(String::new);
+            }
+            ' ' if !quoted => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '#' if !quoted && word.is_none() => break,
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// Send what a printed `nats ... req -H K:V SUBJECT BODY` line asks, as natscli would: its
+/// `--server`, `--nkey` seed file and `--inbox-prefix`, its headers, subject and body. (The
+/// nats CLI is in no registry this project installs from; this reads the same words.)
+/// Returns the reply's `Status` header, or 200 when it has none, and its body.
+async fn nats_req(line: &str) -> (u16, Vec<u8>) {
+    let words = shell_words(line);
+    assert_eq!(words[0], "nats", "{line}");
+    let mut words = words[1..].iter();
+    let (mut server, mut nkey, mut inbox) = (None, None, None);
+    let mut headers = async_nats::HeaderMap::new();
+    let mut positional = Vec::new();
+    while let Some(word) = words.next() {
+        let mut value = || {
+            words
+                .next()
+                .unwrap_or_else(|| panic!("{word} needs a value: {line}"))
+        };
+        match word.as_str() {
+            "--server" => server = Some(value().clone()),
+            "--nkey" => nkey = Some(value().clone()),
+            "--inbox-prefix" => inbox = Some(value().clone()),
+            "-H" => {
+                let (k, v) = value().split_once(':').expect("-H KEY:VALUE");
+                headers.insert(k, v);
+            }
+            "req" => {}
+            other if other.starts_with('-') => panic!("a flag this reader does not know: {line}"),
+            other => positional.push(other.to_string()),
+        }
+    }
+    let [subject, body] = positional.as_slice() else {
+        panic!("expected SUBJECT BODY: {line}")
+    };
+    let seed_file = std::fs::read_to_string(nkey.expect("--nkey")).unwrap();
+    let seed = seed_file
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("SU"))
+        .expect("the seed file holds a user seed, as natscli reads it")
+        .to_string();
+    let mut options =
+        async_nats::ConnectOptions::with_nkey(seed).request_timeout(Some(Duration::from_secs(5)));
+    if let Some(inbox) = inbox {
+        options = options.custom_inbox_prefix(inbox);
+    }
+    let client = options.connect(server.expect("--server")).await.unwrap();
+    let reply = client
+        .request_with_headers(subject.clone(), headers, body.clone().into_bytes().into())
+        .await
+        .unwrap_or_else(|e| panic!("`{line}`: {e}"));
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Status"))
+        .map_or(200, |s| s.as_str().parse().unwrap());
+    (status, reply.payload.to_vec())
+}
+
+/// `dev --app shop` gives application shop a role of its own and prints a Piggy Bank API
+/// walkthrough with the nats CLI: each `nats req` line, sent as printed (its nkey file, its
+/// inbox prefix, its headers), is answered as it says: post, get the value, delete, and a
+/// get of the deleted name refused with 404. The README's quickstart block stays as it was.
+#[tokio::test]
+async fn dev_with_an_app_prints_a_nats_cli_walkthrough_of_the_api_that_runs_as_printed() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dev");
+    let port = free_port();
+    let mut dev = spawn_dev(&dir, port, &["--app", "shop"]);
+    let banner = read_banner(&mut dev);
+    serving(port, &dir).await;
+    let lines: Vec<&str> = banner
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("nats "))
+        .collect();
+    assert_eq!(lines.len(), 4, "{banner}");
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("--nkey") && l.contains("app-shop.nk")));
+    let answers = [
+        nats_req(lines[0]).await,
+        nats_req(lines[1]).await,
+        nats_req(lines[2]).await,
+        nats_req(lines[3]).await,
+    ];
+    assert_eq!(answers[0].0, 200, "post: {:?}", answers[0]);
+    assert_eq!(answers[1], (200, b"tok3n".to_vec()), "get");
+    assert_eq!(answers[2].0, 200, "delete: {:?}", answers[2]);
+    assert_eq!(answers[3].0, 404, "get after delete: {:?}", answers[3]);
+    assert!(lines[3].contains("# 404"), "the line says what it answers");
+    // The keyed walkthrough (the README quickstart's) is unchanged by --app.
+    assert!(try_it_block(&banner)
+        .iter()
+        .any(|l| l == "piggybank get db_password"));
+
+    dev.signal(libc::SIGTERM);
+    assert!(dev
+        .wait_exit(Duration::from_secs(15))
+        .expect("dev stops on SIGTERM")
+        .success());
+}
