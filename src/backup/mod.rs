@@ -17,6 +17,7 @@
 //!   KV revisions cannot be chosen: a restored version gets a new revision.
 
 mod format;
+mod sizes;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -29,7 +30,7 @@ use format::{b64, BodyCheck, BodyLines, BodyWriter, Entry, Line};
 pub use format::{
     Header, Trust, VerifiedBackup, FORMAT, FORMAT_VERSION, FORMAT_VERSION_UNSIGNED, HEADER_WIDTH,
 };
-use format::{Largest, Total, Totals};
+use sizes::{Largest, Total, Totals};
 
 use crate::admin_auth::AdminSigner;
 
