@@ -165,6 +165,25 @@ impl AdminExports {
         Ok(within(&scope, all))
     }
 
+    /// `add_app_mapping` and `remove_app_mapping`: a change of an application's grant, audited
+    /// under the operation's name.
+    async fn app_mapping(
+        &self,
+        cx: Option<Context>,
+        application: String,
+        names: Vec<String>,
+        change: MappingChange,
+    ) -> Result<Vec<String>, Error> {
+        let operation = match change {
+            MappingChange::Add => crate::config::ops::ADD_APP_MAPPING,
+            MappingChange::Remove => crate::config::ops::REMOVE_APP_MAPPING,
+        };
+        let grantee = Grantee::application(&application);
+        let result = self.mapping(&cx, grantee, names, change);
+        self.audited(&cx, operation, about_application(&application), result)
+            .await
+    }
+
     /// One page of the names granted to `grantee`, within the caller's scope.
     async fn grants_page(
         &self,
@@ -421,12 +440,9 @@ impl HandlerV3<Option<Context>> for AdminExports {
         application: String,
         names: Vec<String>,
     ) -> anyhow::Result<Result<Vec<String>, Error>> {
-        let (about, grantee) = (
-            about_application(&application),
-            Grantee::application(&application),
-        );
-        let result = self.mapping(&cx, grantee, names, MappingChange::Add);
-        Ok(self.audited(&cx, "add_app_mapping", about, result).await)
+        Ok(self
+            .app_mapping(cx, application, names, MappingChange::Add)
+            .await)
     }
 
     async fn remove_app_mapping(
@@ -435,12 +451,9 @@ impl HandlerV3<Option<Context>> for AdminExports {
         application: String,
         names: Vec<String>,
     ) -> anyhow::Result<Result<Vec<String>, Error>> {
-        let (about, grantee) = (
-            about_application(&application),
-            Grantee::application(&application),
-        );
-        let result = self.mapping(&cx, grantee, names, MappingChange::Remove);
-        Ok(self.audited(&cx, "remove_app_mapping", about, result).await)
+        Ok(self
+            .app_mapping(cx, application, names, MappingChange::Remove)
+            .await)
     }
 
     async fn list_app_mappings(
