@@ -622,3 +622,234 @@ async fn an_application_cannot_reach_a_components_secret_or_write_a_read_only_sh
     assert_eq!(&reply.payload[..], b"shared-value");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Add `extra` to the publish and subscribe allow lists of the user whose comment line in
+/// `auth.conf` is `# <describe>` (an operator merging a lattice's allow list into it).
+fn merge_allow(auth: &mut String, describe: &str, extra: &str) {
+    let at = auth
+        .find(&format!("# {describe}"))
+        .unwrap_or_else(|| panic!("no user {describe:?} in auth.conf"));
+    let mut rest = auth.split_off(at);
+    for direction in ["publish", "subscribe"] {
+        let from = format!("{direction}: {{ allow: [");
+        rest = rest.replacen(&from, &format!("{from}\"{extra}\", "), 1);
+    }
+    auth.push_str(&rest);
+}
+
+/// A stream's snapshot, taken on a server of the attacker's own (`$JS.API.STREAM.SNAPSHOT`):
+/// the stream's config, state and the snapshot's chunks.
+async fn snapshot_of(
+    client: &async_nats::Client,
+    stream: &str,
+) -> (serde_json::Value, serde_json::Value, Vec<bytes::Bytes>) {
+    let deliver = client.new_inbox();
+    let mut chunks_sub = client.subscribe(deliver.clone()).await.unwrap();
+    let request = serde_json::json!({"deliver_subject": deliver, "chunk_size": 65536});
+    let reply = client
+        .request(
+            format!("$JS.API.STREAM.SNAPSHOT.{stream}"),
+            request.to_string().into(),
+        )
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(info.get("error").is_none(), "snapshot: {info}");
+    let mut chunks = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), chunks_sub.next()).await
+    {
+        if msg.payload.is_empty() {
+            break;
+        }
+        chunks.push(msg.payload.clone());
+        if let Some(ack) = msg.reply {
+            client.publish(ack, "".into()).await.unwrap();
+        }
+    }
+    (info["config"].clone(), info["state"].clone(), chunks)
+}
+
+/// Restore a snapshot as `stream` (`$JS.API.STREAM.RESTORE`): the final reply's JSON, or the
+/// first refusal.
+async fn restore(
+    client: &async_nats::Client,
+    stream: &str,
+    config: &serde_json::Value,
+    state: &serde_json::Value,
+    chunks: &[bytes::Bytes],
+) -> Result<serde_json::Value, String> {
+    let request = serde_json::json!({"config": config, "state": state});
+    let asked = client.request(
+        format!("$JS.API.STREAM.RESTORE.{stream}"),
+        request.to_string().into(),
+    );
+    let reply = tokio::time::timeout(Duration::from_secs(2), asked)
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    let started: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    let deliver = started["deliver_subject"]
+        .as_str()
+        .ok_or_else(|| format!("restore refused: {started}"))?
+        .to_string();
+    for chunk in chunks {
+        client
+            .request(deliver.clone(), chunk.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let done = client
+        .request(deliver, "".into())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::from_slice(&done.payload).unwrap_or_default())
+}
+
+/// Attack: the layout's docs say the host's and applications' deny lists keep holding when an
+/// operator merges a lattice's allow list into those users (deny wins). With an allow list
+/// as broad as `>` merged into the host user (a host that may do anything on its lattice's
+/// account but piggybank's), the host: subscribes to application `shop`'s inbox, to read the
+/// values the API returns there; sends an unsigned `add_mapping` to grant a component of its
+/// own (the layout's admin role is the only gate without `--admin-keys`); and restores a
+/// stream snapshot (made on a server of its own) whose config captures `…add_mapping.>`
+/// (`STREAM.RESTORE` creates a stream without `STREAM.CREATE`). And with `>` merged into
+/// application `shop`'s user, it subscribes to application `billing`'s inbox. Safe: the
+/// server refuses each, nothing of billing's or shop's values reaches the attacker, the
+/// component stays unmapped, and no capturing stream exists. Control: the denies that are
+/// there hold (`STREAM.CREATE` of the same stream is refused), the host reads its secrets,
+/// and each application reads its own values.
+#[tokio::test]
+#[ignore = "finding 4: the host's and applications' deny lists miss other inboxes, the admin operations and STREAM.RESTORE"]
+async fn the_deny_lists_hold_when_a_broad_lattice_allow_list_is_merged() {
+    let layout = Layout::start_with(
+        &["shop", "billing"],
+        |_| {},
+        |auth| {
+            merge_allow(auth, "wasmCloud hosts", ">");
+            merge_allow(auth, "Piggy Bank API application \"shop\"", ">");
+        },
+    )
+    .await;
+    let admin = layout.admin().await;
+    let operator = operator(&admin, None);
+    operator
+        .put_secret("db_password", text("s3cr3t"), None, None)
+        .await
+        .unwrap();
+    let host = layout.host().await;
+    let shop = layout.app("shop").await;
+    let billing = layout.app("billing").await;
+    let mut failures = Vec::new();
+    // Read other inboxes.
+    let mut shop_inbox = host
+        .refused_subscription("_INBOX_shop.>", None, &mut failures)
+        .await;
+    let mut billing_inbox = shop
+        .refused_subscription("_INBOX_billing.>", None, &mut failures)
+        .await;
+    assert_eq!(
+        api(&shop.client, "piggybank.shop.token", "post", b"shop-t0k3n").await,
+        Ok(200)
+    );
+    assert_eq!(
+        api(&shop.client, "piggybank.shop.token", "get", b"").await,
+        Ok(200)
+    );
+    assert_eq!(
+        api(
+            &billing.client,
+            "piggybank.billing.key",
+            "post",
+            b"billing-k3y"
+        )
+        .await,
+        Ok(200)
+    );
+    assert_eq!(
+        api(&billing.client, "piggybank.billing.key", "get", b"").await,
+        Ok(200)
+    );
+    for (who, sub, value) in [
+        ("the host", &mut shop_inbox, "shop-t0k3n"),
+        ("shop", &mut billing_inbox, "billing-k3y"),
+    ] {
+        if gather(sub, Duration::from_millis(500))
+            .await
+            .iter()
+            .any(|m| contains_bytes(&m.payload, value))
+        {
+            failures.push(format!("{who} read another application's value"));
+        }
+    }
+    // An unsigned admin operation.
+    let (jwt, entity) = Issuer::new().component();
+    failures.extend(
+        host.refused_request(
+            &format!("{PROTOCOL}.add_mapping.{entity}"),
+            HeaderMap::new(),
+            br#"["db_password"]"#,
+        )
+        .await,
+    );
+    if !operator.get_mappings(&entity).await.unwrap().is_empty() {
+        failures.push("the host granted its component a secret".into());
+    }
+    // A capturing stream, restored rather than created.
+    let own = NatsServer::start();
+    let own_client = own.client().await;
+    let capture = serde_json::json!({
+        "name": "CAPTURE",
+        "subjects": [format!("{PROTOCOL}.add_mapping.>")],
+        "no_ack": true,
+        "storage": "file",
+    });
+    let created = own_client
+        .request("$JS.API.STREAM.CREATE.CAPTURE", capture.to_string().into())
+        .await
+        .unwrap();
+    assert!(
+        !contains_bytes(&created.payload, "\"error\""),
+        "the attacker's own server made the stream"
+    );
+    let (config, state, chunks) = snapshot_of(&own_client, "CAPTURE").await;
+    assert!(!chunks.is_empty(), "control: the snapshot has data");
+    failures.extend(
+        host.refused_request(
+            "$JS.API.STREAM.CREATE.CAPTURE",
+            HeaderMap::new(),
+            capture.to_string().as_bytes(),
+        )
+        .await,
+    );
+    if let Ok(done) = restore(&host.client, "CAPTURE", &config, &state, &chunks).await {
+        let (_, victim) = Issuer::new().component();
+        operator
+            .add_mapping(&victim, &names(&["db_password"]))
+            .await
+            .unwrap();
+        let info = host
+            .client
+            .request("$JS.API.STREAM.INFO.CAPTURE", "".into())
+            .await
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap_or_default());
+        failures.push(format!(
+            "the host restored a stream capturing add_mapping ({}), which now holds {} message(s)",
+            done["config"]["name"],
+            info.map(|i| i["state"]["messages"].clone())
+                .unwrap_or_default()
+        ));
+    }
+    // Control: the host's own get.
+    operator
+        .add_mapping(&entity, &names(&["db_password"]))
+        .await
+        .unwrap();
+    let secrets =
+        wasmcloud_secrets_client::Client::new("nats-kv", DEFAULT_SUBJECT_BASE, host.client.clone())
+            .await
+            .unwrap();
+    assert!(host_get(&secrets, request("db_password", &jwt))
+        .await
+        .is_ok());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
