@@ -397,9 +397,9 @@ async fn a_read_only_applications_reply_never_lands_in_the_admins_or_another_app
         for msg in gather(spy, Duration::from_millis(700)).await {
             if msg.subject.contains("forged") {
                 failures.push(format!(
-                    "{who}'s inbox received {}: {}",
+                    "{who}'s inbox received {} ({} bytes)",
                     msg.subject,
-                    String::from_utf8_lossy(&msg.payload)
+                    msg.payload.len()
                 ));
             }
         }
