@@ -35,14 +35,30 @@ impl Layout {
     /// `piggybank nats-config` with `apps`, nats-server with its config, the backend as the
     /// backend role (requiring `admin_keys`' signatures when given).
     pub async fn start(apps: &[&str], admin_keys: Vec<String>) -> Layout {
-        Self::start_with(apps, |c| c.admin_keys = admin_keys, |_| {}).await
+        Self::start_with(apps, &[], admin_keys).await
     }
 
-    /// As [`Layout::start`], with the backend's config changed by `adjust` (after the
+    /// [`Self::start`], with inboxes bound to applications (`--app-inbox APP=PREFIX`, given
+    /// to nats-config and to the backend alike).
+    pub async fn start_with(apps: &[&str], inboxes: &[&str], admin_keys: Vec<String>) -> Layout {
+        Self::start_adjusted(
+            apps,
+            inboxes,
+            |c| {
+                c.app_inboxes = inboxes.iter().map(|i| i.parse().unwrap()).collect();
+                c.admin_keys = admin_keys;
+            },
+            |_| {},
+        )
+        .await
+    }
+
+    /// As [`Layout::start_with`], with the backend's config changed by `adjust` (after the
     /// layout's own settings) and the written `auth.conf` changed by `edit_auth` before the
     /// server reads it (an operator merging a lattice's lists into a user, say).
-    pub async fn start_with(
+    pub async fn start_adjusted(
         apps: &[&str],
+        inboxes: &[&str],
         adjust: impl FnOnce(&mut RunConfig),
         edit_auth: impl FnOnce(&mut String),
     ) -> Layout {
@@ -52,8 +68,18 @@ impl Layout {
         for app in apps {
             command.args(["--app", app]);
         }
+        for inbox in inboxes {
+            command.args(["--app-inbox", inbox]);
+        }
         let out = command.output().unwrap();
         assert!(out.status.success(), "{out:?}");
+        let summary = String::from_utf8_lossy(&out.stdout);
+        for inbox in inboxes {
+            assert!(
+                summary.contains(&format!("--app-inbox {inbox}")),
+                "the printed run command lacks --app-inbox {inbox}: {summary}"
+            );
+        }
         let auth_path = dir.path().join("auth.conf");
         let mut auth = std::fs::read_to_string(&auth_path).unwrap();
         edit_auth(&mut auth);

@@ -302,7 +302,8 @@ async fn an_admin_consumer_cannot_write_piggybanks_buckets_through_its_deliver_s
 #[tokio::test]
 #[ignore = "finding 2: a clear initialize from the admin role on the default inbox delivers the database key to every host"]
 async fn the_database_key_never_reaches_the_hosts_shared_inbox() {
-    let layout = Layout::start_with(
+    let layout = Layout::start_adjusted(
+        &[],
         &[],
         |c| {
             c.encryption_xkey_seed = Zeroizing::default();
@@ -357,8 +358,9 @@ async fn the_database_key_never_reaches_the_hosts_shared_inbox() {
 #[tokio::test]
 #[ignore = "finding 3: a read-only application's request is answered in the admin's and other applications' inboxes"]
 async fn a_read_only_applications_reply_never_lands_in_the_admins_or_another_applications_inbox() {
-    let layout = Layout::start_with(
+    let layout = Layout::start_adjusted(
         &["global", "billing"],
+        &[],
         |c| c.piggybank_access = ApiAccess::new(&[], &["global".to_string()]).unwrap(),
         |_| {},
     )
@@ -513,8 +515,9 @@ async fn an_application_name_that_only_looks_like_a_granted_one_reads_nothing() 
 #[tokio::test]
 async fn an_application_cannot_reach_a_components_secret_or_write_a_read_only_share() {
     let shares: Vec<piggybank::config::ApiShare> = vec!["shop=shop/shared".parse().unwrap()];
-    let layout = Layout::start_with(
+    let layout = Layout::start_adjusted(
         &["shop"],
+        &[],
         |c| c.piggybank_access = ApiAccess::new(&shares, &[]).unwrap(),
         |_| {},
     )
@@ -721,8 +724,9 @@ async fn restore(
 #[tokio::test]
 #[ignore = "finding 4: the host's and applications' deny lists miss other inboxes, the admin operations and STREAM.RESTORE"]
 async fn the_deny_lists_hold_when_a_broad_lattice_allow_list_is_merged() {
-    let layout = Layout::start_with(
+    let layout = Layout::start_adjusted(
         &["shop", "billing"],
+        &[],
         |_| {},
         |auth| {
             merge_allow(auth, "wasmCloud hosts", ">");
