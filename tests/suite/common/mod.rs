@@ -4,6 +4,7 @@
 //! benchmark shares.
 #![allow(dead_code)]
 
+pub mod layout;
 pub mod pki;
 pub mod provider;
 pub mod sealed;

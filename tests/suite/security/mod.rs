@@ -14,6 +14,7 @@ mod floods;
 mod forged_records;
 mod init_unlock;
 mod integrity_attacks;
+mod layout_attacks;
 mod moved_values;
 mod nats_layout;
 mod reply_subjects;
