@@ -25,6 +25,7 @@
 use std::fmt::Write as _;
 
 use crate::config;
+use crate::protocol::subject::Operation;
 use crate::reply_policy::{
     AppInbox, APPLICATION_REPLY_PREFIX, DEFAULT_REPLY_PREFIX, SERVER_INBOX_PREFIX,
 };
@@ -123,6 +124,9 @@ pub struct Deployment {
     /// Inboxes of any name bound to applications (`--app-inbox foo=foo.secrets`): the
     /// application may receive there too, and the backend must run with the same bindings.
     pub app_inboxes: Vec<AppInbox>,
+    /// Read-only Piggy Bank API applications (`--read-only-apps`): every application's user
+    /// may request their secrets; the backend refuses their `post` and `delete`.
+    pub read_only_apps: Vec<String>,
 }
 
 impl Deployment {
@@ -176,7 +180,27 @@ impl Deployment {
             piggybank_prefix: piggybank_prefix.into(),
             applications: seen,
             app_inboxes: Vec::new(),
+            read_only_apps: Vec::new(),
         })
+    }
+
+    /// Mark applications read-only: each one token, not reserved, given once.
+    pub fn with_read_only_apps(mut self, apps: Vec<String>) -> Result<Self, LayoutError> {
+        let mut seen: Vec<String> = Vec::new();
+        for app in apps {
+            if !token(&app) {
+                return Err(LayoutError::BadApplication(app));
+            }
+            if crate::piggybank_api::RESERVED_APPLICATIONS.contains(&app.as_str()) {
+                return Err(LayoutError::ReservedApplication(app));
+            }
+            if seen.contains(&app) {
+                return Err(LayoutError::DuplicateApplication(app));
+            }
+            seen.push(app);
+        }
+        self.read_only_apps = seen;
+        Ok(self)
     }
 
     /// Bind inboxes of any name to applications of the layout. Each must be an application's
@@ -332,18 +356,23 @@ impl Deployment {
             publish_deny: [
                 self.protected_publish(),
                 vec![format!("{}.>", self.piggybank_prefix)],
+                self.operator_operations(),
             ]
             .concat(),
             subscribe_allow: vec![format!("{DEFAULT_REPLY_PREFIX}>")],
-            subscribe_deny: self.protected_subscribe(),
+            subscribe_deny: [self.protected_subscribe(), self.application_inboxes(None)].concat(),
             allow_responses: false,
         }
     }
 
     fn admin(&self) -> Permissions {
         let b = self.buckets();
-        let mut publish = vec![
-            format!("{}.>", self.protocol()),
+        // The admin operations by name, and `server_xkey` (a CLI `put` seals to it), never
+        // `get`: with `get`, this user alone reads every mapped secret by presenting a
+        // component's public JWT, admin seed or not.
+        let mut publish: Vec<String> = self.operator_operations();
+        publish.push(Operation::ServerXkey.permission_subject(&self.protocol()));
+        publish.extend([
             format!(
                 "{}.>",
                 crate::database::subject(&self.piggybank_prefix, &self.backend_name, "")
@@ -351,7 +380,7 @@ impl Deployment {
             ),
             "$SRV.>".into(),
             format!("{JS_API}.INFO"),
-        ];
+        ]);
         // Reads only: a user who may write the mappings bucket grants access without an admin
         // signature, so `restore` and `rekey`, which write the buckets, run as the backend.
         for stream in [b.secrets, b.mappings, b.vault]
@@ -368,9 +397,43 @@ impl Deployment {
         }
     }
 
+    /// The protocol's admin operations, one subject each.
+    fn operator_operations(&self) -> Vec<String> {
+        let protocol = self.protocol();
+        Operation::every_kind()
+            .iter()
+            .filter(|op| op.is_admin())
+            .map(|op| op.permission_subject(&protocol))
+            .collect()
+    }
+
+    /// Every application's inboxes: `_INBOX_<app>.>` and the ones bound to it.
+    fn application_inboxes(&self, except: Option<&str>) -> Vec<String> {
+        let mine = |app: &str| except == Some(app);
+        self.applications
+            .iter()
+            .filter(|app| !mine(app))
+            .map(|app| format!("{}.>", application_inbox_prefix(app)))
+            .chain(
+                self.app_inboxes
+                    .iter()
+                    .filter(|inbox| !mine(&inbox.application))
+                    .map(|inbox| format!("{}>", inbox.prefix)),
+            )
+            .collect()
+    }
+
     fn application(&self, app: &str) -> Permissions {
         Permissions {
-            publish_allow: vec![format!("{}.{app}.>", self.piggybank_prefix)],
+            publish_allow: std::iter::once(app)
+                .chain(
+                    self.read_only_apps
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|ro| *ro != app),
+                )
+                .map(|a| format!("{}.{a}.>", self.piggybank_prefix))
+                .collect(),
             publish_deny: [
                 self.protected_publish(),
                 vec![
@@ -387,7 +450,12 @@ impl Deployment {
                         .map(|inbox| format!("{}>", inbox.prefix)),
                 )
                 .collect(),
-            subscribe_deny: self.protected_subscribe(),
+            subscribe_deny: [
+                self.protected_subscribe(),
+                vec![format!("{DEFAULT_REPLY_PREFIX}>")],
+                self.application_inboxes(Some(app)),
+            ]
+            .concat(),
             allow_responses: false,
         }
     }
@@ -408,7 +476,9 @@ impl Deployment {
         ]);
         // No stream may be created, changed, emptied or removed: a create names the stream
         // only, so it could capture or source piggybank's subjects under any name.
-        for verb in ["CREATE", "UPDATE", "DELETE", "PURGE"] {
+        // Nor restored: a snapshot of a stream capturing `…add_mapping.>`, made on another
+        // server, restores as a capture here.
+        for verb in ["CREATE", "UPDATE", "DELETE", "PURGE", "RESTORE"] {
             deny.push(format!("{JS_API}.STREAM.{verb}.>"));
         }
         for stream in self.streams() {
@@ -425,6 +495,10 @@ impl Deployment {
             format!("{}.>", admin_inbox_prefix(&self.backend_name)),
             format!("{}.>", crate::audit::subject_root(&self.backend_name)),
             "$SRV.>".into(),
+            // Other clients' JetStream API calls and the server's events name piggybank's
+            // keys (a KV get's subject is its key).
+            format!("{JS_API}.>"),
+            "$JS.EVENT.>".into(),
         ];
         deny.extend(self.all_buckets().iter().map(|b| format!("$KV.{b}.>")));
         deny
@@ -543,7 +617,7 @@ fn kv_stream(bucket: &str) -> String {
 fn stream_owner_api(stream: &str) -> Vec<String> {
     vec![
         format!("{JS_API}.STREAM.*.{stream}"),
-        format!("{JS_API}.STREAM.MSG.*.{stream}"),
+        format!("{JS_API}.STREAM.*.*.{stream}"),
         format!("{JS_API}.CONSUMER.*.{stream}"),
         format!("{JS_API}.CONSUMER.*.{stream}.>"),
         format!("{JS_API}.CONSUMER.*.*.{stream}.>"),

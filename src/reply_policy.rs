@@ -21,6 +21,14 @@
 //! database operations, discovery, wRPC) answer in every trusted namespace: their callers are
 //! hosts and operators, and an application's NATS permissions keep it off their subjects.
 //!
+//! An operators' inbox is trusted like any other prefix, and named for what it is: a prefix
+//! under `_PIGGYBANK_ADMIN_INBOX.` (the admin role's in the generated NATS layout). Once one
+//! is trusted, an admin operation's reply ([`Requester::Operator`]) goes only there: a list
+//! of names, a grant, or a database key from a raw `initialize` never lands in the shared
+//! `_INBOX.`, which every host may read. A request to a read-only application, which any
+//! service may send ([`Requester::AnyApplication`]), is answered in `_INBOX.` and in the
+//! applications' own inboxes only, never in the operators'.
+//!
 //! An operator may also bind any prefix to an application ([`AppInbox`], `--app-inbox
 //! foo=foo.secrets`): Piggy Bank's own layout gives each application an inbox such as
 //! `foo.secrets.>`. A bound prefix is trusted, and belongs to that application exactly as
@@ -44,6 +52,10 @@ pub const DEFAULT_REPLY_PREFIX: &str = "_INBOX.";
 
 /// A trusted prefix `_INBOX_<application>` belongs to that Piggy Bank API application.
 pub const APPLICATION_REPLY_PREFIX: &str = "_INBOX_";
+
+/// A trusted prefix under `_PIGGYBANK_ADMIN_INBOX.` belongs to the operators: admin replies
+/// go only there once one is trusted ([`Requester::Operator`]).
+pub const OPERATOR_REPLY_PREFIX: &str = "_PIGGYBANK_ADMIN_INBOX.";
 
 /// The inbox prefix of piggybank's own server connections. Its subscriptions (KV mirror
 /// deliveries, the key record watch, JetStream replies) live under it, so it is one of the
@@ -111,8 +123,10 @@ pub enum Refused {
     Served,
     #[error("outside the trusted reply prefixes")]
     Untrusted,
-    #[error("a trusted prefix that is not the requesting application's")]
-    NotTheApplications,
+    #[error(
+        "a trusted prefix that is not the requester's (another application's, or the operators')"
+    )]
+    NotTheRequesters,
     #[error("not a valid subject (empty token or wildcard)")]
     Malformed,
 }
@@ -120,12 +134,22 @@ pub enum Refused {
 /// Who sent a request: which of the trusted namespaces its reply may go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requester {
-    /// A host, an operator, a component's host (the protocol, the database operations,
-    /// discovery, wRPC): every trusted namespace.
+    /// A host, a component's host, a monitor (the protocol's `get` and `server_xkey`,
+    /// `status`, discovery, wRPC): every trusted namespace.
     Any,
+    /// An operator: an admin operation of the protocol or the database (what
+    /// [`crate::serve::Class::admin`] classifies). When an operators' inbox is trusted
+    /// (`_PIGGYBANK_ADMIN_INBOX.<name>`, the admin role's in the generated NATS layout), only
+    /// there: an admin reply (a list of names, a database key) never lands in the shared
+    /// `_INBOX.`, which every host may read. Otherwise every trusted namespace.
+    Operator,
     /// A Piggy Bank API request of this application (the token after the API's prefix, as
     /// sent): only `_INBOX.` and, if trusted, `_INBOX_<application>.`.
     Application(String),
+    /// A request to a read-only application, which any service may send: what it returns
+    /// only admins wrote. `_INBOX.` and the applications' own inboxes, never another
+    /// trusted prefix (the operators' inbox above all).
+    AnyApplication,
 }
 
 /// One trusted reply namespace.
@@ -135,6 +159,8 @@ struct Namespace {
     prefix: String,
     /// The API application it belongs to (`_INBOX_<application>.`); `None`: shared.
     owner: Option<String>,
+    /// The operators' inbox (under [`OPERATOR_REPLY_PREFIX`]).
+    operators: bool,
 }
 
 impl Namespace {
@@ -142,6 +168,7 @@ impl Namespace {
         Self {
             prefix: inbox.prefix.clone(),
             owner: Some(inbox.application.clone()),
+            operators: false,
         }
     }
 
@@ -156,19 +183,29 @@ impl Namespace {
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             })
             .map(str::to_string);
-        Self { prefix, owner }
+        let operators = prefix.starts_with(OPERATOR_REPLY_PREFIX);
+        Self {
+            prefix,
+            owner,
+            operators,
+        }
     }
 
     fn contains(&self, subject: &str) -> bool {
         subject.len() > self.prefix.len() && subject.starts_with(self.prefix.as_str())
     }
 
-    /// Whether `requester` may be answered here.
-    fn admits(&self, requester: &Requester) -> bool {
+    /// Whether `requester` may be answered here; `operators_inbox`: whether the policy
+    /// trusts an operators' inbox.
+    fn admits(&self, requester: &Requester, operators_inbox: bool) -> bool {
         match requester {
             Requester::Any => true,
+            Requester::Operator => self.operators || !operators_inbox,
             Requester::Application(app) => {
                 self.prefix == DEFAULT_REPLY_PREFIX || self.owner.as_deref() == Some(app.as_str())
+            }
+            Requester::AnyApplication => {
+                self.prefix == DEFAULT_REPLY_PREFIX || self.owner.is_some()
             }
         }
     }
@@ -308,8 +345,9 @@ impl ReplyPolicy {
         if within.peek().is_none() {
             return Err(Refused::Untrusted);
         }
-        if !within.any(|n| n.admits(requester)) {
-            return Err(Refused::NotTheApplications);
+        let operators_inbox = self.namespaces.iter().any(|n| n.operators);
+        if !within.any(|n| n.admits(requester, operators_inbox)) {
+            return Err(Refused::NotTheRequesters);
         }
         Ok(ReplyTo(reply.clone()))
     }
@@ -459,6 +497,51 @@ mod tests {
         assert!(ReplyPolicy::new(&["pb".into()], &["pb.x".into()]).is_err());
     }
 
+    /// Finding 2 of the layout review: the admin role's `initialize` from a client with the
+    /// default inbox was answered in `_INBOX.`, where a host read the database key.
+    #[test]
+    fn an_operators_reply_goes_only_to_the_operators_inbox_once_one_is_trusted() {
+        let operator = |p: &ReplyPolicy, s: &str| {
+            p.check_as(Some(&Subject::from(s)), &Requester::Operator)
+                .map(|_| ())
+        };
+        let p = policy(&["_PIGGYBANK_ADMIN_INBOX.nats-kv", "_INBOX_shop"]);
+        assert_eq!(operator(&p, "_PIGGYBANK_ADMIN_INBOX.nats-kv.a1"), Ok(()));
+        for elsewhere in ["_INBOX.a1", "_INBOX_shop.a1"] {
+            assert_eq!(
+                operator(&p, elsewhere),
+                Err(Refused::NotTheRequesters),
+                "{elsewhere}"
+            );
+        }
+        // A host's reply (sealed, or an error) may still go there, as anywhere trusted.
+        assert_eq!(check(&p, "_PIGGYBANK_ADMIN_INBOX.nats-kv.b2"), Ok(()));
+        // Without an operators' inbox, an operator is answered wherever it is trusted.
+        let open = policy(&["_INBOX_shop"]);
+        assert_eq!(operator(&open, "_INBOX.a1"), Ok(()));
+        assert_eq!(operator(&open, "_INBOX_shop.a1"), Ok(()));
+    }
+
+    /// Finding 3 of the layout review: a read-only application's value was delivered into
+    /// the operators' inbox.
+    #[test]
+    fn a_read_only_applications_reply_goes_to_application_inboxes_only() {
+        let any_app = |p: &ReplyPolicy, s: &str| {
+            p.check_as(Some(&Subject::from(s)), &Requester::AnyApplication)
+                .map(|_| ())
+        };
+        let p = policy(&["_PIGGYBANK_ADMIN_INBOX.nats-kv", "_INBOX_shop", "_R_"]);
+        assert_eq!(any_app(&p, "_INBOX.a"), Ok(()));
+        assert_eq!(any_app(&p, "_INBOX_shop.a"), Ok(()));
+        for refused in ["_PIGGYBANK_ADMIN_INBOX.nats-kv.a", "_R_.a"] {
+            assert_eq!(
+                any_app(&p, refused),
+                Err(Refused::NotTheRequesters),
+                "{refused}"
+            );
+        }
+    }
+
     #[test]
     fn refusals_are_counted_but_a_missing_reply_is_not() {
         let p = policy(&[]);
@@ -482,7 +565,7 @@ mod tests {
         for s in ["_INBOX_billing.pending.1", "_R_.a", "_INBOX_team.ops.a"] {
             assert_eq!(
                 check_for(&p, "shop", s),
-                Err(Refused::NotTheApplications),
+                Err(Refused::NotTheRequesters),
                 "{s}"
             );
         }
@@ -490,7 +573,7 @@ mod tests {
         // A prefix is an application's by its whole name: not a shorter or a longer one's.
         assert_eq!(
             check_for(&p, "bill", "_INBOX_billing.1"),
-            Err(Refused::NotTheApplications)
+            Err(Refused::NotTheRequesters)
         );
         assert_eq!(
             check_for(&p, "billing2", "_INBOX_billing2.1"),
@@ -542,7 +625,7 @@ mod tests {
         ] {
             assert_eq!(
                 check_for(&p, app, s),
-                Err(Refused::NotTheApplications),
+                Err(Refused::NotTheRequesters),
                 "{app} {s}"
             );
         }
@@ -553,7 +636,7 @@ mod tests {
         let p = bound(&["foo=foo.secrets"], &["foo.secrets"]).unwrap();
         assert_eq!(
             check_for(&p, "bar", "foo.secrets.1"),
-            Err(Refused::NotTheApplications)
+            Err(Refused::NotTheRequesters)
         );
     }
 

@@ -344,6 +344,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("the layout has a backend role")?;
     config.nats_credentials = Some(Credentials::NkeyFile(backend_nkey.to_path_buf()));
     config.reply_prefixes = layout.deployment.reply_prefixes();
+    // The CLI seals every key it asks for: a key in clear would cross the bus readable.
+    config.sealed_keys_only = true;
     // Dev trusts any issuer; the warning in the log says how to change that.
     // The directory of this very binary, so the hint works however it was built.
     let bin_dir = std::env::current_exe()

@@ -51,6 +51,11 @@ pub struct NatsConfigArgs {
     /// there too, as the backend's `--app-inbox` answers it there; repeat for several
     #[arg(long = "app-inbox", value_name = "APP=PREFIX")]
     pub app_inboxes: Vec<crate::config::AppInbox>,
+    /// A read-only Piggy Bank API application (e.g. `global`): every application's user may
+    /// request its secrets, which only signed admin commands write (the backend's
+    /// `--read-only-apps`); repeat for several
+    #[arg(long = "read-only-app", value_name = "NAME")]
+    pub read_only_apps: Vec<String>,
 }
 
 /// A layout written to a directory.
@@ -139,7 +144,8 @@ pub(crate) fn run(args: NatsConfigArgs) -> anyhow::Result<()> {
         &args.piggybank_prefix,
         &args.apps,
     )?
-    .with_app_inboxes(args.app_inboxes)?;
+    .with_app_inboxes(args.app_inboxes)?
+    .with_read_only_apps(args.read_only_apps)?;
     let layout = write_layout(&args.dir, deployment)?;
     print!("{}", summary(&layout));
     Ok(())
@@ -163,6 +169,10 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
     }
     let backend = layout.seed_file(&Role::Backend).map(Path::display);
     let backend = backend.map(|p| p.to_string()).unwrap_or_default();
+    let read_only = match d.read_only_apps.as_slice() {
+        [] => String::new(),
+        apps => format!(" \\\n    --read-only-apps {}", apps.join(",")),
+    };
     let app_inboxes: String = d
         .app_inboxes
         .iter()
@@ -177,7 +187,7 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
     out.push_str(&format!(
         "\nRun the backend as its role, answering the admin's and the applications' inboxes:\n  \
          piggybank run -n {} -s {} -b {} --piggybank-prefix {} --nats-nkey {backend} \\\n    \
-         --reply-prefixes {}{app_inboxes}\n\
+         --sealed-keys-only --reply-prefixes {}{app_inboxes}{read_only}\n\
          Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} piggybank ...\n\
          Applications: connect with their seed and the inbox prefix _INBOX_<app> (or the one\n\
          bound to them with --app-inbox).\n\

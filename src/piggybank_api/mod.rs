@@ -237,7 +237,7 @@ fn classify(
     }
     let application = application(prefix, subject).unwrap_or_default();
     let class = match &request {
-        Ok(r) if access.is_read_only(&r.application) => Class::open(),
+        Ok(r) if access.is_read_only(&r.application) => Class::open().asked_by_any_application(),
         _ => Class::open().asked_by(application),
     };
     // By the header alone, as the handler will read it: a `post` whose subject is refused
@@ -474,7 +474,10 @@ mod tests {
                 .requester
         };
         for method in ["get", "post", "delete"] {
-            assert_eq!(class("piggybank.global.ca", method), Requester::Any);
+            assert_eq!(
+                class("piggybank.global.ca", method),
+                Requester::AnyApplication
+            );
         }
         // A request that does not parse is answered as its application's.
         assert_eq!(

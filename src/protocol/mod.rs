@@ -143,20 +143,13 @@ pub(crate) fn audit_name(op: &Operation) -> (&'static str, Option<&str>) {
     )
 }
 
+/// Its name, and the entity it names (an application's name is not an entity).
 fn operation_and_entity(op: &Operation) -> (&'static str, Option<&str>) {
-    use crate::config::ops;
     match op {
-        Operation::ServerXkey => (ops::SERVER_XKEY, None),
-        Operation::Get => (ops::GET, None),
-        Operation::PutSecret => (ops::PUT_SECRET, None),
-        Operation::DeleteSecret => (ops::DELETE_SECRET, None),
-        Operation::ListSecrets => (ops::LIST_SECRETS, None),
-        Operation::AddMapping(e) => (ops::ADD_MAPPING, Some(e)),
-        Operation::RemoveMapping(e) => (ops::REMOVE_MAPPING, Some(e)),
-        Operation::GetMappings(e) => (ops::GET_MAPPINGS, Some(e)),
-        Operation::AddAppMapping(_) => (ops::ADD_APP_MAPPING, None),
-        Operation::RemoveAppMapping(_) => (ops::REMOVE_APP_MAPPING, None),
-        Operation::GetAppMappings(_) => (ops::GET_APP_MAPPINGS, None),
+        Operation::AddAppMapping(_)
+        | Operation::RemoveAppMapping(_)
+        | Operation::GetAppMappings(_) => (op.name_and_argument().0, None),
+        _ => op.name_and_argument(),
     }
 }
 

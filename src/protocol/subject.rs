@@ -20,6 +20,69 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// One of each operation (an argument `x` where it takes one): what the NATS layout
+    /// grants the admin role is read from it.
+    pub fn every_kind() -> Vec<Operation> {
+        let x = || "x".to_string();
+        let all = vec![
+            Operation::ServerXkey,
+            Operation::Get,
+            Operation::PutSecret,
+            Operation::DeleteSecret,
+            Operation::ListSecrets,
+            Operation::AddMapping(x()),
+            Operation::RemoveMapping(x()),
+            Operation::GetMappings(x()),
+            Operation::AddAppMapping(x()),
+            Operation::RemoveAppMapping(x()),
+            Operation::GetAppMappings(x()),
+        ];
+        // A new operation does not compile here until it is listed above as well.
+        for op in &all {
+            match op {
+                Operation::ServerXkey
+                | Operation::Get
+                | Operation::PutSecret
+                | Operation::DeleteSecret
+                | Operation::ListSecrets
+                | Operation::AddMapping(_)
+                | Operation::RemoveMapping(_)
+                | Operation::GetMappings(_)
+                | Operation::AddAppMapping(_)
+                | Operation::RemoveAppMapping(_)
+                | Operation::GetAppMappings(_) => {}
+            }
+        }
+        all
+    }
+
+    /// Its subjects under the backend's `prefix`, as a NATS permission: `{prefix}.{op}`, or
+    /// `{prefix}.{op}.*` for an operation on an entity or application.
+    pub fn permission_subject(&self, prefix: &str) -> String {
+        let (name, argument) = self.name_and_argument();
+        match argument {
+            Some(_) => format!("{prefix}.{name}.*"),
+            None => format!("{prefix}.{name}"),
+        }
+    }
+
+    /// Its name on the wire, and its argument token if it takes one.
+    pub(crate) fn name_and_argument(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Operation::ServerXkey => (ops::SERVER_XKEY, None),
+            Operation::Get => (ops::GET, None),
+            Operation::PutSecret => (ops::PUT_SECRET, None),
+            Operation::DeleteSecret => (ops::DELETE_SECRET, None),
+            Operation::ListSecrets => (ops::LIST_SECRETS, None),
+            Operation::AddMapping(e) => (ops::ADD_MAPPING, Some(e)),
+            Operation::RemoveMapping(e) => (ops::REMOVE_MAPPING, Some(e)),
+            Operation::GetMappings(e) => (ops::GET_MAPPINGS, Some(e)),
+            Operation::AddAppMapping(a) => (ops::ADD_APP_MAPPING, Some(a)),
+            Operation::RemoveAppMapping(a) => (ops::REMOVE_APP_MAPPING, Some(a)),
+            Operation::GetAppMappings(a) => (ops::GET_APP_MAPPINGS, Some(a)),
+        }
+    }
+
     /// Whether it changes or reveals store state, and so must be signed when the backend
     /// runs with `--admin-keys`: all but `server_xkey` and `get`, which hosts use.
     pub(crate) fn is_admin(&self) -> bool {
@@ -109,6 +172,14 @@ mod tests {
     use super::*;
 
     const P: &str = "wasmcloud.secrets.v1alpha1.nats-kv";
+
+    #[test]
+    fn every_kinds_permission_subject_parses_back_to_it() {
+        for op in Operation::every_kind() {
+            let subject = op.permission_subject(P).replace('*', "x");
+            assert_eq!(parse(P, &subject), Ok(op));
+        }
+    }
 
     #[test]
     fn parses_every_operation() {

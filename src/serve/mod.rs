@@ -111,14 +111,25 @@ impl Class {
         Access::Open.into()
     }
 
-    /// An admin operation without a value, from a host or an operator.
+    /// An admin operation without a value: an operator's, answered only in the operators'
+    /// inbox when one is trusted ([`Requester::Operator`]).
     pub fn admin(signed: Signed) -> Self {
-        Access::Admin(signed).into()
+        Class {
+            requester: Requester::Operator,
+            ..Access::Admin(signed).into()
+        }
     }
 
     /// The operation carries a value (or a list of names).
     pub fn with_value(mut self) -> Self {
         self.body = Body::Value;
+        self
+    }
+
+    /// The request may come from any Piggy Bank API application (one to a read-only
+    /// application).
+    pub(crate) fn asked_by_any_application(mut self) -> Self {
+        self.requester = Requester::AnyApplication;
         self
     }
 

@@ -62,6 +62,18 @@ impl Layout {
         adjust: impl FnOnce(&mut RunConfig),
         edit_auth: impl FnOnce(&mut String),
     ) -> Layout {
+        Self::start_read_only(apps, inboxes, &[], adjust, edit_auth).await
+    }
+
+    /// As [`Layout::start_adjusted`], with read-only applications given to nats-config
+    /// (`--read-only-app`: every application may request them) and to the backend alike.
+    pub async fn start_read_only(
+        apps: &[&str],
+        inboxes: &[&str],
+        read_only: &[&str],
+        adjust: impl FnOnce(&mut RunConfig),
+        edit_auth: impl FnOnce(&mut String),
+    ) -> Layout {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(piggybank_bin());
         command.arg("nats-config").arg("--dir").arg(dir.path());
@@ -70,6 +82,9 @@ impl Layout {
         }
         for inbox in inboxes {
             command.args(["--app-inbox", inbox]);
+        }
+        for app in read_only {
+            command.args(["--read-only-app", app]);
         }
         let out = command.output().unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -101,6 +116,8 @@ impl Layout {
         ));
         c.piggybank_prefix = Some("piggybank".into());
         c.reply_prefixes = deployment.reply_prefixes();
+        let read_only: Vec<String> = read_only.iter().map(|a| a.to_string()).collect();
+        c.piggybank_access = piggybank::config::ApiAccess::new(&[], &read_only).unwrap();
         adjust(&mut c);
         let mut layout = Layout {
             dir,
