@@ -47,7 +47,7 @@ pub(crate) fn put_core_error(e: &BackendError) -> Reply {
 }
 
 /// Name the secret in the reply's audit note.
-fn naming(reply: Reply, secret: &str, version: Option<u64>) -> Reply {
+pub(super) fn naming(reply: Reply, secret: &str, version: Option<u64>) -> Reply {
     let mut note = reply.audit.clone().unwrap_or_default();
     note.secret = Some(secret.to_string());
     note.version = version.or(note.version);

@@ -8,6 +8,7 @@
 
 pub(crate) mod admin;
 pub mod get;
+pub mod read_secret;
 pub(crate) mod reply;
 pub(crate) mod subject;
 pub mod wire;
@@ -157,6 +158,7 @@ fn operation_and_entity(op: &Operation) -> (&'static str, Option<&str>) {
         Operation::AddAppMapping(_) => (ops::ADD_APP_MAPPING, None),
         Operation::RemoveAppMapping(_) => (ops::REMOVE_APP_MAPPING, None),
         Operation::GetAppMappings(_) => (ops::GET_APP_MAPPINGS, None),
+        Operation::ReadSecret => (ops::READ_SECRET, None),
     }
 }
 
@@ -224,6 +226,7 @@ async fn administer(
         Operation::GetAppMappings(app) => {
             admin::get_mappings(store, Grantee::application(&app), payload).await
         }
+        Operation::ReadSecret => read_secret::read_secret(store, headers, payload).await,
         // Answered before the store is asked for (`answer`).
         Operation::ServerXkey | Operation::Get => {
             Reply::bad_request("not an admin operation", "invalid_subject")
