@@ -433,7 +433,7 @@ pub(crate) async fn signed_request(
 /// subject read. The bucket's stream is read directly (the last message of the key's subject,
 /// or the message at `version`, whose subject is checked here): async-nats 0.39's
 /// `Store::entry_for_revision` prints `subject mismatch ...` to stdout, where the value goes.
-pub(crate) async fn read_direct(
+pub async fn read_direct(
     nats: &Client,
     js_domain: Option<&str>,
     bucket: &str,

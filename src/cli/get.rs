@@ -110,11 +110,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 async fn read_direct(args: &GetArgs, seed: &Zeroizing<String>) -> anyhow::Result<SecretValue> {
     let previous = zeroized(args.previous_encryption_xkey_seeds.clone());
     let keys = server::keyring(seed, &previous)?;
-    let (nats, js_domain) = args
-        .target
-        .conn
-        .connect_jetstream("piggybank cli")
-        .await?;
+    let (nats, js_domain) = args.target.conn.connect_jetstream("piggybank cli").await?;
     let (_, value) = client::read_direct(
         &nats,
         js_domain.as_deref(),
