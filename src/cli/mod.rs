@@ -62,8 +62,7 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Put a secret (value from --string, --binary FILE, or stdin)
     Put(PutArgs),
-    /// Get a secret: through the backend (a signed admin request), or with -e (the data key)
-    /// from the bucket directly
+    /// Get a secret: through the backend (a signed admin request), or from the bucket with -e
     Get(get::GetArgs),
     /// Delete a secret and all its versions
     Delete(NameArgs),
