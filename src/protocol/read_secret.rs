@@ -146,7 +146,8 @@ fn seal_reply(served: ServedSecret, name: &str, transit: &TransitKey, requester:
         }
     }
     drop(served);
-    // Sized up front, so the buffer is never reallocated (which would leave a copy behind).
+    // Sized up front so that the buffer is not reallocated, which would leave a copy behind
+    // (only a string of mostly control characters, escaped six bytes each, outgrows it).
     let size = plain.string_secret.as_ref().map_or(0, |s| s.len() * 2)
         + plain.binary_secret.as_ref().map_or(0, String::len)
         + name.len()
