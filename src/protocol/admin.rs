@@ -1,6 +1,7 @@
 //! Admin operations on the protocol subject tree: the sample's `put_secret`, `add_mapping`,
 //! `remove_mapping` (same bodies and replies), and piggybank's `delete_secret`,
-//! `list_secrets`, `get_mappings`.
+//! `list_secrets`, `get_mappings`. `read_secret`, the one admin operation whose reply carries
+//! a value, has a module of its own ([`super::read_secret`]).
 //!
 //! Mutations without a result answer `ok` (as the sample); queries answer JSON; every error
 //! answers [`Reply::admin_error`]. `put_secret` keeps the sample's `PutSecretResponse` shape.
