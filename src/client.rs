@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::admin_auth::AdminSigner;
 use crate::config::{self, headers, ops};
 use crate::keys::Keyring;
+use crate::protocol::read_secret::{ReadSecretRequest, SealedValue};
 use crate::protocol::wire::{
     AdminError, DeleteSecretRequest, GetMappingsRequest, ListSecretsRequest, ListSecretsResponse,
     MappingsResponse, PutSecretError, PutSecretRequest, PutSecretResponse, REPLY_TOO_LARGE,
@@ -49,6 +50,8 @@ pub enum ClientError {
     Read(String),
     #[error("the backend's pages do not add up: {0}")]
     Paging(String),
+    #[error("read_secret reply not believed: {0}")]
+    SealedReply(#[from] crate::protocol::read_secret::SealedValueError),
 }
 
 impl ClientError {
@@ -182,6 +185,34 @@ impl AdminClient {
             Some(e) => Err(ClientError::Put(e)),
             None => Ok(response.revision),
         }
+    }
+
+    /// Read `name` (at `version`; the latest when `None`) through the backend: the value
+    /// comes back sealed to a one-time xkey made here for this request, which never leaves
+    /// this process (`crate::protocol::read_secret`). With `pin` (the backend's transit public
+    /// key), only a reply sealed from that key is believed.
+    pub async fn read_secret(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        pin: Option<&str>,
+    ) -> Result<(u64, SecretValue), ClientError> {
+        let body = serde_json::to_vec(&ReadSecretRequest {
+            key: name.to_string(),
+            version,
+        })
+        .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let one_time = XKey::new();
+        let mut h = HeaderMap::new();
+        h.insert(headers::REQUESTER_XKEY, one_time.public_key().as_str());
+        let msg = self
+            .request(self.subject(ops::READ_SECRET), Some(h), body)
+            .await?;
+        let sealed = SealedValue {
+            headers: msg.headers.as_ref(),
+            body: &msg.payload,
+        };
+        Ok(sealed.open(&one_time, pin, name, version)?)
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
@@ -402,7 +433,7 @@ pub(crate) async fn signed_request(
 /// subject read. The bucket's stream is read directly (the last message of the key's subject,
 /// or the message at `version`, whose subject is checked here): async-nats 0.39's
 /// `Store::entry_for_revision` prints `subject mismatch ...` to stdout, where the value goes.
-pub(crate) async fn read_direct(
+pub async fn read_direct(
     nats: &Client,
     js_domain: Option<&str>,
     bucket: &str,

@@ -147,6 +147,10 @@ pub mod ops {
     pub const ADD_APP_MAPPING: &str = "add_app_mapping";
     pub(crate) const REMOVE_APP_MAPPING: &str = "remove_app_mapping";
     pub(crate) const GET_APP_MAPPINGS: &str = "get_app_mappings";
+    /// An operator reads a secret's value through the backend (`piggybank get` without a
+    /// data key); the reply is sealed to the requester's one-time xkey
+    /// (`crate::protocol::read_secret`).
+    pub const READ_SECRET: &str = "read_secret";
 }
 
 /// Headers.
@@ -166,7 +170,11 @@ pub mod headers {
     pub const ADMIN_SIGNATURE: &str = "Piggybank-Admin-Signature";
     /// On `initialize`: the requester's one-time public xkey, which the key (or the shares)
     /// in the reply is sealed to. On `status`: the one-time xkey `unseal_proof` is sealed to.
+    /// On `read_secret`: the one-time xkey the value is sealed to.
     pub const REQUESTER_XKEY: &str = "Piggybank-Requester-Xkey";
+    /// On a `read_secret` reply: the public xkey the value was sealed from (the backend's
+    /// transit key, which a requester may pin).
+    pub const SENDER_XKEY: &str = "Piggybank-Sender-Xkey";
 }
 
 /// Keys of the capability provider's configuration (HostData `config` and `secrets`).

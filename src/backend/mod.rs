@@ -479,22 +479,46 @@ impl Unsealed<'_> {
             .grant_for(&entity.subject, application.as_ref(), &policy, req.key)
             .await?;
         who.granted_by = Some(granted_by);
-        let not_found = || StoreError::NotFound(req.key.to_string());
-        let stored = match req.version.filter(|v| !v.is_empty()) {
-            None => backend.secrets.current(req.key).await?,
-            Some(v) => {
-                let revision: u64 = v
-                    .parse()
-                    .map_err(|_| BackendError::InvalidVersion(v.to_string()))?;
-                backend.secrets.version(req.key, revision).await?
-            }
-        }
-        .ok_or_else(not_found)?;
-        let value = envelope::open(&stored.sealed, req.key, &self.keys)?;
-        let value = match req.field {
-            Some(field) if !field.is_empty() => select_field(&value, field)?,
-            _ => value,
+        let version = match req.version.filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u64>()
+                    .map_err(|_| BackendError::InvalidVersion(v.to_string()))?,
+            ),
         };
+        let served = self.opened(req.key, version).await?;
+        match req.field {
+            Some(field) if !field.is_empty() => Ok(ServedSecret {
+                version: served.version,
+                value: select_field(&served.value, field)?,
+            }),
+            _ => Ok(served),
+        }
+    }
+
+    /// The whole value of `name` at `version` (the latest when `None`), with no grant
+    /// checked: for `read_secret`, an admin operation, which the serve loop has let through
+    /// only signed when the backend runs with `--admin-keys`. Whoever may administer may
+    /// read: an admin can grant itself any secret anyway.
+    pub async fn read_as_admin(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<ServedSecret, BackendError> {
+        validate_name(name)?;
+        self.opened(name, version).await
+    }
+
+    /// `name` at `version` (the latest when `None`), opened: the one read of a value, after
+    /// whatever authorized it. No NATS I/O for the latest version once the mirror is loaded.
+    async fn opened(&self, name: &str, version: Option<u64>) -> Result<ServedSecret, BackendError> {
+        let secrets = &self.backend.secrets;
+        let stored = match version {
+            None => secrets.current(name).await?,
+            Some(revision) => secrets.version(name, revision).await?,
+        }
+        .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let value = envelope::open(&stored.sealed, name, &self.keys)?;
         Ok(ServedSecret {
             version: stored.revision,
             value,

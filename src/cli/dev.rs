@@ -21,7 +21,7 @@
 //! `dev --sealed` runs a sealed store instead (no `ENCRYPTION_XKEY_SEED`; a transit key in
 //! `keys.env`, so `init` and `unlock` can pin it), in a directory of its own
 //! (`.piggybank-sealed`: a keyed store's bucket is not a sealed store's), and prints a
-//! walkthrough (init with shares, unlock with two, put, list, lock, status) that
+//! walkthrough (init with shares, unlock with two, put, list, get, lock, status) that
 //! `tests/suite/dev.rs` runs line by line exactly as printed.
 
 use std::path::{Path, PathBuf};
@@ -440,12 +440,13 @@ fn sealed_walkthrough(p: &Paths, transit_public: &str) -> String {
            sed -n 's/^Share 2: //p' {init} | piggybank unlock -t {transit_public}\n  \
            printf %s 's3cr3t' | piggybank put db_password\n  \
            piggybank list\n  \
+           piggybank get db_password\n  \
            piggybank lock\n  \
            piggybank status  # exits 2: sealed\n\n\
          {init} holds the three shares (any two unlock): keep each with a different person in \
-         a real store. Reading a value back from the CLI (`piggybank get`) needs the data key, \
-         which a sealed store keeps in its key record: hosts read through the backend \
-         (docs/sealed-mode.md).\n",
+         a real store. `piggybank get` reads through the backend (a signed admin request, on \
+         the audit trail; the value comes back sealed to a one-time key): a sealed store \
+         hands out no data key (docs/sealed-mode.md).\n",
         bin_dir = p.bin_dir,
         keys = shell_word(&p.keys),
     )

@@ -9,6 +9,7 @@ pub use database::printable;
 mod conn;
 mod dev;
 mod files;
+mod get;
 mod keygen;
 mod nats_config;
 mod run;
@@ -18,7 +19,7 @@ pub(crate) use run::RunArgs;
 pub(crate) use files::write_private;
 
 use std::collections::BTreeSet;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -61,8 +62,8 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Put a secret (value from --string, --binary FILE, or stdin)
     Put(PutArgs),
-    /// Get a secret, reading the bucket directly with the encryption key
-    Get(GetArgs),
+    /// Get a secret: through the backend (a signed admin request), or from the bucket with -e
+    Get(get::GetArgs),
     /// Delete a secret and all its versions
     Delete(NameArgs),
     /// List secrets (metadata only, never values)
@@ -116,38 +117,6 @@ pub struct PutArgs {
     pub transit_xkey_seed: Option<String>,
     #[command(flatten)]
     pub target: Target,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Kind {
-    String,
-    Binary,
-}
-
-#[derive(Args)]
-pub struct GetArgs {
-    /// The name of the secret
-    pub name: String,
-    /// The data key seed the backend runs with (required: get reads the bucket directly)
-    #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
-    pub encryption_xkey_seed: Option<String>,
-    /// Seeds of earlier data keys (comma-separated), to read what they sealed
-    #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
-    pub previous_encryption_xkey_seeds: Vec<String>,
-    /// The KV bucket secrets are stored in
-    #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
-    pub secrets_bucket: String,
-    /// The version (revision) to read; the latest if absent
-    #[arg(long = "secret-version")]
-    pub version: Option<u64>,
-    /// Fail unless the secret is of this kind
-    #[arg(long)]
-    pub kind: Option<Kind>,
-    /// Write the value to this file (mode 0600) instead of stdout
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
-    #[command(flatten)]
-    pub conn: Conn,
 }
 
 #[derive(Args)]
@@ -256,7 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Rotate(args) => database::rotate(args).await,
         Command::Status(args) => return database::status(args).await,
         Command::Put(args) => put(args).await,
-        Command::Get(args) => get(args).await,
+        Command::Get(args) => get::get(args).await,
         Command::Delete(args) => {
             args.target
                 .client()
@@ -464,53 +433,6 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         .collect();
     let js = crate::store::jetstream(&nats, js_domain.as_deref());
     crate::store::owner::rekeyed(&js, &args.secrets_bucket, keys.current().id(), &previous).await?;
-    Ok(())
-}
-
-/// What `get` says without a data key: which flag and env var, and where a dev store keeps it.
-fn missing_data_key() -> String {
-    format!(
-        "get reads the bucket directly and needs the data key: pass -e/--encryption-xkey-seed \
-         or set {} (a `piggybank dev` store keeps it in .piggybank/keys.env: load it with \
-         `set -a; . .piggybank/keys.env; set +a`)",
-        env::ENCRYPTION_XKEY_SEED
-    )
-}
-
-async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let Some(seed) = args.encryption_xkey_seed.map(Zeroizing::new) else {
-        bail!(missing_data_key());
-    };
-    let keys = server::keyring(&seed, &zeroized(args.previous_encryption_xkey_seeds))?;
-    let (nats, js_domain) = args.conn.connect_jetstream("piggybank cli").await?;
-    let (_, value) = client::read_direct(
-        &nats,
-        js_domain.as_deref(),
-        &args.secrets_bucket,
-        &keys,
-        &args.name,
-        args.version,
-    )
-    .await?;
-    match (args.kind, &value) {
-        (Some(Kind::String), SecretValue::Binary(_)) => {
-            bail!("secret is binary, but --kind string was requested")
-        }
-        (Some(Kind::Binary), SecretValue::String(_)) => {
-            bail!("secret is a string, but --kind binary was requested")
-        }
-        _ => {}
-    }
-    if let Some(path) = &args.output {
-        write_private(path, value.as_bytes())?;
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    out.write_all(value.as_bytes())?;
-    if matches!(value, SecretValue::String(_)) {
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Admin operations on the protocol subject tree: the sample's `put_secret`, `add_mapping`,
 //! `remove_mapping` (same bodies and replies), and piggybank's `delete_secret`,
-//! `list_secrets`, `get_mappings`.
+//! `list_secrets`, `get_mappings`. `read_secret`, the one admin operation whose reply carries
+//! a value, has a module of its own ([`super::read_secret`]).
 //!
 //! Mutations without a result answer `ok` (as the sample); queries answer JSON; every error
 //! answers [`Reply::admin_error`]. `put_secret` keeps the sample's `PutSecretResponse` shape.
@@ -47,7 +48,7 @@ pub(crate) fn put_core_error(e: &BackendError) -> Reply {
 }
 
 /// Name the secret in the reply's audit note.
-fn naming(reply: Reply, secret: &str, version: Option<u64>) -> Reply {
+pub(super) fn naming(reply: Reply, secret: &str, version: Option<u64>) -> Reply {
     let mut note = reply.audit.clone().unwrap_or_default();
     note.secret = Some(secret.to_string());
     note.version = version.or(note.version);

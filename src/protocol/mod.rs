@@ -8,6 +8,7 @@
 
 pub(crate) mod admin;
 pub mod get;
+pub mod read_secret;
 pub(crate) mod reply;
 pub(crate) mod subject;
 pub mod wire;
@@ -217,6 +218,7 @@ async fn administer(
         Operation::GetAppMappings(app) => {
             admin::get_mappings(store, Grantee::application(&app), payload).await
         }
+        Operation::ReadSecret => read_secret::read_secret(store, headers, payload).await,
         // Answered before the store is asked for (`answer`).
         Operation::ServerXkey | Operation::Get => {
             Reply::bad_request("not an admin operation", "invalid_subject")

@@ -63,17 +63,31 @@ impl Reply {
 /// The protocol's error for a reply too large to send. A successful `get` (the only reply
 /// with `Server-Response-Xkey`) answers a plain `SecretResponse{error: Other(..)}`, as its
 /// other errors; every other reply is an admin reply, which answers code 413
-/// ([`REPLY_TOO_LARGE`]). (A `get` *error* has no header, but it is a few bytes.)
+/// ([`REPLY_TOO_LARGE`]); a `read_secret` value (`Piggybank-Sender-Xkey`) says to read it
+/// directly instead. (A `get` *error* has no header, but it is a few bytes.)
 pub fn too_large(reply: &Reply, message: String) -> Reply {
     let is_get = reply
         .headers
         .as_ref()
         .is_some_and(|h| h.get(headers::RESPONSE_XKEY).is_some());
+    let is_read = reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(headers::SENDER_XKEY).is_some());
     if is_get {
         Reply::json(&SecretResponse {
             secret: None,
             error: Some(GetSecretError::Other(message)),
         })
+    } else if is_read {
+        Reply::admin_error(
+            REPLY_TOO_LARGE,
+            format!(
+                "{message}: this value is too large to read through the backend; read the \
+                 bucket directly with the data key (piggybank get -e)"
+            ),
+            crate::serve::REPLY_TOO_LARGE,
+        )
     } else {
         Reply::admin_error(
             REPLY_TOO_LARGE,
@@ -114,6 +128,14 @@ mod tests {
         let body: AdminError = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(body.code, REPLY_TOO_LARGE);
         assert!(body.error.contains("too large"), "{}", body.error);
+    }
+
+    #[test]
+    fn an_oversized_read_says_to_read_the_bucket_directly() {
+        let r = with_header(headers::SENDER_XKEY, "XKEY", vec![7; 2000]).fit(1000, too_large);
+        let body: AdminError = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(body.code, REPLY_TOO_LARGE);
+        assert!(body.error.contains("get -e"), "{}", body.error);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum Operation {
     AddAppMapping(String),
     RemoveAppMapping(String),
     GetAppMappings(String),
+    /// An operator reads a value (the name is in the body: names may hold dots).
+    ReadSecret,
 }
 
 impl Operation {
@@ -36,6 +38,7 @@ impl Operation {
             Operation::AddAppMapping(x()),
             Operation::RemoveAppMapping(x()),
             Operation::GetAppMappings(x()),
+            Operation::ReadSecret,
         ];
         // A new operation does not compile here until it is listed above as well.
         for op in &all {
@@ -50,7 +53,8 @@ impl Operation {
                 | Operation::GetMappings(_)
                 | Operation::AddAppMapping(_)
                 | Operation::RemoveAppMapping(_)
-                | Operation::GetAppMappings(_) => {}
+                | Operation::GetAppMappings(_)
+                | Operation::ReadSecret => {}
             }
         }
         all
@@ -80,11 +84,13 @@ impl Operation {
             Operation::AddAppMapping(a) => (ops::ADD_APP_MAPPING, Some(a)),
             Operation::RemoveAppMapping(a) => (ops::REMOVE_APP_MAPPING, Some(a)),
             Operation::GetAppMappings(a) => (ops::GET_APP_MAPPINGS, Some(a)),
+            Operation::ReadSecret => (ops::READ_SECRET, None),
         }
     }
 
     /// Whether it changes or reveals store state, and so must be signed when the backend
     /// runs with `--admin-keys`: all but `server_xkey` and `get`, which hosts use.
+    /// `read_secret` reveals a value: it is one.
     pub(crate) fn is_admin(&self) -> bool {
         match self {
             Operation::ServerXkey | Operation::Get => false,
@@ -96,7 +102,8 @@ impl Operation {
             | Operation::GetMappings(_)
             | Operation::AddAppMapping(_)
             | Operation::RemoveAppMapping(_)
-            | Operation::GetAppMappings(_) => true,
+            | Operation::GetAppMappings(_)
+            | Operation::ReadSecret => true,
         }
     }
 
@@ -114,7 +121,8 @@ impl Operation {
             | Operation::DeleteSecret
             | Operation::ListSecrets
             | Operation::GetMappings(_)
-            | Operation::GetAppMappings(_) => false,
+            | Operation::GetAppMappings(_)
+            | Operation::ReadSecret => false,
         }
     }
 }
@@ -155,6 +163,7 @@ pub fn parse(prefix: &str, subject: &str) -> Result<Operation, SubjectError> {
         ops::PUT_SECRET => plain(Operation::PutSecret),
         ops::DELETE_SECRET => plain(Operation::DeleteSecret),
         ops::LIST_SECRETS => plain(Operation::ListSecrets),
+        ops::READ_SECRET => plain(Operation::ReadSecret),
         ops::ADD_MAPPING => with_entity(ops::ADD_MAPPING, Operation::AddMapping),
         ops::REMOVE_MAPPING => with_entity(ops::REMOVE_MAPPING, Operation::RemoveMapping),
         ops::GET_MAPPINGS => with_entity(ops::GET_MAPPINGS, Operation::GetMappings),
@@ -189,6 +198,8 @@ mod tests {
         assert_eq!(parse(P, &s("put_secret")), Ok(Operation::PutSecret));
         assert_eq!(parse(P, &s("delete_secret")), Ok(Operation::DeleteSecret));
         assert_eq!(parse(P, &s("list_secrets")), Ok(Operation::ListSecrets));
+        assert_eq!(parse(P, &s("read_secret")), Ok(Operation::ReadSecret));
+        assert!(Operation::ReadSecret.is_admin(), "it reveals a value");
         assert_eq!(
             parse(P, &s("add_mapping.MABC")),
             Ok(Operation::AddMapping("MABC".into()))

@@ -179,6 +179,7 @@ async fn every_admin_operation_refuses_unsigned_forged_stale_and_altered_request
         ),
         (subject("list_secrets"), Vec::new()),
         (subject(&format!("get_mappings.{entity}")), Vec::new()),
+        (subject("read_secret"), br#"{"key":"kept"}"#.to_vec()),
     ];
     let skew = 31_000;
     for (op_subject, body) in &operations {

@@ -21,7 +21,7 @@ pub(crate) async fn trail(nats: &NatsServer) -> Vec<(AuditRecord, Vec<u8>)> {
 }
 
 /// Every record on one stream, with its raw bytes.
-async fn stream_records(nats: &NatsServer, name: &str) -> Vec<(AuditRecord, Vec<u8>)> {
+pub(crate) async fn stream_records(nats: &NatsServer, name: &str) -> Vec<(AuditRecord, Vec<u8>)> {
     use async_nats::jetstream::consumer::pull::OrderedConfig;
     let js = async_nats::jetstream::new(nats.client().await);
     let mut stream = js.get_stream(name).await.expect("the audit stream exists");

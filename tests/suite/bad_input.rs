@@ -385,6 +385,34 @@ async fn bad_admin_requests_get_status_codes_and_write_nothing() {
         let json: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
         assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
+    // read_secret: a requester xkey is required and must be one; the body is checked.
+    let requester = |xkey: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(piggybank::config::headers::REQUESTER_XKEY, xkey);
+        Some(headers)
+    };
+    let xkey = nkeys::XKey::new().public_key();
+    let user = nkeys::KeyPair::new_user().public_key();
+    for (headers, body, expect) in [
+        (None, r#"{"key":"good"}"#, 400),
+        (requester("not-a-key"), r#"{"key":"good"}"#, 400),
+        (requester(&user), r#"{"key":"good"}"#, 400),
+        (requester(&xkey), "garbage", 400),
+        (requester(&xkey), r#"{"key":"good","field":"f"}"#, 400),
+        (requester(&xkey), r#"{"key":"bad name"}"#, 400),
+        (requester(&xkey), r#"{"key":"missing"}"#, 404),
+        (requester(&xkey), r#"{"key":"good","version":999}"#, 404),
+    ] {
+        let reply = h
+            .raw("read_secret", headers, body.as_bytes().to_vec())
+            .await;
+        assert_eq!(
+            code(&reply),
+            expect,
+            "read_secret {body}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+    }
     h.still_serving_unchanged().await;
 }
 

@@ -325,6 +325,8 @@ async fn dev_sealed_prints_a_walkthrough_that_runs_exactly_as_printed() {
     assert!(unlocks[0].contains("Share accepted"), "{}", unlocks[0]);
     assert!(unlocks[1].contains("Unsealed"), "{}", unlocks[1]);
     assert!(output_of("piggybank list")[0].contains("db_password"));
+    // `get` reads through the backend: the sealed store has no data key to give out.
+    assert_eq!(output_of("piggybank get")[0].as_str(), "s3cr3t\n");
     let status = output_of("piggybank status")[0];
     assert!(status.contains("Sealed:          true"), "{status}");
 

@@ -87,6 +87,10 @@ async fn every_operation_of_every_front_door_is_refused_while_sealed_and_changes
             code(admin.remove_mapping(&entity, &names(&["db"])).await),
         ),
         ("get_mappings", code(admin.get_mappings(&entity).await)),
+        (
+            "read_secret",
+            code(admin.read_secret("db", None, None).await),
+        ),
     ];
     for (op, answer) in &refusals {
         assert!(

@@ -11,6 +11,7 @@
 mod common;
 
 mod admin_auth;
+mod admin_read;
 mod app_grants;
 mod audit;
 mod audit_decisions;

@@ -280,9 +280,9 @@ async fn hosts_and_applications_cannot_publish_into_the_backends_inbox_or_the_au
 }
 
 /// Attack: a host's or an application's user calls the admin operations (which, without
-/// `--admin-keys`, the backend itself does not authenticate), the database operations and
-/// `$SRV.STATS`. Safe: the server refuses each, and the admin's list is unchanged. Control:
-/// the admin role's own `add_mapping` and `list` work.
+/// `--admin-keys`, the backend itself does not authenticate; `read_secret` among them), the
+/// database operations and `$SRV.STATS`. Safe: the server refuses each, and the admin's list
+/// is unchanged. Control: the admin role's own `add_mapping`, `list` and `read_secret` work.
 #[tokio::test]
 async fn hosts_and_applications_cannot_call_admin_or_database_operations() {
     let layout = Layout::start(&["shop"], vec![]).await;
@@ -311,6 +311,10 @@ async fn hosts_and_applications_cannot_call_admin_or_database_operations() {
                 br#"{"key":"db_password"}"#.to_vec(),
             ),
             (format!("{PROTOCOL}.list_secrets"), vec![]),
+            (
+                format!("{PROTOCOL}.read_secret"),
+                br#"{"key":"db_password"}"#.to_vec(),
+            ),
             ("piggybank.database.nats-kv.lock".to_string(), vec![]),
             ("piggybank.database.nats-kv.status".to_string(), vec![]),
             ("$SRV.STATS".to_string(), vec![]),
@@ -336,6 +340,12 @@ async fn hosts_and_applications_cannot_call_admin_or_database_operations() {
         operator.get_mappings(&mine).await.unwrap(),
         vec!["db_password"]
     );
+    // Control: the admin role reads a value through the backend.
+    let (_, value) = operator
+        .read_secret("db_password", None, None)
+        .await
+        .unwrap();
+    assert_eq!(value.as_bytes(), b"s3cr3t");
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
