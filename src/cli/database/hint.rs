@@ -15,6 +15,7 @@ const NOT_REPEATED: &[&str] = &[
     "transit_xkey",
     "unverified_instances",
     "json",
+    "format",
     "shares",
     "threshold",
     "log_format",
@@ -68,7 +69,10 @@ fn given_flags(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<String
         return Vec::new();
     };
     let mut words = Vec::new();
-    for arg in command.get_arguments() {
+    // The global flags (the connection's) are the top command's; their values are in the
+    // subcommand's matches too, wherever they were typed.
+    let globals = cli.get_arguments().filter(|a| a.is_global_set());
+    for arg in command.get_arguments().chain(globals) {
         let id = arg.get_id().as_str();
         if NOT_REPEATED.contains(&id) || sub.value_source(id) != Some(ValueSource::CommandLine) {
             continue;
