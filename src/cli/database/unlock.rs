@@ -105,7 +105,11 @@ pub async fn unlock(args: UnlockArgs, conn: &Conn) -> anyhow::Result<()> {
         .into_iter()
         .partition(|(_, e)| accepted > 0 && e.to_string().contains("database already unlocked"));
     for (prefix, _) in notes {
-        println!("{prefix}already unlocked.");
+        // Stdout holds the JSON in JSON mode: a note goes beside it, to stderr.
+        match args.output.json() {
+            true => eprintln!("{prefix}already unlocked."),
+            false => println!("{prefix}already unlocked."),
+        }
     }
     let mut all: Vec<String> = errors.iter().map(|(p, e)| format!("{p}{e:#}")).collect();
     all.extend(unproven);
