@@ -228,6 +228,20 @@ pub struct ListArgs {
 /// nats-server and connects to it; the others connect to nothing.
 const NO_CONNECTION: &[&str] = &["dev", "nats-config", "keygen", "completions"];
 
+/// The command line's definition: `Cli`'s, where a command in [`NO_CONNECTION`] holds
+/// hidden copies of the connection flags, so its help does not offer what it refuses
+/// (a global flag is not given to a subcommand that has one of the same id).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let flags: Vec<clap::Arg> = <Conn as Args>::augment_args(clap::Command::new("conn"))
+        .get_arguments()
+        .map(|a| a.clone().global(false).hide(true))
+        .collect();
+    NO_CONNECTION.iter().fold(Cli::command(), |cli, name| {
+        cli.mut_subcommand(name, |sub| sub.args(flags.iter().cloned()))
+    })
+}
+
 /// Parse the command line, and exit with a usage message on a mistake.
 pub fn parse() -> Cli {
     parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
@@ -241,8 +255,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    use clap::{parser::ValueSource, CommandFactory as _, FromArgMatches as _};
-    let mut command = Cli::command();
+    use clap::{parser::ValueSource, FromArgMatches as _};
+    let mut command = command();
     let matches = command.try_get_matches_from_mut(argv)?;
     if let Some((name, sub)) = matches.subcommand() {
         let typed = |id: &clap::Id| {
@@ -685,6 +699,78 @@ mod tests {
                 !help.contains("--transit-xkey-seed"),
                 "{command}: the alias is hidden"
             );
+        }
+    }
+
+    /// Commands with no result of their own to format: servers log (`--log-format`), `get`
+    /// prints the value itself, `completions` a script.
+    const NO_OUTPUT_FORMAT: &[&str] = &["run", "dev", "get", "completions"];
+
+    /// Every subcommand, at any depth, with the words that call it.
+    fn every_subcommand() -> Vec<(Vec<String>, clap::Command)> {
+        let mut top = command();
+        top.build();
+        let mut found = Vec::new();
+        let mut todo: Vec<(Vec<String>, clap::Command)> = top
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .map(|c| (vec![c.get_name().to_string()], c.clone()))
+            .collect();
+        while let Some((path, sub)) = todo.pop() {
+            for child in sub.get_subcommands().filter(|c| c.get_name() != "help") {
+                let mut words = path.clone();
+                words.push(child.get_name().to_string());
+                todo.push((words, child.clone()));
+            }
+            found.push((path, sub));
+        }
+        found
+    }
+
+    #[test]
+    fn every_subcommand_has_help_one_nats_heading_and_an_output_format() {
+        let all = every_subcommand();
+        assert!(all.len() >= 21, "the walk found {}", all.len());
+        for (path, sub) in all {
+            let name = path.join(" ");
+            // --help succeeds (clap answers it with the help, as an "error" of kind DisplayHelp).
+            let argv = std::iter::once("piggybank".to_string())
+                .chain(path.iter().cloned())
+                .chain(["--help".to_string()]);
+            let shown = command().try_get_matches_from(argv).err();
+            assert_eq!(
+                shown.map(|e| e.kind()),
+                Some(clap::error::ErrorKind::DisplayHelp),
+                "{name}"
+            );
+            let help = sub.clone().render_long_help().to_string();
+            let headings = help.matches(&format!("{}:", conn::HEADING)).count();
+            let leaf = sub.get_subcommands().next().is_none();
+            let connects = !NO_CONNECTION.contains(&path[0].as_str());
+            assert_eq!(headings, usize::from(connects), "{name}: {help}");
+            // Placeholders are upper case: <NAME>, never <name> (a literal in brackets, as
+            // `APP=SECRET[:rw]`'s, is not a placeholder).
+            for arg in sub.get_arguments() {
+                for value in arg.get_value_names().into_iter().flatten() {
+                    let placeholder = value.split('[').next().unwrap_or_default();
+                    assert!(
+                        !placeholder.chars().any(|c| c.is_lowercase()),
+                        "{name}: <{value}>"
+                    );
+                }
+            }
+            if !leaf || NO_OUTPUT_FORMAT.contains(&path[0].as_str()) {
+                continue;
+            }
+            let output = sub.get_arguments().find(|a| a.get_long() == Some("output"));
+            let output = output.unwrap_or_else(|| panic!("{name} has no -o/--output"));
+            assert_eq!(output.get_short(), Some('o'), "{name}");
+            let formats: Vec<String> = output
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_string())
+                .collect();
+            assert_eq!(formats, ["text", "json"], "{name}");
         }
     }
 
