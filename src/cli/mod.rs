@@ -17,6 +17,7 @@ mod completions;
 mod conn;
 mod dev;
 mod files;
+mod groups;
 mod keygen;
 mod mapping;
 mod nats_config;
@@ -99,12 +100,7 @@ pub enum Command {
     /// Initialize a sealed store: prints its key (or shares) once
     Init(database::InitArgs),
     /// Unlock a sealed store with its key, or one share (read from stdin or the env)
-    #[command(
-        after_help = "The key or share is read, never from argv, from PIGGYBANK_DATABASE_KEY \
-                            (the database key), else PIGGYBANK_SHARE (one share), else one line \
-                            of stdin (a key or a share: told apart by decoding it). With shares, \
-                            run unlock once per share until the store is unsealed."
-    )]
+    #[command(after_help = UNLOCK_AFTER_HELP)]
     Unlock(database::UnlockArgs),
     /// Lock the store: every instance forgets its keys
     Lock(database::DatabaseArgs),
@@ -126,7 +122,22 @@ pub enum Command {
     NatsConfig(nats_config::NatsConfigArgs),
     /// Print a shell completion script: `source <(piggybank completions bash)`
     Completions(completions::CompletionsArgs),
+    /// The secret commands, grouped: put, get, delete, list
+    #[command(subcommand)]
+    Secret(groups::SecretCommand),
+    /// The mapping commands, grouped: add, remove, list
+    #[command(subcommand)]
+    Mapping(groups::MappingCommand),
+    /// The sealed-store commands, grouped: init, unlock, lock, status, rotate
+    #[command(subcommand, visible_alias = "database")]
+    Operator(groups::OperatorCommand),
 }
+
+/// What `unlock --help` says about where the key or share comes from.
+const UNLOCK_AFTER_HELP: &str = "The key or share is read, never from argv, from \
+     PIGGYBANK_DATABASE_KEY (the database key), else PIGGYBANK_SHARE (one share), else one \
+     line of stdin (a key or a share: told apart by decoding it). With shares, run unlock \
+     once per share until the store is unsealed.";
 
 #[derive(Args)]
 pub struct PutArgs {
@@ -299,7 +310,10 @@ fn init_metrics() {
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let Cli { conn, command, .. } = cli;
     let conn = &conn;
-    let done: anyhow::Result<()> = match command {
+    let done: anyhow::Result<()> = match command.ungrouped() {
+        Command::Secret(_) | Command::Mapping(_) | Command::Operator(_) => Err(anyhow::anyhow!(
+            "a command group is not a command: see --help"
+        )),
         Command::Run(args) => {
             let config = args.into_config(conn)?;
             init_metrics();
@@ -730,7 +744,7 @@ mod tests {
     #[test]
     fn every_subcommand_has_help_one_nats_heading_and_an_output_format() {
         let all = every_subcommand();
-        assert!(all.len() >= 21, "the walk found {}", all.len());
+        assert!(all.len() >= 36, "the walk found {}", all.len());
         for (path, sub) in all {
             let name = path.join(" ");
             // --help succeeds (clap answers it with the help, as an "error" of kind DisplayHelp).
@@ -759,7 +773,8 @@ mod tests {
                     );
                 }
             }
-            if !leaf || NO_OUTPUT_FORMAT.contains(&path[0].as_str()) {
+            let command = path.last().map_or("", String::as_str);
+            if !leaf || NO_OUTPUT_FORMAT.contains(&command) {
                 continue;
             }
             let output = sub.get_arguments().find(|a| a.get_long() == Some("output"));

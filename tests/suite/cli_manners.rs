@@ -286,3 +286,38 @@ fn connection_flags_after_the_subcommand_and_their_env_vars_reach_the_server() {
     );
     assert!(ok, "{err}");
 }
+
+#[tokio::test]
+async fn grouped_spellings_run_the_same_commands_as_the_flat_names() {
+    let (nats, keys, _backend) = keyed_backend().await;
+    let (_, entity) = Issuer::new().component();
+    let doc = json_of(&nats, &["secret", "put", "db", "--string", "pw"], &[]);
+    assert_eq!(doc["version"], 1);
+    let (ok, out, err) = cli(
+        &nats,
+        &["secret", "get", "db"],
+        None,
+        &[("ENCRYPTION_XKEY_SEED", keys.encryption.as_str())],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, b"pw\n");
+    let doc = json_of(&nats, &["secret", "list"], &[]);
+    assert_eq!(doc[0]["name"], "db");
+    json_of(&nats, &["mapping", "add", &entity, "--secret", "db"], &[]);
+    // The flat name sees what the group did, and the other way round.
+    assert_eq!(
+        json_of(&nats, &["mappings", &entity], &[]),
+        serde_json::json!(["db"])
+    );
+    json_of(&nats, &["remove-mapping", &entity, "--secret", "db"], &[]);
+    assert_eq!(
+        json_of(&nats, &["mapping", "list", &entity], &[]),
+        serde_json::json!([])
+    );
+    for group in ["operator", "database"] {
+        let doc = json_of(&nats, &[group, "status"], &[]);
+        assert_eq!(doc["sealed"], false, "{group}: {doc}");
+    }
+    let doc = json_of(&nats, &["secret", "delete", "db"], &[]);
+    assert_eq!(doc["deleted"], true);
+}
