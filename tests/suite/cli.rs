@@ -360,11 +360,13 @@ async fn client_commands_never_create_infrastructure_and_name_what_is_missing() 
         );
     }
     // Commands that ask a backend: a name nobody serves fails at once and names the subject.
+    // (A key that is no entity's is refused before any request: cli_manners.)
+    let (_, entity) = Issuer::new().component();
     for args in [
         &["put", "x", "-n", "typo", "--string", "1"][..],
         &["list", "-n", "typo"][..],
         &["delete", "x", "-n", "typo"][..],
-        &["mappings", "MAAAA", "-n", "typo"][..],
+        &["mappings", &entity, "-n", "typo"][..],
     ] {
         let started = std::time::Instant::now();
         let (ok, _, err) = cli(&nats, args, None, &[]);
