@@ -321,3 +321,37 @@ async fn grouped_spellings_run_the_same_commands_as_the_flat_names() {
     let doc = json_of(&nats, &["secret", "delete", "db"], &[]);
     assert_eq!(doc["deleted"], true);
 }
+
+#[test]
+fn completions_cover_every_command_and_the_global_flags_in_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = cli_at(&[], &["completions", shell], None);
+        assert!(ok, "{shell}: {err}");
+        let script = String::from_utf8(out).unwrap();
+        for word in [
+            "add-mapping",
+            "nats-config",
+            "secret",
+            "nats-address",
+            "output",
+        ] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+    }
+    // bash takes the script as it is printed.
+    let loaded = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "source <('{}' completions bash) && complete -p piggybank",
+                piggybank_bin().display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success() && said.contains("_piggybank"),
+        "{said}"
+    );
+}
