@@ -33,14 +33,7 @@ pub struct Conn {
     #[arg(long, env = env::NATS_CREDSFILE, global = true, value_name = "FILE")]
     pub nats_creds_file: Option<PathBuf>,
     /// NATS user name (with --nats-password), for servers configured with users
-    #[arg(
-        long,
-        env = env::NATS_USER,
-        global = true,
-        value_name = "USER",
-        requires = "nats_password",
-        conflicts_with = "nats_creds_file"
-    )]
+    #[arg(long, env = env::NATS_USER, global = true, value_name = "USER")]
     pub nats_user: Option<String>,
     /// NATS password (prefer the env var: argv is visible to other users)
     #[arg(
@@ -48,8 +41,7 @@ pub struct Conn {
         env = env::NATS_PASSWORD,
         global = true,
         value_name = "PASSWORD",
-        hide_env_values = true,
-        requires = "nats_user"
+        hide_env_values = true
     )]
     pub nats_password: Option<String>,
     #[command(flatten)]
@@ -58,20 +50,30 @@ pub struct Conn {
 
 impl Conn {
     /// The credentials given by flag: a user and password, or a credentials file.
-    fn credentials(&self) -> Option<connect::Credentials> {
+    ///
+    /// Which flags go together is checked here, not by clap's `requires`: a global flag's
+    /// env var is read at the top level and the flag itself where it was typed, so clap
+    /// would refuse `NATS_PASSWORD=... piggybank run --nats-user u`.
+    fn credentials(&self) -> anyhow::Result<Option<connect::Credentials>> {
+        let file = connect::credentials_file(self.nats_creds_file.as_deref());
         match (&self.nats_user, &self.nats_password) {
-            (Some(user), Some(password)) => Some(connect::Credentials::UserPassword {
+            (Some(_), Some(_)) if file.is_some() => bail!(
+                "give one of --nats-user (NATS_USER) and --nats-creds-file (NATS_CREDSFILE), \
+                 not both"
+            ),
+            (Some(user), Some(password)) => Ok(Some(connect::Credentials::UserPassword {
                 user: user.clone(),
                 password: Zeroizing::new(password.clone()),
-            }),
-            _ => connect::credentials_file(self.nats_creds_file.as_deref()),
+            })),
+            (None, None) => Ok(file),
+            _ => bail!("--nats-user and --nats-password (NATS_USER, NATS_PASSWORD) go together"),
         }
     }
 
     /// Flags (and their env vars) over the context's settings over the defaults.
     pub(super) fn resolve(&self) -> anyhow::Result<NatsTarget> {
         self.options
-            .resolve(self.nats_address.clone(), self.credentials())
+            .resolve(self.nats_address.clone(), self.credentials()?)
     }
 
     /// Each connection flag: its id and its long name.
@@ -116,10 +118,10 @@ pub struct ConnOptions {
     #[arg(long, env = env::NATS_CA, value_name = "FILE", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM), for servers that verify clients; with --tls-key
-    #[arg(long, env = env::NATS_CERT, value_name = "FILE", global = true, requires = "tls_key")]
+    #[arg(long, env = env::NATS_CERT, value_name = "FILE", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM)
-    #[arg(long, env = env::NATS_KEY, value_name = "FILE", global = true, requires = "tls_cert")]
+    #[arg(long, env = env::NATS_KEY, value_name = "FILE", global = true)]
     pub tls_key: Option<PathBuf>,
     /// Start TLS before the server's greeting (servers with `handshake_first: true`)
     #[arg(long, env = env::NATS_TLS_FIRST, global = true)]
@@ -164,6 +166,9 @@ impl ConnOptions {
             None => None,
         };
         let context = context.as_ref();
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("--tls-cert and --tls-key (NATS_CERT, NATS_KEY) go together");
+        }
         let flags_tls = connect::NatsTls {
             ca_file: self.tls_ca.clone(),
             cert_file: self.tls_cert.clone(),

@@ -637,22 +637,37 @@ mod tests {
                 );
             }
         }
-        // A certificate needs its key wherever each is written.
+        // A certificate needs its key, and a user a password, wherever each is written.
         for argv in [
             vec!["piggybank", "--tls-cert", "/c.pem", "list"],
             vec!["piggybank", "list", "--tls-cert", "/c.pem"],
+            vec!["piggybank", "list", "--nats-user", "u"],
+            vec!["piggybank", "--nats-password", "p", "run"],
         ] {
-            assert!(parse_from(&argv).is_err(), "{argv:?}");
+            let cli = parse_from(&argv).unwrap();
+            assert!(cli.conn.resolve().is_err(), "{argv:?}");
         }
-        let both = parse_from([
-            "piggybank",
-            "list",
-            "--tls-cert",
-            "/c.pem",
-            "--tls-key",
-            "/k",
-        ]);
-        assert!(both.is_ok());
+        for argv in [
+            vec![
+                "piggybank",
+                "--tls-cert",
+                "/c.pem",
+                "list",
+                "--tls-key",
+                "/k",
+            ],
+            vec![
+                "piggybank",
+                "--nats-password",
+                "p",
+                "run",
+                "--nats-user",
+                "u",
+            ],
+        ] {
+            let cli = parse_from(&argv).unwrap();
+            assert!(cli.conn.resolve().is_ok(), "{argv:?}");
+        }
     }
 
     #[test]
@@ -876,11 +891,17 @@ mod tests {
         };
         assert!(err.to_string().contains("\"a.b\" is invalid"), "{err}");
         // A certificate needs its key, on every command that connects.
-        for command in ["run", "list", "get", "status", "rekey"] {
-            assert!(
-                Cli::try_parse_from(["piggybank", command, "--tls-cert", "/c.pem"]).is_err(),
-                "{command}"
-            );
+        for command in [
+            &["run"][..],
+            &["list"],
+            &["get", "x"],
+            &["status"],
+            &["rekey", "-e", "SX"],
+        ] {
+            let argv = [&["piggybank"][..], command, &["--tls-cert", "/c.pem"]].concat();
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let err = cli.conn.resolve().err().expect("refused").to_string();
+            assert!(err.contains("--tls-key"), "{command:?}: {err}");
         }
     }
 

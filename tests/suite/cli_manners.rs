@@ -355,3 +355,31 @@ fn completions_cover_every_command_and_the_global_flags_in_each_shell() {
         "{said}"
     );
 }
+
+#[test]
+fn a_connection_flag_typed_after_the_command_pairs_with_its_partner_from_the_env() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let refused = format!("failed to connect to NATS at {nowhere}");
+    for (args, env) in [
+        (
+            ["run", "--nats-user", "piggybank"],
+            [("NATS_PASSWORD", "pw"), ("NATS_ADDRESS", nowhere.as_str())],
+        ),
+        (
+            ["list", "--nats-password", "pw"],
+            [("NATS_USER", "u"), ("NATS_ADDRESS", nowhere.as_str())],
+        ),
+    ] {
+        let mut env = env.to_vec();
+        env.push(("ENCRYPTION_XKEY_SEED", "")); // run: the keys do not matter here
+        let (ok, _, err) = cli_at(&env, &args, None);
+        assert!(!ok && err.contains(&refused), "{args:?}: {err}");
+    }
+    // The positive control of the pairing: a user without a password is refused, clearly.
+    let (ok, _, err) = cli_at(
+        &[("NATS_ADDRESS", nowhere.as_str())],
+        &["list", "--nats-user", "u"],
+        None,
+    );
+    assert!(!ok && err.contains("go together"), "{err}");
+}
