@@ -1,7 +1,6 @@
 //! `piggybank`: parse flags, set up logging, call the library.
 
-use clap::Parser;
-use piggybank::cli::{self, Cli, Command, LogFormat};
+use piggybank::cli::{self, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -27,7 +26,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn start() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     // Servers log at info; client commands print their result and log only problems.
     // async-nats logs each connection event at info (a slow-consumer storm would be a storm of
     // lines): the server logs them itself, once per connection role and rate-limited.

@@ -20,7 +20,7 @@ use crate::config::env;
 pub struct AdminSeed {
     /// A file (mode 0600) holding the admin nkey seed (SU...) to sign admin requests with;
     /// or set PIGGYBANK_ADMIN_SEED
-    #[arg(long, env = env::PIGGYBANK_ADMIN_SEED_FILE)]
+    #[arg(long, env = env::PIGGYBANK_ADMIN_SEED_FILE, value_name = "FILE")]
     pub admin_seed_file: Option<PathBuf>,
 }
 

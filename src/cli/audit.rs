@@ -9,7 +9,7 @@ use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 
-use super::Conn;
+use super::{Conn, Output};
 use crate::audit::{self, verify, AuditRecord, Trail, TrailStream};
 use crate::config::{self, env};
 
@@ -30,9 +30,10 @@ pub struct AuditArgs {
     /// Only records with this outcome
     #[arg(long, value_enum)]
     pub outcome: Option<OutcomeArg>,
-    /// One JSON object per line instead of text
-    #[arg(long)]
-    pub json: bool,
+    // Text, or (-o json) one JSON object per record and line, a stream --follow extends;
+    // with --verify, one JSON document of the findings.
+    #[command(flatten)]
+    pub output: Output,
     /// Which trail: the decisions (allowed accesses, admin changes), the refusals (refused
     /// requests, open reads, summaries of floods), or both
     #[arg(long, value_enum, default_value = "all")]
@@ -40,7 +41,7 @@ pub struct AuditArgs {
     /// Check the trails instead of listing them: report every gap, reorder, forged record
     /// (unsigned, or not signed by a known instance key) and foreign stream (not the
     /// config piggybank sets); exit 1 if there is any
-    #[arg(long, conflicts_with_all = ["follow", "json"])]
+    #[arg(long, conflicts_with = "follow")]
     pub verify: bool,
     /// With --verify: an instance key (N...) to trust, as `status` or the `piggybank ready`
     /// log line shows it (repeat for several). Without it, the keys of the instances that
@@ -52,10 +53,8 @@ pub struct AuditArgs {
     #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
     pub piggybank_prefix: String,
     /// The name of the secrets backend
-    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    #[arg(short = 'n', long = "name", value_name = "BACKEND_NAME", default_value = config::DEFAULT_BACKEND_NAME)]
     pub backend_name: String,
-    #[command(flatten)]
-    pub conn: Conn,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,9 +113,9 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(n.saturating_mul(seconds)))
 }
 
-pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
+pub async fn run(args: AuditArgs, conn: &Conn) -> anyhow::Result<()> {
     let since = args.since.as_deref().map(parse_duration).transpose()?;
-    let (nats, js_domain) = args.conn.connect_jetstream("piggybank audit").await?;
+    let (nats, js_domain) = conn.connect_jetstream("piggybank audit").await?;
     let js = crate::store::jetstream(&nats, js_domain.as_deref());
     if args.verify {
         return verify(&args, &nats, &js).await;
@@ -171,7 +170,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     // Both trails, in time order.
     listed.sort_by_key(|r| r.time_ms);
     for record in &listed {
-        print(record, args.json)?;
+        print(record, args.output.json())?;
     }
     if !args.follow {
         return Ok(());
@@ -180,7 +179,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     while let Some(message) = live.next().await {
         let message = message.context("reading the audit trail")?;
         for record in parse(&message.payload).filter(|r| matches(r, &args)) {
-            print(&record, args.json)?;
+            print(&record, args.output.json())?;
         }
     }
     Ok(())
@@ -298,8 +297,17 @@ async fn verify(
         chains += verified.chains;
         findings.extend(verified.findings.iter().map(ToString::to_string));
     }
-    for finding in &findings {
-        println!("{}", super::printable(finding));
+    if args.output.json() {
+        Output::print_json(&serde_json::json!({
+            "verified": findings.is_empty(),
+            "records": records,
+            "chains": chains,
+            "findings": findings,
+        }))?;
+    } else {
+        for finding in &findings {
+            println!("{}", super::printable(finding));
+        }
     }
     if !findings.is_empty() {
         bail!(
@@ -307,9 +315,12 @@ async fn verify(
             findings.len()
         );
     }
-    println!(
-        "verified: {records} records in {chains} chains, no gap, no forgery, streams as configured"
-    );
+    if !args.output.json() {
+        println!(
+            "verified: {records} records in {chains} chains, no gap, no forgery, streams as \
+             configured"
+        );
+    }
     Ok(())
 }
 

@@ -7,6 +7,9 @@
 //! keys it is given (`--admin-keys`, env `ADMIN_KEYS`: the list the backend runs with), or
 //! any file with `--unauthenticated`, which it says on stderr.
 //!
+//! `backup --out FILE` names the file it writes as `keygen --out` does (`-o` is the output
+//! format on every command); `restore FILE` reads it.
+//!
 //! The backup goes to a new file beside FILE, created exclusively with mode 0600 (as
 //! `files::write_private` does), which replaces FILE by `rename` only once it is complete:
 //! a failed backup leaves FILE as it was and no partial file behind. `restore` verifies the
@@ -21,7 +24,7 @@ use clap::Args;
 
 use super::admin_seed::AdminSeed;
 use super::files::PendingFile;
-use super::Conn;
+use super::{Conn, Output};
 use crate::admin_auth::parse_admin_keys;
 use crate::backup::{self, Destination, Trust, VerifiedBackup};
 use crate::config::{self, env};
@@ -29,11 +32,12 @@ use crate::store::Buckets;
 
 #[derive(Args)]
 pub struct BackupArgs {
-    /// The file to write (mode 0600); it appears only once the backup is complete
-    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    /// The file to write (mode 0600); it appears only once the backup is complete. (Before
+    /// -o meant the output format, it was this flag's short form: now write --out)
+    #[arg(long = "out", value_name = "FILE")]
     pub out: PathBuf,
     /// The name of the backend (its -n/--name), which names its mappings and key record buckets
-    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    #[arg(short = 'n', long = "name", value_name = "BACKEND_NAME", default_value = config::DEFAULT_BACKEND_NAME)]
     pub backend_name: String,
     /// The KV bucket secrets are stored in
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
@@ -42,7 +46,7 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub admin_seed: AdminSeed,
     #[command(flatten)]
-    pub conn: Conn,
+    pub output: Output,
 }
 
 #[derive(Args)]
@@ -51,7 +55,7 @@ pub struct RestoreArgs {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// The name of the backend to restore into (its -n/--name)
-    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    #[arg(short = 'n', long = "name", value_name = "BACKEND_NAME", default_value = config::DEFAULT_BACKEND_NAME)]
     pub backend_name: String,
     /// The KV bucket to restore secrets into
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
@@ -76,11 +80,11 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub unauthenticated: bool,
     #[command(flatten)]
-    pub conn: Conn,
+    pub output: Output,
 }
 
 /// `backup --out FILE`.
-pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+pub async fn backup(args: BackupArgs, conn: &Conn) -> anyhow::Result<()> {
     let Some(signer) = args.admin_seed.signer()? else {
         anyhow::bail!(
             "a backup is signed with an admin key, so that restore can tell it was not \
@@ -89,7 +93,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
             env::PIGGYBANK_ADMIN_SEED
         );
     };
-    let (nats, js_domain) = args.conn.connect_jetstream("piggybank backup").await?;
+    let (nats, js_domain) = conn.connect_jetstream("piggybank backup").await?;
     let buckets = Buckets::of(&args.backend_name, &args.secrets_bucket);
     let started = Instant::now();
     let mut file = PendingFile::create(&args.out)?;
@@ -109,6 +113,19 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     .await?;
     file.persist()?;
     let size = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+    if args.output.json() {
+        return Output::print_json(&serde_json::json!({
+            "file": args.out,
+            "bytes": size,
+            "seconds": started.elapsed().as_secs_f64(),
+            "secrets": header.secrets,
+            "versions": header.versions,
+            "mappings": header.mappings,
+            "application_grants": header.app_mappings,
+            "key_record": header.key_record,
+            "signer": header.signer,
+        }));
+    }
     println!(
         "backup: {} secrets ({} versions), {} mappings, {} application grants, key record: {}; \
          {} bytes in {:.1} s, signed by {} -> {}",
@@ -126,7 +143,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 /// `restore FILE`: verify all of it, then load it into empty buckets.
-pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+pub async fn restore(args: RestoreArgs, conn: &Conn) -> anyhow::Result<()> {
     let started = Instant::now();
     let file =
         File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
@@ -142,6 +159,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         )
     })?;
     let header = verified.header().clone();
+    let verified_signer = verified.signed_by().map(|k| k.to_string());
     if verified.signed_by().is_none() {
         eprintln!(
             "warning: --unauthenticated: the backup's signer was not checked; restoring what \
@@ -155,7 +173,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             header.backend, header.secrets_bucket, args.backend_name, args.secrets_bucket
         );
     }
-    let (nats, js_domain) = args.conn.connect_jetstream("piggybank restore").await?;
+    let (nats, js_domain) = conn.connect_jetstream("piggybank restore").await?;
     let destination = Destination {
         buckets: Buckets::of(&args.backend_name, &args.secrets_bucket),
         history: args.max_secret_history,
@@ -174,6 +192,20 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    if args.output.json() {
+        return Output::print_json(&serde_json::json!({
+            "file": args.file,
+            "seconds": started.elapsed().as_secs_f64(),
+            "secrets": restored.secrets,
+            "versions": restored.versions,
+            "mappings": restored.mappings,
+            "application_grants": restored.app_mappings,
+            "key_record": restored.key_record,
+            "backup_created_at": header.created_at,
+            "created": restored.created,
+            "signed_by": verified_signer,
+        }));
+    }
     println!(
         "restore: {} secrets ({} versions), {} mappings, {} application grants, key record: {}; \
          in {:.1} s (backup made {}){}",

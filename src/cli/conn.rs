@@ -1,10 +1,18 @@
-//! How every client command connects: the NATS address, credentials, TLS and context
-//! flags (`Conn`), and which backend it talks to (`Target`).
+//! How every command that connects reaches NATS: the connection, credentials, TLS and
+//! context flags (`Conn`), and which backend a client command talks to (`Target`).
+//!
+//! `Conn` is flattened once into `Cli`, its flags global (as natscli's are): they are
+//! listed under one help heading, "NATS connection", and accepted before or after the
+//! subcommand (`piggybank --nats-address h:1 list`, `piggybank list --nats-address h:1`),
+//! with the env vars the sample and the nats CLI read. A command that makes no connection of
+//! its own (`dev`, `nats-config`, `keygen`, `completions`) refuses them when given on the
+//! command line ([`super::parse`]), so none is silently ignored.
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
+use zeroize::Zeroizing;
 
 use crate::client::AdminClient;
 
@@ -12,35 +20,83 @@ use super::admin_seed;
 use crate::config::{self, env};
 use crate::connect;
 
-#[derive(Args, Clone)]
+/// The help heading of every connection flag.
+pub(crate) const HEADING: &str = "NATS connection";
+
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = HEADING)]
 pub struct Conn {
     /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
-    #[arg(long, env = env::NATS_ADDRESS)]
+    #[arg(long, env = env::NATS_ADDRESS, global = true, value_name = "HOST:PORT")]
     pub nats_address: Option<String>,
     /// NATS credentials file
-    #[arg(long, env = env::NATS_CREDSFILE)]
+    #[arg(long, env = env::NATS_CREDSFILE, global = true, value_name = "FILE")]
     pub nats_creds_file: Option<PathBuf>,
+    /// NATS user name (with --nats-password), for servers configured with users
+    #[arg(long, env = env::NATS_USER, global = true, value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the env var: argv is visible to other users)
+    #[arg(
+        long,
+        env = env::NATS_PASSWORD,
+        global = true,
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
     #[command(flatten)]
     pub options: ConnOptions,
 }
 
 impl Conn {
-    /// Connect as a CLI command does: fail fast, with the credentials file, TLS and context
-    /// if given.
+    /// The credentials given by flag: a user and password, or a credentials file.
+    ///
+    /// Which flags go together is checked here, not by clap's `requires`: a global flag's
+    /// env var is read at the top level and the flag itself where it was typed, so clap
+    /// would refuse `NATS_PASSWORD=... piggybank run --nats-user u`.
+    fn credentials(&self) -> anyhow::Result<Option<connect::Credentials>> {
+        let file = connect::credentials_file(self.nats_creds_file.as_deref());
+        match (&self.nats_user, &self.nats_password) {
+            (Some(_), Some(_)) if file.is_some() => bail!(
+                "give one of --nats-user (NATS_USER) and --nats-creds-file (NATS_CREDSFILE), \
+                 not both"
+            ),
+            (Some(user), Some(password)) => Ok(Some(connect::Credentials::UserPassword {
+                user: user.clone(),
+                password: Zeroizing::new(password.clone()),
+            })),
+            (None, None) => Ok(file),
+            _ => bail!("--nats-user and --nats-password (NATS_USER, NATS_PASSWORD) go together"),
+        }
+    }
+
+    /// Flags (and their env vars) over the context's settings over the defaults.
+    pub(super) fn resolve(&self) -> anyhow::Result<NatsTarget> {
+        self.options
+            .resolve(self.nats_address.clone(), self.credentials()?)
+    }
+
+    /// Each connection flag: its id and its long name.
+    pub(super) fn flags() -> Vec<(clap::Id, String)> {
+        <Self as Args>::augment_args(clap::Command::new("conn"))
+            .get_arguments()
+            .filter_map(|a| Some((a.get_id().clone(), format!("--{}", a.get_long()?))))
+            .collect()
+    }
+
+    /// Connect as a CLI command does: fail fast, with the credentials, TLS and context if
+    /// given.
     pub(super) async fn connect(&self, client_name: &str) -> anyhow::Result<async_nats::Client> {
         Ok(self.connect_jetstream(client_name).await?.0)
     }
 
     /// Connect, and name the JetStream domain the buckets are in: for the commands that open
-    /// buckets or streams themselves (`get`, `rekey`, `audit`).
+    /// buckets or streams themselves (`get`, `rekey`, `audit`, `backup`, `restore`).
     pub(super) async fn connect_jetstream(
         &self,
         client_name: &str,
     ) -> anyhow::Result<(async_nats::Client, Option<String>)> {
-        let credentials = connect::credentials_file(self.nats_creds_file.as_deref());
-        let nats = self
-            .options
-            .resolve(self.nats_address.clone(), credentials)?;
+        let nats = self.resolve()?;
         let client = connect::connect_with(
             &nats.address,
             nats.credentials.as_ref(),
@@ -53,36 +109,37 @@ impl Conn {
     }
 }
 
-/// TLS, the JetStream domain and a NATS context: the connection options `run` and every
-/// client command share, with the env vars the nats CLI reads.
+/// TLS, the JetStream domain, a NATS context, an nkey and the inbox prefix: the rest of the
+/// connection flags, with the env vars the nats CLI reads.
 #[derive(Args, Clone, Default)]
+#[command(next_help_heading = HEADING)]
 pub struct ConnOptions {
     /// CA certificates (PEM) the NATS server's certificate must chain to; makes TLS required
-    #[arg(long, env = env::NATS_CA, value_name = "FILE")]
+    #[arg(long, env = env::NATS_CA, value_name = "FILE", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM), for servers that verify clients; with --tls-key
-    #[arg(long, env = env::NATS_CERT, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, env = env::NATS_CERT, value_name = "FILE", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM)
-    #[arg(long, env = env::NATS_KEY, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, env = env::NATS_KEY, value_name = "FILE", global = true)]
     pub tls_key: Option<PathBuf>,
     /// Start TLS before the server's greeting (servers with `handshake_first: true`)
-    #[arg(long, env = env::NATS_TLS_FIRST)]
+    #[arg(long, env = env::NATS_TLS_FIRST, global = true)]
     pub tls_first: bool,
     /// The JetStream domain the buckets are in (a leaf node reaching a hub's JetStream)
-    #[arg(long, env = env::NATS_JS_DOMAIN, value_name = "DOMAIN")]
+    #[arg(long, env = env::NATS_JS_DOMAIN, value_name = "DOMAIN", global = true)]
     pub js_domain: Option<String>,
     /// A nats CLI context by name (~/.config/nats/context/NAME.json, or under
     /// $XDG_CONFIG_HOME): its url, credentials, TLS and JetStream domain; flags win over it
-    #[arg(long, env = env::NATS_CONTEXT, value_name = "NAME")]
+    #[arg(long, env = env::NATS_CONTEXT, value_name = "NAME", global = true)]
     pub context: Option<String>,
     /// A file holding the user nkey seed to connect with (as `nats --nkey`; the roles'
     /// files that `piggybank nats-config` writes)
-    #[arg(long, env = env::NATS_NKEY, value_name = "FILE")]
+    #[arg(long, env = env::NATS_NKEY, value_name = "FILE", global = true)]
     pub nats_nkey: Option<PathBuf>,
     /// The inbox prefix of a client command's replies (as `nats --inbox-prefix`; the
     /// backend keeps its own)
-    #[arg(long, env = env::NATS_INBOX_PREFIX, value_name = "PREFIX")]
+    #[arg(long, env = env::NATS_INBOX_PREFIX, value_name = "PREFIX", global = true)]
     pub nats_inbox_prefix: Option<String>,
 }
 
@@ -109,6 +166,9 @@ impl ConnOptions {
             None => None,
         };
         let context = context.as_ref();
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("--tls-cert and --tls-key (NATS_CERT, NATS_KEY) go together");
+        }
         let flags_tls = connect::NatsTls {
             ca_file: self.tls_ca.clone(),
             cert_file: self.tls_cert.clone(),
@@ -167,22 +227,26 @@ pub struct Target {
     #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
     pub subject_base: String,
     /// The name of the secrets backend
-    #[arg(short = 'n', long = "name", id = "backend_name", default_value = config::DEFAULT_BACKEND_NAME)]
+    #[arg(
+        short = 'n',
+        long = "name",
+        id = "backend_name",
+        value_name = "BACKEND_NAME",
+        default_value = config::DEFAULT_BACKEND_NAME
+    )]
     pub backend_name: String,
     /// The secrets API version
     #[arg(long, default_value = config::DEFAULT_API_VERSION)]
     pub secrets_api_version: String,
-    #[command(flatten)]
-    pub conn: Conn,
     #[command(flatten)]
     pub admin: admin_seed::AdminSeed,
 }
 
 impl Target {
     /// An admin client for the backend, signing with the admin seed when one is given.
-    pub(super) async fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(super) async fn client(&self, conn: &Conn) -> anyhow::Result<AdminClient> {
         let signer = self.admin.signer()?;
-        let nats = self.conn.connect("piggybank cli").await?;
+        let nats = conn.connect("piggybank cli").await?;
         Ok(AdminClient::new(
             nats,
             &self.subject_base,

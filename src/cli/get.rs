@@ -9,8 +9,9 @@
 //! - **Directly** (a data key given): the bucket is read and opened here, as the sample's
 //!   `get` does, so the sample's scripts keep working and recovery needs no backend.
 //!
-//! Either way the value goes to stdout (a string with a newline after it, bytes as they are)
-//! or to `-o FILE` (mode 0600), and nothing else goes to stdout.
+//! Either way the value goes to stdout (a string with a newline after it, bytes as they are;
+//! with `-o json`, one document with its name, version and kind) or to `--out FILE` (mode
+//! 0600), and nothing else goes to stdout.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use zeroize::Zeroizing;
 
-use super::{write_private, zeroized, Target};
+use super::{write_private, zeroized, Conn, Output, Target};
 use crate::client::{self, ClientError};
 use crate::config::{self, env};
 use crate::server;
@@ -62,10 +63,12 @@ pub struct GetArgs {
     #[arg(long)]
     pub kind: Option<Kind>,
     /// Write the value to this file (mode 0600) instead of stdout
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
+    #[arg(long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// How to read without a backend: the data key's flag and env var, and where a dev store
@@ -79,10 +82,10 @@ pub(super) fn missing_data_key() -> String {
     )
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let value = match args.encryption_xkey_seed.clone().map(Zeroizing::new) {
-        Some(seed) => read_direct(&args, &seed).await?,
-        None => read_through_backend(&args).await?,
+pub async fn get(args: GetArgs, conn: &Conn) -> anyhow::Result<()> {
+    let (version, value) = match args.encryption_xkey_seed.clone().map(Zeroizing::new) {
+        Some(seed) => read_direct(&args, &seed, conn).await?,
+        None => read_through_backend(&args, conn).await?,
     };
     match (args.kind, &value) {
         (Some(Kind::String), SecretValue::Binary(_)) => {
@@ -93,8 +96,30 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    if let Some(path) = &args.output {
+    if let Some(path) = &args.out {
         write_private(path, value.as_bytes())?;
+        return Ok(());
+    }
+    if args.output.json() {
+        let (kind, field, text) = match &value {
+            SecretValue::String(s) => ("string", "value", Zeroizing::new(s.to_string())),
+            SecretValue::Binary(b) => {
+                use base64::Engine as _;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(b.as_slice());
+                ("binary", "value_base64", Zeroizing::new(encoded))
+            }
+        };
+        let mut document = serde_json::json!({
+            "name": args.name,
+            "version": version,
+            "kind": kind,
+        });
+        document[field] = serde_json::Value::String(text.to_string());
+        let printed = Zeroizing::new(serde_json::to_string_pretty(&document)?);
+        let mut out = std::io::stdout().lock();
+        out.write_all(printed.as_bytes())?;
+        out.write_all(b"\n")?;
+        out.flush()?;
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
@@ -107,11 +132,15 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 }
 
 /// The sample's road: open the bucket with the data key.
-async fn read_direct(args: &GetArgs, seed: &Zeroizing<String>) -> anyhow::Result<SecretValue> {
+async fn read_direct(
+    args: &GetArgs,
+    seed: &Zeroizing<String>,
+    conn: &Conn,
+) -> anyhow::Result<(u64, SecretValue)> {
     let previous = zeroized(args.previous_encryption_xkey_seeds.clone());
     let keys = server::keyring(seed, &previous)?;
-    let (nats, js_domain) = args.target.conn.connect_jetstream("piggybank cli").await?;
-    let (_, value) = client::read_direct(
+    let (nats, js_domain) = conn.connect_jetstream("piggybank cli").await?;
+    Ok(client::read_direct(
         &nats,
         js_domain.as_deref(),
         &args.secrets_bucket,
@@ -119,13 +148,12 @@ async fn read_direct(args: &GetArgs, seed: &Zeroizing<String>) -> anyhow::Result
         &args.name,
         args.version,
     )
-    .await?;
-    Ok(value)
+    .await?)
 }
 
 /// `read_secret`, signed with the admin seed when one is given. When no backend answers
 /// (or NATS cannot be reached), the error says how to read directly instead.
-async fn read_through_backend(args: &GetArgs) -> anyhow::Result<SecretValue> {
+async fn read_through_backend(args: &GetArgs, conn: &Conn) -> anyhow::Result<(u64, SecretValue)> {
     crate::store::validate_name(&args.name)?;
     let pin = match args.transit_xkey.as_deref() {
         Some(key) => Some(super::transit_xkey(key)?.public_key()),
@@ -138,7 +166,7 @@ async fn read_through_backend(args: &GetArgs) -> anyhow::Result<SecretValue> {
             missing_data_key()
         )
     };
-    let client = match args.target.client().await {
+    let client = match args.target.client(conn).await {
         Ok(client) => client,
         Err(e) => return Err(unreachable(&format!("{e:#}"))),
     };
@@ -146,7 +174,7 @@ async fn read_through_backend(args: &GetArgs) -> anyhow::Result<SecretValue> {
         .read_secret(&args.name, args.version, pin.as_deref())
         .await
     {
-        Ok((_, value)) => Ok(value),
+        Ok(read) => Ok(read),
         Err(e @ ClientError::NoBackend(_)) => Err(unreachable(&e)),
         Err(e) => Err(e.into()),
     }

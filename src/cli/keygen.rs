@@ -26,6 +26,8 @@ pub struct KeygenArgs {
     /// print only the public key
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: super::Output,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,21 +94,51 @@ fn create_new_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
 
 pub fn run(args: KeygenArgs) -> anyhow::Result<()> {
     let (seed, public) = generate(args.kind)?;
+    let kind = args
+        .kind
+        .to_possible_value()
+        .map(|v| v.get_name().to_string());
     match &args.out {
         Some(path) => {
             let body = Zeroizing::new(format!("{}\n", seed.as_str()));
             create_new_private(path, body.as_bytes())?;
-            println!("{public}");
             let file = super::dev::shell_word(&path.display().to_string());
+            if args.output.json() {
+                super::Output::print_json(&serde_json::json!({
+                    "kind": kind,
+                    "public_key": public,
+                    "file": path,
+                }))?;
+            } else {
+                println!("{public}");
+            }
             eprintln!(
-                "The seed is in {} (mode 0600); its public key is above. Use it: {}",
+                "The seed is in {} (mode 0600); its public key is {}. Use it: {}",
                 path.display(),
+                if args.output.json() {
+                    "in the JSON"
+                } else {
+                    "above"
+                },
                 usage(args.kind, &file, &public)
             );
         }
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(seed.as_bytes())?;
+            if args.output.json() {
+                // The seed is the output here, as in text mode: it goes to stdout only.
+                // Written by hand, so the seed is in no buffer that is not zeroized (a seed
+                // is base32: nothing in it needs escaping).
+                let document = Zeroizing::new(format!(
+                    "{{\n  \"kind\": {},\n  \"public_key\": {},\n  \"seed\": \"{}\"\n}}",
+                    serde_json::to_string(&kind)?,
+                    serde_json::to_string(&public)?,
+                    seed.as_str()
+                ));
+                out.write_all(document.as_bytes())?;
+            } else {
+                out.write_all(seed.as_bytes())?;
+            }
             out.write_all(b"\n")?;
             out.flush()?;
             eprintln!(

@@ -1,24 +1,35 @@
 //! The `piggybank` command line: flags -> library calls. Commands and flags of the sample's
 //! `secrets-nats-kv` keep their names, short forms, env vars and defaults.
+//!
+//! One spelling per idea, on every command: the NATS connection flags are global (`conn`,
+//! one help heading); a result is printed as `-o/--output text|json` (`output`); a file a
+//! command writes is `--out FILE`; the backend's transit key is `-t/--transit-xkey` on the
+//! client commands (`--transit-xkey-seed` kept as a hidden alias; `run` holds the seed
+//! itself, so its flag stays the sample's `--transit-xkey-seed`); placeholders are
+//! upper case (`<NAME>`). `cli_manners` tests hold every subcommand to this.
 
 mod admin_seed;
 mod audit;
 mod backup;
 mod database;
 pub use database::printable;
+mod completions;
 mod conn;
 mod dev;
 mod files;
 mod get;
+mod groups;
 mod keygen;
+mod mapping;
 mod nats_config;
+mod output;
 mod run;
-pub(crate) use conn::{Conn, ConnOptions, Target};
+pub(crate) use conn::{Conn, Target};
+pub use output::Output;
 pub(crate) use run::RunArgs;
 
 pub(crate) use files::write_private;
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
@@ -36,12 +47,24 @@ use crate::store::envelope::SecretValue;
 #[command(
     name = "piggybank",
     version,
-    about = "A secrets backend for wasmCloud on NATS JetStream KV"
+    about = "A secrets backend for wasmCloud on NATS JetStream KV",
+    after_help = "New here? Start with `piggybank dev`: it runs NATS and a backend locally, \
+                  with generated keys, and prints what to try next (`piggybank dev --sealed` \
+                  for sealed mode).\nShell completions: `piggybank completions bash|zsh|fish`."
 )]
 pub struct Cli {
     /// Log format (logs go to stderr).
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
     pub log_format: LogFormat,
+    /// How to reach NATS: global, given before or after the subcommand.
+    #[command(flatten)]
+    pub conn: Conn,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,14 +93,15 @@ pub enum Command {
     List(ListArgs),
     /// Allow an entity (component or provider public key), or a wadm application
     /// (--application), to read secrets
-    AddMapping(MappingArgs),
+    AddMapping(mapping::MappingArgs),
     /// Revoke an entity's (or an application's) access to secrets
-    RemoveMapping(MappingArgs),
+    RemoveMapping(mapping::MappingArgs),
     /// Show the secrets an entity (or an application) may read
-    Mappings(EntityArgs),
+    Mappings(mapping::EntityArgs),
     /// Initialize a sealed store: prints its key (or shares) once
     Init(database::InitArgs),
     /// Unlock a sealed store with its key, or one share (read from stdin or the env)
+    #[command(after_help = UNLOCK_AFTER_HELP)]
     Unlock(database::UnlockArgs),
     /// Lock the store: every instance forgets its keys
     Lock(database::DatabaseArgs),
@@ -97,7 +121,24 @@ pub enum Command {
     /// Write the least-privilege NATS layout of a deployment: a seed per role and the
     /// nats-server authorization
     NatsConfig(nats_config::NatsConfigArgs),
+    /// Print a shell completion script: `source <(piggybank completions bash)`
+    Completions(completions::CompletionsArgs),
+    /// The secret commands, grouped: put, get, delete, list
+    #[command(subcommand)]
+    Secret(groups::SecretCommand),
+    /// The mapping commands, grouped: add, remove, list
+    #[command(subcommand)]
+    Mapping(groups::MappingCommand),
+    /// The sealed-store commands, grouped: init, unlock, lock, status, rotate
+    #[command(subcommand, visible_alias = "database")]
+    Operator(groups::OperatorCommand),
 }
+
+/// What `unlock --help` says about where the key or share comes from.
+const UNLOCK_AFTER_HELP: &str = "The key or share is read, never from argv, from \
+     PIGGYBANK_DATABASE_KEY (the database key), else PIGGYBANK_SHARE (one share), else one \
+     line of stdin (a key or a share: told apart by decoding it). With shares, run unlock \
+     once per share until the store is unsealed.";
 
 #[derive(Args)]
 pub struct PutArgs {
@@ -112,11 +153,21 @@ pub struct PutArgs {
     /// A file holding the binary value; `-` reads bytes from stdin
     #[arg(long, env = env::SECRET_BINARY_FILE, conflicts_with = "string")]
     pub binary: Option<PathBuf>,
-    /// The backend's transit key (seed or public key); fetched from the backend if absent
-    #[arg(short = 't', long, env = env::TRANSIT_XKEY_SEED, hide_env_values = true)]
-    pub transit_xkey_seed: Option<String>,
+    /// The backend's transit key (its public key X..., or its seed SX...); fetched from the
+    /// backend if absent
+    #[arg(
+        short = 't',
+        long = "transit-xkey",
+        alias = "transit-xkey-seed",
+        env = env::TRANSIT_XKEY_SEED,
+        hide_env_values = true,
+        value_name = "XKEY"
+    )]
+    pub transit_xkey: Option<String>,
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Args)]
@@ -131,7 +182,7 @@ pub struct RekeyArgs {
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
     pub secrets_bucket: String,
     #[command(flatten)]
-    pub conn: Conn,
+    pub output: Output,
 }
 
 #[derive(Args)]
@@ -140,6 +191,8 @@ pub struct NameArgs {
     pub name: String,
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Args)]
@@ -147,48 +200,72 @@ pub struct ListArgs {
     /// Only names starting with this prefix
     #[arg(long, default_value = "")]
     pub prefix: String,
-    /// Print JSON instead of a table
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: Output,
     #[command(flatten)]
     pub target: Target,
 }
 
-#[derive(Args)]
-pub struct MappingArgs {
-    /// The public key of the component (M...) or provider (V...)
-    #[arg(
-        required_unless_present = "application",
-        conflicts_with = "application"
-    )]
-    pub public_key: Option<String>,
-    /// A wadm application (its manifest's name), instead of a key: every component and
-    /// provider a host says is part of it may read the secrets
-    #[arg(long)]
-    pub application: Option<String>,
-    /// A secret name; repeat for several
-    #[arg(long = "secret", required = true)]
-    pub secrets: Vec<String>,
-    #[command(flatten)]
-    pub target: Target,
+/// The commands that make no NATS connection from the connection flags: `dev` runs its own
+/// nats-server and connects to it; the others connect to nothing.
+const NO_CONNECTION: &[&str] = &["dev", "nats-config", "keygen", "completions"];
+
+/// The command line's definition: `Cli`'s, where a command in [`NO_CONNECTION`] holds
+/// hidden copies of the connection flags, so its help does not offer what it refuses
+/// (a global flag is not given to a subcommand that has one of the same id).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let flags: Vec<clap::Arg> = <Conn as Args>::augment_args(clap::Command::new("conn"))
+        .get_arguments()
+        .map(|a| a.clone().global(false).hide(true))
+        .collect();
+    NO_CONNECTION.iter().fold(Cli::command(), |cli, name| {
+        cli.mut_subcommand(name, |sub| sub.args(flags.iter().cloned()))
+    })
 }
 
-#[derive(Args)]
-pub struct EntityArgs {
-    /// The public key of the component (M...) or provider (V...)
-    #[arg(
-        required_unless_present = "application",
-        conflicts_with = "application"
-    )]
-    pub public_key: Option<String>,
-    /// A wadm application (its manifest's name), instead of a key
-    #[arg(long)]
-    pub application: Option<String>,
-    /// Print one JSON array of names instead of one name per line
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub target: Target,
+/// Parse the command line, and exit with a usage message on a mistake.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parse `argv`. A command in [`NO_CONNECTION`] refuses the connection flags given on its
+/// command line, rather than ignore them (`dev --nats-address h:5222` would otherwise run on
+/// 4222); their env vars are no mistake (a shell that loaded dev's keys.env has them).
+pub fn parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{parser::ValueSource, FromArgMatches as _};
+    let mut command = command();
+    let matches = command.try_get_matches_from_mut(argv)?;
+    if let Some((name, sub)) = matches.subcommand() {
+        let typed = |id: &clap::Id| {
+            [&matches, sub]
+                .iter()
+                .any(|m| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        };
+        let given: Vec<String> = Conn::flags()
+            .into_iter()
+            .filter(|(id, _)| typed(id))
+            .map(|(_, long)| long)
+            .collect();
+        if NO_CONNECTION.contains(&name) && !given.is_empty() {
+            let why = match name {
+                "dev" => "runs its own NATS server (choose its port with --nats-port)",
+                _ => "makes no NATS connection",
+            };
+            return Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "`piggybank {name}` {why}: {} does not apply",
+                    given.join(", ")
+                ),
+            ));
+        }
+    }
+    Cli::from_arg_matches(&matches)
 }
 
 /// Metrics over OTLP when the standard `OTEL_*` environment asks for it (servers only).
@@ -202,9 +279,14 @@ fn init_metrics() {
 
 /// Run one command; returns its exit code (`status` has codes besides 0, as `vault status`).
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let done: anyhow::Result<()> = match cli.command {
+    let Cli { conn, command, .. } = cli;
+    let conn = &conn;
+    let done: anyhow::Result<()> = match command.ungrouped() {
+        Command::Secret(_) | Command::Mapping(_) | Command::Operator(_) => Err(anyhow::anyhow!(
+            "a command group is not a command: see --help"
+        )),
         Command::Run(args) => {
-            let config = args.into_config()?;
+            let config = args.into_config(conn)?;
             init_metrics();
             server::run(config, server::shutdown_signal()).await?;
             Ok(())
@@ -214,85 +296,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             dev::run(args).await
         }
         Command::Keygen(args) => keygen::run(args),
-        Command::Rekey(args) => rekey(args).await,
-        Command::Backup(args) => backup::backup(args).await,
-        Command::Restore(args) => backup::restore(args).await,
-        Command::Audit(args) => audit::run(args).await,
+        Command::Completions(args) => completions::run(args),
+        Command::Rekey(args) => rekey(args, conn).await,
+        Command::Backup(args) => backup::backup(args, conn).await,
+        Command::Restore(args) => backup::restore(args, conn).await,
+        Command::Audit(args) => audit::run(args, conn).await,
         Command::NatsConfig(args) => nats_config::run(args),
-        Command::Init(args) => database::init(args).await,
-        Command::Unlock(args) => database::unlock(args).await,
-        Command::Lock(args) => database::lock(args).await,
-        Command::Rotate(args) => database::rotate(args).await,
-        Command::Status(args) => return database::status(args).await,
-        Command::Put(args) => put(args).await,
-        Command::Get(args) => get::get(args).await,
-        Command::Delete(args) => {
-            args.target
-                .client()
-                .await?
-                .delete_secret(&args.name)
-                .await?;
-            println!("Secret '{}' deleted", args.name);
-            Ok(())
-        }
-        Command::List(args) => list(args).await,
-        Command::AddMapping(args) => {
-            let names: BTreeSet<String> = args.secrets.iter().cloned().collect();
-            let client = args.target.client().await?;
-            match (&args.application, &args.public_key) {
-                (Some(app), _) => {
-                    client.add_app_mapping(app, &names).await?;
-                    println!(
-                        "Application '{}' can now access secrets: {names:?}",
-                        printable(app)
-                    );
-                }
-                (None, key) => {
-                    let key = key.as_deref().unwrap_or_default();
-                    client.add_mapping(key, &names).await?;
-                    println!("Public key '{key}' can now access secrets: {names:?}");
-                }
-            }
-            Ok(())
-        }
-        Command::RemoveMapping(args) => {
-            let names: BTreeSet<String> = args.secrets.iter().cloned().collect();
-            let client = args.target.client().await?;
-            match (&args.application, &args.public_key) {
-                (Some(app), _) => {
-                    client.remove_app_mapping(app, &names).await?;
-                    println!(
-                        "Application '{}' no longer has access to secrets: {names:?}",
-                        printable(app)
-                    );
-                }
-                (None, key) => {
-                    let key = key.as_deref().unwrap_or_default();
-                    client.remove_mapping(key, &names).await?;
-                    println!("Public key '{key}' no longer has access to secrets: {names:?}");
-                }
-            }
-            Ok(())
-        }
-        Command::Mappings(args) => {
-            let client = args.target.client().await?;
-            let names = match (&args.application, &args.public_key) {
-                (Some(app), _) => client.get_app_mappings(app).await?,
-                (None, key) => {
-                    client
-                        .get_mappings(key.as_deref().unwrap_or_default())
-                        .await?
-                }
-            };
-            if args.json {
-                println!("{}", serde_json::to_string(&names)?);
-            } else {
-                for name in names {
-                    println!("{}", printable(&name));
-                }
-            }
-            Ok(())
-        }
+        Command::Init(args) => database::init(args, conn).await,
+        Command::Unlock(args) => database::unlock(args, conn).await,
+        Command::Lock(args) => database::lock(args, conn).await,
+        Command::Rotate(args) => database::rotate(args, conn).await,
+        Command::Status(args) => return database::status(args, conn).await,
+        Command::Put(args) => put(args, conn).await,
+        Command::Get(args) => get::get(args, conn).await,
+        Command::Delete(args) => delete(args, conn).await,
+        Command::List(args) => list(args, conn).await,
+        Command::AddMapping(args) => mapping::add(args, conn).await,
+        Command::RemoveMapping(args) => mapping::remove(args, conn).await,
+        Command::Mappings(args) => mapping::list(args, conn).await,
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
         .map_err(admin_hint)
@@ -351,20 +372,43 @@ fn read_value(args: &mut PutArgs) -> anyhow::Result<SecretValue> {
     Ok(SecretValue::String(text))
 }
 
-async fn put(mut args: PutArgs) -> anyhow::Result<()> {
+async fn put(mut args: PutArgs, conn: &Conn) -> anyhow::Result<()> {
     let value = read_value(&mut args)?;
-    let transit = match args.transit_xkey_seed.take().map(Zeroizing::new) {
+    let transit = match args.transit_xkey.take().map(Zeroizing::new) {
         None => None,
         Some(k) => Some(transit_xkey(&k)?),
     };
-    let client = args.target.client().await?;
+    let client = args.target.client(conn).await?;
     let revision = client
         .put_secret(&args.name, value, args.version, transit.as_ref())
         .await?;
+    if args.output.json() {
+        return Output::print_json(&serde_json::json!({
+            "name": args.name,
+            "version": revision,
+        }));
+    }
     println!(
         "Secret '{}' put successfully (version {revision})",
-        args.name
+        printable(&args.name)
     );
+    Ok(())
+}
+
+/// `delete`: the secret and all its versions.
+async fn delete(args: NameArgs, conn: &Conn) -> anyhow::Result<()> {
+    args.target
+        .client(conn)
+        .await?
+        .delete_secret(&args.name)
+        .await?;
+    if args.output.json() {
+        return Output::print_json(&serde_json::json!({
+            "name": args.name,
+            "deleted": true,
+        }));
+    }
+    println!("Secret '{}' deleted", printable(&args.name));
     Ok(())
 }
 
@@ -386,12 +430,12 @@ pub(crate) fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {
 
 /// `rekey`: open the bucket directly (as `get` does) and re-seal every secret with the
 /// current key, online; running it again resumes.
-async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
+async fn rekey(args: RekeyArgs, conn: &Conn) -> anyhow::Result<()> {
     let keys = server::keyring(
         &Zeroizing::new(args.encryption_xkey_seed),
         &zeroized(args.previous_encryption_xkey_seeds),
     )?;
-    let (nats, js_domain) = args.conn.connect_jetstream("piggybank rekey").await?;
+    let (nats, js_domain) = conn.connect_jetstream("piggybank rekey").await?;
     let store = crate::store::SecretStore::open(
         &nats,
         js_domain.as_deref(),
@@ -408,17 +452,34 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     for (name, why) in &report.failed {
         eprintln!("rekey: {name}: {why}");
     }
-    println!(
-        "rekey: {} secrets in {:.1} s: {} re-sealed with data key {}, {} already under it, \
-         {} deleted meanwhile, {} failed",
-        report.total,
-        started.elapsed().as_secs_f64(),
-        report.resealed,
-        keys.current().id(),
-        report.already_current,
-        report.gone,
-        report.failed.len()
-    );
+    if args.output.json() {
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|(name, why)| serde_json::json!({ "name": name, "error": why }))
+            .collect();
+        Output::print_json(&serde_json::json!({
+            "total": report.total,
+            "resealed": report.resealed,
+            "already_current": report.already_current,
+            "deleted_meanwhile": report.gone,
+            "failed": failed,
+            "data_key": keys.current().id(),
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!(
+            "rekey: {} secrets in {:.1} s: {} re-sealed with data key {}, {} already under \
+             it, {} deleted meanwhile, {} failed",
+            report.total,
+            started.elapsed().as_secs_f64(),
+            report.resealed,
+            keys.current().id(),
+            report.already_current,
+            report.gone,
+            report.failed.len()
+        );
+    }
     if !report.failed.is_empty() {
         bail!(
             "{} secrets were not re-sealed; fix the cause above and run rekey again",
@@ -436,16 +497,15 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list(args: ListArgs) -> anyhow::Result<()> {
+async fn list(args: ListArgs, conn: &Conn) -> anyhow::Result<()> {
     let secrets = args
         .target
-        .client()
+        .client(conn)
         .await?
         .list_secrets(&args.prefix)
         .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&secrets)?);
-        return Ok(());
+    if args.output.json() {
+        return Output::print_json(&secrets);
     }
     println!("{:<40} {:>8} {:<7} UPDATED", "NAME", "VERSION", "KIND");
     for s in secrets {
@@ -469,6 +529,212 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_flags_are_taken_before_or_after_any_subcommand() {
+        let key = nkeys::KeyPair::new_module().public_key();
+        let commands: [&[&str]; 7] = [
+            &["run"],
+            &["put", "db"],
+            &["get", "db"],
+            &["add-mapping", &key, "--secret", "db"],
+            &["remove-mapping", &key, "--secret", "db"],
+            &["list"],
+            &["status"],
+        ];
+        for command in commands {
+            let before = ["piggybank", "--nats-address", "h:1"];
+            let after = ["--nats-creds-file", "/c"];
+            let all_after = ["--nats-address", "h:1", "--nats-creds-file", "/c"];
+            for argv in [
+                [&before[..], command, &after[..]].concat(),
+                [&["piggybank"][..], command, &all_after[..]].concat(),
+            ] {
+                let cli = parse_from(&argv).map_err(|e| e.to_string());
+                let cli = cli.unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                assert_eq!(cli.conn.nats_address.as_deref(), Some("h:1"), "{argv:?}");
+                assert_eq!(
+                    cli.conn.nats_creds_file.as_deref(),
+                    Some(std::path::Path::new("/c")),
+                    "{argv:?}"
+                );
+            }
+        }
+        // A certificate needs its key, and a user a password, wherever each is written.
+        for argv in [
+            vec!["piggybank", "--tls-cert", "/c.pem", "list"],
+            vec!["piggybank", "list", "--tls-cert", "/c.pem"],
+            vec!["piggybank", "list", "--nats-user", "u"],
+            vec!["piggybank", "--nats-password", "p", "run"],
+        ] {
+            let cli = parse_from(&argv).unwrap();
+            assert!(cli.conn.resolve().is_err(), "{argv:?}");
+        }
+        for argv in [
+            vec![
+                "piggybank",
+                "--tls-cert",
+                "/c.pem",
+                "list",
+                "--tls-key",
+                "/k",
+            ],
+            vec![
+                "piggybank",
+                "--nats-password",
+                "p",
+                "run",
+                "--nats-user",
+                "u",
+            ],
+        ] {
+            let cli = parse_from(&argv).unwrap();
+            assert!(cli.conn.resolve().is_ok(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn commands_that_make_no_connection_refuse_connection_flags_on_their_command_line() {
+        for argv in [
+            vec!["piggybank", "dev", "--nats-address", "127.0.0.1:5222"],
+            vec!["piggybank", "--nats-address", "127.0.0.1:5222", "dev"],
+            vec![
+                "piggybank",
+                "nats-config",
+                "--dir",
+                "d",
+                "--nats-nkey",
+                "/k",
+            ],
+            vec!["piggybank", "keygen", "admin", "--context", "prod"],
+        ] {
+            let err = parse_from(&argv).err().expect("refused").to_string();
+            assert!(err.contains("does not apply"), "{argv:?}: {err}");
+        }
+        let err = parse_from(["piggybank", "dev", "--nats-address", "h:5222"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("--nats-port"), "{err}");
+        // The positive control: the same commands without them.
+        for argv in [
+            vec!["piggybank", "dev"],
+            vec!["piggybank", "nats-config", "--dir", "d"],
+            vec!["piggybank", "keygen", "admin"],
+        ] {
+            assert!(parse_from(&argv).is_ok(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn the_transit_key_is_one_flag_on_put_init_and_unlock_and_the_old_name_still_works() {
+        for command in ["put", "init", "unlock"] {
+            let mut argv = vec!["piggybank", command];
+            if command == "put" {
+                argv.push("name");
+            }
+            for flag in ["-t", "--transit-xkey", "--transit-xkey-seed"] {
+                let mut argv = argv.clone();
+                argv.extend([flag, "XPUB"]);
+                assert!(parse_from(&argv).is_ok(), "{argv:?}");
+            }
+            let help = Cli::command()
+                .find_subcommand_mut(command)
+                .expect("a command")
+                .render_help()
+                .to_string();
+            assert!(
+                help.contains("-t, --transit-xkey <XKEY>"),
+                "{command}: {help}"
+            );
+            assert!(
+                !help.contains("--transit-xkey-seed"),
+                "{command}: the alias is hidden"
+            );
+        }
+    }
+
+    /// Commands with no result of their own to format: servers log (`--log-format`), `get`
+    /// prints the value itself, `completions` a script.
+    const NO_OUTPUT_FORMAT: &[&str] = &["run", "dev", "completions"];
+
+    /// Every subcommand, at any depth, with the words that call it.
+    fn every_subcommand() -> Vec<(Vec<String>, clap::Command)> {
+        let mut top = command();
+        top.build();
+        let mut found = Vec::new();
+        let mut todo: Vec<(Vec<String>, clap::Command)> = top
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .map(|c| (vec![c.get_name().to_string()], c.clone()))
+            .collect();
+        while let Some((path, sub)) = todo.pop() {
+            for child in sub.get_subcommands().filter(|c| c.get_name() != "help") {
+                let mut words = path.clone();
+                words.push(child.get_name().to_string());
+                todo.push((words, child.clone()));
+            }
+            found.push((path, sub));
+        }
+        found
+    }
+
+    #[test]
+    fn every_subcommand_has_help_one_nats_heading_and_an_output_format() {
+        let all = every_subcommand();
+        assert!(all.len() >= 36, "the walk found {}", all.len());
+        for (path, sub) in all {
+            let name = path.join(" ");
+            // --help succeeds (clap answers it with the help, as an "error" of kind DisplayHelp).
+            let argv = std::iter::once("piggybank".to_string())
+                .chain(path.iter().cloned())
+                .chain(["--help".to_string()]);
+            let shown = command().try_get_matches_from(argv).err();
+            assert_eq!(
+                shown.map(|e| e.kind()),
+                Some(clap::error::ErrorKind::DisplayHelp),
+                "{name}"
+            );
+            let help = sub.clone().render_long_help().to_string();
+            let headings = help.matches(&format!("{}:", conn::HEADING)).count();
+            let leaf = sub.get_subcommands().next().is_none();
+            let connects = !NO_CONNECTION.contains(&path[0].as_str());
+            assert_eq!(headings, usize::from(connects), "{name}: {help}");
+            // Placeholders are upper case: <NAME>, never <name> (a literal in brackets, as
+            // `APP=SECRET[:rw]`'s, is not a placeholder).
+            for arg in sub.get_arguments() {
+                for value in arg.get_value_names().into_iter().flatten() {
+                    let placeholder = value.split('[').next().unwrap_or_default();
+                    assert!(
+                        !placeholder.chars().any(|c| c.is_lowercase()),
+                        "{name}: <{value}>"
+                    );
+                }
+            }
+            let command = path.last().map_or("", String::as_str);
+            if !leaf || NO_OUTPUT_FORMAT.contains(&command) {
+                continue;
+            }
+            let output = sub.get_arguments().find(|a| a.get_long() == Some("output"));
+            let output = output.unwrap_or_else(|| panic!("{name} has no -o/--output"));
+            assert_eq!(output.get_short(), Some('o'), "{name}");
+            let formats: Vec<String> = output
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_string())
+                .collect();
+            assert_eq!(formats, ["text", "json"], "{name}");
+        }
+    }
+
+    /// `run`'s config, from its flags and the global connection flags.
+    fn run_config(cli: Cli) -> anyhow::Result<crate::server::RunConfig> {
+        let Cli { conn, command, .. } = cli;
+        let Command::Run(args) = command else {
+            panic!("not run")
+        };
+        args.into_config(&conn)
     }
 
     #[test]
@@ -504,10 +770,7 @@ mod tests {
             "json",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        let c = args.into_config().unwrap();
+        let c = run_config(cli).unwrap();
         assert_eq!(c.subject_prefix(), "base.v9.nm");
         assert_eq!(
             (c.secrets_bucket.as_str(), c.max_secret_history, c.replicas),
@@ -534,10 +797,7 @@ mod tests {
             "hub",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        let c = args.into_config().unwrap();
+        let c = run_config(cli).unwrap();
         assert_eq!(
             c.nats_tls,
             crate::connect::NatsTls {
@@ -550,29 +810,29 @@ mod tests {
         assert_eq!(c.js_domain.as_deref(), Some("hub"));
         assert_eq!(c.nats_address, config::DEFAULT_NATS_ADDRESS);
         let cli = Cli::try_parse_from(["piggybank", "run", "--js-domain", "a.b"]).unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        let Err(err) = args.into_config() else {
+        let Err(err) = run_config(cli) else {
             panic!("a.b is not a domain")
         };
         assert!(err.to_string().contains("\"a.b\" is invalid"), "{err}");
         // A certificate needs its key, on every command that connects.
-        for command in ["run", "list", "get", "status", "rekey"] {
-            assert!(
-                Cli::try_parse_from(["piggybank", command, "--tls-cert", "/c.pem"]).is_err(),
-                "{command}"
-            );
+        for command in [
+            &["run"][..],
+            &["list"],
+            &["get", "x"],
+            &["status"],
+            &["rekey", "-e", "SX"],
+        ] {
+            let argv = [&["piggybank"][..], command, &["--tls-cert", "/c.pem"]].concat();
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let err = cli.conn.resolve().err().expect("refused").to_string();
+            assert!(err.contains("--tls-key"), "{command:?}: {err}");
         }
     }
 
     #[test]
     fn run_takes_admin_keys_and_clients_a_seed_file() {
         let cli = Cli::try_parse_from(["piggybank", "run", "--admin-keys", "UA,UB"]).unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(args.into_config().unwrap().admin_keys, ["UA", "UB"]);
+        assert_eq!(run_config(cli).unwrap().admin_keys, ["UA", "UB"]);
         let cli = Cli::try_parse_from(["piggybank", "list", "--admin-seed-file", "/k/admin.seed"])
             .unwrap();
         let Command::List(args) = cli.command else {

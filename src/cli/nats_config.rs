@@ -31,7 +31,7 @@ pub struct NatsConfigArgs {
     #[arg(short = 's', long, default_value = config::DEFAULT_SUBJECT_BASE)]
     pub subject_base: String,
     /// The name of the backend (its -n)
-    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    #[arg(short = 'n', long = "name", value_name = "BACKEND_NAME", default_value = config::DEFAULT_BACKEND_NAME)]
     pub backend_name: String,
     /// The KV bucket secrets are stored in (its -b)
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
@@ -43,7 +43,7 @@ pub struct NatsConfigArgs {
     /// --piggybank-prefix)
     #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
     pub piggybank_prefix: String,
-    /// A Piggy Bank API application: a user of its own on `<prefix>.<app>.>`; repeat for
+    /// A Piggy Bank API application: a user of its own on `<PREFIX>.<APP>.>`; repeat for
     /// several
     #[arg(long = "app", value_name = "NAME")]
     pub apps: Vec<String>,
@@ -56,6 +56,8 @@ pub struct NatsConfigArgs {
     /// `--read-only-apps`); repeat for several
     #[arg(long = "read-only-app", value_name = "NAME")]
     pub read_only_apps: Vec<String>,
+    #[command(flatten)]
+    pub output: super::Output,
 }
 
 /// A layout written to a directory.
@@ -147,6 +149,24 @@ pub(crate) fn run(args: NatsConfigArgs) -> anyhow::Result<()> {
     .with_app_inboxes(args.app_inboxes)?
     .with_read_only_apps(args.read_only_apps)?;
     let layout = write_layout(&args.dir, deployment)?;
+    if args.output.json() {
+        let users: Vec<_> = layout
+            .users
+            .iter()
+            .map(|(role, path, key)| {
+                serde_json::json!({
+                    "role": role.file_stem(),
+                    "seed_file": path,
+                    "public_key": key,
+                })
+            })
+            .collect();
+        return super::Output::print_json(&serde_json::json!({
+            "backend": layout.deployment.backend_name,
+            "server_config": layout.server_config,
+            "users": users,
+        }));
+    }
     print!("{}", summary(&layout));
     Ok(())
 }

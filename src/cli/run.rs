@@ -1,4 +1,5 @@
-//! `piggybank run`'s flags, a superset of the sample's, and the [`RunConfig`] they make.
+//! `piggybank run`'s flags, a superset of the sample's, and the [`RunConfig`] they make with
+//! the global connection flags (`Conn`: `--nats-address`, `--nats-creds-file`, ...).
 
 use std::path::PathBuf;
 
@@ -6,10 +7,9 @@ use clap::Args;
 use zeroize::Zeroizing;
 
 use crate::config::{self, env};
-use crate::connect;
 use crate::server::RunConfig;
 
-use super::{files, zeroized, ConnOptions};
+use super::{files, zeroized, Conn};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -37,17 +37,9 @@ pub struct RunArgs {
     /// Queue group prefix shared by instances of this backend
     #[arg(long, default_value = config::DEFAULT_QUEUE_BASE)]
     pub nats_queue_base: String,
-    /// The NATS address to connect to [default: the context's url, else 127.0.0.1:4222]
-    #[arg(long, env = env::NATS_ADDRESS)]
-    pub nats_address: Option<String>,
     /// The secrets API version
     #[arg(long, default_value = config::DEFAULT_API_VERSION)]
     pub secrets_api_version: String,
-    /// NATS credentials file
-    #[arg(long, env = env::NATS_CREDSFILE)]
-    pub nats_creds_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub conn_options: ConnOptions,
     /// Replicas of the buckets piggybank creates (on a NATS cluster)
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
@@ -88,7 +80,7 @@ pub struct RunArgs {
     #[arg(long, env = env::PIGGYBANK_WRITE_LEGACY_FORMAT)]
     pub write_legacy_format: bool,
     /// Keep no audit trail (by default every access decision is recorded on the stream
-    /// PIGGYBANK_AUDIT_<name>)
+    /// PIGGYBANK_AUDIT_<NAME>)
     #[arg(long, env = env::PIGGYBANK_NO_AUDIT)]
     pub no_audit: bool,
     /// Refuse requests whose audit record cannot be written, rather than serve them
@@ -114,22 +106,16 @@ pub struct RunArgs {
     /// clients with a custom inbox prefix. Nothing is answered on any other reply subject.
     #[arg(long, env = env::REPLY_PREFIXES, value_delimiter = ',')]
     pub reply_prefixes: Vec<String>,
-    /// NATS user name (with --nats-password), for servers configured with users
-    #[arg(long, env = env::NATS_USER, requires = "nats_password", conflicts_with = "nats_creds_file")]
-    pub nats_user: Option<String>,
-    /// NATS password (prefer the env var: argv is visible to other users)
-    #[arg(long, env = env::NATS_PASSWORD, hide_env_values = true, requires = "nats_user")]
-    pub nats_password: Option<String>,
     /// Also serve the Piggy Bank API for plain NATS services under this prefix (`piggybank`)
     #[arg(long, env = env::PIGGYBANK_PREFIX)]
     pub piggybank_prefix: Option<String>,
     /// Share a protocol secret with a Piggy Bank API application, read-only unless `:rw`
     /// (repeatable): `shop=shop/db-password` is `piggybank.shop.db-password`. Without it the
-    /// API reaches only its own names (`_api/<app>/<name>`), never what components read
+    /// API reaches only its own names (`_api/<APP>/<NAME>`), never what components read
     #[arg(long = "share-with-api", value_name = "APP=SECRET[:rw]")]
     pub share_with_api: Vec<crate::config::ApiShare>,
     /// Piggy Bank API applications that may only `get` (comma-separated): their secrets are
-    /// written by signed admin commands only (`put _api/<app>/<name>`)
+    /// written by signed admin commands only (`put _api/<APP>/<NAME>`)
     #[arg(long, env = env::PIGGYBANK_READ_ONLY_APPS, value_delimiter = ',')]
     pub read_only_apps: Vec<String>,
     /// Bind an inbox prefix to a Piggy Bank API application (repeatable, or comma-separated
@@ -153,7 +139,8 @@ fn max_request_bytes(value: &str) -> Result<usize, String> {
 }
 
 impl RunArgs {
-    pub(crate) fn into_config(self) -> anyhow::Result<RunConfig> {
+    /// The backend's config: these flags, and the global connection flags (`conn`).
+    pub(crate) fn into_config(self, conn: &Conn) -> anyhow::Result<RunConfig> {
         let database_key = match (&self.unlock_key_file, &self.database_key) {
             (Some(path), _) => Some(files::read_private_line(path, "unlock key file")?),
             (None, Some(key)) => Some(Zeroizing::new(key.clone())),
@@ -170,14 +157,7 @@ impl RunArgs {
         c.max_secret_history = self.max_secret_history;
         c.nats_queue_base = self.nats_queue_base;
         c.api_version = self.secrets_api_version;
-        let credentials = match (self.nats_user, self.nats_password) {
-            (Some(user), Some(password)) => Some(connect::Credentials::UserPassword {
-                user,
-                password: Zeroizing::new(password),
-            }),
-            _ => connect::credentials_file(self.nats_creds_file.as_deref()),
-        };
-        let nats = self.conn_options.resolve(self.nats_address, credentials)?;
+        let nats = conn.resolve()?;
         if nats.inbox_prefix.is_some() {
             tracing::info!(
                 "the inbox prefix (--nats-inbox-prefix, or the context's) is for client connections: the backend's own \

@@ -185,7 +185,7 @@ async fn get_without_the_data_key_reads_through_the_backend_keeping_version_and_
     assert!(ok && out == b"looks-like-text");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("value");
-    let (ok, out, err) = s.get(&["db", "-o", file.to_str().unwrap()]).await;
+    let (ok, out, err) = s.get(&["db", "--out", file.to_str().unwrap()]).await;
     assert!(ok && out.is_empty(), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"second-value");
     assert_private_file(&file);

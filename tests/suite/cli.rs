@@ -360,11 +360,13 @@ async fn client_commands_never_create_infrastructure_and_name_what_is_missing() 
         );
     }
     // Commands that ask a backend: a name nobody serves fails at once and names the subject.
+    // (A key that is no entity's is refused before any request: cli_manners.)
+    let (_, entity) = Issuer::new().component();
     for args in [
         &["put", "x", "-n", "typo", "--string", "1"][..],
         &["list", "-n", "typo"][..],
         &["delete", "x", "-n", "typo"][..],
-        &["mappings", "MAAAA", "-n", "typo"][..],
+        &["mappings", &entity, "-n", "typo"][..],
     ] {
         let started = std::time::Instant::now();
         let (ok, _, err) = cli(&nats, args, None, &[]);
@@ -395,7 +397,7 @@ async fn get_to_a_file_leaves_it_mode_0600_whatever_was_there() {
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (ok, _, err) = cli(
         &nats,
-        &["get", "f", "-o", out.to_str().unwrap()],
+        &["get", "f", "--out", out.to_str().unwrap()],
         None,
         &enc,
     );
@@ -406,7 +408,7 @@ async fn get_to_a_file_leaves_it_mode_0600_whatever_was_there() {
     let fresh = dir.path().join("fresh");
     let (ok, _, err) = cli(
         &nats,
-        &["get", "f", "-o", fresh.to_str().unwrap()],
+        &["get", "f", "--out", fresh.to_str().unwrap()],
         None,
         &enc,
     );
@@ -414,7 +416,7 @@ async fn get_to_a_file_leaves_it_mode_0600_whatever_was_there() {
     assert_private_file(&fresh);
     let (ok, _, err) = cli(
         &nats,
-        &["get", "f", "-o", dir.path().to_str().unwrap()],
+        &["get", "f", "--out", dir.path().to_str().unwrap()],
         None,
         &enc,
     );

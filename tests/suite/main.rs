@@ -21,6 +21,7 @@ mod availability;
 mod backup;
 mod bad_input;
 mod cli;
+mod cli_manners;
 mod deploy;
 mod dev;
 mod discovery;

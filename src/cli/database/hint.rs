@@ -15,6 +15,7 @@ const NOT_REPEATED: &[&str] = &[
     "transit_xkey",
     "unverified_instances",
     "json",
+    "format",
     "shares",
     "threshold",
     "log_format",
@@ -61,14 +62,24 @@ fn given_flags(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<String
     let Ok(matches) = cli.clone().try_get_matches_from(argv) else {
         return Vec::new();
     };
-    let Some((name, sub)) = matches.subcommand() else {
+    let Some((name, mut sub)) = matches.subcommand() else {
         return Vec::new();
     };
-    let Some(command) = cli.find_subcommand(name) else {
+    let Some(mut command) = cli.find_subcommand(name) else {
         return Vec::new();
     };
+    // A grouped spelling (`operator unlock`): the flags are the innermost command's.
+    while let Some((name, inner)) = sub.subcommand() {
+        let Some(inner_command) = command.find_subcommand(name) else {
+            return Vec::new();
+        };
+        (sub, command) = (inner, inner_command);
+    }
     let mut words = Vec::new();
-    for arg in command.get_arguments() {
+    // The global flags (the connection's) are the top command's; their values are in the
+    // subcommand's matches too, wherever they were typed.
+    let globals = cli.get_arguments().filter(|a| a.is_global_set());
+    for arg in command.get_arguments().chain(globals) {
         let id = arg.get_id().as_str();
         if NOT_REPEATED.contains(&id) || sub.value_source(id) != Some(ValueSource::CommandLine) {
             continue;
@@ -124,6 +135,12 @@ mod tests {
         let seed = crate::keys::generate_seed();
         let words = flags(&["piggybank", "unlock", "-t", seed.as_str(), "-n", "a"]);
         assert_eq!(words, ["-n", "a"], "the seed is never repeated");
+        let grouped = flags(&["piggybank", "operator", "status", "-n", "b", "-o", "json"]);
+        assert_eq!(
+            grouped,
+            ["-n", "b"],
+            "a grouped spelling's flags, but the output's"
+        );
         assert_eq!(
             Pin::Key("XPUB".into()).words(),
             ["-t", "XPUB"],

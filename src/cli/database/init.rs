@@ -19,7 +19,7 @@ pub struct InitArgs {
 /// `init`: the key, or the shares, printed once; the warning goes to stderr. With a pinned
 /// transit key only the answer sealed from it is shown; without one
 /// (`--unverified-instances`) every distinct answer is, and more than one is an error.
-pub async fn init(args: InitArgs) -> anyhow::Result<()> {
+pub async fn init(args: InitArgs, conn: &Conn) -> anyhow::Result<()> {
     let pin = args.pin.resolve(
         "whose key is it? Anyone on the NATS account can answer initialize with a key of \
          their own, and the real one would be lost. A store run without TRANSIT_XKEY_SEED \
@@ -41,7 +41,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         config::headers::REQUESTER_XKEY,
         one_time.public_key().as_str(),
     );
-    let nats = args.db.conn.connect("piggybank cli").await?;
+    let nats = conn.connect("piggybank cli").await?;
     let signer = args.db.admin.signer()?;
     let subject = args.db.subject("initialize");
     let body = body.into_bytes();
@@ -60,10 +60,10 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     }
     let several = answers.keys.len() > 1;
     for (i, key) in answers.keys.iter().enumerate() {
-        if several && !args.db.json {
+        if several && !args.db.output.json() {
             println!("Answer {} of {}:", i + 1, answers.keys.len());
         }
-        if args.db.json {
+        if args.db.output.json() {
             println!("{:#}", serde_json::Value::Object(key.clone()));
         } else {
             print!("{}", *init_text(key));

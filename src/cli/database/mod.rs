@@ -1,6 +1,6 @@
 //! The database commands, `init`, `unlock`, `lock`, `status` and `rotate`: requests on
 //! `{prefix}.database.{name}.<op>` (served by `database`), printed as text
-//! or, with `--json`, as JSON.
+//! or, with `-o json` (`--json`), as one JSON document.
 //!
 //! `status` reaches every instance (no queue group), so it gathers every reply that arrives
 //! until none has come for `QUIET`, and exits as `vault status` does: 0 unsealed, 2 if any
@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 use async_nats::HeaderMap;
 use nkeys::XKey;
 
-use super::Conn;
+use super::{Conn, Output};
 use crate::config::{self, env};
 use crate::seal::key_record::{self as vault, DatabaseKey as MasterKey};
 use crate::seal::transfer::{InstanceClaim, Sealed, SealedInitialize, SealedUnlock};
@@ -60,13 +60,10 @@ pub struct DatabaseArgs {
     #[arg(long, env = env::PIGGYBANK_PREFIX, default_value = crate::piggybank_api::DEFAULT_PREFIX)]
     pub piggybank_prefix: String,
     /// The name of the backend (its -n/--name)
-    #[arg(short = 'n', long = "name", default_value = config::DEFAULT_BACKEND_NAME)]
+    #[arg(short = 'n', long = "name", value_name = "BACKEND_NAME", default_value = config::DEFAULT_BACKEND_NAME)]
     pub backend_name: String,
-    /// Print the reply as JSON instead of text
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub conn: Conn,
+    pub output: Output,
     #[command(flatten)]
     pub admin: super::admin_seed::AdminSeed,
 }
@@ -97,7 +94,8 @@ pub struct Pin {
         long = "transit-xkey",
         alias = "transit-xkey-seed",
         env = env::TRANSIT_XKEY_SEED,
-        hide_env_values = true
+        hide_env_values = true,
+        value_name = "XKEY"
     )]
     pub transit_xkey: Option<String>,
     /// Believe answers that prove nothing: init shows every key it is given, unlock sends
@@ -143,9 +141,9 @@ use status::*;
 pub use unlock::unlock;
 
 /// `lock`: every instance forgets its keys.
-pub async fn lock(args: DatabaseArgs) -> anyhow::Result<()> {
-    let reply = request(&args, "lock", Vec::new()).await?;
-    if args.json {
+pub async fn lock(args: DatabaseArgs, conn: &Conn) -> anyhow::Result<()> {
+    let reply = request(&args, conn, "lock", Vec::new()).await?;
+    if args.output.json() {
         println!("{reply}");
     } else {
         println!("Sealed: every instance that received the lock dropped its keys.");
@@ -154,9 +152,9 @@ pub async fn lock(args: DatabaseArgs) -> anyhow::Result<()> {
 }
 
 /// `rotate`: a new data key, current a moment later; values are re-sealed in the background.
-pub async fn rotate(args: DatabaseArgs) -> anyhow::Result<()> {
-    let reply = request(&args, "rotate", Vec::new()).await?;
-    if args.json {
+pub async fn rotate(args: DatabaseArgs, conn: &Conn) -> anyhow::Result<()> {
+    let reply = request(&args, conn, "rotate", Vec::new()).await?;
+    if args.output.json() {
         println!("{reply:#}");
     } else {
         println!(
@@ -197,11 +195,12 @@ fn nobody_answers(subject: &str) -> String {
 /// otherwise.
 async fn request(
     args: &DatabaseArgs,
+    conn: &Conn,
     op: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<serde_json::Value> {
     let signer = args.admin.signer()?;
-    let nats = args.conn.connect("piggybank cli").await?;
+    let nats = conn.connect("piggybank cli").await?;
     send(&nats, signer.as_ref(), &args.subject(op), None, body).await
 }
 

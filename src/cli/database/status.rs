@@ -3,8 +3,8 @@
 use super::*;
 
 /// `status`: every instance's report; the exit code says whether any is sealed.
-pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
-    let nats = args.conn.connect("piggybank cli").await?;
+pub async fn status(args: DatabaseArgs, conn: &Conn) -> anyhow::Result<ExitCode> {
+    let nats = conn.connect("piggybank cli").await?;
     let subject = args.subject("status");
     // Instances that hold the transit key prove it to this one-time key: the hints pin it.
     let one_time = XKey::new();
@@ -35,7 +35,7 @@ pub async fn status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
         .reports
         .sort_by(|a, b| a.0.instance_id.cmp(&b.0.instance_id));
     let code = answers.exit_code();
-    if args.json {
+    if args.output.json() {
         println!("{:#}", answers.to_json(&subject));
     } else {
         let pin = answers.pin(&one_time);

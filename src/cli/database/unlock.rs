@@ -6,7 +6,7 @@ use super::*;
 /// `unlock`: one key or one share per call, to every instance that answers `status` and
 /// proves it holds the pinned transit key (or to every one, with `--unverified-instances`),
 /// each sealed to that instance's unseal xkey.
-pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
+pub async fn unlock(args: UnlockArgs, conn: &Conn) -> anyhow::Result<()> {
     let plaintext = unlock_body()?;
     let pin = args.pin.resolve(
         "which instances are this backend's? Anyone on the NATS account can answer status \
@@ -16,7 +16,7 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
     let next = super::hint::command("unlock", &super::hint::Pin::of(pin.as_deref()));
     let args = args.db;
     let signer = args.admin.signer()?;
-    let nats = args.conn.connect("piggybank cli").await?;
+    let nats = conn.connect("piggybank cli").await?;
     let status_subject = args.subject("status");
     // Each instance vouches for its unseal xkey to this one-time key (`unseal_proof`).
     let one_time = XKey::new();
@@ -84,7 +84,7 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
         match result {
             Ok(mut reply) => {
                 accepted += 1;
-                if args.json {
+                if args.output.json() {
                     reply["instance_id"] = instance.instance_id.clone().into();
                     println!("{reply}");
                 } else if reply["sealed"] == false {
@@ -105,7 +105,11 @@ pub async fn unlock(args: UnlockArgs) -> anyhow::Result<()> {
         .into_iter()
         .partition(|(_, e)| accepted > 0 && e.to_string().contains("database already unlocked"));
     for (prefix, _) in notes {
-        println!("{prefix}already unlocked.");
+        // Stdout holds the JSON in JSON mode: a note goes beside it, to stderr.
+        match args.output.json() {
+            true => eprintln!("{prefix}already unlocked."),
+            false => println!("{prefix}already unlocked."),
+        }
     }
     let mut all: Vec<String> = errors.iter().map(|(p, e)| format!("{p}{e:#}")).collect();
     all.extend(unproven);
