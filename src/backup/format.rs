@@ -320,8 +320,9 @@ impl BodyCheck {
             }
             Line::Mapping { entity, names } => {
                 store::EntityKey::parse(&entity).map_err(|e| e.to_string())?;
+                // The rule `add_mapping` applies: no component is granted an API name.
                 for name in &names {
-                    store::validate_name(name).map_err(|e| e.to_string())?;
+                    store::validate_grantable(name).map_err(|e| e.to_string())?;
                 }
                 if !self.entities.insert(entity.clone()) {
                     return Err(format!("entity {entity} is mapped twice"));
@@ -346,10 +347,9 @@ impl BodyCheck {
                 Largest::note(&mut self.largest.mapping, number, value.len(), || {
                     format!("the grants of application {application}")
                 });
-                Ok(Entry::Mapping {
-                    entity: grantee.kv_key().into_owned(),
-                    value,
-                })
+                let key = grantee.kv_key().into_owned();
+                self.totals.mappings.add(&key, value.len());
+                Ok(Entry::Mapping { entity: key, value })
             }
             Line::KeyRecord { value } => {
                 if self.key_record.is_some() {

@@ -94,6 +94,31 @@ fn an_application_grant_line_is_checked() {
     ] {
         assert!(check.line(3, bad.as_bytes()).is_err(), "{bad}");
     }
+    // Restore writes it into the mappings bucket: it counts toward that bucket's total.
+    assert_eq!(
+        check.totals.mappings,
+        Total {
+            messages: 1,
+            bytes: ("app.shop".len() + br#"["db"]"#.len()) as u64
+        }
+    );
+}
+
+/// A component may never be granted a Piggy Bank API name (`_api/...`): an entity's
+/// mapping line in a backup is checked by the rule `add_mapping` applies, as an
+/// application's line is.
+#[test]
+fn an_entity_mapping_line_granting_an_api_name_is_refused() {
+    let entity = nkeys::KeyPair::new_module().public_key();
+    let mut check = BodyCheck::default();
+    let line = |names: &str| format!(r#"{{"type":"mapping","entity":"{entity}","names":{names}}}"#);
+    assert!(check
+        .line(1, line(r#"["_api/shop/token"]"#).as_bytes())
+        .is_err());
+    assert!(matches!(
+        check.line(2, line(r#"["db"]"#).as_bytes()),
+        Ok(Entry::Mapping { .. })
+    ));
 }
 
 #[test]
