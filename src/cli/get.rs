@@ -46,16 +46,8 @@ pub struct GetArgs {
     /// The KV bucket secrets are stored in (with -e)
     #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
     pub secrets_bucket: String,
-    /// Through the backend: its transit key (public key X..., or seed SX...); only a reply
-    /// sealed from it is believed (anyone on the bus may answer first)
-    #[arg(
-        short = 't',
-        long = "transit-xkey",
-        alias = "transit-xkey-seed",
-        env = env::TRANSIT_XKEY_SEED,
-        hide_env_values = true
-    )]
-    pub transit_xkey: Option<String>,
+    #[command(flatten)]
+    pub transit: super::transit::TransitKey,
     /// The version (revision) to read; the latest if absent
     #[arg(long = "secret-version")]
     pub version: Option<u64>,
@@ -155,10 +147,7 @@ async fn read_direct(
 /// (or NATS cannot be reached), the error says how to read directly instead.
 async fn read_through_backend(args: &GetArgs, conn: &Conn) -> anyhow::Result<(u64, SecretValue)> {
     crate::store::validate_name(&args.name)?;
-    let pin = match args.transit_xkey.as_deref() {
-        Some(key) => Some(super::transit_xkey(key)?.public_key()),
-        None => None,
-    };
+    let pin = args.transit.public_key()?;
     // Without a backend to ask, say how to read without one.
     let unreachable = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!(

@@ -24,6 +24,7 @@ mod mapping;
 mod nats_config;
 mod output;
 mod run;
+mod transit;
 pub(crate) use conn::{Conn, Target};
 pub use output::Output;
 pub(crate) use run::RunArgs;
@@ -35,7 +36,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nkeys::XKey;
 use zeroize::Zeroizing;
 
 use crate::client;
@@ -153,17 +153,8 @@ pub struct PutArgs {
     /// A file holding the binary value; `-` reads bytes from stdin
     #[arg(long, env = env::SECRET_BINARY_FILE, conflicts_with = "string")]
     pub binary: Option<PathBuf>,
-    /// The backend's transit key (its public key X..., or its seed SX...); fetched from the
-    /// backend if absent
-    #[arg(
-        short = 't',
-        long = "transit-xkey",
-        alias = "transit-xkey-seed",
-        env = env::TRANSIT_XKEY_SEED,
-        hide_env_values = true,
-        value_name = "XKEY"
-    )]
-    pub transit_xkey: Option<String>,
+    #[command(flatten)]
+    pub transit: transit::TransitKey,
     #[command(flatten)]
     pub target: Target,
     #[command(flatten)]
@@ -374,10 +365,7 @@ fn read_value(args: &mut PutArgs) -> anyhow::Result<SecretValue> {
 
 async fn put(mut args: PutArgs, conn: &Conn) -> anyhow::Result<()> {
     let value = read_value(&mut args)?;
-    let transit = match args.transit_xkey.take().map(Zeroizing::new) {
-        None => None,
-        Some(k) => Some(transit_xkey(&k)?),
-    };
+    let transit = args.transit.key()?;
     let client = args.target.client(conn).await?;
     let revision = client
         .put_secret(&args.name, value, args.version, transit.as_ref())
@@ -410,18 +398,6 @@ async fn delete(args: NameArgs, conn: &Conn) -> anyhow::Result<()> {
     }
     println!("Secret '{}' deleted", printable(&args.name));
     Ok(())
-}
-
-/// A transit key given as its seed (SX...) or its public key (X...).
-fn transit_xkey(text: &str) -> anyhow::Result<XKey> {
-    let text = text.trim();
-    if text.starts_with("SX") {
-        return Ok(crate::keys::xkey_from_seed(
-            &Zeroizing::new(text.to_string()),
-            "transit key",
-        )?);
-    }
-    XKey::from_public_key(text).context("the transit key is not a valid xkey (X... or SX...)")
 }
 
 pub(crate) fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {

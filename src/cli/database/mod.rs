@@ -86,18 +86,8 @@ pub struct UnlockArgs {
 /// `initialize` and `status`.
 #[derive(Args)]
 pub struct Pin {
-    /// The backend's transit key (its public key X..., or its seed SX...): only answers
-    /// that prove they come from a holder of it are believed (init: the key it shows;
-    /// unlock: the instances it sends the key or share to)
-    #[arg(
-        short = 't',
-        long = "transit-xkey",
-        alias = "transit-xkey-seed",
-        env = env::TRANSIT_XKEY_SEED,
-        hide_env_values = true,
-        value_name = "XKEY"
-    )]
-    pub transit_xkey: Option<String>,
+    #[command(flatten)]
+    pub transit: super::transit::TransitKey,
     /// Believe answers that prove nothing: init shows every key it is given, unlock sends
     /// the key or share to every instance that answers `status`. Anyone who may publish on
     /// the account can answer so; only for stores run without TRANSIT_XKEY_SEED, where no
@@ -110,7 +100,7 @@ impl Pin {
     /// The pinned transit public key, or `None` with `--unverified-instances` (warned);
     /// without either, an error that explains why (`why_pin`) and what to do.
     fn resolve(&self, why_pin: &str) -> anyhow::Result<Option<String>> {
-        match (&self.transit_xkey, self.unverified_instances) {
+        match (self.transit.public_key()?, self.unverified_instances) {
             (_, true) => {
                 eprintln!(
                     "warning: --unverified-instances: answers are believed without proof, \
@@ -118,7 +108,7 @@ impl Pin {
                 );
                 Ok(None)
             }
-            (Some(key), false) => Ok(Some(super::transit_xkey(key)?.public_key())),
+            (Some(key), false) => Ok(Some(key)),
             (None, false) => bail!(
                 "{why_pin} Give the backend's transit key with -t/--transit-xkey (its public \
                  key, server_xkey in status, checked out of band; or TRANSIT_XKEY_SEED), or \

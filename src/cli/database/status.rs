@@ -152,7 +152,7 @@ impl Answers {
     pub(super) fn pin(&self, one_time: &XKey) -> super::hint::Pin {
         use super::hint::Pin;
         if let Ok(seed) = std::env::var(env::TRANSIT_XKEY_SEED) {
-            if let Ok(key) = crate::cli::transit_xkey(&Zeroizing::new(seed)) {
+            if let Ok(key) = crate::cli::transit::parse(&Zeroizing::new(seed)) {
                 return Pin::Key(key.public_key());
             }
         }
