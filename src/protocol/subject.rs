@@ -22,42 +22,17 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// One of each operation (an argument `x` where it takes one): what the NATS layout
-    /// grants the admin role is read from it.
+    /// One of each operation the subject tree has (an argument `x` where it takes one):
+    /// what the NATS layout grants the admin role is read from it. It is the table
+    /// [`parse`] reads, so an operation that can be requested is in it.
     pub fn every_kind() -> Vec<Operation> {
-        let x = || "x".to_string();
-        let all = vec![
-            Operation::ServerXkey,
-            Operation::Get,
-            Operation::PutSecret,
-            Operation::DeleteSecret,
-            Operation::ListSecrets,
-            Operation::AddMapping(x()),
-            Operation::RemoveMapping(x()),
-            Operation::GetMappings(x()),
-            Operation::AddAppMapping(x()),
-            Operation::RemoveAppMapping(x()),
-            Operation::GetAppMappings(x()),
-            Operation::ReadSecret,
-        ];
-        // A new operation does not compile here until it is listed above as well.
-        for op in &all {
-            match op {
-                Operation::ServerXkey
-                | Operation::Get
-                | Operation::PutSecret
-                | Operation::DeleteSecret
-                | Operation::ListSecrets
-                | Operation::AddMapping(_)
-                | Operation::RemoveMapping(_)
-                | Operation::GetMappings(_)
-                | Operation::AddAppMapping(_)
-                | Operation::RemoveAppMapping(_)
-                | Operation::GetAppMappings(_)
-                | Operation::ReadSecret => {}
-            }
-        }
-        all
+        OPERATIONS
+            .iter()
+            .map(|(_, make)| match make {
+                Make::Plain(op) => op.clone(),
+                Make::WithArgument(make) => make("x".to_string()),
+            })
+            .collect()
     }
 
     /// Its subjects under the backend's `prefix`, as a NATS permission: `{prefix}.{op}`, or
@@ -139,6 +114,45 @@ pub(crate) enum SubjectError {
     Trailing(String),
 }
 
+/// How an operation is made from its subject: it takes no further token, or one argument
+/// (an entity key, an application's name).
+enum Make {
+    Plain(Operation),
+    WithArgument(fn(String) -> Operation),
+}
+
+/// Every operation of the subject tree, by its name on the wire: the one table [`parse`]
+/// reads and [`Operation::every_kind`] lists.
+const OPERATIONS: &[(&str, Make)] = &[
+    (ops::SERVER_XKEY, Make::Plain(Operation::ServerXkey)),
+    (ops::GET, Make::Plain(Operation::Get)),
+    (ops::PUT_SECRET, Make::Plain(Operation::PutSecret)),
+    (ops::DELETE_SECRET, Make::Plain(Operation::DeleteSecret)),
+    (ops::LIST_SECRETS, Make::Plain(Operation::ListSecrets)),
+    (ops::READ_SECRET, Make::Plain(Operation::ReadSecret)),
+    (ops::ADD_MAPPING, Make::WithArgument(Operation::AddMapping)),
+    (
+        ops::REMOVE_MAPPING,
+        Make::WithArgument(Operation::RemoveMapping),
+    ),
+    (
+        ops::GET_MAPPINGS,
+        Make::WithArgument(Operation::GetMappings),
+    ),
+    (
+        ops::ADD_APP_MAPPING,
+        Make::WithArgument(Operation::AddAppMapping),
+    ),
+    (
+        ops::REMOVE_APP_MAPPING,
+        Make::WithArgument(Operation::RemoveAppMapping),
+    ),
+    (
+        ops::GET_APP_MAPPINGS,
+        Make::WithArgument(Operation::GetAppMappings),
+    ),
+];
+
 /// `prefix` is `{base}.{version}.{name}` (no trailing dot).
 pub fn parse(prefix: &str, subject: &str) -> Result<Operation, SubjectError> {
     let rest = subject
@@ -149,30 +163,17 @@ pub fn parse(prefix: &str, subject: &str) -> Result<Operation, SubjectError> {
         Some((op, arg)) => (op, Some(arg)),
         None => (rest, None),
     };
-    let with_entity = |name: &'static str, make: fn(String) -> Operation| match arg {
-        Some(entity) if !entity.is_empty() && !entity.contains('.') => Ok(make(entity.to_string())),
-        _ => Err(SubjectError::MissingEntity(name)),
-    };
-    let plain = |operation: Operation| match arg {
-        None => Ok(operation),
-        Some(_) => Err(SubjectError::Trailing(op.to_string())),
-    };
-    match op {
-        ops::SERVER_XKEY => plain(Operation::ServerXkey),
-        ops::GET => plain(Operation::Get),
-        ops::PUT_SECRET => plain(Operation::PutSecret),
-        ops::DELETE_SECRET => plain(Operation::DeleteSecret),
-        ops::LIST_SECRETS => plain(Operation::ListSecrets),
-        ops::READ_SECRET => plain(Operation::ReadSecret),
-        ops::ADD_MAPPING => with_entity(ops::ADD_MAPPING, Operation::AddMapping),
-        ops::REMOVE_MAPPING => with_entity(ops::REMOVE_MAPPING, Operation::RemoveMapping),
-        ops::GET_MAPPINGS => with_entity(ops::GET_MAPPINGS, Operation::GetMappings),
-        ops::ADD_APP_MAPPING => with_entity(ops::ADD_APP_MAPPING, Operation::AddAppMapping),
-        ops::REMOVE_APP_MAPPING => {
-            with_entity(ops::REMOVE_APP_MAPPING, Operation::RemoveAppMapping)
+    let (name, make) = OPERATIONS
+        .iter()
+        .find(|(name, _)| *name == op)
+        .ok_or_else(|| SubjectError::UnknownOperation(op.to_string()))?;
+    match (make, arg) {
+        (Make::Plain(operation), None) => Ok(operation.clone()),
+        (Make::Plain(_), Some(_)) => Err(SubjectError::Trailing(op.to_string())),
+        (Make::WithArgument(make), Some(entity)) if !entity.is_empty() && !entity.contains('.') => {
+            Ok(make(entity.to_string()))
         }
-        ops::GET_APP_MAPPINGS => with_entity(ops::GET_APP_MAPPINGS, Operation::GetAppMappings),
-        other => Err(SubjectError::UnknownOperation(other.to_string())),
+        (Make::WithArgument(_), _) => Err(SubjectError::MissingEntity(name)),
     }
 }
 
