@@ -7,6 +7,7 @@
 //! target for the test to mean anything, a positive control shows that it did.
 
 mod access;
+mod admin_read_attacks;
 mod cli_output;
 mod doors;
 mod fairness;
