@@ -50,8 +50,9 @@ pub enum ClientError {
     Read(String),
     #[error("the backend's pages do not add up: {0}")]
     Paging(String),
+    /// (Not a `source`: its text is in the message once.)
     #[error("read_secret reply not believed: {0}")]
-    SealedReply(#[from] crate::protocol::read_secret::SealedValueError),
+    SealedReply(crate::protocol::read_secret::SealedValueError),
 }
 
 impl ClientError {
@@ -62,6 +63,27 @@ impl ClientError {
         matches!(self, ClientError::Admin { code: 403, .. })
             || matches!(self, ClientError::Put(PutSecretError::InvalidHeaders))
     }
+}
+
+/// How long a pinned `read_secret` waits for an answer sealed from the pinned key.
+const PINNED_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an error answer must stand alone to be believed (anyone can forge one).
+const FORGED_ERROR_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The backend's refusal in an admin reply (`Nats-Service-Error-Code`), if it is one.
+fn admin_error(msg: &async_nats::Message) -> Option<ClientError> {
+    let code = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))?;
+    let parsed: Option<AdminError> = serde_json::from_slice(&msg.payload).ok();
+    Some(ClientError::Admin {
+        code: code.as_str().parse().unwrap_or(500),
+        message: parsed.map_or_else(
+            || String::from_utf8_lossy(&msg.payload).into_owned(),
+            |p| p.error,
+        ),
+    })
 }
 
 #[derive(Clone)]
@@ -106,21 +128,10 @@ impl AdminClient {
                 reason: e.to_string(),
             },
         })?;
-        if let Some(code) = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))
-        {
-            let parsed: Option<AdminError> = serde_json::from_slice(&msg.payload).ok();
-            return Err(ClientError::Admin {
-                code: code.as_str().parse().unwrap_or(500),
-                message: parsed.map_or_else(
-                    || String::from_utf8_lossy(&msg.payload).into_owned(),
-                    |p| p.error,
-                ),
-            });
+        match admin_error(&msg) {
+            Some(refused) => Err(refused),
+            None => Ok(msg),
         }
-        Ok(msg)
     }
 
     async fn expect_ok(&self, subject: String, body: Vec<u8>) -> Result<(), ClientError> {
@@ -205,14 +216,76 @@ impl AdminClient {
         let one_time = XKey::new();
         let mut h = HeaderMap::new();
         h.insert(headers::REQUESTER_XKEY, one_time.public_key().as_str());
-        let msg = self
-            .request(self.subject(ops::READ_SECRET), Some(h), body)
-            .await?;
-        let sealed = SealedValue {
-            headers: msg.headers.as_ref(),
-            body: &msg.payload,
+        let subject = self.subject(ops::READ_SECRET);
+        let open = |msg: &async_nats::Message| {
+            SealedValue {
+                headers: msg.headers.as_ref(),
+                body: &msg.payload,
+            }
+            .open(&one_time, pin, name, version)
+            .map_err(ClientError::SealedReply)
         };
-        Ok(sealed.open(&one_time, pin, name, version)?)
+        if pin.is_none() {
+            // Unpinned, the first answer is as good as any: anyone may answer first.
+            return open(&self.request(subject, Some(h), body).await?);
+        }
+        self.pinned_read(subject, h, body, open).await
+    }
+
+    /// A pinned `read_secret`: anyone on the bus may answer first, with a value sealed from
+    /// a key of its own or an error, so answers are read until one opens under the pin. An
+    /// error (or "no responders") is believed only if no such value comes within
+    /// [`FORGED_ERROR_GRACE`] of it; an answer the pin refuses is skipped.
+    async fn pinned_read(
+        &self,
+        subject: String,
+        mut headers: HeaderMap,
+        body: Vec<u8>,
+        open: impl Fn(&async_nats::Message) -> Result<(u64, SecretValue), ClientError>,
+    ) -> Result<(u64, SecretValue), ClientError> {
+        use futures::StreamExt as _;
+        let failed = |reason: String| ClientError::Request {
+            subject: subject.clone(),
+            reason,
+        };
+        let inbox = self.nats.new_inbox();
+        let mut replies = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(signer) = &self.signer {
+            signer.sign_into(&subject, &body, &mut headers);
+        }
+        self.nats
+            .publish_with_reply_and_headers(subject.clone(), inbox, headers, body.into())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        self.nats.flush().await.map_err(|e| failed(e.to_string()))?;
+        let mut deadline = tokio::time::Instant::now() + PINNED_READ_TIMEOUT;
+        let mut believed_if_alone: Option<ClientError> = None;
+        let mut refused: Option<ClientError> = None;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
+            let error = if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                Some(ClientError::NoBackend(subject.clone()))
+            } else {
+                admin_error(&msg)
+            };
+            if let Some(error) = error {
+                believed_if_alone.get_or_insert(error);
+                deadline = deadline.min(tokio::time::Instant::now() + FORGED_ERROR_GRACE);
+                continue;
+            }
+            match open(&msg) {
+                Ok(read) => return Ok(read),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        Err(believed_if_alone
+            .or(refused)
+            .unwrap_or_else(|| failed("no answer sealed from the pinned transit key".into())))
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {

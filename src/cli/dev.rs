@@ -92,7 +92,7 @@ fn default_dir(sealed: bool) -> PathBuf {
 }
 
 /// The admin key of `{dir}/admin.seed`, made (mode 0600) if the file does not exist.
-fn load_or_create_admin_key(path: &Path) -> anyhow::Result<AdminSigner> {
+pub(super) fn load_or_create_admin_key(path: &Path) -> anyhow::Result<AdminSigner> {
     let seed = if path.exists() {
         super::admin_seed::read_seed_file(path)?
     } else {

@@ -21,6 +21,10 @@ pub(crate) const AUTHORIZATION_FILE: &str = "auth.conf";
 pub(crate) const SERVER_CONFIG_FILE: &str = "nats-server.conf";
 /// The same users as nsc commands, for an operator/JWT setup.
 pub(crate) const NSC_SCRIPT_FILE: &str = "nsc-users.sh";
+/// The admin signing key (a user nkey seed) the printed `run` line requires with
+/// `--admin-keys`: without it the admin role's NATS user alone would administer the store,
+/// and read every value through `read_secret`.
+pub(crate) const ADMIN_SIGNING_SEED_FILE: &str = "admin.seed";
 
 #[derive(Args)]
 pub struct NatsConfigArgs {
@@ -149,6 +153,12 @@ pub(crate) fn run(args: NatsConfigArgs) -> anyhow::Result<()> {
     .with_app_inboxes(args.app_inboxes)?
     .with_read_only_apps(args.read_only_apps)?;
     let layout = write_layout(&args.dir, deployment)?;
+    let signer = super::dev::load_or_create_admin_key(&args.dir.join(ADMIN_SIGNING_SEED_FILE))?;
+    let admin = AdminSigning {
+        public_key: signer.public_key().to_string(),
+        seed_file: std::path::absolute(args.dir.join(ADMIN_SIGNING_SEED_FILE))
+            .context("cannot resolve the admin seed file's path")?,
+    };
     if args.output.json() {
         let users: Vec<_> = layout
             .users
@@ -165,14 +175,23 @@ pub(crate) fn run(args: NatsConfigArgs) -> anyhow::Result<()> {
             "backend": layout.deployment.backend_name,
             "server_config": layout.server_config,
             "users": users,
+            "admin_key": admin.public_key,
+            "admin_seed_file": admin.seed_file,
         }));
     }
-    print!("{}", summary(&layout));
+    print!("{}", summary(&layout, &admin));
     Ok(())
 }
 
+/// The admin signing key of a layout: its public key for `--admin-keys`, its seed's file
+/// for the operators (`PIGGYBANK_ADMIN_SEED_FILE`).
+pub(crate) struct AdminSigning {
+    pub public_key: String,
+    pub seed_file: PathBuf,
+}
+
 /// Who may do what, which files to hand to whom, and how the backend must run.
-pub(crate) fn summary(layout: &WrittenLayout) -> String {
+pub(crate) fn summary(layout: &WrittenLayout, admin: &AdminSigning) -> String {
     let d = &layout.deployment;
     let mut out = format!(
         "NATS layout of backend {:?} written: server config {} (include it, or run nats-server -c it)\n\n",
@@ -207,8 +226,10 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
     out.push_str(&format!(
         "\nRun the backend as its role, answering the admin's and the applications' inboxes:\n  \
          piggybank run -n {} -s {} -b {} --piggybank-prefix {} --nats-nkey {backend} \\\n    \
-         --sealed-keys-only --reply-prefixes {}{app_inboxes}{read_only}\n\
-         Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} piggybank ...\n\
+         --sealed-keys-only --admin-keys {admin_key} \\\n    \
+         --reply-prefixes {}{app_inboxes}{read_only}\n\
+         Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} \\\n  \
+         PIGGYBANK_ADMIN_SEED_FILE={admin_seed} piggybank ...\n\
          Applications: connect with their seed and the inbox prefix _INBOX_<app> (or the one\n\
          bound to them with --app-inbox).\n\
          restore and rekey write the buckets: run them as the backend role\n  \
@@ -223,6 +244,8 @@ pub(crate) fn summary(layout: &WrittenLayout) -> String {
         d.reply_prefixes().join(","),
         nats_layout::admin_inbox_prefix(&d.backend_name),
         crate::reply_policy::SERVER_INBOX_PREFIX,
+        admin_key = admin.public_key,
+        admin_seed = super::dev::shell_word(&admin.seed_file.display().to_string()),
     ));
     out
 }

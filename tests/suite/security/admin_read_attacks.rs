@@ -4,8 +4,8 @@
 //! host role, an application role, or the admin role's NATS user without the admin seed.
 //!
 //! Each test asserts the secure outcome beside a positive control that shows the attack
-//! reached its target. A test marked `#[ignore = "finding N: ..."]` fails today: it is a
-//! finding of the hostile review, kept so that its fix has a regression test ready.
+//! reached its target. Two of them failed when they were written, and pass since their
+//! fixes (each says what was found).
 
 use std::time::Duration;
 
@@ -198,7 +198,6 @@ async fn a_pinned_get_never_prints_a_value_a_forger_sealed_to_its_request() {
 /// `request`), so anyone who sees a read's request ends it: with "not believed", or with a
 /// "not found" that the operator takes for the backend's answer.
 #[tokio::test]
-#[ignore = "finding 1: a forged first answer ends a pinned get (not believed / a forged not found); it does not wait for the backend's vouched reply"]
 async fn a_forged_first_answer_does_not_stop_a_pinned_get_from_reading_the_backends_value() {
     let s = open_setup().await;
     let transit = s.keys.transit_public();
@@ -498,14 +497,14 @@ async fn under_the_layout_a_read_is_answered_only_in_the_operators_inbox() {
 /// precisely so that it alone cannot read a value ("never `get`: with it, this user alone
 /// would read every mapped secret", docs/nats-layout.md). Safe: refused; a value leaves the
 /// backend only for an admin signature. Control: the same user reaches the backend
-/// (`server_xkey` is answered in its inbox).
+/// (`server_xkey` is answered in its inbox), and with the admin seed `nats-config` wrote
+/// (`admin.seed`, the one the printed `--admin-keys` names) it reads the value.
 ///
-/// Found: `nats-config` prints `piggybank run ... --reply-prefixes ...` with no
-/// `--admin-keys` (and writes no admin signing key), and `read_secret` is then served
-/// unsigned, so the admin role's NATS user reads every plaintext value, more than the `get`
+/// Found: `nats-config` printed `piggybank run ... --reply-prefixes ...` with no
+/// `--admin-keys` (and wrote no admin signing key), and `read_secret` was then served
+/// unsigned, so the admin role's NATS user read every plaintext value, more than the `get`
 /// it was denied (no mapping needed).
 #[tokio::test]
-#[ignore = "finding 2: under the layout as nats-config prints it (no --admin-keys), the admin role's user reads any value unsigned through read_secret"]
 async fn under_the_printed_layout_the_admin_roles_user_reads_no_value_without_an_admin_seed() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(piggybank_bin())
@@ -515,32 +514,46 @@ async fn under_the_printed_layout_the_admin_roles_user_reads_no_value_without_an
         .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);
-    let run_line = printed
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("piggybank run "))
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
-    // The backend as printed: no admin keys unless the printed command names them.
-    let printed_admin_keys = run_line.contains("--admin-keys");
-    let layout = Layout::start(&[], Vec::new()).await;
+    // The backend as printed: the admin keys the printed command names, if any.
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    let admin_keys: Vec<String> = words
+        .windows(2)
+        .filter(|w| w[0] == "--admin-keys")
+        .flat_map(|w| w[1].split(',').map(str::to_string))
+        .collect();
+    let layout = Layout::start(&[], admin_keys.clone()).await;
     let admin = layout.admin().await;
     let unsigned = operator(&admin, None);
     let transit = unsigned
         .server_xkey()
         .await
         .expect("control: the admin role reaches the backend");
-    // Stored the way the backend role or a signed operator would; here it is unauthenticated.
-    unsigned
+    let seed = std::fs::read_to_string(dir.path().join("admin.seed")).unwrap_or_default();
+    let seed = seed
+        .lines()
+        .find(|l| l.starts_with("SU"))
+        .map(str::to_string);
+    let signer = seed.map(|s| AdminSigner::from_seed(&zeroize::Zeroizing::new(s)).unwrap());
+    assert_eq!(
+        signer.as_ref().map(|s| s.public_key().to_string()),
+        admin_keys.first().cloned(),
+        "the printed --admin-keys is the key of the admin.seed nats-config wrote:\n{printed}"
+    );
+    let signed = operator(&admin, signer);
+    signed
         .put_secret("db", text(GENUINE), None, None)
         .await
-        .unwrap();
+        .expect("control: a signed put");
     let read = unsigned.read_secret("db", None, Some(&transit)).await;
     let leaked = read.as_ref().ok().map(|(_, v)| v.as_bytes().to_vec());
     assert!(
-        printed_admin_keys || leaked.is_none(),
-        "nats-config's printed run command has no --admin-keys ({run_line}), and the admin \
-         role's user read the value unsigned: {:?}",
+        leaked.is_none(),
+        "the admin role's user read the value unsigned: {:?}",
         leaked.map(|v| String::from_utf8_lossy(&v).into_owned())
     );
+    let (_, value) = signed
+        .read_secret("db", None, Some(&transit))
+        .await
+        .expect("control: a signed read");
+    assert_eq!(value.as_bytes(), GENUINE.as_bytes());
 }
