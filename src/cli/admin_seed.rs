@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use zeroize::Zeroizing;
 
@@ -62,6 +62,23 @@ impl AdminSeed {
 /// unless only the owner may read and write the file.
 pub(crate) fn read_seed_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     super::files::read_private_line(path, "admin seed file")
+}
+
+/// The admin key in `path` (`admin.seed` of `dev` and of `nats-config`), made (mode 0600)
+/// if the file does not exist.
+pub(super) fn load_or_create(path: &Path) -> anyhow::Result<AdminSigner> {
+    let seed = if path.exists() {
+        read_seed_file(path)?
+    } else {
+        let seed = AdminSigner::generate_seed();
+        let body = Zeroizing::new(format!(
+            "# piggybank: the admin key (nkey user seed) client commands sign with (PIGGYBANK_ADMIN_SEED_FILE).\n{}\n",
+            seed.as_str()
+        ));
+        super::write_private(path, body.as_bytes())?;
+        seed
+    };
+    AdminSigner::from_seed(&seed).with_context(|| format!("in {}", path.display()))
 }
 
 #[cfg(test)]

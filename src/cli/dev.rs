@@ -32,7 +32,6 @@ use clap::Args;
 use zeroize::Zeroizing;
 
 use super::nats_config::{write_layout, WrittenLayout};
-use crate::admin_auth::AdminSigner;
 use crate::config::{self, env};
 use crate::connect::Credentials;
 use crate::keys::generate_seed;
@@ -89,22 +88,6 @@ fn default_dir(sealed: bool) -> PathBuf {
     } else {
         ".piggybank"
     })
-}
-
-/// The admin key of `{dir}/admin.seed`, made (mode 0600) if the file does not exist.
-pub(super) fn load_or_create_admin_key(path: &Path) -> anyhow::Result<AdminSigner> {
-    let seed = if path.exists() {
-        super::admin_seed::read_seed_file(path)?
-    } else {
-        let seed = AdminSigner::generate_seed();
-        let body = Zeroizing::new(format!(
-            "# piggybank dev: the admin key (nkey user seed) client commands sign with.\n{}\n",
-            seed.as_str()
-        ));
-        super::write_private(path, body.as_bytes())?;
-        seed
-    };
-    AdminSigner::from_seed(&seed).with_context(|| format!("in {}", path.display()))
 }
 
 /// `value` as one word for a shell that sources an env file: as it is when it is plain,
@@ -296,7 +279,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Absolute, so the env file works from any directory.
     let admin_seed_path = std::path::absolute(dir.join("admin.seed"))
         .context("cannot resolve the admin seed file's path")?;
-    let admin = load_or_create_admin_key(&admin_seed_path)?;
+    let admin = super::admin_seed::load_or_create(&admin_seed_path)?;
     // The least-privilege layout, as `piggybank nats-config` writes it: the server runs it,
     // the backend connects as the backend role, keys.env points the CLI at the admin role.
     let layout = write_layout(&dir.join(LAYOUT_DIR), default_deployment(&args.apps)?)?;

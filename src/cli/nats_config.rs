@@ -153,7 +153,7 @@ pub(crate) fn run(args: NatsConfigArgs) -> anyhow::Result<()> {
     .with_app_inboxes(args.app_inboxes)?
     .with_read_only_apps(args.read_only_apps)?;
     let layout = write_layout(&args.dir, deployment)?;
-    let signer = super::dev::load_or_create_admin_key(&args.dir.join(ADMIN_SIGNING_SEED_FILE))?;
+    let signer = super::admin_seed::load_or_create(&args.dir.join(ADMIN_SIGNING_SEED_FILE))?;
     let admin = AdminSigning {
         public_key: signer.public_key().to_string(),
         seed_file: std::path::absolute(args.dir.join(ADMIN_SIGNING_SEED_FILE))
