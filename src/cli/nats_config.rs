@@ -228,12 +228,12 @@ pub(crate) fn summary(layout: &WrittenLayout, admin: &AdminSigning) -> String {
          piggybank run -n {} -s {} -b {} --piggybank-prefix {} --nats-nkey {backend} \\\n    \
          --sealed-keys-only --admin-keys {admin_key} \\\n    \
          --reply-prefixes {}{app_inboxes}{read_only}\n\
-         Operators: NATS_NKEY=<admin seed file> NATS_INBOX_PREFIX={} \\\n  \
+         Operators: NATS_NKEY={admin_nk} NATS_INBOX_PREFIX={} \\\n  \
          PIGGYBANK_ADMIN_SEED_FILE={admin_seed} piggybank ...\n\
          Applications: connect with their seed and the inbox prefix _INBOX_<app> (or the one\n\
          bound to them with --app-inbox).\n\
          restore and rekey write the buckets: run them as the backend role\n  \
-         (NATS_NKEY=<backend seed file> NATS_INBOX_PREFIX={}.cli).\n\
+         (NATS_NKEY={backend} NATS_INBOX_PREFIX={}.cli).\n\
          No user but the backend may write the buckets or create, update, purge or delete a\n\
          stream. With an operator/JWT setup: nsc-users.sh makes the same users.\n\
          See docs/nats-layout.md.\n",
@@ -245,6 +245,10 @@ pub(crate) fn summary(layout: &WrittenLayout, admin: &AdminSigning) -> String {
         nats_layout::admin_inbox_prefix(&d.backend_name),
         crate::reply_policy::SERVER_INBOX_PREFIX,
         admin_key = admin.public_key,
+        admin_nk = layout
+            .seed_file(&Role::Admin)
+            .map(|p| super::dev::shell_word(&p.display().to_string()))
+            .unwrap_or_default(),
         admin_seed = super::dev::shell_word(&admin.seed_file.display().to_string()),
     ));
     out
