@@ -177,6 +177,53 @@ impl Layout {
     }
 }
 
+/// Everything `sub` receives within `window`.
+pub async fn gather(
+    sub: &mut async_nats::Subscriber,
+    window: Duration,
+) -> Vec<async_nats::Message> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        seen.push(msg);
+    }
+    seen
+}
+
+/// A subscription of `role` that the server has taken (flushed).
+pub async fn spy(role: &RoleClient, subject: &str) -> async_nats::Subscriber {
+    let sub = role.client.subscribe(subject.to_string()).await.unwrap();
+    role.client.flush().await.unwrap();
+    sub
+}
+
+/// The operator's client as the admin role `admin`, signing with `signer` when given.
+pub fn operator(
+    admin: &RoleClient,
+    signer: Option<piggybank::admin_auth::AdminSigner>,
+) -> piggybank::client::AdminClient {
+    piggybank::client::AdminClient::new(
+        admin.client.clone(),
+        DEFAULT_SUBJECT_BASE,
+        DEFAULT_API_VERSION,
+        DEFAULT_BACKEND_NAME,
+    )
+    .with_signer(signer)
+}
+
+/// Messages in `stream`, read by the admin role `admin`.
+pub async fn stream_messages(admin: &RoleClient, stream: &str) -> u64 {
+    let reply = admin
+        .client
+        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
+        .await
+        .expect("the admin reads stream info");
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    info["state"]["messages"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stream info of {stream}: {info}"))
+}
+
 impl RoleClient {
     /// Whether the server reported a permissions violation for `what` (`Publish` or
     /// `Subscription`) to `subject` within 3 s.

@@ -20,7 +20,7 @@ use piggybank::config::DEFAULT_SUBJECT_BASE;
 use piggybank::nats_layout::admin_inbox_prefix;
 use piggybank::protocol::read_secret::{ReadSecretRequest, ReadValue, SealedValue, PURPOSE};
 
-use crate::common::layout::{Layout, RoleClient};
+use crate::common::layout::{gather, operator, spy, Layout};
 use crate::common::sealed::admin_seed;
 use crate::common::*;
 
@@ -388,33 +388,6 @@ async fn a_signed_read_relayed_to_another_backend_is_refused() {
     let (_, value) = other_admin.read_secret("db", None, None).await.unwrap();
     assert_eq!(value.as_bytes(), b"other-value");
     drop(other);
-}
-
-/// The operator's client as the admin role, signing with `signer` when given.
-fn operator(admin: &RoleClient, signer: Option<AdminSigner>) -> AdminClient {
-    AdminClient::new(
-        admin.client.clone(),
-        DEFAULT_SUBJECT_BASE,
-        "v1alpha1",
-        "nats-kv",
-    )
-    .with_signer(signer)
-}
-
-/// Everything `sub` receives within `window`.
-async fn gather(sub: &mut async_nats::Subscriber, window: Duration) -> Vec<Message> {
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
-        seen.push(msg);
-    }
-    seen
-}
-
-async fn spy(role: &RoleClient, subject: &str) -> async_nats::Subscriber {
-    let sub = role.client.subscribe(subject.to_string()).await.unwrap();
-    role.client.flush().await.unwrap();
-    sub
 }
 
 /// Attack: under the generated layout, a signed read is sent (by an operator whose CLI lacks

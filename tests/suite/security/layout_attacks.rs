@@ -7,51 +7,21 @@
 //! hosts' shared inbox; a read-only application's reply landed in the admin's inbox; the
 //! deny lists did not survive a merged `>`), and pass since their fixes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::{HeaderMap, Message};
+use async_nats::HeaderMap;
 use futures::StreamExt;
-use piggybank::admin_auth::AdminSigner;
-use piggybank::client::AdminClient;
 use piggybank::config::ApiAccess;
 use piggybank::config::DEFAULT_SUBJECT_BASE;
 use piggybank::nats_layout::admin_inbox_prefix;
 use zeroize::Zeroizing;
 
-use crate::common::layout::{api, Layout, RoleClient};
+use crate::common::layout::{api, gather, operator, spy, stream_messages, Layout, RoleClient};
 use crate::common::sealed::admin_seed;
 use crate::common::*;
 
 const PROTOCOL: &str = "wasmcloud.secrets.v1alpha1.nats-kv";
 const DATABASE: &str = "piggybank.database.nats-kv";
-
-/// The operator's client, as the admin role, signing with `signer` when given.
-fn operator(admin: &RoleClient, signer: Option<AdminSigner>) -> AdminClient {
-    AdminClient::new(
-        admin.client.clone(),
-        DEFAULT_SUBJECT_BASE,
-        "v1alpha1",
-        "nats-kv",
-    )
-    .with_signer(signer)
-}
-
-/// Everything `sub` receives within `window`.
-async fn gather(sub: &mut async_nats::Subscriber, window: Duration) -> Vec<Message> {
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + window;
-    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline.into(), sub.next()).await {
-        seen.push(msg);
-    }
-    seen
-}
-
-/// A subscription that the server has taken (flushed).
-async fn spy(role: &RoleClient, subject: &str) -> async_nats::Subscriber {
-    let sub = role.client.subscribe(subject.to_string()).await.unwrap();
-    role.client.flush().await.unwrap();
-    sub
-}
 
 /// Attack: a host's user subscribes to the shared `_INBOX.>` (the layout lets every host read
 /// it) while another host fetches a secret, to read the value from the other host's reply.
@@ -167,19 +137,6 @@ async fn the_admin_roles_user_without_the_admin_seed_cannot_read_a_components_se
             .await,
         "the server did not refuse the admin role's get"
     );
-}
-
-/// Messages in `stream`, read by the admin role.
-async fn stream_messages(admin: &RoleClient, stream: &str) -> u64 {
-    let reply = admin
-        .client
-        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
-        .await
-        .expect("the admin reads stream info");
-    let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    info["state"]["messages"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stream info of {stream}: {info}"))
 }
 
 /// Attack: the admin role may create consumers on piggybank's streams (to read them). A push

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use piggybank::client::AdminClient;
 use piggybank::config::DEFAULT_SUBJECT_BASE;
 
-use crate::common::layout::{api, nothing_received, Layout, RoleClient};
+use crate::common::layout::{api, nothing_received, stream_messages, Layout, RoleClient};
 use crate::common::sealed::admin_seed;
 use crate::common::*;
 
@@ -30,18 +30,6 @@ async fn audit_messages(admin: &RoleClient) -> u64 {
         total += stream_messages(admin, &trail.stream_name("nats-kv")).await;
     }
     total
-}
-
-async fn stream_messages(admin: &RoleClient, stream: &str) -> u64 {
-    let reply = admin
-        .client
-        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
-        .await
-        .expect("the admin reads stream info");
-    let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    info["state"]["messages"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stream info of {stream}: {info}"))
 }
 
 /// Attack: a host's or an application's user joins the backend's queue groups (or simply
