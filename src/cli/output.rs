@@ -3,9 +3,9 @@
 //! command prints exactly one JSON document on stdout (`audit` prints one per record, a
 //! stream it may follow); warnings and progress go to stderr in both modes.
 //!
-//! A command that writes a file names it with `--out FILE` (`backup`, `keygen`): `-o` is
-//! always the format. Servers (`run`, `dev`) log instead, as `--log-format` says; `get`
-//! prints the value itself; `completions` prints a script.
+//! A command that writes a file names it with `--out FILE` (`backup`, `keygen`, `get`): `-o`
+//! is always the format. Servers (`run`, `dev`) log instead, as `--log-format` says;
+//! `completions` prints a script.
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
