@@ -158,8 +158,9 @@ async fn a_secret_put_over_wrpc_is_served_to_hosts_over_the_protocol() {
     let refused = host_refusal(&host, request("api-token", &jwt)).await;
     assert!(refused.contains("nauthorized"), "{refused}");
 
-    // Each WIT call is an audit record naming the link it came through (records are
-    // written in the background: wait for the last call's).
+    // Each WIT call is an audit record naming the link it came through. Records are written
+    // in the background, each trail by its own batches (admin changes and refusals apart),
+    // so one trail's record may land before an earlier call's on another: wait for all.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let records = loop {
         let (ok, out, err) = cli(&nats, &["audit", "--json"], None, &[]);
@@ -168,15 +169,22 @@ async fn a_secret_put_over_wrpc_is_served_to_hosts_over_the_protocol() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let last = records
-            .iter()
-            .any(|r| r["front_door"] == "protocol" && r["outcome"] == "denied");
-        if last {
+        let has = |door: &str, op: Option<&str>| {
+            records.iter().any(|r| {
+                r["front_door"] == door
+                    && op.is_none_or(|op| r["operation"] == op)
+                    && (op.is_some() || r["outcome"] == "denied")
+            })
+        };
+        if has("protocol", None)
+            && has("wit", Some("put_secret"))
+            && has("wit", Some("remove_mapping"))
+        {
             break records;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no record of the last get"
+            "not every call's record within 10 s: {records:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
