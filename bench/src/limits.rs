@@ -27,6 +27,8 @@ pub async fn spawn_floor(
 ) -> anyhow::Result<JoinHandle<()>> {
     let prefix = config::subject_prefix(base, config::DEFAULT_API_VERSION, name);
     let mut sub = nats.subscribe(format!("{prefix}.>")).await?;
+    // Taken by the server before anyone asks: the clients use other connections.
+    nats.flush().await?;
     let server_xkey = format!("{prefix}.{}", config::ops::SERVER_XKEY);
     let transit = Arc::new(transit);
     let nats = nats.clone();
@@ -69,6 +71,8 @@ pub async fn spawn_echo(
     reply: Bytes,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut sub = nats.subscribe(subject.to_string()).await?;
+    // Taken by the server before anyone asks: the clients use other connections.
+    nats.flush().await?;
     let nats = nats.clone();
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
