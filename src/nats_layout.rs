@@ -27,7 +27,8 @@ use std::fmt::Write as _;
 use crate::config;
 use crate::protocol::subject::Operation;
 use crate::reply_policy::{
-    AppInbox, APPLICATION_REPLY_PREFIX, DEFAULT_REPLY_PREFIX, SERVER_INBOX_PREFIX,
+    valid_subject, within, AppInbox, APPLICATION_REPLY_PREFIX, DEFAULT_REPLY_PREFIX,
+    SERVER_INBOX_PREFIX,
 };
 use crate::store::buckets::Buckets;
 
@@ -159,26 +160,14 @@ impl Deployment {
                 });
             }
         }
-        let mut seen: Vec<String> = Vec::new();
-        for app in applications {
-            if !token(app) {
-                return Err(LayoutError::BadApplication(app.clone()));
-            }
-            if crate::piggybank_api::RESERVED_APPLICATIONS.contains(&app.as_str()) {
-                return Err(LayoutError::ReservedApplication(app.clone()));
-            }
-            if seen.contains(app) {
-                return Err(LayoutError::DuplicateApplication(app.clone()));
-            }
-            seen.push(app.clone());
-        }
+        let applications = checked_applications(applications.iter().cloned())?;
         Ok(Self {
             subject_base: subject_base.into(),
             api_version: api_version.into(),
             backend_name: backend_name.into(),
             secrets_bucket: secrets_bucket.into(),
             piggybank_prefix: piggybank_prefix.into(),
-            applications: seen,
+            applications,
             app_inboxes: Vec::new(),
             read_only_apps: Vec::new(),
         })
@@ -186,20 +175,7 @@ impl Deployment {
 
     /// Mark applications read-only: each one token, not reserved, given once.
     pub fn with_read_only_apps(mut self, apps: Vec<String>) -> Result<Self, LayoutError> {
-        let mut seen: Vec<String> = Vec::new();
-        for app in apps {
-            if !token(&app) {
-                return Err(LayoutError::BadApplication(app));
-            }
-            if crate::piggybank_api::RESERVED_APPLICATIONS.contains(&app.as_str()) {
-                return Err(LayoutError::ReservedApplication(app));
-            }
-            if seen.contains(&app) {
-                return Err(LayoutError::DuplicateApplication(app));
-            }
-            seen.push(app);
-        }
-        self.read_only_apps = seen;
+        self.read_only_apps = checked_applications(apps)?;
         Ok(self)
     }
 
@@ -214,6 +190,7 @@ impl Deployment {
             prefix: inbox.prefix.trim_end_matches('.').to_string(),
             why,
         };
+        let kept = self.protected_subscribe();
         for inbox in &inboxes {
             if !self.applications.contains(&inbox.application) {
                 return Err(LayoutError::InboxOfUnknownApplication(
@@ -221,17 +198,12 @@ impl Deployment {
                 ));
             }
             let tree = inbox.prefix.trim_end_matches('.');
-            if tree.starts_with('$')
-                || !tree
-                    .split('.')
-                    .all(|t| !t.is_empty() && t != "*" && t != ">")
-            {
+            if tree.starts_with('$') || !valid_subject(tree) {
                 return Err(bad(
                     inbox,
                     "not a subject prefix without wildcards, not $...".into(),
                 ));
             }
-            let kept = self.protected_subscribe();
             if let Some(kept) = kept
                 .iter()
                 .map(|k| k.trim_end_matches(".>"))
@@ -658,9 +630,24 @@ fn literal_subject(s: &str) -> bool {
     s.split('.').all(token)
 }
 
-/// Whether subject tree `inner` lies inside (or is) tree `outer`, token by token.
-fn within(inner: &str, outer: &str) -> bool {
-    inner == outer || inner.starts_with(&format!("{outer}."))
+/// Application names, each one token, not reserved, given once.
+fn checked_applications(
+    apps: impl IntoIterator<Item = String>,
+) -> Result<Vec<String>, LayoutError> {
+    let mut seen: Vec<String> = Vec::new();
+    for app in apps {
+        if !token(&app) {
+            return Err(LayoutError::BadApplication(app));
+        }
+        if crate::piggybank_api::RESERVED_APPLICATIONS.contains(&app.as_str()) {
+            return Err(LayoutError::ReservedApplication(app));
+        }
+        if seen.contains(&app) {
+            return Err(LayoutError::DuplicateApplication(app));
+        }
+        seen.push(app);
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]

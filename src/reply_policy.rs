@@ -218,6 +218,8 @@ pub struct ReplyPolicy {
     namespaces: Vec<Namespace>,
     /// Subject trees served (`wasmcloud.secrets.v1alpha1.nats-kv`, `piggybank`, ...).
     served: Vec<String>,
+    /// Whether one of `namespaces` is the operators' (fixed at start, read per request).
+    operators_inbox: bool,
     refused: AtomicU64,
     last_warning: Mutex<Option<(Instant, u64)>>,
 }
@@ -310,9 +312,11 @@ impl ReplyPolicy {
                 }
             }
         }
+        let operators_inbox = namespaces.iter().any(|n| n.operators);
         Ok(Self {
             namespaces,
             served,
+            operators_inbox,
             refused: AtomicU64::new(0),
             last_warning: Mutex::new(None),
         })
@@ -345,8 +349,7 @@ impl ReplyPolicy {
         if within.peek().is_none() {
             return Err(Refused::Untrusted);
         }
-        let operators_inbox = self.namespaces.iter().any(|n| n.operators);
-        if !within.any(|n| n.admits(requester, operators_inbox)) {
+        if !within.any(|n| n.admits(requester, self.operators_inbox)) {
             return Err(Refused::NotTheRequesters);
         }
         Ok(ReplyTo(reply.clone()))
@@ -396,7 +399,7 @@ impl ReplyPolicy {
 }
 
 /// `subject` is `tree` or inside it (token boundary).
-fn within(subject: &str, tree: &str) -> bool {
+pub(crate) fn within(subject: &str, tree: &str) -> bool {
     subject == tree
         || subject
             .strip_prefix(tree)
@@ -404,7 +407,7 @@ fn within(subject: &str, tree: &str) -> bool {
 }
 
 /// A literal subject: non-empty tokens, no wildcards, no whitespace.
-fn valid_subject(s: &str) -> bool {
+pub(crate) fn valid_subject(s: &str) -> bool {
     !s.is_empty()
         && s.split('.')
             .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.chars().any(|c| c.is_whitespace()))
