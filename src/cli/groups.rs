@@ -10,7 +10,8 @@ use clap::Subcommand;
 
 use super::get::GetArgs;
 use super::mapping::{EntityArgs, MappingArgs};
-use super::{database, Command, ListArgs, NameArgs, PutArgs};
+use super::put::PutArgs;
+use super::{database, Command, ListArgs, NameArgs};
 
 #[derive(Subcommand)]
 pub enum SecretCommand {

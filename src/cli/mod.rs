@@ -23,6 +23,8 @@ mod keygen;
 mod mapping;
 mod nats_config;
 mod output;
+mod put;
+mod rekey;
 mod run;
 mod transit;
 pub(crate) use conn::{Conn, Target};
@@ -31,17 +33,12 @@ pub(crate) use run::RunArgs;
 
 pub(crate) use files::write_private;
 
-use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
-
-use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
 use crate::client;
-use crate::config::{self, env};
+use crate::config::env;
 use crate::server;
-use crate::store::envelope::SecretValue;
 
 #[derive(Parser)]
 #[command(
@@ -84,7 +81,7 @@ pub enum Command {
     /// Make a key: a transit or data key seed (SX...), or an admin key (SU...)
     Keygen(keygen::KeygenArgs),
     /// Put a secret (value from --string, --binary FILE, or stdin)
-    Put(PutArgs),
+    Put(put::PutArgs),
     /// Get a secret: through the backend (a signed admin request), or from the bucket with -e
     Get(get::GetArgs),
     /// Delete a secret and all its versions
@@ -110,7 +107,7 @@ pub enum Command {
     /// Add a new data key to a sealed-mode store and re-seal every value with it, online
     Rotate(database::DatabaseArgs),
     /// Re-seal every secret with the current data key (after a key change)
-    Rekey(RekeyArgs),
+    Rekey(rekey::RekeyArgs),
     /// Write every secret (all kept versions, still sealed), the mappings and the key record
     /// to one file
     Backup(backup::BackupArgs),
@@ -139,42 +136,6 @@ const UNLOCK_AFTER_HELP: &str = "The key or share is read, never from argv, from
      PIGGYBANK_DATABASE_KEY (the database key), else PIGGYBANK_SHARE (one share), else one \
      line of stdin (a key or a share: told apart by decoding it). With shares, run unlock \
      once per share until the store is unsealed.";
-
-#[derive(Args)]
-pub struct PutArgs {
-    /// The name of the secret
-    pub name: String,
-    /// Expected current version (compare-and-set); 0 = only if the secret does not exist
-    #[arg(long = "secret-version")]
-    pub version: Option<u64>,
-    /// The string value (prefer stdin: argv and env can leak into history and /proc)
-    #[arg(long, env = env::SECRET_STRING_VALUE, hide_env_values = true, conflicts_with = "binary")]
-    pub string: Option<String>,
-    /// A file holding the binary value; `-` reads bytes from stdin
-    #[arg(long, env = env::SECRET_BINARY_FILE, conflicts_with = "string")]
-    pub binary: Option<PathBuf>,
-    #[command(flatten)]
-    pub transit: transit::TransitKey,
-    #[command(flatten)]
-    pub target: Target,
-    #[command(flatten)]
-    pub output: Output,
-}
-
-#[derive(Args)]
-pub struct RekeyArgs {
-    /// The data key to re-seal with (the backend's new ENCRYPTION_XKEY_SEED)
-    #[arg(short = 'e', long, env = env::ENCRYPTION_XKEY_SEED, hide_env_values = true)]
-    pub encryption_xkey_seed: String,
-    /// Seeds of earlier data keys (comma-separated), to read what they sealed
-    #[arg(long, env = env::PREVIOUS_ENCRYPTION_XKEY_SEEDS, value_delimiter = ',', hide_env_values = true)]
-    pub previous_encryption_xkey_seeds: Vec<String>,
-    /// The KV bucket secrets are stored in
-    #[arg(short = 'b', long, default_value = config::DEFAULT_SECRETS_BUCKET)]
-    pub secrets_bucket: String,
-    #[command(flatten)]
-    pub output: Output,
-}
 
 #[derive(Args)]
 pub struct NameArgs {
@@ -288,7 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Keygen(args) => keygen::run(args),
         Command::Completions(args) => completions::run(args),
-        Command::Rekey(args) => rekey(args, conn).await,
+        Command::Rekey(args) => rekey::rekey(args, conn).await,
         Command::Backup(args) => backup::backup(args, conn).await,
         Command::Restore(args) => backup::restore(args, conn).await,
         Command::Audit(args) => audit::run(args, conn).await,
@@ -298,7 +259,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Lock(args) => database::lock(args, conn).await,
         Command::Rotate(args) => database::rotate(args, conn).await,
         Command::Status(args) => return database::status(args, conn).await,
-        Command::Put(args) => put(args, conn).await,
+        Command::Put(args) => put::put(args, conn).await,
         Command::Get(args) => get::get(args, conn).await,
         Command::Delete(args) => delete(args, conn).await,
         Command::List(args) => list(args, conn).await,
@@ -322,67 +283,6 @@ fn admin_hint(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn read_value(args: &mut PutArgs) -> anyhow::Result<SecretValue> {
-    if let Some(s) = args.string.take() {
-        return Ok(SecretValue::String(Zeroizing::new(s)));
-    }
-    if let Some(path) = &args.binary {
-        let bytes = if path.as_os_str() == "-" {
-            let mut buf = Zeroizing::new(Vec::new());
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("failed to read the binary secret from stdin")?;
-            buf
-        } else {
-            Zeroizing::new(std::fs::read(path).with_context(|| {
-                format!(
-                    "failed to read binary secret from file '{}'",
-                    path.display()
-                )
-            })?)
-        };
-        return Ok(SecretValue::Binary(bytes));
-    }
-    if std::io::stdin().is_terminal() {
-        eprintln!("Reading the secret value from stdin; end it with Ctrl-D.");
-    }
-    let mut text = Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("failed to read the secret from stdin (not UTF-8? use --binary -)")?;
-    // Drop one trailing newline, as `echo` and heredocs add it.
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    if text.is_empty() {
-        bail!("no secret value given: use --string, --binary FILE, or pipe it on stdin");
-    }
-    Ok(SecretValue::String(text))
-}
-
-async fn put(mut args: PutArgs, conn: &Conn) -> anyhow::Result<()> {
-    let value = read_value(&mut args)?;
-    let transit = args.transit.key()?;
-    let client = args.target.client(conn).await?;
-    let revision = client
-        .put_secret(&args.name, value, args.version, transit.as_ref())
-        .await?;
-    if args.output.json() {
-        return Output::print_json(&serde_json::json!({
-            "name": args.name,
-            "version": revision,
-        }));
-    }
-    println!(
-        "Secret '{}' put successfully (version {revision})",
-        printable(&args.name)
-    );
-    Ok(())
-}
-
 /// `delete`: the secret and all its versions.
 async fn delete(args: NameArgs, conn: &Conn) -> anyhow::Result<()> {
     args.target
@@ -402,75 +302,6 @@ async fn delete(args: NameArgs, conn: &Conn) -> anyhow::Result<()> {
 
 pub(crate) fn zeroized(seeds: Vec<String>) -> Vec<Zeroizing<String>> {
     seeds.into_iter().map(Zeroizing::new).collect()
-}
-
-/// `rekey`: open the bucket directly (as `get` does) and re-seal every secret with the
-/// current key, online; running it again resumes.
-async fn rekey(args: RekeyArgs, conn: &Conn) -> anyhow::Result<()> {
-    let keys = server::keyring(
-        &Zeroizing::new(args.encryption_xkey_seed),
-        &zeroized(args.previous_encryption_xkey_seeds),
-    )?;
-    let (nats, js_domain) = conn.connect_jetstream("piggybank rekey").await?;
-    let store = crate::store::SecretStore::open(
-        &nats,
-        js_domain.as_deref(),
-        crate::store::Bucket::Existing(&args.secrets_bucket),
-    )
-    .await?;
-    let started = std::time::Instant::now();
-    let report = crate::store::rekey::rekey(&store, &keys, |done, total| {
-        if done % 1000 == 0 || done == total {
-            eprintln!("rekey: {done}/{total}");
-        }
-    })
-    .await?;
-    for (name, why) in &report.failed {
-        eprintln!("rekey: {name}: {why}");
-    }
-    if args.output.json() {
-        let failed: Vec<_> = report
-            .failed
-            .iter()
-            .map(|(name, why)| serde_json::json!({ "name": name, "error": why }))
-            .collect();
-        Output::print_json(&serde_json::json!({
-            "total": report.total,
-            "resealed": report.resealed,
-            "already_current": report.already_current,
-            "deleted_meanwhile": report.gone,
-            "failed": failed,
-            "data_key": keys.current().id(),
-            "seconds": started.elapsed().as_secs_f64(),
-        }))?;
-    } else {
-        println!(
-            "rekey: {} secrets in {:.1} s: {} re-sealed with data key {}, {} already under \
-             it, {} deleted meanwhile, {} failed",
-            report.total,
-            started.elapsed().as_secs_f64(),
-            report.resealed,
-            keys.current().id(),
-            report.already_current,
-            report.gone,
-            report.failed.len()
-        );
-    }
-    if !report.failed.is_empty() {
-        bail!(
-            "{} secrets were not re-sealed; fix the cause above and run rekey again",
-            report.failed.len()
-        );
-    }
-    // Every value is under the current key now: it is the store's key (one store, one key).
-    let previous: Vec<String> = keys
-        .keys()
-        .map(|k| k.id().to_string())
-        .filter(|id| id != keys.current().id())
-        .collect();
-    let js = crate::store::jetstream(&nats, js_domain.as_deref());
-    crate::store::owner::rekeyed(&js, &args.secrets_bucket, keys.current().id(), &previous).await?;
-    Ok(())
 }
 
 async fn list(args: ListArgs, conn: &Conn) -> anyhow::Result<()> {
@@ -784,7 +615,7 @@ mod tests {
             }
         );
         assert_eq!(c.js_domain.as_deref(), Some("hub"));
-        assert_eq!(c.nats_address, config::DEFAULT_NATS_ADDRESS);
+        assert_eq!(c.nats_address, crate::config::DEFAULT_NATS_ADDRESS);
         let cli = Cli::try_parse_from(["piggybank", "run", "--js-domain", "a.b"]).unwrap();
         let Err(err) = run_config(cli) else {
             panic!("a.b is not a domain")
