@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt as _;
-use serde_json::Value;
 
 use crate::common::sealed::admin_seed;
 use crate::common::*;
@@ -22,24 +21,6 @@ use crate::common::*;
 const DECISIONS: &str = "PIGGYBANK_AUDIT_nats-kv";
 const REFUSALS: &str = "PIGGYBANK_AUDIT_REFUSALS_nats-kv";
 const GET: &str = "wasmcloud.secrets.v1alpha1.nats-kv.get";
-
-/// The records `piggybank audit --json` prints with these extra arguments.
-fn audit_json(nats: &NatsServer, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["audit", "--json"];
-    args.extend_from_slice(extra);
-    let (ok, out, err) = cli(nats, &args, None, &[]);
-    assert!(ok, "piggybank audit failed: {err}");
-    String::from_utf8_lossy(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
-        .collect()
-}
-
-/// `piggybank audit --verify`: (success, what it printed, stdout and stderr).
-fn verify(nats: &NatsServer) -> (bool, String) {
-    let (ok, out, err) = cli(nats, &["audit", "--verify"], None, &[]);
-    (ok, format!("{}{err}", String::from_utf8_lossy(&out)))
-}
 
 /// The allowed gets of `entity` in the decisions trail.
 fn allowed_gets(nats: &NatsServer, entity: &str) -> usize {
@@ -204,7 +185,7 @@ async fn an_untampered_trail_verifies_clean() {
     let (stranger, _) = Issuer::new().component();
     assert!(host_get(&host, request("db", &stranger)).await.is_err());
     settled(&nats, &component, 3).await;
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(ok, "{out}");
     assert!(out.contains("verified"), "{out}");
 }
@@ -232,7 +213,7 @@ async fn removed_allowed_records_are_found_by_verify_and_the_replaced_stream_ref
         .await;
     assert!(purge.is_err(), "a purge of the decisions went through");
     assert_eq!(allowed_gets(&nats, &component), 3);
-    assert!(verify(&nats).0, "{}", verify(&nats).1);
+    assert!(audit_verify(&nats).0, "{}", audit_verify(&nats).1);
 
     let config = js
         .get_stream(DECISIONS)
@@ -279,7 +260,7 @@ async fn removed_allowed_records_are_found_by_verify_and_the_replaced_stream_ref
         refused.is_ok(),
         "gets were still served on a replaced stream"
     );
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(!ok, "verify missed the removed records: {out}");
     assert!(out.contains("missing"), "{out}");
     assert!(out.contains("replaced"), "{out}");
@@ -295,7 +276,7 @@ async fn records_forged_through_a_source_or_a_direct_publish_are_found_and_the_s
     let host = host_client(&nats).await;
     host_get(&host, request("db", &jwt)).await.unwrap();
     settled(&nats, &component, 1).await;
-    assert!(verify(&nats).0, "{}", verify(&nats).1);
+    assert!(audit_verify(&nats).0, "{}", audit_verify(&nats).1);
 
     let js = jetstream::new(nats.client().await);
     let forged = serde_json::json!({
@@ -313,7 +294,7 @@ async fn records_forged_through_a_source_or_a_direct_publish_are_found_and_the_s
     .unwrap()
     .await
     .unwrap();
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(!ok && out.contains("forged"), "{out}");
 
     // Through a source.
@@ -351,7 +332,7 @@ async fn records_forged_through_a_source_or_a_direct_publish_are_found_and_the_s
         refused.is_ok(),
         "gets were still served with a source on the trail"
     );
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(!ok, "{out}");
     assert!(out.contains("sources is FORGERY"), "{out}");
 }
@@ -397,7 +378,7 @@ async fn a_shrunk_limit_while_serving_is_found_and_refuses() {
         assert!(Instant::now() < deadline, "status does not say: {status:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(!ok, "{out}");
     assert!(
         out.contains("foreign stream") && out.contains("max_msgs is 1"),
@@ -438,7 +419,7 @@ async fn a_decoy_stream_is_found_and_refuses() {
             .is_some_and(|p| !p.is_empty()),
         "{status:?}"
     );
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(!ok && out.contains("foreign stream"), "{out}");
 }
 

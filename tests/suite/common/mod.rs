@@ -256,6 +256,24 @@ pub fn spawn_run(nats: &NatsServer, keys: &Keys, extra: &[&str]) -> Proc {
     Proc { child }
 }
 
+/// The records `piggybank audit --json` prints with these extra arguments.
+pub fn audit_json(nats: &NatsServer, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["audit", "--json"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = cli(nats, &args, None, &[]);
+    assert!(ok, "piggybank audit failed: {err}");
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect()
+}
+
+/// `piggybank audit --verify`: (success, stdout and stderr).
+pub fn audit_verify(nats: &NatsServer) -> (bool, String) {
+    let (ok, out, err) = cli(nats, &["audit", "--verify"], None, &[]);
+    (ok, format!("{}{err}", String::from_utf8_lossy(&out)))
+}
+
 /// Run a `piggybank` client command; returns (success, stdout bytes, stderr text).
 pub fn cli(
     nats: &NatsServer,

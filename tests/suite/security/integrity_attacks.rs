@@ -11,30 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use serde_json::Value;
 
 use crate::common::sealed::admin_seed;
 use crate::common::*;
 
 const DECISIONS: &str = "PIGGYBANK_AUDIT_nats-kv";
-
-/// The records `piggybank audit --json` prints with these extra arguments.
-fn audit_json(nats: &NatsServer, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["audit", "--json"];
-    args.extend_from_slice(extra);
-    let (ok, out, err) = cli(nats, &args, None, &[]);
-    assert!(ok, "piggybank audit failed: {err}");
-    String::from_utf8_lossy(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
-        .collect()
-}
-
-/// `piggybank audit --verify`: (success, stdout and stderr).
-fn verify(nats: &NatsServer) -> (bool, String) {
-    let (ok, out, err) = cli(nats, &["audit", "--verify"], None, &[]);
-    (ok, format!("{}{err}", String::from_utf8_lossy(&out)))
-}
 
 /// The operator's backend, as the README advises: signed administration, trusted issuers,
 /// `--audit-required`, plus `extra`. A secret `db` mapped to a component of the trusted
@@ -172,7 +153,7 @@ async fn a_flood_of_allowed_gets_cannot_stop_the_recording_of_an_admin_change() 
     let kv = js.get_key_value("WASMCLOUD_SECRETS").await.unwrap();
     let revision = kv.entry("db").await.unwrap().map(|e| e.revision);
     let applied = revision != revision_before;
-    let (verified, verify_out) = verify(&nats);
+    let (verified, verify_out) = audit_verify(&nats);
     eprintln!("verify: {verified}: {verify_out}");
     let puts_recorded = audit_json(&nats, &["--trail", "admin"])
         .iter()
@@ -235,7 +216,7 @@ async fn verify_is_not_clean_while_an_instance_dropped_records() {
     // Control: records really were lost (the operator's change among them, when
     // `puts_recorded` is 1: most runs).
     assert!(dropped > 0, "{status:?}");
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     assert!(
         !ok,
         "verify reports clean while {dropped} records (a signed put among them) are missing: {out}"
@@ -268,7 +249,7 @@ async fn a_sealed_decisions_stream_is_found() {
     let served_after = host_get(&host, request("db", &jwt)).await.is_ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = database_statuses(&nats.client().await, "piggybank").await;
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     eprintln!(
         "served after: {served_after}\nstatus: {}\nverify: {ok}: {out}",
         status[0]["audit"]
@@ -304,7 +285,7 @@ async fn a_decisions_stream_that_acknowledges_nothing_is_found() {
     let served_after = host_get(&host, request("db", &jwt)).await.is_ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = database_statuses(&nats.client().await, "piggybank").await;
-    let (ok, out) = verify(&nats);
+    let (ok, out) = audit_verify(&nats);
     eprintln!(
         "served after: {served_after}\nstatus: {}\nverify: {ok}: {out}",
         status[0]["audit"]
